@@ -1,0 +1,800 @@
+//! A partition's log: an ordered run of segments (all sealed but the last, the active one),
+//! the log start offset, group-committed durability and retention.
+//!
+//! Concurrency: one `RwLock` guards the segment list. Appends take it for writing only while
+//! they patch offsets into the batch and copy it into the page cache; readers take it for
+//! reading only to look up positions and clone file handles, then do their I/O without it.
+//! fsync never runs under the lock, except when a segment is sealed on roll.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+
+use bytes::Bytes;
+
+use crate::batch::{self, BatchHeader};
+use crate::checkpoint::{self, Checkpoint};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{FlushPolicy, LogConfig, TimestampType};
+use crate::error::{IoContext, StorageError};
+use crate::segment::{NO_TIMESTAMP, Recovered, Segment, SegmentInfo};
+
+/// What an append assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub first_offset: u64,
+    pub last_offset: u64,
+    pub record_count: u64,
+    /// Largest timestamp of the appended records (after log-append time was applied).
+    pub max_timestamp: i64,
+    /// The broker's time for `LogAppendTime` topics; `None` for `CreateTime`.
+    pub log_append_time: Option<i64>,
+    pub log_start_offset: u64,
+}
+
+/// A partition log in one directory. See the crate documentation.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    inner: RwLock<Inner>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    /// Set once after a failed fsync: the page cache can no longer be trusted to reach disk,
+    /// so the log refuses writes until it is reopened (Kafka takes the log dir offline).
+    failure: OnceLock<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: LogConfig,
+    sealed: VecDeque<Segment>,
+    active: Segment,
+    log_start_offset: u64,
+}
+
+#[derive(Debug)]
+struct SyncState {
+    /// Every offset below this is on disk.
+    durable: u64,
+    in_progress: bool,
+    /// Bumped when offsets are removed (truncate, reset) so an fsync that started before can
+    /// not claim offsets that have since been reused.
+    generation: u64,
+    last_sync_ms: i64,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, recovering it after a crash.
+    pub fn open(dir: impl Into<PathBuf>, config: LogConfig) -> Result<Self, StorageError> {
+        Self::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StorageError> {
+        config.validate()?;
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).io_ctx("create", &dir)?;
+        let checkpoint = Checkpoint::read(&dir).unwrap_or_default();
+        let mut segments = open_segments(&dir, &config, checkpoint.recovery_point)?;
+        let active = match segments.pop_back() {
+            Some(mut seg) => {
+                seg.sealed = false;
+                seg
+            }
+            None => Segment::create(&dir, checkpoint.log_start_offset)?,
+        };
+        for seg in segments.iter_mut().filter(|s| !s.sealed) {
+            seg.seal()?;
+        }
+        // What recovery kept is now made durable, so the recovery point can move to the end.
+        active
+            .log_file()
+            .sync_all()
+            .io_ctx("fsync", active.log_path())?;
+        let first_base = segments.front().unwrap_or(&active).base_offset;
+        let log_end = active.next_offset;
+        let log_start_offset = checkpoint
+            .log_start_offset
+            .clamp(first_base, log_end.max(first_base));
+        Checkpoint {
+            recovery_point: log_end,
+            log_start_offset,
+        }
+        .write(&dir)?;
+        let now = clock.now_ms();
+        Ok(Self {
+            dir,
+            clock,
+            inner: RwLock::new(Inner {
+                config,
+                sealed: segments,
+                active,
+                log_start_offset,
+            }),
+            sync: Mutex::new(SyncState {
+                durable: log_end,
+                in_progress: false,
+                generation: 0,
+                last_sync_ms: now,
+            }),
+            synced: Condvar::new(),
+            failure: OnceLock::new(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_start_offset(&self) -> u64 {
+        self.read_inner().log_start_offset
+    }
+
+    /// The offset the next appended record will get.
+    pub fn log_end_offset(&self) -> u64 {
+        self.read_inner().active.next_offset
+    }
+
+    /// Offsets below this are on disk.
+    pub fn durable_offset(&self) -> u64 {
+        self.lock_sync().durable
+    }
+
+    /// Bytes of batches in all local segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.read_inner().all().map(|s| s.size).sum()
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.read_inner().config.clone()
+    }
+
+    /// Replaces the log's settings (topic config change); they apply from the next operation.
+    pub fn set_config(&self, config: LogConfig) -> Result<(), StorageError> {
+        config.validate()?;
+        self.write_inner().config = config;
+        Ok(())
+    }
+
+    /// Validates `records` (one or more v2 batches) and appends them, assigning offsets by
+    /// rewriting each batch header in place. On any error the log is unchanged.
+    pub fn append(
+        &self,
+        records: &mut [u8],
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, StorageError> {
+        self.check_online()?;
+        let max_batch = self.read_inner().config.max_batch_bytes;
+        let batches = batch::validate_batches(records, max_batch)?;
+        let record_count: u64 = batches.iter().map(|b| b.header.records_count as u64).sum();
+        let (info, flush, rolled_to) = {
+            let mut inner = self.write_inner();
+            let now = self.clock.now_ms();
+            let first_offset = inner.active.next_offset;
+            let last_offset = first_offset + record_count - 1;
+            let rolled_to = inner.roll_if_due(&self.dir, records.len() as u64, last_offset, now)?;
+            let log_append_time =
+                (inner.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
+            let mut headers = Vec::with_capacity(batches.len());
+            let mut next = first_offset as i64;
+            for b in &batches {
+                let bytes = &mut records[b.pos..b.pos + b.len()];
+                batch::set_base_offset_and_epoch(bytes, next, leader_epoch);
+                let fix_max = match (log_append_time, b.records_max_timestamp) {
+                    (Some(t), _) => Some(t),
+                    (None, Some(m)) if m != b.header.max_timestamp => Some(m),
+                    _ => None,
+                };
+                if let Some(ts) = fix_max {
+                    batch::set_max_timestamp(bytes, ts, log_append_time.is_some());
+                }
+                let header = BatchHeader::parse(bytes).ok_or(batch::BatchError::Truncated {
+                    at: b.pos,
+                    available: bytes.len(),
+                })?;
+                next = header.last_offset() + 1;
+                headers.push(header);
+            }
+            let interval = inner.config.index_interval_bytes;
+            inner.active.append(records, &headers, interval)?;
+            let info = AppendInfo {
+                first_offset,
+                last_offset,
+                record_count,
+                max_timestamp: headers
+                    .iter()
+                    .map(|h| h.max_timestamp)
+                    .max()
+                    .unwrap_or(NO_TIMESTAMP),
+                log_append_time,
+                log_start_offset: inner.log_start_offset,
+            };
+            (info, inner.config.flush, rolled_to)
+        };
+        if let Some(offset) = rolled_to {
+            self.mark_durable_at_roll(offset);
+        }
+        match flush {
+            FlushPolicy::EveryAppend => self.sync_to(info.last_offset + 1)?,
+            FlushPolicy::Interval(_) => self.maybe_flush()?,
+            FlushPolicy::Os => {}
+        }
+        Ok(info)
+    }
+
+    /// Raw bytes of whole batches starting with the one that contains `from_offset`, up to
+    /// `max_bytes` but always at least one batch (Kafka's fetch semantics). Reading at the log
+    /// end returns no bytes; below the log start or past the end is `OffsetOutOfRange`.
+    /// The caller bounds `max_bytes` (Kafka's `fetch.max.bytes`).
+    pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Bytes, StorageError> {
+        let (views, start_pos) = {
+            let inner = self.read_inner();
+            inner.check_range(from_offset)?;
+            if from_offset == inner.active.next_offset {
+                return Ok(Bytes::new());
+            }
+            let first = inner.index_of(from_offset);
+            let start_pos = inner.get(first).position_floor(from_offset);
+            // The first segment's share is unknown until the batch is located, so only the
+            // following segments count towards the budget when deciding how far to look.
+            let mut views = vec![inner.get(first).view()];
+            let mut covered = 0u64;
+            for seg in inner.all().skip(first + 1) {
+                if covered >= max_bytes as u64 {
+                    break;
+                }
+                covered += seg.size;
+                views.push(seg.view());
+            }
+            (views, start_pos)
+        };
+        let mut out = Vec::new();
+        let mut budget = max_bytes;
+        for (k, view) in views.iter().enumerate() {
+            let pos = if k == 0 {
+                match view.locate(from_offset, start_pos)? {
+                    Some((pos, _)) => pos,
+                    None => continue,
+                }
+            } else {
+                0
+            };
+            let before = out.len();
+            let more = view.read_batches(pos, budget, out.is_empty(), &mut out)?;
+            budget = budget.saturating_sub(out.len() - before);
+            if !more || budget == 0 {
+                break;
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// The first offset at or after the log start whose record timestamp is at least
+    /// `timestamp` (ListOffsets by time); `None` when every record is older. Exact to the record
+    /// for uncompressed batches, to the batch for compressed ones.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>, StorageError> {
+        let (views, log_start) = {
+            let inner = self.read_inner();
+            let Some(first) = inner.all().position(|s| s.max_timestamp >= timestamp) else {
+                return Ok(None);
+            };
+            let start = inner.get(first).position_for_timestamp(timestamp);
+            let views: Vec<_> = inner
+                .all()
+                .skip(first)
+                .enumerate()
+                .map(|(k, s)| (s.view(), if k == 0 { start } else { 0 }))
+                .collect();
+            (views, inner.log_start_offset as i64)
+        };
+        for (view, mut pos) in views {
+            while let Some((at, h)) = view.find(pos, |h| {
+                h.max_timestamp >= timestamp && h.last_offset() >= log_start
+            })? {
+                let bytes = view.read_batch(at, &h)?;
+                match batch::first_offset_where(&bytes, &h, |off, ts| {
+                    off >= log_start && ts >= timestamp
+                }) {
+                    Some(offset) => return Ok(Some(offset as u64)),
+                    None => pos = at + h.total_len() as u64,
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The largest record timestamp in the log and the first offset carrying it
+    /// (ListOffsets `MAX_TIMESTAMP`); `None` for an empty log.
+    pub fn max_timestamp(&self) -> Result<Option<(i64, u64)>, StorageError> {
+        let (view, pos, max) = {
+            let inner = self.read_inner();
+            let Some(seg) = inner
+                .all()
+                .filter(|s| s.max_timestamp != NO_TIMESTAMP)
+                .reduce(|best, s| {
+                    if s.max_timestamp > best.max_timestamp {
+                        s
+                    } else {
+                        best
+                    }
+                })
+            else {
+                return Ok(None);
+            };
+            (
+                seg.view(),
+                seg.position_of_max_timestamp(),
+                seg.max_timestamp,
+            )
+        };
+        let Some((at, h)) = view.find(pos, |h| h.max_timestamp == max)? else {
+            return Ok(None);
+        };
+        let bytes = view.read_batch(at, &h)?;
+        let offset =
+            batch::first_offset_where(&bytes, &h, |_, ts| ts == max).unwrap_or(h.base_offset);
+        Ok(Some((max, offset as u64)))
+    }
+
+    /// All local segments, oldest first; every one but the last is sealed.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.read_inner().all().map(Segment::info).collect()
+    }
+
+    /// Seals the active segment (if it holds anything) and starts a new one.
+    pub fn roll(&self) -> Result<(), StorageError> {
+        self.check_online()?;
+        let rolled = {
+            let mut inner = self.write_inner();
+            if inner.active.is_empty() {
+                None
+            } else {
+                Some(inner.roll(&self.dir)?)
+            }
+        };
+        if let Some(offset) = rolled {
+            self.mark_durable_at_roll(offset);
+        }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable, and writes the active segment's indexes.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.check_online()?;
+        let end = self.log_end_offset();
+        self.sync_to(end)?;
+        self.write_inner().active.persist_indexes()
+    }
+
+    /// Under [`FlushPolicy::Interval`], flushes when the last fsync is older than the interval
+    /// and something is not yet durable. Meant to be called from a timer as well.
+    pub fn maybe_flush(&self) -> Result<(), StorageError> {
+        let FlushPolicy::Interval(every) = self.read_inner().config.flush else {
+            return Ok(());
+        };
+        let due = {
+            let st = self.lock_sync();
+            self.clock.now_ms() - st.last_sync_ms >= every.as_millis() as i64
+        };
+        if due && self.durable_offset() < self.log_end_offset() {
+            self.sync_to(self.log_end_offset())?;
+        }
+        Ok(())
+    }
+
+    /// Removes every record at or after `offset`, cutting at the start of the batch holding it;
+    /// returns the new log end offset. Truncating below the log start empties the log and
+    /// restarts it at `offset`.
+    pub fn truncate_to(&self, offset: u64) -> Result<u64, StorageError> {
+        self.check_online()?;
+        let mut inner = self.write_inner();
+        if offset >= inner.active.next_offset {
+            return Ok(inner.active.next_offset);
+        }
+        let log_start = inner.log_start_offset;
+        let cut_at = inner.cut_point(offset)?;
+        let new_end = if offset < log_start || cut_at < log_start {
+            inner.reset(&self.dir, offset)?
+        } else {
+            inner.truncate(offset)?
+        };
+        self.forget_beyond(new_end);
+        inner.checkpoint(&self.dir, self.durable_offset())?;
+        Ok(new_end)
+    }
+
+    /// Drops every segment and restarts the log, empty, at `offset` (a replica that starts from
+    /// the object store's end, or one that fell behind the leader's log start).
+    pub fn reset_to(&self, offset: u64) -> Result<(), StorageError> {
+        self.check_online()?;
+        let mut inner = self.write_inner();
+        inner.reset(&self.dir, offset)?;
+        self.forget_beyond(offset);
+        inner.checkpoint(&self.dir, offset)
+    }
+
+    /// Moves the log start offset to `offset` (DeleteRecords) and deletes the segments wholly
+    /// below it. Returns the new log start offset.
+    pub fn delete_before(&self, offset: u64) -> Result<u64, StorageError> {
+        self.check_online()?;
+        let rolled = {
+            let mut inner = self.write_inner();
+            let end = inner.active.next_offset;
+            if offset > end {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: inner.log_start_offset,
+                    log_end: end,
+                });
+            }
+            if offset <= inner.log_start_offset {
+                return Ok(inner.log_start_offset);
+            }
+            let rolled = if offset == end && !inner.active.is_empty() {
+                Some(inner.roll(&self.dir)?)
+            } else {
+                None
+            };
+            inner.log_start_offset = offset;
+            inner.delete_sealed_while(|s| s.next_offset <= offset)?;
+            let durable = rolled.unwrap_or_else(|| self.durable_offset());
+            inner.checkpoint(&self.dir, durable)?;
+            rolled
+        };
+        if let Some(offset) = rolled {
+            self.mark_durable_at_roll(offset);
+        }
+        Ok(offset)
+    }
+
+    /// Deletes the oldest sealed segments that fall outside `retention.ms` (by their largest
+    /// timestamp) or `retention.bytes` (by total size); returns what was deleted.
+    pub fn apply_retention(&self) -> Result<Vec<SegmentInfo>, StorageError> {
+        self.check_online()?;
+        let now = self.clock.now_ms();
+        let mut inner = self.write_inner();
+        let by_time = inner
+            .config
+            .retention_ms
+            .map(|d| now.saturating_sub(d.as_millis() as i64));
+        let mut excess = inner
+            .config
+            .retention_bytes
+            .map(|limit| inner.all().map(|s| s.size).sum::<u64>() as i128 - limit as i128);
+        let deleted = inner.delete_sealed_while(|s| {
+            let expired = by_time.is_some_and(|cutoff| s.max_timestamp < cutoff);
+            let oversize = excess.is_some_and(|e| e - s.size as i128 >= 0);
+            if expired || oversize {
+                excess = excess.map(|e| e - s.size as i128);
+                true
+            } else {
+                false
+            }
+        })?;
+        Ok(deleted)
+    }
+
+    /// Flushes everything and records a recovery point at the log end, so the next open
+    /// validates nothing.
+    pub fn close(self) -> Result<(), StorageError> {
+        self.flush()?;
+        let end = self.log_end_offset();
+        self.write_inner().checkpoint(&self.dir, end)
+    }
+
+    fn check_online(&self) -> Result<(), StorageError> {
+        match self.failure.get() {
+            Some(reason) => Err(StorageError::Offline {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until offsets below `target` are durable, running the fsync itself when no other
+    /// thread is: concurrent appenders share one fsync (group commit).
+    fn sync_to(&self, target: u64) -> Result<(), StorageError> {
+        let mut st = self.lock_sync();
+        let generation = st.generation;
+        loop {
+            self.check_online()?;
+            if st.durable >= target || st.generation != generation {
+                return Ok(());
+            }
+            if !st.in_progress {
+                break;
+            }
+            st = self.synced.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.in_progress = true;
+        drop(st);
+        let (file, path, end) = {
+            let inner = self.read_inner();
+            (
+                inner.active.log_file(),
+                inner.active.log_path().to_path_buf(),
+                inner.active.next_offset,
+            )
+        };
+        let result = file.sync_data().io_ctx("fsync", &path);
+        let mut st = self.lock_sync();
+        st.in_progress = false;
+        match &result {
+            Ok(()) => {
+                if st.generation == generation {
+                    st.durable = st.durable.max(end);
+                }
+                st.last_sync_ms = self.clock.now_ms();
+            }
+            Err(e) => {
+                let _ = self.failure.set(e.to_string());
+                tracing::error!(log = %self.dir.display(), error = %e, "fsync failed; log is offline");
+            }
+        }
+        self.synced.notify_all();
+        result
+    }
+
+    fn mark_durable_at_roll(&self, offset: u64) {
+        let mut st = self.lock_sync();
+        st.durable = st.durable.max(offset);
+    }
+
+    fn forget_beyond(&self, end: u64) {
+        let mut st = self.lock_sync();
+        st.generation += 1;
+        st.durable = st.durable.min(end);
+    }
+
+    fn read_inner(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_inner(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Inner {
+    fn all(&self) -> impl Iterator<Item = &Segment> {
+        self.sealed.iter().chain(std::iter::once(&self.active))
+    }
+
+    fn get(&self, i: usize) -> &Segment {
+        self.sealed.get(i).unwrap_or(&self.active)
+    }
+
+    /// Index (in `all()`) of the segment holding `offset`: the last one based at or below it.
+    fn index_of(&self, offset: u64) -> usize {
+        if offset >= self.active.base_offset {
+            return self.sealed.len();
+        }
+        self.sealed
+            .partition_point(|s| s.base_offset <= offset)
+            .saturating_sub(1)
+    }
+
+    fn check_range(&self, offset: u64) -> Result<(), StorageError> {
+        let end = self.active.next_offset;
+        if offset < self.log_start_offset || offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start_offset,
+                log_end: end,
+            });
+        }
+        Ok(())
+    }
+
+    /// Rolls when the active segment is non-empty and the append would overflow it, its
+    /// relative offsets, or its age. Returns the new segment's base offset.
+    fn roll_if_due(
+        &mut self,
+        dir: &Path,
+        append_len: u64,
+        last_offset: u64,
+        now: i64,
+    ) -> Result<Option<u64>, StorageError> {
+        let a = &self.active;
+        if a.is_empty() {
+            return Ok(None);
+        }
+        let too_big = a.size + append_len > self.config.segment_bytes;
+        let too_old = self.config.segment_ms.is_some_and(|ms| {
+            a.roll_timestamp
+                .is_some_and(|t| now.saturating_sub(t) >= ms.as_millis() as i64)
+        });
+        if too_big || too_old || !a.can_hold(last_offset) {
+            return self.roll(dir).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Seals the active segment and opens a new one at the log end; returns that offset.
+    fn roll(&mut self, dir: &Path) -> Result<u64, StorageError> {
+        let end = self.active.next_offset;
+        self.active.seal()?;
+        let next = Segment::create(dir, end)?;
+        checkpoint::sync_dir(dir)?;
+        let sealed = std::mem::replace(&mut self.active, next);
+        self.sealed.push_back(sealed);
+        self.checkpoint(dir, end)?;
+        tracing::debug!(log = %dir.display(), base_offset = end, "rolled segment");
+        Ok(end)
+    }
+
+    /// Base offset of the batch holding `offset` (where a truncation to `offset` cuts).
+    fn cut_point(&self, offset: u64) -> Result<u64, StorageError> {
+        let seg = self.get(self.index_of(offset));
+        if offset < seg.base_offset {
+            return Ok(offset);
+        }
+        Ok(seg
+            .view()
+            .locate(offset, seg.position_floor(offset))?
+            .map_or(offset, |(_, h)| h.base_offset as u64))
+    }
+
+    fn truncate(&mut self, offset: u64) -> Result<u64, StorageError> {
+        let keep = self.index_of(offset);
+        // Segments after the one holding `offset` go entirely, newest first.
+        while self.sealed.len() > keep {
+            let Some(prev) = self.sealed.pop_back() else {
+                break;
+            };
+            let dropped = std::mem::replace(&mut self.active, prev);
+            dropped.delete()?;
+        }
+        let interval = self.config.index_interval_bytes;
+        self.active.truncate_to(offset, interval)
+    }
+
+    /// Empties the log and restarts it at `offset`. The checkpoint goes first, so a crash
+    /// part-way leaves either old segments (the reset was never acknowledged) or a log that
+    /// reopens empty at `offset`.
+    fn reset(&mut self, dir: &Path, offset: u64) -> Result<u64, StorageError> {
+        self.log_start_offset = offset;
+        Checkpoint {
+            recovery_point: offset,
+            log_start_offset: offset,
+        }
+        .write(dir)?;
+        // Creating truncates a same-named old segment, whose files then belong to the new one.
+        let fresh = Segment::create(dir, offset)?;
+        let old_active = std::mem::replace(&mut self.active, fresh);
+        let old: Vec<Segment> = self
+            .sealed
+            .drain(..)
+            .chain(std::iter::once(old_active))
+            .collect();
+        for seg in old.into_iter().filter(|s| s.base_offset != offset) {
+            seg.delete()?;
+        }
+        checkpoint::sync_dir(dir)?;
+        Ok(offset)
+    }
+
+    /// Deletes sealed segments from the oldest while `pred` holds, moving the log start
+    /// offset past them.
+    fn delete_sealed_while(
+        &mut self,
+        mut pred: impl FnMut(&Segment) -> bool,
+    ) -> Result<Vec<SegmentInfo>, StorageError> {
+        let mut deleted = Vec::new();
+        while let Some(front) = self.sealed.front() {
+            if !pred(front) {
+                break;
+            }
+            let Some(seg) = self.sealed.pop_front() else {
+                break;
+            };
+            deleted.push(seg.info());
+            seg.delete()?;
+        }
+        let first = self.sealed.front().unwrap_or(&self.active).base_offset;
+        self.log_start_offset = self.log_start_offset.max(first);
+        Ok(deleted)
+    }
+
+    fn checkpoint(&mut self, dir: &Path, durable: u64) -> Result<(), StorageError> {
+        self.active.persist_indexes()?;
+        Checkpoint {
+            recovery_point: durable.min(self.active.next_offset),
+            log_start_offset: self.log_start_offset,
+        }
+        .write(dir)
+    }
+}
+
+/// Opens the segments found in `dir`, trusting those wholly before the recovery point and
+/// validating the rest. A segment cut during recovery ends the log: later segments (and any
+/// that would leave a gap) are deleted.
+fn open_segments(
+    dir: &Path,
+    config: &LogConfig,
+    recovery_point: u64,
+) -> Result<VecDeque<Segment>, StorageError> {
+    let bases = list_segment_bases(dir)?;
+    let recover_from = bases
+        .iter()
+        .rposition(|&b| b <= recovery_point)
+        .unwrap_or(0);
+    let interval = config.index_interval_bytes;
+    let mut segments: VecDeque<Segment> = VecDeque::with_capacity(bases.len());
+    for (i, &base) in bases.iter().enumerate() {
+        let contiguous = segments.back().is_none_or(|prev| prev.next_offset == base);
+        if !contiguous {
+            tracing::warn!(log = %dir.display(), base_offset = base, "segment does not follow the previous one; dropping it and later ones");
+            delete_segment_files(dir, &bases[i..])?;
+            break;
+        }
+        let (seg, recovered) = if i < recover_from {
+            Segment::open_trusted(dir, base, interval)?
+        } else {
+            Segment::open_recovering(dir, base, interval)?
+        };
+        segments.push_back(seg);
+        if recovered != Recovered::Intact && i + 1 < bases.len() {
+            tracing::warn!(log = %dir.display(), base_offset = base, "segment was cut during recovery; dropping later segments");
+            delete_segment_files(dir, &bases[i + 1..])?;
+            break;
+        }
+    }
+    Ok(segments)
+}
+
+/// Base offsets of the `.log` files in `dir`, sorted; removes index files without a log and
+/// leftover temporary files.
+fn list_segment_bases(dir: &Path) -> Result<Vec<u64>, StorageError> {
+    let mut bases = Vec::new();
+    let mut orphans = Vec::new();
+    for entry in std::fs::read_dir(dir).io_ctx("list", dir)? {
+        let path = entry.io_ctx("list", dir)?.path();
+        let (Some(stem), Some(ext)) = (
+            path.file_stem().and_then(|s| s.to_str()),
+            path.extension().and_then(|s| s.to_str()),
+        ) else {
+            continue;
+        };
+        let base = (stem.len() == 20)
+            .then(|| stem.parse::<u64>().ok())
+            .flatten();
+        match (base, ext) {
+            (Some(base), "log") => bases.push(base),
+            (Some(base), "index" | "timeindex") => orphans.push((base, path)),
+            _ if ext == "tmp" => orphans.push((u64::MAX, path)),
+            _ => {}
+        }
+    }
+    bases.sort_unstable();
+    for (base, path) in orphans {
+        if bases.binary_search(&base).is_err() {
+            std::fs::remove_file(&path).io_ctx("delete", &path)?;
+        }
+    }
+    Ok(bases)
+}
+
+fn delete_segment_files(dir: &Path, bases: &[u64]) -> Result<(), StorageError> {
+    for &base in bases {
+        for ext in ["log", "index", "timeindex"] {
+            let path = dir.join(crate::segment::file_name(base, ext));
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).io_ctx("delete", &path);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,633 @@
+//! One segment of a partition log: a `.log` file of v2 batches, named by its 20-digit base
+//! offset, with its sparse `.index` and `.timeindex`.
+//!
+//! The log file is written with positional writes at `size`, the number of bytes of whole
+//! batches; readers get a [`SegmentView`] (a shared file handle and the size at that moment)
+//! and read with positional reads, so they never hold the log's lock while doing I/O.
+
+use std::fs::File;
+use std::io;
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
+use crate::error::{IoContext, StorageError};
+use crate::index::{Entry, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+
+/// Kafka's "no timestamp".
+pub(crate) const NO_TIMESTAMP: i64 = -1;
+/// Bytes read per step when walking batch headers.
+const WALK_CHUNK: usize = 64 * 1024;
+
+pub(crate) fn file_name(base_offset: u64, ext: &str) -> String {
+    format!("{base_offset:020}.{ext}")
+}
+
+/// Offsets and times of a segment, as listed for tiering and operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: u64,
+    /// One past the last offset the segment holds (equal to `base_offset` when empty).
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    /// Timestamp of the segment's first batch.
+    pub first_timestamp: Option<i64>,
+    /// Largest record timestamp in the segment.
+    pub max_timestamp: Option<i64>,
+    /// Sealed segments are immutable (and durable); the active segment is not.
+    pub sealed: bool,
+    pub log_path: PathBuf,
+    pub offset_index_path: PathBuf,
+    pub time_index_path: PathBuf,
+}
+
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub base_offset: u64,
+    log_path: Arc<Path>,
+    index_path: PathBuf,
+    time_index_path: PathBuf,
+    log: Arc<File>,
+    index_file: File,
+    time_index_file: File,
+    offset_index: OffsetIndex,
+    time_index: TimeIndex,
+    /// Bytes of whole batches in the log file.
+    pub size: u64,
+    /// One past the last offset in the segment.
+    pub next_offset: u64,
+    /// Largest batch max timestamp, or [`NO_TIMESTAMP`].
+    pub max_timestamp: i64,
+    /// Relative base offset of the first batch that reached `max_timestamp`.
+    max_timestamp_rel: u32,
+    pub first_timestamp: Option<i64>,
+    /// Max timestamp of the first batch; `segment.ms` counts from it, as in Kafka.
+    pub roll_timestamp: Option<i64>,
+    bytes_since_index: u64,
+    pub sealed: bool,
+}
+
+/// The outcome of recovering a segment from its bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Recovered {
+    Intact,
+    /// Bytes from `at` on were not valid batches and were cut off.
+    Truncated {
+        at: u64,
+        dropped: u64,
+    },
+}
+
+impl Segment {
+    /// Creates empty files for a new segment at `base_offset` (replacing leftovers of a crash).
+    pub fn create(dir: &Path, base_offset: u64) -> Result<Self, StorageError> {
+        let mut seg = Self::open_files(dir, base_offset, true)?;
+        seg.next_offset = base_offset;
+        Ok(seg)
+    }
+
+    fn open_files(dir: &Path, base_offset: u64, truncate: bool) -> Result<Self, StorageError> {
+        let open = |ext: &str| -> Result<(PathBuf, File), StorageError> {
+            let path = dir.join(file_name(base_offset, ext));
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(truncate)
+                .open(&path)
+                .io_ctx("open", &path)?;
+            Ok((path, file))
+        };
+        let (log_path, log) = open("log")?;
+        let (index_path, index_file) = open("index")?;
+        let (time_index_path, time_index_file) = open("timeindex")?;
+        Ok(Self {
+            base_offset,
+            log_path: log_path.into(),
+            index_path,
+            time_index_path,
+            log: Arc::new(log),
+            index_file,
+            time_index_file,
+            offset_index: OffsetIndex::default(),
+            time_index: TimeIndex::default(),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: NO_TIMESTAMP,
+            max_timestamp_rel: 0,
+            first_timestamp: None,
+            roll_timestamp: None,
+            bytes_since_index: 0,
+            sealed: false,
+        })
+    }
+
+    /// Opens a segment known to have been sealed and fsynced before the last recovery
+    /// checkpoint: its indexes are loaded (rebuilt from batch headers when inconsistent) and
+    /// the tail after the last index entry is checked to end on a batch boundary. When that
+    /// check fails the segment is recovered in full instead.
+    pub fn open_trusted(
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u64,
+    ) -> Result<(Self, Recovered), StorageError> {
+        let mut seg = Self::open_files(dir, base_offset, false)?;
+        let file_len = seg.log.metadata().io_ctx("stat", &seg.log_path)?.len();
+        let offsets = read_index::<OffsetEntry>(&seg.index_path, file_len);
+        let times = read_index::<TimeEntry>(&seg.time_index_path, file_len);
+        let (Some(offsets), Some(times)) = (offsets, times) else {
+            tracing::info!(segment = %seg.log_path.display(), "index missing or inconsistent; rebuilding");
+            return seg.recover(index_interval).map(|r| (seg, r));
+        };
+        // Check the tail after the last indexed batch and learn the segment's end offset.
+        let start = offsets.last().map_or(0, |e| u64::from(e.position));
+        let mut last: Option<BatchHeader> = None;
+        let stop = walk_headers(&seg.log, start, file_len, |_, h, _| {
+            last = Some(*h);
+            ControlFlow::Continue(())
+        })
+        .io_ctx("read", &seg.log_path)?;
+        let next_offset = last.map_or(base_offset, |h| h.last_offset().max(0) as u64 + 1);
+        let consistent = stop == Walk::End
+            && last.is_none_or(|h| h.base_offset >= base_offset as i64)
+            && times
+                .last()
+                .is_none_or(|t| base_offset + u64::from(t.rel_offset) < next_offset);
+        if !consistent {
+            tracing::warn!(segment = %seg.log_path.display(), "sealed segment has a damaged tail; recovering it");
+            return seg.recover(index_interval).map(|r| (seg, r));
+        }
+        let first = read_header(&seg.log, 0).io_ctx("read", &seg.log_path)?;
+        seg.size = file_len;
+        seg.next_offset = next_offset;
+        if let Some(t) = times.last() {
+            seg.max_timestamp = t.timestamp;
+            seg.max_timestamp_rel = t.rel_offset;
+        }
+        seg.first_timestamp = first.map(|h| first_timestamp(&h));
+        seg.roll_timestamp = first.map(|h| h.max_timestamp);
+        seg.offset_index = offsets;
+        seg.time_index = times;
+        seg.sealed = true;
+        Ok((seg, Recovered::Intact))
+    }
+
+    /// Opens a segment whose bytes may be torn (at or after the recovery checkpoint): every
+    /// batch is validated (frame, CRC, contiguous offsets), the file is cut at the first bad
+    /// one, and the indexes are rebuilt.
+    pub fn open_recovering(
+        dir: &Path,
+        base_offset: u64,
+        index_interval: u64,
+    ) -> Result<(Self, Recovered), StorageError> {
+        let mut seg = Self::open_files(dir, base_offset, false)?;
+        let recovered = seg.recover(index_interval)?;
+        Ok((seg, recovered))
+    }
+
+    fn recover(&mut self, index_interval: u64) -> Result<Recovered, StorageError> {
+        let file_len = self.log.metadata().io_ctx("stat", &self.log_path)?.len();
+        self.reset_state();
+        self.offset_index.mark_unpersisted();
+        self.time_index.mark_unpersisted();
+        let mut expected = self.base_offset as i64;
+        let mut valid_end = 0u64;
+        let mut body = Vec::new();
+        let mut failure: Option<io::Error> = None;
+        let log = Arc::clone(&self.log);
+        walk_headers(&log, 0, file_len, |pos, h, bytes| {
+            if h.base_offset != expected || h.records_count <= 0 || h.last_offset_delta < 0 {
+                return ControlFlow::Break(());
+            }
+            let bytes = match bytes {
+                Some(b) => b,
+                None => {
+                    body.resize(h.total_len(), 0);
+                    if let Err(e) = log.read_exact_at(&mut body, pos) {
+                        failure = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                    &body[..]
+                }
+            };
+            if batch::check_crc(bytes, h, 0).is_err() {
+                return ControlFlow::Break(());
+            }
+            self.track(pos, h, index_interval);
+            expected = h.last_offset() + 1;
+            valid_end = pos + h.total_len() as u64;
+            ControlFlow::Continue(())
+        })
+        .io_ctx("read", &self.log_path)?;
+        if let Some(e) = failure {
+            return Err(e).io_ctx("read", &self.log_path);
+        }
+        if valid_end < file_len {
+            self.log
+                .set_len(valid_end)
+                .io_ctx("truncate", &self.log_path)?;
+            tracing::warn!(
+                segment = %self.log_path.display(),
+                at = valid_end,
+                dropped = file_len - valid_end,
+                "cut a torn or corrupt tail during recovery"
+            );
+            return Ok(Recovered::Truncated {
+                at: valid_end,
+                dropped: file_len - valid_end,
+            });
+        }
+        Ok(Recovered::Intact)
+    }
+
+    fn reset_state(&mut self) {
+        self.offset_index.clear();
+        self.time_index.clear();
+        self.size = 0;
+        self.next_offset = self.base_offset;
+        self.max_timestamp = NO_TIMESTAMP;
+        self.max_timestamp_rel = 0;
+        self.first_timestamp = None;
+        self.roll_timestamp = None;
+        self.bytes_since_index = 0;
+    }
+
+    /// Updates sizes, offsets, timestamps and the sparse indexes for a batch now at `pos`.
+    fn track(&mut self, pos: u64, h: &BatchHeader, index_interval: u64) {
+        let rel = (h.base_offset as u64 - self.base_offset) as u32;
+        let indexed = self.bytes_since_index >= index_interval;
+        if indexed {
+            self.offset_index.push(OffsetEntry {
+                rel_offset: rel,
+                position: pos as u32,
+            });
+            self.bytes_since_index = 0;
+        }
+        if self.first_timestamp.is_none() {
+            self.first_timestamp = Some(first_timestamp(h));
+            self.roll_timestamp = Some(h.max_timestamp);
+        }
+        if h.max_timestamp > self.max_timestamp {
+            self.max_timestamp = h.max_timestamp;
+            self.max_timestamp_rel = rel;
+        }
+        if indexed {
+            self.push_time_entry();
+        }
+        let len = h.total_len() as u64;
+        self.bytes_since_index += len;
+        self.size = pos + len;
+        self.next_offset = h.last_offset() as u64 + 1;
+    }
+
+    fn push_time_entry(&mut self) {
+        if self
+            .time_index
+            .last()
+            .is_none_or(|e| e.timestamp < self.max_timestamp)
+            && self.max_timestamp != NO_TIMESTAMP
+        {
+            self.time_index.push(TimeEntry {
+                timestamp: self.max_timestamp,
+                rel_offset: self.max_timestamp_rel,
+            });
+        }
+    }
+
+    /// Appends validated batches whose headers now carry their final offsets. On a write error
+    /// the segment is unchanged (a partial write past `size` is cut off again).
+    pub fn append(
+        &mut self,
+        bytes: &[u8],
+        headers: &[BatchHeader],
+        index_interval: u64,
+    ) -> Result<(), StorageError> {
+        debug_assert!(!self.sealed);
+        if let Err(e) = self.log.write_all_at(bytes, self.size) {
+            // Best effort: the next append overwrites from `size` anyway, and recovery cuts
+            // anything past the last valid batch.
+            let _ = self.log.set_len(self.size);
+            return Err(e).io_ctx("write", &self.log_path);
+        }
+        let mut pos = self.size;
+        for h in headers {
+            self.track(pos, h, index_interval);
+            pos += h.total_len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Whether offsets up to `last_offset` can still be indexed relative to this base.
+    pub fn can_hold(&self, last_offset: u64) -> bool {
+        last_offset - self.base_offset <= u64::from(u32::MAX)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Makes the segment immutable: final time index entry, indexes written, everything fsynced.
+    pub fn seal(&mut self) -> Result<(), StorageError> {
+        self.push_time_entry();
+        self.persist_indexes()?;
+        self.log.sync_all().io_ctx("fsync", &self.log_path)?;
+        self.index_file
+            .sync_all()
+            .io_ctx("fsync", &self.index_path)?;
+        self.time_index_file
+            .sync_all()
+            .io_ctx("fsync", &self.time_index_path)?;
+        self.sealed = true;
+        Ok(())
+    }
+
+    pub fn persist_indexes(&mut self) -> Result<(), StorageError> {
+        self.offset_index
+            .persist(&self.index_file)
+            .io_ctx("write", &self.index_path)?;
+        self.time_index
+            .persist(&self.time_index_file)
+            .io_ctx("write", &self.time_index_path)
+    }
+
+    /// Removes every batch from the one containing `offset` on; returns the new next offset.
+    pub fn truncate_to(&mut self, offset: u64, index_interval: u64) -> Result<u64, StorageError> {
+        let view = self.view();
+        let cut = view.locate(offset, self.position_floor(offset))?;
+        let Some((pos, _)) = cut else {
+            return Ok(self.next_offset);
+        };
+        self.log.set_len(pos).io_ctx("truncate", &self.log_path)?;
+        // Rebuild the bookkeeping from the remaining headers; truncation is rare.
+        self.reset_state();
+        let log = Arc::clone(&self.log);
+        walk_headers(&log, 0, pos, |p, h, _| {
+            self.track(p, h, index_interval);
+            ControlFlow::Continue(())
+        })
+        .io_ctx("read", &self.log_path)?;
+        self.offset_index.mark_unpersisted();
+        self.time_index.mark_unpersisted();
+        self.sealed = false;
+        Ok(self.next_offset)
+    }
+
+    /// Byte position of the last indexed batch starting at or before `offset`.
+    pub fn position_floor(&self, offset: u64) -> u64 {
+        let rel = offset
+            .saturating_sub(self.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
+        self.offset_index
+            .floor(|e| e.rel_offset <= rel)
+            .map_or(0, |e| u64::from(e.position))
+    }
+
+    /// Byte position to start scanning for the first batch with a timestamp at or after `ts`.
+    pub fn position_for_timestamp(&self, ts: i64) -> u64 {
+        self.time_index.floor(|e| e.timestamp <= ts).map_or(0, |e| {
+            self.position_floor(self.base_offset + u64::from(e.rel_offset))
+        })
+    }
+
+    /// Byte position of the first batch that reached the segment's max timestamp.
+    pub fn position_of_max_timestamp(&self) -> u64 {
+        self.position_floor(self.base_offset + u64::from(self.max_timestamp_rel))
+    }
+
+    pub fn view(&self) -> SegmentView {
+        SegmentView {
+            file: Arc::clone(&self.log),
+            path: Arc::clone(&self.log_path),
+            size: self.size,
+        }
+    }
+
+    pub fn log_file(&self) -> Arc<File> {
+        Arc::clone(&self.log)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn info(&self) -> SegmentInfo {
+        SegmentInfo {
+            base_offset: self.base_offset,
+            next_offset: self.next_offset,
+            size_bytes: self.size,
+            first_timestamp: self.first_timestamp,
+            max_timestamp: (self.max_timestamp != NO_TIMESTAMP).then_some(self.max_timestamp),
+            sealed: self.sealed,
+            log_path: self.log_path.to_path_buf(),
+            offset_index_path: self.index_path.clone(),
+            time_index_path: self.time_index_path.clone(),
+        }
+    }
+
+    /// Deletes the segment's files. Readers holding a view keep reading the unlinked file.
+    pub fn delete(self) -> Result<(), StorageError> {
+        for path in [&*self.log_path, &self.index_path, &self.time_index_path] {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e).io_ctx("delete", path);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn first_timestamp(h: &BatchHeader) -> i64 {
+    if h.is_log_append_time() {
+        h.max_timestamp
+    } else {
+        h.base_timestamp
+    }
+}
+
+fn read_index<E: Entry>(path: &Path, log_size: u64) -> Option<crate::index::SparseIndex<E>> {
+    let bytes = std::fs::read(path).ok()?;
+    match crate::index::SparseIndex::<E>::decode(&bytes, log_size) {
+        Ok(idx) => Some(idx),
+        Err(reason) => {
+            tracing::warn!(index = %path.display(), %reason, "ignoring inconsistent index");
+            None
+        }
+    }
+}
+
+fn read_header(file: &File, pos: u64) -> io::Result<Option<BatchHeader>> {
+    let mut buf = [0u8; HEADER_LEN];
+    let n = read_full_at(file, &mut buf, pos)?;
+    Ok(BatchHeader::parse(&buf[..n]))
+}
+
+/// Reads as much of `buf` as the file holds at `pos`; returns the number of bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], pos + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// How a header walk ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Walk {
+    /// Reached `end` exactly on a batch boundary, or the visitor stopped.
+    End,
+    /// Bytes at this position do not start a plausible batch that ends by `end`.
+    Broken(u64),
+}
+
+/// Visits the batch headers of a log file from `pos` (a batch boundary) up to `end`, reading
+/// in chunks. The visitor gets the position, the header and, when the chunk holds all of it,
+/// the whole batch. Only framing is checked here (magic, length within `end`).
+pub(crate) fn walk_headers(
+    file: &File,
+    mut pos: u64,
+    end: u64,
+    mut visit: impl FnMut(u64, &BatchHeader, Option<&[u8]>) -> ControlFlow<()>,
+) -> io::Result<Walk> {
+    let mut buf = vec![0u8; WALK_CHUNK.min((end.saturating_sub(pos)) as usize)];
+    while pos < end {
+        let want = buf.len().min((end - pos) as usize);
+        let filled = read_full_at(file, &mut buf[..want], pos)?;
+        let chunk = &buf[..filled];
+        let mut off = 0usize;
+        while off + HEADER_LEN <= chunk.len() {
+            let Ok(h) = batch::check_header(&chunk[off..], 0) else {
+                return Ok(Walk::Broken(pos + off as u64));
+            };
+            let total = h.total_len();
+            if pos + (off + total) as u64 > end {
+                return Ok(Walk::Broken(pos + off as u64));
+            }
+            let whole = chunk.get(off..off + total);
+            if visit(pos + off as u64, &h, whole).is_break() {
+                return Ok(Walk::End);
+            }
+            off += total;
+        }
+        if off == 0 {
+            // Not even a header's worth of bytes left before `end` (or the file is short).
+            return Ok(Walk::Broken(pos));
+        }
+        pos += off as u64;
+    }
+    Ok(Walk::End)
+}
+
+/// A reader's snapshot of a segment: the file and how many bytes of it are whole batches.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentView {
+    file: Arc<File>,
+    path: Arc<Path>,
+    pub size: u64,
+}
+
+impl SegmentView {
+    /// Position and header of the first batch, scanning from `start`, whose last offset is at
+    /// least `offset`; `None` when the segment ends first.
+    pub fn locate(
+        &self,
+        offset: u64,
+        start: u64,
+    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        self.find(start, |h| h.last_offset() >= offset as i64)
+    }
+
+    /// Position and header of the first batch from `start` for which `pred` holds.
+    pub fn find(
+        &self,
+        start: u64,
+        pred: impl Fn(&BatchHeader) -> bool,
+    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        let mut found = None;
+        walk_headers(&self.file, start, self.size, |pos, h, _| {
+            if pred(h) {
+                found = Some((pos, *h));
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .io_ctx("read", &self.path)?;
+        Ok(found)
+    }
+
+    /// Reads the whole batch at `pos`.
+    pub fn read_batch(&self, pos: u64, header: &BatchHeader) -> Result<Vec<u8>, StorageError> {
+        let mut buf = vec![0u8; header.total_len()];
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .io_ctx("read", &self.path)?;
+        Ok(buf)
+    }
+
+    /// Appends to `out` the whole batches from `pos` that fit in `budget` bytes (at least one
+    /// when `at_least_one`). Returns whether the reader may continue into the next segment
+    /// (the segment's end was reached within budget).
+    pub fn read_batches(
+        &self,
+        pos: u64,
+        budget: usize,
+        at_least_one: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        let available = self.size.saturating_sub(pos);
+        if available == 0 {
+            return Ok(true);
+        }
+        // Read at least a batch's length prefix, so a tiny budget still finds the first batch.
+        let want = (budget.max(LOG_OVERHEAD) as u64).min(available) as usize;
+        let start = out.len();
+        out.resize(start + want, 0);
+        let filled = read_full_at(&self.file, &mut out[start..], pos).io_ctx("read", &self.path)?;
+        let whole = whole_batches_len(&out[start..start + filled]);
+        if whole > 0 || !at_least_one {
+            out.truncate(start + whole);
+            return Ok(whole as u64 == available);
+        }
+        // The first batch alone is larger than the budget: Kafka returns it whole anyway.
+        let Some(first) = batch_len_prefix(&out[start..start + filled]) else {
+            out.truncate(start);
+            return Ok(false);
+        };
+        if first as u64 > available {
+            out.truncate(start);
+            return Ok(false);
+        }
+        out.resize(start + first, 0);
+        self.file
+            .read_exact_at(&mut out[start..], pos)
+            .io_ctx("read", &self.path)?;
+        Ok(first as u64 == available)
+    }
+}
+
+/// Total length of a batch from its first 12 bytes, if they are there and plausible.
+fn batch_len_prefix(buf: &[u8]) -> Option<usize> {
+    let len = i32::from_be_bytes(buf.get(8..LOG_OVERHEAD)?.try_into().ok()?);
+    (len >= (HEADER_LEN - LOG_OVERHEAD) as i32).then(|| LOG_OVERHEAD + len as usize)
+}
+
+/// Length of the longest prefix of `buf` made of whole batches.
+fn whole_batches_len(buf: &[u8]) -> usize {
+    let mut off = 0;
+    while let Some(len) = batch_len_prefix(&buf[off..]) {
+        if off + len > buf.len() {
+            break;
+        }
+        off += len;
+    }
+    off
+}
