@@ -231,14 +231,14 @@ impl Log {
     /// end returns no bytes; below the log start or past the end is `OffsetOutOfRange`.
     /// The caller bounds `max_bytes` (Kafka's `fetch.max.bytes`).
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Bytes, StorageError> {
-        let (views, start_pos) = {
+        let (views, hint) = {
             let inner = self.read_inner();
             inner.check_range(from_offset)?;
             if from_offset == inner.active.next_offset {
                 return Ok(Bytes::new());
             }
             let first = inner.index_of(from_offset);
-            let start_pos = inner.get(first).position_floor(from_offset);
+            let hint = inner.get(first).offset_hint(from_offset);
             // The first segment's share is unknown until the batch is located, so only the
             // following segments count towards the budget when deciding how far to look.
             let mut views = vec![inner.get(first).view()];
@@ -250,13 +250,13 @@ impl Log {
                 covered += seg.size;
                 views.push(seg.view());
             }
-            (views, start_pos)
+            (views, hint)
         };
         let mut out = Vec::new();
         let mut budget = max_bytes;
         for (k, view) in views.iter().enumerate() {
             let pos = if k == 0 {
-                match view.locate(from_offset, start_pos)? {
+                match view.locate(from_offset, hint)? {
                     Some((pos, _)) => pos,
                     None => continue,
                 }
@@ -282,26 +282,31 @@ impl Log {
             let Some(first) = inner.all().position(|s| s.max_timestamp >= timestamp) else {
                 return Ok(None);
             };
-            let start = inner.get(first).position_for_timestamp(timestamp);
+            let hint = inner.get(first).time_hint(timestamp);
             let views: Vec<_> = inner
                 .all()
                 .skip(first)
                 .enumerate()
-                .map(|(k, s)| (s.view(), if k == 0 { start } else { 0 }))
+                .map(|(k, s)| (s.view(), (k == 0).then_some(hint)))
                 .collect();
             (views, inner.log_start_offset as i64)
         };
-        for (view, mut pos) in views {
-            while let Some((at, h)) = view.find(pos, |h| {
-                h.max_timestamp >= timestamp && h.last_offset() >= log_start
-            })? {
+        let qualifies =
+            |h: &BatchHeader| h.max_timestamp >= timestamp && h.last_offset() >= log_start;
+        for (view, hint) in views {
+            let mut next = match hint {
+                Some(hint) => view.find(hint, qualifies)?,
+                None => view.find_from(0, qualifies)?,
+            };
+            while let Some((at, h)) = next {
                 let bytes = view.read_batch(at, &h)?;
-                match batch::first_offset_where(&bytes, &h, |off, ts| {
+                let offset = batch::first_offset_where(&bytes, &h, |off, ts| {
                     off >= log_start && ts >= timestamp
-                }) {
-                    Some(offset) => return Ok(Some(offset as u64)),
-                    None => pos = at + h.total_len() as u64,
+                });
+                if let Some(offset) = offset {
+                    return Ok(Some(offset as u64));
                 }
+                next = view.find_from(at + h.total_len() as u64, qualifies)?;
             }
         }
         Ok(None)
@@ -310,7 +315,7 @@ impl Log {
     /// The largest record timestamp in the log and the first offset carrying it
     /// (ListOffsets `MAX_TIMESTAMP`); `None` for an empty log.
     pub fn max_timestamp(&self) -> Result<Option<(i64, u64)>, StorageError> {
-        let (view, pos, max) = {
+        let (view, hint, max) = {
             let inner = self.read_inner();
             let Some(seg) = inner
                 .all()
@@ -325,13 +330,9 @@ impl Log {
             else {
                 return Ok(None);
             };
-            (
-                seg.view(),
-                seg.position_of_max_timestamp(),
-                seg.max_timestamp,
-            )
+            (seg.view(), seg.max_timestamp_hint(), seg.max_timestamp)
         };
-        let Some((at, h)) = view.find(pos, |h| h.max_timestamp == max)? else {
+        let Some((at, h)) = view.find(hint, |h| h.max_timestamp == max)? else {
             return Ok(None);
         };
         let bytes = view.read_batch(at, &h)?;
@@ -640,7 +641,7 @@ impl Inner {
         }
         Ok(seg
             .view()
-            .locate(offset, seg.position_floor(offset))?
+            .locate(offset, seg.offset_hint(offset))?
             .map_or(offset, |(_, h)| h.base_offset as u64))
     }
 

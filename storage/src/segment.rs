@@ -144,17 +144,24 @@ impl Segment {
         // Check the tail after the last indexed batch and learn the segment's end offset.
         let start = offsets.last().map_or(0, |e| u64::from(e.position));
         let mut last: Option<BatchHeader> = None;
+        let mut tail_max = NO_TIMESTAMP;
         let stop = walk_headers(&seg.log, start, file_len, |_, h, _| {
             last = Some(*h);
+            tail_max = tail_max.max(h.max_timestamp);
             ControlFlow::Continue(())
         })
         .io_ctx("read", &seg.log_path)?;
         let next_offset = last.map_or(base_offset, |h| h.last_offset().max(0) as u64 + 1);
+        // Sealing always leaves a final time entry holding the segment's max timestamp.
+        let time_index_ok = match times.last() {
+            None => file_len == 0,
+            Some(t) => {
+                base_offset + u64::from(t.rel_offset) < next_offset && tail_max <= t.timestamp
+            }
+        };
         let consistent = stop == Walk::End
             && last.is_none_or(|h| h.base_offset >= base_offset as i64)
-            && times
-                .last()
-                .is_none_or(|t| base_offset + u64::from(t.rel_offset) < next_offset);
+            && time_index_ok;
         if !consistent {
             tracing::warn!(segment = %seg.log_path.display(), "sealed segment has a damaged tail; recovering it");
             return seg.recover(index_interval).map(|r| (seg, r));
@@ -355,7 +362,7 @@ impl Segment {
     /// Removes every batch from the one containing `offset` on; returns the new next offset.
     pub fn truncate_to(&mut self, offset: u64, index_interval: u64) -> Result<u64, StorageError> {
         let view = self.view();
-        let cut = view.locate(offset, self.position_floor(offset))?;
+        let cut = view.locate(offset, self.offset_hint(offset))?;
         let Some((pos, _)) = cut else {
             return Ok(self.next_offset);
         };
@@ -374,26 +381,42 @@ impl Segment {
         Ok(self.next_offset)
     }
 
-    /// Byte position of the last indexed batch starting at or before `offset`.
-    pub fn position_floor(&self, offset: u64) -> u64 {
+    /// Where to start scanning for `offset`: the last indexed batch starting at or before it.
+    pub fn offset_hint(&self, offset: u64) -> Hint {
         let rel = offset
             .saturating_sub(self.base_offset)
             .min(u64::from(u32::MAX)) as u32;
         self.offset_index
             .floor(|e| e.rel_offset <= rel)
-            .map_or(0, |e| u64::from(e.position))
+            .map_or(Hint::START, |e| Hint {
+                pos: u64::from(e.position),
+                checked: true,
+                base_offset: self.base_offset + u64::from(e.rel_offset),
+                max_timestamp: None,
+            })
     }
 
-    /// Byte position to start scanning for the first batch with a timestamp at or after `ts`.
-    pub fn position_for_timestamp(&self, ts: i64) -> u64 {
-        self.time_index.floor(|e| e.timestamp <= ts).map_or(0, |e| {
-            self.position_floor(self.base_offset + u64::from(e.rel_offset))
-        })
+    /// Where to start scanning for the first batch with a timestamp at or after `ts`.
+    pub fn time_hint(&self, ts: i64) -> Hint {
+        let Some(t) = self.time_index.floor(|e| e.timestamp <= ts) else {
+            return Hint::START;
+        };
+        let target = self.base_offset + u64::from(t.rel_offset);
+        let hint = self.offset_hint(target);
+        if hint.base_offset == target {
+            // The entry names the first batch to reach its timestamp: check that too.
+            Hint {
+                max_timestamp: Some(t.timestamp),
+                ..hint
+            }
+        } else {
+            hint
+        }
     }
 
-    /// Byte position of the first batch that reached the segment's max timestamp.
-    pub fn position_of_max_timestamp(&self) -> u64 {
-        self.position_floor(self.base_offset + u64::from(self.max_timestamp_rel))
+    /// Where to start scanning for the first batch that reached the segment's max timestamp.
+    pub fn max_timestamp_hint(&self) -> Hint {
+        self.offset_hint(self.base_offset + u64::from(self.max_timestamp_rel))
     }
 
     pub fn view(&self) -> SegmentView {
@@ -526,6 +549,43 @@ pub(crate) fn walk_headers(
     Ok(Walk::End)
 }
 
+/// Where an index says a scan may start, and what the batch there must look like.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hint {
+    pos: u64,
+    /// Checked hints come from an index; unchecked ones are known batch boundaries.
+    checked: bool,
+    base_offset: u64,
+    max_timestamp: Option<i64>,
+}
+
+impl Hint {
+    const START: Hint = Hint::at(0);
+
+    /// A position known to start a batch.
+    const fn at(pos: u64) -> Hint {
+        Hint {
+            pos,
+            checked: false,
+            base_offset: 0,
+            max_timestamp: None,
+        }
+    }
+
+    fn matches(&self, h: &BatchHeader) -> bool {
+        !self.checked
+            || (h.base_offset == self.base_offset as i64
+                && self.max_timestamp.is_none_or(|t| t == h.max_timestamp))
+    }
+}
+
+#[derive(Debug)]
+enum Scan {
+    Found(u64, BatchHeader),
+    NotFound,
+    BadHint,
+}
+
 /// A reader's snapshot of a segment: the file and how many bytes of it are whole batches.
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentView {
@@ -535,33 +595,69 @@ pub(crate) struct SegmentView {
 }
 
 impl SegmentView {
-    /// Position and header of the first batch, scanning from `start`, whose last offset is at
+    /// Position and header of the first batch, scanning from `hint`, whose last offset is at
     /// least `offset`; `None` when the segment ends first.
     pub fn locate(
         &self,
         offset: u64,
-        start: u64,
+        hint: Hint,
     ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
-        self.find(start, |h| h.last_offset() >= offset as i64)
+        self.find(hint, |h| h.last_offset() >= offset as i64)
     }
 
-    /// Position and header of the first batch from `start` for which `pred` holds.
+    /// Position and header of the first batch from `hint` on for which `pred` holds. An index
+    /// entry that does not match the batch it points at (a damaged sealed index) is not
+    /// trusted: the scan restarts at the segment's start.
     pub fn find(
         &self,
-        start: u64,
+        hint: Hint,
         pred: impl Fn(&BatchHeader) -> bool,
     ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
-        let mut found = None;
-        walk_headers(&self.file, start, self.size, |pos, h, _| {
+        match self.scan(hint, &pred)? {
+            Scan::Found(pos, h) => Ok(Some((pos, h))),
+            Scan::NotFound => Ok(None),
+            Scan::BadHint => {
+                tracing::warn!(segment = %self.path.display(), position = hint.pos, "index entry does not match the log; scanning the segment from its start");
+                match self.scan(Hint::START, &pred)? {
+                    Scan::Found(pos, h) => Ok(Some((pos, h))),
+                    Scan::NotFound | Scan::BadHint => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Like [`Self::find`], from `pos`, a known batch boundary.
+    pub fn find_from(
+        &self,
+        pos: u64,
+        pred: impl Fn(&BatchHeader) -> bool,
+    ) -> Result<Option<(u64, BatchHeader)>, StorageError> {
+        self.find(Hint::at(pos), pred)
+    }
+
+    fn scan(&self, hint: Hint, pred: &impl Fn(&BatchHeader) -> bool) -> Result<Scan, StorageError> {
+        let mut result = Scan::NotFound;
+        let mut visited = false;
+        walk_headers(&self.file, hint.pos, self.size, |pos, h, _| {
+            if !visited {
+                visited = true;
+                if !hint.matches(h) {
+                    result = Scan::BadHint;
+                    return ControlFlow::Break(());
+                }
+            }
             if pred(h) {
-                found = Some((pos, *h));
+                result = Scan::Found(pos, *h);
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             }
         })
         .io_ctx("read", &self.path)?;
-        Ok(found)
+        if !visited && hint.checked {
+            return Ok(Scan::BadHint);
+        }
+        Ok(result)
     }
 
     /// Reads the whole batch at `pos`.

@@ -1,0 +1,248 @@
+//! Bad input: every malformed buffer is rejected with a typed error and leaves the log exactly
+//! as it was (same end offset, same bytes, same files).
+
+mod common;
+
+use strata_storage::{BatchError, Log, LogConfig, StorageError};
+
+/// Recomputes the CRC after a test edits bytes it covers, so only the intended flaw remains.
+fn fix_crc(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+fn set_i32(batch: &mut [u8], at: usize, v: i32) {
+    batch[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+fn good() -> Vec<u8> {
+    common::batch(&[(100, 1_000), (20, 1_001), (0, 1_002)])
+}
+
+fn rejected(mut input: Vec<u8>) -> BatchError {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            max_batch_bytes: 4096,
+            ..LogConfig::default()
+        },
+    )
+    .expect("open");
+    let mut first = good();
+    log.append(&mut first, 0).expect("a good batch");
+    let before = (
+        log.log_end_offset(),
+        log.read(0, 1 << 20).expect("read"),
+        log.size_bytes(),
+    );
+    let err = match log.append(&mut input, 0) {
+        Err(StorageError::InvalidBatch(e)) => e,
+        other => panic!("expected an invalid batch error, got {other:?}"),
+    };
+    let after = (
+        log.log_end_offset(),
+        log.read(0, 1 << 20).expect("read"),
+        log.size_bytes(),
+    );
+    assert_eq!(before, after, "the log changed after rejecting: {err}");
+    // And it still takes good batches at the next offset.
+    let mut next = good();
+    assert_eq!(log.append(&mut next, 0).expect("append").first_offset, 3);
+    err
+}
+
+#[test]
+fn empty_buffer_is_rejected() {
+    assert_eq!(rejected(Vec::new()), BatchError::Empty);
+}
+
+#[test]
+fn wrong_crc_is_rejected() {
+    let mut b = good();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    assert!(matches!(rejected(b), BatchError::BadCrc { at: 0, .. }));
+}
+
+#[test]
+fn wrong_magic_is_rejected() {
+    let mut b = good();
+    b[16] = 1;
+    assert_eq!(rejected(b), BatchError::BadMagic { at: 0, magic: 1 });
+}
+
+#[test]
+fn truncated_batch_is_rejected() {
+    let mut b = good();
+    b.truncate(b.len() - 10);
+    assert!(matches!(
+        rejected(b),
+        BatchError::LengthOverrun { at: 0, .. }
+    ));
+    let mut b = good();
+    b.truncate(40);
+    assert_eq!(
+        rejected(b),
+        BatchError::Truncated {
+            at: 0,
+            available: 40
+        }
+    );
+}
+
+#[test]
+fn declared_length_that_lies_is_rejected() {
+    let mut b = good();
+    let real = (b.len() - 12) as i32;
+    set_i32(&mut b, 8, real + 1);
+    assert!(matches!(rejected(b), BatchError::LengthOverrun { .. }));
+    let mut b = good();
+    set_i32(&mut b, 8, 10);
+    assert_eq!(
+        rejected(b),
+        BatchError::LengthTooSmall {
+            at: 0,
+            declared: 10
+        }
+    );
+    let mut b = good();
+    set_i32(&mut b, 8, -1);
+    assert_eq!(
+        rejected(b),
+        BatchError::LengthTooSmall {
+            at: 0,
+            declared: -1
+        }
+    );
+    // Shorter than the real batch: the CRC no longer covers what it should.
+    let mut b = good();
+    set_i32(&mut b, 8, real - 5);
+    assert!(matches!(rejected(b), BatchError::BadCrc { .. }));
+}
+
+#[test]
+fn record_count_that_lies_is_rejected() {
+    let mut b = good();
+    set_i32(&mut b, 57, 5);
+    fix_crc(&mut b);
+    assert_eq!(
+        rejected(b),
+        BatchError::CountMismatch {
+            at: 0,
+            count: 5,
+            last_offset_delta: 2
+        }
+    );
+    // Count and last offset delta agree with each other but not with the bytes.
+    let mut b = good();
+    set_i32(&mut b, 57, 2);
+    set_i32(&mut b, 23, 1);
+    fix_crc(&mut b);
+    assert!(matches!(
+        rejected(b),
+        BatchError::TrailingBytes { count: 2, .. }
+    ));
+    let mut b = good();
+    set_i32(&mut b, 57, 4);
+    set_i32(&mut b, 23, 3);
+    fix_crc(&mut b);
+    assert!(matches!(
+        rejected(b),
+        BatchError::BadRecord { index: 3, .. }
+    ));
+    let mut b = good();
+    set_i32(&mut b, 57, 0);
+    set_i32(&mut b, 23, -1);
+    fix_crc(&mut b);
+    assert_eq!(rejected(b), BatchError::NoRecords { at: 0 });
+}
+
+#[test]
+fn record_length_that_lies_is_rejected() {
+    let mut b = good();
+    b[61] = b[61].wrapping_add(4); // first record's length varint claims 2 more bytes
+    fix_crc(&mut b);
+    assert!(matches!(
+        rejected(b),
+        BatchError::BadRecord { index: 0, .. }
+    ));
+}
+
+#[test]
+fn unknown_compression_codec_is_rejected() {
+    let mut b = good();
+    b[22] |= 0x07;
+    fix_crc(&mut b);
+    assert_eq!(rejected(b), BatchError::BadCompression { at: 0, codec: 7 });
+}
+
+#[test]
+fn batch_over_max_message_bytes_is_rejected() {
+    let b = common::one(5000, 1);
+    let size = b.len();
+    assert_eq!(
+        rejected(b),
+        BatchError::TooLarge {
+            at: 0,
+            size,
+            max: 4096
+        }
+    );
+}
+
+#[test]
+fn one_bad_batch_rejects_the_whole_buffer() {
+    let mut buf = good();
+    let second_at = buf.len();
+    let mut bad = good();
+    bad[16] = 0;
+    buf.extend_from_slice(&bad);
+    assert_eq!(
+        rejected(buf),
+        BatchError::BadMagic {
+            at: second_at,
+            magic: 0
+        }
+    );
+}
+
+#[test]
+fn bad_configs_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (cfg, key) in [
+        (
+            LogConfig {
+                segment_bytes: 0,
+                ..LogConfig::default()
+            },
+            "segment.bytes",
+        ),
+        (
+            LogConfig {
+                segment_bytes: 1 << 40,
+                ..LogConfig::default()
+            },
+            "segment.bytes",
+        ),
+        (
+            LogConfig {
+                index_interval_bytes: 0,
+                ..LogConfig::default()
+            },
+            "index.interval.bytes",
+        ),
+        (
+            LogConfig {
+                max_batch_bytes: 10,
+                ..LogConfig::default()
+            },
+            "max.message.bytes",
+        ),
+    ] {
+        match Log::open(dir.path(), cfg) {
+            Err(StorageError::Config { key: k, .. }) => assert_eq!(k, key),
+            other => panic!("expected a config error for {key}, got {other:?}"),
+        }
+    }
+}
