@@ -88,7 +88,7 @@ impl Log {
             None => Segment::create(&dir, checkpoint.log_start_offset)?,
         };
         for seg in segments.iter_mut().filter(|s| !s.sealed) {
-            seg.seal()?;
+            seg.seal(true)?;
         }
         // What recovery kept is now made durable, so the recovery point can move to the end.
         active
@@ -171,12 +171,14 @@ impl Log {
         let max_batch = self.read_inner().config.max_batch_bytes;
         let batches = batch::validate_batches(records, max_batch)?;
         let record_count: u64 = batches.iter().map(|b| b.header.records_count as u64).sum();
-        let (info, flush, rolled_to) = {
+        let (info, flush) = {
             let mut inner = self.write_inner();
             let now = self.clock.now_ms();
             let first_offset = inner.active.next_offset;
             let last_offset = first_offset + record_count - 1;
-            let rolled_to = inner.roll_if_due(&self.dir, records.len() as u64, last_offset, now)?;
+            if inner.roll_due(records.len() as u64, last_offset, now) {
+                self.roll_locked(&mut inner)?;
+            }
             let log_append_time =
                 (inner.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
             let mut headers = Vec::with_capacity(batches.len());
@@ -213,11 +215,8 @@ impl Log {
                 log_append_time,
                 log_start_offset: inner.log_start_offset,
             };
-            (info, inner.config.flush, rolled_to)
+            (info, inner.config.flush)
         };
-        if let Some(offset) = rolled_to {
-            self.mark_durable_at_roll(offset);
-        }
         match flush {
             FlushPolicy::EveryAppend => self.sync_to(info.last_offset + 1)?,
             FlushPolicy::Interval(_) => self.maybe_flush()?,
@@ -349,26 +348,20 @@ impl Log {
     /// Seals the active segment (if it holds anything) and starts a new one.
     pub fn roll(&self) -> Result<(), StorageError> {
         self.check_online()?;
-        let rolled = {
-            let mut inner = self.write_inner();
-            if inner.active.is_empty() {
-                None
-            } else {
-                Some(inner.roll(&self.dir)?)
-            }
-        };
-        if let Some(offset) = rolled {
-            self.mark_durable_at_roll(offset);
+        let mut inner = self.write_inner();
+        if !inner.active.is_empty() {
+            self.roll_locked(&mut inner)?;
         }
         Ok(())
     }
 
-    /// Makes everything appended so far durable, and writes the active segment's indexes.
+    /// Makes everything appended so far durable and moves the recovery checkpoint up to it.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.check_online()?;
         let end = self.log_end_offset();
         self.sync_to(end)?;
-        self.write_inner().active.persist_indexes()
+        let durable = self.durable_offset();
+        self.write_inner().checkpoint(&self.dir, durable)
     }
 
     /// Under [`FlushPolicy::Interval`], flushes when the last fsync is older than the interval
@@ -422,33 +415,24 @@ impl Log {
     /// below it. Returns the new log start offset.
     pub fn delete_before(&self, offset: u64) -> Result<u64, StorageError> {
         self.check_online()?;
-        let rolled = {
-            let mut inner = self.write_inner();
-            let end = inner.active.next_offset;
-            if offset > end {
-                return Err(StorageError::OffsetOutOfRange {
-                    offset,
-                    log_start: inner.log_start_offset,
-                    log_end: end,
-                });
-            }
-            if offset <= inner.log_start_offset {
-                return Ok(inner.log_start_offset);
-            }
-            let rolled = if offset == end && !inner.active.is_empty() {
-                Some(inner.roll(&self.dir)?)
-            } else {
-                None
-            };
-            inner.log_start_offset = offset;
-            inner.delete_sealed_while(|s| s.next_offset <= offset)?;
-            let durable = rolled.unwrap_or_else(|| self.durable_offset());
-            inner.checkpoint(&self.dir, durable)?;
-            rolled
-        };
-        if let Some(offset) = rolled {
-            self.mark_durable_at_roll(offset);
+        let mut inner = self.write_inner();
+        let end = inner.active.next_offset;
+        if offset > end {
+            return Err(StorageError::OffsetOutOfRange {
+                offset,
+                log_start: inner.log_start_offset,
+                log_end: end,
+            });
         }
+        if offset <= inner.log_start_offset {
+            return Ok(inner.log_start_offset);
+        }
+        if offset == end && !inner.active.is_empty() {
+            self.roll_locked(&mut inner)?;
+        }
+        inner.log_start_offset = offset;
+        inner.delete_sealed_while(|s| s.next_offset <= offset)?;
+        inner.checkpoint(&self.dir, self.durable_offset())?;
         Ok(offset)
     }
 
@@ -513,16 +497,27 @@ impl Log {
             st = self.synced.wait(st).unwrap_or_else(PoisonError::into_inner);
         }
         st.in_progress = true;
+        let durable = st.durable;
         drop(st);
-        let (file, path, end) = {
+        // Segments sealed without fsync since the last sync, then the active one.
+        let (sealed, active, end) = {
             let inner = self.read_inner();
-            (
-                inner.active.log_file(),
-                inner.active.log_path().to_path_buf(),
-                inner.active.next_offset,
-            )
+            let sealed: Vec<_> = inner
+                .sealed
+                .iter()
+                .filter(|s| s.next_offset > durable)
+                .map(Segment::files)
+                .collect();
+            (sealed, inner.active.files(), inner.active.next_offset)
         };
-        let result = file.sync_data().io_ctx("fsync", &path);
+        let result = sealed
+            .iter()
+            .try_for_each(|f| f.sync(true))
+            .and_then(|()| match sealed.is_empty() {
+                true => Ok(()),
+                false => checkpoint::sync_dir(&self.dir),
+            })
+            .and_then(|()| active.sync(false));
         let mut st = self.lock_sync();
         st.in_progress = false;
         match &result {
@@ -541,9 +536,16 @@ impl Log {
         result
     }
 
-    fn mark_durable_at_roll(&self, offset: u64) {
-        let mut st = self.lock_sync();
-        st.durable = st.durable.max(offset);
+    /// Rolls, and when the policy fsyncs on seal, records the new durable offset while the
+    /// write lock still excludes truncations.
+    fn roll_locked(&self, inner: &mut Inner) -> Result<u64, StorageError> {
+        let fsync = inner.config.flush != FlushPolicy::Os;
+        let end = inner.roll(&self.dir, fsync)?;
+        if fsync {
+            let mut st = self.lock_sync();
+            st.durable = st.durable.max(end);
+        }
+        Ok(end)
     }
 
     fn forget_beyond(&self, end: u64) {
@@ -596,39 +598,35 @@ impl Inner {
         Ok(())
     }
 
-    /// Rolls when the active segment is non-empty and the append would overflow it, its
-    /// relative offsets, or its age. Returns the new segment's base offset.
-    fn roll_if_due(
-        &mut self,
-        dir: &Path,
-        append_len: u64,
-        last_offset: u64,
-        now: i64,
-    ) -> Result<Option<u64>, StorageError> {
+    /// Whether the active segment must roll before an append of `append_len` bytes ending at
+    /// `last_offset`: it is non-empty and would overflow its size, its relative offsets, or its
+    /// age.
+    fn roll_due(&self, append_len: u64, last_offset: u64, now: i64) -> bool {
         let a = &self.active;
         if a.is_empty() {
-            return Ok(None);
+            return false;
         }
         let too_big = a.size + append_len > self.config.segment_bytes;
         let too_old = self.config.segment_ms.is_some_and(|ms| {
             a.roll_timestamp
                 .is_some_and(|t| now.saturating_sub(t) >= ms.as_millis() as i64)
         });
-        if too_big || too_old || !a.can_hold(last_offset) {
-            return self.roll(dir).map(Some);
-        }
-        Ok(None)
+        too_big || too_old || !a.can_hold(last_offset)
     }
 
-    /// Seals the active segment and opens a new one at the log end; returns that offset.
-    fn roll(&mut self, dir: &Path) -> Result<u64, StorageError> {
+    /// Seals the active segment and opens a new one at the log end; returns that offset. With
+    /// `fsync` the sealed segment, the directory and the recovery checkpoint are made durable
+    /// now; otherwise the next flush does it.
+    fn roll(&mut self, dir: &Path, fsync: bool) -> Result<u64, StorageError> {
         let end = self.active.next_offset;
-        self.active.seal()?;
+        self.active.seal(fsync)?;
         let next = Segment::create(dir, end)?;
-        checkpoint::sync_dir(dir)?;
         let sealed = std::mem::replace(&mut self.active, next);
         self.sealed.push_back(sealed);
-        self.checkpoint(dir, end)?;
+        if fsync {
+            checkpoint::sync_dir(dir)?;
+            self.checkpoint(dir, end)?;
+        }
         tracing::debug!(log = %dir.display(), base_offset = end, "rolled segment");
         Ok(end)
     }

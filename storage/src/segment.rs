@@ -36,7 +36,9 @@ pub struct SegmentInfo {
     pub first_timestamp: Option<i64>,
     /// Largest record timestamp in the segment.
     pub max_timestamp: Option<i64>,
-    /// Sealed segments are immutable (and durable); the active segment is not.
+    /// Sealed segments are immutable; the active segment is not. A sealed segment is on disk
+    /// once the log's durable offset passes it (at once when it was sealed under a flush
+    /// policy that fsyncs).
     pub sealed: bool,
     pub log_path: PathBuf,
     pub offset_index_path: PathBuf,
@@ -50,8 +52,8 @@ pub(crate) struct Segment {
     index_path: PathBuf,
     time_index_path: PathBuf,
     log: Arc<File>,
-    index_file: File,
-    time_index_file: File,
+    index_file: Arc<File>,
+    time_index_file: Arc<File>,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
     /// Bytes of whole batches in the log file.
@@ -109,8 +111,8 @@ impl Segment {
             index_path,
             time_index_path,
             log: Arc::new(log),
-            index_file,
-            time_index_file,
+            index_file: Arc::new(index_file),
+            time_index_file: Arc::new(time_index_file),
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             size: 0,
@@ -335,19 +337,26 @@ impl Segment {
         self.size == 0
     }
 
-    /// Makes the segment immutable: final time index entry, indexes written, everything fsynced.
-    pub fn seal(&mut self) -> Result<(), StorageError> {
+    /// Makes the segment immutable: final time index entry and indexes written; fsynced too
+    /// when `fsync` (otherwise the next flush syncs it, see [`SegmentFiles`]).
+    pub fn seal(&mut self, fsync: bool) -> Result<(), StorageError> {
         self.push_time_entry();
         self.persist_indexes()?;
-        self.log.sync_all().io_ctx("fsync", &self.log_path)?;
-        self.index_file
-            .sync_all()
-            .io_ctx("fsync", &self.index_path)?;
-        self.time_index_file
-            .sync_all()
-            .io_ctx("fsync", &self.time_index_path)?;
+        if fsync {
+            self.files().sync(true)?;
+        }
         self.sealed = true;
         Ok(())
+    }
+
+    /// Handles for fsyncing the segment without holding the log's lock.
+    pub fn files(&self) -> SegmentFiles {
+        SegmentFiles {
+            log: Arc::clone(&self.log),
+            index: Arc::clone(&self.index_file),
+            time_index: Arc::clone(&self.time_index_file),
+            path: Arc::clone(&self.log_path),
+        }
     }
 
     pub fn persist_indexes(&mut self) -> Result<(), StorageError> {
@@ -547,6 +556,28 @@ pub(crate) fn walk_headers(
         pos += off as u64;
     }
     Ok(Walk::End)
+}
+
+/// A segment's open files, for fsync outside the log's lock.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentFiles {
+    log: Arc<File>,
+    index: Arc<File>,
+    time_index: Arc<File>,
+    path: Arc<Path>,
+}
+
+impl SegmentFiles {
+    /// fsyncs the log's data, and with `whole` its metadata and both indexes as well.
+    pub fn sync(&self, whole: bool) -> Result<(), StorageError> {
+        if !whole {
+            return self.log.sync_data().io_ctx("fsync", &self.path);
+        }
+        for file in [&self.log, &self.index, &self.time_index] {
+            file.sync_all().io_ctx("fsync", &self.path)?;
+        }
+        Ok(())
+    }
 }
 
 /// Where an index says a scan may start, and what the batch there must look like.

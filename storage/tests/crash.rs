@@ -290,3 +290,77 @@ fn damaged_indexes_are_rebuilt_or_bypassed() {
         }
     }
 }
+
+/// Under the no-fsync policy a roll does not fsync the sealed segment; only `flush` does. A
+/// crash after rolls but before the next flush can tear a segment that is already sealed: the
+/// log then keeps the flushed prefix and the whole batches before the tear, and drops the later
+/// segments.
+#[test]
+fn segments_sealed_after_the_flush_recover_like_the_active_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), config()).expect("open");
+    for i in 0..10i64 {
+        log.append(&mut common::one(500, i), 1).expect("append");
+    }
+    log.flush().expect("flush");
+    let at_flush = log.segments().last().cloned().expect("active");
+    let flushed = log.read(0, usize::MAX / 2).expect("read").to_vec();
+    for i in 10..30i64 {
+        log.append(&mut common::one(500, i), 1).expect("append");
+    }
+    let later = log.segments().len();
+    drop(log);
+    assert!(
+        later >= at_flush_index(&at_flush, dir.path()) + 3,
+        "rolled twice after the flush"
+    );
+    let torn = fs::read(&at_flush.log_path).expect("read");
+    let unflushed = common::split(&torn[at_flush.size_bytes as usize..]);
+    assert!(!unflushed.is_empty());
+    let copy_dir_of = |cut: u64| {
+        let copy = tempfile::tempdir().expect("tempdir");
+        copy_dir(dir.path(), copy.path());
+        let path = copy
+            .path()
+            .join(at_flush.log_path.file_name().expect("name"));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_len(cut)
+            .expect("cut");
+        copy
+    };
+    for cut in (at_flush.size_bytes..=torn.len() as u64 - 1).step_by(7) {
+        let copy = copy_dir_of(cut);
+        let log = Log::open(copy.path(), config()).expect("reopen");
+        let mut end = at_flush.size_bytes;
+        let survivors: Vec<u8> = unflushed
+            .iter()
+            .take_while(|(_, b)| {
+                end += b.len() as u64;
+                end <= cut
+            })
+            .flat_map(|(_, b)| b.clone())
+            .collect();
+        let expected = [flushed.clone(), survivors].concat();
+        let got = log.read(0, usize::MAX / 2).expect("read");
+        common::assert_same_batches(&got, &expected, &format!("sealed segment cut at {cut}"));
+        assert_eq!(
+            log.segments().last().expect("active").log_path.file_name(),
+            at_flush.log_path.file_name()
+        );
+    }
+}
+
+fn at_flush_index(seg: &strata_storage::SegmentInfo, dir: &Path) -> usize {
+    let mut logs: Vec<_> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.iter()
+        .position(|p| *p == seg.log_path)
+        .expect("listed")
+}
