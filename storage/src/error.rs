@@ -30,8 +30,6 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
-    #[error("{path} is corrupt: {detail}")]
-    Corrupt { path: PathBuf, detail: String },
     #[error("log {dir} is offline after an earlier disk failure: {reason}")]
     Offline { dir: PathBuf, reason: String },
 }

@@ -466,9 +466,7 @@ impl Log {
     /// Flushes everything and records a recovery point at the log end, so the next open
     /// validates nothing.
     pub fn close(self) -> Result<(), StorageError> {
-        self.flush()?;
-        let end = self.log_end_offset();
-        self.write_inner().checkpoint(&self.dir, end)
+        self.flush()
     }
 
     fn check_online(&self) -> Result<(), StorageError> {
@@ -784,16 +782,7 @@ fn list_segment_bases(dir: &Path) -> Result<Vec<u64>, StorageError> {
 }
 
 fn delete_segment_files(dir: &Path, bases: &[u64]) -> Result<(), StorageError> {
-    for &base in bases {
-        for ext in ["log", "index", "timeindex"] {
-            let path = dir.join(crate::segment::file_name(base, ext));
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).io_ctx("delete", &path);
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
+    bases
+        .iter()
+        .try_for_each(|&base| crate::segment::delete_files(dir, base))
 }

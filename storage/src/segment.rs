@@ -460,15 +460,27 @@ impl Segment {
 
     /// Deletes the segment's files. Readers holding a view keep reading the unlinked file.
     pub fn delete(self) -> Result<(), StorageError> {
+        // The index files are removed after the log, so a crash in between leaves only orphan
+        // indexes, which opening the log removes.
         for path in [&*self.log_path, &self.index_path, &self.time_index_path] {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    return Err(e).io_ctx("delete", path);
-                }
-                _ => {}
-            }
+            remove_if_present(path)?;
         }
         Ok(())
+    }
+}
+
+/// Deletes the files of the segment based at `base_offset` in `dir`, whether open or not.
+pub(crate) fn delete_files(dir: &Path, base_offset: u64) -> Result<(), StorageError> {
+    for ext in ["log", "index", "timeindex"] {
+        remove_if_present(&dir.join(file_name(base_offset, ext)))?;
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).io_ctx("delete", path),
+        _ => Ok(()),
     }
 }
 
