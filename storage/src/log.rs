@@ -91,10 +91,7 @@ impl Log {
             seg.seal(true)?;
         }
         // What recovery kept is now made durable, so the recovery point can move to the end.
-        active
-            .log_file()
-            .sync_all()
-            .io_ctx("fsync", active.log_path())?;
+        active.files().sync(true)?;
         let first_base = segments.front().unwrap_or(&active).base_offset;
         let log_end = active.next_offset;
         let log_start_offset = checkpoint

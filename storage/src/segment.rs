@@ -436,14 +436,6 @@ impl Segment {
         }
     }
 
-    pub fn log_file(&self) -> Arc<File> {
-        Arc::clone(&self.log)
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
     pub fn info(&self) -> SegmentInfo {
         SegmentInfo {
             base_offset: self.base_offset,
