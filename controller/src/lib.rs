@@ -2,5 +2,18 @@
 //! in-sync replicas, producer-id blocks) kept by an openraft state machine and served over
 //! tonic gRPC to brokers and peer controllers.
 //!
-//! This crate is filled by the controller issue; today it only reserves its place in the
-//! workspace so the dependency arrows (`broker` → `controller`) are fixed from the start.
+//! The layers, from the inside out:
+//! - [`model`], [`command`], [`state`], [`placement`], [`topic_config`]: the metadata and the
+//!   pure, deterministic state machine that every controller applies in log order.
+//! - `raft_log` and `state_machine`: openraft's storage on the controller's local disk.
+//! - `network` and `service`: gRPC for Raft between controllers and for brokers.
+//! - [`ControllerNode`]: one controller process (or the embedded one-node quorum).
+
+pub mod command;
+pub mod model;
+pub mod placement;
+pub mod state;
+pub mod topic_config;
+
+pub use command::{Applied, Command, CommandError, CommandResult, Outcome};
+pub use model::{BrokerId, MetadataDelta, MetadataImage, MetadataUpdate, NodeId};

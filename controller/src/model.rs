@@ -1,0 +1,162 @@
+//! The cluster metadata image: what the controller replicates and what brokers act on.
+//!
+//! These are plain data types. [`crate::state::MetadataState`] changes them by applying
+//! commands; brokers keep a copy current by applying [`MetadataDelta`]s from the watch stream.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A broker id, as Kafka's wire protocol carries it (`int32`).
+pub type BrokerId = i32;
+
+/// A controller's id in the Raft quorum.
+pub type NodeId = u64;
+
+/// One listener a broker serves clients on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Listener name, e.g. `PLAINTEXT`.
+    pub listener: String,
+    /// Advertised host.
+    pub host: String,
+    /// Advertised port.
+    pub port: u16,
+}
+
+/// A registered broker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    /// Broker id.
+    pub id: BrokerId,
+    /// Advertised listeners.
+    pub endpoints: Vec<Endpoint>,
+    /// Rack, when the operator set one; placement spreads replicas over racks.
+    pub rack: Option<String>,
+    /// Registration epoch: the metadata version of the broker's latest registration. Requests
+    /// carrying an older epoch come from a previous incarnation and are refused.
+    pub epoch: u64,
+    /// Random id of the broker process that registered, so a restart is told from a duplicate.
+    pub incarnation: Uuid,
+    /// A fenced broker leads nothing and is not eligible for new replicas or the ISR.
+    pub fenced: bool,
+}
+
+/// One partition's replica set and leadership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// Replicas in preference order; the first is the preferred leader.
+    pub replicas: Vec<BrokerId>,
+    /// In-sync replicas. When every replica is fenced the last leader stays here, so it (and
+    /// only it) can lead again without losing acknowledged data.
+    pub isr: Vec<BrokerId>,
+    /// Current leader, `None` when no in-sync replica is live.
+    pub leader: Option<BrokerId>,
+    /// Increases with every leader change; fences requests from an older leader.
+    pub leader_epoch: i32,
+    /// Increases with every change to this record; guards ISR updates against lost races.
+    pub partition_epoch: i32,
+}
+
+/// A topic with its partitions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    /// Topic name.
+    pub name: String,
+    /// Topic id; data in object storage is keyed by it, so a re-created name never mixes data.
+    pub id: Uuid,
+    /// Replicas per partition.
+    pub replication_factor: i16,
+    /// Topic configs that differ from the defaults, under Kafka's names.
+    pub configs: BTreeMap<String, String>,
+    /// Partitions, indexed by partition number.
+    pub partitions: Vec<PartitionRecord>,
+}
+
+/// The whole cluster metadata at one version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataImage {
+    /// Increases by one with every change.
+    pub version: u64,
+    /// Set once, by the first leader of a new quorum.
+    pub cluster_id: Option<Uuid>,
+    /// Registered brokers by id.
+    pub brokers: BTreeMap<BrokerId, BrokerRecord>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicRecord>,
+    /// First producer id of the next block handed out.
+    pub next_producer_id: i64,
+}
+
+impl MetadataImage {
+    /// The topic with this id, if any.
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicRecord> {
+        self.topics.values().find(|t| t.id == id)
+    }
+
+    /// Brings the image to `delta.version` by applying one delta from the watch stream.
+    pub fn apply_delta(&mut self, delta: &MetadataDelta) {
+        for change in &delta.changes {
+            match change {
+                Change::Cluster { cluster_id } => self.cluster_id = Some(*cluster_id),
+                Change::Broker(b) => {
+                    self.brokers.insert(b.id, b.clone());
+                }
+                Change::Topic(t) => {
+                    self.topics.insert(t.name.clone(), t.clone());
+                }
+                Change::TopicDeleted { name, .. } => {
+                    self.topics.remove(name);
+                }
+                Change::ProducerIds { next } => self.next_producer_id = *next,
+            }
+        }
+        self.version = delta.version;
+    }
+}
+
+/// One changed entity, carried whole so a delta is applied by replacement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    /// The cluster id was set.
+    Cluster {
+        /// The new cluster id.
+        cluster_id: Uuid,
+    },
+    /// A broker was registered, fenced or unfenced.
+    Broker(BrokerRecord),
+    /// A topic was created or changed (partitions, leaders, ISR, configs).
+    Topic(TopicRecord),
+    /// A topic was deleted.
+    TopicDeleted {
+        /// Its name.
+        name: String,
+        /// Its id.
+        id: Uuid,
+    },
+    /// A producer-id block was handed out.
+    ProducerIds {
+        /// The next unallocated producer id.
+        next: i64,
+    },
+}
+
+/// The changes one command made, taking the image from `version - 1` to `version`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataDelta {
+    /// Version after the change.
+    pub version: u64,
+    /// The entities it changed.
+    pub changes: Vec<Change>,
+}
+
+/// What the watch stream sends: the whole image when the watcher is too far behind for the
+/// retained deltas, then deltas in version order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetadataUpdate {
+    /// Replace the local image with this one.
+    Image(MetadataImage),
+    /// Apply this delta to an image at `version - 1`.
+    Delta(MetadataDelta),
+}

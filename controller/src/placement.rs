@@ -1,0 +1,170 @@
+//! Replica placement: which brokers hold a new partition, and which of them leads.
+//!
+//! Pure functions of the metadata, so every controller applying the same command computes the
+//! same assignment. Brokers are ordered so that consecutive positions alternate racks (Kafka's
+//! rack-alternated list); a partition's leader is the broker that leads fewest partitions so
+//! far (ties broken by rotating with the partition number), and its followers are the brokers
+//! after it in that order, shifted per round as Kafka does so followers spread too.
+
+use std::collections::BTreeMap;
+
+use crate::command::CommandError;
+use crate::model::BrokerId;
+
+/// A broker that may receive replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// Broker id.
+    pub id: BrokerId,
+    /// Rack, if set.
+    pub rack: Option<String>,
+}
+
+/// Orders brokers so neighbours are in different racks where possible: racks sorted by name,
+/// brokers by id within a rack, then one broker from each rack in turn. Brokers without a rack
+/// form their own group.
+pub fn rack_alternated(candidates: &[Candidate]) -> Vec<BrokerId> {
+    let mut by_rack: BTreeMap<Option<&str>, Vec<BrokerId>> = BTreeMap::new();
+    for c in candidates {
+        by_rack.entry(c.rack.as_deref()).or_default().push(c.id);
+    }
+    for ids in by_rack.values_mut() {
+        ids.sort_unstable();
+    }
+    let rounds = by_rack.values().map(Vec::len).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(candidates.len());
+    for round in 0..rounds {
+        for ids in by_rack.values() {
+            if let Some(id) = ids.get(round) {
+                out.push(*id);
+            }
+        }
+    }
+    out
+}
+
+/// Assigns replicas to partitions `first..first + count` of a topic.
+///
+/// `leader_load` counts partitions each broker leads already; it is updated with the new
+/// leaders so one command's partitions balance against each other too.
+pub fn assign(
+    candidates: &[Candidate],
+    first: i32,
+    count: i32,
+    replication_factor: i16,
+    leader_load: &mut BTreeMap<BrokerId, usize>,
+) -> Result<Vec<Vec<BrokerId>>, CommandError> {
+    let rf = usize::try_from(replication_factor)
+        .ok()
+        .filter(|rf| *rf >= 1)
+        .ok_or(CommandError::InvalidReplicationFactor { replication_factor })?;
+    let ring = rack_alternated(candidates);
+    let n = ring.len();
+    if rf > n {
+        return Err(CommandError::InsufficientBrokers {
+            required: rf,
+            available: n,
+        });
+    }
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for p in first..first.saturating_add(count) {
+        let p = usize::try_from(p).unwrap_or(0);
+        let start = p % n;
+        let pos = (0..n)
+            .min_by_key(|i| {
+                let load = leader_load.get(&ring[*i]).copied().unwrap_or(0);
+                (load, (i + n - start) % n)
+            })
+            .unwrap_or(0);
+        let mut replicas = Vec::with_capacity(rf);
+        replicas.push(ring[pos]);
+        if n > 1 {
+            let shift = (p / n) % (n - 1);
+            for j in 0..rf - 1 {
+                replicas.push(ring[(pos + 1 + (shift + j) % (n - 1)) % n]);
+            }
+        }
+        *leader_load.entry(ring[pos]).or_default() += 1;
+        out.push(replicas);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    fn brokers(spec: &[(BrokerId, Option<&str>)]) -> Vec<Candidate> {
+        spec.iter()
+            .map(|(id, rack)| Candidate {
+                id: *id,
+                rack: rack.map(str::to_owned),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_leaders_balanced() {
+        let c = brokers(&[(1, None), (2, None), (3, None), (4, None)]);
+        let mut load = BTreeMap::new();
+        let a = assign(&c, 0, 12, 3, &mut load).expect("assign");
+        for r in &a {
+            assert_eq!(r.iter().collect::<BTreeSet<_>>().len(), 3, "{r:?}");
+        }
+        assert!(load.values().all(|l| *l == 3), "{load:?}");
+        let mut replica_load: BTreeMap<BrokerId, usize> = BTreeMap::new();
+        for id in a.iter().flatten() {
+            *replica_load.entry(*id).or_default() += 1;
+        }
+        assert!(replica_load.values().all(|l| *l == 9), "{replica_load:?}");
+    }
+
+    #[test]
+    fn racks_alternate_so_replicas_span_racks() {
+        let c = brokers(&[
+            (1, Some("a")),
+            (2, Some("a")),
+            (3, Some("b")),
+            (4, Some("b")),
+            (5, Some("c")),
+            (6, Some("c")),
+        ]);
+        assert_eq!(rack_alternated(&c), vec![1, 3, 5, 2, 4, 6]);
+        let rack = |id: BrokerId| c.iter().find(|b| b.id == id).and_then(|b| b.rack.clone());
+        let a = assign(&c, 0, 6, 3, &mut BTreeMap::new()).expect("assign");
+        for r in &a {
+            let racks: BTreeSet<_> = r.iter().map(|id| rack(*id)).collect();
+            assert_eq!(racks.len(), 3, "{r:?} spans fewer than 3 racks");
+        }
+    }
+
+    #[test]
+    fn same_input_same_assignment_and_load_is_respected() {
+        let c = brokers(&[(1, None), (2, None), (3, None)]);
+        let mut load = BTreeMap::from([(1, 5), (2, 5)]);
+        let a = assign(&c, 0, 2, 1, &mut load.clone()).expect("assign");
+        let b = assign(&c, 0, 2, 1, &mut load).expect("assign");
+        assert_eq!(a, b);
+        assert_eq!(a, vec![vec![3], vec![3]]);
+    }
+
+    #[test]
+    fn too_few_brokers_or_bad_factor_are_refused() {
+        let c = brokers(&[(1, None), (2, None)]);
+        assert_eq!(
+            assign(&c, 0, 1, 3, &mut BTreeMap::new()),
+            Err(CommandError::InsufficientBrokers {
+                required: 3,
+                available: 2
+            })
+        );
+        assert_eq!(
+            assign(&c, 0, 1, 0, &mut BTreeMap::new()),
+            Err(CommandError::InvalidReplicationFactor {
+                replication_factor: 0
+            })
+        );
+    }
+}

@@ -1,0 +1,178 @@
+//! Topic configs Strata knows, under Kafka's names, with their defaults and validation.
+//!
+//! The controller refuses unknown keys and bad values when a topic is created or altered; the
+//! broker uses the same table to answer DescribeConfigs with defaults.
+
+use crate::command::CommandError;
+
+/// The type and range of a config value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigKind {
+    /// A 64-bit integer, at least `min`.
+    Long {
+        /// Smallest legal value.
+        min: i64,
+    },
+    /// A 32-bit integer, at least `min`.
+    Int {
+        /// Smallest legal value.
+        min: i32,
+    },
+    /// A ratio between 0 and 1.
+    Ratio,
+    /// `true` or `false`.
+    Bool,
+    /// One of the listed values.
+    Enum(&'static [&'static str]),
+}
+
+/// One topic config.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigDef {
+    /// Kafka's name.
+    pub name: &'static str,
+    /// Type and range.
+    pub kind: ConfigKind,
+    /// Value when the topic does not set it.
+    pub default: &'static str,
+}
+
+const fn def(name: &'static str, kind: ConfigKind, default: &'static str) -> ConfigDef {
+    ConfigDef {
+        name,
+        kind,
+        default,
+    }
+}
+
+const LONG_MAX: &str = "9223372036854775807";
+
+/// Every topic config Strata accepts, sorted by name.
+pub const TOPIC_CONFIGS: &[ConfigDef] = &[
+    def(
+        "cleanup.policy",
+        ConfigKind::Enum(&["delete", "compact", "compact,delete", "delete,compact"]),
+        "delete",
+    ),
+    def(
+        "compression.type",
+        ConfigKind::Enum(&["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"]),
+        "producer",
+    ),
+    def(
+        "delete.retention.ms",
+        ConfigKind::Long { min: 0 },
+        "86400000",
+    ),
+    def("file.delete.delay.ms", ConfigKind::Long { min: 0 }, "60000"),
+    def("flush.messages", ConfigKind::Long { min: 1 }, LONG_MAX),
+    def("flush.ms", ConfigKind::Long { min: 0 }, LONG_MAX),
+    def("index.interval.bytes", ConfigKind::Int { min: 0 }, "4096"),
+    def("local.retention.bytes", ConfigKind::Long { min: -2 }, "-2"),
+    def("local.retention.ms", ConfigKind::Long { min: -2 }, "-2"),
+    def(
+        "max.compaction.lag.ms",
+        ConfigKind::Long { min: 1 },
+        LONG_MAX,
+    ),
+    def("max.message.bytes", ConfigKind::Int { min: 0 }, "1048588"),
+    def(
+        "message.timestamp.after.max.ms",
+        ConfigKind::Long { min: 0 },
+        "3600000",
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        ConfigKind::Long { min: 0 },
+        LONG_MAX,
+    ),
+    def(
+        "message.timestamp.type",
+        ConfigKind::Enum(&["CreateTime", "LogAppendTime"]),
+        "CreateTime",
+    ),
+    def("min.cleanable.dirty.ratio", ConfigKind::Ratio, "0.5"),
+    def("min.compaction.lag.ms", ConfigKind::Long { min: 0 }, "0"),
+    def("min.insync.replicas", ConfigKind::Int { min: 1 }, "1"),
+    def("preallocate", ConfigKind::Bool, "false"),
+    def("remote.storage.enable", ConfigKind::Bool, "true"),
+    def("retention.bytes", ConfigKind::Long { min: -1 }, "-1"),
+    def("retention.ms", ConfigKind::Long { min: -1 }, "604800000"),
+    def("segment.bytes", ConfigKind::Int { min: 14 }, "1073741824"),
+    def("segment.jitter.ms", ConfigKind::Long { min: 0 }, "0"),
+    def("segment.ms", ConfigKind::Long { min: 1 }, "604800000"),
+    def("unclean.leader.election.enable", ConfigKind::Bool, "false"),
+];
+
+/// The definition of a topic config, if Strata knows it.
+pub fn topic_config(name: &str) -> Option<&'static ConfigDef> {
+    TOPIC_CONFIGS
+        .binary_search_by(|d| d.name.cmp(name))
+        .ok()
+        .map(|i| &TOPIC_CONFIGS[i])
+}
+
+/// Checks one `key=value` pair.
+pub fn validate_topic_config(key: &str, value: &str) -> Result<(), CommandError> {
+    let refuse = |reason: String| CommandError::InvalidConfig {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        reason,
+    };
+    let Some(def) = topic_config(key) else {
+        return Err(refuse("unknown topic config".to_owned()));
+    };
+    match def.kind {
+        ConfigKind::Long { min } => match value.trim().parse::<i64>() {
+            Ok(v) if v >= min => Ok(()),
+            Ok(_) => Err(refuse(format!("must be at least {min}"))),
+            Err(_) => Err(refuse("not a 64-bit integer".to_owned())),
+        },
+        ConfigKind::Int { min } => match value.trim().parse::<i32>() {
+            Ok(v) if v >= min => Ok(()),
+            Ok(_) => Err(refuse(format!("must be at least {min}"))),
+            Err(_) => Err(refuse("not a 32-bit integer".to_owned())),
+        },
+        ConfigKind::Ratio => match value.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => Ok(()),
+            _ => Err(refuse("must be a number between 0 and 1".to_owned())),
+        },
+        ConfigKind::Bool => match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "false" => Ok(()),
+            _ => Err(refuse("must be true or false".to_owned())),
+        },
+        ConfigKind::Enum(options) => {
+            if options.contains(&value.trim()) {
+                Ok(())
+            } else {
+                Err(refuse(format!("must be one of {}", options.join(", "))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_so_lookup_finds_every_entry() {
+        for d in TOPIC_CONFIGS {
+            assert_eq!(topic_config(d.name).map(|f| f.name), Some(d.name));
+            validate_topic_config(d.name, d.default).expect("defaults are valid");
+        }
+    }
+
+    #[test]
+    fn values_are_checked_by_kind() {
+        assert!(validate_topic_config("retention.ms", "-1").is_ok());
+        assert!(validate_topic_config("retention.ms", "-2").is_err());
+        assert!(validate_topic_config("retention.ms", "ten").is_err());
+        assert!(validate_topic_config("segment.bytes", "3000000000").is_err());
+        assert!(validate_topic_config("remote.storage.enable", "maybe").is_err());
+        assert!(validate_topic_config("min.cleanable.dirty.ratio", "1.5").is_err());
+        assert!(validate_topic_config("message.timestamp.type", "LogAppendTime").is_ok());
+        let err = validate_topic_config("no.such.key", "1").expect_err("unknown key");
+        assert!(matches!(err, CommandError::InvalidConfig { key, .. } if key == "no.such.key"));
+    }
+}

@@ -1,0 +1,597 @@
+//! Every command against the pure state machine, valid and invalid, each refusal typed.
+
+use std::collections::BTreeMap;
+
+use strata_controller::command::{Command, CommandError, Outcome, PRODUCER_ID_BLOCK};
+use strata_controller::model::{BrokerId, Endpoint, MetadataImage, MetadataUpdate};
+use strata_controller::state::MetadataState;
+use uuid::Uuid;
+
+fn register(state: &mut MetadataState, id: BrokerId, rack: Option<&str>) -> u64 {
+    let applied = state
+        .apply(&Command::RegisterBroker {
+            id,
+            endpoints: vec![Endpoint {
+                listener: "PLAINTEXT".into(),
+                host: format!("b{id}"),
+                port: 9092,
+            }],
+            rack: rack.map(str::to_owned),
+            incarnation: Uuid::new_v4(),
+        })
+        .expect("register");
+    let Outcome::BrokerRegistered { epoch } = applied.outcome else {
+        panic!("unexpected {applied:?}");
+    };
+    state
+        .apply(&Command::UnfenceBroker { id, epoch })
+        .expect("unfence");
+    epoch
+}
+
+fn cluster(brokers: BrokerId) -> (MetadataState, BTreeMap<BrokerId, u64>) {
+    let mut state = MetadataState::default();
+    let epochs = (1..=brokers)
+        .map(|id| (id, register(&mut state, id, None)))
+        .collect();
+    (state, epochs)
+}
+
+fn create(name: &str, partitions: i32, rf: i16) -> Command {
+    Command::CreateTopic {
+        name: name.into(),
+        id: Uuid::new_v4(),
+        partitions,
+        replication_factor: rf,
+        configs: BTreeMap::new(),
+    }
+}
+
+/// Applies a command that must be refused and checks the image did not change.
+fn refused(state: &mut MetadataState, command: Command) -> CommandError {
+    let before = state.image().clone();
+    let err = state.apply(&command).expect_err("command must be refused");
+    assert_eq!(
+        state.image(),
+        &before,
+        "a refused command changed the image"
+    );
+    err
+}
+
+#[test]
+fn init_cluster_sets_the_id_once() {
+    let mut state = MetadataState::default();
+    let first = Uuid::new_v4();
+    let a = state
+        .apply(&Command::InitCluster { cluster_id: first })
+        .expect("init");
+    assert_eq!(a.version, 1);
+    let again = state
+        .apply(&Command::InitCluster {
+            cluster_id: Uuid::new_v4(),
+        })
+        .expect("init again");
+    assert_eq!(again.outcome, Outcome::Unchanged);
+    assert_eq!(
+        again.version, 1,
+        "an unchanged command does not bump the version"
+    );
+    assert_eq!(state.image().cluster_id, Some(first));
+}
+
+#[test]
+fn registration_starts_fenced_and_epochs_increase() {
+    let mut state = MetadataState::default();
+    let e1 = register(&mut state, 7, Some("r1"));
+    let b = &state.image().brokers[&7];
+    assert!(!b.fenced);
+    assert_eq!(b.rack.as_deref(), Some("r1"));
+    let e2 = register(&mut state, 7, None);
+    assert!(e2 > e1);
+    let err = refused(&mut state, Command::UnfenceBroker { id: 7, epoch: e1 });
+    assert_eq!(
+        err,
+        CommandError::StaleBrokerEpoch {
+            id: 7,
+            current: e2,
+            got: e1
+        }
+    );
+    let err = refused(&mut state, Command::UnfenceBroker { id: 9, epoch: 1 });
+    assert_eq!(err, CommandError::UnknownBroker { id: 9 });
+}
+
+#[test]
+fn create_topic_places_replicas_on_live_brokers() {
+    let (mut state, _) = cluster(3);
+    let a = state.apply(&create("orders", 6, 3)).expect("create");
+    let Outcome::TopicCreated { partitions, .. } = a.outcome else {
+        panic!("{a:?}");
+    };
+    assert_eq!(partitions.len(), 6);
+    let mut leaders = BTreeMap::new();
+    for p in &partitions {
+        assert_eq!(p.replicas.len(), 3);
+        assert_eq!(p.isr, p.replicas);
+        assert_eq!(p.leader, Some(p.replicas[0]));
+        *leaders.entry(p.leader).or_insert(0) += 1;
+    }
+    assert!(leaders.values().all(|n| *n == 2), "leaders {leaders:?}");
+    assert_eq!(state.image().topics["orders"].partitions, partitions);
+}
+
+#[test]
+fn create_topic_refusals_are_typed() {
+    let (mut state, _) = cluster(2);
+    state.apply(&create("a.b", 1, 1)).expect("create");
+    assert_eq!(
+        refused(&mut state, create("a.b", 1, 1)),
+        CommandError::TopicAlreadyExists { name: "a.b".into() }
+    );
+    assert_eq!(
+        refused(&mut state, create("a_b", 1, 1)),
+        CommandError::TopicAlreadyExists { name: "a_b".into() },
+        "names colliding on '.' vs '_' are refused as in Kafka"
+    );
+    for bad in ["", ".", "..", "has space", "ü", &"x".repeat(250)] {
+        assert!(
+            matches!(
+                refused(&mut state, create(bad, 1, 1)),
+                CommandError::InvalidTopicName { .. }
+            ),
+            "{bad:?}"
+        );
+    }
+    state
+        .apply(&create(&"x".repeat(249), 1, 1))
+        .expect("249 characters are legal");
+    assert!(matches!(
+        refused(&mut state, create("t", 0, 1)),
+        CommandError::InvalidPartitions { count: 0, .. }
+    ));
+    assert!(matches!(
+        refused(&mut state, create("t", 1_000_000, 1)),
+        CommandError::InvalidPartitions { .. }
+    ));
+    assert_eq!(
+        refused(&mut state, create("t", 1, 0)),
+        CommandError::InvalidReplicationFactor {
+            replication_factor: 0
+        }
+    );
+    assert_eq!(
+        refused(&mut state, create("t", 1, 3)),
+        CommandError::InsufficientBrokers {
+            required: 3,
+            available: 2
+        }
+    );
+    let mut with_config = create("t", 1, 1);
+    if let Command::CreateTopic { configs, .. } = &mut with_config {
+        configs.insert("retention.ms".into(), "forever".into());
+    }
+    assert!(matches!(
+        refused(&mut state, with_config),
+        CommandError::InvalidConfig { key, .. } if key == "retention.ms"
+    ));
+}
+
+#[test]
+fn fenced_brokers_get_no_replicas() {
+    let (mut state, _) = cluster(3);
+    state
+        .apply(&Command::FenceBrokers { ids: vec![2] })
+        .expect("fence");
+    state.apply(&create("t", 8, 2)).expect("create");
+    let t = &state.image().topics["t"];
+    assert!(t.partitions.iter().all(|p| !p.replicas.contains(&2)));
+    assert_eq!(
+        refused(&mut state, create("u", 1, 3)),
+        CommandError::InsufficientBrokers {
+            required: 3,
+            available: 2
+        }
+    );
+    assert_eq!(
+        refused(&mut state, Command::FenceBrokers { ids: vec![2, 99] }),
+        CommandError::UnknownBroker { id: 99 }
+    );
+}
+
+#[test]
+fn delete_topic() {
+    let (mut state, _) = cluster(1);
+    let created = state.apply(&create("t", 2, 1)).expect("create");
+    let Outcome::TopicCreated { id, .. } = created.outcome else {
+        panic!()
+    };
+    let deleted = state
+        .apply(&Command::DeleteTopic { name: "t".into() })
+        .expect("delete");
+    assert_eq!(deleted.outcome, Outcome::TopicDeleted { id });
+    assert!(state.image().topics.is_empty());
+    assert_eq!(
+        refused(&mut state, Command::DeleteTopic { name: "t".into() }),
+        CommandError::UnknownTopic { name: "t".into() }
+    );
+}
+
+#[test]
+fn create_partitions_only_grows() {
+    let (mut state, _) = cluster(2);
+    state.apply(&create("t", 2, 2)).expect("create");
+    state
+        .apply(&Command::CreatePartitions {
+            topic: "t".into(),
+            count: 5,
+        })
+        .expect("grow");
+    let t = &state.image().topics["t"];
+    assert_eq!(t.partitions.len(), 5);
+    assert!(t.partitions.iter().all(|p| p.replicas.len() == 2));
+    assert!(matches!(
+        refused(
+            &mut state,
+            Command::CreatePartitions {
+                topic: "t".into(),
+                count: 5
+            }
+        ),
+        CommandError::InvalidPartitions { count: 5, .. }
+    ));
+    assert_eq!(
+        refused(
+            &mut state,
+            Command::CreatePartitions {
+                topic: "nope".into(),
+                count: 9
+            }
+        ),
+        CommandError::UnknownTopic {
+            name: "nope".into()
+        }
+    );
+}
+
+#[test]
+fn alter_configs_incremental_and_replace() {
+    let (mut state, _) = cluster(1);
+    state.apply(&create("t", 1, 1)).expect("create");
+    let alter = |set: &[(&str, &str)], delete: &[&str], replace: bool| Command::AlterConfigs {
+        topic: "t".into(),
+        set: set
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        delete: delete.iter().map(|k| k.to_string()).collect(),
+        replace,
+    };
+    state
+        .apply(&alter(
+            &[("retention.ms", "1000"), ("segment.bytes", "4096")],
+            &[],
+            false,
+        ))
+        .expect("set");
+    state
+        .apply(&alter(&[], &["segment.bytes"], false))
+        .expect("delete");
+    assert_eq!(
+        state.image().topics["t"].configs,
+        BTreeMap::from([("retention.ms".to_string(), "1000".to_string())])
+    );
+    state
+        .apply(&alter(&[("cleanup.policy", "compact")], &[], true))
+        .expect("replace");
+    assert_eq!(
+        state.image().topics["t"].configs,
+        BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())])
+    );
+    assert!(matches!(
+        refused(&mut state, alter(&[("retention.bytes", "-5")], &[], false)),
+        CommandError::InvalidConfig { key, .. } if key == "retention.bytes"
+    ));
+    assert!(matches!(
+        refused(&mut state, alter(&[], &["bogus"], false)),
+        CommandError::InvalidConfig { key, .. } if key == "bogus"
+    ));
+}
+
+#[test]
+fn fencing_moves_leaders_with_higher_epochs_and_keeps_the_last_leader() {
+    let (mut state, _) = cluster(3);
+    state.apply(&create("t", 6, 2)).expect("create");
+    let before = state.image().topics["t"].clone();
+    let applied = state
+        .apply(&Command::FenceBrokers { ids: vec![1] })
+        .expect("fence");
+    let led_by_1 = before
+        .partitions
+        .iter()
+        .filter(|p| p.leader == Some(1))
+        .count();
+    assert_eq!(
+        applied.outcome,
+        Outcome::BrokersFenced {
+            leader_changes: led_by_1
+        }
+    );
+    let after = state.image().topics["t"].clone();
+    for (old, new) in before.partitions.iter().zip(&after.partitions) {
+        assert_ne!(new.leader, Some(1));
+        assert!(!new.isr.contains(&1));
+        if old.leader == Some(1) {
+            assert!(new.leader_epoch > old.leader_epoch);
+            assert!(new.leader.is_some_and(|l| old.isr.contains(&l)));
+        } else {
+            assert_eq!(new.leader_epoch, old.leader_epoch);
+        }
+    }
+    // Fence the other two: partitions end leaderless with their last leader as sole ISR member.
+    state
+        .apply(&Command::FenceBrokers { ids: vec![2, 3] })
+        .expect("fence");
+    let dark = state.image().topics["t"].clone();
+    for (old, new) in after.partitions.iter().zip(&dark.partitions) {
+        assert_eq!(new.leader, None);
+        assert_eq!(new.isr, vec![old.leader.expect("had a leader")]);
+    }
+    // Broker 1 was not in sync when the lights went out, so it must not lead again.
+    let e1 = state.image().brokers[&1].epoch;
+    state
+        .apply(&Command::UnfenceBroker { id: 1, epoch: e1 })
+        .expect("unfence");
+    assert!(
+        state.image().topics["t"]
+            .partitions
+            .iter()
+            .all(|p| p.leader.is_none())
+    );
+    // The last leader comes back and leads again with a higher epoch.
+    for (i, p) in dark.partitions.iter().enumerate() {
+        let last = p.isr[0];
+        let epoch = state.image().brokers[&last].epoch;
+        state
+            .apply(&Command::UnfenceBroker { id: last, epoch })
+            .expect("unfence");
+        let now = &state.image().topics["t"].partitions[i];
+        assert_eq!(now.leader, Some(last));
+        assert!(now.leader_epoch > p.leader_epoch);
+    }
+}
+
+fn alter_isr(state: &MetadataState, broker: BrokerId, epoch: u64, isr: Vec<BrokerId>) -> Command {
+    let p = &state.image().topics["t"].partitions[0];
+    Command::AlterIsr {
+        topic: "t".into(),
+        partition: 0,
+        broker_id: broker,
+        broker_epoch: epoch,
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        isr,
+    }
+}
+
+#[test]
+fn alter_isr_checks_leader_epochs_and_membership() {
+    let (mut state, epochs) = cluster(3);
+    state.apply(&create("t", 1, 3)).expect("create");
+    let p = state.image().topics["t"].partitions[0].clone();
+    let leader = p.leader.expect("leader");
+    let follower = p.replicas[1];
+    let shrink = alter_isr(&state, leader, epochs[&leader], vec![leader, p.replicas[2]]);
+    let applied = state.apply(&shrink).expect("shrink");
+    let Outcome::IsrAltered { partition } = applied.outcome else {
+        panic!()
+    };
+    assert_eq!(partition.isr, vec![leader, p.replicas[2]]);
+    assert_eq!(partition.partition_epoch, p.partition_epoch + 1);
+    // Replaying the same request: its partition epoch is now stale.
+    assert!(matches!(
+        refused(&mut state, shrink),
+        CommandError::StalePartitionEpoch { .. }
+    ));
+    // A follower cannot change the ISR.
+    assert!(matches!(
+        {
+            let c = alter_isr(&state, follower, epochs[&follower], vec![follower]);
+            refused(&mut state, c)
+        },
+        CommandError::NotPartitionLeader { .. }
+    ));
+    // Bad ISRs.
+    let e = epochs[&leader];
+    for (isr, why) in [
+        (vec![p.replicas[2]], "leader missing"),
+        (vec![leader, leader], "duplicate"),
+        (vec![leader, 42], "not a replica"),
+    ] {
+        assert!(
+            matches!(
+                {
+                    let c = alter_isr(&state, leader, e, isr);
+                    refused(&mut state, c)
+                },
+                CommandError::InvalidIsr { .. }
+            ),
+            "{why}"
+        );
+    }
+    // An old leader epoch.
+    let mut stale = alter_isr(&state, leader, e, vec![leader]);
+    if let Command::AlterIsr { leader_epoch, .. } = &mut stale {
+        *leader_epoch -= 1;
+    }
+    assert!(matches!(
+        refused(&mut state, stale),
+        CommandError::StaleLeaderEpoch { .. }
+    ));
+    // A stale registration epoch (a previous incarnation of the leader).
+    assert!(matches!(
+        {
+            let c = alter_isr(&state, leader, e - 1, vec![leader]);
+            refused(&mut state, c)
+        },
+        CommandError::StaleBrokerEpoch { .. }
+    ));
+    // Adding a fenced broker.
+    state
+        .apply(&Command::FenceBrokers {
+            ids: vec![follower],
+        })
+        .expect("fence");
+    assert!(matches!(
+        {
+            let c = alter_isr(&state, leader, e, vec![leader, follower]);
+            refused(&mut state, c)
+        },
+        CommandError::InvalidIsr { .. }
+    ));
+}
+
+#[test]
+fn a_fenced_leaders_stale_isr_change_is_rejected() {
+    let (mut state, epochs) = cluster(2);
+    state.apply(&create("t", 1, 2)).expect("create");
+    let p = state.image().topics["t"].partitions[0].clone();
+    let old_leader = p.leader.expect("leader");
+    // Prepared while it still led, sent after it was fenced.
+    let late = alter_isr(&state, old_leader, epochs[&old_leader], vec![old_leader]);
+    state
+        .apply(&Command::FenceBrokers {
+            ids: vec![old_leader],
+        })
+        .expect("fence");
+    assert_eq!(
+        refused(&mut state, late),
+        CommandError::BrokerFenced { id: old_leader }
+    );
+    let now = &state.image().topics["t"].partitions[0];
+    assert_ne!(now.leader, Some(old_leader));
+    assert!(now.leader_epoch > p.leader_epoch);
+}
+
+#[test]
+fn producer_id_blocks_do_not_overlap() {
+    let (mut state, epochs) = cluster(2);
+    let mut firsts = Vec::new();
+    for id in [1, 2, 1] {
+        let a = state
+            .apply(&Command::AllocateProducerIds {
+                broker_id: id,
+                broker_epoch: epochs[&id],
+            })
+            .expect("allocate");
+        let Outcome::ProducerIds { first, count } = a.outcome else {
+            panic!()
+        };
+        assert_eq!(count, PRODUCER_ID_BLOCK);
+        firsts.push(first);
+    }
+    assert_eq!(firsts, vec![0, 1000, 2000]);
+    assert_eq!(
+        refused(
+            &mut state,
+            Command::AllocateProducerIds {
+                broker_id: 5,
+                broker_epoch: 1
+            }
+        ),
+        CommandError::UnknownBroker { id: 5 }
+    );
+}
+
+#[test]
+fn elect_leaders_restores_preferred_leaders() {
+    let (mut state, epochs) = cluster(2);
+    state.apply(&create("t", 2, 2)).expect("create");
+    let preferred: Vec<_> = state.image().topics["t"]
+        .partitions
+        .iter()
+        .map(|p| p.replicas[0])
+        .collect();
+    state
+        .apply(&Command::FenceBrokers { ids: vec![1] })
+        .expect("fence");
+    let e1 = state.image().brokers[&1].epoch;
+    state
+        .apply(&Command::UnfenceBroker { id: 1, epoch: e1 })
+        .expect("unfence");
+    // Broker 1 is back but out of the ISR: the leader of partitions preferring it stays 2.
+    let p = &state.image().topics["t"].partitions;
+    assert!(p.iter().all(|p| p.leader == Some(2)));
+    // The leader puts 1 back in sync, then a preferred election moves leadership home.
+    for i in 0..2 {
+        let p = state.image().topics["t"].partitions[i].clone();
+        state
+            .apply(&Command::AlterIsr {
+                topic: "t".into(),
+                partition: i as i32,
+                broker_id: 2,
+                broker_epoch: epochs[&2],
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+                isr: vec![2, 1],
+            })
+            .expect("expand");
+    }
+    let a = state
+        .apply(&Command::ElectLeaders { partitions: None })
+        .expect("elect");
+    let Outcome::LeadersElected { elected } = a.outcome else {
+        panic!()
+    };
+    assert_eq!(elected.len(), preferred.iter().filter(|b| **b == 1).count());
+    let now: Vec<_> = state.image().topics["t"]
+        .partitions
+        .iter()
+        .map(|p| p.leader.expect("leader"))
+        .collect();
+    assert_eq!(now, preferred);
+    assert_eq!(
+        refused(
+            &mut state,
+            Command::ElectLeaders {
+                partitions: Some(vec![("t".into(), 7)])
+            }
+        ),
+        CommandError::UnknownPartition {
+            topic: "t".into(),
+            partition: 7
+        }
+    );
+}
+
+#[test]
+fn deltas_rebuild_the_image_and_old_watchers_get_the_whole_image() {
+    let (mut state, _) = cluster(3);
+    let mut follower = MetadataImage::default();
+    for u in state.updates_since(0) {
+        match u {
+            MetadataUpdate::Delta(d) => follower.apply_delta(&d),
+            MetadataUpdate::Image(i) => follower = i,
+        }
+    }
+    state.apply(&create("t", 4, 2)).expect("create");
+    state
+        .apply(&Command::FenceBrokers { ids: vec![3] })
+        .expect("fence");
+    state
+        .apply(&Command::DeleteTopic { name: "t".into() })
+        .expect("delete");
+    for u in state.updates_since(follower.version) {
+        let MetadataUpdate::Delta(d) = u else {
+            panic!("recent watcher should get deltas")
+        };
+        follower.apply_delta(&d);
+    }
+    assert_eq!(&follower, state.image());
+    assert!(state.updates_since(state.image().version).is_empty());
+    let restarted = MetadataState::from_image(state.image().clone());
+    assert!(matches!(
+        restarted.updates_since(1).as_slice(),
+        [MetadataUpdate::Image(_)]
+    ));
+}
