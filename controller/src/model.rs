@@ -160,3 +160,12 @@ pub enum MetadataUpdate {
     /// Apply this delta to an image at `version - 1`.
     Delta(MetadataDelta),
 }
+
+/// The controller's answer to a broker heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Whether the broker is fenced (it must not lead anything).
+    pub fenced: bool,
+    /// The metadata version at the controller.
+    pub metadata_version: u64,
+}

@@ -1,0 +1,153 @@
+//! Raft RPCs to peer controllers over gRPC.
+//!
+//! One tonic [`Channel`] per peer, made when the controller starts and shared by every Raft
+//! replication stream to that peer: a persistent HTTP/2 connection that reconnects on its own,
+//! not a new connection per call. Peers are addressed through this controller's own voter list
+//! (like Kafka's `controller.quorum.voters`).
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::model::NodeId;
+use crate::proto::Json;
+use crate::proto::raft_client::RaftClient;
+use crate::raft_types::TypeConfig;
+
+/// A lazily connecting channel to `addr` (`host:port`).
+pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .connect_lazy())
+}
+
+/// Makes Raft clients for peers from the channels opened at start.
+#[derive(Clone, Debug)]
+pub(crate) struct NetworkFactory {
+    peers: Arc<BTreeMap<NodeId, Channel>>,
+    retry_after: Duration,
+}
+
+impl NetworkFactory {
+    pub(crate) fn new(peers: BTreeMap<NodeId, Channel>, retry_after: Duration) -> Self {
+        Self {
+            peers: Arc::new(peers),
+            retry_after,
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
+        let channel = match self.peers.get(&target) {
+            Some(c) => Some(c.clone()),
+            None => channel(&node.addr).ok(),
+        };
+        PeerClient {
+            target,
+            client: channel.map(RaftClient::new),
+            retry_after: self.retry_after,
+        }
+    }
+}
+
+/// Raft RPCs to one peer.
+#[derive(Debug)]
+pub(crate) struct PeerClient {
+    target: NodeId,
+    client: Option<RaftClient<Channel>>,
+    retry_after: Duration,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl PeerClient {
+    /// Sends `req` as JSON through `call` and decodes the peer's `Result<T, E>`.
+    async fn call<Req, T, E, F, Fut>(
+        &mut self,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> RpcResult<T, E>
+    where
+        Req: Serialize,
+        T: DeserializeOwned,
+        E: Error + DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, tonic::Request<Json>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Json>, tonic::Status>>,
+    {
+        let Some(client) = self.client.clone() else {
+            let e = std::io::Error::other(format!("no address for controller {}", self.target));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut request = tonic::Request::new(Json { json });
+        request.set_timeout(option.hard_ttl());
+        let reply = call(client, request).await.map_err(|status| {
+            if status.code() == tonic::Code::Unavailable {
+                RPCError::Unreachable(Unreachable::new(&status))
+            } else {
+                RPCError::Network(NetworkError::new(&status))
+            }
+        })?;
+        let decoded: Result<T, E> = serde_json::from_slice(&reply.into_inner().json)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        self.call(&rpc, &option, |mut c, r| async move {
+            c.append_entries(r).await
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.call(&rpc, &option, |mut c, r| async move {
+            c.install_snapshot(r).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, RaftError<NodeId>> {
+        self.call(&rpc, &option, |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.retry_after))
+    }
+}
