@@ -157,26 +157,63 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, ops: mpsc::Receiver<WriteOp>) {
-        while let Ok(op) = ops.recv() {
-            let (result, done) = if self.failed {
-                let e = io::Error::other("raft log is offline after an earlier write failure");
-                (Err(e), op_done(op))
-            } else {
-                match op {
-                    WriteOp::Append { bytes, done } => (self.append(&bytes), done),
-                    WriteOp::Rewrite { bytes, done } => (self.rewrite(&bytes), done),
-                }
+        let mut next = None;
+        loop {
+            let op = match next.take() {
+                Some(op) => op,
+                None => match ops.recv() {
+                    Ok(op) => op,
+                    Err(_) => return,
+                },
             };
-            if result.is_err() {
-                self.failed = true;
+            match op {
+                WriteOp::Append { bytes, done } => {
+                    // Group commit: every append already queued shares one fsync.
+                    let mut batch = vec![done];
+                    let mut result = self.write(&bytes);
+                    while let Ok(op) = ops.try_recv() {
+                        match op {
+                            WriteOp::Append { bytes, done } => {
+                                batch.push(done);
+                                result = result.and_then(|()| self.write(&bytes));
+                            }
+                            other => {
+                                next = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    let result = result.and_then(|()| self.sync());
+                    for done in batch {
+                        done.report(clone_result(&result));
+                    }
+                }
+                WriteOp::Rewrite { bytes, done } => {
+                    let result = self.guarded(|w| w.rewrite(&bytes));
+                    done.report(result);
+                }
             }
-            done.report(result);
         }
     }
 
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
-        self.file.sync_data()
+    /// Runs `f` unless an earlier failure took the log offline; a failure takes it offline.
+    fn guarded(&mut self, f: impl FnOnce(&mut Self) -> io::Result<()>) -> io::Result<()> {
+        if self.failed {
+            return Err(io::Error::other(
+                "raft log is offline after an earlier write failure",
+            ));
+        }
+        let result = f(self);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.guarded(|w| w.file.write_all(bytes))
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.guarded(|w| w.file.sync_data())
     }
 
     fn rewrite(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -195,9 +232,10 @@ impl Writer {
     }
 }
 
-fn op_done(op: WriteOp) -> Done {
-    match op {
-        WriteOp::Append { done, .. } | WriteOp::Rewrite { done, .. } => done,
+fn clone_result(result: &io::Result<()>) -> io::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
     }
 }
 
