@@ -562,3 +562,39 @@ async fn the_watch_stream_rebuilds_the_leaders_image() {
     }
     assert_eq!(image, client.read_metadata().await.expect("read"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_quorum_keeps_its_metadata_across_restarts() {
+    let mut cluster = Cluster::start(1).await;
+    cluster.leader(&[1], Duration::from_secs(10)).await;
+    let client = cluster.client();
+    let epoch = live_broker(&client, 1).await;
+    let created = submit_ok(
+        &client,
+        &Command::CreateTopic {
+            name: "kept".into(),
+            id: Uuid::new_v4(),
+            partitions: 2,
+            replication_factor: 1,
+            configs: BTreeMap::from([("retention.ms".to_string(), "-1".to_string())]),
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let before = loop {
+        let image = client.read_metadata().await.expect("read");
+        if image.cluster_id.is_some() {
+            break image;
+        }
+        assert!(Instant::now() < deadline, "no cluster id");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cluster.stop(1).await;
+    cluster.restart(1).await;
+    cluster.leader(&[1], Duration::from_secs(10)).await;
+    let after = client.read_metadata().await.expect("read after restart");
+    assert!(after.version >= created.version);
+    assert_eq!(after.topics, before.topics);
+    assert_eq!(after.cluster_id, before.cluster_id);
+    assert_eq!(after.brokers[&1].epoch, epoch);
+}
