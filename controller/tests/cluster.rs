@@ -232,6 +232,19 @@ async fn submit_ok(client: &ControllerClient, command: &Command) -> strata_contr
         .expect("command applied")
 }
 
+/// Reads the metadata once the first leader has set the cluster id.
+async fn with_cluster_id(client: &ControllerClient) -> MetadataImage {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let image = client.read_metadata().await.expect("read");
+        if image.cluster_id.is_some() {
+            return image;
+        }
+        assert!(Instant::now() < deadline, "no cluster id");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Registers and unfences a broker, returning its epoch.
 async fn live_broker(client: &ControllerClient, id: BrokerId) -> u64 {
     let Outcome::BrokerRegistered { epoch } = submit_ok(client, &register(id)).await.outcome else {
@@ -259,18 +272,7 @@ async fn a_leader_is_elected_and_followers_point_to_it() {
         assert!(image.brokers.contains_key(&1));
     }
     // The first leader sets the cluster id, once, and every node applies the same one.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while client
-        .read_metadata()
-        .await
-        .expect("read")
-        .cluster_id
-        .is_none()
-    {
-        assert!(Instant::now() < deadline, "no cluster id");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let image = client.read_metadata().await.expect("read");
+    let image = with_cluster_id(&client).await;
     for id in 1..=3 {
         let seen = cluster
             .caught_up(id, image.version, Duration::from_secs(5))
@@ -580,15 +582,7 @@ async fn a_single_node_quorum_keeps_its_metadata_across_restarts() {
         },
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let before = loop {
-        let image = client.read_metadata().await.expect("read");
-        if image.cluster_id.is_some() {
-            break image;
-        }
-        assert!(Instant::now() < deadline, "no cluster id");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let before = with_cluster_id(&client).await;
     cluster.stop(1).await;
     cluster.restart(1).await;
     cluster.leader(&[1], Duration::from_secs(10)).await;
