@@ -1,5 +1,175 @@
-//! strata-tests: black-box integration tests of Strata — in-process clusters, real Kafka clients
-//! (librdkafka through the rdkafka crate), testcontainers deployments and fault injection.
+//! strata-tests: black-box integration tests of Strata — in-process brokers, raw Kafka wire
+//! traffic, real Kafka clients (librdkafka through the rdkafka crate), and later
+//! testcontainers deployments and fault injection.
 //!
-//! The tests live under `tests/tests/`; this library holds the helpers they share. It is filled
-//! as the broker, tiering and deployment issues land.
+//! The tests live under `tests/tests/`; this library holds the helpers they share.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use strata_broker::Broker;
+use strata_broker::config::BrokerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A broker with an embedded controller in this process, on loopback ports, in a temporary
+/// directory that outlives restarts.
+#[derive(Debug)]
+pub struct TestBroker {
+    broker: Option<Broker>,
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+}
+
+impl TestBroker {
+    /// Starts a broker with default settings.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = Self {
+            broker: None,
+            dir,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+        };
+        b.boot().await;
+        b
+    }
+
+    fn config(&self) -> BrokerConfig {
+        let mut c = BrokerConfig {
+            data_dir: self.dir.path().to_owned(),
+            ..Default::default()
+        };
+        c.kafka.listen = self.addr.to_string();
+        c.controller.listen = "127.0.0.1:0".into();
+        c
+    }
+
+    async fn boot(&mut self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("bind kafka listener");
+        let broker = Broker::start_with_listener(self.config(), listener)
+            .await
+            .expect("broker starts");
+        self.addr = broker.local_addr();
+        self.broker = Some(broker);
+    }
+
+    /// The Kafka listener, as `host:port`.
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The Kafka listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shuts the broker down gracefully and starts it again on the same port and data.
+    pub async fn restart(&mut self) {
+        if let Some(b) = self.broker.take() {
+            b.shutdown().await;
+        }
+        self.boot().await;
+    }
+
+    /// Shuts the broker down gracefully.
+    pub async fn stop(mut self) {
+        if let Some(b) = self.broker.take() {
+            b.shutdown().await;
+        }
+    }
+}
+
+/// A raw Kafka protocol connection: one request at a time, checked correlation ids.
+#[derive(Debug)]
+pub struct RawClient {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl RawClient {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        Self {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            correlation: 0,
+        }
+    }
+
+    /// Sends `req` at `version` and decodes the response.
+    pub async fn call<R: Request>(&mut self, version: i16, req: &R) -> R::Response {
+        self.correlation += 1;
+        let api = ApiKey::try_from(R::KEY).expect("known api");
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("strata-tests")));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, api.request_header_version(version))
+            .expect("encode header");
+        req.encode(&mut body, version).expect("encode request");
+        self.send_frame(&body).await;
+        let mut frame = self.read_frame().await.expect("a response");
+        let header_version = if api == ApiKey::ApiVersions {
+            0
+        } else {
+            R::Response::header_version(version)
+        };
+        let header = ResponseHeader::decode(&mut frame, header_version).expect("response header");
+        assert_eq!(
+            header.correlation_id, self.correlation,
+            "responses in request order"
+        );
+        R::Response::decode(&mut frame, version).expect("decode response")
+    }
+
+    /// Writes `body` with a size prefix.
+    pub async fn send_frame(&mut self, body: &[u8]) {
+        let mut out = BytesMut::with_capacity(body.len() + 4);
+        out.put_u32(body.len() as u32);
+        out.put_slice(body);
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// Writes raw bytes.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Closes the write side.
+    pub async fn shutdown_write(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Reads one size-prefixed frame; `None` when the broker closed the connection.
+    pub async fn read_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).await.ok()?;
+        let len = u32::from_be_bytes(len) as usize;
+        let mut buf = vec![0u8; len];
+        self.stream.read_exact(&mut buf).await.ok()?;
+        Some(Bytes::from(buf))
+    }
+
+    /// Waits up to `within` for the broker to close the connection (reading and discarding
+    /// anything it sends first). True if it closed.
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let mut sink = [0u8; 4096];
+        tokio::time::timeout(within, async {
+            loop {
+                match self.stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}

@@ -1,0 +1,343 @@
+//! The broker's configuration: defaults, then a TOML file, then `STRATA_*` environment
+//! variables, then command-line overrides; validated once at start with errors that name the
+//! bad key. Every setting has a default that works on a laptop, so `strata` runs with none.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::BrokerError;
+
+/// The whole configuration of a `strata` process.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// This broker's id (`node.id`); also the controller's id when it runs embedded.
+    pub node_id: i32,
+    /// Where partition logs and the embedded controller's Raft state live.
+    pub data_dir: PathBuf,
+    /// The Kafka listener.
+    pub kafka: KafkaConfig,
+    /// Where the controller quorum is.
+    pub controller: ControllerSection,
+    /// Defaults for topics.
+    pub topics: TopicDefaults,
+}
+
+/// The Kafka protocol listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// `host:port` clients are told to connect to; defaults to `listen`. Set it when clients
+    /// reach the broker through another address (containers, NAT).
+    pub advertised: Option<String>,
+    /// Largest request accepted (`socket.request.max.bytes`); checked before allocating.
+    pub max_request_bytes: u32,
+    /// Requests one connection may have in flight before the broker stops reading from it.
+    pub max_in_flight_requests: usize,
+    /// A connection with no request for this long is closed (`connections.max.idle.ms`).
+    pub idle_timeout_ms: u64,
+}
+
+/// How the controller runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControllerMode {
+    /// A one-node quorum in this process (the default).
+    Embedded,
+    /// This process is a member of the quorum listed in `voters` and also a broker.
+    Combined,
+    /// The quorum runs elsewhere; this process is only a broker.
+    Remote,
+}
+
+/// Where the controller quorum is.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSection {
+    /// Embedded, combined or remote.
+    pub mode: ControllerMode,
+    /// Controller gRPC address of this process (embedded and combined modes).
+    pub listen: String,
+    /// Quorum voters as `id@host:port` (Kafka's `controller.quorum.voters`); combined and
+    /// remote modes.
+    pub voters: Vec<String>,
+    /// A broker without heartbeats for this long is fenced (`broker.session.timeout.ms`).
+    pub session_timeout_ms: u64,
+    /// How often the broker heartbeats (`broker.heartbeat.interval.ms`).
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Topic defaults.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    /// `auto.create.topics.enable`: Metadata and Produce for an unknown topic create it.
+    pub auto_create: bool,
+    /// `num.partitions` for auto-created topics and CreateTopics with -1.
+    pub default_partitions: i32,
+    /// `default.replication.factor`.
+    pub default_replication_factor: i16,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("./strata-data"),
+            kafka: KafkaConfig::default(),
+            controller: ControllerSection::default(),
+            topics: TopicDefaults::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9092".into(),
+            advertised: None,
+            max_request_bytes: 100 * 1024 * 1024,
+            max_in_flight_requests: 64,
+            idle_timeout_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        Self {
+            mode: ControllerMode::Embedded,
+            listen: "127.0.0.1:9093".into(),
+            voters: Vec::new(),
+            session_timeout_ms: 9_000,
+            heartbeat_interval_ms: 2_000,
+        }
+    }
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        Self {
+            auto_create: true,
+            default_partitions: 1,
+            default_replication_factor: 1,
+        }
+    }
+}
+
+/// Prefix of environment variables that set config keys: `STRATA_KAFKA__LISTEN` sets
+/// `kafka.listen` (a double underscore separates sections).
+pub const ENV_PREFIX: &str = "STRATA_";
+
+/// Where the settings come from, lowest precedence first after the defaults.
+#[derive(Debug, Default)]
+pub struct ConfigSources {
+    /// A TOML file.
+    pub file: Option<PathBuf>,
+    /// Environment variables (all of them; those without [`ENV_PREFIX`] are ignored).
+    pub env: Vec<(String, String)>,
+    /// `key=value` overrides with dotted keys, e.g. `kafka.listen=0.0.0.0:9092`.
+    pub overrides: Vec<String>,
+}
+
+impl BrokerConfig {
+    /// Layers the sources over the defaults, then validates.
+    pub fn load(sources: &ConfigSources) -> Result<Self, BrokerError> {
+        let mut table = toml::Table::new();
+        if let Some(path) = &sources.file {
+            let text = std::fs::read_to_string(path).map_err(|source| BrokerError::Io {
+                op: "reading config file",
+                path: path.clone(),
+                source,
+            })?;
+            table = text
+                .parse()
+                .map_err(|e: toml::de::Error| BrokerError::Config {
+                    key: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+        for (name, value) in &sources.env {
+            if let Some(key) = name.strip_prefix(ENV_PREFIX) {
+                let key = key.to_ascii_lowercase().replace("__", ".");
+                set_path(&mut table, &key, value)?;
+            }
+        }
+        for item in &sources.overrides {
+            let (key, value) = item.split_once('=').ok_or_else(|| BrokerError::Config {
+                key: item.clone(),
+                reason: "expected key=value".into(),
+            })?;
+            set_path(&mut table, key.trim(), value.trim())?;
+        }
+        let config: Self =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                BrokerError::Config {
+                    key: e.path().to_string(),
+                    reason: e.inner().to_string(),
+                }
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |key: &str, reason: String| {
+            Err(BrokerError::Config {
+                key: key.into(),
+                reason,
+            })
+        };
+        if self.node_id < 0 {
+            return bad("node_id", "must not be negative".into());
+        }
+        if self.kafka.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "kafka.listen",
+                format!("{:?} is not ip:port", self.kafka.listen),
+            );
+        }
+        if let Some(a) = &self.kafka.advertised
+            && split_host_port(a).is_none()
+        {
+            return bad("kafka.advertised", format!("{a:?} is not host:port"));
+        }
+        if !(1024..=1 << 30).contains(&self.kafka.max_request_bytes) {
+            return bad(
+                "kafka.max_request_bytes",
+                "must be between 1 KiB and 1 GiB".into(),
+            );
+        }
+        if !(1..=1024).contains(&self.kafka.max_in_flight_requests) {
+            return bad(
+                "kafka.max_in_flight_requests",
+                "must be between 1 and 1024".into(),
+            );
+        }
+        if self.kafka.idle_timeout_ms == 0 {
+            return bad("kafka.idle_timeout_ms", "must be positive".into());
+        }
+        if self.topics.default_partitions < 1 {
+            return bad("topics.default_partitions", "must be at least 1".into());
+        }
+        if self.topics.default_replication_factor < 1 {
+            return bad(
+                "topics.default_replication_factor",
+                "must be at least 1".into(),
+            );
+        }
+        if self.controller.heartbeat_interval_ms == 0
+            || self.controller.heartbeat_interval_ms >= self.controller.session_timeout_ms
+        {
+            return bad(
+                "controller.heartbeat_interval_ms",
+                "must be positive and below controller.session_timeout_ms".into(),
+            );
+        }
+        if self.controller.mode != ControllerMode::Embedded {
+            self.voters()?;
+        }
+        Ok(())
+    }
+
+    /// `controller.voters` parsed into ids and addresses.
+    pub fn voters(&self) -> Result<BTreeMap<u64, String>, BrokerError> {
+        let mut voters = BTreeMap::new();
+        for v in &self.controller.voters {
+            let parsed = v
+                .split_once('@')
+                .and_then(|(id, addr)| Some((id.parse::<u64>().ok()?, addr)))
+                .filter(|(_, addr)| split_host_port(addr).is_some());
+            let Some((id, addr)) = parsed else {
+                return Err(BrokerError::Config {
+                    key: "controller.voters".into(),
+                    reason: format!("{v:?} is not id@host:port"),
+                });
+            };
+            voters.insert(id, addr.to_owned());
+        }
+        if voters.is_empty() {
+            return Err(BrokerError::Config {
+                key: "controller.voters".into(),
+                reason: "needs at least one voter outside embedded mode".into(),
+            });
+        }
+        Ok(voters)
+    }
+
+    /// The advertised `host:port`.
+    pub fn advertised(&self) -> (String, u16) {
+        let a = self
+            .kafka
+            .advertised
+            .as_deref()
+            .unwrap_or(&self.kafka.listen);
+        split_host_port(a).unwrap_or_else(|| ("127.0.0.1".into(), 9092))
+    }
+
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka.idle_timeout_ms)
+    }
+
+    /// Directory of partition logs.
+    pub fn log_dir(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+
+    /// Directory of the embedded controller.
+    pub fn controller_dir(&self) -> PathBuf {
+        self.data_dir.join("controller")
+    }
+}
+
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then(|| (host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+/// Sets dotted `key` in `table` to `value`, read as a TOML value when it is one (numbers,
+/// booleans, arrays) and as a string otherwise.
+fn set_path(table: &mut toml::Table, key: &str, value: &str) -> Result<(), BrokerError> {
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| BrokerError::Config {
+            key: key.into(),
+            reason: "empty key".into(),
+        })?;
+    let mut t = table;
+    for p in parts {
+        let entry = t
+            .entry(p.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| BrokerError::Config {
+            key: key.into(),
+            reason: format!("{p} is not a section"),
+        })?;
+    }
+    t.insert(last.to_owned(), parsed);
+    Ok(())
+}
+
+/// Reads the reference config shipped in `deploy/`, for its test.
+pub fn parse_file(path: &Path) -> Result<BrokerConfig, BrokerError> {
+    BrokerConfig::load(&ConfigSources {
+        file: Some(path.to_owned()),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,299 @@
+//! ApiVersions, Metadata and CreateTopics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest,
+    MetadataResponse,
+};
+use strata_controller::model::TopicRecord;
+use strata_controller::state::MetadataState;
+use strata_controller::{Command, MetadataImage, Outcome};
+use uuid::Uuid;
+
+use super::{broker_id, str_bytes, topic_name};
+use crate::protocol::{Frame, FrameError, SUPPORTED, command_error_code};
+use crate::state::BrokerState;
+
+/// How long a topic change waits to reach this broker's metadata before answering.
+const PROPAGATION_WAIT: Duration = Duration::from_secs(10);
+
+pub(super) fn api_versions(frame: &Frame) -> Result<Bytes, FrameError> {
+    let api_keys = SUPPORTED
+        .iter()
+        .map(|(k, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*k as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
+        .collect();
+    let (min, max) = crate::protocol::supported(ApiKey::ApiVersions).unwrap_or((0, 0));
+    if !(min..=max).contains(&frame.version) {
+        // Kafka's rule: answer an unknown ApiVersions version with a v0 response carrying
+        // UNSUPPORTED_VERSION and the ranges, so the client can pick a version it shares.
+        let v0 = Frame {
+            api: frame.api,
+            version: 0,
+            header: frame.header.clone(),
+            body: Bytes::new(),
+        };
+        return v0.respond(
+            &ApiVersionsResponse::default()
+                .with_error_code(ResponseError::UnsupportedVersion.code())
+                .with_api_keys(api_keys),
+        );
+    }
+    frame.respond(&ApiVersionsResponse::default().with_api_keys(api_keys))
+}
+
+/// Creates `name` through the controller and waits until this broker's metadata has it.
+pub(super) async fn create_topic(
+    state: &BrokerState,
+    command: Command,
+) -> Result<Uuid, (ResponseError, String)> {
+    match state.controller.submit(&command).await {
+        Ok(Ok(applied)) => {
+            let Outcome::TopicCreated { id, .. } = applied.outcome else {
+                return Err((
+                    ResponseError::UnknownServerError,
+                    "unexpected outcome".into(),
+                ));
+            };
+            if !state
+                .wait_for_version(applied.version, PROPAGATION_WAIT)
+                .await
+            {
+                return Err((
+                    ResponseError::RequestTimedOut,
+                    "topic created but not yet visible on this broker".into(),
+                ));
+            }
+            Ok(id)
+        }
+        Ok(Err(e)) => Err((command_error_code(&e), e.to_string())),
+        Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
+    }
+}
+
+fn new_topic_command(state: &BrokerState, name: &str) -> Command {
+    Command::CreateTopic {
+        name: name.to_owned(),
+        id: Uuid::new_v4(),
+        partitions: state.config.topics.default_partitions,
+        replication_factor: state.config.topics.default_replication_factor,
+        configs: BTreeMap::new(),
+    }
+}
+
+pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<Bytes, FrameError> {
+    let req: MetadataRequest = frame.decode()?;
+    let mut image = state.image();
+    // Names asked for (None = all topics). v10+ may name topics by id instead.
+    let wanted: Option<Vec<(Option<String>, Uuid)>> = req.topics.as_ref().map(|ts| {
+        ts.iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+            .collect()
+    });
+    // v4+ carries allow_auto_topic_creation; earlier versions always allow it.
+    let allow_auto = frame.version < 4 || req.allow_auto_topic_creation;
+    let mut creation_errors: BTreeMap<String, ResponseError> = BTreeMap::new();
+    if let Some(wanted) = &wanted
+        && allow_auto
+        && state.config.topics.auto_create
+    {
+        for name in wanted.iter().filter_map(|(n, _)| n.as_deref()) {
+            if image.topics.contains_key(name) {
+                continue;
+            }
+            match create_topic(state, new_topic_command(state, name)).await {
+                Ok(_) | Err((ResponseError::TopicAlreadyExists, _)) => {}
+                Err((code, msg)) => {
+                    tracing::info!(topic = name, error = %msg, "auto-create failed");
+                    creation_errors.insert(name.to_owned(), code);
+                }
+            }
+        }
+        image = state.image();
+    }
+    let topics: Vec<MetadataResponseTopic> = match &wanted {
+        None => image
+            .topics
+            .values()
+            .map(|t| topic_metadata(&image, t))
+            .collect(),
+        Some(wanted) => wanted
+            .iter()
+            .map(|(name, id)| {
+                let found = match name {
+                    Some(n) => image.topics.get(n),
+                    None => image.topic_by_id(*id),
+                };
+                match found {
+                    Some(t) => topic_metadata(&image, t),
+                    None => {
+                        let code = name
+                            .as_ref()
+                            .and_then(|n| creation_errors.get(n))
+                            .copied()
+                            .unwrap_or(ResponseError::UnknownTopicOrPartition);
+                        let code = if code == ResponseError::InvalidTopicException {
+                            code
+                        } else {
+                            ResponseError::UnknownTopicOrPartition
+                        };
+                        MetadataResponseTopic::default()
+                            .with_error_code(code.code())
+                            .with_name(name.as_deref().map(topic_name))
+                            .with_topic_id(*id)
+                    }
+                }
+            })
+            .collect(),
+    };
+    let brokers = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .filter_map(|b| {
+            let e = b.endpoints.first()?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(broker_id(b.id))
+                    .with_host(str_bytes(&e.host))
+                    .with_port(i32::from(e.port))
+                    .with_rack(b.rack.as_deref().map(str_bytes)),
+            )
+        })
+        .collect();
+    frame.respond(
+        &MetadataResponse::default()
+            .with_brokers(brokers)
+            .with_cluster_id(image.cluster_id.map(|id| str_bytes(&id.to_string())))
+            .with_controller_id(broker_id(state.id))
+            .with_topics(topics),
+    )
+}
+
+fn topic_metadata(image: &MetadataImage, t: &TopicRecord) -> MetadataResponseTopic {
+    let fenced = |id: &i32| image.brokers.get(id).is_none_or(|b| b.fenced);
+    let partitions = t
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let code = if p.leader.is_some() {
+                0
+            } else {
+                ResponseError::LeaderNotAvailable.code()
+            };
+            MetadataResponsePartition::default()
+                .with_error_code(code)
+                .with_partition_index(i as i32)
+                .with_leader_id(broker_id(p.leader.unwrap_or(-1)))
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(p.replicas.iter().copied().map(broker_id).collect())
+                .with_isr_nodes(p.isr.iter().copied().map(broker_id).collect())
+                .with_offline_replicas(
+                    p.replicas
+                        .iter()
+                        .filter(|r| fenced(r))
+                        .copied()
+                        .map(broker_id)
+                        .collect(),
+                )
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(topic_name(&t.name)))
+        .with_topic_id(t.id)
+        .with_is_internal(t.name.starts_with("__"))
+        .with_partitions(partitions)
+}
+
+pub(super) async fn create_topics(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: CreateTopicsRequest = frame.decode()?;
+    let mut seen = BTreeSet::new();
+    let duplicates: BTreeSet<String> = req
+        .topics
+        .iter()
+        .map(|t| t.name.0.to_string())
+        .filter(|n| !seen.insert(n.clone()))
+        .collect();
+    let mut results = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        let result = CreatableTopicResult::default().with_name(t.name.clone());
+        let fail = |code: ResponseError, msg: String| {
+            result
+                .clone()
+                .with_error_code(code.code())
+                .with_error_message(Some(str_bytes(&msg)))
+        };
+        if duplicates.contains(&name) {
+            results.push(fail(
+                ResponseError::InvalidRequest,
+                "topic named twice".into(),
+            ));
+            continue;
+        }
+        if !t.assignments.is_empty() {
+            results.push(fail(
+                ResponseError::InvalidRequest,
+                "manual replica assignment is not supported; let Strata place replicas".into(),
+            ));
+            continue;
+        }
+        let partitions = if t.num_partitions == -1 {
+            state.config.topics.default_partitions
+        } else {
+            t.num_partitions
+        };
+        let replication_factor = if t.replication_factor == -1 {
+            state.config.topics.default_replication_factor
+        } else {
+            t.replication_factor
+        };
+        let configs: BTreeMap<String, String> = t
+            .configs
+            .iter()
+            .filter_map(|c| Some((c.name.to_string(), c.value.as_ref()?.to_string())))
+            .collect();
+        let command = Command::CreateTopic {
+            name: name.clone(),
+            id: Uuid::new_v4(),
+            partitions,
+            replication_factor,
+            configs,
+        };
+        let outcome = if req.validate_only {
+            // Dry run against this broker's copy of the metadata.
+            MetadataState::from_image((*state.image()).clone())
+                .apply(&command)
+                .map(|_| Uuid::nil())
+                .map_err(|e| (command_error_code(&e), e.to_string()))
+        } else {
+            create_topic(state, command).await
+        };
+        results.push(match outcome {
+            Ok(id) => result
+                .with_topic_id(id)
+                .with_num_partitions(partitions)
+                .with_replication_factor(replication_factor),
+            Err((code, msg)) => fail(code, msg),
+        });
+    }
+    frame.respond(&CreateTopicsResponse::default().with_topics(results))
+}

@@ -1,0 +1,248 @@
+//! Fetch (with long polling) and ListOffsets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+};
+use tokio::time::Instant;
+
+use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::state::{BrokerState, Partition};
+
+/// Longest a fetch may wait for data, whatever the client asks.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// One partition of a fetch, resolved against the metadata.
+struct Wanted {
+    topic: usize,
+    index: i32,
+    offset: i64,
+    max_bytes: usize,
+    target: Result<Arc<Partition>, ResponseError>,
+}
+
+pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Bytes, FrameError> {
+    let req: FetchRequest = frame.decode()?;
+    let image = state.image();
+    let by_id = frame.version >= 13;
+    let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
+    let mut wanted = Vec::new();
+    for t in &req.topics {
+        let record = if by_id {
+            image.topic_by_id(t.topic_id)
+        } else {
+            image.topics.get(t.topic.0.as_str())
+        };
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(t.topic.clone())
+                .with_topic_id(t.topic_id),
+        );
+        for p in &t.partitions {
+            let target = match record {
+                None if by_id => Err(ResponseError::UnknownTopicId),
+                None => Err(ResponseError::UnknownTopicOrPartition),
+                Some(r) => match usize::try_from(p.partition)
+                    .ok()
+                    .and_then(|i| r.partitions.get(i))
+                {
+                    None => Err(ResponseError::UnknownTopicOrPartition),
+                    Some(meta) if meta.leader != Some(state.id) => {
+                        Err(ResponseError::NotLeaderOrFollower)
+                    }
+                    Some(meta) if p.current_leader_epoch > meta.leader_epoch => {
+                        Err(ResponseError::UnknownLeaderEpoch)
+                    }
+                    Some(meta)
+                        if p.current_leader_epoch >= 0
+                            && p.current_leader_epoch < meta.leader_epoch =>
+                    {
+                        Err(ResponseError::FencedLeaderEpoch)
+                    }
+                    Some(_) => state
+                        .partition(r.id, p.partition)
+                        .ok_or(ResponseError::NotLeaderOrFollower),
+                },
+            };
+            wanted.push(Wanted {
+                topic: topics.len() - 1,
+                index: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
+                target,
+            });
+        }
+    }
+    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
+    let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
+    let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
+    let deadline = Instant::now() + wait;
+    let wanted = Arc::new(wanted);
+    loop {
+        // Subscribe before reading so an append between the read and the wait wakes us.
+        let mut watchers: Vec<_> = wanted
+            .iter()
+            .filter_map(|w| w.target.as_ref().ok().map(|p| p.end.subscribe()))
+            .collect();
+        let w = wanted.clone();
+        let results = tokio::task::spawn_blocking(move || read_all(&w, max_bytes))
+            .await
+            .map_err(|e| FrameError::Malformed {
+                api: frame.api,
+                version: frame.version,
+                reason: format!("fetch task failed: {e}"),
+            })?;
+        let bytes: usize = results
+            .iter()
+            .map(|r| r.records.as_ref().map_or(0, Bytes::len))
+            .sum();
+        let errors = results.iter().any(|r| r.error_code != 0);
+        if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline || watchers.is_empty()
+        {
+            let mut topics = topics;
+            for (w, data) in wanted.iter().zip(results) {
+                topics[w.topic].partitions.push(data);
+            }
+            return frame.respond(&FetchResponse::default().with_responses(topics));
+        }
+        let changed =
+            futures::future::select_all(watchers.iter_mut().map(|rx| Box::pin(rx.changed())));
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            // Deadline: one last read answers with whatever arrived.
+            continue;
+        }
+    }
+}
+
+/// Reads every wanted partition, within the response's byte budget. The first partition with
+/// data may exceed it by one batch (Kafka's rule, so a large batch cannot block a consumer).
+fn read_all(wanted: &[Wanted], max_bytes: usize) -> Vec<PartitionData> {
+    let mut budget = max_bytes;
+    let mut any = false;
+    wanted
+        .iter()
+        .map(|w| {
+            let data = PartitionData::default()
+                .with_partition_index(w.index)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1);
+            let part = match &w.target {
+                Ok(p) => p,
+                Err(e) => return data.with_error_code(e.code()),
+            };
+            let log = &part.log;
+            let end = log.log_end_offset() as i64;
+            let data = data
+                .with_high_watermark(end)
+                .with_last_stable_offset(end)
+                .with_log_start_offset(log.log_start_offset() as i64);
+            let Ok(offset) = u64::try_from(w.offset) else {
+                return data.with_error_code(ResponseError::OffsetOutOfRange.code());
+            };
+            let limit = w.max_bytes.min(if any { budget } else { budget.max(1) });
+            if limit == 0 {
+                return data.with_records(Some(Bytes::new()));
+            }
+            match log.read(offset, limit) {
+                Ok(bytes) => {
+                    if !bytes.is_empty() {
+                        any = true;
+                        budget = budget.saturating_sub(bytes.len());
+                    }
+                    data.with_records(Some(bytes))
+                }
+                Err(e) => data.with_error_code(storage_error_code(&e).code()),
+            }
+        })
+        .collect()
+}
+
+pub(super) async fn list_offsets(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: ListOffsetsRequest = frame.decode()?;
+    let image = state.image();
+    let mut topics = Vec::with_capacity(req.topics.len());
+    for t in req.topics {
+        let record = image.topics.get(t.name.0.as_str());
+        let mut partitions = Vec::with_capacity(t.partitions.len());
+        for p in t.partitions {
+            let resp = ListOffsetsPartitionResponse::default()
+                .with_partition_index(p.partition_index)
+                .with_timestamp(-1)
+                .with_offset(-1)
+                .with_leader_epoch(-1);
+            let target = record
+                .ok_or(ResponseError::UnknownTopicOrPartition)
+                .and_then(|r| {
+                    let meta = usize::try_from(p.partition_index)
+                        .ok()
+                        .and_then(|i| r.partitions.get(i))
+                        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+                    if meta.leader != Some(state.id) {
+                        return Err(ResponseError::NotLeaderOrFollower);
+                    }
+                    let part = state
+                        .partition(r.id, p.partition_index)
+                        .ok_or(ResponseError::NotLeaderOrFollower)?;
+                    Ok((part, meta.leader_epoch))
+                });
+            let resp = match target {
+                Err(e) => resp.with_error_code(e.code()),
+                Ok((part, epoch)) => {
+                    let ts = p.timestamp;
+                    let found = tokio::task::spawn_blocking(move || lookup(&part, ts))
+                        .await
+                        .unwrap_or(Err(ResponseError::UnknownServerError));
+                    match found {
+                        Ok(Some((offset, timestamp))) => resp
+                            .with_offset(offset)
+                            .with_timestamp(timestamp)
+                            .with_leader_epoch(epoch),
+                        Ok(None) => resp.with_leader_epoch(epoch),
+                        Err(e) => resp.with_error_code(e.code()),
+                    }
+                }
+            };
+            partitions.push(resp);
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(partitions),
+        );
+    }
+    frame.respond(&ListOffsetsResponse::default().with_topics(topics))
+}
+
+/// Kafka's special timestamps: -1 latest, -2 earliest, -3 the record with the largest
+/// timestamp, -4 earliest local; otherwise the first offset with a timestamp at or after it.
+fn lookup(part: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, ResponseError> {
+    let log = &part.log;
+    let err = |e: strata_storage::StorageError| storage_error_code(&e);
+    Ok(match timestamp {
+        -1 => Some((log.log_end_offset() as i64, -1)),
+        -2 | -4 => Some((log.log_start_offset() as i64, -1)),
+        -3 => log
+            .max_timestamp()
+            .map_err(err)?
+            .map(|(ts, off)| (off as i64, ts)),
+        // The log finds the offset but not that record's timestamp; the requested one is a
+        // lower bound of it, and Kafka clients require a non-negative value here.
+        t if t >= 0 => log
+            .offset_for_timestamp(t)
+            .map_err(err)?
+            .map(|off| (off as i64, t)),
+        _ => return Err(ResponseError::InvalidRequest),
+    })
+}

@@ -1,0 +1,57 @@
+//! Kafka API handlers: one function per API, dispatched by api key after the version check.
+
+mod admin;
+mod fetch;
+mod produce;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::protocol::{Frame, FrameError, supported};
+use crate::state::BrokerState;
+
+/// Answers one request; `Ok(None)` means no response is sent (Produce with `acks=0`). An
+/// error closes the connection.
+pub(crate) async fn handle(
+    state: &Arc<BrokerState>,
+    frame: Frame,
+) -> Result<Option<Bytes>, FrameError> {
+    if frame.api == ApiKey::ApiVersions {
+        return admin::api_versions(&frame).map(Some);
+    }
+    match supported(frame.api) {
+        Some((min, max)) if (min..=max).contains(&frame.version) => {}
+        _ => {
+            return Err(FrameError::Unsupported {
+                api: frame.api,
+                version: frame.version,
+            });
+        }
+    }
+    match frame.api {
+        ApiKey::Metadata => admin::metadata(state, &frame).await.map(Some),
+        ApiKey::CreateTopics => admin::create_topics(state, &frame).await.map(Some),
+        ApiKey::Produce => produce::produce(state, &frame).await,
+        ApiKey::Fetch => fetch::fetch(state, &frame).await.map(Some),
+        ApiKey::ListOffsets => fetch::list_offsets(state, &frame).await.map(Some),
+        api => Err(FrameError::Unsupported {
+            api,
+            version: frame.version,
+        }),
+    }
+}
+
+pub(crate) fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+pub(crate) fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+pub(crate) fn broker_id(id: i32) -> BrokerId {
+    BrokerId(id)
+}

@@ -1,0 +1,122 @@
+//! Produce: validate and append each partition's batches to its log, answering by `acks`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use strata_storage::AppendInfo;
+
+use super::str_bytes;
+use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::state::{BrokerState, Partition};
+
+pub(super) async fn produce(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Option<Bytes>, FrameError> {
+    let req: ProduceRequest = frame.decode()?;
+    let acks = req.acks;
+    let image = state.image();
+    let mut pending = Vec::new();
+    for topic in req.topic_data {
+        let name = topic.name.0.to_string();
+        let record = image.topics.get(&name);
+        for p in topic.partition_data {
+            let index = p.index;
+            let target = match (acks, record) {
+                (-1..=1, Some(t)) => {
+                    match usize::try_from(index)
+                        .ok()
+                        .and_then(|i| t.partitions.get(i))
+                    {
+                        None => Err(ResponseError::UnknownTopicOrPartition),
+                        Some(meta) if meta.leader != Some(state.id) => {
+                            Err(ResponseError::NotLeaderOrFollower)
+                        }
+                        Some(meta) => state
+                            .partition(t.id, index)
+                            .map(|part| (part, meta.leader_epoch))
+                            .ok_or(ResponseError::NotLeaderOrFollower),
+                    }
+                }
+                (-1..=1, None) => Err(ResponseError::UnknownTopicOrPartition),
+                _ => Err(ResponseError::InvalidRequiredAcks),
+            };
+            let records = p.records;
+            pending.push((name.clone(), index, async move {
+                let (part, leader_epoch) = target.map_err(|e| (e, None))?;
+                let records = records.ok_or((ResponseError::CorruptMessage, None))?;
+                append(part, records, leader_epoch, acks == -1).await
+            }));
+        }
+    }
+    let (keys, futures): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .map(|(name, index, fut)| ((name, index), fut))
+        .unzip();
+    let outcomes = futures::future::join_all(futures).await;
+    if acks == 0 {
+        return Ok(None);
+    }
+    let mut responses: Vec<TopicProduceResponse> = Vec::new();
+    for ((name, index), outcome) in keys.into_iter().zip(outcomes) {
+        let resp = match outcome {
+            Ok(info) => PartitionProduceResponse::default()
+                .with_index(index)
+                .with_base_offset(info.first_offset as i64)
+                .with_log_append_time_ms(info.log_append_time.unwrap_or(-1))
+                .with_log_start_offset(info.log_start_offset as i64),
+            Err((code, message)) => PartitionProduceResponse::default()
+                .with_index(index)
+                .with_error_code(code.code())
+                .with_base_offset(-1)
+                .with_log_append_time_ms(-1)
+                .with_log_start_offset(-1)
+                .with_error_message(message.map(|m| str_bytes(&m))),
+        };
+        match responses.last_mut() {
+            Some(t) if t.name.0.as_str() == name => t.partition_responses.push(resp),
+            _ => responses.push(
+                TopicProduceResponse::default()
+                    .with_name(super::topic_name(&name))
+                    .with_partition_responses(vec![resp]),
+            ),
+        }
+    }
+    frame
+        .respond(&ProduceResponse::default().with_responses(responses))
+        .map(Some)
+}
+
+/// Appends off the async threads; with `durable`, returns only once the batch is fsynced
+/// (group commit), so an `acks=all` answer survives a crash.
+async fn append(
+    part: Arc<Partition>,
+    records: Bytes,
+    leader_epoch: i32,
+    durable: bool,
+) -> Result<AppendInfo, (ResponseError, Option<String>)> {
+    let log = part.log.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut buf = records.to_vec();
+        let info = log.append(&mut buf, leader_epoch)?;
+        if durable {
+            log.sync_through(info.last_offset + 1)?;
+        }
+        Ok::<_, strata_storage::StorageError>((info, log.log_end_offset()))
+    })
+    .await
+    .map_err(|e| (ResponseError::UnknownServerError, Some(e.to_string())))?;
+    match result {
+        Ok((info, end)) => {
+            part.end.send_replace(end);
+            Ok(info)
+        }
+        Err(e) => {
+            tracing::debug!(topic_id = %part.topic_id, error = %e, "append refused");
+            Err((storage_error_code(&e), Some(e.to_string())))
+        }
+    }
+}

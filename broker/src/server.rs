@@ -1,0 +1,299 @@
+//! A running broker: the embedded controller (when configured), registration and heartbeats,
+//! the metadata follower, and the Kafka listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use strata_controller::model::Endpoint;
+use strata_controller::{
+    Command, CommandError, ControllerClient, ControllerConfig, ControllerNode, MetadataUpdate,
+    Outcome,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{BrokerConfig, ControllerMode};
+use crate::connection;
+use crate::error::BrokerError;
+use crate::state::BrokerState;
+
+/// How long shutdown waits for connections to finish their in-flight requests.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// How long start-up waits for its own unfencing to show in the local metadata.
+const STARTUP_WAIT: Duration = Duration::from_secs(10);
+
+/// A running broker. [`Broker::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct Broker {
+    state: Arc<BrokerState>,
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+    controller: Option<ControllerNode>,
+}
+
+impl Broker {
+    /// Starts a broker (and its embedded controller, if configured) and begins serving.
+    pub async fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
+        config.validate()?;
+        let listener =
+            TcpListener::bind(&config.kafka.listen)
+                .await
+                .map_err(|e| BrokerError::Config {
+                    key: "kafka.listen".into(),
+                    reason: format!("cannot listen on {}: {e}", config.kafka.listen),
+                })?;
+        Self::start_with_listener(config, listener).await
+    }
+
+    /// Starts a broker on an already bound Kafka listener (tests bind port 0 first).
+    pub async fn start_with_listener(
+        mut config: BrokerConfig,
+        listener: TcpListener,
+    ) -> Result<Self, BrokerError> {
+        let local_addr = listener.local_addr().map_err(|source| BrokerError::Io {
+            op: "reading listener address",
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        if config.kafka.advertised.is_none() {
+            config.kafka.advertised = Some(local_addr.to_string());
+        }
+        config.validate()?;
+        std::fs::create_dir_all(config.log_dir()).map_err(|source| BrokerError::Io {
+            op: "creating",
+            path: config.log_dir(),
+            source,
+        })?;
+        let controller = start_controller(&config).await?;
+        let addrs: Vec<String> = match &controller {
+            Some(node) => vec![node.local_addr().to_string()],
+            None => config.voters()?.into_values().collect(),
+        };
+        let state = Arc::new(BrokerState::new(config, ControllerClient::new(addrs)));
+
+        register(&state).await?;
+        let image = state.controller.read_metadata().await?;
+        let version = image.version;
+        apply(&state, vec![MetadataUpdate::Image(image)]).await?;
+
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(follow_metadata(state.clone(), version, cancel.clone()));
+        // Serve only once unfenced and the leadership that brings is visible here, so a
+        // restarted broker does not answer its first clients with NOT_LEADER.
+        let unfenced_at = heartbeat(&state, true).await?;
+        if !state.wait_for_version(unfenced_at, STARTUP_WAIT).await {
+            tracing::warn!(
+                version = unfenced_at,
+                "metadata not caught up at start; serving anyway"
+            );
+        }
+        tasks.spawn(keep_heartbeating(state.clone(), cancel.clone()));
+        tasks.spawn(accept(state.clone(), listener, cancel.clone()));
+        tracing::info!(broker = state.id, %local_addr, "strata broker serving Kafka clients");
+        Ok(Self {
+            state,
+            local_addr,
+            cancel,
+            tasks,
+            controller,
+        })
+    }
+
+    /// The Kafka listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The embedded controller's gRPC address, if one runs in this process.
+    pub fn controller_addr(&self) -> Option<SocketAddr> {
+        self.controller.as_ref().map(ControllerNode::local_addr)
+    }
+
+    /// Stops accepting, lets connections finish their in-flight requests, flushes every log,
+    /// and stops the embedded controller.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        let drained = tokio::time::timeout(DRAIN, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("connections still busy after {DRAIN:?}; closing them");
+            self.tasks.abort_all();
+        }
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.flush_all()).await;
+        if let Some(c) = self.controller.take() {
+            c.shutdown().await;
+        }
+        tracing::info!(broker = self.state.id, "strata broker stopped");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn start_controller(config: &BrokerConfig) -> Result<Option<ControllerNode>, BrokerError> {
+    let mut c =
+        ControllerConfig::single_node(config.controller_dir(), config.controller.listen.clone());
+    c.node_id = u64::try_from(config.node_id).unwrap_or(0);
+    c.session_timeout = Duration::from_millis(config.controller.session_timeout_ms);
+    match config.controller.mode {
+        ControllerMode::Remote => return Ok(None),
+        ControllerMode::Embedded => {
+            c.voters = [(c.node_id, config.controller.listen.clone())].into();
+        }
+        ControllerMode::Combined => c.voters = config.voters()?,
+    }
+    Ok(Some(ControllerNode::start(c).await?))
+}
+
+/// Registers this broker process with the controller and records its epoch.
+async fn register(state: &BrokerState) -> Result<(), BrokerError> {
+    let (host, port) = state.config.advertised();
+    let command = Command::RegisterBroker {
+        id: state.id,
+        endpoints: vec![Endpoint {
+            listener: "PLAINTEXT".into(),
+            host,
+            port,
+        }],
+        rack: None,
+        incarnation: Uuid::new_v4(),
+    };
+    match state.controller.submit(&command).await? {
+        Ok(applied) => {
+            if let Outcome::BrokerRegistered { epoch } = applied.outcome {
+                state
+                    .epoch
+                    .store(epoch, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        Err(e) => Err(BrokerError::Registration(e)),
+    }
+}
+
+/// One heartbeat, answering the metadata version it saw; a broker the controller no longer
+/// knows under this epoch registers again.
+async fn heartbeat(state: &BrokerState, want_unfence: bool) -> Result<u64, BrokerError> {
+    match state
+        .controller
+        .heartbeat(state.id, state.epoch(), want_unfence)
+        .await?
+    {
+        Ok(ack) => Ok(ack.metadata_version),
+        Err(CommandError::StaleBrokerEpoch { .. } | CommandError::UnknownBroker { .. }) => {
+            tracing::warn!(
+                broker = state.id,
+                "controller lost this registration; registering again"
+            );
+            register(state).await.map(|()| 0)
+        }
+        Err(e) => Err(BrokerError::Registration(e)),
+    }
+}
+
+async fn keep_heartbeating(state: Arc<BrokerState>, cancel: CancellationToken) {
+    let every = Duration::from_millis(state.config.controller.heartbeat_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = heartbeat(&state, true).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+async fn apply(state: &Arc<BrokerState>, updates: Vec<MetadataUpdate>) -> Result<(), BrokerError> {
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || s.apply_updates(updates))
+        .await
+        .map_err(|e| BrokerError::Io {
+            op: "applying metadata",
+            path: state.config.log_dir(),
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// Follows the controller's metadata stream, reconnecting when it breaks.
+async fn follow_metadata(state: Arc<BrokerState>, mut version: u64, cancel: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = cancel.cancelled() => return,
+            s = state.controller.watch(version) => s,
+        };
+        match stream {
+            Ok(stream) => {
+                let mut stream = Box::pin(stream.ready_chunks(256));
+                loop {
+                    let batch = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        b = stream.next() => b,
+                    };
+                    let Some(batch) = batch else { break };
+                    let mut updates = Vec::with_capacity(batch.len());
+                    let mut broken = false;
+                    for u in batch {
+                        match u {
+                            Ok(u) => updates.push(u),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "metadata stream broke");
+                                broken = true;
+                                break;
+                            }
+                        }
+                    }
+                    if let Err(e) = apply(&state, updates).await {
+                        tracing::error!(error = %e, "applying metadata failed");
+                    }
+                    version = state.image().version;
+                    if broken {
+                        break;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch metadata"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+async fn accept(state: Arc<BrokerState>, listener: TcpListener, cancel: CancellationToken) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(connection::serve(state.clone(), stream, peer, cancel.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}

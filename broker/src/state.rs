@@ -1,0 +1,229 @@
+//! What a broker knows and holds: the metadata image it follows from the controller, and the
+//! partitions it hosts.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use strata_controller::model::TopicRecord;
+use strata_controller::{ControllerClient, MetadataImage, MetadataUpdate};
+use strata_storage::{FlushPolicy, Log, LogConfig, TimestampType};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+
+/// File in a partition directory naming the topic id it belongs to.
+const PARTITION_METADATA: &str = "partition.metadata";
+
+/// One partition replica hosted here.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    pub(crate) topic_id: Uuid,
+    pub(crate) log: Arc<Log>,
+    /// The log end offset, for fetches waiting on new data.
+    pub(crate) end: watch::Sender<u64>,
+}
+
+/// The broker's shared state.
+#[derive(Debug)]
+pub(crate) struct BrokerState {
+    pub(crate) config: BrokerConfig,
+    pub(crate) id: i32,
+    /// Registration epoch from the controller.
+    pub(crate) epoch: AtomicU64,
+    pub(crate) controller: ControllerClient,
+    image: RwLock<Arc<MetadataImage>>,
+    version: watch::Sender<u64>,
+    partitions: RwLock<HashMap<(Uuid, i32), Arc<Partition>>>,
+}
+
+impl BrokerState {
+    pub(crate) fn new(config: BrokerConfig, controller: ControllerClient) -> Self {
+        Self {
+            id: config.node_id,
+            config,
+            epoch: AtomicU64::new(0),
+            controller,
+            image: RwLock::new(Arc::new(MetadataImage::default())),
+            version: watch::channel(0).0,
+            partitions: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The current metadata image.
+    pub(crate) fn image(&self) -> Arc<MetadataImage> {
+        self.image.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The hosted partition, if any.
+    pub(crate) fn partition(&self, topic_id: Uuid, index: i32) -> Option<Arc<Partition>> {
+        self.partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(topic_id, index))
+            .cloned()
+    }
+
+    /// Waits until the local image reaches `version` (or `timeout` passes).
+    pub(crate) async fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.version.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= version))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Applies updates from the controller's watch stream, then opens and closes partition
+    /// logs to match. Blocking: run it off the async threads.
+    pub(crate) fn apply_updates(&self, updates: Vec<MetadataUpdate>) -> Result<(), BrokerError> {
+        let mut image = (*self.image()).clone();
+        for u in updates {
+            match u {
+                MetadataUpdate::Image(i) => image = i,
+                MetadataUpdate::Delta(d) => image.apply_delta(&d),
+            }
+        }
+        self.reconcile(&image)?;
+        let version = image.version;
+        *self.image.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(image);
+        self.version.send_replace(version);
+        Ok(())
+    }
+
+    fn reconcile(&self, image: &MetadataImage) -> Result<(), BrokerError> {
+        let log_dir = self.config.log_dir();
+        let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
+        // Topics that are gone (or re-created under a new id): close and delete.
+        let gone: Vec<(Uuid, i32)> = partitions
+            .keys()
+            .filter(|(id, _)| image.topic_by_id(*id).is_none())
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(p) = partitions.remove(&key) {
+                let dir = p.log.dir().to_owned();
+                drop(p);
+                remove_dir(&dir)?;
+            }
+        }
+        for topic in image.topics.values() {
+            let config = log_config(topic);
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let index = i as i32;
+                if !p.replicas.contains(&self.id) {
+                    continue;
+                }
+                if let Some(existing) = partitions.get(&(topic.id, index)) {
+                    if existing.log.config() != config {
+                        existing.log.set_config(config.clone())?;
+                    }
+                    continue;
+                }
+                let dir = log_dir.join(format!("{}-{index}", topic.name));
+                claim_dir(&dir, topic.id)?;
+                let log = Log::open(&dir, config.clone())?;
+                let end = log.log_end_offset();
+                partitions.insert(
+                    (topic.id, index),
+                    Arc::new(Partition {
+                        topic_id: topic.id,
+                        log: Arc::new(log),
+                        end: watch::channel(end).0,
+                    }),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes every hosted log (graceful shutdown).
+    pub(crate) fn flush_all(&self) {
+        let partitions: Vec<Arc<Partition>> = self
+            .partitions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for p in partitions {
+            if let Err(e) = p.log.flush() {
+                tracing::error!(dir = %p.log.dir().display(), error = %e, "flush at shutdown failed");
+            }
+        }
+    }
+}
+
+/// The log settings a topic's configs ask for.
+pub(crate) fn log_config(topic: &TopicRecord) -> LogConfig {
+    let mut c = LogConfig {
+        flush: FlushPolicy::Os,
+        ..LogConfig::default()
+    };
+    let get = |k: &str| {
+        topic
+            .configs
+            .get(k)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    if let Some(v) = get("segment.bytes") {
+        c.segment_bytes = v.max(14) as u64;
+    }
+    if let Some(v) = get("segment.ms") {
+        c.segment_ms = Some(Duration::from_millis(v.max(1) as u64));
+    }
+    if let Some(v) = get("retention.ms") {
+        c.retention_ms = (v >= 0).then(|| Duration::from_millis(v as u64));
+    }
+    if let Some(v) = get("retention.bytes") {
+        c.retention_bytes = (v >= 0).then_some(v as u64);
+    }
+    if let Some(v) = get("max.message.bytes") {
+        c.max_batch_bytes = v.max(0) as usize;
+    }
+    if let Some(v) = get("index.interval.bytes") {
+        c.index_interval_bytes = v.max(0) as u64;
+    }
+    if topic
+        .configs
+        .get("message.timestamp.type")
+        .map(String::as_str)
+        == Some("LogAppendTime")
+    {
+        c.timestamp_type = TimestampType::LogAppendTime;
+    }
+    c
+}
+
+/// Makes `dir` belong to topic `id`: a directory left by a deleted topic of the same name is
+/// removed first.
+fn claim_dir(dir: &Path, id: Uuid) -> Result<(), BrokerError> {
+    let meta = dir.join(PARTITION_METADATA);
+    let io = |op, path: PathBuf| move |source| BrokerError::Io { op, path, source };
+    match std::fs::read_to_string(&meta) {
+        Ok(s) if s.trim() == id.to_string() => return Ok(()),
+        Ok(_) => remove_dir(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("reading", meta.clone())(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(io("creating", dir.to_owned()))?;
+    std::fs::write(&meta, format!("{id}\n")).map_err(io("writing", meta.clone()))
+}
+
+fn remove_dir(dir: &Path) -> Result<(), BrokerError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BrokerError::Io {
+            op: "removing",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}

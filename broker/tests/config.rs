@@ -1,0 +1,80 @@
+//! The layered configuration: the reference file parses, and bad values name their key.
+
+use std::path::Path;
+
+use strata_broker::BrokerError;
+use strata_broker::config::{BrokerConfig, ConfigSources, parse_file};
+
+fn load(env: &[(&str, &str)], overrides: &[&str]) -> Result<BrokerConfig, BrokerError> {
+    BrokerConfig::load(&ConfigSources {
+        file: None,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        overrides: overrides.iter().map(|s| s.to_string()).collect(),
+    })
+}
+
+fn bad_key(r: Result<BrokerConfig, BrokerError>) -> String {
+    match r {
+        Err(BrokerError::Config { key, .. }) => key,
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_reference_config_parses_to_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/strata.toml");
+    let file = parse_file(&path).expect("deploy/strata.toml parses");
+    let defaults = load(&[], &[]).expect("defaults are valid");
+    assert_eq!(format!("{file:?}"), format!("{defaults:?}"));
+}
+
+#[test]
+fn env_then_flags_override_in_order() {
+    let c = load(
+        &[
+            ("STRATA_KAFKA__LISTEN", "0.0.0.0:19092"),
+            ("STRATA_TOPICS__DEFAULT_PARTITIONS", "3"),
+            ("HOME", "/root"),
+        ],
+        &[
+            "topics.default_partitions=6",
+            "kafka.advertised=broker-0:9092",
+        ],
+    )
+    .expect("valid");
+    assert_eq!(c.kafka.listen, "0.0.0.0:19092");
+    assert_eq!(c.topics.default_partitions, 6);
+    assert_eq!(c.advertised(), ("broker-0".to_string(), 9092));
+}
+
+#[test]
+fn bad_settings_name_their_key() {
+    assert_eq!(
+        bad_key(load(&[], &["kafka.lisen=1.2.3.4:1"])),
+        "kafka.lisen"
+    );
+    assert_eq!(
+        bad_key(load(&[], &["kafka.listen=nowhere"])),
+        "kafka.listen"
+    );
+    assert_eq!(
+        bad_key(load(&[("STRATA_TOPICS__DEFAULT_PARTITIONS", "many")], &[])),
+        "topics.default_partitions"
+    );
+    assert_eq!(
+        bad_key(load(&[], &["topics.default_partitions=0"])),
+        "topics.default_partitions"
+    );
+    assert_eq!(
+        bad_key(load(&[], &["kafka.max_request_bytes=1"])),
+        "kafka.max_request_bytes"
+    );
+    assert_eq!(
+        bad_key(load(&[], &["controller.mode=\"combined\""])),
+        "controller.voters"
+    );
+    assert_eq!(bad_key(load(&[], &["novalue"])), "novalue");
+}

@@ -1,0 +1,369 @@
+//! The Kafka wire protocol on a raw socket: versions, bad input, many connections, and a
+//! produce/fetch round trip that survives a restart.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, FetchRequest,
+    ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use strata_storage::BatchBuilder;
+use strata_tests::{RawClient, TestBroker};
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+async fn api_versions(broker: &TestBroker) -> ApiVersionsResponse {
+    let mut c = RawClient::connect(broker.addr()).await;
+    c.call(3, &ApiVersionsRequest::default()).await
+}
+
+async fn still_serving(broker: &TestBroker) {
+    let r = tokio::time::timeout(Duration::from_secs(5), api_versions(broker))
+        .await
+        .expect("broker answers another connection");
+    assert_eq!(r.error_code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_versions_advertises_implemented_ranges_and_answers_unknown_versions_with_v0() {
+    let broker = TestBroker::start().await;
+    let r = api_versions(&broker).await;
+    let produce = r
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .expect("produce advertised");
+    assert_eq!((produce.min_version, produce.max_version), (3, 12));
+    assert!(
+        !r.api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::JoinGroup as i16),
+        "only implemented APIs are advertised"
+    );
+    // A version from the future: a v0 answer with UNSUPPORTED_VERSION and the ranges.
+    let mut c = RawClient::connect(broker.addr()).await;
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(ApiKey::ApiVersions as i16).to_be_bytes());
+    frame.extend_from_slice(&99i16.to_be_bytes());
+    frame.extend_from_slice(&7i32.to_be_bytes());
+    frame.extend_from_slice(&(-1i16).to_be_bytes());
+    frame.push(0); // header v2: no tagged fields
+    c.send_frame(&frame).await;
+    let reply = c.read_frame().await.expect("an answer");
+    assert_eq!(&reply[..4], &7i32.to_be_bytes(), "correlation id echoed");
+    assert_eq!(&reply[4..6], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_closes_only_that_connection() {
+    let broker = TestBroker::start().await;
+    let header = |api: i16, version: i16| {
+        let mut h = Vec::new();
+        h.extend_from_slice(&api.to_be_bytes());
+        h.extend_from_slice(&version.to_be_bytes());
+        h.extend_from_slice(&1i32.to_be_bytes());
+        h.extend_from_slice(&(-1i16).to_be_bytes());
+        h
+    };
+    let mut huge_array = header(ApiKey::Metadata as i16, 0);
+    huge_array.extend_from_slice(&i32::MAX.to_be_bytes());
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "garbage",
+            b"\x00\x00\x00\x10this is not kafka".to_vec(),
+            false,
+        ),
+        (
+            "2 GiB size prefix",
+            vec![0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+            false,
+        ),
+        (
+            "negative size prefix",
+            vec![0xff, 0xff, 0xff, 0xf0, 1, 2, 3],
+            false,
+        ),
+        (
+            "truncated frame",
+            {
+                let mut v = 100u32.to_be_bytes().to_vec();
+                v.extend_from_slice(&header(ApiKey::ApiVersions as i16, 0));
+                v
+            },
+            true,
+        ),
+        ("unknown api key", header(999, 0), true),
+        (
+            "unsupported version",
+            header(ApiKey::Produce as i16, 99),
+            true,
+        ),
+        ("tiny header", vec![0, 1], true),
+        ("array count beyond the frame", huge_array, true),
+    ];
+    for (what, bytes, framed) in cases {
+        let mut c = RawClient::connect(broker.addr()).await;
+        if framed {
+            c.send_frame(&bytes).await;
+        } else {
+            c.send_raw(&bytes).await;
+        }
+        if what == "truncated frame" {
+            c.shutdown_write().await;
+        }
+        assert!(
+            c.closed_within(Duration::from_secs(5)).await,
+            "{what}: connection left open"
+        );
+        still_serving(&broker).await;
+    }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_connections_are_served() {
+    let broker = TestBroker::start().await;
+    let addr = broker.addr();
+    let mut clients = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        clients.push(RawClient::connect(addr).await);
+    }
+    let answers = futures::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| async move { c.call(3, &ApiVersionsRequest::default()).await.error_code }),
+    )
+    .await;
+    assert_eq!(answers.len(), 1000);
+    assert!(answers.iter().all(|code| *code == 0));
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    // Ten Metadata requests written back to back before reading any answer.
+    for i in 0..10i32 {
+        let mut f = Vec::new();
+        f.extend_from_slice(&(ApiKey::Metadata as i16).to_be_bytes());
+        f.extend_from_slice(&1i16.to_be_bytes());
+        f.extend_from_slice(&(100 + i).to_be_bytes());
+        f.extend_from_slice(&(-1i16).to_be_bytes());
+        f.extend_from_slice(&(-1i32).to_be_bytes()); // all topics
+        c.send_frame(&f).await;
+    }
+    for i in 0..10i32 {
+        let r = c.read_frame().await.expect("answer");
+        assert_eq!(&r[..4], &(100 + i).to_be_bytes());
+    }
+    broker.stop().await;
+}
+
+fn produce(topic: &str, partition: i32, records: Vec<u8>) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(name(topic))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(Bytes::from(records))),
+                ]),
+        ])
+}
+
+fn fetch(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(partition)
+                        .with_fetch_offset(offset)
+                        .with_current_leader_epoch(-1)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produced_batches_are_fetched_back_byte_for_byte_and_survive_a_restart() {
+    let mut broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    let created = c
+        .call(
+            7,
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![
+                    CreatableTopic::default()
+                        .with_name(name("orders"))
+                        .with_num_partitions(2)
+                        .with_replication_factor(1),
+                ]),
+        )
+        .await;
+    assert_eq!(
+        created.topics[0].error_code, 0,
+        "{:?}",
+        created.topics[0].error_message
+    );
+    let mut sent = Vec::new();
+    for i in 0..5i64 {
+        let batch = BatchBuilder::new()
+            .value(
+                Some(b"k"),
+                format!("value {i}").as_bytes(),
+                1_700_000_000_000 + i,
+            )
+            .value(None, b"second", 1_700_000_000_000 + i)
+            .build();
+        let r = c.call(9, &produce("orders", 1, batch.clone())).await;
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0);
+        assert_eq!(p.base_offset, i * 2);
+        sent.push(batch);
+    }
+    // A bad CRC is refused with CORRUPT_MESSAGE and nothing is appended.
+    let mut bad = sent[0].clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let r = c.call(9, &produce("orders", 1, bad)).await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 2);
+
+    let check = |fetched: &Bytes| {
+        // Offsets were assigned in place; everything else is as sent.
+        let mut expected = Vec::new();
+        for (i, b) in sent.iter().enumerate() {
+            let mut b = b.clone();
+            b[..8].copy_from_slice(&(i as i64 * 2).to_be_bytes());
+            expected.extend_from_slice(&b[..12]);
+            expected.extend_from_slice(&b[16..17]); // magic; epoch and CRC may differ
+        }
+        assert!(fetched.len() >= sent.iter().map(Vec::len).sum::<usize>());
+        let mut pos = 0;
+        for (i, b) in sent.iter().enumerate() {
+            let got = &fetched[pos..pos + b.len()];
+            assert_eq!(&got[..8], &(i as i64 * 2).to_be_bytes(), "base offset");
+            assert_eq!(
+                &got[21..],
+                &b[21..],
+                "attributes, timestamps and records unchanged"
+            );
+            pos += b.len();
+        }
+    };
+    let r = c.call(12, &fetch("orders", 1, 0, 0)).await;
+    let data = &r.responses[0].partitions[0];
+    assert_eq!(data.error_code, 0);
+    assert_eq!(data.high_watermark, 10);
+    check(data.records.as_ref().expect("records"));
+
+    let offsets = c
+        .call(
+            7,
+            &ListOffsetsRequest::default()
+                .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+                .with_topics(vec![
+                    ListOffsetsTopic::default()
+                        .with_name(name("orders"))
+                        .with_partitions(vec![
+                            ListOffsetsPartition::default()
+                                .with_partition_index(1)
+                                .with_timestamp(-2),
+                            ListOffsetsPartition::default()
+                                .with_partition_index(1)
+                                .with_timestamp(-1),
+                            ListOffsetsPartition::default()
+                                .with_partition_index(1)
+                                .with_timestamp(1_700_000_000_003),
+                        ]),
+                ]),
+        )
+        .await;
+    let got: Vec<i64> = offsets.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.offset)
+        .collect();
+    assert_eq!(got, vec![0, 10, 6]);
+
+    broker.restart().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    let r = c.call(12, &fetch("orders", 1, 0, 0)).await;
+    let data = &r.responses[0].partitions[0];
+    assert_eq!(data.error_code, 0, "partition served after restart");
+    assert_eq!(data.high_watermark, 10);
+    check(data.records.as_ref().expect("records"));
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_at_the_end_waits_for_new_data_without_polling() {
+    let broker = TestBroker::start().await;
+    let mut meta = RawClient::connect(broker.addr()).await;
+    // Metadata auto-creates the topic.
+    let m = meta
+        .call(
+            12,
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(true)
+                .with_topics(Some(vec![
+                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(name("tail"))),
+                ])),
+        )
+        .await;
+    assert_eq!(m.topics[0].error_code, 0);
+    let addr = broker.addr();
+    let waiter = tokio::spawn(async move {
+        let mut c = RawClient::connect(addr).await;
+        let started = std::time::Instant::now();
+        let r = c.call(12, &fetch("tail", 0, 0, 10_000)).await;
+        (started.elapsed(), r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = meta
+        .call(
+            9,
+            &produce(
+                "tail",
+                0,
+                BatchBuilder::new().value(None, b"wake", 1).build(),
+            ),
+        )
+        .await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    let (took, r) = waiter.await.expect("fetch task");
+    assert!(
+        took >= Duration::from_millis(250),
+        "answered before data arrived: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "not woken by the append: {took:?}"
+    );
+    let records = r.responses[0].partitions[0]
+        .records
+        .clone()
+        .expect("records");
+    assert!(!records.is_empty());
+    broker.stop().await;
+}
