@@ -12,6 +12,7 @@ pub mod config;
 mod connection;
 mod error;
 mod handlers;
+mod producer;
 mod protocol;
 mod server;
 mod state;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use strata_controller::model::TopicRecord;
@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::producer::{self, ProducerBatch, ProducerTable};
 
 /// File in a partition directory naming the topic id it belongs to.
 const PARTITION_METADATA: &str = "partition.metadata";
@@ -26,6 +27,8 @@ pub(crate) struct Partition {
     pub(crate) log: Arc<Log>,
     /// The log end offset, for fetches waiting on new data.
     pub(crate) end: watch::Sender<u64>,
+    /// Idempotent producers' sequences; held across check and append.
+    pub(crate) producers: Mutex<ProducerTable>,
 }
 
 /// The broker's shared state.
@@ -39,6 +42,8 @@ pub(crate) struct BrokerState {
     image: RwLock<Arc<MetadataImage>>,
     version: watch::Sender<u64>,
     partitions: RwLock<HashMap<(Uuid, i32), Arc<Partition>>>,
+    /// The unused part of the producer-id block from the controller: `next..end`.
+    pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
 }
 
 impl BrokerState {
@@ -51,6 +56,7 @@ impl BrokerState {
             image: RwLock::new(Arc::new(MetadataImage::default())),
             version: watch::channel(0).0,
             partitions: RwLock::new(HashMap::new()),
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
         }
     }
 
@@ -130,12 +136,14 @@ impl BrokerState {
                 claim_dir(&dir, topic.id)?;
                 let log = Log::open(&dir, config.clone())?;
                 let end = log.log_end_offset();
+                let producers = rebuild_producers(&log)?;
                 partitions.insert(
                     (topic.id, index),
                     Arc::new(Partition {
                         topic_id: topic.id,
                         log: Arc::new(log),
                         end: watch::channel(end).0,
+                        producers: Mutex::new(producers),
                     }),
                 );
             }
@@ -158,6 +166,39 @@ impl BrokerState {
             }
         }
     }
+}
+
+/// Idempotent producers' recent batches, read back from the last two segments of the log, so
+/// a producer retrying across a broker restart still gets its original offsets. (Kafka keeps
+/// producer snapshots per segment; producers idle for longer than two segments are forgotten
+/// and must start a new epoch.)
+fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError> {
+    let mut table = ProducerTable::default();
+    let segments = log.segments();
+    let from = segments
+        .iter()
+        .rev()
+        .nth(1)
+        .or(segments.first())
+        .map_or(log.log_start_offset(), |s| s.base_offset)
+        .max(log.log_start_offset());
+    let end = log.log_end_offset();
+    let mut offset = from;
+    while offset < end {
+        let bytes = log.read(offset, 1 << 20)?;
+        let headers = producer::headers(&bytes);
+        let Some(last) = headers.last() else { break };
+        for h in &headers {
+            if let Some(b) = ProducerBatch::of(h) {
+                let first = u64::try_from(h.base_offset).unwrap_or(0);
+                let last = first + u64::try_from(h.last_offset_delta).unwrap_or(0);
+                table.record(&b, first, last);
+            }
+        }
+        offset =
+            u64::try_from(last.base_offset + i64::from(last.last_offset_delta) + 1).unwrap_or(end);
+    }
+    Ok(table)
 }
 
 /// The log settings a topic's configs ask for.

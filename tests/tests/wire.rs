@@ -367,3 +367,86 @@ async fn a_fetch_at_the_end_waits_for_new_data_without_polling() {
     assert!(!records.is_empty());
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs() {
+    use kafka_protocol::messages::InitProducerIdRequest;
+    let mut broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    let init = c
+        .call(
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+        .await;
+    assert_eq!(init.error_code, 0);
+    let pid = init.producer_id.0;
+    assert!(pid >= 0);
+    let batch = |epoch: i16, seq: i32, n: usize| {
+        let mut b = BatchBuilder::new().producer(pid, epoch, seq);
+        for i in 0..n {
+            b = b.value(None, format!("r{seq}-{i}").as_bytes(), 1);
+        }
+        b.build()
+    };
+    let send = |records: Vec<u8>| produce("idem", 0, records);
+    // Auto-create the topic through Metadata first.
+    c.call(
+        12,
+        &MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(name("idem"))),
+            ])),
+    )
+    .await;
+    let code_and_offset = |r: kafka_protocol::messages::ProduceResponse| {
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    assert_eq!(
+        code_and_offset(c.call(9, &send(batch(0, 0, 3))).await),
+        (0, 0)
+    );
+    assert_eq!(
+        code_and_offset(c.call(9, &send(batch(0, 3, 2))).await),
+        (0, 3)
+    );
+    // A retry of the first batch gets its original offsets and appends nothing.
+    assert_eq!(
+        code_and_offset(c.call(9, &send(batch(0, 0, 3))).await),
+        (0, 0)
+    );
+    // A gap is refused with OUT_OF_ORDER_SEQUENCE_NUMBER (45).
+    assert_eq!(
+        code_and_offset(c.call(9, &send(batch(0, 9, 1))).await).0,
+        45
+    );
+    // The same survives a restart: the producer state is rebuilt from the log.
+    broker.restart().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    assert_eq!(
+        code_and_offset(c.call(9, &send(batch(0, 3, 2))).await),
+        (0, 3)
+    );
+    // A bumped epoch starts again at 0; the old epoch is then fenced (INVALID_PRODUCER_EPOCH).
+    assert_eq!(
+        code_and_offset(c.call(9, &send(batch(1, 0, 1))).await),
+        (0, 5)
+    );
+    assert_eq!(
+        code_and_offset(c.call(9, &send(batch(0, 5, 1))).await).0,
+        47
+    );
+    let r = c.call(12, &fetch("idem", 0, 0, 0)).await;
+    assert_eq!(
+        r.responses[0].partitions[0].high_watermark, 6,
+        "no duplicates appended"
+    );
+    broker.stop().await;
+}

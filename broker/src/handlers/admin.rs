@@ -12,8 +12,8 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, MetadataRequest,
-    MetadataResponse,
+    ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, InitProducerIdRequest,
+    InitProducerIdResponse, MetadataRequest, MetadataResponse, ProducerId,
 };
 use strata_controller::model::TopicRecord;
 use strata_controller::state::MetadataState;
@@ -296,4 +296,69 @@ pub(super) async fn create_topics(
         });
     }
     frame.respond(&CreateTopicsResponse::default().with_topics(results))
+}
+
+/// Hands an idempotent producer an id (epoch 0), or bumps the epoch of the id it has (KIP-360).
+/// Transactions are not supported: a transactional id is refused.
+pub(super) async fn init_producer_id(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: InitProducerIdRequest = frame.decode()?;
+    let reply = InitProducerIdResponse::default();
+    if req.transactional_id.is_some() {
+        return frame.respond(&reply.with_error_code(ResponseError::InvalidRequest.code()));
+    }
+    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 {
+        return match req.producer_epoch.checked_add(1).filter(|e| *e < i16::MAX) {
+            Some(epoch) => frame.respond(
+                &reply
+                    .with_producer_id(req.producer_id)
+                    .with_producer_epoch(epoch),
+            ),
+            None => new_producer_id(state, frame, reply).await,
+        };
+    }
+    new_producer_id(state, frame, reply).await
+}
+
+async fn new_producer_id(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+    reply: InitProducerIdResponse,
+) -> Result<Bytes, FrameError> {
+    let mut block = state.producer_ids.lock().await;
+    if block.0 >= block.1 {
+        let command = Command::AllocateProducerIds {
+            broker_id: state.id,
+            broker_epoch: state.epoch(),
+        };
+        match state.controller.submit(&command).await {
+            Ok(Ok(applied)) => {
+                if let Outcome::ProducerIds { first, count } = applied.outcome {
+                    *block = (first, first + i64::from(count));
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "producer id block refused");
+                return frame.respond(&reply.with_error_code(command_error_code(&e).code()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "controller unreachable for producer ids");
+                return frame.respond(
+                    &reply.with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+                );
+            }
+        }
+    }
+    if block.0 >= block.1 {
+        return frame.respond(&reply.with_error_code(ResponseError::UnknownServerError.code()));
+    }
+    let id = block.0;
+    block.0 += 1;
+    frame.respond(
+        &reply
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(0),
+    )
 }

@@ -34,6 +34,7 @@ pub(crate) async fn handle(
     match frame.api {
         ApiKey::Metadata => admin::metadata(state, &frame).await.map(Some),
         ApiKey::CreateTopics => admin::create_topics(state, &frame).await.map(Some),
+        ApiKey::InitProducerId => admin::init_producer_id(state, &frame).await.map(Some),
         ApiKey::Produce => produce::produce(state, &frame).await,
         ApiKey::Fetch => fetch::fetch(state, &frame).await.map(Some),
         ApiKey::ListOffsets => fetch::list_offsets(state, &frame).await.map(Some),

@@ -6,9 +6,10 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use strata_storage::AppendInfo;
+use strata_storage::{AppendInfo, StorageError};
 
 use super::str_bytes;
+use crate::producer::{self, ProducerBatch, Refusal, Verdict};
 use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::{BrokerState, Partition};
 
@@ -65,7 +66,7 @@ pub(super) async fn produce(
         let resp = match outcome {
             Ok(info) => PartitionProduceResponse::default()
                 .with_index(index)
-                .with_base_offset(info.first_offset as i64)
+                .with_base_offset(info.base_offset as i64)
                 .with_log_append_time_ms(info.log_append_time.unwrap_or(-1))
                 .with_log_start_offset(info.log_start_offset as i64),
             Err((code, message)) => PartitionProduceResponse::default()
@@ -90,33 +91,105 @@ pub(super) async fn produce(
         .map(Some)
 }
 
+/// Where a batch landed.
+#[derive(Clone, Copy, Debug)]
+struct Landed {
+    base_offset: u64,
+    log_append_time: Option<i64>,
+    log_start_offset: u64,
+}
+
+type Failure = (ResponseError, Option<String>);
+
 /// Appends off the async threads; with `durable`, returns only once the batch is fsynced
-/// (group commit), so an `acks=all` answer survives a crash.
+/// (group commit), so an `acks=all` answer survives a crash. Batches from idempotent
+/// producers are checked against the partition's producer state first, under its lock.
 async fn append(
     part: Arc<Partition>,
     records: Bytes,
     leader_epoch: i32,
     durable: bool,
-) -> Result<AppendInfo, (ResponseError, Option<String>)> {
-    let log = part.log.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let mut buf = records.to_vec();
-        let info = log.append(&mut buf, leader_epoch)?;
-        if durable {
-            log.sync_through(info.last_offset + 1)?;
+) -> Result<Landed, Failure> {
+    let p = part.clone();
+    let result =
+        tokio::task::spawn_blocking(move || append_blocking(&p, &records, leader_epoch, durable))
+            .await
+            .map_err(|e| (ResponseError::UnknownServerError, Some(e.to_string())))?;
+    if result.is_ok() {
+        part.end.send_replace(part.log.log_end_offset());
+    }
+    result
+}
+
+fn append_blocking(
+    part: &Partition,
+    records: &[u8],
+    leader_epoch: i32,
+    durable: bool,
+) -> Result<Landed, Failure> {
+    let log = &part.log;
+    let storage = |e: StorageError| {
+        tracing::debug!(topic_id = %part.topic_id, error = %e, "append refused");
+        (storage_error_code(&e), Some(e.to_string()))
+    };
+    let headers = producer::headers(records);
+    let idempotent = headers.first().and_then(ProducerBatch::of);
+    let mut buf = records.to_vec();
+    let (landed, last_offset) = match idempotent {
+        None => {
+            let info = log.append(&mut buf, leader_epoch).map_err(storage)?;
+            (landed(&info), info.last_offset)
         }
-        Ok::<_, strata_storage::StorageError>((info, log.log_end_offset()))
-    })
-    .await
-    .map_err(|e| (ResponseError::UnknownServerError, Some(e.to_string())))?;
-    match result {
-        Ok((info, end)) => {
-            part.end.send_replace(end);
-            Ok(info)
+        Some(batch) => {
+            if headers.len() != 1 {
+                return Err((
+                    ResponseError::InvalidRecord,
+                    Some("an idempotent produce carries one batch per partition".into()),
+                ));
+            }
+            let mut producers = part.producers.lock().unwrap_or_else(|p| p.into_inner());
+            match producers.check(&batch) {
+                Ok(Verdict::Duplicate {
+                    first_offset,
+                    last_offset,
+                }) => (
+                    Landed {
+                        base_offset: first_offset,
+                        log_append_time: None,
+                        log_start_offset: log.log_start_offset(),
+                    },
+                    last_offset,
+                ),
+                Ok(Verdict::Append) => {
+                    let info = log.append(&mut buf, leader_epoch).map_err(storage)?;
+                    producers.record(&batch, info.first_offset, info.last_offset);
+                    (landed(&info), info.last_offset)
+                }
+                Err(Refusal::OutOfOrder { expected, got }) => {
+                    return Err((
+                        ResponseError::OutOfOrderSequenceNumber,
+                        Some(format!("expected sequence {expected}, got {got}")),
+                    ));
+                }
+                Err(Refusal::StaleEpoch { current, got }) => {
+                    return Err((
+                        ResponseError::InvalidProducerEpoch,
+                        Some(format!("producer epoch {got} is older than {current}")),
+                    ));
+                }
+            }
         }
-        Err(e) => {
-            tracing::debug!(topic_id = %part.topic_id, error = %e, "append refused");
-            Err((storage_error_code(&e), Some(e.to_string())))
-        }
+    };
+    if durable {
+        log.sync_through(last_offset + 1).map_err(storage)?;
+    }
+    Ok(landed)
+}
+
+fn landed(info: &AppendInfo) -> Landed {
+    Landed {
+        base_offset: info.first_offset,
+        log_append_time: info.log_append_time,
+        log_start_offset: info.log_start_offset,
     }
 }

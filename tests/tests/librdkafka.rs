@@ -1,0 +1,222 @@
+//! librdkafka (through the rdkafka crate) against an in-process broker: what a user's
+//! existing Kafka code does, checked record by record.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, Timestamp, TopicPartitionList};
+use strata_tests::TestBroker;
+
+const PARTITIONS: i32 = 8;
+const RECORDS: usize = 100_000;
+const BASE_TS: i64 = 1_750_000_000_000;
+
+/// What the test sent, per record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Sent {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    header: Vec<u8>,
+    timestamp: i64,
+}
+
+fn record(i: usize) -> Sent {
+    Sent {
+        key: format!("key-{}", i % 997).into_bytes(),
+        value: format!("value-{i}-{}", "x".repeat(i % 50)).into_bytes(),
+        header: format!("h{i}").into_bytes(),
+        timestamp: BASE_TS + i as i64,
+    }
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("producer")
+}
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "strata-tests-unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .expect("consumer")
+}
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
+}
+
+/// Reads every partition from the beginning until `expected` records arrived.
+fn consume_all(bootstrap: &str, topic: &str, expected: usize) -> BTreeMap<i32, Vec<(i64, Sent)>> {
+    let c = consumer(bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut got: BTreeMap<i32, Vec<(i64, Sent)>> = BTreeMap::new();
+    let mut n = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while n < expected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "consumed only {n} of {expected}"
+        );
+        let Some(m) = c.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = m.expect("no consumer error");
+        let header = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "idx"))
+            .and_then(|h| h.value.map(<[u8]>::to_vec))
+            .unwrap_or_default();
+        let Timestamp::CreateTime(ts) = m.timestamp() else {
+            panic!("create time expected, got {:?}", m.timestamp());
+        };
+        got.entry(m.partition()).or_default().push((
+            m.offset(),
+            Sent {
+                key: m.key().unwrap_or_default().to_vec(),
+                value: m.payload().unwrap_or_default().to_vec(),
+                header,
+                timestamp: ts,
+            },
+        ));
+        n += 1;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_round_trip_of_100k_keyed_records_survives_a_restart() {
+    let mut broker = TestBroker::start().await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "events", PARTITIONS).await;
+
+    let producer = producer(&bootstrap);
+    let mut sent_by_partition: BTreeMap<i32, Vec<(i64, Sent)>> = BTreeMap::new();
+    let mut pending = Vec::with_capacity(RECORDS);
+    for i in 0..RECORDS {
+        let r = record(i);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "idx",
+            value: Some(&r.header),
+        });
+        let fut = producer
+            .send_result(
+                FutureRecord::to("events")
+                    .key(&r.key)
+                    .payload(&r.value)
+                    .headers(headers)
+                    .timestamp(r.timestamp),
+            )
+            .map_err(|(e, _)| e)
+            .expect("enqueue");
+        pending.push((r, fut));
+        if pending.len() >= 10_000 {
+            for (r, fut) in pending.drain(..) {
+                let d = fut
+                    .await
+                    .expect("delivery")
+                    .map_err(|(e, _)| e)
+                    .expect("acked");
+                sent_by_partition
+                    .entry(d.partition)
+                    .or_default()
+                    .push((d.offset, r));
+            }
+        }
+    }
+    for (r, fut) in pending.drain(..) {
+        let d = fut
+            .await
+            .expect("delivery")
+            .map_err(|(e, _)| e)
+            .expect("acked");
+        sent_by_partition
+            .entry(d.partition)
+            .or_default()
+            .push((d.offset, r));
+    }
+    // Keys choose partitions; every partition got some, in order with contiguous offsets.
+    assert_eq!(sent_by_partition.len(), PARTITIONS as usize);
+    for list in sent_by_partition.values_mut() {
+        list.sort_by_key(|(o, _)| *o);
+        let offsets: Vec<i64> = list.iter().map(|(o, _)| *o).collect();
+        assert_eq!(offsets, (0..list.len() as i64).collect::<Vec<_>>());
+    }
+
+    let check = |got: BTreeMap<i32, Vec<(i64, Sent)>>| {
+        assert_eq!(got.len(), sent_by_partition.len());
+        for (p, sent) in &sent_by_partition {
+            assert_eq!(&got[p], sent, "partition {p} differs");
+        }
+    };
+    let b = bootstrap.clone();
+    check(
+        tokio::task::spawn_blocking(move || consume_all(&b, "events", RECORDS))
+            .await
+            .expect("consume"),
+    );
+
+    // Seek by timestamp: the first record at or after a time, per partition.
+    let target = BASE_TS + (RECORDS as i64) / 2;
+    let c = consumer(&bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset("events", p, Offset::Offset(target))
+            .expect("partition");
+    }
+    let found = c
+        .offsets_for_times(tpl, Duration::from_secs(10))
+        .expect("offsets for times");
+    for e in found.elements() {
+        let expected = sent_by_partition[&e.partition()]
+            .iter()
+            .find(|(_, s)| s.timestamp >= target)
+            .map(|(o, _)| *o);
+        assert_eq!(
+            e.offset(),
+            Offset::Offset(expected.expect("some record after target"))
+        );
+    }
+
+    // Every acknowledged record is still there after a restart.
+    broker.restart().await;
+    let b = broker.bootstrap();
+    check(
+        tokio::task::spawn_blocking(move || consume_all(&b, "events", RECORDS))
+            .await
+            .expect("consume"),
+    );
+    broker.stop().await;
+}
