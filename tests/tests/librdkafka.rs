@@ -220,3 +220,138 @@ async fn librdkafka_round_trip_of_100k_keyed_records_survives_a_restart() {
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_admin_describes_and_alters_configs_grows_and_deletes_topics() {
+    use rdkafka::admin::{AlterConfig, NewPartitions, ResourceSpecifier};
+    let broker = TestBroker::start().await;
+    let bootstrap = broker.bootstrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("admin");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let topic =
+        NewTopic::new("configured", 2, TopicReplication::Fixed(1)).set("retention.ms", "3600000");
+    for r in admin.create_topics(&[topic], &opts).await.expect("create") {
+        r.expect("created");
+    }
+    // Invalid topics are refused with Kafka's errors.
+    let bad = admin
+        .create_topics(
+            &[
+                NewTopic::new("configured", 1, TopicReplication::Fixed(1)),
+                NewTopic::new("bad name!", 1, TopicReplication::Fixed(1)),
+                NewTopic::new("too-replicated", 1, TopicReplication::Fixed(3)),
+            ],
+            &opts,
+        )
+        .await
+        .expect("create");
+    let codes: Vec<String> = bad
+        .into_iter()
+        .map(|r| format!("{:?}", r.expect_err("refused").1))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "TopicAlreadyExists",
+            "InvalidTopic",
+            "InvalidReplicationFactor"
+        ]
+    );
+
+    async fn describe(
+        admin: &AdminClient<DefaultClientContext>,
+        opts: &AdminOptions,
+    ) -> rdkafka::admin::ConfigResource {
+        let r = admin
+            .describe_configs(&[ResourceSpecifier::Topic("configured")], opts)
+            .await
+            .expect("describe");
+        r.into_iter()
+            .next()
+            .expect("one resource")
+            .expect("described")
+    }
+    let d = describe(&admin, &opts).await;
+    let retention = d.get("retention.ms").expect("retention.ms listed");
+    assert_eq!(retention.value.as_deref(), Some("3600000"));
+    assert!(!retention.is_default);
+    let segment = d.get("segment.bytes").expect("segment.bytes listed");
+    assert!(segment.is_default);
+    assert_eq!(segment.value.as_deref(), Some("1073741824"));
+
+    let altered = admin
+        .alter_configs(
+            &[AlterConfig::new(ResourceSpecifier::Topic("configured"))
+                .set("cleanup.policy", "compact")
+                .set("segment.bytes", "1048576")],
+            &opts,
+        )
+        .await
+        .expect("alter");
+    altered.into_iter().for_each(|r| {
+        r.expect("altered");
+    });
+    let d = describe(&admin, &opts).await;
+    assert_eq!(
+        d.get("segment.bytes").and_then(|e| e.value.as_deref()),
+        Some("1048576")
+    );
+    assert_eq!(
+        d.get("cleanup.policy").and_then(|e| e.value.as_deref()),
+        Some("compact")
+    );
+    // Legacy AlterConfigs replaces the set: retention.ms is back to its default.
+    assert!(d.get("retention.ms").expect("listed").is_default);
+    let refused =
+        admin
+            .alter_configs(
+                &[AlterConfig::new(ResourceSpecifier::Topic("configured"))
+                    .set("retention.ms", "soon")],
+                &opts,
+            )
+            .await
+            .expect("alter");
+    // rdkafka 0.39 reports every AlterConfigs resource as Ok (it never reads the per-resource
+    // error), so the refusal shows as an unchanged config; the raw-wire test checks the code.
+    assert_eq!(refused.len(), 1);
+    let d = describe(&admin, &opts).await;
+    assert!(d.get("retention.ms").expect("listed").is_default);
+    assert_eq!(
+        d.get("segment.bytes").and_then(|e| e.value.as_deref()),
+        Some("1048576"),
+        "a refused replace leaves the previous configs"
+    );
+
+    for r in admin
+        .create_partitions(&[NewPartitions::new("configured", 5)], &opts)
+        .await
+        .expect("grow")
+    {
+        r.expect("grown");
+    }
+    let md = admin
+        .inner()
+        .fetch_metadata(Some("configured"), Duration::from_secs(5))
+        .expect("metadata");
+    assert_eq!(md.topics()[0].partitions().len(), 5);
+
+    for r in admin
+        .delete_topics(&["configured"], &opts)
+        .await
+        .expect("delete")
+    {
+        r.expect("deleted");
+    }
+    let gone = admin
+        .delete_topics(&["configured"], &opts)
+        .await
+        .expect("delete again");
+    assert!(
+        gone.into_iter().all(|r| r.is_err()),
+        "deleting twice is UNKNOWN_TOPIC"
+    );
+    broker.stop().await;
+}

@@ -450,3 +450,42 @@ async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs()
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_value_is_refused_with_invalid_config() {
+    use kafka_protocol::messages::AlterConfigsRequest;
+    use kafka_protocol::messages::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    let created = c
+        .call(
+            7,
+            &CreateTopicsRequest::default().with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(name("cfg"))
+                    .with_num_partitions(1)
+                    .with_replication_factor(1),
+            ]),
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, 0);
+    let alter = |key: &str, value: &str| {
+        AlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string("cfg".into()))
+                .with_configs(vec![
+                    AlterableConfig::default()
+                        .with_name(StrBytes::from_string(key.into()))
+                        .with_value(Some(StrBytes::from_string(value.into()))),
+                ]),
+        ])
+    };
+    let r = c.call(2, &alter("retention.ms", "soon")).await;
+    assert_eq!(r.responses[0].error_code, 40, "INVALID_CONFIG");
+    let r = c.call(2, &alter("no.such.config", "1")).await;
+    assert_eq!(r.responses[0].error_code, 40, "INVALID_CONFIG");
+    let r = c.call(2, &alter("retention.ms", "1000")).await;
+    assert_eq!(r.responses[0].error_code, 0);
+    broker.stop().await;
+}

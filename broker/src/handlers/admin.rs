@@ -8,16 +8,18 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, InitProducerIdRequest,
-    InitProducerIdResponse, MetadataRequest, MetadataResponse, ProducerId,
+    ApiKey, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest,
+    MetadataResponse, ProducerId,
 };
 use strata_controller::model::TopicRecord;
 use strata_controller::state::MetadataState;
-use strata_controller::{Command, MetadataImage, Outcome};
+use strata_controller::{Applied, Command, MetadataImage, Outcome};
 use uuid::Uuid;
 
 use super::{broker_id, str_bytes, topic_name};
@@ -56,32 +58,52 @@ pub(super) fn api_versions(frame: &Frame) -> Result<Bytes, FrameError> {
     frame.respond(&ApiVersionsResponse::default().with_api_keys(api_keys))
 }
 
-/// Creates `name` through the controller and waits until this broker's metadata has it.
-pub(super) async fn create_topic(
+/// Proposes `command` and waits until this broker's metadata reflects it.
+pub(super) async fn submit_and_wait(
     state: &BrokerState,
-    command: Command,
-) -> Result<Uuid, (ResponseError, String)> {
-    match state.controller.submit(&command).await {
+    command: &Command,
+) -> Result<Applied, (ResponseError, String)> {
+    match state.controller.submit(command).await {
         Ok(Ok(applied)) => {
-            let Outcome::TopicCreated { id, .. } = applied.outcome else {
-                return Err((
-                    ResponseError::UnknownServerError,
-                    "unexpected outcome".into(),
-                ));
-            };
             if !state
                 .wait_for_version(applied.version, PROPAGATION_WAIT)
                 .await
             {
                 return Err((
                     ResponseError::RequestTimedOut,
-                    "topic created but not yet visible on this broker".into(),
+                    "applied but not yet visible on this broker".into(),
                 ));
             }
-            Ok(id)
+            Ok(applied)
         }
         Ok(Err(e)) => Err((command_error_code(&e), e.to_string())),
         Err(e) => Err((ResponseError::RequestTimedOut, e.to_string())),
+    }
+}
+
+/// Checks `command` against this broker's copy of the metadata without proposing it
+/// (`validate_only`).
+pub(super) fn dry_run(
+    state: &BrokerState,
+    command: &Command,
+) -> Result<Applied, (ResponseError, String)> {
+    MetadataState::from_image((*state.image()).clone())
+        .apply(command)
+        .map_err(|e| (command_error_code(&e), e.to_string()))
+}
+
+/// Creates a topic through the controller and waits until this broker's metadata has it.
+pub(super) async fn create_topic(
+    state: &BrokerState,
+    command: Command,
+) -> Result<Uuid, (ResponseError, String)> {
+    let applied = submit_and_wait(state, &command).await?;
+    match applied.outcome {
+        Outcome::TopicCreated { id, .. } => Ok(id),
+        _ => Err((
+            ResponseError::UnknownServerError,
+            "unexpected outcome".into(),
+        )),
     }
 }
 
@@ -279,11 +301,7 @@ pub(super) async fn create_topics(
             configs,
         };
         let outcome = if req.validate_only {
-            // Dry run against this broker's copy of the metadata.
-            MetadataState::from_image((*state.image()).clone())
-                .apply(&command)
-                .map(|_| Uuid::nil())
-                .map_err(|e| (command_error_code(&e), e.to_string()))
+            dry_run(state, &command).map(|_| Uuid::nil())
         } else {
             create_topic(state, command).await
         };
@@ -360,5 +378,49 @@ async fn new_producer_id(
         &reply
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(0),
+    )
+}
+
+pub(super) async fn describe_cluster(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: DescribeClusterRequest = frame.decode()?;
+    if req.endpoint_type != 1 {
+        // Only broker endpoints are described (endpoint type 1); controllers are not Kafka
+        // endpoints in Strata.
+        return frame.respond(
+            &DescribeClusterResponse::default()
+                .with_error_code(ResponseError::UnsupportedEndpointType.code())
+                .with_endpoint_type(req.endpoint_type),
+        );
+    }
+    let image = state.image();
+    let brokers = image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .filter_map(|b| {
+            let e = b.endpoints.first()?;
+            Some(
+                DescribeClusterBroker::default()
+                    .with_broker_id(broker_id(b.id))
+                    .with_host(str_bytes(&e.host))
+                    .with_port(i32::from(e.port))
+                    .with_rack(b.rack.as_deref().map(str_bytes)),
+            )
+        })
+        .collect();
+    frame.respond(
+        &DescribeClusterResponse::default()
+            .with_endpoint_type(1)
+            .with_cluster_id(str_bytes(
+                &image
+                    .cluster_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+            ))
+            .with_controller_id(broker_id(state.id))
+            .with_brokers(brokers),
     )
 }

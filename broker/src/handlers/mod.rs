@@ -1,8 +1,10 @@
 //! Kafka API handlers: one function per API, dispatched by api key after the version check.
 
 mod admin;
+mod configs;
 mod fetch;
 mod produce;
+mod topics;
 
 use std::sync::Arc;
 
@@ -35,6 +37,14 @@ pub(crate) async fn handle(
         ApiKey::Metadata => admin::metadata(state, &frame).await.map(Some),
         ApiKey::CreateTopics => admin::create_topics(state, &frame).await.map(Some),
         ApiKey::InitProducerId => admin::init_producer_id(state, &frame).await.map(Some),
+        ApiKey::DeleteTopics => topics::delete_topics(state, &frame).await.map(Some),
+        ApiKey::CreatePartitions => topics::create_partitions(state, &frame).await.map(Some),
+        ApiKey::DescribeConfigs => configs::describe_configs(state, &frame).await.map(Some),
+        ApiKey::AlterConfigs => configs::alter_configs(state, &frame).await.map(Some),
+        ApiKey::IncrementalAlterConfigs => configs::incremental_alter_configs(state, &frame)
+            .await
+            .map(Some),
+        ApiKey::DescribeCluster => admin::describe_cluster(state, &frame).await.map(Some),
         ApiKey::Produce => produce::produce(state, &frame).await,
         ApiKey::Fetch => fetch::fetch(state, &frame).await.map(Some),
         ApiKey::ListOffsets => fetch::list_offsets(state, &frame).await.map(Some),
