@@ -489,3 +489,65 @@ async fn an_invalid_config_value_is_refused_with_invalid_config() {
     assert_eq!(r.responses[0].error_code, 0);
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_produce_requests_append_in_the_order_sent() {
+    use kafka_protocol::messages::{InitProducerIdRequest, RequestHeader};
+    use kafka_protocol::protocol::Encodable;
+    let broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    let pid = c
+        .call(
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000),
+        )
+        .await
+        .producer_id
+        .0;
+    c.call(
+        12,
+        &MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(name("ordered"))),
+            ])),
+    )
+    .await;
+    // 100 idempotent acks=all requests written back to back: any reordering of their appends
+    // is an OUT_OF_ORDER_SEQUENCE_NUMBER or a wrong offset.
+    for seq in 0..100i32 {
+        let batch = BatchBuilder::new()
+            .producer(pid, 0, seq)
+            .value(None, format!("{seq}").as_bytes(), 1)
+            .build();
+        let mut frame = bytes::BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Produce as i16)
+            .with_request_api_version(9)
+            .with_correlation_id(seq)
+            .encode(&mut frame, 2)
+            .expect("header");
+        produce("ordered", 0, batch)
+            .encode(&mut frame, 9)
+            .expect("body");
+        c.send_frame(&frame).await;
+    }
+    for seq in 0..100i32 {
+        let mut r = c.read_frame().await.expect("answer");
+        let header = <kafka_protocol::messages::ResponseHeader as kafka_protocol::protocol::Decodable>::decode(&mut r, 1)
+            .expect("header");
+        assert_eq!(header.correlation_id, seq);
+        let resp = <kafka_protocol::messages::ProduceResponse as kafka_protocol::protocol::Decodable>::decode(&mut r, 9)
+            .expect("body");
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(
+            (p.error_code, p.base_offset),
+            (0, i64::from(seq)),
+            "request {seq}"
+        );
+    }
+    broker.stop().await;
+}

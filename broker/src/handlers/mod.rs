@@ -12,6 +12,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::connection::Turn;
 use crate::protocol::{Frame, FrameError, supported};
 use crate::state::BrokerState;
 
@@ -20,6 +21,7 @@ use crate::state::BrokerState;
 pub(crate) async fn handle(
     state: &Arc<BrokerState>,
     frame: Frame,
+    turn: Option<Turn>,
 ) -> Result<Option<Bytes>, FrameError> {
     if frame.api == ApiKey::ApiVersions {
         return admin::api_versions(&frame).map(Some);
@@ -45,7 +47,7 @@ pub(crate) async fn handle(
             .await
             .map(Some),
         ApiKey::DescribeCluster => admin::describe_cluster(state, &frame).await.map(Some),
-        ApiKey::Produce => produce::produce(state, &frame).await,
+        ApiKey::Produce => produce::produce(state, &frame, turn).await,
         ApiKey::Fetch => fetch::fetch(state, &frame).await.map(Some),
         ApiKey::ListOffsets => fetch::list_offsets(state, &frame).await.map(Some),
         api => Err(FrameError::Unsupported {

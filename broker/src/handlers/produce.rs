@@ -9,6 +9,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use strata_storage::{AppendInfo, StorageError};
 
 use super::str_bytes;
+use crate::connection::Turn;
 use crate::producer::{self, ProducerBatch, Refusal, Verdict};
 use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::{BrokerState, Partition};
@@ -16,6 +17,7 @@ use crate::state::{BrokerState, Partition};
 pub(super) async fn produce(
     state: &Arc<BrokerState>,
     frame: &Frame,
+    turn: Option<Turn>,
 ) -> Result<Option<Bytes>, FrameError> {
     let req: ProduceRequest = frame.decode()?;
     let acks = req.acks;
@@ -49,7 +51,7 @@ pub(super) async fn produce(
             pending.push((name.clone(), index, async move {
                 let (part, leader_epoch) = target.map_err(|e| (e, None))?;
                 let records = records.ok_or((ResponseError::CorruptMessage, None))?;
-                append(part, records, leader_epoch, acks == -1).await
+                append(part, records, leader_epoch).await
             }));
         }
     }
@@ -57,7 +59,21 @@ pub(super) async fn produce(
         .into_iter()
         .map(|(name, index, fut)| ((name, index), fut))
         .unzip();
-    let outcomes = futures::future::join_all(futures).await;
+    // Append in this connection's request order; the fsync wait below may overlap.
+    if let Some(turn) = &turn {
+        turn.wait().await;
+    }
+    let appended = futures::future::join_all(futures).await;
+    drop(turn);
+    let outcomes = if acks == -1 {
+        futures::future::join_all(appended.into_iter().map(|r| async move {
+            let (part, landed, last_offset) = r?;
+            sync(part, last_offset).await.map(|()| landed)
+        }))
+        .await
+    } else {
+        appended.into_iter().map(|r| r.map(|(_, l, _)| l)).collect()
+    };
     if acks == 0 {
         return Ok(None);
     }
@@ -101,32 +117,36 @@ struct Landed {
 
 type Failure = (ResponseError, Option<String>);
 
-/// Appends off the async threads; with `durable`, returns only once the batch is fsynced
-/// (group commit), so an `acks=all` answer survives a crash. Batches from idempotent
-/// producers are checked against the partition's producer state first, under its lock.
+/// Appends off the async threads. Batches from idempotent producers are checked against the
+/// partition's producer state first, under its lock.
 async fn append(
     part: Arc<Partition>,
     records: Bytes,
     leader_epoch: i32,
-    durable: bool,
-) -> Result<Landed, Failure> {
+) -> Result<(Arc<Partition>, Landed, u64), Failure> {
     let p = part.clone();
-    let result =
-        tokio::task::spawn_blocking(move || append_blocking(&p, &records, leader_epoch, durable))
+    let (landed, last_offset) =
+        tokio::task::spawn_blocking(move || append_blocking(&p, &records, leader_epoch))
             .await
-            .map_err(|e| (ResponseError::UnknownServerError, Some(e.to_string())))?;
-    if result.is_ok() {
-        part.end.send_replace(part.log.log_end_offset());
-    }
-    result
+            .map_err(|e| (ResponseError::UnknownServerError, Some(e.to_string())))??;
+    part.end.send_replace(part.log.log_end_offset());
+    Ok((part, landed, last_offset))
+}
+
+/// Waits until everything up to `last_offset` is fsynced (group commit), so an `acks=all`
+/// answer survives a crash.
+async fn sync(part: Arc<Partition>, last_offset: u64) -> Result<(), Failure> {
+    tokio::task::spawn_blocking(move || part.log.sync_through(last_offset + 1))
+        .await
+        .map_err(|e| (ResponseError::UnknownServerError, Some(e.to_string())))?
+        .map_err(|e| (storage_error_code(&e), Some(e.to_string())))
 }
 
 fn append_blocking(
     part: &Partition,
     records: &[u8],
     leader_epoch: i32,
-    durable: bool,
-) -> Result<Landed, Failure> {
+) -> Result<(Landed, u64), Failure> {
     let log = &part.log;
     let storage = |e: StorageError| {
         tracing::debug!(topic_id = %part.topic_id, error = %e, "append refused");
@@ -180,10 +200,7 @@ fn append_blocking(
             }
         }
     };
-    if durable {
-        log.sync_through(last_offset + 1).map_err(storage)?;
-    }
-    Ok(landed)
+    Ok((landed, last_offset))
 }
 
 fn landed(info: &AppendInfo) -> Landed {
