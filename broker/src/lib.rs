@@ -10,6 +10,7 @@
 pub mod config;
 
 mod connection;
+mod epochs;
 mod error;
 mod handlers;
 mod producer;

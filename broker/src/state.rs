@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
+use crate::epochs::EpochCache;
 use crate::error::BrokerError;
 use crate::producer::{self, ProducerBatch, ProducerTable};
 
@@ -29,6 +30,8 @@ pub(crate) struct Partition {
     pub(crate) end: watch::Sender<u64>,
     /// Idempotent producers' sequences; held across check and append.
     pub(crate) producers: Mutex<ProducerTable>,
+    /// Where each leader epoch started; held across an append that starts a new epoch.
+    pub(crate) epochs: Mutex<EpochCache>,
 }
 
 /// The broker's shared state.
@@ -137,6 +140,11 @@ impl BrokerState {
                 let log = Log::open(&dir, config.clone())?;
                 let end = log.log_end_offset();
                 let producers = rebuild_producers(&log)?;
+                let epochs = EpochCache::open(&dir, &log).map_err(|source| BrokerError::Io {
+                    op: "opening leader epochs",
+                    path: dir.clone(),
+                    source,
+                })?;
                 partitions.insert(
                     (topic.id, index),
                     Arc::new(Partition {
@@ -144,6 +152,7 @@ impl BrokerState {
                         log: Arc::new(log),
                         end: watch::channel(end).0,
                         producers: Mutex::new(producers),
+                        epochs: Mutex::new(epochs),
                     }),
                 );
             }

@@ -551,3 +551,87 @@ async fn pipelined_produce_requests_append_in_the_order_sent() {
     }
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_leader_epoch_reports_where_each_epoch_ended() {
+    use kafka_protocol::messages::OffsetForLeaderEpochRequest;
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let mut broker = TestBroker::start().await;
+    let leader_epoch = |broker: &TestBroker| {
+        let addr = broker.addr();
+        async move {
+            let mut c = RawClient::connect(addr).await;
+            let m = c
+                .call(
+                    12,
+                    &MetadataRequest::default()
+                        .with_allow_auto_topic_creation(true)
+                        .with_topics(Some(vec![
+                            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                                .with_name(Some(name("epochs"))),
+                        ])),
+                )
+                .await;
+            m.topics[0].partitions[0].leader_epoch
+        }
+    };
+    let first = leader_epoch(&broker).await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    for i in 0..3 {
+        let b = BatchBuilder::new().value(None, b"a", i).build();
+        assert_eq!(
+            c.call(9, &produce("epochs", 0, b)).await.responses[0].partition_responses[0]
+                .error_code,
+            0
+        );
+    }
+    // A restart re-registers the broker: leadership comes back under a higher epoch.
+    broker.restart().await;
+    let second = leader_epoch(&broker).await;
+    assert!(second > first, "{second} > {first}");
+    let mut c = RawClient::connect(broker.addr()).await;
+    for i in 0..2 {
+        let b = BatchBuilder::new().value(None, b"b", i).build();
+        assert_eq!(
+            c.call(9, &produce("epochs", 0, b)).await.responses[0].partition_responses[0]
+                .error_code,
+            0
+        );
+    }
+    let ask = |epoch: i32| {
+        OffsetForLeaderEpochRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![
+                OffsetForLeaderTopic::default()
+                    .with_topic(name("epochs"))
+                    .with_partitions(vec![
+                        OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(second)
+                            .with_leader_epoch(epoch),
+                    ]),
+            ])
+    };
+    let answer = |r: kafka_protocol::messages::OffsetForLeaderEpochResponse| {
+        let p = &r.topics[0].partitions[0];
+        (p.error_code, p.leader_epoch, p.end_offset)
+    };
+    assert_eq!(
+        answer(c.call(4, &ask(first)).await),
+        (0, first, 3),
+        "first epoch ended at 3"
+    );
+    assert_eq!(
+        answer(c.call(4, &ask(second)).await),
+        (0, second, 5),
+        "current epoch: log end"
+    );
+    assert_eq!(
+        answer(c.call(4, &ask(first - 1)).await).1,
+        -1,
+        "before any epoch"
+    );
+    broker.stop().await;
+}

@@ -246,3 +246,66 @@ fn lookup(part: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, Respon
         _ => return Err(ResponseError::InvalidRequest),
     })
 }
+
+/// Where a leader epoch ended in each partition's log (KIP-320: consumers check their position
+/// after a leader change).
+pub(super) async fn offset_for_leader_epoch(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    use kafka_protocol::messages::offset_for_leader_epoch_response::{
+        EpochEndOffset, OffsetForLeaderTopicResult,
+    };
+    use kafka_protocol::messages::{OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse};
+    let req: OffsetForLeaderEpochRequest = frame.decode()?;
+    let image = state.image();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let record = image.topics.get(t.topic.0.as_str());
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let resp = EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    let meta = record.and_then(|r| {
+                        let m = usize::try_from(p.partition)
+                            .ok()
+                            .and_then(|i| r.partitions.get(i))?;
+                        Some((r.id, m))
+                    });
+                    let Some((topic_id, meta)) = meta else {
+                        return resp.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    if meta.leader != Some(state.id) {
+                        return resp.with_error_code(ResponseError::NotLeaderOrFollower.code());
+                    }
+                    if p.current_leader_epoch > meta.leader_epoch {
+                        return resp.with_error_code(ResponseError::UnknownLeaderEpoch.code());
+                    }
+                    if p.current_leader_epoch >= 0 && p.current_leader_epoch < meta.leader_epoch {
+                        return resp.with_error_code(ResponseError::FencedLeaderEpoch.code());
+                    }
+                    let Some(part) = state.partition(topic_id, p.partition) else {
+                        return resp.with_error_code(ResponseError::NotLeaderOrFollower.code());
+                    };
+                    let end = part.log.log_end_offset();
+                    let (epoch, offset) = part
+                        .epochs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .end_offset_for(p.leader_epoch, meta.leader_epoch, end);
+                    resp.with_leader_epoch(epoch).with_end_offset(offset)
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(t.topic.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    frame.respond(&OffsetForLeaderEpochResponse::default().with_topics(topics))
+}

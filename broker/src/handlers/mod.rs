@@ -47,6 +47,9 @@ pub(crate) async fn handle(
             .await
             .map(Some),
         ApiKey::DescribeCluster => admin::describe_cluster(state, &frame).await.map(Some),
+        ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(state, &frame)
+            .await
+            .map(Some),
         ApiKey::Produce => produce::produce(state, &frame, turn).await,
         ApiKey::Fetch => fetch::fetch(state, &frame).await.map(Some),
         ApiKey::ListOffsets => fetch::list_offsets(state, &frame).await.map(Some),

@@ -147,6 +147,30 @@ fn append_blocking(
     records: &[u8],
     leader_epoch: i32,
 ) -> Result<(Landed, u64), Failure> {
+    // The first append of a new leader epoch records where the epoch starts; it holds the
+    // epoch lock across the append so no later offset can claim the start.
+    let mut epochs = part.epochs.lock().unwrap_or_else(|p| p.into_inner());
+    if epochs.latest().is_some_and(|l| l >= leader_epoch) {
+        drop(epochs);
+        return append_checked(part, records, leader_epoch);
+    }
+    let start = part.log.log_end_offset();
+    let (landed, last_offset) = append_checked(part, records, leader_epoch)?;
+    if part.log.log_end_offset() == start {
+        return Ok((landed, last_offset)); // a retry answered from memory: nothing written
+    }
+    if let Err(e) = epochs.assign(leader_epoch, start) {
+        tracing::error!(topic_id = %part.topic_id, error = %e, "recording leader epoch failed");
+        return Err((ResponseError::KafkaStorageError, Some(e.to_string())));
+    }
+    Ok((landed, last_offset))
+}
+
+fn append_checked(
+    part: &Partition,
+    records: &[u8],
+    leader_epoch: i32,
+) -> Result<(Landed, u64), Failure> {
     let log = &part.log;
     let storage = |e: StorageError| {
         tracing::debug!(topic_id = %part.topic_id, error = %e, "append refused");
