@@ -63,9 +63,18 @@ pub(crate) async fn serve(
                 let answer: Result<Option<Bytes>, FrameError> = answer;
                 match answer {
                     Ok(Some(bytes)) => {
-                        if let Err(e) = wr.write_all(&bytes).await {
-                            tracing::debug!(%peer, error = %e, "write failed; closing");
-                            return;
+                        // A client that stops reading cannot pin the connection: a response
+                        // not written within the idle timeout closes it.
+                        match tokio::time::timeout(idle, wr.write_all(&bytes)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "write failed; closing");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::info!(%peer, "client not reading responses; closing");
+                                return;
+                            }
                         }
                     }
                     Ok(None) => {}

@@ -17,21 +17,36 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A broker with an embedded controller in this process, on loopback ports, in a temporary
 /// directory that outlives restarts.
-#[derive(Debug)]
 pub struct TestBroker {
     broker: Option<Broker>,
     dir: tempfile::TempDir,
     addr: SocketAddr,
+    tweak: Box<dyn Fn(&mut BrokerConfig) + Send + Sync>,
+}
+
+impl std::fmt::Debug for TestBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestBroker")
+            .field("addr", &self.addr)
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TestBroker {
     /// Starts a broker with default settings.
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a broker with settings changed by `tweak`.
+    pub async fn start_with(tweak: impl Fn(&mut BrokerConfig) + Send + Sync + 'static) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut b = Self {
             broker: None,
             dir,
             addr: "127.0.0.1:0".parse().expect("addr"),
+            tweak: Box::new(tweak),
         };
         b.boot().await;
         b
@@ -44,6 +59,7 @@ impl TestBroker {
         };
         c.kafka.listen = self.addr.to_string();
         c.controller.listen = "127.0.0.1:0".into();
+        (self.tweak)(&mut c);
         c
     }
 

@@ -635,3 +635,58 @@ async fn offset_for_leader_epoch_reports_where_each_epoch_ended() {
     );
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_are_closed() {
+    let broker = TestBroker::start_with(|c| c.kafka.idle_timeout_ms = 300).await;
+    let mut idle = RawClient::connect(broker.addr()).await;
+    let mut slow = RawClient::connect(broker.addr()).await;
+    slow.send_raw(&[0, 0, 0, 50, 0, 18]).await; // a frame that never finishes
+    assert!(
+        idle.closed_within(Duration::from_secs(5)).await,
+        "idle connection kept"
+    );
+    assert!(
+        slow.closed_within(Duration::from_secs(5)).await,
+        "half-sent frame kept"
+    );
+    still_serving(&broker).await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_zero_gets_no_response_and_the_next_request_is_answered() {
+    let broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    c.call(
+        12,
+        &MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(name("fire"))),
+            ])),
+    )
+    .await;
+    let mut header = Vec::new();
+    header.extend_from_slice(&(ApiKey::Produce as i16).to_be_bytes());
+    header.extend_from_slice(&9i16.to_be_bytes());
+    header.extend_from_slice(&99i32.to_be_bytes());
+    header.extend_from_slice(&(-1i16).to_be_bytes());
+    header.push(0);
+    let mut frame = bytes::BytesMut::from(&header[..]);
+    kafka_protocol::protocol::Encodable::encode(
+        &produce("fire", 0, BatchBuilder::new().value(None, b"x", 1).build()).with_acks(0),
+        &mut frame,
+        9,
+    )
+    .expect("encode");
+    c.send_frame(&frame).await;
+    // The next call checks that its own correlation id comes back first.
+    let r = c.call(12, &fetch("fire", 0, 0, 1000)).await;
+    assert_eq!(
+        r.responses[0].partitions[0].high_watermark, 1,
+        "acks=0 record appended"
+    );
+    broker.stop().await;
+}
