@@ -25,6 +25,8 @@ pub struct BrokerConfig {
     pub controller: ControllerSection,
     /// Defaults for topics.
     pub topics: TopicDefaults,
+    /// Consumer group coordination.
+    pub groups: GroupSettings,
 }
 
 /// The Kafka protocol listener.
@@ -85,6 +87,38 @@ pub struct TopicDefaults {
     pub default_replication_factor: i16,
 }
 
+/// Consumer group coordination (Kafka's `group.*` and `offsets.*` settings).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupSettings {
+    /// Partitions of `__consumer_offsets` (`offsets.topic.num.partitions`), fixed once created.
+    pub offsets_topic_partitions: i32,
+    /// `group.min.session.timeout.ms`.
+    pub min_session_timeout_ms: u64,
+    /// `group.max.session.timeout.ms`.
+    pub max_session_timeout_ms: u64,
+    /// `group.initial.rebalance.delay.ms`: an empty group's first rebalance waits this long
+    /// for more members.
+    pub initial_rebalance_delay_ms: u64,
+    /// `group.max.size`.
+    pub max_size: usize,
+    /// `offsets.retention.minutes`: offsets of a group empty this long are deleted.
+    pub offsets_retention_minutes: u64,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            offsets_topic_partitions: 16,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            initial_rebalance_delay_ms: 3_000,
+            max_size: 10_000,
+            offsets_retention_minutes: 7 * 24 * 60,
+        }
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
@@ -93,6 +127,7 @@ impl Default for BrokerConfig {
             kafka: KafkaConfig::default(),
             controller: ControllerSection::default(),
             topics: TopicDefaults::default(),
+            groups: GroupSettings::default(),
         }
     }
 }
@@ -231,6 +266,28 @@ impl BrokerConfig {
             return bad(
                 "topics.default_replication_factor",
                 "must be at least 1".into(),
+            );
+        }
+        let g = &self.groups;
+        if !(1..=1000).contains(&g.offsets_topic_partitions) {
+            return bad(
+                "groups.offsets_topic_partitions",
+                "must be between 1 and 1000".into(),
+            );
+        }
+        if g.min_session_timeout_ms == 0 || g.min_session_timeout_ms > g.max_session_timeout_ms {
+            return bad(
+                "groups.min_session_timeout_ms",
+                "must be positive and at most groups.max_session_timeout_ms".into(),
+            );
+        }
+        if g.max_size == 0 {
+            return bad("groups.max_size", "must be positive".into());
+        }
+        if g.offsets_retention_minutes == 0 {
+            return bad(
+                "groups.offsets_retention_minutes",
+                "must be positive".into(),
             );
         }
         if self.controller.heartbeat_interval_ms == 0

@@ -12,6 +12,7 @@ pub mod config;
 mod connection;
 mod epochs;
 mod error;
+mod group;
 mod handlers;
 mod producer;
 mod protocol;

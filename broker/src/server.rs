@@ -95,6 +95,7 @@ impl Broker {
             );
         }
         tasks.spawn(keep_heartbeating(state.clone(), cancel.clone()));
+        tasks.spawn(state.groups.clone().run(state.clone(), cancel.clone()));
         tasks.spawn(accept(state.clone(), listener, cancel.clone()));
         tracing::info!(broker = state.id, %local_addr, "strata broker serving Kafka clients");
         Ok(Self {

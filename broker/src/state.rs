@@ -16,6 +16,8 @@ use uuid::Uuid;
 use crate::config::BrokerConfig;
 use crate::epochs::EpochCache;
 use crate::error::BrokerError;
+use crate::group::machine::Limits;
+use crate::group::{Coordinator, GroupConfig};
 use crate::producer::{self, ProducerBatch, ProducerTable};
 
 /// File in a partition directory naming the topic id it belongs to.
@@ -47,11 +49,25 @@ pub(crate) struct BrokerState {
     partitions: RwLock<HashMap<(Uuid, i32), Arc<Partition>>>,
     /// The unused part of the producer-id block from the controller: `next..end`.
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
+    /// The consumer group coordinator.
+    pub(crate) groups: Arc<Coordinator>,
 }
 
 impl BrokerState {
     pub(crate) fn new(config: BrokerConfig, controller: ControllerClient) -> Self {
+        let g = &config.groups;
+        let groups = Arc::new(Coordinator::new(GroupConfig {
+            limits: Limits {
+                min_session: Duration::from_millis(g.min_session_timeout_ms),
+                max_session: Duration::from_millis(g.max_session_timeout_ms),
+                initial_rebalance_delay: Duration::from_millis(g.initial_rebalance_delay_ms),
+                max_size: g.max_size,
+            },
+            offsets_partitions: g.offsets_topic_partitions,
+            offsets_retention: Duration::from_secs(g.offsets_retention_minutes * 60),
+        }));
         Self {
+            groups,
             id: config.node_id,
             config,
             epoch: AtomicU64::new(0),

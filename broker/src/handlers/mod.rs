@@ -3,6 +3,8 @@
 mod admin;
 mod configs;
 mod fetch;
+mod groups;
+mod groups_admin;
 mod produce;
 mod topics;
 
@@ -47,6 +49,17 @@ pub(crate) async fn handle(
             .await
             .map(Some),
         ApiKey::DescribeCluster => admin::describe_cluster(state, &frame).await.map(Some),
+        ApiKey::FindCoordinator => groups::find_coordinator(state, &frame).await.map(Some),
+        ApiKey::JoinGroup => groups::join_group(state, &frame).await.map(Some),
+        ApiKey::SyncGroup => groups::sync_group(state, &frame).await.map(Some),
+        ApiKey::Heartbeat => groups::heartbeat(state, &frame).await.map(Some),
+        ApiKey::LeaveGroup => groups::leave_group(state, &frame).await.map(Some),
+        ApiKey::OffsetCommit => groups::offset_commit(state, &frame).await.map(Some),
+        ApiKey::OffsetFetch => groups::offset_fetch(state, &frame).await.map(Some),
+        ApiKey::ListGroups => groups_admin::list_groups(state, &frame).await.map(Some),
+        ApiKey::DescribeGroups => groups_admin::describe_groups(state, &frame).await.map(Some),
+        ApiKey::DeleteGroups => groups_admin::delete_groups(state, &frame).await.map(Some),
+        ApiKey::OffsetDelete => groups_admin::offset_delete(state, &frame).await.map(Some),
         ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(state, &frame)
             .await
             .map(Some),

@@ -1,0 +1,351 @@
+//! The group coordinator: consumer groups' membership and committed offsets.
+//!
+//! A group lives in the `__consumer_offsets` partition its id hashes to, and this broker
+//! coordinates it when it leads that partition. The membership state machine
+//! ([`machine::Group`]) runs under one lock that is never held across an `.await`; requests
+//! that must wait hold a oneshot receiver instead. Offsets and membership are persisted to the
+//! partition ([`store`]) before they are acknowledged, and replayed when the broker starts.
+
+pub(crate) mod machine;
+pub(crate) mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use strata_controller::Command;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use self::machine::{Group, Limits, Phase};
+use self::store::{Committed, OFFSETS_TOPIC, Write};
+use crate::state::{BrokerState, Partition};
+
+/// Kafka error codes of the coordinator's own.
+pub(crate) mod code {
+    pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub(crate) const NOT_COORDINATOR: i16 = 16;
+    pub(crate) const INVALID_GROUP_ID: i16 = 24;
+    pub(crate) const GROUP_ID_NOT_FOUND: i16 = 69;
+}
+
+/// How often sessions and rebalance deadlines are checked.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Coordinator settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct GroupConfig {
+    pub(crate) limits: Limits,
+    pub(crate) offsets_partitions: i32,
+    pub(crate) offsets_retention: Duration,
+}
+
+/// A group and its committed offsets.
+#[derive(Debug, Default)]
+pub(crate) struct Entry {
+    pub(crate) group: Group,
+    pub(crate) offsets: BTreeMap<(String, i32), Committed>,
+    /// When the group last became empty (wall clock), for offset expiry.
+    empty_since_ms: Option<i64>,
+}
+
+/// The coordinator for the groups whose offsets partitions this broker leads.
+#[derive(Debug)]
+pub(crate) struct Coordinator {
+    pub(crate) config: GroupConfig,
+    groups: Mutex<HashMap<String, Entry>>,
+    loaded: Mutex<HashSet<i32>>,
+    /// Serialises persisting and applying offset commits, per offsets partition.
+    write_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Coordinator {
+    pub(crate) fn new(config: GroupConfig) -> Self {
+        Self {
+            config,
+            groups: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(HashSet::new()),
+            write_locks: (0..config.offsets_partitions.max(1))
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn partition_of(&self, group: &str) -> i32 {
+        store::partition_for(group, self.config.offsets_partitions)
+    }
+
+    /// The offsets partition for `group` if this broker coordinates it, else the error code.
+    pub(crate) fn route(
+        &self,
+        state: &BrokerState,
+        group: &str,
+    ) -> Result<(Arc<Partition>, i32), i16> {
+        if group.is_empty() {
+            return Err(code::INVALID_GROUP_ID);
+        }
+        let image = state.image();
+        let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
+            return Err(code::COORDINATOR_NOT_AVAILABLE);
+        };
+        let p = self.partition_of(group);
+        let Some(meta) = usize::try_from(p)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+        else {
+            return Err(code::COORDINATOR_NOT_AVAILABLE);
+        };
+        if meta.leader != Some(state.id) {
+            return Err(code::NOT_COORDINATOR);
+        }
+        if !self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&p)
+        {
+            return Err(code::COORDINATOR_LOAD_IN_PROGRESS);
+        }
+        let part = state
+            .partition(topic.id, p)
+            .ok_or(code::COORDINATOR_NOT_AVAILABLE)?;
+        Ok((part, meta.leader_epoch))
+    }
+
+    /// Runs `f` on the group's entry (created empty if new), under the coordinator lock.
+    pub(crate) fn with_group<T>(&self, group: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
+        let mut groups = self.lock();
+        f(groups.entry(group.to_owned()).or_default())
+    }
+
+    /// Runs `f` on the group's entry if it exists.
+    pub(crate) fn with_existing<T>(
+        &self,
+        group: &str,
+        f: impl FnOnce(&mut Entry) -> T,
+    ) -> Option<T> {
+        self.lock().get_mut(group).map(f)
+    }
+
+    /// Every group id with its phase and protocol type.
+    pub(crate) fn list(&self) -> Vec<(String, Phase, Option<String>)> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    e.group.phase(),
+                    e.group.protocol_type().map(str::to_owned),
+                )
+            })
+            .collect()
+    }
+
+    /// Forgets a group entirely (DeleteGroups), after its tombstone is durable.
+    pub(crate) fn remove(&self, group: &str) {
+        self.lock().remove(group);
+    }
+
+    /// Persists `writes` durably in the group's offsets partition, then runs `apply` on the
+    /// group under the coordinator lock: commits are acknowledged only once durable, and
+    /// applied in the order they were written.
+    pub(crate) async fn persist_then<T>(
+        &self,
+        part: Arc<Partition>,
+        leader_epoch: i32,
+        group: &str,
+        writes: Vec<Write>,
+        apply: impl FnOnce(&mut Entry) -> T,
+    ) -> Result<T, strata_storage::StorageError> {
+        let p = usize::try_from(self.partition_of(group)).unwrap_or(0);
+        let _order = match self.write_locks.get(p) {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let log = part.log.clone();
+        let now = now_ms();
+        tokio::task::spawn_blocking(move || store::append(&log, leader_epoch, &writes, now))
+            .await
+            .map_err(|e| strata_storage::StorageError::Io {
+                op: "persisting group records",
+                path: part.log.dir().to_owned(),
+                source: std::io::Error::other(e),
+            })??;
+        part.end.send_replace(part.log.log_end_offset());
+        Ok(self.with_group(group, apply))
+    }
+
+    /// Loads every offsets partition this broker leads, then keeps sessions, rebalances and
+    /// offset expiry moving until cancelled.
+    pub(crate) async fn run(self: Arc<Self>, state: Arc<BrokerState>, cancel: CancellationToken) {
+        if let Err(e) = self.load(&state, &cancel).await {
+            tracing::error!(error = %e, "group coordinator failed to load; groups unavailable");
+            return;
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            self.tick(&state).await;
+        }
+        for e in self.lock().values_mut() {
+            e.group.abandon(code::NOT_COORDINATOR);
+        }
+    }
+
+    async fn load(
+        &self,
+        state: &Arc<BrokerState>,
+        cancel: &CancellationToken,
+    ) -> Result<(), crate::BrokerError> {
+        // Create the offsets topic on first start.
+        while !state.image().topics.contains_key(OFFSETS_TOPIC) {
+            let command = Command::CreateTopic {
+                name: OFFSETS_TOPIC.into(),
+                id: Uuid::new_v4(),
+                partitions: self.config.offsets_partitions,
+                replication_factor: state.config.topics.default_replication_factor,
+                configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+            };
+            match state.controller.submit(&command).await {
+                Ok(Ok(a)) => {
+                    state
+                        .wait_for_version(a.version, Duration::from_secs(10))
+                        .await;
+                }
+                Ok(Err(strata_controller::CommandError::TopicAlreadyExists { .. })) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot create {OFFSETS_TOPIC} yet"),
+                Err(e) => tracing::warn!(error = %e, "controller unavailable for {OFFSETS_TOPIC}"),
+            }
+            if !state.image().topics.contains_key(OFFSETS_TOPIC) {
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        let image = state.image();
+        let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
+            return Ok(());
+        };
+        for (i, meta) in topic.partitions.iter().enumerate() {
+            if meta.leader != Some(state.id) {
+                continue;
+            }
+            let Some(part) = state.partition(topic.id, i as i32) else {
+                continue;
+            };
+            let log = part.log.clone();
+            let loaded = tokio::task::spawn_blocking(move || store::load(&log))
+                .await
+                .map_err(|e| crate::BrokerError::Io {
+                    op: "loading groups",
+                    path: part.log.dir().to_owned(),
+                    source: std::io::Error::other(e),
+                })??;
+            let now = Instant::now();
+            let mut groups = self.lock();
+            for (id, snapshot) in loaded.groups {
+                groups.entry(id).or_default().group = Group::restore(snapshot, now);
+            }
+            for (id, offsets) in loaded.offsets {
+                groups.entry(id).or_default().offsets = offsets;
+            }
+            drop(groups);
+            self.loaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(i as i32);
+        }
+        tracing::info!(groups = self.lock().len(), "group coordinator loaded");
+        Ok(())
+    }
+
+    /// Advances every group's timers; persists membership changes; expires the offsets of
+    /// groups empty for longer than the retention.
+    async fn tick(&self, state: &Arc<BrokerState>) {
+        let now = Instant::now();
+        let wall = now_ms();
+        let retention = self.config.offsets_retention.as_millis() as i64;
+        let mut writes: BTreeMap<String, (Vec<Write>, bool)> = BTreeMap::new();
+        {
+            let mut groups = self.lock();
+            for (id, e) in groups.iter_mut() {
+                e.group.tick(&self.config.limits, now);
+                let empty = e.group.phase() == Phase::Empty && e.group.is_empty();
+                match (empty, e.empty_since_ms) {
+                    (true, None) => e.empty_since_ms = Some(wall),
+                    (false, Some(_)) => e.empty_since_ms = None,
+                    _ => {}
+                }
+                let expired = e.empty_since_ms.is_some_and(|t| wall - t >= retention);
+                if expired {
+                    let mut w: Vec<Write> = e
+                        .offsets
+                        .keys()
+                        .map(|(topic, partition)| Write::Offset {
+                            group: id.clone(),
+                            topic: topic.clone(),
+                            partition: *partition,
+                            value: None,
+                        })
+                        .collect();
+                    w.push(Write::Group {
+                        group: id.clone(),
+                        value: None,
+                    });
+                    writes.insert(id.clone(), (w, true));
+                } else if e.group.take_dirty() {
+                    writes.insert(
+                        id.clone(),
+                        (
+                            vec![Write::Group {
+                                group: id.clone(),
+                                value: Some(e.group.snapshot()),
+                            }],
+                            false,
+                        ),
+                    );
+                }
+            }
+        }
+        for (id, (w, expire)) in writes {
+            let Ok((part, epoch)) = self.route(state, &id) else {
+                continue;
+            };
+            let result = self.persist_then(part, epoch, &id, w, |_| ()).await;
+            match result {
+                Ok(()) if expire => {
+                    tracing::info!(group = %id, "offsets expired");
+                    let mut groups = self.lock();
+                    if groups
+                        .get(&id)
+                        .is_some_and(|e| e.group.phase() == Phase::Empty && e.group.is_empty())
+                    {
+                        groups.remove(&id);
+                    }
+                }
+                Ok(()) => {}
+                Err(e) => tracing::error!(group = %id, error = %e, "persisting group state failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The membership state machine, driven directly with a hand-held clock.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::machine::{Answer, Group, Join, JoinReply, Limits, Phase, SyncReply, code};
+
+const LIMITS: Limits = Limits {
+    min_session: Duration::from_millis(100),
+    max_session: Duration::from_secs(60),
+    initial_rebalance_delay: Duration::from_secs(1),
+    max_size: 10,
+};
+
+fn join(member_id: &str, instance: Option<&str>) -> Join {
+    Join {
+        member_id: member_id.into(),
+        instance_id: instance.map(str::to_owned),
+        client_id: "c".into(),
+        client_host: "h".into(),
+        session_timeout: Duration::from_secs(10),
+        rebalance_timeout: Duration::from_secs(5),
+        protocol_type: "consumer".into(),
+        protocols: vec![("range".into(), Bytes::from_static(b"m"))],
+        require_known_member_id: true,
+    }
+}
+
+fn now_join(a: Answer<JoinReply>) -> JoinReply {
+    match a {
+        Answer::Now(r) => r,
+        Answer::Later(_) => panic!("expected an immediate answer"),
+    }
+}
+
+fn later<T>(a: Answer<T>) -> tokio::sync::oneshot::Receiver<T> {
+    match a {
+        Answer::Later(rx) => rx,
+        Answer::Now(_) => panic!("expected to wait"),
+    }
+}
+
+/// Two members through the KIP-394 handshake into an empty group, whose first rebalance
+/// completes once the initial delay has passed; returns their ids and join receivers.
+fn two_members(
+    g: &mut Group,
+    t: Instant,
+) -> (
+    String,
+    String,
+    Vec<tokio::sync::oneshot::Receiver<JoinReply>>,
+) {
+    let a = now_join(g.join(join("", None), &LIMITS, t));
+    assert_eq!(a.error, code::MEMBER_ID_REQUIRED);
+    let b = now_join(g.join(join("", None), &LIMITS, t));
+    let ra = later(g.join(join(&a.member_id, None), &LIMITS, t));
+    let rb = later(g.join(join(&b.member_id, None), &LIMITS, t));
+    assert_eq!(
+        g.phase(),
+        Phase::PreparingRebalance,
+        "waiting out the initial delay"
+    );
+    g.tick(&LIMITS, t + LIMITS.initial_rebalance_delay);
+    (a.member_id, b.member_id, vec![ra, rb])
+}
+
+/// Two members, the leader's assignment done: a Stable group at generation 1.
+fn stable_pair(g: &mut Group, t: Instant) -> (String, String) {
+    let (a, b, mut rx) = two_members(g, t);
+    let leader = rx.remove(0).try_recv().expect("joined").leader;
+    let assignments = vec![(a.clone(), Bytes::new()), (b.clone(), Bytes::new())];
+    drop(g.sync(&leader, None, 1, assignments));
+    assert_eq!(g.phase(), Phase::Stable);
+    (a, b)
+}
+
+#[test]
+fn a_rebalance_completes_when_all_members_joined_and_the_leader_assigns() {
+    let t = Instant::now();
+    let mut g = Group::default();
+    let (a, b, mut rx) = two_members(&mut g, t);
+    let ja = rx.remove(0).try_recv().expect("joined");
+    let jb = rx.remove(0).try_recv().expect("joined");
+    assert_eq!((ja.error, jb.error), (0, 0));
+    assert_eq!(ja.generation, 1);
+    assert_eq!(ja.protocol.as_deref(), Some("range"));
+    let leader = ja.leader.clone();
+    assert_eq!(jb.leader, leader);
+    let (leader_reply, follower) = if leader == a { (&ja, &b) } else { (&jb, &a) };
+    assert_eq!(
+        leader_reply.members.len(),
+        2,
+        "the leader learns every member"
+    );
+    assert_eq!(g.phase(), Phase::CompletingRebalance);
+    // The follower syncs first and waits; the leader's assignment completes both.
+    let mut f = later(g.sync(follower, None, 1, Vec::new()));
+    let assignments = vec![
+        (a.clone(), Bytes::from_static(b"to-a")),
+        (b.clone(), Bytes::from_static(b"to-b")),
+    ];
+    let mut l = later(g.sync(&leader, None, 1, assignments));
+    assert_eq!(g.phase(), Phase::Stable);
+    let fr: SyncReply = f.try_recv().expect("follower answered");
+    let lr: SyncReply = l.try_recv().expect("leader answered");
+    let expected = |id: &str| if id == a { &b"to-a"[..] } else { &b"to-b"[..] };
+    assert_eq!(&fr.assignment[..], expected(follower));
+    assert_eq!(&lr.assignment[..], expected(&leader));
+    assert!(g.take_dirty(), "a completed generation is persisted");
+}
+
+#[test]
+fn generation_and_member_checks_use_kafkas_codes() {
+    let t = Instant::now();
+    let mut g = Group::default();
+    let (a, _b) = stable_pair(&mut g, t);
+    assert_eq!(g.heartbeat(&a, None, 1, t), code::NONE);
+    assert_eq!(g.heartbeat(&a, None, 0, t), code::ILLEGAL_GENERATION);
+    assert_eq!(g.heartbeat("nobody", None, 1, t), code::UNKNOWN_MEMBER_ID);
+    assert_eq!(g.check_commit(&a, None, 0), Err(code::ILLEGAL_GENERATION));
+    assert_eq!(g.check_commit(&a, None, 1), Ok(()));
+    assert_eq!(
+        g.check_commit("", None, -1),
+        Err(code::UNKNOWN_MEMBER_ID),
+        "no commits from outside an active group"
+    );
+    // A new member starts a rebalance: heartbeats and commits say so.
+    let c = now_join(g.join(join("", None), &LIMITS, t));
+    let _rc = later(g.join(join(&c.member_id, None), &LIMITS, t));
+    assert_eq!(g.phase(), Phase::PreparingRebalance);
+    assert_eq!(g.heartbeat(&a, None, 1, t), code::REBALANCE_IN_PROGRESS);
+    assert_eq!(
+        g.check_commit(&a, None, 1),
+        Err(code::REBALANCE_IN_PROGRESS)
+    );
+    assert!(matches!(
+        g.sync(&a, None, 1, Vec::new()),
+        Answer::Now(SyncReply {
+            error: code::REBALANCE_IN_PROGRESS,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn an_expired_session_evicts_the_member_and_rebalances_the_rest() {
+    let t = Instant::now();
+    let mut g = Group::default();
+    let (a, _b) = stable_pair(&mut g, t);
+    let survivor = a;
+    // Only the survivor heartbeats.
+    let later_t = t + Duration::from_secs(8);
+    assert_eq!(g.heartbeat(&survivor, None, 1, later_t), code::NONE);
+    g.tick(&LIMITS, t + Duration::from_secs(11));
+    assert_eq!(
+        g.phase(),
+        Phase::PreparingRebalance,
+        "eviction starts a rebalance"
+    );
+    assert_eq!(g.members().count(), 1);
+    // The survivor rejoins and the group completes with it alone.
+    let mut r = later(g.join(join(&survivor, None), &LIMITS, t + Duration::from_secs(11)));
+    let reply = r.try_recv().expect("joined");
+    assert_eq!((reply.error, reply.generation), (0, 2));
+    assert_eq!(reply.leader, survivor);
+}
+
+#[test]
+fn a_static_member_restart_fences_its_old_incarnation() {
+    let t = Instant::now();
+    let mut g = Group::default();
+    let mut rx = later(g.join(join("", Some("pod-0")), &LIMITS, t));
+    g.tick(&LIMITS, t + LIMITS.initial_rebalance_delay);
+    let first = rx.try_recv().expect("joined");
+    assert_eq!(first.error, 0);
+    drop(g.sync(
+        &first.member_id,
+        Some("pod-0"),
+        first.generation,
+        vec![(first.member_id.clone(), Bytes::new())],
+    ));
+    assert_eq!(g.phase(), Phase::Stable);
+    // The pod restarts: same instance id, no member id.
+    let mut rx = later(g.join(join("", Some("pod-0")), &LIMITS, t));
+    let second = rx.try_recv().expect("rejoined");
+    assert_ne!(second.member_id, first.member_id);
+    assert_eq!(
+        g.heartbeat(&first.member_id, Some("pod-0"), second.generation, t),
+        code::FENCED_INSTANCE_ID
+    );
+    assert_eq!(g.members().count(), 1);
+}
+
+#[test]
+fn leaving_empties_the_group_and_bad_joins_are_refused() {
+    let t = Instant::now();
+    let mut g = Group::default();
+    let mut short = join("", None);
+    short.session_timeout = Duration::from_millis(1);
+    assert_eq!(
+        now_join(g.join(short, &LIMITS, t)).error,
+        code::INVALID_SESSION_TIMEOUT
+    );
+    assert_eq!(
+        now_join(g.join(join("ghost", None), &LIMITS, t)).error,
+        code::UNKNOWN_MEMBER_ID
+    );
+    let (a, b, _rx) = two_members(&mut g, t);
+    let mut other = join("", None);
+    other.protocols = vec![("roundrobin".into(), Bytes::new())];
+    assert_eq!(
+        now_join(g.join(other, &LIMITS, t)).error,
+        code::INCONSISTENT_GROUP_PROTOCOL
+    );
+    assert_eq!(g.leave(&a, None, &LIMITS, t), code::NONE);
+    assert_eq!(g.leave(&a, None, &LIMITS, t), code::UNKNOWN_MEMBER_ID);
+    assert_eq!(g.leave(&b, None, &LIMITS, t), code::NONE);
+    assert_eq!(g.phase(), Phase::Empty);
+    assert!(g.is_empty());
+    assert_eq!(g.generation(), 2);
+}

@@ -1,0 +1,552 @@
+//! The consumer group APIs: FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
+//! OffsetCommit and OffsetFetch, over the coordinator in `crate::group`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, SyncGroupResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::{broker_id, str_bytes, topic_name};
+use crate::group::machine::{Answer, Join, JoinReply, SyncReply, code as proto};
+use crate::group::store::{Committed, Write};
+use crate::group::{code, now_ms};
+use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::state::BrokerState;
+
+/// Kafka's `offset.metadata.max.bytes`.
+const MAX_METADATA: usize = 4096;
+const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+
+/// Per topic, per partition: the offset to commit, or why not.
+type CommitPlan = Vec<(String, Vec<(i32, Result<Committed, i16>)>)>;
+/// Per topic, per partition: the committed offset, if any.
+type Fetched = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+
+fn opt(s: &Option<StrBytes>) -> Option<&str> {
+    s.as_ref().map(StrBytes::as_str)
+}
+
+pub(super) async fn find_coordinator(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: FindCoordinatorRequest = frame.decode()?;
+    let (host, port) = state.config.advertised();
+    let answer = |key: &str| -> (i16, Option<String>) {
+        if req.key_type != 0 {
+            return (
+                code::COORDINATOR_NOT_AVAILABLE,
+                Some("transactions are not supported".into()),
+            );
+        }
+        match state.groups.route(state, key) {
+            Ok(_) | Err(code::COORDINATOR_LOAD_IN_PROGRESS) => (0, None),
+            Err(e) => (e, None),
+        }
+    };
+    let resp = if frame.version >= 4 {
+        let coordinators = req
+            .coordinator_keys
+            .iter()
+            .map(|k| {
+                let (error, message) = answer(k.as_str());
+                let c = CoordinatorEntry::default()
+                    .with_key(k.clone())
+                    .with_error_code(error)
+                    .with_error_message(message.as_deref().map(str_bytes));
+                if error == 0 {
+                    c.with_node_id(broker_id(state.id))
+                        .with_host(str_bytes(&host))
+                        .with_port(i32::from(port))
+                } else {
+                    c.with_node_id(broker_id(-1)).with_port(-1)
+                }
+            })
+            .collect();
+        FindCoordinatorResponse::default().with_coordinators(coordinators)
+    } else {
+        let (error, message) = answer(req.key.as_str());
+        let r = FindCoordinatorResponse::default()
+            .with_error_code(error)
+            .with_error_message(message.as_deref().map(str_bytes));
+        if error == 0 {
+            r.with_node_id(broker_id(state.id))
+                .with_host(str_bytes(&host))
+                .with_port(i32::from(port))
+        } else {
+            r.with_node_id(broker_id(-1)).with_port(-1)
+        }
+    };
+    frame.respond(&resp)
+}
+
+fn ms(v: i32) -> Duration {
+    Duration::from_millis(u64::try_from(v).unwrap_or(0))
+}
+
+pub(super) async fn join_group(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: JoinGroupRequest = frame.decode()?;
+    let group = req.group_id.0.to_string();
+    let reply = match state.groups.route(state, &group) {
+        Err(e) => JoinReply {
+            error: e,
+            generation: -1,
+            member_id: req.member_id.to_string(),
+            ..JoinReply::default()
+        },
+        Ok(_) => {
+            let join = Join {
+                member_id: req.member_id.to_string(),
+                instance_id: opt(&req.group_instance_id).map(str::to_owned),
+                client_id: frame.header.client_id.as_deref().unwrap_or("").to_owned(),
+                client_host: String::new(),
+                session_timeout: ms(req.session_timeout_ms),
+                // v0 has no rebalance timeout: Kafka uses the session timeout.
+                rebalance_timeout: if frame.version == 0 {
+                    ms(req.session_timeout_ms)
+                } else {
+                    ms(req.rebalance_timeout_ms)
+                },
+                protocol_type: req.protocol_type.to_string(),
+                protocols: req
+                    .protocols
+                    .iter()
+                    .map(|p| (p.name.to_string(), p.metadata.clone()))
+                    .collect(),
+                require_known_member_id: frame.version >= 4,
+            };
+            let limits = state.groups.config.limits;
+            let answer = state.groups.with_group(&group, |e| {
+                e.group.join(join, &limits, tokio::time::Instant::now())
+            });
+            match answer {
+                Answer::Now(r) => r,
+                Answer::Later(rx) => rx.await.unwrap_or_else(|_| JoinReply {
+                    error: code::NOT_COORDINATOR,
+                    generation: -1,
+                    member_id: req.member_id.to_string(),
+                    ..JoinReply::default()
+                }),
+            }
+        }
+    };
+    frame.respond(
+        &JoinGroupResponse::default()
+            .with_error_code(reply.error)
+            .with_generation_id(reply.generation)
+            .with_protocol_type(reply.protocol_type.as_deref().map(str_bytes))
+            .with_protocol_name(reply.protocol.as_deref().map(str_bytes))
+            .with_leader(str_bytes(&reply.leader))
+            .with_member_id(str_bytes(&reply.member_id))
+            .with_members(
+                reply
+                    .members
+                    .into_iter()
+                    .map(|(id, instance, metadata)| {
+                        JoinGroupResponseMember::default()
+                            .with_member_id(str_bytes(&id))
+                            .with_group_instance_id(instance.as_deref().map(str_bytes))
+                            .with_metadata(metadata)
+                    })
+                    .collect(),
+            ),
+    )
+}
+
+pub(super) async fn sync_group(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: SyncGroupRequest = frame.decode()?;
+    let group = req.group_id.0.to_string();
+    let reply = match state.groups.route(state, &group) {
+        Err(e) => SyncReply {
+            error: e,
+            ..SyncReply::default()
+        },
+        Ok(_) => {
+            let assignments = req
+                .assignments
+                .iter()
+                .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+                .collect();
+            let answer = state.groups.with_group(&group, |e| {
+                e.group.sync(
+                    req.member_id.as_str(),
+                    opt(&req.group_instance_id),
+                    req.generation_id,
+                    assignments,
+                )
+            });
+            match answer {
+                Answer::Now(r) => r,
+                Answer::Later(rx) => rx.await.unwrap_or(SyncReply {
+                    error: code::NOT_COORDINATOR,
+                    ..SyncReply::default()
+                }),
+            }
+        }
+    };
+    frame.respond(
+        &SyncGroupResponse::default()
+            .with_error_code(reply.error)
+            .with_protocol_type(reply.protocol_type.as_deref().map(str_bytes))
+            .with_protocol_name(reply.protocol.as_deref().map(str_bytes))
+            .with_assignment(reply.assignment),
+    )
+}
+
+pub(super) async fn heartbeat(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: HeartbeatRequest = frame.decode()?;
+    let group = req.group_id.0.to_string();
+    let error = match state.groups.route(state, &group) {
+        Err(e) => e,
+        Ok(_) => state
+            .groups
+            .with_existing(&group, |e| {
+                e.group.heartbeat(
+                    req.member_id.as_str(),
+                    opt(&req.group_instance_id),
+                    req.generation_id,
+                    tokio::time::Instant::now(),
+                )
+            })
+            .unwrap_or(proto::UNKNOWN_MEMBER_ID),
+    };
+    frame.respond(&HeartbeatResponse::default().with_error_code(error))
+}
+
+pub(super) async fn leave_group(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: LeaveGroupRequest = frame.decode()?;
+    let group = req.group_id.0.to_string();
+    let leaving: Vec<(String, Option<String>)> = if frame.version >= 3 {
+        req.members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    opt(&m.group_instance_id).map(str::to_owned),
+                )
+            })
+            .collect()
+    } else {
+        vec![(req.member_id.to_string(), None)]
+    };
+    let resp = match state.groups.route(state, &group) {
+        Err(e) => LeaveGroupResponse::default().with_error_code(e),
+        Ok(_) => {
+            let limits = state.groups.config.limits;
+            let now = tokio::time::Instant::now();
+            let results: Vec<(String, Option<String>, i16)> = state
+                .groups
+                .with_existing(&group, |e| {
+                    leaving
+                        .iter()
+                        .map(|(id, instance)| {
+                            let code = e.group.leave(id, instance.as_deref(), &limits, now);
+                            (id.clone(), instance.clone(), code)
+                        })
+                        .collect()
+                })
+                .unwrap_or_else(|| {
+                    leaving
+                        .iter()
+                        .map(|(id, i)| (id.clone(), i.clone(), proto::UNKNOWN_MEMBER_ID))
+                        .collect()
+                });
+            if frame.version >= 3 {
+                LeaveGroupResponse::default().with_members(
+                    results
+                        .into_iter()
+                        .map(|(id, instance, code)| {
+                            MemberResponse::default()
+                                .with_member_id(str_bytes(&id))
+                                .with_group_instance_id(instance.as_deref().map(str_bytes))
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+            } else {
+                LeaveGroupResponse::default()
+                    .with_error_code(results.first().map_or(0, |(_, _, c)| *c))
+            }
+        }
+    };
+    frame.respond(&resp)
+}
+
+pub(super) async fn offset_commit(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: OffsetCommitRequest = frame.decode()?;
+    let group = req.group_id.0.to_string();
+    let image = state.image();
+    // Per partition: an error, or the offset to write.
+    let mut results: CommitPlan = Vec::new();
+    let group_check = state.groups.route(state, &group).and_then(|(part, epoch)| {
+        state
+            .groups
+            .with_group(&group, |e| {
+                e.group.check_commit(
+                    req.member_id.as_str(),
+                    opt(&req.group_instance_id),
+                    req.generation_id_or_member_epoch,
+                )
+            })
+            .map(|()| (part, epoch))
+    });
+    let now = now_ms();
+    for t in &req.topics {
+        let name = t.name.0.to_string();
+        let topic = image.topics.get(&name);
+        let partitions = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let r = match &group_check {
+                    Err(e) => Err(*e),
+                    Ok(_)
+                        if topic.is_none_or(|t| {
+                            p.partition_index < 0
+                                || p.partition_index as usize >= t.partitions.len()
+                        }) =>
+                    {
+                        Err(UNKNOWN_TOPIC_OR_PARTITION)
+                    }
+                    Ok(_) if opt(&p.committed_metadata).is_some_and(|m| m.len() > MAX_METADATA) => {
+                        Err(OFFSET_METADATA_TOO_LARGE)
+                    }
+                    Ok(_) => Ok(Committed {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: opt(&p.committed_metadata).map(str::to_owned),
+                        commit_ms: now,
+                    }),
+                };
+                (p.partition_index, r)
+            })
+            .collect();
+        results.push((name, partitions));
+    }
+    if let Ok((part, epoch)) = group_check {
+        let writes: Vec<Write> = results
+            .iter()
+            .flat_map(|(topic, ps)| {
+                ps.iter().filter_map(|(p, r)| {
+                    r.as_ref().ok().map(|c| Write::Offset {
+                        group: group.clone(),
+                        topic: topic.clone(),
+                        partition: *p,
+                        value: Some(c.clone()),
+                    })
+                })
+            })
+            .collect();
+        let applied: Vec<((String, i32), Committed)> = results
+            .iter()
+            .flat_map(|(topic, ps)| {
+                ps.iter()
+                    .filter_map(|(p, r)| r.as_ref().ok().map(|c| ((topic.clone(), *p), c.clone())))
+            })
+            .collect();
+        if !writes.is_empty() {
+            let persisted = state
+                .groups
+                .persist_then(part, epoch, &group, writes, |e| e.offsets.extend(applied))
+                .await;
+            if let Err(err) = persisted {
+                let code = storage_error_code(&err).code();
+                for (_, ps) in &mut results {
+                    for (_, r) in ps.iter_mut() {
+                        if r.is_ok() {
+                            *r = Err(code);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let topics = results
+        .into_iter()
+        .map(|(name, ps)| {
+            OffsetCommitResponseTopic::default()
+                .with_name(topic_name(&name))
+                .with_partitions(
+                    ps.into_iter()
+                        .map(|(p, r)| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(r.err().unwrap_or(0))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    frame.respond(&OffsetCommitResponse::default().with_topics(topics))
+}
+
+/// One group's committed offsets for the asked partitions (all when `topics` is `None`).
+fn fetch_offsets(
+    state: &BrokerState,
+    group: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Result<Fetched, i16> {
+    state.groups.route(state, group)?;
+    let offsets = state
+        .groups
+        .with_existing(group, |e| e.offsets.clone())
+        .unwrap_or_default();
+    Ok(match topics {
+        Some(ts) => ts
+            .into_iter()
+            .map(|(t, ps)| {
+                let found = ps
+                    .into_iter()
+                    .map(|p| (p, offsets.get(&(t.clone(), p)).cloned()))
+                    .collect();
+                (t, found)
+            })
+            .collect(),
+        None => {
+            let mut by_topic: Fetched = Vec::new();
+            for ((t, p), c) in offsets {
+                match by_topic.last_mut() {
+                    Some((name, ps)) if *name == t => ps.push((p, Some(c))),
+                    _ => by_topic.push((t, vec![(p, Some(c))])),
+                }
+            }
+            by_topic
+        }
+    })
+}
+
+pub(super) async fn offset_fetch(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: OffsetFetchRequest = frame.decode()?;
+    let value = |c: &Option<Committed>| {
+        c.as_ref().map_or((-1, -1, Some(String::new())), |c| {
+            (c.offset, c.leader_epoch, c.metadata.clone())
+        })
+    };
+    if frame.version >= 8 {
+        let groups = req
+            .groups
+            .iter()
+            .map(|g| {
+                let topics = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                        .collect()
+                });
+                let resp = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+                match fetch_offsets(state, g.group_id.0.as_str(), topics) {
+                    Err(e) => resp.with_error_code(e),
+                    Ok(found) => resp.with_topics(
+                        found
+                            .into_iter()
+                            .map(|(t, ps)| {
+                                OffsetFetchResponseTopics::default()
+                                    .with_name(topic_name(&t))
+                                    .with_partitions(
+                                        ps.iter()
+                                            .map(|(p, c)| {
+                                                let (o, e, m) = value(c);
+                                                OffsetFetchResponsePartitions::default()
+                                                    .with_partition_index(*p)
+                                                    .with_committed_offset(o)
+                                                    .with_committed_leader_epoch(e)
+                                                    .with_metadata(m.as_deref().map(str_bytes))
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
+                    ),
+                }
+            })
+            .collect();
+        return frame.respond(&OffsetFetchResponse::default().with_groups(groups));
+    }
+    let topics = req.topics.as_ref().map(|ts| {
+        ts.iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+            .collect()
+    });
+    let resp = match fetch_offsets(state, req.group_id.0.as_str(), topics) {
+        // v1 has no top-level error: it is repeated on every partition asked for.
+        Err(e) if frame.version < 2 => OffsetFetchResponse::default().with_topics(
+            req.topics
+                .iter()
+                .flatten()
+                .map(|t| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partition_indexes
+                                .iter()
+                                .map(|p| {
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(*p)
+                                        .with_committed_offset(-1)
+                                        .with_error_code(e)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+        Err(e) => OffsetFetchResponse::default().with_error_code(e),
+        Ok(found) => OffsetFetchResponse::default().with_topics(
+            found
+                .into_iter()
+                .map(|(t, ps)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(topic_name(&t))
+                        .with_partitions(
+                            ps.iter()
+                                .map(|(p, c)| {
+                                    let (o, e, m) = value(c);
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(*p)
+                                        .with_committed_offset(o)
+                                        .with_committed_leader_epoch(e)
+                                        .with_metadata(m.as_deref().map(str_bytes))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+    };
+    frame.respond(&resp)
+}
