@@ -313,6 +313,88 @@ mod wire {
         r
     }
 
+    /// A consumer-protocol subscription (v0) to `topic`, as a Java or librdkafka member sends.
+    fn subscription(topic: &str) -> Bytes {
+        let mut b = vec![0, 0, 0, 0, 0, 1];
+        b.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+        b.extend_from_slice(topic.as_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        Bytes::from(b)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_dies_without_leaving_is_evicted_and_the_survivor_takes_over() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use rdkafka::consumer::Consumer;
+        let broker = super::broker().await;
+        let bootstrap = broker.bootstrap();
+        super::create_topic(&bootstrap, "evict", 4).await;
+        // The survivor: librdkafka, polling in a thread, reporting its assignment size.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = tokio::sync::watch::channel(0usize);
+        let survivor = {
+            let (b, stop) = (bootstrap.clone(), stop.clone());
+            tokio::task::spawn_blocking(move || {
+                let c = super::consumer(&b, "evictees", "range");
+                c.subscribe(&["evict"]).expect("subscribe");
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = c.poll(Duration::from_millis(50));
+                    tx.send_replace(super::assigned(&c).len());
+                }
+            })
+        };
+        rx.wait_for(|n| *n == 4)
+            .await
+            .expect("survivor gets all partitions");
+        // A raw member joins, takes its share, then dies without a LeaveGroup.
+        let mut raw = RawClient::connect(broker.addr()).await;
+        let mut request = JoinGroupRequest::default()
+            .with_group_id(GroupId(s("evictees")))
+            .with_session_timeout_ms(1000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(s(""))
+            .with_group_instance_id(None)
+            .with_protocol_type(s("consumer"))
+            .with_protocols(vec![
+                JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(subscription("evict")),
+            ]);
+        let first = raw.call(5, &request).await;
+        assert_eq!(first.error_code, 79);
+        request = request.with_member_id(first.member_id.clone());
+        let joined = raw.call(5, &request).await;
+        assert_eq!(joined.error_code, 0);
+        let synced = raw
+            .call(
+                3,
+                &SyncGroupRequest::default()
+                    .with_group_id(GroupId(s("evictees")))
+                    .with_generation_id(joined.generation_id)
+                    .with_member_id(joined.member_id.clone()),
+            )
+            .await;
+        assert_eq!(synced.error_code, 0);
+        assert!(
+            !synced.assignment.is_empty(),
+            "the raw member got partitions"
+        );
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|n| *n == 2))
+            .await
+            .expect("survivor shares the partitions")
+            .expect("survivor running");
+        drop(raw); // dies: no LeaveGroup, no more heartbeats
+        tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|n| *n == 4))
+            .await
+            .expect("after the session timeout the survivor owns every partition again")
+            .expect("survivor running");
+        stop.store(true, Ordering::SeqCst);
+        survivor.await.expect("survivor thread");
+        broker.stop().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_member_is_evicted_and_stale_generations_are_refused() {
         let broker = TestBroker::start_with(|c| {
