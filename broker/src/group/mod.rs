@@ -279,54 +279,57 @@ impl Coordinator {
         Ok(())
     }
 
+    /// The locked part of a tick: advances timers and returns, per group, the records to
+    /// persist and whether they expire the group.
+    fn advance(&self, now: Instant, wall: i64) -> BTreeMap<String, (Vec<Write>, bool)> {
+        let retention = self.config.offsets_retention.as_millis() as i64;
+        let mut writes: BTreeMap<String, (Vec<Write>, bool)> = BTreeMap::new();
+        let mut groups = self.lock();
+        for (id, e) in groups.iter_mut() {
+            e.group.tick(&self.config.limits, now);
+            let empty = e.group.phase() == Phase::Empty && e.group.is_empty();
+            match (empty, e.empty_since_ms) {
+                (true, None) => e.empty_since_ms = Some(wall),
+                (false, Some(_)) => e.empty_since_ms = None,
+                _ => {}
+            }
+            let expired = e.empty_since_ms.is_some_and(|t| wall - t >= retention);
+            if expired {
+                let mut w: Vec<Write> = e
+                    .offsets
+                    .keys()
+                    .map(|(topic, partition)| Write::Offset {
+                        group: id.clone(),
+                        topic: topic.clone(),
+                        partition: *partition,
+                        value: None,
+                    })
+                    .collect();
+                w.push(Write::Group {
+                    group: id.clone(),
+                    value: None,
+                });
+                writes.insert(id.clone(), (w, true));
+            } else if e.group.take_dirty() {
+                writes.insert(
+                    id.clone(),
+                    (
+                        vec![Write::Group {
+                            group: id.clone(),
+                            value: Some(e.group.snapshot()),
+                        }],
+                        false,
+                    ),
+                );
+            }
+        }
+        writes
+    }
+
     /// Advances every group's timers; persists membership changes; expires the offsets of
     /// groups empty for longer than the retention.
     async fn tick(&self, state: &Arc<BrokerState>) {
-        let now = Instant::now();
-        let wall = now_ms();
-        let retention = self.config.offsets_retention.as_millis() as i64;
-        let mut writes: BTreeMap<String, (Vec<Write>, bool)> = BTreeMap::new();
-        {
-            let mut groups = self.lock();
-            for (id, e) in groups.iter_mut() {
-                e.group.tick(&self.config.limits, now);
-                let empty = e.group.phase() == Phase::Empty && e.group.is_empty();
-                match (empty, e.empty_since_ms) {
-                    (true, None) => e.empty_since_ms = Some(wall),
-                    (false, Some(_)) => e.empty_since_ms = None,
-                    _ => {}
-                }
-                let expired = e.empty_since_ms.is_some_and(|t| wall - t >= retention);
-                if expired {
-                    let mut w: Vec<Write> = e
-                        .offsets
-                        .keys()
-                        .map(|(topic, partition)| Write::Offset {
-                            group: id.clone(),
-                            topic: topic.clone(),
-                            partition: *partition,
-                            value: None,
-                        })
-                        .collect();
-                    w.push(Write::Group {
-                        group: id.clone(),
-                        value: None,
-                    });
-                    writes.insert(id.clone(), (w, true));
-                } else if e.group.take_dirty() {
-                    writes.insert(
-                        id.clone(),
-                        (
-                            vec![Write::Group {
-                                group: id.clone(),
-                                value: Some(e.group.snapshot()),
-                            }],
-                            false,
-                        ),
-                    );
-                }
-            }
-        }
+        let writes = self.advance(Instant::now(), now_ms());
         for (id, (w, expire)) in writes {
             let Ok((part, epoch)) = self.route(state, &id) else {
                 continue;

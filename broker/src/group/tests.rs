@@ -221,3 +221,49 @@ fn leaving_empties_the_group_and_bad_joins_are_refused() {
     assert!(g.is_empty());
     assert_eq!(g.generation(), 2);
 }
+
+#[test]
+fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
+    use super::store::{Committed, Write};
+    use super::{Coordinator, GroupConfig};
+    let coordinator = Coordinator::new(GroupConfig {
+        limits: LIMITS,
+        offsets_partitions: 4,
+        offsets_retention: Duration::from_secs(60),
+    });
+    let c = Committed {
+        offset: 5,
+        leader_epoch: 0,
+        metadata: None,
+        commit_ms: 0,
+    };
+    coordinator.with_group("idle", |e| {
+        e.offsets.insert(("t".into(), 0), c.clone());
+        e.offsets.insert(("t".into(), 1), c.clone());
+    });
+    let t = Instant::now();
+    // First sight of the empty group starts the clock; nothing expires yet.
+    assert!(coordinator.advance(t, 1_000).is_empty());
+    assert!(coordinator.advance(t, 60_999).is_empty());
+    let due = coordinator.advance(t, 61_000);
+    let (writes, expire) = &due["idle"];
+    assert!(*expire);
+    let tombstones = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Offset { value: None, .. }))
+        .count();
+    assert_eq!(tombstones, 2);
+    assert!(matches!(
+        writes.last(),
+        Some(Write::Group { value: None, .. })
+    ));
+    // A group with a member keeps its offsets however long it lives.
+    let mut j = join("", None);
+    j.require_known_member_id = false;
+    coordinator.with_group("busy", |e| {
+        e.offsets.insert(("t".into(), 0), c.clone());
+        drop(e.group.join(j, &LIMITS, t));
+    });
+    let due = coordinator.advance(t, 10_000_000);
+    assert!(due.get("busy").is_none_or(|(_, expire)| !expire));
+}
