@@ -29,3 +29,5 @@ pub use config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log};
 pub use segment::SegmentInfo;
+
+pub mod tier;

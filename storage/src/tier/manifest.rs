@@ -1,0 +1,311 @@
+//! The partition manifest: which segments of a partition live in object storage.
+//!
+//! Each commit writes a new immutable object `manifest/<version>.json` (20-digit version) with
+//! a create-only conditional put, so exactly one writer wins each version and the versions
+//! form a single history. Every manifest records the leader epoch of its writer; a writer
+//! whose epoch is older than the newest manifest's is fenced and commits nothing. A new
+//! leader's commit drops remote segments of older epochs that overlap its own, so its data
+//! wins where a stale leader's diverged.
+
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::TierError;
+
+/// Versions kept behind the newest; older ones are deleted after a commit.
+const KEEP_VERSIONS: u64 = 8;
+/// Attempts before a commit gives up on losing races.
+const MAX_ATTEMPTS: usize = 16;
+
+/// One segment in object storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteSegment {
+    /// First offset.
+    pub base_offset: u64,
+    /// One past the last offset.
+    pub end_offset: u64,
+    /// Largest record timestamp.
+    pub max_timestamp: i64,
+    /// Bytes of the `.log` object.
+    pub size_bytes: u64,
+    /// Epoch of the leader that uploaded it (part of its object keys).
+    pub leader_epoch: i32,
+}
+
+/// One version of a partition's manifest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Increases by one per commit.
+    pub version: u64,
+    /// The committing leader's epoch.
+    pub leader_epoch: i32,
+    /// First offset still retained remotely.
+    pub log_start_offset: u64,
+    /// Remote segments in offset order.
+    pub segments: Vec<RemoteSegment>,
+}
+
+impl Manifest {
+    /// One past the last remote offset (the log start when nothing is remote).
+    pub fn end_offset(&self) -> u64 {
+        self.segments
+            .last()
+            .map_or(self.log_start_offset, |s| s.end_offset)
+    }
+
+    /// This manifest with `segment` added by a leader of `epoch`: remote segments it
+    /// overlaps that an older epoch wrote are dropped (the new leader's data wins), and a
+    /// segment already present is not added twice.
+    pub fn with_segment(&self, segment: RemoteSegment) -> Manifest {
+        let mut next = self.clone();
+        if next.segments.contains(&segment) {
+            return next;
+        }
+        next.segments.retain(|s| {
+            let overlaps = s.base_offset < segment.end_offset && segment.base_offset < s.end_offset;
+            let beyond = s.base_offset >= segment.end_offset;
+            !(overlaps || beyond) || s.leader_epoch > segment.leader_epoch
+        });
+        next.segments.push(segment);
+        next.segments.sort_by_key(|s| s.base_offset);
+        next
+    }
+}
+
+/// The manifests and segment objects of one partition.
+#[derive(Debug, Clone)]
+pub struct PartitionObjects {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+}
+
+impl PartitionObjects {
+    /// Objects of `partition` of topic `topic_id` under `prefix`.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &Path, topic_id: Uuid, partition: i32) -> Self {
+        let root = prefix
+            .clone()
+            .join("topics")
+            .join(topic_id.to_string())
+            .join(partition.to_string());
+        Self { store, root }
+    }
+
+    /// The key of a segment file: `<base-offset>-<epoch>.<ext>`.
+    pub fn segment_key(&self, base_offset: u64, leader_epoch: i32, ext: &str) -> Path {
+        self.root
+            .clone()
+            .join(format!("{base_offset:020}-{leader_epoch}.{ext}"))
+    }
+
+    fn manifest_key(&self, version: u64) -> Path {
+        self.root
+            .clone()
+            .join("manifest")
+            .join(format!("{version:020}.json"))
+    }
+
+    /// Versions present, ascending.
+    async fn versions(&self) -> Result<Vec<u64>, TierError> {
+        let dir = self.root.clone().join("manifest");
+        let metas: Vec<_> = self.store.list(Some(&dir)).try_collect().await?;
+        let mut versions: Vec<u64> = metas
+            .iter()
+            .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    async fn read(&self, version: u64) -> Result<Manifest, TierError> {
+        let key = self.manifest_key(version);
+        let bytes = self.store.get(&key).await?.bytes().await?;
+        serde_json::from_slice(&bytes).map_err(|source| TierError::Manifest {
+            path: key.to_string(),
+            source,
+        })
+    }
+
+    /// The newest manifest, if any was committed.
+    pub async fn latest(&self) -> Result<Option<Manifest>, TierError> {
+        match self.versions().await?.last() {
+            Some(v) => self.read(*v).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Commits the manifest `change` makes of the newest one, as leader of `epoch`. Fails
+    /// with [`TierError::Fenced`] once a newer epoch has committed; on losing a race it
+    /// re-reads and applies `change` again.
+    pub async fn commit(
+        &self,
+        epoch: i32,
+        change: impl Fn(&Manifest) -> Manifest,
+    ) -> Result<Manifest, TierError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.latest().await?.unwrap_or_default();
+            if current.leader_epoch > epoch {
+                return Err(TierError::Fenced {
+                    ours: epoch,
+                    current: current.leader_epoch,
+                });
+            }
+            let mut next = change(&current);
+            next.version = current.version + 1;
+            next.leader_epoch = epoch;
+            let body = serde_json::to_vec(&next).map_err(|source| TierError::Manifest {
+                path: self.manifest_key(next.version).to_string(),
+                source,
+            })?;
+            let put = self
+                .store
+                .put_opts(
+                    &self.manifest_key(next.version),
+                    PutPayload::from(body),
+                    PutOptions::from(PutMode::Create),
+                )
+                .await;
+            match put {
+                Ok(_) => {
+                    self.forget_before(next.version.saturating_sub(KEEP_VERSIONS))
+                        .await;
+                    return Ok(next);
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(TierError::Contended {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Deletes manifest versions below `version` (best effort: a leftover is harmless).
+    async fn forget_before(&self, version: u64) {
+        let Ok(versions) = self.versions().await else {
+            return;
+        };
+        for v in versions.into_iter().filter(|v| *v < version) {
+            if let Err(e) = self.store.delete(&self.manifest_key(v)).await {
+                tracing::debug!(version = v, error = %e, "old manifest not deleted");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    fn seg(base: u64, end: u64, epoch: i32) -> RemoteSegment {
+        RemoteSegment {
+            base_offset: base,
+            end_offset: end,
+            max_timestamp: 0,
+            size_bytes: end - base,
+            leader_epoch: epoch,
+        }
+    }
+
+    fn objects() -> PartitionObjects {
+        PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("p"), Uuid::nil(), 0)
+    }
+
+    #[tokio::test]
+    async fn commits_form_one_history_and_keys_follow_the_layout() {
+        let o = objects();
+        assert_eq!(o.latest().await.expect("list"), None);
+        for i in 0..3u64 {
+            let m = o
+                .commit(1, |m| m.with_segment(seg(i * 10, i * 10 + 10, 1)))
+                .await
+                .expect("commit");
+            assert_eq!(m.version, i + 1);
+        }
+        let m = o.latest().await.expect("read").expect("manifest");
+        assert_eq!(m.end_offset(), 30);
+        assert_eq!(m.segments.len(), 3);
+        assert_eq!(
+            o.segment_key(10, 1, "log").as_ref(),
+            "p/topics/00000000-0000-0000-0000-000000000000/0/00000000000000000010-1.log"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_leader_is_fenced_and_the_new_leaders_data_wins() {
+        let o = objects();
+        o.commit(3, |m| m.with_segment(seg(0, 10, 3)))
+            .await
+            .expect("old leader");
+        // The new leader (epoch 5) diverged at offset 10: it uploads 10..25.
+        o.commit(5, |m| m.with_segment(seg(10, 25, 5)))
+            .await
+            .expect("new leader");
+        // The old leader still thinks it leads and tries to add its own 10..20.
+        let stale = o.commit(3, |m| m.with_segment(seg(10, 20, 3))).await;
+        assert!(matches!(
+            stale,
+            Err(TierError::Fenced {
+                ours: 3,
+                current: 5
+            })
+        ));
+        let m = o.latest().await.expect("read").expect("manifest");
+        assert_eq!(m.segments, vec![seg(0, 10, 3), seg(10, 25, 5)]);
+    }
+
+    #[tokio::test]
+    async fn racing_leaders_leave_one_history_with_the_current_leaders_segments() {
+        // Both read the same version and race for the next; the store lets one win, the loser
+        // re-reads: the stale one is then fenced, the new one commits on top.
+        for round in 0..20 {
+            let o = objects();
+            o.commit(3, |m| m.with_segment(seg(0, 10, 3)))
+                .await
+                .expect("base");
+            let (a, b) = (o.clone(), o.clone());
+            let stale =
+                tokio::spawn(async move { a.commit(3, |m| m.with_segment(seg(10, 20, 3))).await });
+            let fresh =
+                tokio::spawn(async move { b.commit(5, |m| m.with_segment(seg(10, 30, 5))).await });
+            let fresh = fresh
+                .await
+                .expect("task")
+                .expect("the current leader commits");
+            let _ = stale.await.expect("task");
+            let last = o.latest().await.expect("read").expect("manifest");
+            assert!(last.version >= fresh.version, "round {round}");
+            assert_eq!(last.leader_epoch, 5, "round {round}: {last:?}");
+            assert!(
+                last.segments.contains(&seg(10, 30, 5)),
+                "round {round}: {last:?}"
+            );
+            assert!(
+                !last.segments.contains(&seg(10, 20, 3)),
+                "round {round}: {last:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_segment_replaces_overlapping_older_epochs_only() {
+        let m = Manifest {
+            segments: vec![seg(0, 10, 1), seg(10, 20, 1), seg(20, 30, 2)],
+            ..Manifest::default()
+        };
+        let next = m.with_segment(seg(15, 40, 3));
+        assert_eq!(next.segments, vec![seg(0, 10, 1), seg(15, 40, 3)]);
+        let same = next.with_segment(seg(15, 40, 3));
+        assert_eq!(
+            same.segments.len(),
+            2,
+            "a re-committed segment is not duplicated"
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! Tiered storage: sealed segments in object storage, described by a versioned partition
+//! manifest.
+//!
+//! - [`store`] opens the object store a URL names (`file://`, `s3://`, `memory://`).
+//! - [`manifest`] keeps each partition's list of remote segments as immutable, numbered
+//!   manifest objects written with a create-only conditional put and carrying the writer's
+//!   leader epoch, so two writers can never both commit a version and a fenced (older-epoch)
+//!   leader cannot commit over a newer one.
+//!
+//! Object layout, keyed by topic id so a re-created topic name never mixes data:
+//! `<prefix>/topics/<topic-id>/<partition>/<base-offset>-<epoch>.{log,index,timeindex}` and
+//! `<prefix>/topics/<topic-id>/<partition>/manifest/<version>.json`.
+
+pub mod manifest;
+pub mod store;
+
+use thiserror::Error;
+
+/// Errors of the tiering layer.
+#[derive(Debug, Error)]
+pub enum TierError {
+    /// The object store URL or its options are invalid.
+    #[error("invalid object store config {key}: {reason}")]
+    Config {
+        /// The setting.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The object store failed (retried by the caller's policy before surfacing).
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// A manifest object could not be decoded.
+    #[error("manifest {path}: {source}")]
+    Manifest {
+        /// Its key.
+        path: String,
+        /// The decode error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A newer leader has committed: this writer's epoch is stale.
+    #[error("fenced: leader epoch {ours} is older than the manifest's {current}")]
+    Fenced {
+        /// This writer's epoch.
+        ours: i32,
+        /// The epoch of the newest manifest.
+        current: i32,
+    },
+    /// Every attempt lost the race to another writer.
+    #[error("manifest commit kept losing races after {attempts} attempts")]
+    Contended {
+        /// Attempts made.
+        attempts: usize,
+    },
+}
