@@ -95,6 +95,11 @@ impl PartitionObjects {
         Self { store, root }
     }
 
+    /// The object store these objects live in.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     /// The key of a segment file: `<base-offset>-<epoch>.<ext>`.
     pub fn segment_key(&self, base_offset: u64, leader_epoch: i32, ext: &str) -> Path {
         self.root

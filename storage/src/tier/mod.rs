@@ -13,6 +13,7 @@
 
 pub mod manifest;
 pub mod store;
+pub mod upload;
 
 use thiserror::Error;
 
@@ -46,6 +47,15 @@ pub enum TierError {
         ours: i32,
         /// The epoch of the newest manifest.
         current: i32,
+    },
+    /// A local segment file could not be read for upload.
+    #[error("reading {path} for upload: {source}")]
+    Local {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// Every attempt lost the race to another writer.
     #[error("manifest commit kept losing races after {attempts} attempts")]
