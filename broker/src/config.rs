@@ -27,6 +27,46 @@ pub struct BrokerConfig {
     pub topics: TopicDefaults,
     /// Consumer group coordination.
     pub groups: GroupSettings,
+    /// Where sealed segments are uploaded.
+    pub object_store: ObjectStoreSettings,
+}
+
+/// The object store sealed segments go to (tiered storage).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectStoreSettings {
+    /// `file:///abs/dir`, `s3://bucket/prefix` or `memory://prefix`; empty means
+    /// `file://<data_dir>/objects`.
+    pub url: String,
+    /// S3-compatible endpoint (MinIO, s3s), e.g. `http://minio:9000`.
+    pub endpoint: Option<String>,
+    /// S3 region.
+    pub region: Option<String>,
+    /// Static S3 credentials; otherwise the AWS_* environment.
+    pub access_key_id: Option<String>,
+    /// Static S3 credentials.
+    pub secret_access_key: Option<String>,
+    /// Path-style S3 requests, as MinIO wants.
+    pub path_style: bool,
+    /// Allow an `http://` endpoint.
+    pub allow_http: bool,
+    /// How often each led partition's sealed segments are checked for upload.
+    pub upload_interval_ms: u64,
+}
+
+impl Default for ObjectStoreSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: true,
+            allow_http: false,
+            upload_interval_ms: 5_000,
+        }
+    }
 }
 
 /// The Kafka protocol listener.
@@ -128,6 +168,7 @@ impl Default for BrokerConfig {
             controller: ControllerSection::default(),
             topics: TopicDefaults::default(),
             groups: GroupSettings::default(),
+            object_store: ObjectStoreSettings::default(),
         }
     }
 }
@@ -290,6 +331,9 @@ impl BrokerConfig {
                 "must be positive".into(),
             );
         }
+        if self.object_store.upload_interval_ms == 0 {
+            return bad("object_store.upload_interval_ms", "must be positive".into());
+        }
         if self.controller.heartbeat_interval_ms == 0
             || self.controller.heartbeat_interval_ms >= self.controller.session_timeout_ms
         {
@@ -352,6 +396,36 @@ impl BrokerConfig {
     /// Directory of the embedded controller.
     pub fn controller_dir(&self) -> PathBuf {
         self.data_dir.join("controller")
+    }
+
+    /// The object store settings for the tiering layer, with the default URL resolved.
+    pub fn store_config(&self) -> Result<strata_storage::tier::store::StoreConfig, BrokerError> {
+        let o = &self.object_store;
+        let url = if o.url.is_empty() {
+            let dir = self.data_dir.join("objects");
+            std::fs::create_dir_all(&dir).map_err(|source| BrokerError::Io {
+                op: "creating",
+                path: dir.clone(),
+                source,
+            })?;
+            let abs = dir.canonicalize().map_err(|source| BrokerError::Io {
+                op: "resolving",
+                path: dir.clone(),
+                source,
+            })?;
+            format!("file://{}", abs.display())
+        } else {
+            o.url.clone()
+        };
+        Ok(strata_storage::tier::store::StoreConfig {
+            url,
+            endpoint: o.endpoint.clone(),
+            region: o.region.clone(),
+            access_key_id: o.access_key_id.clone(),
+            secret_access_key: o.secret_access_key.clone(),
+            path_style: o.path_style,
+            allow_http: o.allow_http,
+        })
     }
 }
 

@@ -34,6 +34,9 @@ pub enum BrokerError {
     /// A partition log failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// The object store is misconfigured or unreachable.
+    #[error("object store: {0}")]
+    Tier(#[from] strata_storage::tier::TierError),
     /// The controller refused this broker's registration.
     #[error("registration refused: {0}")]
     Registration(strata_controller::CommandError),

@@ -18,6 +18,7 @@ mod producer;
 mod protocol;
 mod server;
 mod state;
+mod tiering;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;

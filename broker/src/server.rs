@@ -20,6 +20,7 @@ use crate::config::{BrokerConfig, ControllerMode};
 use crate::connection;
 use crate::error::BrokerError;
 use crate::state::BrokerState;
+use crate::tiering::Tiering;
 
 /// How long shutdown waits for connections to finish their in-flight requests.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -96,6 +97,8 @@ impl Broker {
         }
         tasks.spawn(keep_heartbeating(state.clone(), cancel.clone()));
         tasks.spawn(state.groups.clone().run(state.clone(), cancel.clone()));
+        let tiering = Tiering::open(&state.config).await?;
+        tasks.spawn(tiering.run(state.clone(), cancel.clone()));
         tasks.spawn(accept(state.clone(), listener, cancel.clone()));
         tracing::info!(broker = state.id, %local_addr, "strata broker serving Kafka clients");
         Ok(Self {

@@ -79,6 +79,11 @@ impl TestBroker {
         self.addr.to_string()
     }
 
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// The Kafka listener.
     pub fn addr(&self) -> SocketAddr {
         self.addr
