@@ -20,6 +20,20 @@ fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
 }
 
+/// Creates `topic` the way clients do: a Metadata request that allows auto-creation.
+async fn auto_create(c: &mut RawClient, topic: &str) -> kafka_protocol::messages::MetadataResponse {
+    c.call(
+        12,
+        &MetadataRequest::default()
+            .with_allow_auto_topic_creation(true)
+            .with_topics(Some(vec![
+                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(name(topic))),
+            ])),
+    )
+    .await
+}
+
 async fn api_versions(broker: &TestBroker) -> ApiVersionsResponse {
     let mut c = RawClient::connect(broker.addr()).await;
     c.call(3, &ApiVersionsRequest::default()).await
@@ -320,17 +334,7 @@ async fn a_fetch_at_the_end_waits_for_new_data_without_polling() {
     let broker = TestBroker::start().await;
     let mut meta = RawClient::connect(broker.addr()).await;
     // Metadata auto-creates the topic.
-    let m = meta
-        .call(
-            12,
-            &MetadataRequest::default()
-                .with_allow_auto_topic_creation(true)
-                .with_topics(Some(vec![
-                    kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                        .with_name(Some(name("tail"))),
-                ])),
-        )
-        .await;
+    let m = auto_create(&mut meta, "tail").await;
     assert_eq!(m.topics[0].error_code, 0);
     let addr = broker.addr();
     let waiter = tokio::spawn(async move {
@@ -395,16 +399,7 @@ async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs()
     };
     let send = |records: Vec<u8>| produce("idem", 0, records);
     // Auto-create the topic through Metadata first.
-    c.call(
-        12,
-        &MetadataRequest::default()
-            .with_allow_auto_topic_creation(true)
-            .with_topics(Some(vec![
-                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                    .with_name(Some(name("idem"))),
-            ])),
-    )
-    .await;
+    auto_create(&mut c, "idem").await;
     let code_and_offset = |r: kafka_protocol::messages::ProduceResponse| {
         let p = &r.responses[0].partition_responses[0];
         (p.error_code, p.base_offset)
@@ -506,16 +501,7 @@ async fn pipelined_produce_requests_append_in_the_order_sent() {
         .await
         .producer_id
         .0;
-    c.call(
-        12,
-        &MetadataRequest::default()
-            .with_allow_auto_topic_creation(true)
-            .with_topics(Some(vec![
-                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                    .with_name(Some(name("ordered"))),
-            ])),
-    )
-    .await;
+    auto_create(&mut c, "ordered").await;
     // 100 idempotent acks=all requests written back to back: any reordering of their appends
     // is an OUT_OF_ORDER_SEQUENCE_NUMBER or a wrong offset.
     for seq in 0..100i32 {
@@ -563,17 +549,7 @@ async fn offset_for_leader_epoch_reports_where_each_epoch_ended() {
         let addr = broker.addr();
         async move {
             let mut c = RawClient::connect(addr).await;
-            let m = c
-                .call(
-                    12,
-                    &MetadataRequest::default()
-                        .with_allow_auto_topic_creation(true)
-                        .with_topics(Some(vec![
-                            kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                                .with_name(Some(name("epochs"))),
-                        ])),
-                )
-                .await;
+            let m = auto_create(&mut c, "epochs").await;
             m.topics[0].partitions[0].leader_epoch
         }
     };
@@ -658,16 +634,7 @@ async fn idle_and_half_sent_connections_are_closed() {
 async fn acks_zero_gets_no_response_and_the_next_request_is_answered() {
     let broker = TestBroker::start().await;
     let mut c = RawClient::connect(broker.addr()).await;
-    c.call(
-        12,
-        &MetadataRequest::default()
-            .with_allow_auto_topic_creation(true)
-            .with_topics(Some(vec![
-                kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
-                    .with_name(Some(name("fire"))),
-            ])),
-    )
-    .await;
+    auto_create(&mut c, "fire").await;
     let mut header = Vec::new();
     header.extend_from_slice(&(ApiKey::Produce as i16).to_be_bytes());
     header.extend_from_slice(&9i16.to_be_bytes());

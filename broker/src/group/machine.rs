@@ -494,44 +494,19 @@ impl Group {
     /// Expires sessions and pending ids, and completes a rebalance whose time is up.
     pub(crate) fn tick(&mut self, limits: &Limits, now: Instant) {
         self.pending.retain(|_, deadline| *deadline > now);
-        let expired: Vec<String> = self
-            .members
-            .values()
-            .filter(|m| m.join.is_none() && m.last_heartbeat + m.session() <= now)
-            .map(|m| m.info.id.clone())
-            .collect();
-        if !expired.is_empty() {
-            for id in &expired {
-                self.remove_member(id);
-            }
+        if self.remove_where(|m| m.join.is_none() && m.last_heartbeat + m.session() <= now) {
             self.after_departure(limits, now);
         }
         if self.rebalance_deadline.is_some_and(|d| d <= now) {
             match self.phase {
                 Phase::PreparingRebalance => {
                     // Members that did not rejoin in time are out.
-                    let absent: Vec<String> = self
-                        .members
-                        .values()
-                        .filter(|m| m.join.is_none())
-                        .map(|m| m.info.id.clone())
-                        .collect();
-                    for id in absent {
-                        self.remove_member(&id);
-                    }
+                    self.remove_where(|m| m.join.is_none());
                     self.complete_join(now);
                 }
                 Phase::CompletingRebalance => {
                     // The leader never assigned: start over with whoever is still syncing.
-                    let silent: Vec<String> = self
-                        .members
-                        .values()
-                        .filter(|m| m.sync.is_none())
-                        .map(|m| m.info.id.clone())
-                        .collect();
-                    for id in silent {
-                        self.remove_member(&id);
-                    }
+                    self.remove_where(|m| m.sync.is_none());
                     self.after_departure(limits, now);
                 }
                 _ => self.rebalance_deadline = None,
@@ -583,6 +558,20 @@ impl Group {
             return Err(code::ILLEGAL_GENERATION);
         }
         Ok(())
+    }
+
+    /// Removes every member `doomed` picks; true if any was removed.
+    fn remove_where(&mut self, doomed: impl Fn(&Member) -> bool) -> bool {
+        let ids: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| doomed(m))
+            .map(|m| m.info.id.clone())
+            .collect();
+        for id in &ids {
+            self.remove_member(id);
+        }
+        !ids.is_empty()
     }
 
     fn remove_member(&mut self, id: &str) {

@@ -17,6 +17,7 @@ use kafka_protocol::messages::{
     DescribeClusterResponse, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest,
     MetadataResponse, ProducerId,
 };
+use kafka_protocol::protocol::StrBytes;
 use strata_controller::model::TopicRecord;
 use strata_controller::state::MetadataState;
 use strata_controller::{Applied, Command, MetadataImage, Outcome};
@@ -182,19 +183,13 @@ pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<
             })
             .collect(),
     };
-    let brokers = image
-        .brokers
-        .values()
-        .filter(|b| !b.fenced)
-        .filter_map(|b| {
-            let e = b.endpoints.first()?;
-            Some(
-                MetadataResponseBroker::default()
-                    .with_node_id(broker_id(b.id))
-                    .with_host(str_bytes(&e.host))
-                    .with_port(i32::from(e.port))
-                    .with_rack(b.rack.as_deref().map(str_bytes)),
-            )
+    let brokers = live_brokers(&image)
+        .map(|(id, host, port, rack)| {
+            MetadataResponseBroker::default()
+                .with_node_id(broker_id(id))
+                .with_host(host)
+                .with_port(port)
+                .with_rack(rack)
         })
         .collect();
     frame.respond(
@@ -204,6 +199,25 @@ pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<
             .with_controller_id(broker_id(state.id))
             .with_topics(topics),
     )
+}
+
+/// Unfenced brokers as clients should reach them: id, host, port, rack.
+fn live_brokers(
+    image: &MetadataImage,
+) -> impl Iterator<Item = (i32, StrBytes, i32, Option<StrBytes>)> + '_ {
+    image
+        .brokers
+        .values()
+        .filter(|b| !b.fenced)
+        .filter_map(|b| {
+            let e = b.endpoints.first()?;
+            Some((
+                b.id,
+                str_bytes(&e.host),
+                i32::from(e.port),
+                b.rack.as_deref().map(str_bytes),
+            ))
+        })
 }
 
 fn topic_metadata(image: &MetadataImage, t: &TopicRecord) -> MetadataResponseTopic {
@@ -396,19 +410,13 @@ pub(super) async fn describe_cluster(
         );
     }
     let image = state.image();
-    let brokers = image
-        .brokers
-        .values()
-        .filter(|b| !b.fenced)
-        .filter_map(|b| {
-            let e = b.endpoints.first()?;
-            Some(
-                DescribeClusterBroker::default()
-                    .with_broker_id(broker_id(b.id))
-                    .with_host(str_bytes(&e.host))
-                    .with_port(i32::from(e.port))
-                    .with_rack(b.rack.as_deref().map(str_bytes)),
-            )
+    let brokers = live_brokers(&image)
+        .map(|(id, host, port, rack)| {
+            DescribeClusterBroker::default()
+                .with_broker_id(broker_id(id))
+                .with_host(host)
+                .with_port(port)
+                .with_rack(rack)
         })
         .collect();
     frame.respond(
