@@ -29,6 +29,36 @@ pub struct BrokerConfig {
     pub groups: GroupSettings,
     /// Where sealed segments are uploaded.
     pub object_store: ObjectStoreSettings,
+    /// The cache remote reads go through.
+    pub cache: CacheSettings,
+}
+
+/// The foyer cache of remote segment chunks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Bytes of chunks kept in memory.
+    pub memory_bytes: u64,
+    /// Bytes of chunks kept on local disk (0: memory only).
+    pub disk_bytes: u64,
+    /// Directory of the disk cache; empty means `<data_dir>/cache`.
+    pub dir: Option<PathBuf>,
+    /// Size and alignment of one ranged GET of a segment object.
+    pub chunk_bytes: u64,
+    /// Chunks fetched ahead of a consumer reading remote data in order.
+    pub readahead_chunks: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            disk_bytes: 0,
+            dir: None,
+            chunk_bytes: 4 << 20,
+            readahead_chunks: 4,
+        }
+    }
 }
 
 /// The object store sealed segments go to (tiered storage).
@@ -52,6 +82,19 @@ pub struct ObjectStoreSettings {
     pub allow_http: bool,
     /// How often each led partition's sealed segments are checked for upload.
     pub upload_interval_ms: u64,
+    /// Partitions uploading at once.
+    pub max_concurrent_uploads: usize,
+    /// GETs of remote data in flight at once (reads and read-ahead).
+    pub max_concurrent_gets: usize,
+    /// Longest one partition's upload, retention or recovery step may take before it is
+    /// abandoned and retried with backoff.
+    pub operation_timeout_ms: u64,
+    /// Longest wait between retries of a failing partition (the backoff doubles up to it).
+    pub max_backoff_ms: u64,
+    /// Segment objects no manifest names are deleted once this old (crash leftovers).
+    pub orphan_grace_ms: u64,
+    /// Create the bucket at start when it does not exist (S3/MinIO, with aws-sdk-s3).
+    pub create_bucket: bool,
 }
 
 impl Default for ObjectStoreSettings {
@@ -65,6 +108,12 @@ impl Default for ObjectStoreSettings {
             path_style: true,
             allow_http: false,
             upload_interval_ms: 5_000,
+            max_concurrent_uploads: 4,
+            max_concurrent_gets: 16,
+            operation_timeout_ms: 300_000,
+            max_backoff_ms: 60_000,
+            orphan_grace_ms: 3_600_000,
+            create_bucket: false,
         }
     }
 }
@@ -169,6 +218,7 @@ impl Default for BrokerConfig {
             topics: TopicDefaults::default(),
             groups: GroupSettings::default(),
             object_store: ObjectStoreSettings::default(),
+            cache: CacheSettings::default(),
         }
     }
 }
@@ -331,8 +381,36 @@ impl BrokerConfig {
                 "must be positive".into(),
             );
         }
-        if self.object_store.upload_interval_ms == 0 {
-            return bad("object_store.upload_interval_ms", "must be positive".into());
+        let o = &self.object_store;
+        for (key, v) in [
+            ("object_store.upload_interval_ms", o.upload_interval_ms),
+            (
+                "object_store.max_concurrent_uploads",
+                o.max_concurrent_uploads as u64,
+            ),
+            (
+                "object_store.max_concurrent_gets",
+                o.max_concurrent_gets as u64,
+            ),
+            ("object_store.operation_timeout_ms", o.operation_timeout_ms),
+            ("object_store.max_backoff_ms", o.max_backoff_ms),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive".into());
+            }
+        }
+        let c = &self.cache;
+        if c.chunk_bytes < 4096 || c.chunk_bytes > 256 << 20 {
+            return bad(
+                "cache.chunk_bytes",
+                "must be between 4 KiB and 256 MiB".into(),
+            );
+        }
+        if c.memory_bytes < c.chunk_bytes * (c.readahead_chunks + 1) {
+            return bad(
+                "cache.memory_bytes",
+                "must hold at least readahead_chunks + 1 chunks".into(),
+            );
         }
         if self.controller.heartbeat_interval_ms == 0
             || self.controller.heartbeat_interval_ms >= self.controller.session_timeout_ms
@@ -391,6 +469,19 @@ impl BrokerConfig {
     /// Directory of partition logs.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
+    }
+
+    /// The remote read cache's settings, with the default directory resolved.
+    pub fn cache_config(&self) -> strata_storage::tier::read::CacheConfig {
+        let c = &self.cache;
+        strata_storage::tier::read::CacheConfig {
+            memory_bytes: usize::try_from(c.memory_bytes).unwrap_or(usize::MAX),
+            disk_bytes: usize::try_from(c.disk_bytes).unwrap_or(usize::MAX),
+            disk_dir: Some(c.dir.clone().unwrap_or_else(|| self.data_dir.join("cache"))),
+            chunk_bytes: c.chunk_bytes,
+            readahead_chunks: c.readahead_chunks,
+            max_concurrent_gets: self.object_store.max_concurrent_gets,
+        }
     }
 
     /// Directory of the embedded controller.

@@ -21,6 +21,7 @@ use crate::connection;
 use crate::error::BrokerError;
 use crate::state::BrokerState;
 use crate::tiering::Tiering;
+use object_store::ObjectStore;
 
 /// How long shutdown waits for connections to finish their in-flight requests.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -54,8 +55,18 @@ impl Broker {
 
     /// Starts a broker on an already bound Kafka listener (tests bind port 0 first).
     pub async fn start_with_listener(
+        config: BrokerConfig,
+        listener: TcpListener,
+    ) -> Result<Self, BrokerError> {
+        Self::start_with_store(config, listener, None).await
+    }
+
+    /// Starts a broker on a bound listener whose tiered storage goes to `store` instead of
+    /// the configured URL (tests wrap stores in fault-injecting layers).
+    pub async fn start_with_store(
         mut config: BrokerConfig,
         listener: TcpListener,
+        store: Option<Arc<dyn ObjectStore>>,
     ) -> Result<Self, BrokerError> {
         let local_addr = listener.local_addr().map_err(|source| BrokerError::Io {
             op: "reading listener address",
@@ -76,7 +87,12 @@ impl Broker {
             Some(node) => vec![node.local_addr().to_string()],
             None => config.voters()?.into_values().collect(),
         };
-        let state = Arc::new(BrokerState::new(config, ControllerClient::new(addrs)));
+        let tiering = Arc::new(Tiering::open(&config, store).await?);
+        let state = Arc::new(BrokerState::new(
+            config,
+            ControllerClient::new(addrs),
+            tiering.clone(),
+        ));
 
         register(&state).await?;
         let image = state.controller.read_metadata().await?;
@@ -97,7 +113,6 @@ impl Broker {
         }
         tasks.spawn(keep_heartbeating(state.clone(), cancel.clone()));
         tasks.spawn(state.groups.clone().run(state.clone(), cancel.clone()));
-        let tiering = Tiering::open(&state.config).await?;
         tasks.spawn(tiering.run(state.clone(), cancel.clone()));
         tasks.spawn(accept(state.clone(), listener, cancel.clone()));
         tracing::info!(broker = state.id, %local_addr, "strata broker serving Kafka clients");

@@ -19,6 +19,10 @@ use crate::error::BrokerError;
 use crate::group::machine::Limits;
 use crate::group::{Coordinator, GroupConfig};
 use crate::producer::{self, ProducerBatch, ProducerTable};
+use crate::tiering::{RemoteView, Tiering, remote_enabled};
+
+/// How long a newly opened tiered partition waits for its manifest before serving.
+const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 
 /// File in a partition directory naming the topic id it belongs to.
 const PARTITION_METADATA: &str = "partition.metadata";
@@ -34,6 +38,19 @@ pub(crate) struct Partition {
     pub(crate) producers: Mutex<ProducerTable>,
     /// Where each leader epoch started; held across an append that starts a new epoch.
     pub(crate) epochs: Mutex<EpochCache>,
+    /// Its segments in object storage.
+    pub(crate) remote: RemoteView,
+}
+
+impl Partition {
+    /// The first offset still retained, remotely or locally (Kafka's log start offset).
+    pub(crate) fn log_start_offset(&self) -> u64 {
+        let local = self.log.log_start_offset();
+        match self.remote.manifest() {
+            Some(m) if !m.segments.is_empty() => m.log_start_offset.min(local),
+            _ => local,
+        }
+    }
 }
 
 /// The broker's shared state.
@@ -51,10 +68,16 @@ pub(crate) struct BrokerState {
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// The consumer group coordinator.
     pub(crate) groups: Arc<Coordinator>,
+    /// The object store and remote read path.
+    pub(crate) tiering: Arc<Tiering>,
 }
 
 impl BrokerState {
-    pub(crate) fn new(config: BrokerConfig, controller: ControllerClient) -> Self {
+    pub(crate) fn new(
+        config: BrokerConfig,
+        controller: ControllerClient,
+        tiering: Arc<Tiering>,
+    ) -> Self {
         let g = &config.groups;
         let groups = Arc::new(Coordinator::new(GroupConfig {
             limits: Limits {
@@ -76,6 +99,7 @@ impl BrokerState {
             version: watch::channel(0).0,
             partitions: RwLock::new(HashMap::new()),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
+            tiering,
         }
     }
 
@@ -123,7 +147,34 @@ impl BrokerState {
     }
 
     fn reconcile(&self, image: &MetadataImage) -> Result<(), BrokerError> {
+        let opened = self.open_partitions(image)?;
+        // Newly opened tiered partitions learn their remote segments before serving; a wiped
+        // disk continues from the remote end. When the store does not answer, the tiering task
+        // retries (and appends to an empty log wait for it).
+        let runtime = tokio::runtime::Handle::current();
+        for part in opened {
+            let recovered =
+                runtime.block_on(tokio::time::timeout(RECOVERY_WAIT, self.recover(&part)));
+            match recovered {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    topic_id = %part.topic_id, error = %e,
+                    "reading the partition's manifest failed; retrying in the background"
+                ),
+                Err(_) => tracing::warn!(
+                    topic_id = %part.topic_id,
+                    "reading the partition's manifest timed out; retrying in the background"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens and closes partition logs to match `image`; returns the newly opened partitions
+    /// of tiered topics.
+    fn open_partitions(&self, image: &MetadataImage) -> Result<Vec<Arc<Partition>>, BrokerError> {
         let log_dir = self.config.log_dir();
+        let mut opened = Vec::new();
         let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
         // Topics that are gone (or re-created under a new id): close and delete.
         let gone: Vec<(Uuid, i32)> = partitions
@@ -161,19 +212,26 @@ impl BrokerState {
                     path: dir.clone(),
                     source,
                 })?;
-                partitions.insert(
-                    (topic.id, index),
-                    Arc::new(Partition {
-                        topic_id: topic.id,
-                        log: Arc::new(log),
-                        end: watch::channel(end).0,
-                        producers: Mutex::new(producers),
-                        epochs: Mutex::new(epochs),
-                    }),
-                );
+                let remote = RemoteView::new(self.tiering.objects(topic.id, index));
+                let tiered = remote_enabled(topic);
+                if tiered && end == 0 {
+                    remote.await_recovery();
+                }
+                let part = Arc::new(Partition {
+                    topic_id: topic.id,
+                    log: Arc::new(log),
+                    end: watch::channel(end).0,
+                    producers: Mutex::new(producers),
+                    epochs: Mutex::new(epochs),
+                    remote,
+                });
+                if tiered {
+                    opened.push(part.clone());
+                }
+                partitions.insert((topic.id, index), part);
             }
         }
-        Ok(())
+        Ok(opened)
     }
 
     /// Flushes every hosted log (graceful shutdown).

@@ -1,85 +1,370 @@
-//! Background upload of sealed segments to the object store, for the partitions this broker
-//! leads (topics with `remote.storage.enable`, the default). Uploads only: local segments are
-//! not deleted yet, because fetches do not read remote data yet.
+//! Tiered storage in the broker: each hosted partition's view of its remote segments, and the
+//! background task that uploads sealed segments, applies retention (whole log remotely, the
+//! local tail on disk) and cleans up crash leftovers.
+//!
+//! Order of a pass for one partition, each step only after the previous one committed:
+//! upload sealed segments → commit the manifest → publish it to readers → delete remote
+//! segments outside `retention.*` → delete local segments the manifest covers that are
+//! outside `local.retention.*`. A local segment is therefore deleted only once a committed
+//! manifest names it and readers can find it remotely.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
-use strata_storage::tier::manifest::PartitionObjects;
-use strata_storage::tier::{TierError, store, upload};
+use strata_controller::model::TopicRecord;
+use strata_storage::tier::manifest::{Manifest, PartitionObjects};
+use strata_storage::tier::read::RemoteReader;
+use strata_storage::tier::{TierError, retention, store, upload};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::state::BrokerState;
+use crate::state::{BrokerState, Partition};
 
-/// The object store and where in it this cluster writes.
-#[derive(Debug)]
+/// The object store, where in it this cluster writes, and the remote read path.
 pub(crate) struct Tiering {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    pub(crate) reader: RemoteReader,
+}
+
+impl std::fmt::Debug for Tiering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tiering")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partition's view of its remote segments.
+#[derive(Debug)]
+pub(crate) struct RemoteView {
+    pub(crate) objects: PartitionObjects,
+    /// The newest committed manifest this broker knows; `None` until it has been read.
+    manifest: RwLock<Option<Arc<Manifest>>>,
+    /// The local log was empty and the manifest could not be read yet: appends would start
+    /// at offset 0 over data that may exist remotely, so they wait.
+    pending_recovery: AtomicBool,
+}
+
+impl RemoteView {
+    pub(crate) fn new(objects: PartitionObjects) -> Self {
+        Self {
+            objects,
+            manifest: RwLock::new(None),
+            pending_recovery: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn manifest(&self) -> Option<Arc<Manifest>> {
+        self.manifest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn publish(&self, manifest: Manifest) {
+        *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(manifest));
+    }
+
+    /// Marks the view as guarding an empty log until the manifest is read.
+    pub(crate) fn await_recovery(&self) {
+        self.pending_recovery.store(true, Ordering::Release);
+    }
+
+    /// Whether appends must wait for the manifest (see `pending_recovery`).
+    pub(crate) fn recovering(&self) -> bool {
+        self.pending_recovery.load(Ordering::Acquire)
+    }
+}
+
+/// Whether a topic's sealed segments go to the object store. Internal topics stay local:
+/// their coordinators replay them from the local log.
+pub(crate) fn remote_enabled(topic: &TopicRecord) -> bool {
+    !topic.name.starts_with("__")
+        && topic
+            .configs
+            .get("remote.storage.enable")
+            .map(String::as_str)
+            != Some("false")
 }
 
 impl Tiering {
-    /// Opens the configured store and checks it answers (a listing of the prefix).
-    pub(crate) async fn open(config: &BrokerConfig) -> Result<Self, BrokerError> {
-        let (store, prefix) = store::open(&config.store_config()?)?;
+    /// Opens the configured store (or uses `injected`, at the root) and the read cache, and
+    /// checks the store answers (a listing of the prefix).
+    pub(crate) async fn open(
+        config: &BrokerConfig,
+        injected: Option<Arc<dyn ObjectStore>>,
+    ) -> Result<Self, BrokerError> {
+        let (store, prefix) = match injected {
+            Some(store) => (store, Path::default()),
+            None => store::open(&config.store_config()?)?,
+        };
         if let Some(Err(e)) = store.list(Some(&prefix)).next().await {
             return Err(BrokerError::Tier(TierError::Store(e)));
         }
-        Ok(Self { store, prefix })
+        let reader = RemoteReader::open(config.cache_config()).await?;
+        Ok(Self {
+            store,
+            prefix,
+            reader,
+        })
     }
 
-    /// Every interval, uploads what each led partition has sealed since the last pass.
-    pub(crate) async fn run(self, state: Arc<BrokerState>, cancel: CancellationToken) {
-        let every = Duration::from_millis(state.config.object_store.upload_interval_ms);
+    pub(crate) fn objects(&self, topic_id: Uuid, partition: i32) -> PartitionObjects {
+        PartitionObjects::new(self.store.clone(), &self.prefix, topic_id, partition)
+    }
+
+    /// Every interval, runs a pass over the partitions this broker leads, a bounded number
+    /// at once; a partition whose step failed waits out a doubling backoff.
+    pub(crate) async fn run(self: Arc<Self>, state: Arc<BrokerState>, cancel: CancellationToken) {
+        let o = &state.config.object_store;
+        let every = Duration::from_millis(o.upload_interval_ms);
+        let timeout = Duration::from_millis(o.operation_timeout_ms);
+        let max_backoff = Duration::from_millis(o.max_backoff_ms);
+        let parallel = o.max_concurrent_uploads;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health: HashMap<(Uuid, i32), Health> = HashMap::new();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let now = Instant::now();
             let image = state.image();
+            let mut due = Vec::new();
             for topic in image.topics.values() {
-                if topic
-                    .configs
-                    .get("remote.storage.enable")
-                    .map(String::as_str)
-                    == Some("false")
-                {
-                    continue;
-                }
                 for (i, meta) in topic.partitions.iter().enumerate() {
-                    if meta.leader != Some(state.id) {
+                    let key = (topic.id, i as i32);
+                    if meta.leader != Some(state.id)
+                        || health.get(&key).is_some_and(|h| h.retry_at > now)
+                    {
                         continue;
                     }
-                    let Some(part) = state.partition(topic.id, i as i32) else {
-                        continue;
-                    };
-                    let objects =
-                        PartitionObjects::new(self.store.clone(), &self.prefix, topic.id, i as i32);
-                    let done = tokio::select! {
-                        () = cancel.cancelled() => return,
-                        r = upload::upload_sealed(&part.log, &objects, meta.leader_epoch) => r,
-                    };
-                    match done {
-                        Ok(_) => {}
-                        Err(TierError::Fenced { ours, current }) => tracing::warn!(
-                            topic = %topic.name, partition = i, ours, current,
-                            "a newer leader owns this partition's manifest; not uploading"
-                        ),
-                        // Retried on the next pass; nothing local is deleted meanwhile.
-                        Err(e) => tracing::warn!(
-                            topic = %topic.name, partition = i, error = %e,
-                            "upload failed; retrying next pass"
-                        ),
+                    if let Some(part) = state.partition(topic.id, i as i32) {
+                        let orphans_due = health.get(&key).is_none_or(|h| h.orphans_due <= now);
+                        due.push((
+                            topic.clone(),
+                            i as i32,
+                            meta.leader_epoch,
+                            part,
+                            orphans_due,
+                        ));
+                    }
+                }
+            }
+            let results: Vec<_> = futures::stream::iter(due)
+                .map(|(topic, index, epoch, part, orphans_due)| {
+                    let state = state.clone();
+                    let this = self.clone();
+                    async move {
+                        let step = this.pass(&state, &topic, &part, epoch, orphans_due);
+                        let r = match tokio::time::timeout(timeout, step).await {
+                            Ok(r) => r,
+                            Err(_) => Err(format!("timed out after {timeout:?}")),
+                        };
+                        (topic, index, orphans_due, r)
+                    }
+                })
+                .buffer_unordered(parallel)
+                .take_until(cancel.cancelled())
+                .collect()
+                .await;
+            let now = Instant::now();
+            for (topic, index, orphans_due, r) in results {
+                let h = health.entry((topic.id, index)).or_insert(Health {
+                    failures: 0,
+                    retry_at: now,
+                    orphans_due: now,
+                });
+                match r {
+                    Ok(()) => {
+                        h.failures = 0;
+                        if orphans_due {
+                            h.orphans_due = now
+                                + Duration::from_millis(state.config.object_store.orphan_grace_ms);
+                        }
+                    }
+                    Err(error) => {
+                        h.failures += 1;
+                        let backoff =
+                            (every * 2u32.saturating_pow(h.failures.min(16))).min(max_backoff);
+                        h.retry_at = now + backoff;
+                        tracing::warn!(
+                            topic = %topic.name, partition = index, %error,
+                            failures = h.failures, retry_in = ?backoff,
+                            "tiering step failed; local data is kept until it succeeds"
+                        );
                     }
                 }
             }
         }
+    }
+
+    /// One partition's pass; see the module documentation for the order.
+    async fn pass(
+        &self,
+        state: &BrokerState,
+        topic: &TopicRecord,
+        part: &Arc<Partition>,
+        epoch: i32,
+        orphans_due: bool,
+    ) -> Result<(), String> {
+        let config = part.log.config();
+        let log = part.log.clone();
+        if !remote_enabled(topic) {
+            return blocking(move || log.apply_retention().map(drop)).await;
+        }
+        let remote = &part.remote;
+        if remote.manifest().is_none() {
+            state.recover(part).await.map_err(|e| e.to_string())?;
+        }
+        let objects = &remote.objects;
+        let fenced = |e: TierError| match e {
+            TierError::Fenced { ours, current } => {
+                format!("a newer leader (epoch {current}) owns the manifest; ours is {ours}")
+            }
+            e => e.to_string(),
+        };
+        let uploaded = upload::upload_sealed(&log, objects, epoch)
+            .await
+            .map_err(fenced)?;
+        remote.publish(uploaded.clone());
+        let local_beyond: u64 = log
+            .segments()
+            .iter()
+            .filter(|s| s.next_offset > uploaded.end_offset())
+            .map(|s| s.size_bytes)
+            .sum();
+        let (manifest, gone) = retention::apply_remote_retention(
+            objects,
+            epoch,
+            crate::group::now_ms(),
+            config.retention_ms,
+            config.retention_bytes,
+            local_beyond,
+        )
+        .await
+        .map_err(fenced)?;
+        if !gone.is_empty() {
+            remote.publish(manifest.clone());
+        }
+        let (local_ms, local_bytes) = local_retention(topic, &config);
+        let covered = manifest.end_offset();
+        blocking(move || {
+            // Below the whole log's start nothing is kept locally either.
+            let below_start =
+                log.evict_uploaded(manifest.log_start_offset, Some(Duration::ZERO), None)?;
+            let evicted = log.evict_uploaded(covered, local_ms, local_bytes)?;
+            if !below_start.is_empty() || !evicted.is_empty() {
+                tracing::debug!(
+                    segments = below_start.len() + evicted.len(),
+                    local_start = log.log_start_offset(),
+                    "uploaded segments evicted from local disk"
+                );
+            }
+            Ok(())
+        })
+        .await?;
+        if orphans_due {
+            let grace = Duration::from_millis(state.config.object_store.orphan_grace_ms);
+            let current = remote.manifest().unwrap_or_default();
+            retention::clean_orphans(objects, &current, grace)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+struct Health {
+    failures: u32,
+    retry_at: Instant,
+    orphans_due: Instant,
+}
+
+/// The local tail's retention: Kafka's `local.retention.ms/bytes`, where -2 means "as
+/// `retention.*`" and a local limit never exceeds the whole log's.
+fn local_retention(
+    topic: &TopicRecord,
+    config: &strata_storage::LogConfig,
+) -> (Option<Duration>, Option<u64>) {
+    let get = |k: &str| {
+        topic
+            .configs
+            .get(k)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(-2)
+    };
+    let ms = match get("local.retention.ms") {
+        -2 => config.retention_ms,
+        v if v < 0 => None,
+        v => Some(Duration::from_millis(v as u64)),
+    };
+    let bytes = match get("local.retention.bytes") {
+        -2 => config.retention_bytes,
+        v if v < 0 => None,
+        v => Some(v as u64),
+    };
+    (
+        tighter(ms, config.retention_ms),
+        tighter(bytes, config.retention_bytes),
+    )
+}
+
+/// The smaller of two optional limits (`None` = unlimited).
+fn tighter<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+async fn blocking(
+    f: impl FnOnce() -> Result<(), strata_storage::StorageError> + Send + 'static,
+) -> Result<(), String> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl BrokerState {
+    /// Reads a partition's manifest and makes the local log continue from the remote end: a
+    /// log that is empty (a wiped disk) or behind the object store is restarted at the
+    /// manifest's end, and the leader-epoch history is seeded from the remote segments.
+    pub(crate) async fn recover(&self, part: &Partition) -> Result<(), BrokerError> {
+        let manifest = part.remote.objects.latest().await?.unwrap_or_default();
+        let end = manifest.end_offset();
+        let log = &part.log;
+        if log.log_end_offset() < end {
+            tracing::info!(
+                topic_id = %part.topic_id, partition = part.remote.objects.partition(),
+                local_end = log.log_end_offset(), remote_end = end,
+                "local log is behind the object store; continuing from the remote end"
+            );
+            log.reset_to(end)?;
+            let mut epochs = part.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &manifest.segments {
+                epochs
+                    .assign(s.leader_epoch, s.base_offset)
+                    .map_err(|source| BrokerError::Io {
+                        op: "recording leader epochs",
+                        path: log.dir().to_owned(),
+                        source,
+                    })?;
+            }
+            part.end.send_replace(end);
+        }
+        part.remote.publish(manifest);
+        part.remote.pending_recovery.store(false, Ordering::Release);
+        Ok(())
     }
 }

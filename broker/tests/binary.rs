@@ -53,7 +53,16 @@ fn sigterm_shuts_the_broker_down_gracefully() {
         }
         assert!(Instant::now() < deadline, "never started");
     }
-    assert!(serving, "strata exited before serving");
+    if !serving {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        panic!(
+            "strata exited before serving: {:?}; stderr: {err}",
+            child.wait()
+        );
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -51,6 +51,9 @@ struct Inner {
     sealed: VecDeque<Segment>,
     active: Segment,
     log_start_offset: u64,
+    /// Wall-clock time the active segment was created or opened: `segment.ms` counts from it
+    /// when the segment's first batch carries no timestamp (Kafka uses the file's creation).
+    active_since: i64,
 }
 
 #[derive(Debug)]
@@ -111,6 +114,7 @@ impl Log {
                 sealed: segments,
                 active,
                 log_start_offset,
+                active_since: now,
             }),
             sync: Mutex::new(SyncState {
                 durable: log_end,
@@ -173,7 +177,15 @@ impl Log {
             let now = self.clock.now_ms();
             let first_offset = inner.active.next_offset;
             let last_offset = first_offset + record_count - 1;
-            if inner.roll_due(records.len() as u64, last_offset, now) {
+            let incoming_ts = match inner.config.timestamp_type {
+                TimestampType::LogAppendTime => now,
+                TimestampType::CreateTime => batches
+                    .iter()
+                    .map(|b| b.header.max_timestamp)
+                    .max()
+                    .unwrap_or(NO_TIMESTAMP),
+            };
+            if inner.roll_due(records.len() as u64, last_offset, incoming_ts, now) {
                 self.roll_locked(&mut inner)?;
             }
             let log_append_time =
@@ -397,6 +409,7 @@ impl Log {
         let log_start = inner.log_start_offset;
         let cut_at = inner.cut_point(offset)?;
         let new_end = if offset < log_start || cut_at < log_start {
+            inner.active_since = self.clock.now_ms();
             inner.reset(&self.dir, offset)?
         } else {
             inner.truncate(offset)?
@@ -411,6 +424,7 @@ impl Log {
     pub fn reset_to(&self, offset: u64) -> Result<(), StorageError> {
         self.check_online()?;
         let mut inner = self.write_inner();
+        inner.active_since = self.clock.now_ms();
         inner.reset(&self.dir, offset)?;
         self.forget_beyond(offset);
         inner.checkpoint(&self.dir, offset)
@@ -444,18 +458,42 @@ impl Log {
     /// Deletes the oldest sealed segments that fall outside `retention.ms` (by their largest
     /// timestamp) or `retention.bytes` (by total size); returns what was deleted.
     pub fn apply_retention(&self) -> Result<Vec<SegmentInfo>, StorageError> {
+        let (ms, bytes) = {
+            let inner = self.read_inner();
+            (inner.config.retention_ms, inner.config.retention_bytes)
+        };
+        self.retain(ms, bytes, u64::MAX)
+    }
+
+    /// Deletes the oldest sealed segments that end at or below `uploaded` (their data is in
+    /// object storage) and fall outside the local retention (`local.retention.ms/bytes`, by
+    /// the largest timestamp and by the local log's total size). Segments not yet uploaded are
+    /// never deleted, whatever their age. Returns what was deleted.
+    pub fn evict_uploaded(
+        &self,
+        uploaded: u64,
+        local_retention_ms: Option<std::time::Duration>,
+        local_retention_bytes: Option<u64>,
+    ) -> Result<Vec<SegmentInfo>, StorageError> {
+        self.retain(local_retention_ms, local_retention_bytes, uploaded)
+    }
+
+    fn retain(
+        &self,
+        retention_ms: Option<std::time::Duration>,
+        retention_bytes: Option<u64>,
+        deletable_below: u64,
+    ) -> Result<Vec<SegmentInfo>, StorageError> {
         self.check_online()?;
         let now = self.clock.now_ms();
         let mut inner = self.write_inner();
-        let by_time = inner
-            .config
-            .retention_ms
-            .map(|d| now.saturating_sub(d.as_millis() as i64));
-        let mut excess = inner
-            .config
-            .retention_bytes
+        let by_time = retention_ms.map(|d| now.saturating_sub(d.as_millis() as i64));
+        let mut excess = retention_bytes
             .map(|limit| inner.all().map(|s| s.size).sum::<u64>() as i128 - limit as i128);
         let deleted = inner.delete_sealed_while(|s| {
+            if s.next_offset > deletable_below {
+                return false;
+            }
             let expired = by_time.is_some_and(|cutoff| s.max_timestamp < cutoff);
             let oversize = excess.is_some_and(|e| e - s.size as i128 >= 0);
             if expired || oversize {
@@ -465,6 +503,9 @@ impl Log {
                 false
             }
         })?;
+        if !deleted.is_empty() {
+            inner.checkpoint(&self.dir, self.durable_offset())?;
+        }
         Ok(deleted)
     }
 
@@ -544,6 +585,7 @@ impl Log {
     fn roll_locked(&self, inner: &mut Inner) -> Result<u64, StorageError> {
         let fsync = inner.config.flush != FlushPolicy::Os;
         let end = inner.roll(&self.dir, fsync)?;
+        inner.active_since = self.clock.now_ms();
         if fsync {
             let mut st = self.lock_sync();
             st.durable = st.durable.max(end);
@@ -602,17 +644,23 @@ impl Inner {
     }
 
     /// Whether the active segment must roll before an append of `append_len` bytes ending at
-    /// `last_offset`: it is non-empty and would overflow its size, its relative offsets, or its
-    /// age.
-    fn roll_due(&self, append_len: u64, last_offset: u64, now: i64) -> bool {
+    /// `last_offset` whose largest timestamp is `incoming_ts`: it is non-empty and would
+    /// overflow its size, its relative offsets, or its age. As in Kafka, the age is the
+    /// incoming timestamp minus the first batch's, so records stamped long ago (a migration, a
+    /// replay) do not roll a segment per append; without timestamps it is wall-clock time
+    /// since the segment was opened.
+    fn roll_due(&self, append_len: u64, last_offset: u64, incoming_ts: i64, now: i64) -> bool {
         let a = &self.active;
         if a.is_empty() {
             return false;
         }
         let too_big = a.size + append_len > self.config.segment_bytes;
         let too_old = self.config.segment_ms.is_some_and(|ms| {
-            a.roll_timestamp
-                .is_some_and(|t| now.saturating_sub(t) >= ms.as_millis() as i64)
+            let waited = match a.roll_timestamp {
+                Some(t) if t >= 0 => incoming_ts.saturating_sub(t),
+                _ => now.saturating_sub(self.active_since),
+            };
+            waited >= ms.as_millis() as i64
         });
         too_big || too_old || !a.can_hold(last_offset)
     }

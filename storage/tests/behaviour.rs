@@ -71,6 +71,43 @@ fn segment_rolls_once_its_first_batch_is_segment_ms_old() {
 }
 
 #[test]
+fn records_stamped_long_ago_roll_by_their_own_timestamps_not_the_wall_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A year after the records' timestamps, as when a topic is migrated or replayed in.
+    let clock = Arc::new(ManualClock::new(1_000_000 + 365 * 24 * 3_600_000));
+    let cfg = LogConfig {
+        segment_ms: Some(Duration::from_millis(500)),
+        ..config()
+    };
+    let log = Log::open_with_clock(dir.path(), cfg, clock.clone()).expect("open");
+    for ts in [1_000_000, 1_000_100, 1_000_499] {
+        log.append(&mut common::one(10, ts), 0).expect("append");
+    }
+    assert_eq!(log.segments().len(), 1, "old timestamps alone do not roll");
+    log.append(&mut common::one(10, 1_000_500), 0)
+        .expect("append");
+    assert_eq!(log.segments().len(), 2);
+    // Records without a timestamp (-1) age by the wall clock since the segment was opened.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open_with_clock(
+        dir.path(),
+        LogConfig {
+            segment_ms: Some(Duration::from_millis(500)),
+            ..config()
+        },
+        clock.clone(),
+    )
+    .expect("open");
+    log.append(&mut common::one(10, -1), 0).expect("append");
+    clock.advance(499);
+    log.append(&mut common::one(10, -1), 0).expect("append");
+    assert_eq!(log.segments().len(), 1);
+    clock.advance(1);
+    log.append(&mut common::one(10, -1), 0).expect("append");
+    assert_eq!(log.segments().len(), 2);
+}
+
+#[test]
 fn offset_for_timestamp_finds_the_first_record_at_or_after_every_timestamp() {
     for interval in [1, 700, 4096] {
         let dir = tempfile::tempdir().expect("tempdir");

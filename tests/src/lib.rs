@@ -5,11 +5,13 @@
 //! The tests live under `tests/tests/`; this library holds the helpers they share.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use object_store::ObjectStore;
 use strata_broker::Broker;
 use strata_broker::config::BrokerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +24,7 @@ pub struct TestBroker {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     tweak: Box<dyn Fn(&mut BrokerConfig) + Send + Sync>,
+    store: Option<Arc<dyn ObjectStore>>,
 }
 
 impl std::fmt::Debug for TestBroker {
@@ -41,12 +44,29 @@ impl TestBroker {
 
     /// Starts a broker with settings changed by `tweak`.
     pub async fn start_with(tweak: impl Fn(&mut BrokerConfig) + Send + Sync + 'static) -> Self {
+        Self::start_on_store(None, tweak).await
+    }
+
+    /// Starts a broker whose tiered storage goes to `store` (when given) instead of its
+    /// data directory's `objects/`.
+    pub async fn start_on_store(
+        store: Option<Arc<dyn ObjectStore>>,
+        tweak: impl Fn(&mut BrokerConfig) + Send + Sync + 'static,
+    ) -> Self {
+        // `RUST_LOG=strata_broker=debug cargo nextest run …` shows the broker's log.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let mut b = Self {
             broker: None,
             dir,
             addr: "127.0.0.1:0".parse().expect("addr"),
             tweak: Box::new(tweak),
+            store,
         };
         b.boot().await;
         b
@@ -67,7 +87,7 @@ impl TestBroker {
         let listener = TcpListener::bind(self.addr)
             .await
             .expect("bind kafka listener");
-        let broker = Broker::start_with_listener(self.config(), listener)
+        let broker = Broker::start_with_store(self.config(), listener, self.store.clone())
             .await
             .expect("broker starts");
         self.addr = broker.local_addr();
@@ -91,9 +111,16 @@ impl TestBroker {
 
     /// Shuts the broker down gracefully and starts it again on the same port and data.
     pub async fn restart(&mut self) {
+        self.restart_after(|_| {}).await;
+    }
+
+    /// Shuts the broker down, runs `between` on its data directory (to wipe it, say), and
+    /// starts it again on the same port.
+    pub async fn restart_after(&mut self, between: impl FnOnce(&std::path::Path)) {
         if let Some(b) = self.broker.take() {
             b.shutdown().await;
         }
+        between(self.dir.path());
         self.boot().await;
     }
 

@@ -37,8 +37,13 @@ async fn sealed_segments_are_uploaded_with_a_manifest() {
     assert_eq!(created.topics[0].error_code, 0);
     let topic_id = created.topics[0].topic_id;
     let value = vec![b'v'; 1000];
+    // Current timestamps: records from 1970 would fall outside retention.ms and be deleted.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
     for i in 0..100 {
-        let batch = BatchBuilder::new().value(None, &value, i).build();
+        let batch = BatchBuilder::new().value(None, &value, now + i).build();
         let r = c
             .call(
                 9,

@@ -14,6 +14,9 @@ use kafka_protocol::messages::{
 };
 use tokio::time::Instant;
 
+use strata_storage::StorageError;
+use strata_storage::tier::manifest::Manifest;
+
 use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::{BrokerState, Partition};
 
@@ -93,13 +96,14 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Byt
             .filter_map(|w| w.target.as_ref().ok().map(|p| p.end.subscribe()))
             .collect();
         let w = wanted.clone();
-        let results = tokio::task::spawn_blocking(move || read_all(&w, max_bytes))
+        let slots = tokio::task::spawn_blocking(move || read_local(&w, max_bytes))
             .await
             .map_err(|e| FrameError::Malformed {
                 api: frame.api,
                 version: frame.version,
                 reason: format!("fetch task failed: {e}"),
             })?;
+        let results = read_remote(state, slots, max_bytes).await;
         let bytes: usize = results
             .iter()
             .map(|r| r.records.as_ref().map_or(0, Bytes::len))
@@ -122,9 +126,22 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Byt
     }
 }
 
-/// Reads every wanted partition, within the response's byte budget. The first partition with
-/// data may exceed it by one batch (Kafka's rule, so a large batch cannot block a consumer).
-fn read_all(wanted: &[Wanted], max_bytes: usize) -> Vec<PartitionData> {
+/// A partition's answer, or the remote read that will give it.
+enum Slot {
+    Done(PartitionData),
+    Remote {
+        data: PartitionData,
+        part: Arc<Partition>,
+        manifest: Arc<Manifest>,
+        offset: u64,
+        limit: usize,
+    },
+}
+
+/// Reads every wanted partition's local data, within the response's byte budget. The first
+/// partition with data may exceed it by one batch (Kafka's rule, so a large batch cannot block
+/// a consumer). Offsets below the local log that object storage holds become remote reads.
+fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
     let mut budget = max_bytes;
     let mut any = false;
     wanted
@@ -137,31 +154,108 @@ fn read_all(wanted: &[Wanted], max_bytes: usize) -> Vec<PartitionData> {
                 .with_log_start_offset(-1);
             let part = match &w.target {
                 Ok(p) => p,
-                Err(e) => return data.with_error_code(e.code()),
+                Err(e) => return Slot::Done(data.with_error_code(e.code())),
             };
             let log = &part.log;
             let end = log.log_end_offset() as i64;
             let data = data
                 .with_high_watermark(end)
                 .with_last_stable_offset(end)
-                .with_log_start_offset(log.log_start_offset() as i64);
+                .with_log_start_offset(part.log_start_offset() as i64);
             let Ok(offset) = u64::try_from(w.offset) else {
-                return data.with_error_code(ResponseError::OffsetOutOfRange.code());
+                return Slot::Done(data.with_error_code(ResponseError::OffsetOutOfRange.code()));
             };
             let limit = w.max_bytes.min(if any { budget } else { budget.max(1) });
             if limit == 0 {
-                return data.with_records(Some(Bytes::new()));
+                return Slot::Done(data.with_records(Some(Bytes::new())));
             }
-            match log.read(offset, limit) {
+            // Read locally first: local eviction only follows a published manifest, so an
+            // offset the local log no longer has is found remotely on the retry below.
+            let local = if offset >= log.log_start_offset() {
+                log.read(offset, limit)
+            } else {
+                Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: log.log_start_offset(),
+                    log_end: end as u64,
+                })
+            };
+            match local {
                 Ok(bytes) => {
                     if !bytes.is_empty() {
                         any = true;
                         budget = budget.saturating_sub(bytes.len());
                     }
-                    data.with_records(Some(bytes))
+                    Slot::Done(data.with_records(Some(bytes)))
                 }
-                Err(e) => data.with_error_code(storage_error_code(&e).code()),
+                Err(StorageError::OffsetOutOfRange { .. }) if offset < end as u64 => {
+                    match part.remote.manifest() {
+                        // The manifest is not read yet: retriable.
+                        None => Slot::Done(
+                            data.with_error_code(ResponseError::KafkaStorageError.code()),
+                        ),
+                        Some(m) if offset >= m.log_start_offset && offset < m.end_offset() => {
+                            any = true;
+                            budget = budget.saturating_sub(limit);
+                            Slot::Remote {
+                                data,
+                                part: part.clone(),
+                                manifest: m,
+                                offset,
+                                limit,
+                            }
+                        }
+                        Some(_) => {
+                            Slot::Done(data.with_error_code(ResponseError::OffsetOutOfRange.code()))
+                        }
+                    }
+                }
+                Err(e) => Slot::Done(data.with_error_code(storage_error_code(&e).code())),
             }
+        })
+        .collect()
+}
+
+/// Runs the remote reads of a fetch concurrently (each from the chunk cache or the object
+/// store, off the blocking threads), then applies the response budget in partition order.
+async fn read_remote(
+    state: &BrokerState,
+    slots: Vec<Slot>,
+    max_bytes: usize,
+) -> Vec<PartitionData> {
+    let reader = &state.tiering.reader;
+    let answers = futures::future::join_all(slots.into_iter().map(|slot| async move {
+        match slot {
+            Slot::Done(data) => data,
+            Slot::Remote {
+                data,
+                part,
+                manifest,
+                offset,
+                limit,
+            } => match reader
+                .read(&part.remote.objects, &manifest, offset, limit)
+                .await
+            {
+                Ok(bytes) => data.with_records(Some(bytes)),
+                Err(e) => {
+                    tracing::warn!(topic_id = %part.topic_id, offset, error = %e, "remote read failed");
+                    data.with_error_code(ResponseError::KafkaStorageError.code())
+                }
+            },
+        }
+    }))
+    .await;
+    let mut total = 0usize;
+    answers
+        .into_iter()
+        .map(|data| {
+            let n = data.records.as_ref().map_or(0, Bytes::len);
+            if n > 0 && total > 0 && total + n > max_bytes {
+                return data.with_records(Some(Bytes::new()));
+            }
+            total += n;
+            data
         })
         .collect()
 }
@@ -200,10 +294,7 @@ pub(super) async fn list_offsets(
             let resp = match target {
                 Err(e) => resp.with_error_code(e.code()),
                 Ok((part, epoch)) => {
-                    let ts = p.timestamp;
-                    let found = tokio::task::spawn_blocking(move || lookup(&part, ts))
-                        .await
-                        .unwrap_or(Err(ResponseError::UnknownServerError));
+                    let found = lookup(state, part, p.timestamp).await;
                     match found {
                         Ok(Some((offset, timestamp))) => resp
                             .with_offset(offset)
@@ -227,22 +318,69 @@ pub(super) async fn list_offsets(
 
 /// Kafka's special timestamps: -1 latest, -2 earliest, -3 the record with the largest
 /// timestamp, -4 earliest local; otherwise the first offset with a timestamp at or after it.
-fn lookup(part: &Partition, timestamp: i64) -> Result<Option<(i64, i64)>, ResponseError> {
-    let log = &part.log;
-    let err = |e: strata_storage::StorageError| storage_error_code(&e);
+/// Object storage is consulted only for data the local log no longer holds.
+async fn lookup(
+    state: &BrokerState,
+    part: Arc<Partition>,
+    timestamp: i64,
+) -> Result<Option<(i64, i64)>, ResponseError> {
+    let log = part.log.clone();
+    let local_start = log.log_start_offset();
+    let only_remote = part
+        .remote
+        .manifest()
+        .filter(|m| m.log_start_offset < local_start && !m.segments.is_empty());
+    let remote = |ts: i64| {
+        let part = part.clone();
+        let manifest = only_remote.clone();
+        async move {
+            let Some(m) = manifest else { return Ok(None) };
+            state
+                .tiering
+                .reader
+                .offset_for_timestamp(&part.remote.objects, &m, ts)
+                .await
+                .map(|found| found.filter(|off| *off < local_start.max(m.log_start_offset)))
+                .map_err(|e| {
+                    tracing::warn!(topic_id = %part.topic_id, error = %e, "remote time lookup failed");
+                    ResponseError::KafkaStorageError
+                })
+        }
+    };
+    let local = move |ts: i64| {
+        let log = log.clone();
+        async move {
+            tokio::task::spawn_blocking(move || match ts {
+                -3 => log.max_timestamp().map(|m| m.map(|(ts, off)| (off, ts))),
+                t => log.offset_for_timestamp(t).map(|o| o.map(|off| (off, t))),
+            })
+            .await
+            .map_err(|_| ResponseError::UnknownServerError)?
+            .map_err(|e| storage_error_code(&e))
+        }
+    };
+    let as_answer = |found: Option<(u64, i64)>| found.map(|(off, ts)| (off as i64, ts));
     Ok(match timestamp {
-        -1 => Some((log.log_end_offset() as i64, -1)),
-        -2 | -4 => Some((log.log_start_offset() as i64, -1)),
-        -3 => log
-            .max_timestamp()
-            .map_err(err)?
-            .map(|(ts, off)| (off as i64, ts)),
+        -1 => Some((part.log.log_end_offset() as i64, -1)),
+        -2 => Some((part.log_start_offset() as i64, -1)),
+        -4 => Some((local_start as i64, -1)),
+        -3 => {
+            let local = local(-3).await?;
+            let remote_max = only_remote
+                .as_ref()
+                .and_then(|m| m.segments.iter().map(|s| s.max_timestamp).max())
+                .filter(|ts| local.is_none_or(|(_, l)| *ts > l));
+            match remote_max {
+                Some(ts) => as_answer(remote(ts).await?.map(|off| (off, ts)).or(local)),
+                None => as_answer(local),
+            }
+        }
         // The log finds the offset but not that record's timestamp; the requested one is a
         // lower bound of it, and Kafka clients require a non-negative value here.
-        t if t >= 0 => log
-            .offset_for_timestamp(t)
-            .map_err(err)?
-            .map(|off| (off as i64, t)),
+        t if t >= 0 => match remote(t).await? {
+            Some(off) => Some((off as i64, t)),
+            None => as_answer(local(t).await?),
+        },
         _ => return Err(ResponseError::InvalidRequest),
     })
 }

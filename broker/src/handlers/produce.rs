@@ -147,6 +147,12 @@ fn append_blocking(
     records: &[u8],
     leader_epoch: i32,
 ) -> Result<(Landed, u64), Failure> {
+    if part.remote.recovering() {
+        return Err((
+            ResponseError::NotLeaderOrFollower,
+            Some("the partition is still reading its object-store manifest".into()),
+        ));
+    }
     // The first append of a new leader epoch records where the epoch starts; it holds the
     // epoch lock across the append so no later offset can claim the start.
     let mut epochs = part.epochs.lock().unwrap_or_else(|p| p.into_inner());

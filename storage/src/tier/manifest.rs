@@ -35,6 +35,10 @@ pub struct RemoteSegment {
     pub size_bytes: u64,
     /// Epoch of the leader that uploaded it (part of its object keys).
     pub leader_epoch: i32,
+    /// CRC of its last batch: a later leader holding a segment of the same shape checks it
+    /// to tell its own data from a diverged copy before skipping the upload.
+    #[serde(default)]
+    pub last_batch_crc: u32,
 }
 
 /// One version of a partition's manifest.
@@ -82,6 +86,8 @@ impl Manifest {
 pub struct PartitionObjects {
     store: Arc<dyn ObjectStore>,
     root: Path,
+    topic_id: Uuid,
+    partition: i32,
 }
 
 impl PartitionObjects {
@@ -92,7 +98,27 @@ impl PartitionObjects {
             .join("topics")
             .join(topic_id.to_string())
             .join(partition.to_string());
-        Self { store, root }
+        Self {
+            store,
+            root,
+            topic_id,
+            partition,
+        }
+    }
+
+    /// The topic's id.
+    pub fn topic_id(&self) -> Uuid {
+        self.topic_id
+    }
+
+    /// The partition's index.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// The prefix every object of this partition lives under.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The object store these objects live in.
@@ -215,6 +241,7 @@ mod tests {
             max_timestamp: 0,
             size_bytes: end - base,
             leader_epoch: epoch,
+            last_batch_crc: 0,
         }
     }
 

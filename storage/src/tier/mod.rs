@@ -2,6 +2,9 @@
 //! manifest.
 //!
 //! - [`store`] opens the object store a URL names (`file://`, `s3://`, `memory://`).
+//! - [`read`] serves remote segments through a foyer chunk cache with read-ahead.
+//! - [`retention`] drops remote segments outside `retention.ms/bytes` and objects no manifest
+//!   names.
 //! - [`manifest`] keeps each partition's list of remote segments as immutable, numbered
 //!   manifest objects written with a create-only conditional put and carrying the writer's
 //!   leader epoch, so two writers can never both commit a version and a fenced (older-epoch)
@@ -11,7 +14,10 @@
 //! `<prefix>/topics/<topic-id>/<partition>/<base-offset>-<epoch>.{log,index,timeindex}` and
 //! `<prefix>/topics/<topic-id>/<partition>/manifest/<version>.json`.
 
+pub mod fault;
 pub mod manifest;
+pub mod read;
+pub mod retention;
 pub mod store;
 pub mod upload;
 
@@ -57,6 +63,28 @@ pub enum TierError {
         #[source]
         source: std::io::Error,
     },
+    /// The chunk cache failed.
+    #[error("remote read cache: {0}")]
+    Cache(String),
+    /// The offset is not in any remote segment.
+    #[error("offset {offset} is not in object storage")]
+    NotRemote {
+        /// The offset asked for.
+        offset: u64,
+    },
+    /// A remote segment's bytes do not hold whole batches where they should.
+    #[error("remote segment {key} is corrupt at byte {position}: {reason}")]
+    Corrupt {
+        /// The object.
+        key: String,
+        /// Where.
+        position: u64,
+        /// What was wrong.
+        reason: &'static str,
+    },
+    /// The reader is shutting down.
+    #[error("remote reader closed")]
+    Closed,
     /// Every attempt lost the race to another writer.
     #[error("manifest commit kept losing races after {attempts} attempts")]
     Contended {

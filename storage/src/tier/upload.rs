@@ -13,9 +13,14 @@ use crate::{Log, SegmentInfo};
 /// Files above this size go up as multipart uploads of this part size.
 pub const MULTIPART_PART: usize = 8 << 20;
 
-/// Uploads every sealed, durable segment of `log` that ends past the manifest's end, and
-/// commits each one as leader of `epoch` (objects first, manifest after, so a manifest never
-/// names a missing object). Returns the newest manifest.
+/// Uploads every sealed, durable segment of `log` that the manifest does not already hold,
+/// and commits each one as leader of `epoch` (objects first, manifest after, so a manifest
+/// never names a missing object). Returns the newest manifest.
+///
+/// A remote segment holds a local one when it has the same offsets and size and either this
+/// epoch uploaded it or its last batch has the same CRC. So a new leader re-uploads (and,
+/// through [`Manifest::with_segment`], replaces) whatever an older leader uploaded from a
+/// diverged copy, and skips what it holds identically.
 pub async fn upload_sealed(
     log: &Log,
     objects: &PartitionObjects,
@@ -23,17 +28,27 @@ pub async fn upload_sealed(
 ) -> Result<Manifest, TierError> {
     let mut manifest = objects.latest().await?.unwrap_or_default();
     let durable = log.durable_offset();
-    let pending: Vec<SegmentInfo> = log
+    let sealed: Vec<SegmentInfo> = log
         .segments()
         .into_iter()
         .filter(|s| {
             s.sealed
                 && s.next_offset > s.base_offset
                 && s.next_offset <= durable
-                && s.next_offset > manifest.end_offset()
+                && s.next_offset > manifest.log_start_offset
         })
         .collect();
-    for seg in pending {
+    for seg in sealed {
+        let crc = last_batch_crc(log, &seg)?;
+        let held = manifest.segments.iter().any(|r| {
+            r.base_offset == seg.base_offset
+                && r.end_offset == seg.next_offset
+                && r.size_bytes == seg.size_bytes
+                && (r.leader_epoch == epoch || r.last_batch_crc == crc)
+        });
+        if held {
+            continue;
+        }
         for (path, ext) in [
             (&seg.log_path, "log"),
             (&seg.offset_index_path, "index"),
@@ -52,6 +67,7 @@ pub async fn upload_sealed(
             max_timestamp: seg.max_timestamp.unwrap_or(-1),
             size_bytes: seg.size_bytes,
             leader_epoch: epoch,
+            last_batch_crc: crc,
         };
         manifest = objects
             .commit(epoch, |m| m.with_segment(remote.clone()))
@@ -64,6 +80,17 @@ pub async fn upload_sealed(
         );
     }
     Ok(manifest)
+}
+
+/// The CRC of a sealed segment's last batch.
+fn last_batch_crc(log: &Log, seg: &SegmentInfo) -> Result<u32, TierError> {
+    let bytes = log
+        .read(seg.next_offset - 1, 1)
+        .map_err(|e| TierError::Local {
+            path: seg.log_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok(crate::BatchHeader::parse(&bytes).map_or(0, |h| h.crc))
 }
 
 /// Puts one local file, multipart when it is large. File reads are async (tokio) so a large
@@ -187,5 +214,113 @@ mod tests {
             .expect("bytes");
         assert_eq!(got.len(), data.len());
         assert!(got[..] == data[..]);
+    }
+}
+
+#[cfg(test)]
+mod two_leaders {
+    use std::sync::Arc;
+
+    use object_store::memory::InMemory;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::tier::read::{CacheConfig, RemoteReader};
+    use crate::{BatchBuilder, LogConfig};
+
+    fn log_with(dir: &std::path::Path, tag: u8, batches: i64, epoch: i32) -> Log {
+        let log = Log::open(
+            dir,
+            LogConfig {
+                segment_bytes: 2048,
+                segment_ms: None,
+                ..LogConfig::default()
+            },
+        )
+        .expect("open");
+        for i in 0..batches {
+            let mut b = BatchBuilder::new().value(None, &[tag; 500], i).build();
+            log.append(&mut b, epoch).expect("append");
+        }
+        log.roll().expect("roll");
+        log.flush().expect("flush");
+        log
+    }
+
+    /// Two brokers both believe they lead: the stale one (epoch 3) holds a diverged copy of
+    /// the partition, the current one (epoch 5) the real one. They upload at the same time,
+    /// over and over. One manifest history survives, it never names the stale leader's
+    /// segments past the point where the current leader's start, and every byte of the
+    /// current leader's log reads back from object storage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_current_leaders_history_survives_concurrent_uploads() {
+        for round in 0..10 {
+            let (a, b) = (
+                tempfile::tempdir().expect("dir"),
+                tempfile::tempdir().expect("dir"),
+            );
+            let stale = Arc::new(log_with(a.path(), b's', 30, 3));
+            let current = Arc::new(log_with(b.path(), b'c', 40, 5));
+            let store = Arc::new(InMemory::new());
+            let objects = PartitionObjects::new(store, &Path::from("x"), Uuid::nil(), 0);
+            let (o1, o2) = (objects.clone(), objects.clone());
+            let (s, c) = (stale.clone(), current.clone());
+            // Round 0: the stale leader uploads everything first. Then they race.
+            let stale_result = if round == 0 {
+                let r = upload_sealed(&s, &o1, 3).await;
+                upload_sealed(&c, &o2, 5).await.expect("current leader");
+                r
+            } else {
+                let stale_task = tokio::spawn(async move { upload_sealed(&s, &o1, 3).await });
+                let current_task = tokio::spawn(async move { upload_sealed(&c, &o2, 5).await });
+                let r = stale_task.await.expect("task");
+                current_task
+                    .await
+                    .expect("task")
+                    .expect("the current leader is never fenced");
+                r
+            };
+            // Whatever the interleaving, the current leader's next pass completes its upload
+            // and the stale one is refused from then on.
+            let m = upload_sealed(&current, &objects, 5)
+                .await
+                .expect("catch up");
+            assert!(
+                matches!(
+                    upload_sealed(&stale, &objects, 3).await,
+                    Err(TierError::Fenced { .. })
+                ),
+                "round {round}: stale leader fenced (earlier result {:?})",
+                stale_result.map(|m| m.version)
+            );
+            assert_eq!(m.end_offset(), current.log_end_offset(), "round {round}");
+            let mut next = 0;
+            for s in &m.segments {
+                assert_eq!(
+                    s.base_offset, next,
+                    "round {round}: contiguous {:?}",
+                    m.segments
+                );
+                next = s.end_offset;
+            }
+            let reader = RemoteReader::open(CacheConfig::default())
+                .await
+                .expect("cache");
+            let mut offset = 0;
+            while offset < m.end_offset() {
+                let remote = reader
+                    .read(&objects, &m, offset, 1 << 20)
+                    .await
+                    .expect("read");
+                let local = current.read(offset, remote.len()).expect("local");
+                assert_eq!(&remote[..], &local[..], "round {round}: offset {offset}");
+                let mut pos = 0;
+                while pos < remote.len() {
+                    let h = crate::BatchHeader::parse(&remote[pos..]).expect("header");
+                    offset = h.last_offset() as u64 + 1;
+                    pos += h.total_len();
+                }
+            }
+        }
     }
 }

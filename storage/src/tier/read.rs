@@ -1,0 +1,688 @@
+//! Reading remote segments: aligned byte ranges ("chunks") of segment objects through a foyer
+//! hybrid cache (memory, and local disk when configured), with read-ahead for sequential
+//! readers so a replay streams instead of waiting on one GET per fetch.
+//!
+//! A read locates its batch with the segment's remote offset index (fetched once, decoded and
+//! kept), walks batch headers from there through the cached chunks and answers whole batches,
+//! byte for byte as they were uploaded. Concurrent readers of one chunk share one GET (foyer's
+//! single-flight `get_or_fetch`); GETs are bounded by a semaphore shared with read-ahead.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::TierError;
+use super::manifest::{Manifest, PartitionObjects, RemoteSegment};
+use crate::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
+use crate::index::{OffsetEntry, SparseIndex, TimeEntry};
+
+/// GET attempts for one chunk before the error surfaces to the reader.
+const GET_ATTEMPTS: u32 = 3;
+/// Decoded remote indexes kept; the map is cleared when it grows past this.
+const INDEXES_KEPT: usize = 1024;
+
+/// Settings of the remote read path.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Bytes of chunks kept in memory.
+    pub memory_bytes: usize,
+    /// Bytes of chunks kept on local disk (0: memory only).
+    pub disk_bytes: usize,
+    /// Directory of the disk cache.
+    pub disk_dir: Option<PathBuf>,
+    /// Size (and alignment) of one ranged GET.
+    pub chunk_bytes: u64,
+    /// Chunks fetched ahead of a sequential reader.
+    pub readahead_chunks: u64,
+    /// GETs in flight at once, reads and read-ahead together.
+    pub max_concurrent_gets: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 256 << 20,
+            disk_bytes: 0,
+            disk_dir: None,
+            chunk_bytes: 4 << 20,
+            readahead_chunks: 4,
+            max_concurrent_gets: 16,
+        }
+    }
+}
+
+/// Which object of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Log,
+    Index,
+    TimeIndex,
+}
+
+impl Kind {
+    fn ext(self) -> &'static str {
+        match self {
+            Kind::Log => "log",
+            Kind::Index => "index",
+            Kind::TimeIndex => "timeindex",
+        }
+    }
+}
+
+/// The cache key of one chunk: a segment object (by partition, base offset and the uploading
+/// leader's epoch, which name it uniquely and immutably) and the chunk's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChunkKey {
+    topic_id: u128,
+    partition: i32,
+    base_offset: u64,
+    epoch: i32,
+    kind: u8,
+    chunk: u64,
+}
+
+impl foyer::Code for ChunkKey {
+    fn encode(&self, w: &mut impl std::io::Write) -> foyer::Result<()> {
+        let mut b = [0u8; 41];
+        b[..16].copy_from_slice(&self.topic_id.to_le_bytes());
+        b[16..20].copy_from_slice(&self.partition.to_le_bytes());
+        b[20..28].copy_from_slice(&self.base_offset.to_le_bytes());
+        b[28..32].copy_from_slice(&self.epoch.to_le_bytes());
+        b[32] = self.kind;
+        b[33..41].copy_from_slice(&self.chunk.to_le_bytes());
+        w.write_all(&b).map_err(foyer::Error::io_error)
+    }
+
+    fn decode(r: &mut impl std::io::Read) -> foyer::Result<Self> {
+        let mut b = [0u8; 41];
+        r.read_exact(&mut b).map_err(foyer::Error::io_error)?;
+        let arr = |r: Range<usize>| -> [u8; 16] {
+            let mut a = [0u8; 16];
+            a[..r.len()].copy_from_slice(&b[r]);
+            a
+        };
+        let a4 = |at: usize| [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        let a8 = |at: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[at..at + 8]);
+            a
+        };
+        Ok(Self {
+            topic_id: u128::from_le_bytes(arr(0..16)),
+            partition: i32::from_le_bytes(a4(16)),
+            base_offset: u64::from_le_bytes(a8(20)),
+            epoch: i32::from_le_bytes(a4(28)),
+            kind: b[32],
+            chunk: u64::from_le_bytes(a8(33)),
+        })
+    }
+
+    fn estimated_size(&self) -> usize {
+        41
+    }
+}
+
+type IndexKey = (Uuid, i32, u64, i32);
+
+/// Reads remote segments through the chunk cache. One per broker, shared by all partitions.
+pub struct RemoteReader {
+    cache: HybridCache<ChunkKey, Bytes>,
+    config: CacheConfig,
+    gets: Arc<Semaphore>,
+    offset_indexes: Mutex<HashMap<IndexKey, Arc<SparseIndex<OffsetEntry>>>>,
+    time_indexes: Mutex<HashMap<IndexKey, Arc<SparseIndex<TimeEntry>>>>,
+    /// Where each partition's last read ended: (segment base, byte position). A read that
+    /// starts there is sequential and triggers read-ahead.
+    last_read: Mutex<HashMap<(Uuid, i32), (u64, u64)>>,
+}
+
+impl std::fmt::Debug for RemoteReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteReader")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The segment of `manifest` holding `offset`.
+fn segment_of(manifest: &Manifest, offset: u64) -> Option<(usize, &RemoteSegment)> {
+    let i = manifest
+        .segments
+        .partition_point(|s| s.end_offset <= offset);
+    let seg = manifest.segments.get(i)?;
+    (seg.base_offset <= offset && offset >= manifest.log_start_offset).then_some((i, seg))
+}
+
+impl RemoteReader {
+    /// Builds the cache: memory always, a disk tier when `disk_bytes > 0`.
+    pub async fn open(config: CacheConfig) -> Result<Self, TierError> {
+        let cache_err = |e: foyer::Error| TierError::Cache(e.to_string());
+        if config.chunk_bytes < HEADER_LEN as u64 {
+            return Err(TierError::Config {
+                key: "cache.chunk_bytes",
+                reason: format!("{} is smaller than a batch header", config.chunk_bytes),
+            });
+        }
+        let builder = HybridCacheBuilder::new()
+            .with_name("strata-remote")
+            .memory(config.memory_bytes.max(1))
+            .with_weighter(|_: &ChunkKey, v: &Bytes| v.len())
+            .storage();
+        let cache = match (&config.disk_dir, config.disk_bytes) {
+            (Some(dir), bytes) if bytes > 0 => {
+                let device = FsDeviceBuilder::new(dir)
+                    .with_capacity(bytes)
+                    .build()
+                    .map_err(cache_err)?;
+                // A block holds whole entries: room for a chunk and its encoding overhead.
+                let block = (config.chunk_bytes as usize + 4096).next_power_of_two();
+                builder
+                    .with_engine_config(BlockEngineConfig::new(device).with_block_size(block))
+                    .build()
+                    .await
+            }
+            _ => builder.build().await,
+        }
+        .map_err(cache_err)?;
+        Ok(Self {
+            cache,
+            gets: Arc::new(Semaphore::new(config.max_concurrent_gets.max(1))),
+            config,
+            offset_indexes: Mutex::new(HashMap::new()),
+            time_indexes: Mutex::new(HashMap::new()),
+            last_read: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whole batches from the remote segment holding `from`, starting with the batch that
+    /// contains it, up to `max_bytes` but at least one batch. Reads stop at the segment's end;
+    /// the caller reads on from the next offset.
+    pub async fn read(
+        &self,
+        objects: &PartitionObjects,
+        manifest: &Manifest,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<Bytes, TierError> {
+        let Some((i, seg)) = segment_of(manifest, from) else {
+            return Err(TierError::NotRemote { offset: from });
+        };
+        let mut cursor = Cursor::new(self, objects, seg);
+        let index = self.offset_index(objects, seg).await?;
+        let rel = (from - seg.base_offset).min(u64::from(u32::MAX)) as u32;
+        let mut pos = index
+            .floor(|e| e.rel_offset <= rel)
+            .map_or(0, |e| u64::from(e.position));
+        // Find the batch holding `from`.
+        loop {
+            let Some(h) = cursor.header(pos).await? else {
+                return Ok(Bytes::new());
+            };
+            if h.last_offset() >= from as i64 {
+                break;
+            }
+            pos += h.total_len() as u64;
+        }
+        let start = pos;
+        let mut end = pos;
+        while let Some(h) = cursor.header(end).await? {
+            let len = h.total_len() as u64;
+            if end > start && end + len - start > max_bytes as u64 {
+                break;
+            }
+            end += len;
+            if end - start >= max_bytes as u64 {
+                break;
+            }
+        }
+        let out = cursor.bytes(start..end).await?;
+        self.after_read(objects, manifest, i, start, end);
+        Ok(out)
+    }
+
+    /// The first offset at or after `timestamp` in the remote segments (Kafka's ListOffsets by
+    /// time), with the timestamp of the batch found; `None` when every remote record is older.
+    pub async fn offset_for_timestamp(
+        &self,
+        objects: &PartitionObjects,
+        manifest: &Manifest,
+        timestamp: i64,
+    ) -> Result<Option<u64>, TierError> {
+        let log_start = manifest.log_start_offset as i64;
+        for seg in manifest
+            .segments
+            .iter()
+            .filter(|s| s.end_offset > manifest.log_start_offset && s.max_timestamp >= timestamp)
+        {
+            let times = self.time_index(objects, seg).await?;
+            let offsets = self.offset_index(objects, seg).await?;
+            let rel = times
+                .floor(|e| e.timestamp < timestamp)
+                .map_or(0, |e| e.rel_offset);
+            let mut pos = offsets
+                .floor(|e| e.rel_offset <= rel)
+                .map_or(0, |e| u64::from(e.position));
+            let mut cursor = Cursor::new(self, objects, seg);
+            while let Some(h) = cursor.header(pos).await? {
+                let len = h.total_len() as u64;
+                if h.max_timestamp >= timestamp && h.last_offset() >= log_start {
+                    let bytes = cursor.bytes(pos..pos + len).await?;
+                    let found = batch::first_offset_where(&bytes, &h, |off, ts| {
+                        off >= log_start && ts >= timestamp
+                    });
+                    if let Some(off) = found {
+                        return Ok(Some(off as u64));
+                    }
+                }
+                pos += len;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Remembers where this read ended and, when it continued the previous one, fetches the
+    /// next chunks (into the following segments too) in the background.
+    fn after_read(
+        &self,
+        objects: &PartitionObjects,
+        manifest: &Manifest,
+        seg_index: usize,
+        start: u64,
+        end: u64,
+    ) {
+        let seg = &manifest.segments[seg_index];
+        let key = (objects.topic_id(), objects.partition());
+        let previous = {
+            let mut last = self
+                .last_read
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            last.insert(key, (seg.base_offset, end))
+        };
+        let sequential = match previous {
+            Some((base, pos)) if base == seg.base_offset => pos == start,
+            // The previous read ended a segment, this one starts the next.
+            Some((base, _)) => {
+                seg_index > 0 && manifest.segments[seg_index - 1].base_offset == base
+            }
+            None => false,
+        };
+        if !sequential || self.config.readahead_chunks == 0 {
+            return;
+        }
+        let chunk = self.config.chunk_bytes;
+        let mut want = self.config.readahead_chunks;
+        let mut next = end.saturating_sub(1) / chunk + 1;
+        for s in &manifest.segments[seg_index..] {
+            let chunks = s.size_bytes.div_ceil(chunk);
+            while next < chunks && want > 0 {
+                let (key, path, range) = self.locate(objects, s, Kind::Log, next);
+                let fetch = self.fetcher(objects.store().clone(), path, range);
+                let cache = self.cache.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = cache.get_or_fetch(&key, fetch).await {
+                        tracing::debug!(error = %e, "read-ahead failed; the reader will retry");
+                    }
+                });
+                next += 1;
+                want -= 1;
+            }
+            if want == 0 {
+                break;
+            }
+            next = 0;
+        }
+    }
+
+    fn locate(
+        &self,
+        objects: &PartitionObjects,
+        seg: &RemoteSegment,
+        kind: Kind,
+        chunk: u64,
+    ) -> (ChunkKey, Path, Range<u64>) {
+        let key = ChunkKey {
+            topic_id: objects.topic_id().as_u128(),
+            partition: objects.partition(),
+            base_offset: seg.base_offset,
+            epoch: seg.leader_epoch,
+            kind: kind as u8,
+            chunk,
+        };
+        let path = objects.segment_key(seg.base_offset, seg.leader_epoch, kind.ext());
+        let size = seg.size_bytes;
+        let range =
+            chunk * self.config.chunk_bytes..((chunk + 1) * self.config.chunk_bytes).min(size);
+        (key, path, range)
+    }
+
+    /// A GET of `range` of `path` (the whole object for an empty range), retried with backoff,
+    /// holding a permit of the shared GET budget.
+    fn fetcher(
+        &self,
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        range: Range<u64>,
+    ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Result<Bytes, TierError>> + use<>
+    {
+        let gets = self.gets.clone();
+        move || {
+            Box::pin(async move {
+                let _permit = gets.acquire_owned().await.map_err(|_| TierError::Closed)?;
+                let mut attempt = 0;
+                loop {
+                    let got = if range.is_empty() {
+                        match store.get(&path).await {
+                            Ok(r) => r.bytes().await,
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        store.get_range(&path, range.clone()).await
+                    };
+                    match got {
+                        Ok(b) => return Ok(b),
+                        Err(e @ object_store::Error::NotFound { .. }) => return Err(e.into()),
+                        Err(e) if attempt + 1 >= GET_ATTEMPTS => return Err(e.into()),
+                        Err(e) => {
+                            attempt += 1;
+                            tracing::debug!(%path, error = %e, attempt, "remote GET failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                        }
+                    }
+                }
+            })
+        }
+    }
+
+    /// One chunk of a segment object, from the cache or fetched into it.
+    async fn chunk(
+        &self,
+        objects: &PartitionObjects,
+        seg: &RemoteSegment,
+        kind: Kind,
+        chunk: u64,
+    ) -> Result<Bytes, TierError> {
+        let (key, path, range) = self.locate(objects, seg, kind, chunk);
+        // Indexes are fetched whole (their size is not in the manifest): an empty range.
+        let range = if kind == Kind::Log { range } else { 0..0 };
+        let fetch = self.fetcher(objects.store().clone(), path, range);
+        let entry = self.cache.get_or_fetch(&key, fetch).await.map_err(|e| {
+            TierError::Cache(
+                e.downcast_ref::<TierError>()
+                    .map_or_else(|| e.to_string(), ToString::to_string),
+            )
+        })?;
+        Ok(entry.value().clone())
+    }
+
+    async fn offset_index(
+        &self,
+        objects: &PartitionObjects,
+        seg: &RemoteSegment,
+    ) -> Result<Arc<SparseIndex<OffsetEntry>>, TierError> {
+        self.index(objects, seg, Kind::Index, &self.offset_indexes)
+            .await
+    }
+
+    async fn time_index(
+        &self,
+        objects: &PartitionObjects,
+        seg: &RemoteSegment,
+    ) -> Result<Arc<SparseIndex<TimeEntry>>, TierError> {
+        self.index(objects, seg, Kind::TimeIndex, &self.time_indexes)
+            .await
+    }
+
+    /// A segment's remote index, decoded once. An index that does not decode is replaced by
+    /// an empty one: lookups then scan from the segment's start, slower but correct.
+    async fn index<E: crate::index::Entry>(
+        &self,
+        objects: &PartitionObjects,
+        seg: &RemoteSegment,
+        kind: Kind,
+        kept: &Mutex<HashMap<IndexKey, Arc<SparseIndex<E>>>>,
+    ) -> Result<Arc<SparseIndex<E>>, TierError> {
+        let key = (
+            objects.topic_id(),
+            objects.partition(),
+            seg.base_offset,
+            seg.leader_epoch,
+        );
+        if let Some(i) = kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(i.clone());
+        }
+        let bytes = self.chunk(objects, seg, kind, 0).await?;
+        let index = Arc::new(SparseIndex::decode(&bytes, seg.size_bytes).unwrap_or_else(
+            |reason| {
+                tracing::warn!(base = seg.base_offset, %reason, "remote index unusable; scanning");
+                SparseIndex::default()
+            },
+        ));
+        let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() >= INDEXES_KEPT {
+            kept.clear();
+        }
+        kept.insert(key, index.clone());
+        Ok(index)
+    }
+}
+
+/// Walks one remote segment's bytes, holding the chunk last used.
+struct Cursor<'a> {
+    reader: &'a RemoteReader,
+    objects: &'a PartitionObjects,
+    seg: &'a RemoteSegment,
+    held: Option<(u64, Bytes)>,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(
+        reader: &'a RemoteReader,
+        objects: &'a PartitionObjects,
+        seg: &'a RemoteSegment,
+    ) -> Self {
+        Self {
+            reader,
+            objects,
+            seg,
+            held: None,
+        }
+    }
+
+    async fn chunk(&mut self, n: u64) -> Result<Bytes, TierError> {
+        if let Some((held, bytes)) = &self.held
+            && *held == n
+        {
+            return Ok(bytes.clone());
+        }
+        let bytes = self
+            .reader
+            .chunk(self.objects, self.seg, Kind::Log, n)
+            .await?;
+        let want = (self.seg.size_bytes - n * self.reader.config.chunk_bytes)
+            .min(self.reader.config.chunk_bytes);
+        if bytes.len() as u64 != want {
+            return Err(self.corrupt(n * self.reader.config.chunk_bytes, "short chunk"));
+        }
+        self.held = Some((n, bytes.clone()));
+        Ok(bytes)
+    }
+
+    /// The bytes of `range`: a slice of one chunk, or a copy joining several.
+    async fn bytes(&mut self, range: Range<u64>) -> Result<Bytes, TierError> {
+        let size = self.reader.config.chunk_bytes;
+        let first = range.start / size;
+        let last = range.end.saturating_sub(1) / size;
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        if first == last {
+            let c = self.chunk(first).await?;
+            let at = (range.start - first * size) as usize;
+            return Ok(c.slice(at..at + (range.end - range.start) as usize));
+        }
+        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
+        for n in first..=last {
+            let c = self.chunk(n).await?;
+            let from = range.start.max(n * size) - n * size;
+            let to = range.end.min((n + 1) * size) - n * size;
+            out.extend_from_slice(&c[from as usize..to as usize]);
+        }
+        Ok(out.freeze())
+    }
+
+    /// The header of the batch at `pos`; `None` at the segment's end. A header that does not
+    /// fit the object is corruption, reported rather than followed.
+    async fn header(&mut self, pos: u64) -> Result<Option<BatchHeader>, TierError> {
+        let size = self.seg.size_bytes;
+        if pos >= size {
+            return Ok(None);
+        }
+        if pos + HEADER_LEN as u64 > size {
+            return Err(self.corrupt(pos, "truncated batch header"));
+        }
+        let bytes = self.bytes(pos..pos + HEADER_LEN as u64).await?;
+        let h = BatchHeader::parse(&bytes).ok_or_else(|| self.corrupt(pos, "short header"))?;
+        if (h.batch_length as i64) < (HEADER_LEN - LOG_OVERHEAD) as i64
+            || pos + h.total_len() as u64 > size
+        {
+            return Err(self.corrupt(pos, "batch length outside the segment"));
+        }
+        Ok(Some(h))
+    }
+
+    fn corrupt(&self, pos: u64, what: &'static str) -> TierError {
+        TierError::Corrupt {
+            key: self
+                .objects
+                .segment_key(self.seg.base_offset, self.seg.leader_epoch, "log")
+                .to_string(),
+            position: pos,
+            reason: what,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::tier::upload::upload_sealed;
+    use crate::{BatchBuilder, Log, LogConfig};
+
+    /// A log of `n` batches (two records each, timestamps 1000 + 10·i) with small segments,
+    /// uploaded; returns it with its manifest.
+    async fn uploaded(n: i64) -> (tempfile::TempDir, Log, PartitionObjects, Manifest) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(
+            dir.path(),
+            LogConfig {
+                segment_bytes: 8 * 1024,
+                index_interval_bytes: 512,
+                segment_ms: None,
+                ..LogConfig::default()
+            },
+        )
+        .expect("open");
+        for i in 0..n {
+            let v = vec![(i % 251) as u8; 300 + (i as usize % 7) * 40];
+            let mut b = BatchBuilder::new()
+                .value(Some(b"k"), &v, 1000 + 10 * i)
+                .value(None, &v[..10], 1000 + 10 * i + 5)
+                .build();
+            log.append(&mut b, 1).expect("append");
+        }
+        log.roll().expect("roll");
+        log.flush().expect("flush");
+        let objects =
+            PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
+        let m = upload_sealed(&log, &objects, 1).await.expect("upload");
+        (dir, log, objects, m)
+    }
+
+    fn small_chunks() -> CacheConfig {
+        // Chunks smaller than a segment, not aligned to batches: reads cross chunk edges.
+        CacheConfig {
+            chunk_bytes: 1000,
+            readahead_chunks: 2,
+            memory_bytes: 1 << 20,
+            ..CacheConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn remote_reads_answer_the_bytes_the_local_log_holds_from_every_offset() {
+        let (_dir, log, objects, m) = uploaded(120).await;
+        assert_eq!(m.end_offset(), log.log_end_offset());
+        assert!(m.segments.len() > 5, "{} segments", m.segments.len());
+        let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        for from in 0..m.end_offset() {
+            for max in [1, 700, 5000] {
+                let remote = reader.read(&objects, &m, from, max).await.expect("remote");
+                let local = log.read(from, max).expect("local");
+                // The remote read stops at its segment's end; the local one may go on.
+                assert!(!remote.is_empty(), "offset {from}");
+                assert_eq!(
+                    &local[..remote.len()],
+                    &remote[..],
+                    "offset {from} max {max}"
+                );
+            }
+        }
+        let past = reader.read(&objects, &m, m.end_offset(), 100).await;
+        assert!(matches!(past, Err(TierError::NotRemote { .. })));
+    }
+
+    #[tokio::test]
+    async fn remote_time_lookups_match_the_local_log() {
+        let (_dir, log, objects, m) = uploaded(80).await;
+        let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        for ts in [0, 1000, 1004, 1005, 1006, 1333, 1555, 1795, 1796, 5000] {
+            assert_eq!(
+                reader
+                    .offset_for_timestamp(&objects, &m, ts)
+                    .await
+                    .expect("remote"),
+                log.offset_for_timestamp(ts).expect("local"),
+                "timestamp {ts}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_segment_is_reported_not_followed() {
+        let (_dir, _log, objects, m) = uploaded(20).await;
+        let seg = &m.segments[0];
+        let key = objects.segment_key(seg.base_offset, seg.leader_epoch, "log");
+        let mut bytes = objects
+            .store()
+            .get(&key)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes")
+            .to_vec();
+        // The batch's length field claims more than the segment holds.
+        bytes[8..12].copy_from_slice(&i32::MAX.to_be_bytes());
+        objects.store().put(&key, bytes.into()).await.expect("put");
+        let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        let got = reader.read(&objects, &m, seg.base_offset, 1 << 20).await;
+        assert!(matches!(got, Err(TierError::Corrupt { .. })), "{got:?}");
+    }
+}

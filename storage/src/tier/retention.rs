@@ -1,0 +1,263 @@
+//! Retention of remote data and cleanup of objects no manifest names.
+//!
+//! Remote segments leave in two steps: a manifest version without them is committed first,
+//! then their objects are deleted, so a reader never follows a manifest to a missing object.
+//! A crash between the steps leaves unreferenced objects behind; so does a crash between an
+//! upload and its commit. [`clean_orphans`] deletes such objects once they are older than a
+//! grace period (long enough that no live upload can still be about to commit them).
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+
+use super::TierError;
+use super::manifest::{Manifest, PartitionObjects, RemoteSegment};
+
+impl Manifest {
+    /// This manifest without `gone`, its log start moved past them.
+    pub fn without(&self, gone: &[RemoteSegment]) -> Manifest {
+        let mut next = self.clone();
+        next.segments.retain(|s| !gone.contains(s));
+        let past = gone
+            .iter()
+            .map(|s| s.end_offset)
+            .max()
+            .unwrap_or(next.log_start_offset);
+        next.log_start_offset = next.log_start_offset.max(past);
+        next
+    }
+
+    /// The oldest segments outside `retention_ms` (by largest timestamp, against `now_ms`) or
+    /// beyond `retention_bytes` of the whole log, whose other part (`local_bytes` not yet in
+    /// the manifest) counts towards the size.
+    pub fn expired(
+        &self,
+        now_ms: i64,
+        retention_ms: Option<Duration>,
+        retention_bytes: Option<u64>,
+        local_bytes: u64,
+    ) -> Vec<RemoteSegment> {
+        let cutoff = retention_ms.map(|d| now_ms.saturating_sub(d.as_millis() as i64));
+        let total: u64 = self.segments.iter().map(|s| s.size_bytes).sum::<u64>() + local_bytes;
+        let mut excess = retention_bytes.map(|limit| total as i128 - limit as i128);
+        let mut gone = Vec::new();
+        for s in &self.segments {
+            let expired = cutoff.is_some_and(|c| s.max_timestamp < c);
+            let oversize = excess.is_some_and(|e| e - s.size_bytes as i128 >= 0);
+            if !(expired || oversize) {
+                break;
+            }
+            excess = excess.map(|e| e - s.size_bytes as i128);
+            gone.push(s.clone());
+        }
+        gone
+    }
+}
+
+/// The files of one remote segment.
+const EXTENSIONS: [&str; 3] = ["log", "index", "timeindex"];
+
+/// Drops remote segments outside the whole log's retention: commits a manifest without them
+/// (as leader of `epoch`), then deletes their objects. Returns the manifest in force and the
+/// segments removed.
+pub async fn apply_remote_retention(
+    objects: &PartitionObjects,
+    epoch: i32,
+    now_ms: i64,
+    retention_ms: Option<Duration>,
+    retention_bytes: Option<u64>,
+    local_bytes: u64,
+) -> Result<(Manifest, Vec<RemoteSegment>), TierError> {
+    let current = objects.latest().await?.unwrap_or_default();
+    let gone = current.expired(now_ms, retention_ms, retention_bytes, local_bytes);
+    if gone.is_empty() {
+        return Ok((current, gone));
+    }
+    let next = objects.commit(epoch, |m| m.without(&gone)).await?;
+    for s in &gone {
+        delete_segment(objects, s.base_offset, s.leader_epoch).await?;
+    }
+    tracing::debug!(
+        segments = gone.len(),
+        log_start = next.log_start_offset,
+        "remote segments past retention deleted"
+    );
+    Ok((next, gone))
+}
+
+async fn delete_segment(
+    objects: &PartitionObjects,
+    base_offset: u64,
+    epoch: i32,
+) -> Result<(), TierError> {
+    for ext in EXTENSIONS {
+        match objects
+            .store()
+            .delete(&objects.segment_key(base_offset, epoch, ext))
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Deletes segment objects of this partition that `manifest` does not name and that were
+/// last modified more than `grace` ago; returns how many objects went.
+pub async fn clean_orphans(
+    objects: &PartitionObjects,
+    manifest: &Manifest,
+    grace: Duration,
+) -> Result<usize, TierError> {
+    let listed: Vec<_> = objects
+        .store()
+        .list(Some(objects.root()))
+        .try_collect()
+        .await?;
+    let cutoff = chrono::Utc::now() - grace;
+    let mut deleted = 0;
+    for meta in listed {
+        let Some(name) = meta.location.filename() else {
+            continue;
+        };
+        let Some((base, epoch)) = parse_segment_name(name) else {
+            continue;
+        };
+        let named = manifest
+            .segments
+            .iter()
+            .any(|s| s.base_offset == base && s.leader_epoch == epoch);
+        if named || meta.last_modified > cutoff {
+            continue;
+        }
+        match objects.store().delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, root = %objects.root(), "orphaned segment objects deleted");
+    }
+    Ok(deleted)
+}
+
+/// `<base>-<epoch>.<ext>` of a segment object.
+fn parse_segment_name(name: &str) -> Option<(u64, i32)> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    if !EXTENSIONS.contains(&ext) {
+        return None;
+    }
+    let (base, epoch) = stem.split_once('-')?;
+    Some((base.parse().ok()?, epoch.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use object_store::memory::InMemory;
+    use object_store::path::Path;
+    use object_store::{ObjectStore, PutPayload};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn seg(base: u64, end: u64, ts: i64) -> RemoteSegment {
+        RemoteSegment {
+            base_offset: base,
+            end_offset: end,
+            max_timestamp: ts,
+            size_bytes: 100,
+            leader_epoch: 1,
+            last_batch_crc: 0,
+        }
+    }
+
+    #[test]
+    fn expiry_takes_the_oldest_segments_by_time_and_by_whole_log_size() {
+        let m = Manifest {
+            segments: vec![seg(0, 10, 1_000), seg(10, 20, 2_000), seg(20, 30, 9_000)],
+            ..Manifest::default()
+        };
+        let ms = |v| Some(Duration::from_millis(v));
+        assert_eq!(
+            m.expired(10_000, ms(8_500), None, 0),
+            vec![seg(0, 10, 1_000)]
+        );
+        assert_eq!(m.expired(10_000, None, None, 0), vec![]);
+        // 300 remote + 150 local against 250: two segments must go.
+        assert_eq!(
+            m.expired(10_000, None, Some(250), 150),
+            vec![seg(0, 10, 1_000), seg(10, 20, 2_000)]
+        );
+        // Everything older than a millisecond goes.
+        assert_eq!(m.expired(10_000, ms(1), None, 0).len(), 3);
+        let next = m.without(&m.expired(10_000, ms(8_500), None, 0));
+        assert_eq!(next.log_start_offset, 10);
+        assert_eq!(next.segments.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn retention_commits_first_then_deletes_and_orphans_go_after_the_grace() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let objects = PartitionObjects::new(store.clone(), &Path::from("c"), Uuid::nil(), 0);
+        for (base, end, ts) in [(0, 10, 1_000), (10, 20, 9_000)] {
+            for ext in EXTENSIONS {
+                store
+                    .put(
+                        &objects.segment_key(base, 1, ext),
+                        PutPayload::from_static(b"x"),
+                    )
+                    .await
+                    .expect("put");
+            }
+            objects
+                .commit(1, |m| m.with_segment(seg(base, end, ts)))
+                .await
+                .expect("commit");
+        }
+        // An upload that crashed before its commit.
+        let orphan = objects.segment_key(20, 1, "log");
+        store
+            .put(&orphan, PutPayload::from_static(b"x"))
+            .await
+            .expect("put");
+        let (m, gone) = apply_remote_retention(
+            &objects,
+            1,
+            10_000,
+            Some(Duration::from_millis(5_000)),
+            None,
+            0,
+        )
+        .await
+        .expect("retention");
+        assert_eq!(gone, vec![seg(0, 10, 1_000)]);
+        assert_eq!(m.log_start_offset, 10);
+        assert!(store.head(&objects.segment_key(0, 1, "log")).await.is_err());
+        assert!(store.head(&objects.segment_key(10, 1, "log")).await.is_ok());
+        // Within the grace period the orphan stays (a live upload may be about to commit it).
+        assert_eq!(
+            clean_orphans(&objects, &m, Duration::from_secs(3600))
+                .await
+                .expect("clean"),
+            0
+        );
+        assert_eq!(
+            clean_orphans(&objects, &m, Duration::ZERO)
+                .await
+                .expect("clean"),
+            1
+        );
+        assert!(store.head(&orphan).await.is_err());
+        assert!(
+            store
+                .head(&objects.segment_key(10, 1, "index"))
+                .await
+                .is_ok()
+        );
+        assert!(objects.latest().await.expect("latest").is_some());
+    }
+}
