@@ -82,12 +82,13 @@ impl Broker {
             path: config.log_dir(),
             source,
         })?;
+        // The object store first: when it is unusable, nothing else has started yet.
+        let tiering = Arc::new(Tiering::open(&config, store).await?);
         let controller = start_controller(&config).await?;
         let addrs: Vec<String> = match &controller {
             Some(node) => vec![node.local_addr().to_string()],
             None => config.voters()?.into_values().collect(),
         };
-        let tiering = Arc::new(Tiering::open(&config, store).await?);
         let state = Arc::new(BrokerState::new(
             config,
             ControllerClient::new(addrs),

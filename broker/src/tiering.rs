@@ -104,11 +104,27 @@ impl Tiering {
     ) -> Result<Self, BrokerError> {
         let (store, prefix) = match injected {
             Some(store) => (store, Path::default()),
-            None => store::open(&config.store_config()?)?,
+            None => {
+                let sc = config.store_config()?;
+                if config.object_store.create_bucket {
+                    store::create_bucket(&sc).await?;
+                }
+                let (store, prefix) = store::open(&sc)?;
+                if let Some(Err(e)) = store.list(Some(&prefix)).next().await {
+                    let hint = if config.object_store.create_bucket {
+                        ""
+                    } else {
+                        " (if the bucket does not exist, create it or set \
+                         object_store.create_bucket = true)"
+                    };
+                    return Err(BrokerError::Tier(TierError::Unreachable {
+                        url: sc.url,
+                        reason: format!("listing {prefix}: {e}{hint}"),
+                    }));
+                }
+                (store, prefix)
+            }
         };
-        if let Some(Err(e)) = store.list(Some(&prefix)).next().await {
-            return Err(BrokerError::Tier(TierError::Store(e)));
-        }
         let reader = RemoteReader::open(config.cache_config()).await?;
         Ok(Self {
             store,

@@ -4,6 +4,8 @@
 //!
 //! The tests live under `tests/tests/`; this library holds the helpers they share.
 
+pub mod s3;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

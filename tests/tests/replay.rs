@@ -2,14 +2,15 @@
 //! object store, local disk keeps only the local-retention window, a consumer replays
 //! everything from offset 0 (through the remote read path), and a broker whose data
 //! directory was wiped serves it all again and continues from the uploaded end.
-//! Also: an object-store outage (errors, hangs, slowness) does not stop produce or tail
-//! reads, deletes nothing un-uploaded, and uploads catch up afterwards.
+//! The object store is a real S3 server (s3s-fs, in-process) reached through object_store's S3
+//! client and checked independently with aws-sdk-s3.
+//! Also: an object-store outage (errors, hangs, slowness, the S3 server stopped) does not
+//! stop produce or tail reads, deletes nothing un-uploaded, and uploads catch up afterwards.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -19,12 +20,15 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use strata_storage::tier::fault::{Fault, FaultSwitch, FaultyStore};
+use strata_storage::tier::fault::{Fault, FaultyStore};
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
 use strata_tests::TestBroker;
+use strata_tests::s3::S3Server;
 use uuid::Uuid;
 
 const BASE_TS: i64 = 1_760_000_000_000;
+const BUCKET: &str = "strata-replay";
+const PREFIX: &str = "cluster-a";
 const VALUE: usize = 1024;
 
 /// Record `i`: partition `i % partitions`, key `i`, a value derived from `i`.
@@ -158,11 +162,16 @@ fn replay_and_check(bootstrap: &str, topic: &str, ends: &[i64]) -> Duration {
     started.elapsed()
 }
 
-/// The newest manifest of each partition of `topic_id`.
-async fn manifests(store: &Arc<dyn ObjectStore>, topic_id: Uuid, partitions: i32) -> Vec<Manifest> {
+/// The newest manifest of each partition of `topic_id` under `prefix`.
+async fn manifests(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    topic_id: Uuid,
+    partitions: i32,
+) -> Vec<Manifest> {
     let mut out = Vec::new();
     for p in 0..partitions {
-        let objects = PartitionObjects::new(store.clone(), &Path::default(), topic_id, p);
+        let objects = PartitionObjects::new(store.clone(), &Path::from(prefix), topic_id, p);
         out.push(
             objects
                 .latest()
@@ -208,6 +217,26 @@ fn watermarks(c: &BaseConsumer, topic: &str, p: i32) -> (i64, i64) {
         .expect("watermarks")
 }
 
+/// Every object under `prefix` in the test bucket with its size, listed by aws-sdk-s3.
+async fn list_bucket(
+    aws: &aws_sdk_s3::Client,
+    prefix: &str,
+) -> std::collections::HashMap<String, i64> {
+    let mut out = std::collections::HashMap::new();
+    let mut pages = aws
+        .list_objects_v2()
+        .bucket(BUCKET)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for o in page.expect("list the bucket").contents() {
+            out.insert(o.key().expect("key").to_owned(), o.size().expect("size"));
+        }
+    }
+    out
+}
+
 /// How many MiB the replay test produces: 1 GiB unless `STRATA_REPLAY_MIB` says otherwise.
 fn replay_mib() -> u64 {
     std::env::var("STRATA_REPLAY_MIB")
@@ -221,12 +250,23 @@ async fn a_gib_replays_from_object_storage_and_survives_a_wiped_disk() {
     const PARTITIONS: i32 = 2;
     const SEGMENT: u64 = 4 << 20;
     const LOCAL_BYTES: u64 = 8 << 20;
-    let mut broker = TestBroker::start_with(|c| {
+    // A real S3 server; the broker creates its bucket at start-up.
+    let s3 = S3Server::start().await;
+    let endpoint = s3.endpoint();
+    let mut broker = TestBroker::start_with(move |c| {
+        S3Server::configure(&endpoint, c, BUCKET, PREFIX);
+        c.object_store.create_bucket = true;
         c.object_store.upload_interval_ms = 100;
         c.cache.memory_bytes = 64 << 20;
         c.cache.chunk_bytes = 1 << 20;
     })
     .await;
+    let aws = s3.client();
+    aws.head_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("the broker created the bucket");
     let bootstrap = broker.bootstrap();
     let topic = "replay";
     create_topic(
@@ -246,15 +286,13 @@ async fn a_gib_replays_from_object_storage_and_survives_a_wiped_disk() {
     produce(&p, topic, PARTITIONS as u64, 0, records).await;
     let produce_secs = t.elapsed().as_secs_f64();
     let id = topic_id(&broker, topic);
-    let store: Arc<dyn ObjectStore> = Arc::new(
-        LocalFileSystem::new_with_prefix(broker.data_dir().join("objects")).expect("objects dir"),
-    );
+    let store = s3.store(BUCKET);
 
     // Uploads catch up and local disk shrinks to the local-retention window (plus the
     // active segment and the one being sealed).
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let ms = manifests(&store, id, PARTITIONS).await;
+        let ms = manifests(&store, PREFIX, id, PARTITIONS).await;
         let local: Vec<u64> = (0..PARTITIONS)
             .map(|p| dir_bytes(&broker.data_dir().join(format!("logs/{topic}-{p}")), "log"))
             .collect();
@@ -276,23 +314,21 @@ async fn a_gib_replays_from_object_storage_and_survives_a_wiped_disk() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let listed: Vec<_> = futures::TryStreamExt::try_collect::<Vec<_>>(
-        store.list(Some(&Path::from(format!("topics/{id}/0")))),
-    )
-    .await
-    .expect("list");
-    let logs = listed
-        .iter()
-        .filter(|m| m.location.as_ref().ends_with(".log"))
-        .count();
-    let manifests_listed = listed
-        .iter()
-        .filter(|m| m.location.as_ref().contains("/manifest/"))
-        .count();
-    assert!(
-        logs >= 2 && manifests_listed >= 1,
-        "{logs} segments, {manifests_listed} manifests"
-    );
+    // Seen independently through aws-sdk-s3: every segment object and manifest version the
+    // newest manifest names is in the bucket, at the size it records.
+    let ms = manifests(&store, PREFIX, id, PARTITIONS).await;
+    for (part, m) in ms.iter().enumerate() {
+        let objects = PartitionObjects::new(store.clone(), &Path::from(PREFIX), id, part as i32);
+        let listed = list_bucket(&aws, &format!("{}/", objects.root())).await;
+        for seg in &m.segments {
+            let key = objects
+                .segment_key(seg.base_offset, seg.leader_epoch, "log")
+                .to_string();
+            assert_eq!(listed.get(&key), Some(&(seg.size_bytes as i64)), "{key}");
+        }
+        let versions = listed.keys().filter(|k| k.contains("/manifest/")).count();
+        assert!(versions >= 1, "partition {part}: no manifest in the bucket");
+    }
 
     // Replay everything from offset 0: most of it is only in the object store now.
     let c = consumer(&bootstrap);
@@ -311,7 +347,7 @@ async fn a_gib_replays_from_object_storage_and_survives_a_wiped_disk() {
     broker
         .restart_after(|dir| std::fs::remove_dir_all(dir.join("logs")).expect("wipe logs"))
         .await;
-    let ms = manifests(&store, id, PARTITIONS).await;
+    let ms = manifests(&store, PREFIX, id, PARTITIONS).await;
     let uploaded: Vec<i64> = ms.iter().map(|m| m.end_offset() as i64).collect();
     let c = consumer(&bootstrap);
     for part in 0..PARTITIONS {
@@ -372,9 +408,10 @@ async fn an_object_store_outage_keeps_produce_and_tail_reads_working() {
     .await;
     let id = topic_id(&broker, topic);
     let mut load = Load::new(&bootstrap, topic);
-    load.step(&switch, Fault::Healthy, 500).await;
-    let remote_end =
-        |inner: Arc<dyn ObjectStore>| async move { manifests(&inner, id, 1).await[0].end_offset() };
+    load.step(Fault::Healthy, 500).await;
+    let remote_end = |inner: Arc<dyn ObjectStore>| async move {
+        manifests(&inner, "", id, 1).await[0].end_offset()
+    };
     // Uploads happen and uploaded segments leave the local disk.
     let deadline = Instant::now() + Duration::from_secs(30);
     while remote_end(inner.clone()).await == 0 {
@@ -390,7 +427,7 @@ async fn an_object_store_outage_keeps_produce_and_tail_reads_working() {
         // Let a request that passed the switch before it flipped finish.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         let before = remote_end(inner.clone()).await;
-        load.step(&switch, fault, 400).await;
+        load.step(fault, 400).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         if fault != Fault::Slow(Duration::from_millis(300)) {
             assert_eq!(
@@ -427,6 +464,121 @@ async fn an_object_store_outage_keeps_produce_and_tail_reads_working() {
     broker.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_s3_server_keeps_produce_and_tail_reads_working() {
+    let mut s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let endpoint = s3.endpoint();
+    let broker = TestBroker::start_with(move |c| {
+        S3Server::configure(&endpoint, c, BUCKET, PREFIX);
+        c.object_store.upload_interval_ms = 100;
+        c.object_store.operation_timeout_ms = 1_000;
+        c.object_store.max_backoff_ms = 400;
+    })
+    .await;
+    let bootstrap = broker.bootstrap();
+    let topic = "s3-down";
+    create_topic(
+        &bootstrap,
+        topic,
+        1,
+        &[
+            ("segment.bytes", "65536"),
+            ("local.retention.bytes", "0"),
+            ("retention.ms", "-1"),
+        ],
+    )
+    .await;
+    let id = topic_id(&broker, topic);
+    let store = s3.store(BUCKET);
+    let remote_end = || async { manifests(&store, PREFIX, id, 1).await[0].end_offset() };
+    let mut load = Load::new(&bootstrap, topic);
+    load.step("up", 500).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while remote_end().await == 0 {
+        assert!(Instant::now() < deadline, "nothing uploaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let a pass that was mid-commit finish, then take the server away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = remote_end().await;
+    s3.stop().await;
+    for round in 0..3 {
+        load.step(("stopped", round), 400).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (local_start, end) = local_range(&broker, topic);
+        assert!(
+            local_start <= before,
+            "local start {local_start} is past what was uploaded ({before})"
+        );
+        assert_eq!(end, load.produced);
+    }
+    s3.resume().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (local_start, end) = local_range(&broker, topic);
+        let remote = remote_end().await;
+        let segments = dir_count(&broker.data_dir().join(format!("logs/{topic}-0")), "log");
+        if segments == 1 && local_start == remote {
+            assert!(remote > before, "uploads caught up");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up: remote end {remote}, local {local_start}..{end}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    replay_and_check(&bootstrap, topic, &[load.produced as i64]);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_stops_start_up_unless_create_bucket_is_set() {
+    let s3 = S3Server::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |create: bool| {
+        let mut c = strata_broker::config::BrokerConfig {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        c.kafka.listen = "127.0.0.1:0".into();
+        c.controller.listen = "127.0.0.1:0".into();
+        S3Server::configure(&s3.endpoint(), &mut c, "not-yet", "p");
+        c.object_store.create_bucket = create;
+        c
+    };
+    let err = strata_broker::Broker::start(config(false))
+        .await
+        .expect_err("no bucket, no start");
+    let text = err.to_string();
+    assert!(
+        text.contains("s3://not-yet/p") && text.contains("create_bucket"),
+        "{text}"
+    );
+    let aws = s3.client();
+    assert!(aws.head_bucket().bucket("not-yet").send().await.is_err());
+    for _ in 0..2 {
+        // Creates the bucket, then finds it there.
+        let broker = strata_broker::Broker::start(config(true))
+            .await
+            .expect("starts");
+        broker.shutdown().await;
+        aws.head_bucket()
+            .bucket("not-yet")
+            .send()
+            .await
+            .expect("bucket created");
+    }
+    // Wrong credentials are refused at start-up, not at the first upload.
+    let mut bad = config(false);
+    bad.object_store.secret_access_key = Some("wrong".into());
+    let err = strata_broker::Broker::start(bad)
+        .await
+        .expect_err("bad credentials");
+    assert!(err.to_string().contains("not usable"), "{err}");
+}
+
 /// A producer and a tail consumer of one partition.
 struct Load {
     topic: &'static str,
@@ -452,10 +604,9 @@ impl Load {
         }
     }
 
-    /// Under `fault`, produces `n` records (all acknowledged) and has the tail consumer read
-    /// them.
-    async fn step(&mut self, switch: &FaultSwitch, fault: Fault, n: u64) {
-        switch.set(fault);
+    /// Produces `n` records (all acknowledged) and has the tail consumer read them; `what`
+    /// names the store's condition.
+    async fn step(&mut self, what: impl std::fmt::Debug, n: u64) {
         produce(
             &self.producer,
             self.topic,
@@ -469,7 +620,7 @@ impl Load {
         while self.consumed < self.produced {
             assert!(
                 Instant::now() < deadline,
-                "{fault:?}: tail stuck at {}",
+                "{what:?}: tail stuck at {}",
                 self.consumed
             );
             if let Some(m) = self.tail.poll(Duration::from_millis(200)) {

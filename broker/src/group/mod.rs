@@ -193,7 +193,13 @@ impl Coordinator {
     /// Loads every offsets partition this broker leads, then keeps sessions, rebalances and
     /// offset expiry moving until cancelled.
     pub(crate) async fn run(self: Arc<Self>, state: Arc<BrokerState>, cancel: CancellationToken) {
-        if let Err(e) = self.load(&state, &cancel).await {
+        // Loading waits on the controller and the metadata follower; a shutdown stops both,
+        // so it must not wait for them.
+        let loaded = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = self.load(&state, &cancel) => r,
+        };
+        if let Err(e) = loaded {
             tracing::error!(error = %e, "group coordinator failed to load; groups unavailable");
             return;
         }

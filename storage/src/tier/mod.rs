@@ -63,6 +63,14 @@ pub enum TierError {
         #[source]
         source: std::io::Error,
     },
+    /// The object store cannot be used at start-up (no such bucket, refused, bad credentials).
+    #[error("object store {url} is not usable: {reason}")]
+    Unreachable {
+        /// The store.
+        url: String,
+        /// What failed, and what to do about it.
+        reason: String,
+    },
     /// The chunk cache failed.
     #[error("remote read cache: {0}")]
     Cache(String),

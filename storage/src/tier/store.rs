@@ -31,6 +31,19 @@ pub struct StoreConfig {
     pub allow_http: bool,
 }
 
+impl StoreConfig {
+    /// The bucket of an `s3://` URL.
+    fn bucket(&self) -> Option<&str> {
+        let rest = self.url.strip_prefix("s3://")?;
+        let bucket = rest.split_once('/').map_or(rest, |(b, _)| b);
+        (!bucket.is_empty()).then_some(bucket)
+    }
+
+    fn region_or_default(&self) -> String {
+        self.region.clone().unwrap_or_else(|| "us-east-1".into())
+    }
+}
+
 /// Opens the store and returns it with the key prefix under which Strata writes.
 pub fn open(config: &StoreConfig) -> Result<(Arc<dyn ObjectStore>, Path), TierError> {
     let bad = |reason: String| TierError::Config {
@@ -55,13 +68,13 @@ pub fn open(config: &StoreConfig) -> Result<(Arc<dyn ObjectStore>, Path), TierEr
             Ok((Arc::new(fs), Path::default()))
         }
         "s3" => {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(bad(format!("{:?} names no bucket", config.url)));
-            }
+            let prefix = rest.split_once('/').map_or("", |(_, p)| p);
+            let bucket = config
+                .bucket()
+                .ok_or_else(|| bad(format!("{:?} names no bucket", config.url)))?;
             let mut b = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
-                .with_region(config.region.clone().unwrap_or_else(|| "us-east-1".into()))
+                .with_region(config.region_or_default())
                 .with_virtual_hosted_style_request(!config.path_style)
                 .with_allow_http(config.allow_http);
             if let Some(e) = &config.endpoint {
@@ -75,6 +88,87 @@ pub fn open(config: &StoreConfig) -> Result<(Arc<dyn ObjectStore>, Path), TierEr
         other => Err(bad(format!(
             "unsupported scheme {other:?}: use file, s3 or memory"
         ))),
+    }
+}
+
+/// Creates the bucket of an `s3://` URL unless it exists already (owned by these
+/// credentials). object_store has no bucket calls, so this one goes through aws-sdk-s3, with
+/// the configured credentials or else `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
+/// `AWS_SESSION_TOKEN`. Other schemes have no buckets: nothing to do.
+pub async fn create_bucket(config: &StoreConfig) -> Result<(), TierError> {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+
+    let Some(bucket) = config.bucket() else {
+        return Ok(());
+    };
+    let unusable = |reason: String| TierError::Unreachable {
+        url: config.url.clone(),
+        reason,
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let key = config
+        .access_key_id
+        .clone()
+        .or_else(|| env("AWS_ACCESS_KEY_ID"));
+    let secret = config
+        .secret_access_key
+        .clone()
+        .or_else(|| env("AWS_SECRET_ACCESS_KEY"));
+    let (Some(key), Some(secret)) = (key, secret) else {
+        return Err(unusable(
+            "create_bucket needs credentials: set object_store.access_key_id and \
+             secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                .into(),
+        ));
+    };
+    let region = config.region_or_default();
+    let mut b = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.clone()))
+        .credentials_provider(Credentials::new(
+            key,
+            secret,
+            env("AWS_SESSION_TOKEN"),
+            None,
+            "strata-config",
+        ))
+        .force_path_style(config.path_style);
+    if let Some(e) = &config.endpoint {
+        b = b.endpoint_url(e);
+    }
+    let client = aws_sdk_s3::Client::from_conf(b.build());
+    let reachable = || async { client.head_bucket().bucket(bucket).send().await.is_ok() };
+    if reachable().await {
+        return Ok(());
+    }
+    let mut request = client.create_bucket().bucket(bucket);
+    // us-east-1 is the one region that takes no location constraint.
+    if region != "us-east-1" {
+        request = request.create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                .build(),
+        );
+    }
+    match request.send().await {
+        Ok(_) => {
+            tracing::info!(bucket, "created the object store bucket");
+            Ok(())
+        }
+        Err(e) => match e.into_service_error() {
+            // Created meanwhile (some servers answer "exists" for the caller's own bucket):
+            // fine if these credentials can use it.
+            e if (e.is_bucket_already_owned_by_you() || e.is_bucket_already_exists())
+                && reachable().await =>
+            {
+                Ok(())
+            }
+            e => Err(unusable(format!(
+                "creating bucket {bucket}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            ))),
+        },
     }
 }
 

@@ -1,0 +1,373 @@
+//! Tiered storage throughput with librdkafka against an in-process broker whose object store
+//! is a real S3-compatible HTTP server (s3s-fs, in-process on loopback).
+//!
+//! `cargo bench -p strata-tests --bench tiered` (size: `STRATA_BENCH_MIB`, default 1024).
+//!
+//! Figures, in one run:
+//! - produce MB/s into a tiered topic, and the upload lag meanwhile: how far the committed
+//!   manifests trail the acknowledged log, and how long they take to catch up at the end;
+//! - raw GET MB/s: the uploaded segment objects read straight from the S3 server in
+//!   reader-sized ranges with the reader's concurrency, through object_store;
+//! - cold replay MB/s: a consumer reading everything from offset 0, all of it from the object
+//!   store (local retention is 0), as a fraction of the raw GET figure;
+//! - warm replay MB/s: the same again, now from the cache;
+//! - produce MB/s alone and while a cold replay runs (after a restart empties the cache).
+//!
+//! MB/s of replay and GETs count segment bytes (what crosses the wire from S3), so the two are
+//! comparable.
+
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use strata_storage::tier::manifest::{Manifest, PartitionObjects};
+use strata_tests::TestBroker;
+use strata_tests::s3::S3Server;
+use uuid::Uuid;
+
+const BUCKET: &str = "strata-bench";
+const PREFIX: &str = "bench";
+const PARTITIONS: i32 = 4;
+const RECORD: usize = 1024;
+const SEGMENT: u64 = 16 << 20;
+const CHUNK: u64 = 4 << 20;
+const GETS: usize = 16;
+const SIDE_MIB: u64 = 256;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() -> BenchResult<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> BenchResult<()> {
+    let mib: u64 = std::env::var("STRATA_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET).await;
+    let endpoint = s3.endpoint();
+    let mut broker = TestBroker::start_with(move |c| {
+        S3Server::configure(&endpoint, c, BUCKET, PREFIX);
+        c.object_store.upload_interval_ms = 200;
+        c.object_store.max_concurrent_gets = GETS;
+        c.cache.chunk_bytes = CHUNK;
+        // Room for the whole replay, so the second pass is served from memory.
+        c.cache.memory_bytes = (mib + mib / 2) << 20;
+    })
+    .await;
+    let bootstrap = broker.bootstrap();
+    println!(
+        "librdkafka {}, in-process Strata on s3s-fs {} (in-process, loopback), {mib} MiB of \
+         {RECORD}-byte records in {PARTITIONS} partitions, {} MiB segments",
+        rdkafka::util::get_rdkafka_version().1,
+        s3.endpoint(),
+        SEGMENT >> 20
+    );
+    let configs = [
+        ("segment.bytes", SEGMENT.to_string()),
+        ("local.retention.bytes", "0".to_string()),
+        ("retention.ms", "-1".to_string()),
+    ];
+    create_topic(&bootstrap, "bench", &configs).await?;
+    create_topic(&bootstrap, "side", &configs).await?;
+    let store = s3.store(BUCKET);
+    let id = topic_id(&broker, "bench")?;
+
+    // 1. Sustained produce, sampling how far the manifests trail the acknowledged log.
+    let records = mib * 1024 * 1024 / RECORD as u64;
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn(sample_lag(
+        bootstrap.clone(),
+        store.clone(),
+        id,
+        done.clone(),
+    ));
+    let secs = produce(&bootstrap, "bench", records).await?;
+    let acked = Instant::now();
+    done.store(true, Ordering::Relaxed);
+    let lag = sampler.await??;
+    report("produce, tiered topic", records * RECORD as u64, secs);
+    // Everything sealed is uploaded once the manifests reach the start of each active segment.
+    let ends = loop {
+        let ms = manifests(&store, id).await?;
+        let local_starts = local_starts(&broker, "bench")?;
+        if ms
+            .iter()
+            .zip(&local_starts)
+            .all(|(m, s)| m.end_offset() >= *s)
+        {
+            break ms;
+        }
+        if acked.elapsed() > Duration::from_secs(300) {
+            return Err("uploads did not catch up in 300 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mean = lag.iter().sum::<u64>() as f64 / lag.len().max(1) as f64;
+    println!(
+        "{:<40} mean {:.1} MiB, max {:.1} MiB behind the acknowledged log ({} samples); \
+         caught up {:.2} s after the last ack",
+        "upload lag while producing",
+        mean / (1 << 20) as f64,
+        lag.iter().max().copied().unwrap_or(0) as f64 / (1 << 20) as f64,
+        lag.len(),
+        acked.elapsed().as_secs_f64()
+    );
+    let remote_bytes: u64 = ends
+        .iter()
+        .flat_map(|m| &m.segments)
+        .map(|s| s.size_bytes)
+        .sum();
+    let until: Vec<i64> = ends.iter().map(|m| m.end_offset() as i64).collect();
+
+    // 2. The server's raw GET throughput over the same objects.
+    let (get_bytes, get_secs) = raw_gets(&store, id, &ends).await?;
+    let raw = report("raw GET from the S3 server", get_bytes, get_secs);
+
+    // 3. Cold and warm replays of everything uploaded.
+    let secs = replay(&bootstrap, "bench", &until).await?;
+    let cold = report("cold replay (object store)", remote_bytes, secs);
+    println!("{:<40} {:>8.0} % of raw GET", "", cold / raw * 100.0);
+    let secs = replay(&bootstrap, "bench", &until).await?;
+    report("warm replay (cache)", remote_bytes, secs);
+
+    // 4. Produce alone, then while a cold replay runs (the restart empties the cache).
+    let side = SIDE_MIB * 1024 * 1024 / RECORD as u64;
+    let secs = produce(&bootstrap, "side", side).await?;
+    report("produce alone", side * RECORD as u64, secs);
+    broker.restart().await;
+    let (b, u) = (bootstrap.clone(), until.clone());
+    let replaying = tokio::spawn(async move { replay(&b, "bench", &u).await });
+    let secs = produce(&bootstrap, "side", side).await?;
+    report("produce during a cold replay", side * RECORD as u64, secs);
+    let secs = replaying.await??;
+    report("cold replay during produce", remote_bytes, secs);
+    broker.stop().await;
+    Ok(())
+}
+
+/// Prints and returns MB/s.
+fn report(what: &str, bytes: u64, secs: f64) -> f64 {
+    let mbs = bytes as f64 / secs / 1e6;
+    println!(
+        "{what:<40} {mbs:>8.1} MB/s  ({:.1} MB in {secs:.2} s)",
+        bytes as f64 / 1e6
+    );
+    mbs
+}
+
+async fn create_topic(bootstrap: &str, topic: &str, configs: &[(&str, String)]) -> BenchResult<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let mut t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    for r in admin.create_topics(&[t], &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn topic_id(broker: &TestBroker, topic: &str) -> BenchResult<Uuid> {
+    let meta = broker
+        .data_dir()
+        .join(format!("logs/{topic}-0/partition.metadata"));
+    Ok(std::fs::read_to_string(meta)?.trim().parse()?)
+}
+
+/// The base offset of each partition's oldest local segment (its active one, once the
+/// sealed ones are uploaded and evicted).
+fn local_starts(broker: &TestBroker, topic: &str) -> BenchResult<Vec<u64>> {
+    let mut out = Vec::new();
+    for p in 0..PARTITIONS {
+        let dir = broker.data_dir().join(format!("logs/{topic}-{p}"));
+        let first = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".log")?.parse::<u64>().ok())
+            .min()
+            .ok_or("no local segment")?;
+        out.push(first);
+    }
+    Ok(out)
+}
+
+async fn manifests(store: &Arc<dyn ObjectStore>, id: Uuid) -> BenchResult<Vec<Manifest>> {
+    let mut out = Vec::new();
+    for p in 0..PARTITIONS {
+        let objects = PartitionObjects::new(store.clone(), &Path::from(PREFIX), id, p);
+        out.push(objects.latest().await?.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// Every 250 ms until `done`: bytes acknowledged but not yet under a committed manifest.
+async fn sample_lag(
+    bootstrap: String,
+    store: Arc<dyn ObjectStore>,
+    id: Uuid,
+    done: Arc<AtomicBool>,
+) -> BenchResult<Vec<u64>> {
+    let c = Arc::new(consumer(&bootstrap)?);
+    let mut lag = Vec::new();
+    while !done.load(Ordering::Relaxed) {
+        let c = c.clone();
+        let highs = tokio::task::spawn_blocking(move || {
+            (0..PARTITIONS)
+                .map(|p| {
+                    c.fetch_watermarks("bench", p, Duration::from_secs(5))
+                        .map(|w| w.1)
+                })
+                .collect::<Result<Vec<i64>, _>>()
+        })
+        .await??;
+        let ms = manifests(&store, id).await?;
+        let behind: u64 = highs
+            .iter()
+            .zip(&ms)
+            .map(|(h, m)| (*h as u64).saturating_sub(m.end_offset()))
+            .sum();
+        lag.push(behind * RECORD as u64);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(lag)
+}
+
+fn producer(bootstrap: &str) -> BenchResult<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144")
+        .create()?)
+}
+
+/// Produces `records` records round-robin over the partitions; returns the seconds taken
+/// until the last one was acknowledged.
+async fn produce(bootstrap: &str, topic: &str, records: u64) -> BenchResult<f64> {
+    let producer = producer(bootstrap)?;
+    let payload = vec![b'x'; RECORD];
+    let start = Instant::now();
+    let mut pending = Vec::with_capacity(50_000);
+    for i in 0..records {
+        let key = i.to_string();
+        loop {
+            let r = FutureRecord::to(topic)
+                .partition((i % PARTITIONS as u64) as i32)
+                .key(&key)
+                .payload(&payload);
+            match producer.send_result(r) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        if pending.len() == 50_000 {
+            for f in pending.drain(..) {
+                f.await?.map_err(|(e, _)| e)?;
+            }
+        }
+    }
+    for f in pending.drain(..) {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn consumer(bootstrap: &str) -> BenchResult<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "strata-bench-unused")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "16777216")
+        .set("queued.max.messages.kbytes", "262144")
+        .create()?)
+}
+
+/// Reads every partition from offset 0 up to `until[p]`; returns the seconds taken.
+async fn replay(bootstrap: &str, topic: &str, until: &[i64]) -> BenchResult<f64> {
+    let c = consumer(bootstrap)?;
+    let (topic, until) = (topic.to_owned(), until.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Offset(0))?;
+        }
+        c.assign(&tpl)?;
+        let mut next = vec![0i64; until.len()];
+        let start = Instant::now();
+        while next.iter().zip(&until).any(|(n, u)| n < u) {
+            if start.elapsed() > Duration::from_secs(900) {
+                return Err(format!("replay stuck at {next:?} of {until:?}").into());
+            }
+            let Some(m) = c.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = m?;
+            let p = m.partition() as usize;
+            next[p] = next[p].max(m.offset() + 1);
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })
+    .await?
+}
+
+/// GETs every segment object the manifests name in `CHUNK`-sized ranges, `GETS` at once.
+async fn raw_gets(
+    store: &Arc<dyn ObjectStore>,
+    id: Uuid,
+    manifests: &[Manifest],
+) -> BenchResult<(u64, f64)> {
+    let mut ranges = Vec::new();
+    for (p, m) in manifests.iter().enumerate() {
+        let objects = PartitionObjects::new(store.clone(), &Path::from(PREFIX), id, p as i32);
+        for s in &m.segments {
+            let key = objects.segment_key(s.base_offset, s.leader_epoch, "log");
+            let mut at = 0;
+            while at < s.size_bytes {
+                let end = (at + CHUNK).min(s.size_bytes);
+                ranges.push((key.clone(), at..end));
+                at = end;
+            }
+        }
+    }
+    let start = Instant::now();
+    let mut gets = futures::stream::iter(ranges)
+        .map(|(key, range)| {
+            let store = store.clone();
+            async move { store.get_range(&key, range).await }
+        })
+        .buffer_unordered(GETS);
+    let mut bytes = 0u64;
+    while let Some(b) = gets.next().await {
+        bytes += b?.len() as u64;
+    }
+    Ok((bytes, start.elapsed().as_secs_f64()))
+}
