@@ -123,6 +123,11 @@ impl<E: Entry> SparseIndex<E> {
         &self.entries
     }
 
+    /// Memory the entries take.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<E>()
+    }
+
     pub fn last(&self) -> Option<&E> {
         self.entries.last()
     }

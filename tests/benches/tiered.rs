@@ -108,12 +108,8 @@ async fn run() -> BenchResult<()> {
     // Everything sealed is uploaded once the manifests reach the start of each active segment.
     let ends = loop {
         let ms = manifests(&store, id).await?;
-        let local_starts = local_starts(&broker, "bench")?;
-        if ms
-            .iter()
-            .zip(&local_starts)
-            .all(|(m, s)| m.end_offset() >= *s)
-        {
+        let active = active_bases(&broker, "bench")?;
+        if ms.iter().zip(&active).all(|(m, s)| m.end_offset() >= *s) {
             break ms;
         }
         if acked.elapsed() > Duration::from_secs(300) {
@@ -138,16 +134,29 @@ async fn run() -> BenchResult<()> {
         .sum();
     let until: Vec<i64> = ends.iter().map(|m| m.end_offset() as i64).collect();
 
-    // 2. The server's raw GET throughput over the same objects.
+    // 2. The server's raw GET throughput over the same objects, just before and just after
+    //    the cold replay (the machine's speed drifts), and the cold replay between them.
+    let cpu = Cpu::start();
     let (get_bytes, get_secs) = raw_gets(&store, id, &ends).await?;
-    let raw = report("raw GET from the S3 server", get_bytes, get_secs);
-
-    // 3. Cold and warm replays of everything uploaded.
+    let before = report("raw GET from the S3 server", get_bytes, get_secs);
+    cpu.report();
+    let cpu = Cpu::start();
     let secs = replay(&bootstrap, "bench", &until).await?;
     let cold = report("cold replay (object store)", remote_bytes, secs);
-    println!("{:<40} {:>8.0} % of raw GET", "", cold / raw * 100.0);
+    cpu.report();
+    let (get_bytes, get_secs) = raw_gets(&store, id, &ends).await?;
+    let after = report("raw GET again", get_bytes, get_secs);
+    println!(
+        "{:<40} {:>8.0} % of the raw GET figures' mean",
+        "cold replay / raw GET",
+        cold / ((before + after) / 2.0) * 100.0
+    );
+
+    // 3. A warm replay of everything uploaded.
+    let cpu = Cpu::start();
     let secs = replay(&bootstrap, "bench", &until).await?;
     report("warm replay (cache)", remote_bytes, secs);
+    cpu.report();
 
     // 4. Produce alone, then while a cold replay runs (the restart empties the cache).
     let side = SIDE_MIB * 1024 * 1024 / RECORD as u64;
@@ -162,6 +171,45 @@ async fn run() -> BenchResult<()> {
     report("cold replay during produce", remote_bytes, secs);
     broker.stop().await;
     Ok(())
+}
+
+/// This process's CPU time over a phase, as cores kept busy (the broker, the S3 server and
+/// the clients all run in it).
+struct Cpu {
+    wall: Instant,
+    cpu: f64,
+}
+
+impl Cpu {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: cpu_seconds(),
+        }
+    }
+
+    fn report(&self) {
+        let busy = (cpu_seconds() - self.cpu) / self.wall.elapsed().as_secs_f64();
+        println!("{:<40} {busy:>8.2} cores busy", "");
+    }
+}
+
+/// User + system CPU seconds of this process so far (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let ticks: f64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
 }
 
 /// Prints and returns MB/s.
@@ -195,16 +243,15 @@ fn topic_id(broker: &TestBroker, topic: &str) -> BenchResult<Uuid> {
     Ok(std::fs::read_to_string(meta)?.trim().parse()?)
 }
 
-/// The base offset of each partition's oldest local segment (its active one, once the
-/// sealed ones are uploaded and evicted).
-fn local_starts(broker: &TestBroker, topic: &str) -> BenchResult<Vec<u64>> {
+/// The base offset of each partition's active (newest) segment.
+fn active_bases(broker: &TestBroker, topic: &str) -> BenchResult<Vec<u64>> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let dir = broker.data_dir().join(format!("logs/{topic}-{p}"));
         let first = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter_map(|n| n.strip_suffix(".log")?.parse::<u64>().ok())
-            .min()
+            .max()
             .ok_or("no local segment")?;
         out.push(first);
     }

@@ -28,8 +28,12 @@ use crate::index::{OffsetEntry, SparseIndex, TimeEntry};
 
 /// GET attempts for one chunk before the error surfaces to the reader.
 const GET_ATTEMPTS: u32 = 3;
-/// Decoded remote indexes kept; the map is cleared when it grows past this.
-const INDEXES_KEPT: usize = 1024;
+/// At most this many chunks of one read are fetched at once ahead of its walk.
+const SPAN_CHUNKS: u64 = 8;
+
+/// Memory for decoded remote indexes, per kind; the map is cleared when it would grow past
+/// this (a 1 GiB segment's offset index is ~2 MiB).
+const INDEX_BYTES_KEPT: usize = 64 << 20;
 
 /// Settings of the remote read path.
 #[derive(Debug, Clone)]
@@ -223,6 +227,13 @@ impl RemoteReader {
         let mut pos = index
             .floor(|e| e.rel_offset <= rel)
             .map_or(0, |e| u64::from(e.position));
+        // The chunks this read will walk, fetched at once rather than one after another as
+        // the walk below reaches them (errors surface there, after a retry).
+        let size = self.config.chunk_bytes;
+        let first = pos / size;
+        let last = ((pos + max_bytes as u64).min(seg.size_bytes).max(1) - 1) / size;
+        let span = first..=last.min(first + SPAN_CHUNKS - 1);
+        futures::future::join_all(span.map(|n| self.chunk(objects, seg, Kind::Log, n))).await;
         // Find the batch holding `from`.
         loop {
             let Some(h) = cursor.header(pos).await? else {
@@ -473,7 +484,8 @@ impl RemoteReader {
             },
         ));
         let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
-        if kept.len() >= INDEXES_KEPT {
+        let held: usize = kept.values().map(|i| i.heap_bytes()).sum();
+        if held + index.heap_bytes() > INDEX_BYTES_KEPT {
             kept.clear();
         }
         kept.insert(key, index.clone());
