@@ -11,6 +11,8 @@
 //! - cold replay MB/s: a consumer reading everything from offset 0, all of it from the object
 //!   store (local retention is 0), as a fraction of the raw GET figure;
 //! - warm replay MB/s: the same again, now from the cache;
+//! - cold replay MB/s by a client that decodes nothing (Fetch requests, batch headers only):
+//!   the broker's remote read path without librdkafka's per-record work;
 //! - produce MB/s alone and while a cold replay runs (after a restart empties the cache).
 //!
 //! MB/s of replay and GETs count segment bytes (what crosses the wire from S3), so the two are
@@ -23,6 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -33,9 +38,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use strata_storage::BatchHeader;
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
-use strata_tests::TestBroker;
 use strata_tests::s3::S3Server;
+use strata_tests::{RawClient, TestBroker};
 use uuid::Uuid;
 
 const BUCKET: &str = "strata-bench";
@@ -158,7 +164,20 @@ async fn run() -> BenchResult<()> {
     report("warm replay (cache)", remote_bytes, secs);
     cpu.report();
 
-    // 4. Produce alone, then while a cold replay runs (the restart empties the cache).
+    // 4. The broker's side alone: a cold replay by a client that only walks batch headers
+    //    (no record decoding), after a restart has emptied the cache.
+    broker.restart().await;
+    let cpu = Cpu::start();
+    let secs = fetch_replay(broker.addr(), "bench", &until).await?;
+    let bare = report("cold replay, header-only Fetch client", remote_bytes, secs);
+    cpu.report();
+    println!(
+        "{:<40} {:>8.0} % of the raw GET figures' mean",
+        "",
+        bare / ((before + after) / 2.0) * 100.0
+    );
+
+    // 5. Produce alone, then while a cold replay runs (the restart empties the cache).
     let side = SIDE_MIB * 1024 * 1024 / RECORD as u64;
     let secs = produce(&bootstrap, "side", side).await?;
     report("produce alone", side * RECORD as u64, secs);
@@ -384,6 +403,59 @@ async fn replay(bootstrap: &str, topic: &str, until: &[i64]) -> BenchResult<f64>
         Ok(start.elapsed().as_secs_f64())
     })
     .await?
+}
+
+/// Replays every partition from offset 0 up to `until[p]` with plain Fetch requests (v12,
+/// up to 16 MiB per partition), reading only batch headers to advance; returns the seconds.
+async fn fetch_replay(addr: std::net::SocketAddr, topic: &str, until: &[i64]) -> BenchResult<f64> {
+    let mut c = RawClient::connect(addr).await;
+    let mut next = vec![0i64; until.len()];
+    let start = Instant::now();
+    while next.iter().zip(until).any(|(n, u)| n < u) {
+        if start.elapsed() > Duration::from_secs(900) {
+            return Err(format!("replay stuck at {next:?} of {until:?}").into());
+        }
+        let partitions = (0..until.len())
+            .filter(|&p| next[p] < until[p])
+            .map(|p| {
+                FetchPartition::default()
+                    .with_partition(p as i32)
+                    .with_fetch_offset(next[p])
+                    .with_partition_max_bytes(16 << 20)
+            })
+            .collect();
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(64 << 20)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(partitions),
+            ]);
+        let resp = c.call(12, &req).await;
+        for t in &resp.responses {
+            for p in &t.partitions {
+                if p.error_code != 0 {
+                    return Err(format!(
+                        "fetch error {} on partition {}",
+                        p.error_code, p.partition_index
+                    )
+                    .into());
+                }
+                let mut b = p.records.as_deref().unwrap_or_default();
+                while let Some(h) = BatchHeader::parse(b) {
+                    if h.total_len() > b.len() {
+                        break;
+                    }
+                    next[p.partition_index as usize] = h.last_offset() + 1;
+                    b = &b[h.total_len()..];
+                }
+            }
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// GETs every segment object the manifests name in `CHUNK`-sized ranges, `GETS` at once.
