@@ -1,4 +1,339 @@
-//! strata-client: an async Kafka-protocol client library (used by the broker for follower
-//! fetching, by `stratactl` and by tests).
+//! strata-client: an async Kafka-protocol client library on the `kafka-protocol` crate, used
+//! by `stratactl` and by tests (and meant for the broker's follower fetching). It holds no
+//! CLI concerns: those live in [`cli`].
 //!
-//! This crate is filled by the client issue; today it only reserves its place in the workspace.
+//! So far: connections with pipelined requests and ApiVersions negotiation ([`conn`]),
+//! cluster metadata, and topic administration. Producing, consuming and groups come next.
+
+pub mod cli;
+pub mod conn;
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, MetadataRequest,
+    MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use thiserror::Error;
+
+pub use conn::Connection;
+
+/// What can go wrong talking to a broker. Each names the cause and, where one exists, what
+/// to do.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No bootstrap broker accepted a connection.
+    #[error("cannot reach {addr}: {source} (is a broker listening there? check --bootstrap)")]
+    Unreachable {
+        /// The address tried.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke or the broker answered out of order.
+    #[error("connection lost: {0}")]
+    Closed(String),
+    /// The broker does not offer an API, or no version both sides speak.
+    #[error("{api} is not supported: {reason}")]
+    Unsupported {
+        /// The API.
+        api: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request could not be encoded.
+    #[error("encoding a request: {0}")]
+    Encode(String),
+    /// A response could not be decoded.
+    #[error("malformed response: {0}")]
+    Decode(String),
+    /// The broker answered with a Kafka error code.
+    #[error("{what}: {}", describe_code(*code))]
+    Broker {
+        /// What was asked.
+        what: String,
+        /// The Kafka error code.
+        code: i16,
+    },
+    /// The topic does not exist.
+    #[error("topic {0:?} does not exist (list topics with `stratactl topic list`)")]
+    UnknownTopic(String),
+}
+
+/// A Kafka error code as its name and meaning.
+pub fn describe_code(code: i16) -> String {
+    match ResponseError::try_from_code(code) {
+        Some(e) => format!("{e:?} ({e})"),
+        None => format!("error code {code}"),
+    }
+}
+
+fn check(what: impl Into<String>, code: i16) -> Result<(), ClientError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(ClientError::Broker {
+            what: what.into(),
+            code,
+        })
+    }
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+/// A broker in the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerInfo {
+    /// Its id.
+    pub id: i32,
+    /// Where clients reach it.
+    pub host: String,
+    /// Its Kafka port.
+    pub port: i32,
+}
+
+/// A partition's placement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Its index.
+    pub partition: i32,
+    /// The leader's id (-1: none).
+    pub leader: i32,
+    /// The leader epoch.
+    pub leader_epoch: i32,
+    /// Replica ids.
+    pub replicas: Vec<i32>,
+    /// In-sync replica ids.
+    pub isr: Vec<i32>,
+}
+
+/// A topic as Metadata reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub id: String,
+    /// Internal topics (`__consumer_offsets`).
+    pub internal: bool,
+    /// Its partitions, by index.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// A topic config entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigEntry {
+    /// The key, Kafka's name.
+    pub name: String,
+    /// The value (`None` for sensitive values).
+    pub value: Option<String>,
+    /// Set on the topic, not inherited.
+    pub explicit: bool,
+}
+
+/// A client of one cluster, through one bootstrap connection.
+#[derive(Debug)]
+pub struct Client {
+    conn: Connection,
+}
+
+impl Client {
+    /// Connects to the first of `bootstrap` (comma-separated `host:port`s) that answers.
+    pub async fn connect(bootstrap: &str) -> Result<Self, ClientError> {
+        let mut last = None;
+        for addr in bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            match Connection::connect(addr, "stratactl").await {
+                Ok(conn) => return Ok(Self { conn }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unreachable {
+            addr: bootstrap.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address given"),
+        }))
+    }
+
+    /// The connection (for requests this client has no helper for yet).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    async fn metadata(&self, topics: Option<&[&str]>) -> Result<MetadataResponse, ClientError> {
+        let req = MetadataRequest::default()
+            .with_allow_auto_topic_creation(false)
+            .with_topics(topics.map(|ts| {
+                ts.iter()
+                    .map(|t| MetadataRequestTopic::default().with_name(Some(name(t))))
+                    .collect()
+            }));
+        self.conn.send(&req).await
+    }
+
+    /// The brokers and the controller's id.
+    pub async fn cluster(&self) -> Result<(Vec<BrokerInfo>, i32), ClientError> {
+        let m = self.metadata(Some(&[])).await?;
+        let brokers = m
+            .brokers
+            .iter()
+            .map(|b| BrokerInfo {
+                id: b.node_id.0,
+                host: b.host.to_string(),
+                port: b.port,
+            })
+            .collect();
+        Ok((brokers, m.controller_id.0))
+    }
+
+    /// Every topic (internal ones included), sorted by name.
+    pub async fn topics(&self) -> Result<Vec<TopicInfo>, ClientError> {
+        let m = self.metadata(None).await?;
+        let mut out = Vec::with_capacity(m.topics.len());
+        for t in &m.topics {
+            let n = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+            check(format!("metadata of {n}"), t.error_code)?;
+            out.push(topic_info(t));
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// One topic's placement and its configs.
+    pub async fn describe_topic(
+        &self,
+        topic: &str,
+    ) -> Result<(TopicInfo, Vec<ConfigEntry>), ClientError> {
+        let m = self.metadata(Some(&[topic])).await?;
+        let t = m
+            .topics
+            .first()
+            .ok_or_else(|| ClientError::UnknownTopic(topic.to_owned()))?;
+        if t.error_code == ResponseError::UnknownTopicOrPartition.code() {
+            return Err(ClientError::UnknownTopic(topic.to_owned()));
+        }
+        check(format!("metadata of {topic}"), t.error_code)?;
+        let info = topic_info(t);
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(topic.to_owned()))
+                // Null asks for every key (the codec's default is an empty list: none).
+                .with_configuration_keys(None),
+        ]);
+        let resp = self.conn.send(&req).await?;
+        let r = resp
+            .results
+            .first()
+            .ok_or_else(|| ClientError::Decode("DescribeConfigs answered nothing".into()))?;
+        check(format!("configs of {topic}"), r.error_code)?;
+        let configs = r
+            .configs
+            .iter()
+            .map(|c| ConfigEntry {
+                name: c.name.to_string(),
+                value: c.value.as_ref().map(ToString::to_string),
+                explicit: c.config_source == 1,
+            })
+            .collect();
+        Ok((info, configs))
+    }
+
+    /// Creates a topic; `partitions` / `replication` of -1 take the broker's defaults.
+    pub async fn create_topic(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication: i16,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        let req = CreateTopicsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(name(topic))
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(replication)
+                    .with_configs(
+                        configs
+                            .iter()
+                            .map(|(k, v)| {
+                                CreatableTopicConfig::default()
+                                    .with_name(StrBytes::from_string(k.clone()))
+                                    .with_value(Some(StrBytes::from_string(v.clone())))
+                            })
+                            .collect(),
+                    ),
+            ]);
+        let resp = self.conn.send(&req).await?;
+        let t = resp
+            .topics
+            .first()
+            .ok_or_else(|| ClientError::Decode("CreateTopics answered nothing".into()))?;
+        if t.error_code != 0 {
+            let detail = t.error_message.as_ref().map(ToString::to_string);
+            return Err(ClientError::Broker {
+                what: match detail {
+                    Some(m) if !m.is_empty() => format!("creating {topic}: {m}"),
+                    _ => format!("creating {topic}"),
+                },
+                code: t.error_code,
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes a topic.
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), ClientError> {
+        let req = DeleteTopicsRequest::default().with_timeout_ms(30_000);
+        // v6 names topics in `topics` (by name or id), older versions in `topic_names`.
+        let req = if self.conn.version_for::<DeleteTopicsRequest>()? >= 6 {
+            req.with_topics(vec![
+                DeleteTopicState::default().with_name(Some(name(topic))),
+            ])
+        } else {
+            req.with_topic_names(vec![name(topic)])
+        };
+        let resp = self.conn.send(&req).await?;
+        let r = resp
+            .responses
+            .first()
+            .ok_or_else(|| ClientError::Decode("DeleteTopics answered nothing".into()))?;
+        if r.error_code == ResponseError::UnknownTopicOrPartition.code() {
+            return Err(ClientError::UnknownTopic(topic.to_owned()));
+        }
+        check(format!("deleting {topic}"), r.error_code)
+    }
+}
+
+fn topic_info(t: &kafka_protocol::messages::metadata_response::MetadataResponseTopic) -> TopicInfo {
+    let mut partitions: Vec<PartitionInfo> = t
+        .partitions
+        .iter()
+        .map(|p| PartitionInfo {
+            partition: p.partition_index,
+            leader: p.leader_id.0,
+            leader_epoch: p.leader_epoch,
+            replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+            isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+        })
+        .collect();
+    partitions.sort_by_key(|p| p.partition);
+    TopicInfo {
+        name: t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
+        id: t.topic_id.to_string(),
+        internal: t.is_internal,
+        partitions,
+    }
+}

@@ -1,0 +1,291 @@
+//! One connection to one broker: size-prefixed frames, correlation ids, pipelined requests
+//! (responses come back in request order on a Kafka connection), and the API versions the
+//! broker announced, so each request goes out at the newest version both sides speak.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+use crate::ClientError;
+
+/// Largest response accepted; checked before allocating.
+pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+type Waiter = oneshot::Sender<Result<Bytes, ClientError>>;
+
+/// Requests awaiting responses, oldest first; once the connection failed, why.
+#[derive(Debug, Default)]
+struct Pending {
+    waiters: VecDeque<(i32, Waiter)>,
+    failed: Option<String>,
+}
+
+/// A connection with requests in flight.
+#[derive(Debug)]
+pub struct Connection {
+    addr: String,
+    write: tokio::sync::Mutex<(OwnedWriteHalf, i32)>,
+    pending: Arc<Mutex<Pending>>,
+    versions: HashMap<i16, (i16, i16)>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` (`host:port`) and negotiates API versions.
+    pub async fn connect(addr: &str, client_id: &str) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let pending: Arc<Mutex<Pending>> = Arc::default();
+        let reader = tokio::spawn(read_loop(read, pending.clone(), addr.to_owned()));
+        let mut conn = Self {
+            addr: addr.to_owned(),
+            write: tokio::sync::Mutex::new((write, 0)),
+            pending,
+            versions: HashMap::new(),
+            reader,
+        };
+        // ApiVersions v3 is what current clients open with; a broker that cannot answer it
+        // answers v0 with UNSUPPORTED_VERSION and its range, which decodes the same way.
+        let req = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("strata-client"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let resp: ApiVersionsResponse = conn.send_at(&req, 3, client_id).await?;
+        if resp.error_code != 0 {
+            return Err(ClientError::Broker {
+                what: "ApiVersions".into(),
+                code: resp.error_code,
+            });
+        }
+        conn.versions = resp
+            .api_keys
+            .iter()
+            .map(|k| (k.api_key, (k.min_version, k.max_version)))
+            .collect();
+        Ok(conn)
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The version `R` goes out at: the newest both this client and the broker support.
+    pub fn version_for<R: Request>(&self) -> Result<i16, ClientError> {
+        let ours = R::VERSIONS;
+        let api = api_name(R::KEY);
+        let Some(&(min, max)) = self.versions.get(&R::KEY) else {
+            return Err(ClientError::Unsupported {
+                api,
+                reason: format!("{} does not offer it", self.addr),
+            });
+        };
+        let v = max.min(ours.max);
+        if v < min.max(ours.min) {
+            return Err(ClientError::Unsupported {
+                api,
+                reason: format!(
+                    "{} speaks v{min}–v{max}, this client v{}–v{}",
+                    self.addr, ours.min, ours.max
+                ),
+            });
+        }
+        Ok(v)
+    }
+
+    /// Sends `req` at the negotiated version and waits for its response.
+    pub async fn send<R: Request>(&self, req: &R) -> Result<R::Response, ClientError> {
+        let v = self.version_for::<R>()?;
+        self.send_at(req, v, "strata-client").await
+    }
+
+    async fn send_at<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        client_id: &str,
+    ) -> Result<R::Response, ClientError> {
+        let key = ApiKey::try_from(R::KEY).map_err(|_| ClientError::Unsupported {
+            api: api_name(R::KEY),
+            reason: "unknown API key".into(),
+        })?;
+        let rx = {
+            let mut w = self.write.lock().await;
+            w.1 = w.1.wrapping_add(1);
+            let correlation = w.1;
+            let header = RequestHeader::default()
+                .with_request_api_key(R::KEY)
+                .with_request_api_version(version)
+                .with_correlation_id(correlation)
+                .with_client_id(Some(StrBytes::from_string(client_id.to_owned())));
+            let mut body = BytesMut::with_capacity(64);
+            body.put_u32(0);
+            header
+                .encode(&mut body, key.request_header_version(version))
+                .map_err(|e| ClientError::Encode(e.to_string()))?;
+            req.encode(&mut body, version)
+                .map_err(|e| ClientError::Encode(e.to_string()))?;
+            let len = (body.len() - 4) as u32;
+            body[..4].copy_from_slice(&len.to_be_bytes());
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(why) = &p.failed {
+                    return Err(ClientError::Closed(why.clone()));
+                }
+                p.waiters.push_back((correlation, tx));
+            }
+            w.0.write_all(&body)
+                .await
+                .map_err(|e| ClientError::Closed(format!("{}: {e}", self.addr)))?;
+            rx
+        };
+        let mut frame = rx
+            .await
+            .map_err(|_| ClientError::Closed(self.addr.clone()))??;
+        let header_version = if key == ApiKey::ApiVersions {
+            0
+        } else {
+            R::Response::header_version(version)
+        };
+        ResponseHeader::decode(&mut frame, header_version)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        R::Response::decode(&mut frame, version).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// Reads frames and hands each to the oldest waiting request; on any error every waiter
+/// learns the connection is gone.
+async fn read_loop(mut read: OwnedReadHalf, pending: Arc<Mutex<Pending>>, addr: String) {
+    let failure = loop {
+        let mut len = [0u8; 4];
+        if let Err(e) = read.read_exact(&mut len).await {
+            break format!("{addr}: {e}");
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_RESPONSE_BYTES {
+            break format!("{addr}: response of {len} bytes exceeds {MAX_RESPONSE_BYTES}");
+        }
+        let mut buf = vec![0u8; len];
+        if let Err(e) = read.read_exact(&mut buf).await {
+            break format!("{addr}: {e}");
+        }
+        let correlation = buf
+            .get(..4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiters
+            .pop_front();
+        match waiter {
+            Some((expected, tx)) if Some(expected) == correlation => {
+                let _ = tx.send(Ok(Bytes::from(buf)));
+            }
+            Some((expected, tx)) => {
+                let msg =
+                    format!("{addr}: response {correlation:?} out of order, expected {expected}");
+                let _ = tx.send(Err(ClientError::Closed(msg.clone())));
+                break msg;
+            }
+            None => break format!("{addr}: a response nobody asked for"),
+        }
+    };
+    let waiters = {
+        let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+        p.failed = Some(failure.clone());
+        std::mem::take(&mut p.waiters)
+    };
+    for (_, tx) in waiters {
+        let _ = tx.send(Err(ClientError::Closed(failure.clone())));
+    }
+}
+
+fn api_name(key: i16) -> String {
+    ApiKey::try_from(key).map_or_else(|_| format!("API {key}"), |k| format!("{k:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::MetadataRequest;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A one-connection fake broker: answers the first request with `reply(correlation)`.
+    async fn fake(reply: impl FnOnce(i32) -> Vec<u8> + Send + 'static) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.expect("accept");
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.expect("len");
+            let mut req = vec![0u8; u32::from_be_bytes(len) as usize];
+            s.read_exact(&mut req).await.expect("request");
+            let correlation = i32::from_be_bytes([req[4], req[5], req[6], req[7]]);
+            s.write_all(&reply(correlation)).await.expect("reply");
+            // Hold the connection open until the client is done.
+            let _ = s.read(&mut len).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_api_the_broker_does_not_offer_is_declined_before_sending() {
+        let addr = fake(|correlation| {
+            let resp = ApiVersionsResponse::default().with_api_keys(vec![
+                ApiVersion::default()
+                    .with_api_key(ApiKey::ApiVersions as i16)
+                    .with_min_version(0)
+                    .with_max_version(3),
+            ]);
+            let mut body = BytesMut::new();
+            body.put_u32(0);
+            body.put_i32(correlation);
+            resp.encode(&mut body, 3).expect("encode");
+            let len = (body.len() - 4) as u32;
+            body[..4].copy_from_slice(&len.to_be_bytes());
+            body.to_vec()
+        })
+        .await;
+        let conn = Connection::connect(&addr, "test").await.expect("connect");
+        let e = conn
+            .send(&MetadataRequest::default())
+            .await
+            .expect_err("no Metadata");
+        assert!(
+            matches!(&e, ClientError::Unsupported { api, .. } if api == "Metadata"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_response_is_refused_before_allocating() {
+        let addr = fake(|_| (u32::MAX).to_be_bytes().to_vec()).await;
+        let e = Connection::connect(&addr, "test")
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains("exceeds"), "{e}");
+    }
+}
