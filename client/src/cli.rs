@@ -2,12 +2,15 @@
 //! and writes what a command prints, so tests drive it in-process and check the output.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{BufRead, Write};
+
+use bytes::Bytes;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::{Client, ClientError};
+use crate::data::partition_for_key;
+use crate::{Client, ClientError, NewRecord};
 
 /// Operate a Strata (or any Kafka-compatible) cluster.
 #[derive(Debug, Parser)]
@@ -37,6 +40,54 @@ enum Command {
     /// The cluster: brokers and the controller.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Produce one record per input line (stdin, or --file).
+    Produce {
+        /// The topic.
+        topic: String,
+        /// Write every record to this partition (default: by key, Kafka's murmur2
+        /// partitioner; records without a key spread batch by batch).
+        #[arg(long, short)]
+        partition: Option<i32>,
+        /// Split each line into key and value at the first occurrence of this.
+        #[arg(long, short = 'k')]
+        key_separator: Option<String>,
+        /// A header on every record, `key=value`; repeatable.
+        #[arg(long = "header", short = 'H', value_parser = key_value)]
+        headers: Vec<(String, String)>,
+        /// Read lines from this file instead of stdin.
+        #[arg(long, short)]
+        file: Option<std::path::PathBuf>,
+        /// Acknowledgements: -1 (all), 1 (leader) or 0 (none).
+        #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+        acks: i16,
+    },
+    /// Print records. Without --count it stops at the end offsets it found on starting;
+    /// with --count it waits until that many arrived.
+    Consume {
+        /// The topic.
+        topic: String,
+        /// Only this partition (default: all).
+        #[arg(long, short)]
+        partition: Option<i32>,
+        /// Start at each partition's earliest offset (default: its end).
+        #[arg(long, conflicts_with_all = ["offset", "timestamp"])]
+        from_beginning: bool,
+        /// Start at this offset.
+        #[arg(long, conflicts_with = "timestamp")]
+        offset: Option<i64>,
+        /// Start at the first record at or after this time (ms since the epoch).
+        #[arg(long)]
+        timestamp: Option<i64>,
+        /// Stop after this many records.
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+        /// Print keys before values, separated by --key-separator.
+        #[arg(long)]
+        print_key: bool,
+        /// Between key and value with --print-key.
+        #[arg(long, short = 'k', default_value = "\t")]
+        key_separator: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,8 +164,13 @@ impl CliError {
     }
 }
 
-/// Runs `stratactl` with `args` (the program name first), writing its output to `out`.
-pub async fn run<I, T>(args: I, out: &mut impl Write) -> Result<(), CliError>
+/// Runs `stratactl` with `args` (the program name first), reading records from `input`
+/// (`produce`) and writing its output to `out`.
+pub async fn run<I, T>(
+    args: I,
+    input: &mut dyn BufRead,
+    out: &mut impl Write,
+) -> Result<(), CliError>
 where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
@@ -132,6 +188,218 @@ where
     match cli.command {
         Command::Topic(t) => topic(&client, t, cli.json, out).await,
         Command::Cluster(ClusterCommand::Info) => cluster(&client, cli.json, out).await,
+        Command::Produce {
+            topic,
+            partition,
+            key_separator,
+            headers,
+            file,
+            acks,
+        } => {
+            let mut opened;
+            let lines: &mut dyn BufRead = match file {
+                Some(path) => {
+                    opened = std::io::BufReader::new(std::fs::File::open(&path).map_err(|e| {
+                        CliError::Usage(format!("cannot read {}: {e}", path.display()))
+                    })?);
+                    &mut opened
+                }
+                None => input,
+            };
+            let spec = ProduceSpec {
+                topic: &topic,
+                partition,
+                key_separator: key_separator.as_deref(),
+                headers: &headers,
+                acks,
+            };
+            let n = produce(&client, &spec, lines).await?;
+            if cli.json {
+                writeln!(out, "{}", json!({ "topic": topic, "produced": n }))?;
+            } else {
+                writeln!(out, "produced {n} records to {topic}")?;
+            }
+            Ok(())
+        }
+        Command::Consume {
+            topic,
+            partition,
+            from_beginning,
+            offset,
+            timestamp,
+            count,
+            print_key,
+            key_separator,
+        } => {
+            let start = match (from_beginning, offset, timestamp) {
+                (true, _, _) => Start::Earliest,
+                (_, Some(o), _) => Start::Offset(o),
+                (_, _, Some(t)) => Start::Time(t),
+                _ => Start::Latest,
+            };
+            let sep = key_separator.replace("\\t", "\t");
+            let format = Format {
+                json: cli.json,
+                print_key,
+                separator: &sep,
+            };
+            consume(&client, &topic, partition, start, count, &format, out).await
+        }
+    }
+}
+
+struct ProduceSpec<'a> {
+    topic: &'a str,
+    partition: Option<i32>,
+    key_separator: Option<&'a str>,
+    headers: &'a [(String, String)],
+    acks: i16,
+}
+
+/// Records per produce request at most.
+const BATCH_RECORDS: usize = 1_000;
+/// Bytes per produce request at most (roughly).
+const BATCH_BYTES: usize = 1 << 20;
+
+async fn produce(
+    client: &Client,
+    spec: &ProduceSpec<'_>,
+    lines: &mut dyn BufRead,
+) -> Result<u64, CliError> {
+    let partitions = client.partition_count(spec.topic).await?;
+    if let Some(p) = spec.partition.filter(|p| *p < 0 || *p >= partitions) {
+        return Err(CliError::Usage(format!(
+            "partition {p} does not exist: {} has {partitions}",
+            spec.topic
+        )));
+    }
+    let headers: Vec<(String, Option<Bytes>)> = spec
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(Bytes::from(v.clone()))))
+        .collect();
+    let mut pending: BTreeMap<i32, (Vec<NewRecord>, usize)> = BTreeMap::new();
+    let mut sticky = 0i32;
+    let mut produced = 0u64;
+    for line in lines.lines() {
+        let line = line?;
+        let (key, value) = match spec.key_separator.and_then(|s| line.split_once(s)) {
+            Some((k, v)) => (Some(Bytes::from(k.to_owned())), v.to_owned()),
+            None => (None, line),
+        };
+        let p = match (spec.partition, &key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, partitions),
+            (None, None) => sticky,
+        };
+        let size = value.len() + key.as_ref().map_or(0, Bytes::len);
+        let (batch, bytes) = pending.entry(p).or_default();
+        batch.push(NewRecord {
+            key,
+            value: Some(Bytes::from(value)),
+            headers: headers.clone(),
+        });
+        *bytes += size;
+        if batch.len() >= BATCH_RECORDS || *bytes >= BATCH_BYTES {
+            let batch = std::mem::take(batch);
+            *bytes = 0;
+            client.produce(spec.topic, p, &batch, spec.acks).await?;
+            produced += batch.len() as u64;
+            // Records without a key move to the next partition batch by batch.
+            sticky = (sticky + 1) % partitions.max(1);
+        }
+    }
+    for (p, (batch, _)) in pending {
+        if !batch.is_empty() {
+            client.produce(spec.topic, p, &batch, spec.acks).await?;
+            produced += batch.len() as u64;
+        }
+    }
+    Ok(produced)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Start {
+    Earliest,
+    Latest,
+    Offset(i64),
+    Time(i64),
+}
+
+struct Format<'a> {
+    json: bool,
+    print_key: bool,
+    separator: &'a str,
+}
+
+async fn consume(
+    client: &Client,
+    topic: &str,
+    only: Option<i32>,
+    start: Start,
+    count: Option<u64>,
+    format: &Format<'_>,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let partitions: Vec<i32> = match only {
+        Some(p) => vec![p],
+        None => (0..client.partition_count(topic).await?).collect(),
+    };
+    let mut next = Vec::with_capacity(partitions.len());
+    let mut ends = Vec::with_capacity(partitions.len());
+    for &p in &partitions {
+        let end = client.list_offset(topic, p, -1).await?;
+        next.push(match start {
+            Start::Earliest => client.list_offset(topic, p, -2).await?,
+            Start::Latest => end,
+            Start::Offset(o) => o,
+            Start::Time(t) => match client.list_offset(topic, p, t).await? {
+                -1 => end,
+                o => o,
+            },
+        });
+        ends.push(end);
+    }
+    let text = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    let mut printed = 0u64;
+    loop {
+        let caught_up = next.iter().zip(&ends).all(|(n, e)| n >= e);
+        if count.map_or(caught_up, |c| printed >= c) {
+            return Ok(());
+        }
+        for (i, &p) in partitions.iter().enumerate() {
+            if count.is_none() && next[i] >= ends[i] {
+                continue;
+            }
+            let wait = if count.is_some() { 500 } else { 0 };
+            let (records, _) = client.fetch(topic, p, next[i], 1 << 20, wait).await?;
+            for r in records {
+                if count.is_some_and(|c| printed >= c) || (count.is_none() && r.offset >= ends[i]) {
+                    break;
+                }
+                next[i] = r.offset + 1;
+                printed += 1;
+                if format.json {
+                    let headers: serde_json::Map<String, serde_json::Value> = r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), json!(text(v))))
+                        .collect();
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({ "partition": p, "offset": r.offset, "timestamp": r.timestamp,
+                                "key": text(&r.key), "value": text(&r.value), "headers": headers })
+                    )?;
+                } else if format.print_key {
+                    let key = text(&r.key).unwrap_or_default();
+                    let value = text(&r.value).unwrap_or_default();
+                    writeln!(out, "{key}{}{value}", format.separator)?;
+                } else {
+                    writeln!(out, "{}", text(&r.value).unwrap_or_default())?;
+                }
+            }
+        }
     }
 }
 

@@ -119,16 +119,63 @@ impl Connection {
         self.send_at(req, v, "strata-client").await
     }
 
+    /// Like [`send`](Self::send), at no newer version than `max` (for requests whose newer
+    /// versions change shape, such as Produce and Fetch naming topics by id from v13).
+    pub async fn send_capped<R: Request>(
+        &self,
+        req: &R,
+        max: i16,
+    ) -> Result<R::Response, ClientError> {
+        let v = self.version_for::<R>()?;
+        if v.min(max) < self.versions.get(&R::KEY).map_or(0, |r| r.0) {
+            return Err(ClientError::Unsupported {
+                api: api_name(R::KEY),
+                reason: format!("{} needs a version above v{max}", self.addr),
+            });
+        }
+        self.send_at(req, v.min(max), "strata-client").await
+    }
+
+    /// Writes `req` (at most at version `max`) without waiting for a response: for Produce
+    /// with acks=0, which the broker does not answer.
+    pub async fn send_only<R: Request>(&self, req: &R, max: i16) -> Result<(), ClientError> {
+        let v = self.version_for::<R>()?.min(max);
+        self.write(req, v, "strata-client", false).await.map(drop)
+    }
+
     async fn send_at<R: Request>(
         &self,
         req: &R,
         version: i16,
         client_id: &str,
     ) -> Result<R::Response, ClientError> {
-        let key = ApiKey::try_from(R::KEY).map_err(|_| ClientError::Unsupported {
-            api: api_name(R::KEY),
-            reason: "unknown API key".into(),
-        })?;
+        let key = api_key::<R>()?;
+        let rx = self
+            .write(req, version, client_id, true)
+            .await?
+            .ok_or_else(|| ClientError::Closed(self.addr.clone()))?;
+        let mut frame = rx
+            .await
+            .map_err(|_| ClientError::Closed(self.addr.clone()))??;
+        let header_version = if key == ApiKey::ApiVersions {
+            0
+        } else {
+            R::Response::header_version(version)
+        };
+        ResponseHeader::decode(&mut frame, header_version)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        R::Response::decode(&mut frame, version).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Frames and writes a request; with `answered`, registers a waiter for its response.
+    async fn write<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        client_id: &str,
+        answered: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<Bytes, ClientError>>>, ClientError> {
+        let key = api_key::<R>()?;
         let rx = {
             let mut w = self.write.lock().await;
             w.1 = w.1.wrapping_add(1);
@@ -147,30 +194,23 @@ impl Connection {
                 .map_err(|e| ClientError::Encode(e.to_string()))?;
             let len = (body.len() - 4) as u32;
             body[..4].copy_from_slice(&len.to_be_bytes());
-            let (tx, rx) = oneshot::channel();
-            {
+            let rx = {
                 let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(why) = &p.failed {
                     return Err(ClientError::Closed(why.clone()));
                 }
-                p.waiters.push_back((correlation, tx));
-            }
+                answered.then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    p.waiters.push_back((correlation, tx));
+                    rx
+                })
+            };
             w.0.write_all(&body)
                 .await
                 .map_err(|e| ClientError::Closed(format!("{}: {e}", self.addr)))?;
             rx
         };
-        let mut frame = rx
-            .await
-            .map_err(|_| ClientError::Closed(self.addr.clone()))??;
-        let header_version = if key == ApiKey::ApiVersions {
-            0
-        } else {
-            R::Response::header_version(version)
-        };
-        ResponseHeader::decode(&mut frame, header_version)
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        R::Response::decode(&mut frame, version).map_err(|e| ClientError::Decode(e.to_string()))
+        Ok(rx)
     }
 }
 
@@ -219,6 +259,13 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Arc<Mutex<Pending>>, addr: 
     for (_, tx) in waiters {
         let _ = tx.send(Err(ClientError::Closed(failure.clone())));
     }
+}
+
+fn api_key<R: Request>() -> Result<ApiKey, ClientError> {
+    ApiKey::try_from(R::KEY).map_err(|_| ClientError::Unsupported {
+        api: api_name(R::KEY),
+        reason: "unknown API key".into(),
+    })
 }
 
 fn api_name(key: i16) -> String {

@@ -7,8 +7,10 @@
 
 pub mod cli;
 pub mod conn;
+pub mod data;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
@@ -23,6 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 use thiserror::Error;
 
 pub use conn::Connection;
+pub use data::{FetchedRecord, NewRecord};
 
 /// What can go wrong talking to a broker. Each names the cause and, where one exists, what
 /// to do.
@@ -140,10 +143,17 @@ pub struct ConfigEntry {
     pub explicit: bool,
 }
 
-/// A client of one cluster, through one bootstrap connection.
+/// A client of one cluster: a bootstrap connection for metadata and admin, and a connection
+/// per partition leader for data.
 #[derive(Debug)]
 pub struct Client {
-    conn: Connection,
+    conn: Arc<Connection>,
+    /// Connections by broker id.
+    brokers: tokio::sync::Mutex<HashMap<i32, Arc<Connection>>>,
+    /// Leader id of each partition, by topic; dropped when a call to it fails.
+    leaders: std::sync::Mutex<HashMap<String, Vec<i32>>>,
+    /// Broker addresses by id, from the latest Metadata.
+    addresses: std::sync::Mutex<HashMap<i32, String>>,
 }
 
 impl Client {
@@ -156,7 +166,14 @@ impl Client {
             .filter(|a| !a.is_empty())
         {
             match Connection::connect(addr, "stratactl").await {
-                Ok(conn) => return Ok(Self { conn }),
+                Ok(conn) => {
+                    return Ok(Self {
+                        conn: Arc::new(conn),
+                        brokers: tokio::sync::Mutex::default(),
+                        leaders: std::sync::Mutex::default(),
+                        addresses: std::sync::Mutex::default(),
+                    });
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -169,6 +186,100 @@ impl Client {
     /// The connection (for requests this client has no helper for yet).
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// How many partitions `topic` has.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, ClientError> {
+        Ok(self.leaders_of(topic).await?.len() as i32)
+    }
+
+    async fn leaders_of(&self, topic: &str) -> Result<Vec<i32>, ClientError> {
+        if let Some(l) = self
+            .leaders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(topic)
+        {
+            return Ok(l.clone());
+        }
+        let m = self.metadata(Some(&[topic])).await?;
+        let t = m
+            .topics
+            .first()
+            .ok_or_else(|| ClientError::UnknownTopic(topic.to_owned()))?;
+        if t.error_code == ResponseError::UnknownTopicOrPartition.code() {
+            return Err(ClientError::UnknownTopic(topic.to_owned()));
+        }
+        check(format!("metadata of {topic}"), t.error_code)?;
+        let info = topic_info(t);
+        let leaders: Vec<i32> = info.partitions.iter().map(|p| p.leader).collect();
+        let mut known = self.brokers.lock().await;
+        // The bootstrap connection serves the broker it reached.
+        for b in &m.brokers {
+            if format!("{}:{}", b.host, b.port) == self.conn.addr() {
+                known
+                    .entry(b.node_id.0)
+                    .or_insert_with(|| self.conn.clone());
+            }
+        }
+        drop(known);
+        self.addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(
+                m.brokers
+                    .iter()
+                    .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port))),
+            );
+        self.leaders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(topic.to_owned(), leaders.clone());
+        Ok(leaders)
+    }
+
+    /// The connection to the leader of `topic`/`partition`.
+    pub(crate) async fn leader(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Arc<Connection>, ClientError> {
+        let leaders = self.leaders_of(topic).await?;
+        let Some(&id) = leaders.get(partition as usize) else {
+            return Err(ClientError::Broker {
+                what: format!(
+                    "{topic} has {} partitions, not {}",
+                    leaders.len(),
+                    partition + 1
+                ),
+                code: ResponseError::UnknownTopicOrPartition.code(),
+            });
+        };
+        let mut conns = self.brokers.lock().await;
+        if let Some(c) = conns.get(&id) {
+            return Ok(c.clone());
+        }
+        let addr = self
+            .addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| ClientError::Broker {
+                what: format!("{topic}/{partition} has no leader now; retry shortly"),
+                code: ResponseError::LeaderNotAvailable.code(),
+            })?;
+        let c = Arc::new(Connection::connect(&addr, "strata-client").await?);
+        conns.insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// Forgets what is known of `topic`'s leaders (after a failed call).
+    pub(crate) fn forget(&self, topic: &str) {
+        self.leaders
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(topic);
     }
 
     async fn metadata(&self, topics: Option<&[&str]>) -> Result<MetadataResponse, ClientError> {

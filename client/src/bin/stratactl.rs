@@ -6,7 +6,8 @@ use std::process::ExitCode;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
-    match strata_client::cli::run(std::env::args_os(), &mut out).await {
+    let mut input = std::io::stdin().lock();
+    match strata_client::cli::run(std::env::args_os(), &mut input, &mut out).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = out.flush();
