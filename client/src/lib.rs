@@ -202,16 +202,7 @@ impl Client {
         {
             return Ok(l.clone());
         }
-        let m = self.metadata(Some(&[topic])).await?;
-        let t = m
-            .topics
-            .first()
-            .ok_or_else(|| ClientError::UnknownTopic(topic.to_owned()))?;
-        if t.error_code == ResponseError::UnknownTopicOrPartition.code() {
-            return Err(ClientError::UnknownTopic(topic.to_owned()));
-        }
-        check(format!("metadata of {topic}"), t.error_code)?;
-        let info = topic_info(t);
+        let (m, info) = self.topic_metadata(topic).await?;
         let leaders: Vec<i32> = info.partitions.iter().map(|p| p.leader).collect();
         let mut known = self.brokers.lock().await;
         // The bootstrap connection serves the broker it reached.
@@ -282,6 +273,24 @@ impl Client {
             .remove(topic);
     }
 
+    /// Metadata of one topic: the whole response (for the brokers) and the topic's part.
+    async fn topic_metadata(
+        &self,
+        topic: &str,
+    ) -> Result<(MetadataResponse, TopicInfo), ClientError> {
+        let m = self.metadata(Some(&[topic])).await?;
+        let t = m
+            .topics
+            .first()
+            .ok_or_else(|| ClientError::UnknownTopic(topic.to_owned()))?;
+        if t.error_code == ResponseError::UnknownTopicOrPartition.code() {
+            return Err(ClientError::UnknownTopic(topic.to_owned()));
+        }
+        check(format!("metadata of {topic}"), t.error_code)?;
+        let info = topic_info(t);
+        Ok((m, info))
+    }
+
     async fn metadata(&self, topics: Option<&[&str]>) -> Result<MetadataResponse, ClientError> {
         let req = MetadataRequest::default()
             .with_allow_auto_topic_creation(false)
@@ -326,16 +335,7 @@ impl Client {
         &self,
         topic: &str,
     ) -> Result<(TopicInfo, Vec<ConfigEntry>), ClientError> {
-        let m = self.metadata(Some(&[topic])).await?;
-        let t = m
-            .topics
-            .first()
-            .ok_or_else(|| ClientError::UnknownTopic(topic.to_owned()))?;
-        if t.error_code == ResponseError::UnknownTopicOrPartition.code() {
-            return Err(ClientError::UnknownTopic(topic.to_owned()));
-        }
-        check(format!("metadata of {topic}"), t.error_code)?;
-        let info = topic_info(t);
+        let (_, info) = self.topic_metadata(topic).await?;
         let req = DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
                 .with_resource_type(2)
