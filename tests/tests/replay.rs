@@ -387,25 +387,10 @@ async fn a_gib_replays_from_object_storage_and_survives_a_wiped_disk() {
 async fn an_object_store_outage_keeps_produce_and_tail_reads_working() {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
     let (faulty, switch) = FaultyStore::new(inner.clone());
-    let broker = TestBroker::start_on_store(Some(Arc::new(faulty)), |c| {
-        c.object_store.upload_interval_ms = 100;
-        c.object_store.operation_timeout_ms = 1_000;
-        c.object_store.max_backoff_ms = 400;
-    })
-    .await;
+    let broker = TestBroker::start_on_store(Some(Arc::new(faulty)), quick_retries).await;
     let bootstrap = broker.bootstrap();
     let topic = "outage";
-    create_topic(
-        &bootstrap,
-        topic,
-        1,
-        &[
-            ("segment.bytes", "65536"),
-            ("local.retention.bytes", "0"),
-            ("retention.ms", "-1"),
-        ],
-    )
-    .await;
+    create_outage_topic(&bootstrap, topic).await;
     let id = topic_id(&broker, topic);
     let mut load = Load::new(&bootstrap, topic);
     load.step(Fault::Healthy, 500).await;
@@ -443,23 +428,9 @@ async fn an_object_store_outage_keeps_produce_and_tail_reads_working() {
         );
         assert_eq!(end, load.produced);
     }
-    // Healthy again: every sealed segment is uploaded and evicted; only the active one, which
-    // starts where the object store ends, stays local.
+    // Healthy again: uploads catch up.
     switch.set(Fault::Healthy);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (local_start, end) = local_range(&broker, topic);
-        let remote = remote_end(inner.clone()).await;
-        let segments = dir_count(&broker.data_dir().join(format!("logs/{topic}-0")), "log");
-        if segments == 1 && local_start == remote {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no catch-up: remote end {remote}, local {local_start}..{end}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_catch_up(&broker, topic, || remote_end(inner.clone())).await;
     replay_and_check(&bootstrap, topic, &[load.produced as i64]);
     broker.stop().await;
 }
@@ -471,24 +442,12 @@ async fn a_stopped_s3_server_keeps_produce_and_tail_reads_working() {
     let endpoint = s3.endpoint();
     let broker = TestBroker::start_with(move |c| {
         S3Server::configure(&endpoint, c, BUCKET, PREFIX);
-        c.object_store.upload_interval_ms = 100;
-        c.object_store.operation_timeout_ms = 1_000;
-        c.object_store.max_backoff_ms = 400;
+        quick_retries(c);
     })
     .await;
     let bootstrap = broker.bootstrap();
     let topic = "s3-down";
-    create_topic(
-        &bootstrap,
-        topic,
-        1,
-        &[
-            ("segment.bytes", "65536"),
-            ("local.retention.bytes", "0"),
-            ("retention.ms", "-1"),
-        ],
-    )
-    .await;
+    create_outage_topic(&bootstrap, topic).await;
     let id = topic_id(&broker, topic);
     let store = s3.store(BUCKET);
     let remote_end = || async { manifests(&store, PREFIX, id, 1).await[0].end_offset() };
@@ -514,21 +473,8 @@ async fn a_stopped_s3_server_keeps_produce_and_tail_reads_working() {
         assert_eq!(end, load.produced);
     }
     s3.resume().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (local_start, end) = local_range(&broker, topic);
-        let remote = remote_end().await;
-        let segments = dir_count(&broker.data_dir().join(format!("logs/{topic}-0")), "log");
-        if segments == 1 && local_start == remote {
-            assert!(remote > before, "uploads caught up");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no catch-up: remote end {remote}, local {local_start}..{end}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let caught_up = await_catch_up(&broker, topic, remote_end).await;
+    assert!(caught_up > before, "uploads resumed");
     replay_and_check(&bootstrap, topic, &[load.produced as i64]);
     broker.stop().await;
 }
@@ -577,6 +523,46 @@ async fn a_missing_bucket_stops_start_up_unless_create_bucket_is_set() {
         .await
         .expect_err("bad credentials");
     assert!(err.to_string().contains("not usable"), "{err}");
+}
+
+/// Uploads every 100 ms; a failing step gives up after 1 s and retries within 400 ms.
+fn quick_retries(c: &mut strata_broker::config::BrokerConfig) {
+    c.object_store.upload_interval_ms = 100;
+    c.object_store.operation_timeout_ms = 1_000;
+    c.object_store.max_backoff_ms = 400;
+}
+
+/// One partition, 64 KiB segments, nothing kept locally once uploaded, kept forever remotely.
+async fn create_outage_topic(bootstrap: &str, topic: &str) {
+    let configs = [
+        ("segment.bytes", "65536"),
+        ("local.retention.bytes", "0"),
+        ("retention.ms", "-1"),
+    ];
+    create_topic(bootstrap, topic, 1, &configs).await;
+}
+
+/// Waits until every sealed segment of `topic`/0 is uploaded and evicted: only the active
+/// segment, starting where the object store ends, stays local. Returns that offset.
+async fn await_catch_up<F, Fut>(broker: &TestBroker, topic: &str, remote_end: F) -> u64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (local_start, end) = local_range(broker, topic);
+        let remote = remote_end().await;
+        let segments = dir_count(&broker.data_dir().join(format!("logs/{topic}-0")), "log");
+        if segments == 1 && local_start == remote {
+            return remote;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up: remote end {remote}, local {local_start}..{end}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A producer and a tail consumer of one partition.
