@@ -660,6 +660,45 @@ mod tests {
         assert!(matches!(past, Err(TierError::NotRemote { .. })));
     }
 
+    /// The offset after the last whole batch in `bytes`.
+    fn next_offset(bytes: &[u8]) -> u64 {
+        let mut at = 0;
+        let mut next = 0;
+        while let Some(h) = BatchHeader::parse(&bytes[at..]) {
+            next = h.last_offset() as u64 + 1;
+            at += h.total_len();
+            if at >= bytes.len() {
+                break;
+            }
+        }
+        next
+    }
+
+    #[tokio::test]
+    async fn a_sequential_reader_finds_the_next_chunks_already_fetched() {
+        let (_dir, log, objects, m) = uploaded(120).await;
+        let (faulty, switch) = crate::tier::fault::FaultyStore::new(objects.store().clone());
+        let objects = PartitionObjects::new(Arc::new(faulty), &Path::from("r"), Uuid::nil(), 0);
+        let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        // Two reads, the second continuing the first: read-ahead starts.
+        let first = reader.read(&objects, &m, 0, 700).await.expect("read");
+        let from = next_offset(&first);
+        let second = reader.read(&objects, &m, from, 700).await.expect("read");
+        let from = next_offset(&second);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // With the store failing, the next read is served from what read-ahead fetched.
+        switch.set(crate::tier::fault::Fault::Fail);
+        let third = reader
+            .read(&objects, &m, from, 700)
+            .await
+            .expect("read-ahead");
+        let local = log.read(from, 700).expect("local");
+        assert_eq!(&local[..third.len()], &third[..]);
+        // A read elsewhere needs the store, and says so.
+        let far = m.segments[m.segments.len() - 1].base_offset;
+        assert!(reader.read(&objects, &m, far, 700).await.is_err());
+    }
+
     #[tokio::test]
     async fn remote_time_lookups_match_the_local_log() {
         let (_dir, log, objects, m) = uploaded(80).await;
