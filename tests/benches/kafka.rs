@@ -15,12 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use strata_tests::TestBroker;
 
@@ -29,13 +27,12 @@ const PRODUCE_RECORDS: usize = 200_000;
 const E2E_RATE: u64 = 2_000;
 const E2E_SECONDS: u64 = 5;
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod common;
+
+use common::{BenchResult, create_topic, producer, send_all};
 
 fn main() -> BenchResult<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+    common::block_on(run())
 }
 
 async fn run() -> BenchResult<()> {
@@ -60,7 +57,7 @@ async fn run() -> BenchResult<()> {
     let run_id = std::process::id();
     for partitions in [1, 8] {
         let topic = format!("perf-{run_id}-{partitions}");
-        create_topic(&bootstrap, &topic, partitions).await?;
+        create_topic(&bootstrap, &topic, partitions, &[]).await?;
         let (secs, bytes) = produce(&bootstrap, &topic, PRODUCE_RECORDS).await?;
         report(
             &format!("produce acks=all, {partitions} partition(s)"),
@@ -75,7 +72,7 @@ async fn run() -> BenchResult<()> {
         report(&format!("consume, {partitions} partition(s)"), bytes, secs);
     }
     let topic = format!("perf-{run_id}-e2e");
-    create_topic(&bootstrap, &topic, 1).await?;
+    create_topic(&bootstrap, &topic, 1, &[]).await?;
     let mut latencies = end_to_end(&bootstrap, &topic).await?;
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
@@ -100,65 +97,14 @@ fn report(what: &str, bytes: usize, secs: f64) {
     );
 }
 
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> BenchResult<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?
-    {
-        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
-    }
-    Ok(())
-}
-
-fn producer(bootstrap: &str, linger_ms: &str) -> BenchResult<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", linger_ms)
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.kbytes", "262144")
-        .create()?)
-}
-
 async fn produce(bootstrap: &str, topic: &str, records: usize) -> BenchResult<(f64, usize)> {
     let producer = producer(bootstrap, "5")?;
     let payload = vec![b'x'; RECORD_BYTES];
-    let start = Instant::now();
-    let mut pending = Vec::with_capacity(50_000);
-    for i in 0..records {
-        let key = (i % 1024).to_string();
-        loop {
-            match producer.send_result(FutureRecord::to(topic).key(&key).payload(&payload)) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((e, _))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-        if pending.len() == 50_000 {
-            for f in pending.drain(..) {
-                f.await?.map_err(|(e, _)| e)?;
-            }
-        }
-    }
-    for f in pending.drain(..) {
-        f.await?.map_err(|(e, _)| e)?;
-    }
-    Ok((start.elapsed().as_secs_f64(), records * RECORD_BYTES))
+    let secs = send_all(&producer, topic, records as u64, &payload, |i| {
+        (None, (i % 1024).to_string())
+    })
+    .await?;
+    Ok((secs, records * RECORD_BYTES))
 }
 
 fn consumer(bootstrap: &str) -> BenchResult<BaseConsumer> {

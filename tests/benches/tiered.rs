@@ -30,13 +30,9 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use strata_storage::BatchHeader;
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
@@ -53,13 +49,12 @@ const CHUNK: u64 = 4 << 20;
 const GETS: usize = 16;
 const SIDE_MIB: u64 = 256;
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod common;
+
+use common::{BenchResult, producer, send_all};
 
 fn main() -> BenchResult<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(run())
+    common::block_on(run())
 }
 
 async fn run() -> BenchResult<()> {
@@ -242,17 +237,7 @@ fn report(what: &str, bytes: u64, secs: f64) -> f64 {
 }
 
 async fn create_topic(bootstrap: &str, topic: &str, configs: &[(&str, String)]) -> BenchResult<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    let mut t = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        t = t.set(k, v);
-    }
-    for r in admin.create_topics(&[t], &AdminOptions::new()).await? {
-        r.map_err(|(t, e)| format!("creating {t}: {e}"))?;
-    }
-    Ok(())
+    common::create_topic(bootstrap, topic, PARTITIONS, configs).await
 }
 
 fn topic_id(broker: &TestBroker, topic: &str) -> BenchResult<Uuid> {
@@ -318,52 +303,15 @@ async fn sample_lag(
     Ok(lag)
 }
 
-fn producer(bootstrap: &str) -> BenchResult<FutureProducer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.kbytes", "262144")
-        .create()?)
-}
-
 /// Produces `records` records round-robin over the partitions; returns the seconds taken
 /// until the last one was acknowledged.
 async fn produce(bootstrap: &str, topic: &str, records: u64) -> BenchResult<f64> {
-    let producer = producer(bootstrap)?;
+    let producer = producer(bootstrap, "5")?;
     let payload = vec![b'x'; RECORD];
-    let start = Instant::now();
-    let mut pending = Vec::with_capacity(50_000);
-    for i in 0..records {
-        let key = i.to_string();
-        loop {
-            let r = FutureRecord::to(topic)
-                .partition((i % PARTITIONS as u64) as i32)
-                .key(&key)
-                .payload(&payload);
-            match producer.send_result(r) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-        if pending.len() == 50_000 {
-            for f in pending.drain(..) {
-                f.await?.map_err(|(e, _)| e)?;
-            }
-        }
-    }
-    for f in pending.drain(..) {
-        f.await?.map_err(|(e, _)| e)?;
-    }
-    Ok(start.elapsed().as_secs_f64())
+    send_all(&producer, topic, records, &payload, |i| {
+        (Some((i % PARTITIONS as u64) as i32), i.to_string())
+    })
+    .await
 }
 
 fn consumer(bootstrap: &str) -> BenchResult<BaseConsumer> {
