@@ -90,6 +90,15 @@ impl Connection {
         &self.addr
     }
 
+    /// Whether the connection broke (a new one is needed).
+    pub fn is_closed(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failed
+            .is_some()
+    }
+
     /// The version `R` goes out at: the newest both this client and the broker support.
     pub fn version_for<R: Request>(&self) -> Result<i16, ClientError> {
         let ours = R::VERSIONS;
@@ -126,6 +135,13 @@ impl Connection {
         req: &R,
         max: i16,
     ) -> Result<R::Response, ClientError> {
+        self.submit(req, max).await?.response().await
+    }
+
+    /// Writes `req` (at most at version `max`) and returns at once; the response is awaited
+    /// through the [`Reply`]. Requests submitted one after another reach the broker in that
+    /// order, which is what keeps a partition's batches in order.
+    pub async fn submit<R: Request>(&self, req: &R, max: i16) -> Result<Reply<R>, ClientError> {
         let v = self.version_for::<R>()?;
         if v.min(max) < self.versions.get(&R::KEY).map_or(0, |r| r.0) {
             return Err(ClientError::Unsupported {
@@ -133,7 +149,7 @@ impl Connection {
                 reason: format!("{} needs a version above v{max}", self.addr),
             });
         }
-        self.send_at(req, v.min(max), "strata-client").await
+        self.submit_at(req, v.min(max), "strata-client").await
     }
 
     /// Writes `req` (at most at version `max`) without waiting for a response: for Produce
@@ -149,22 +165,34 @@ impl Connection {
         version: i16,
         client_id: &str,
     ) -> Result<R::Response, ClientError> {
+        self.submit_at(req, version, client_id)
+            .await?
+            .response()
+            .await
+    }
+
+    async fn submit_at<R: Request>(
+        &self,
+        req: &R,
+        version: i16,
+        client_id: &str,
+    ) -> Result<Reply<R>, ClientError> {
         let key = api_key::<R>()?;
         let rx = self
             .write(req, version, client_id, true)
             .await?
             .ok_or_else(|| ClientError::Closed(self.addr.clone()))?;
-        let mut frame = rx
-            .await
-            .map_err(|_| ClientError::Closed(self.addr.clone()))??;
-        let header_version = if key == ApiKey::ApiVersions {
-            0
-        } else {
-            R::Response::header_version(version)
-        };
-        ResponseHeader::decode(&mut frame, header_version)
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        R::Response::decode(&mut frame, version).map_err(|e| ClientError::Decode(e.to_string()))
+        Ok(Reply {
+            rx,
+            version,
+            header_version: if key == ApiKey::ApiVersions {
+                0
+            } else {
+                R::Response::header_version(version)
+            },
+            addr: self.addr.clone(),
+            request: std::marker::PhantomData,
+        })
     }
 
     /// Frames and writes a request; with `answered`, registers a waiter for its response.
@@ -211,6 +239,30 @@ impl Connection {
             rx
         };
         Ok(rx)
+    }
+}
+
+/// The response to a submitted request, awaited with [`Reply::response`].
+#[derive(Debug)]
+pub struct Reply<R> {
+    rx: oneshot::Receiver<Result<Bytes, ClientError>>,
+    version: i16,
+    header_version: i16,
+    addr: String,
+    request: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Request> Reply<R> {
+    /// Waits for the response and decodes it.
+    pub async fn response(self) -> Result<R::Response, ClientError> {
+        let mut frame = self
+            .rx
+            .await
+            .map_err(|_| ClientError::Closed(self.addr.clone()))??;
+        ResponseHeader::decode(&mut frame, self.header_version)
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        R::Response::decode(&mut frame, self.version)
+            .map_err(|e| ClientError::Decode(e.to_string()))
     }
 }
 

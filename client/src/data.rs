@@ -1,5 +1,7 @@
 //! Producing and fetching records: one batch per call, routed to the partition's leader.
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -13,7 +15,7 @@ use kafka_protocol::records::{
 use crate::{Client, ClientError, check, name};
 
 /// Produce and Fetch from v13 name topics by id; this client names them.
-const BY_NAME: i16 = 12;
+pub(crate) const BY_NAME: i16 = 12;
 
 /// A record to produce.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,6 +26,8 @@ pub struct NewRecord {
     pub value: Option<Bytes>,
     /// Headers, in order.
     pub headers: Vec<(String, Option<Bytes>)>,
+    /// Its timestamp (ms since the epoch); `None` stamps it when its batch is encoded.
+    pub timestamp: Option<i64>,
 }
 
 /// A fetched record.
@@ -81,44 +85,7 @@ impl Client {
         records: &[NewRecord],
         acks: i16,
     ) -> Result<i64, ClientError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let batch: Vec<Record> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                // Consecutive sequences keep the records in one batch (the codec starts a
-                // new batch where they break); without a producer id the broker ignores them.
-                sequence: i as i32,
-                timestamp: now,
-                key: r.key.clone(),
-                value: r.value.clone(),
-                headers: r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone()))
-                    .collect(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &batch,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .map_err(|e| ClientError::Encode(e.to_string()))?;
+        let buf = encode_batch(records, Compression::None)?;
         let req = ProduceRequest::default()
             .with_acks(acks)
             .with_timeout_ms(30_000)
@@ -128,7 +95,7 @@ impl Client {
                     .with_partition_data(vec![
                         PartitionProduceData::default()
                             .with_index(partition)
-                            .with_records(Some(buf.freeze())),
+                            .with_records(Some(buf)),
                     ]),
             ]);
         let r = self.produce_request(topic, partition, &req, acks).await;
@@ -202,28 +169,8 @@ impl Client {
             p.error_code,
         )
         .inspect_err(|_| self.forget(topic))?;
-        let mut records = Vec::new();
-        let mut bytes = whole_batches(p.records.clone().unwrap_or_default());
-        while !bytes.is_empty() {
-            let set = RecordBatchDecoder::decode(&mut bytes)
-                .map_err(|e| ClientError::Decode(format!("{topic}/{partition}: {e}")))?;
-            records.extend(
-                set.records
-                    .into_iter()
-                    .filter(|r| !r.control && r.offset >= offset)
-                    .map(|r| FetchedRecord {
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        key: r.key,
-                        value: r.value,
-                        headers: r
-                            .headers
-                            .into_iter()
-                            .map(|(k, v)| (k.to_string(), v))
-                            .collect(),
-                    }),
-            );
-        }
+        let (records, _) = decode_records(p.records.clone().unwrap_or_default(), offset)
+            .map_err(|e| ClientError::Decode(format!("{topic}/{partition}: {e}")))?;
         Ok((records, p.high_watermark))
     }
 
@@ -235,29 +182,138 @@ impl Client {
         partition: i32,
         timestamp: i64,
     ) -> Result<i64, ClientError> {
-        let req = ListOffsetsRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_topics(vec![
-                ListOffsetsTopic::default()
-                    .with_name(name(topic))
-                    .with_partitions(vec![
-                        ListOffsetsPartition::default()
-                            .with_partition_index(partition)
-                            .with_timestamp(timestamp),
-                    ]),
-            ]);
-        let resp = self.leader(topic, partition).await?.send(&req).await?;
-        let p = resp
-            .topics
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or_else(|| ClientError::Decode("ListOffsets answered nothing".into()))?;
-        check(
-            format!("listing offsets of {topic}/{partition}"),
-            p.error_code,
-        )?;
-        Ok(p.offset)
+        let offsets = self.list_offsets(topic, &[partition], timestamp).await?;
+        offsets
+            .get(&partition)
+            .copied()
+            .ok_or_else(|| ClientError::Decode("ListOffsets answered nothing".into()))
     }
+
+    /// ListOffsets for several partitions, one request per leader: `timestamp` -1 latest,
+    /// -2 earliest, -4 earliest still on the leader's disk, -5 the last offset in object
+    /// storage (-1: none), or a time (ms).
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[i32],
+        timestamp: i64,
+    ) -> Result<BTreeMap<i32, i64>, ClientError> {
+        let mut by_leader: BTreeMap<i32, Vec<ListOffsetsPartition>> = BTreeMap::new();
+        for &p in partitions {
+            by_leader
+                .entry(self.leader_id(topic, p).await?)
+                .or_default()
+                .push(
+                    ListOffsetsPartition::default()
+                        .with_partition_index(p)
+                        .with_timestamp(timestamp),
+                );
+        }
+        let mut out = BTreeMap::new();
+        for (leader, parts) in by_leader {
+            let req = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    ListOffsetsTopic::default()
+                        .with_name(name(topic))
+                        .with_partitions(parts),
+                ]);
+            let resp = match self.broker(leader).await {
+                Ok(conn) => conn.send(&req).await,
+                Err(e) => Err(e),
+            };
+            let resp = resp.inspect_err(|_| self.forget(topic))?;
+            for p in resp.topics.iter().flat_map(|t| &t.partitions) {
+                check(
+                    format!("listing offsets of {topic}/{}", p.partition_index),
+                    p.error_code,
+                )
+                .inspect_err(|_| self.forget(topic))?;
+                out.insert(p.partition_index, p.offset);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `records` as one record batch (v2) compressed with `compression`; records without a
+/// timestamp get the current time.
+pub(crate) fn encode_batch(
+    records: &[NewRecord],
+    compression: Compression,
+) -> Result<Bytes, ClientError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let batch = records.iter().enumerate().map(|(i, r)| Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: i as i64,
+        // Consecutive sequences keep the records in one batch (the codec starts a new
+        // batch where they break); without a producer id the broker ignores them.
+        sequence: i as i32,
+        timestamp: r.timestamp.unwrap_or(now),
+        key: r.key.clone(),
+        value: r.value.clone(),
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| (StrBytes::from_string(k.clone()), v.clone()))
+            .collect(),
+    });
+    let batch: Vec<Record> = batch.collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &batch,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| ClientError::Encode(e.to_string()))?;
+    Ok(buf.freeze())
+}
+
+/// The records at or after `from` in a fetched record set (control records left out), and
+/// the offset after its last whole batch (`None` when it holds no whole batch).
+pub(crate) fn decode_records(
+    bytes: Bytes,
+    from: i64,
+) -> Result<(Vec<FetchedRecord>, Option<i64>), String> {
+    let mut bytes = whole_batches(bytes);
+    let mut records = Vec::new();
+    let mut next = None;
+    while bytes.len() >= 27 {
+        // A batch's base offset and last offset delta: its last offset even when its
+        // records are all control records or compacted away.
+        let base = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let delta = i32::from_be_bytes(bytes[23..27].try_into().expect("4 bytes"));
+        next = Some(base + i64::from(delta) + 1);
+        let set = RecordBatchDecoder::decode(&mut bytes).map_err(|e| e.to_string())?;
+        records.extend(
+            set.records
+                .into_iter()
+                .filter(|r| !r.control && r.offset >= from)
+                .map(|r| FetchedRecord {
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: r.key,
+                    value: r.value,
+                    headers: r
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect(),
+                }),
+        );
+    }
+    Ok((records, next))
 }
 
 /// The leading whole batches of a fetched record set (a response may end mid-batch).

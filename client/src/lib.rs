@@ -2,12 +2,17 @@
 //! by `stratactl` and by tests (and meant for the broker's follower fetching). It holds no
 //! CLI concerns: those live in [`cli`].
 //!
-//! So far: connections with pipelined requests and ApiVersions negotiation ([`conn`]),
-//! cluster metadata, and topic administration. Producing, consuming and groups come next.
+//! Connections with pipelined requests and ApiVersions negotiation ([`conn`]), cluster
+//! metadata and topic administration (here), single-batch produce, fetch and ListOffsets
+//! ([`data`]), a batching, compressing [`producer`], a [`consumer`] with pipelined fetches,
+//! and consumer-group administration ([`groups`]).
 
 pub mod cli;
 pub mod conn;
+pub mod consumer;
 pub mod data;
+pub mod groups;
+pub mod producer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -65,6 +70,9 @@ pub enum ClientError {
         /// The Kafka error code.
         code: i16,
     },
+    /// A produced record was not delivered (shared by every record of its batch).
+    #[error(transparent)]
+    Delivery(Arc<ClientError>),
     /// The topic does not exist.
     #[error("topic {0:?} does not exist (list topics with `stratactl topic list`)")]
     UnknownTopic(String),
@@ -193,7 +201,8 @@ impl Client {
         Ok(self.leaders_of(topic).await?.len() as i32)
     }
 
-    async fn leaders_of(&self, topic: &str) -> Result<Vec<i32>, ClientError> {
+    /// The leader id of each of `topic`'s partitions (-1: none), cached.
+    pub(crate) async fn leaders_of(&self, topic: &str) -> Result<Vec<i32>, ClientError> {
         if let Some(l) = self
             .leaders
             .lock()
@@ -235,19 +244,30 @@ impl Client {
         topic: &str,
         partition: i32,
     ) -> Result<Arc<Connection>, ClientError> {
+        let id = self.leader_id(topic, partition).await?;
+        self.broker(id).await
+    }
+
+    /// The id of the broker leading `topic`/`partition`.
+    pub(crate) async fn leader_id(&self, topic: &str, partition: i32) -> Result<i32, ClientError> {
         let leaders = self.leaders_of(topic).await?;
-        let Some(&id) = leaders.get(partition as usize) else {
-            return Err(ClientError::Broker {
+        leaders
+            .get(usize::try_from(partition).unwrap_or(usize::MAX))
+            .copied()
+            .ok_or_else(|| ClientError::Broker {
                 what: format!(
                     "{topic} has {} partitions, not {}",
                     leaders.len(),
                     partition + 1
                 ),
                 code: ResponseError::UnknownTopicOrPartition.code(),
-            });
-        };
+            })
+    }
+
+    /// The connection to broker `id`, by the address the latest Metadata gave.
+    pub(crate) async fn broker(&self, id: i32) -> Result<Arc<Connection>, ClientError> {
         let mut conns = self.brokers.lock().await;
-        if let Some(c) = conns.get(&id) {
+        if let Some(c) = conns.get(&id).filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
         let addr = self
@@ -257,12 +277,21 @@ impl Client {
             .get(&id)
             .cloned()
             .ok_or_else(|| ClientError::Broker {
-                what: format!("{topic}/{partition} has no leader now; retry shortly"),
+                what: format!("broker {id} is not in the cluster metadata; retry shortly"),
                 code: ResponseError::LeaderNotAvailable.code(),
             })?;
         let c = Arc::new(Connection::connect(&addr, "strata-client").await?);
         conns.insert(id, c.clone());
         Ok(c)
+    }
+
+    /// The connection to broker `id` at `addr` (from a response naming it).
+    pub(crate) async fn node(&self, id: i32, addr: &str) -> Result<Arc<Connection>, ClientError> {
+        self.addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, addr.to_owned());
+        self.broker(id).await
     }
 
     /// Forgets what is known of `topic`'s leaders (after a failed call).
@@ -403,6 +432,49 @@ impl Client {
             });
         }
         Ok(())
+    }
+
+    /// Sets configs of `topic` and removes others (back to the broker's defaults), in one
+    /// IncrementalAlterConfigs call.
+    pub async fn alter_topic_config(
+        &self,
+        topic: &str,
+        set: &BTreeMap<String, String>,
+        remove: &[String],
+    ) -> Result<(), ClientError> {
+        use kafka_protocol::messages::IncrementalAlterConfigsRequest;
+        use kafka_protocol::messages::incremental_alter_configs_request::{
+            AlterConfigsResource, AlterableConfig,
+        };
+        let configs = set
+            .iter()
+            .map(|(k, v)| (k, 0, Some(StrBytes::from_string(v.clone()))))
+            .chain(remove.iter().map(|k| (k, 1, None)))
+            .map(|(k, op, value)| {
+                AlterableConfig::default()
+                    .with_name(StrBytes::from_string(k.clone()))
+                    .with_config_operation(op)
+                    .with_value(value)
+            })
+            .collect();
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(topic.to_owned()))
+                .with_configs(configs),
+        ]);
+        let resp = self.conn.send(&req).await?;
+        let r = resp.responses.first().ok_or_else(|| {
+            ClientError::Decode("IncrementalAlterConfigs answered nothing".into())
+        })?;
+        if r.error_code == ResponseError::UnknownTopicOrPartition.code() {
+            return Err(ClientError::UnknownTopic(topic.to_owned()));
+        }
+        let what = match r.error_message.as_ref().filter(|m| !m.is_empty()) {
+            Some(m) => format!("altering configs of {topic}: {m}"),
+            None => format!("altering configs of {topic}"),
+        };
+        check(what, r.error_code)
     }
 
     /// Deletes a topic.

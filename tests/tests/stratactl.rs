@@ -282,3 +282,516 @@ async fn produce_and_consume_lines_keys_headers_and_positions() {
     assert!(e.to_string().contains("does not exist"), "{e}");
     broker.stop().await;
 }
+
+/// Runs `args` until its output has `lines` lines (records produced with acks 0 may land a
+/// moment after the producer returns).
+async fn ctl_until_lines(bootstrap: &str, args: &[&str], lines: usize) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = ctl(bootstrap, args).await.expect("command");
+        if out.lines().count() >= lines || std::time::Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_and_acks_zero_round_trip_and_librdkafka_reads_them() {
+    use rdkafka::ClientConfig;
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let broker = TestBroker::start().await;
+    let b = broker.bootstrap();
+    ctl(&b, &["topic", "create", "packed", "-p", "2"])
+        .await
+        .expect("create");
+    let mut want = Vec::new();
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
+        let input: String = (0..40)
+            .map(|i| format!("{codec}-{i}:value {i} of {codec}\n"))
+            .collect();
+        let out = ctl_with_input(
+            &b,
+            &["produce", "packed", "-k", ":", "--compression", codec],
+            &input,
+        )
+        .await
+        .expect("produce");
+        assert_eq!(out, "produced 40 records to packed\n");
+        want.extend(input.lines().map(str::to_owned));
+    }
+    let input: String = (0..10)
+        .map(|i| format!("fire-{i}:and forget {i}\n"))
+        .collect();
+    let out = ctl_with_input(&b, &["produce", "packed", "-k", ":", "--acks", "0"], &input)
+        .await
+        .expect("produce");
+    assert_eq!(out, "produced 10 records to packed\n");
+    want.extend(input.lines().map(str::to_owned));
+    want.sort();
+
+    let args = [
+        "consume",
+        "packed",
+        "--from-beginning",
+        "--print-key",
+        "-k",
+        ":",
+    ];
+    let out = ctl_until_lines(&b, &args, want.len()).await;
+    let mut got: Vec<String> = out.lines().map(str::to_owned).collect();
+    got.sort();
+    assert_eq!(got, want);
+
+    // A Kafka client reads the same batches, so they are valid Kafka batches.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", "codec-check")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["packed"]).expect("subscribe");
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while seen.len() < want.len() && std::time::Instant::now() < deadline {
+        if let Some(m) = consumer.poll(std::time::Duration::from_millis(200)) {
+            let m = m.expect("message");
+            let key = String::from_utf8_lossy(m.key().expect("key")).into_owned();
+            let value = String::from_utf8_lossy(m.payload().expect("value")).into_owned();
+            seen.push(format!("{key}:{value}"));
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, want);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alter_config_sets_and_removes_topic_configs() {
+    let broker = TestBroker::start().await;
+    let b = broker.bootstrap();
+    ctl(
+        &b,
+        &["topic", "create", "tuned", "-c", "retention.ms=60000"],
+    )
+    .await
+    .expect("create");
+    let out = ctl(
+        &b,
+        &[
+            "topic",
+            "alter-config",
+            "tuned",
+            "--set",
+            "segment.bytes=1048576",
+            "--delete",
+            "retention.ms",
+        ],
+    )
+    .await
+    .expect("alter");
+    assert_eq!(
+        out,
+        "set segment.bytes=1048576 on tuned\nremoved retention.ms from tuned\n"
+    );
+    let d = json(
+        &ctl(&b, &["--json", "topic", "describe", "tuned"])
+            .await
+            .expect("describe"),
+    );
+    assert_eq!(d["configs"]["segment.bytes"], "1048576");
+    assert!(d["configs"].get("retention.ms").is_none(), "{d}");
+
+    let e = ctl(
+        &b,
+        &["topic", "alter-config", "tuned", "-s", "segment.bytes=-5"],
+    )
+    .await
+    .expect_err("invalid value");
+    assert!(e.to_string().contains("InvalidConfig"), "{e}");
+    let e = ctl(
+        &b,
+        &["topic", "alter-config", "missing", "-s", "retention.ms=1"],
+    )
+    .await
+    .expect_err("no topic");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let e = ctl(&b, &["topic", "alter-config", "tuned"])
+        .await
+        .expect_err("nothing to do");
+    assert_eq!(e.exit_code(), 2);
+    broker.stop().await;
+}
+
+/// The COMMITTED, LOG-END and LAG cells of `topic`/`partition` in `group describe` output.
+fn offsets_row(out: &str, topic: &str, partition: i32) -> Vec<String> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.len() >= 5 && c[0] == topic && c[1] == partition.to_string())
+        .map(|c| c[2..5].iter().map(|s| (*s).to_owned()).collect())
+        .unwrap_or_else(|| panic!("no row for {topic}/{partition}: {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_are_listed_described_reset_and_consumed_from() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let broker = TestBroker::start().await;
+    let b = broker.bootstrap();
+    ctl(&b, &["topic", "create", "jobs", "-p", "2"])
+        .await
+        .expect("create");
+    let input: String = (0..20).map(|i| format!("job {i}\n")).collect();
+    ctl_with_input(&b, &["produce", "jobs", "-p", "0"], &input)
+        .await
+        .expect("produce");
+    ctl_with_input(&b, &["produce", "jobs", "-p", "1"], "one\ntwo\n")
+        .await
+        .expect("produce");
+
+    // A group with nothing committed starts where --from-beginning says, and commits.
+    let out = ctl(
+        &b,
+        &[
+            "consume",
+            "jobs",
+            "-g",
+            "workers",
+            "--from-beginning",
+            "-n",
+            "5",
+            "-p",
+            "0",
+        ],
+    )
+    .await
+    .expect("consume");
+    assert_eq!(out, "job 0\njob 1\njob 2\njob 3\njob 4\n");
+    // The next run resumes after what was committed.
+    let out = ctl(
+        &b,
+        &["consume", "jobs", "-g", "workers", "-n", "2", "-p", "0"],
+    )
+    .await
+    .expect("consume");
+    assert_eq!(out, "job 5\njob 6\n");
+
+    let out = ctl(&b, &["group", "list"]).await.expect("list");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["GROUP", "STATE", "TYPE"]);
+    assert!(rows.iter().any(|r| r[..2] == ["workers", "Empty"]), "{out}");
+
+    let out = ctl(&b, &["group", "describe", "workers"])
+        .await
+        .expect("describe");
+    assert!(out.starts_with("group workers  state Empty"), "{out}");
+    assert_eq!(offsets_row(&out, "jobs", 0), ["7", "20", "13"]);
+    let d = json(
+        &ctl(&b, &["--json", "group", "describe", "workers"])
+            .await
+            .expect("describe"),
+    );
+    assert_eq!(d["offsets"][0]["lag"], 13);
+
+    // Reset: a dry run changes nothing; --execute does.
+    let out = ctl(
+        &b,
+        &[
+            "group",
+            "reset-offsets",
+            "workers",
+            "-t",
+            "jobs",
+            "--to-earliest",
+        ],
+    )
+    .await
+    .expect("dry run");
+    assert!(out.contains("add --execute"), "{out}");
+    let out = ctl(&b, &["group", "describe", "workers"])
+        .await
+        .expect("describe");
+    assert_eq!(offsets_row(&out, "jobs", 0), ["7", "20", "13"]);
+    for (args, want0, want1) in [
+        (&["--to-offset", "3"][..], "3", "2"),
+        (&["--shift-by", "4"], "7", "2"),
+        (&["--shift-by", "-100"], "0", "0"),
+        (&["--to-latest"], "20", "2"),
+    ] {
+        let mut argv = vec![
+            "group",
+            "reset-offsets",
+            "workers",
+            "-t",
+            "jobs",
+            "--execute",
+        ];
+        argv.extend_from_slice(args);
+        let out = ctl(&b, &argv).await.expect("reset");
+        assert!(out.contains("committed new offsets"), "{out}");
+        let out = ctl(&b, &["group", "describe", "workers"])
+            .await
+            .expect("describe");
+        assert_eq!(offsets_row(&out, "jobs", 0)[0], want0, "{args:?}: {out}");
+        assert_eq!(offsets_row(&out, "jobs", 1)[0], want1, "{args:?}: {out}");
+    }
+    let hour_ago = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        - 3_600_000)
+        .to_string();
+    ctl(
+        &b,
+        &[
+            "group",
+            "reset-offsets",
+            "workers",
+            "-t",
+            "jobs",
+            "-p",
+            "0",
+            "--to-datetime",
+            &hour_ago,
+            "--execute",
+        ],
+    )
+    .await
+    .expect("reset");
+    let out = ctl(&b, &["group", "describe", "workers"])
+        .await
+        .expect("describe");
+    assert_eq!(offsets_row(&out, "jobs", 0), ["0", "20", "20"]);
+
+    // A running member: describe shows it and its partitions; resets are refused.
+    let member: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", "workers")
+        .set("client.id", "live-worker")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    member.subscribe(&["jobs"]).expect("subscribe");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let out = loop {
+        let _ = member.poll(std::time::Duration::from_millis(100));
+        let out = ctl(&b, &["group", "describe", "workers"])
+            .await
+            .expect("describe");
+        if out.contains("state Stable") || std::time::Instant::now() > deadline {
+            break out;
+        }
+    };
+    assert!(
+        out.contains("state Stable") && out.contains("members 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("live-worker") && out.contains("jobs:0,1"),
+        "{out}"
+    );
+    let e = ctl(
+        &b,
+        &[
+            "group",
+            "reset-offsets",
+            "workers",
+            "-t",
+            "jobs",
+            "--to-earliest",
+            "--execute",
+        ],
+    )
+    .await
+    .expect_err("active group");
+    assert!(e.to_string().contains("active members"), "{e}");
+    let e = ctl(&b, &["consume", "jobs", "-g", "workers"])
+        .await
+        .expect_err("active group");
+    assert!(e.to_string().contains("active members"), "{e}");
+    drop(member);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiering_status_shows_remote_and_local_ranges_and_upload_lag() {
+    let broker = TestBroker::start_with(|c| c.object_store.upload_interval_ms = 100).await;
+    let b = broker.bootstrap();
+    ctl(
+        &b,
+        &["topic", "create", "cold", "-c", "segment.bytes=16384"],
+    )
+    .await
+    .expect("create");
+    ctl(
+        &b,
+        &[
+            "topic",
+            "create",
+            "hot",
+            "-c",
+            "remote.storage.enable=false",
+        ],
+    )
+    .await
+    .expect("create");
+    let line = format!("{}\n", "x".repeat(1000));
+    ctl_with_input(
+        &b,
+        &["produce", "cold", "--linger-ms", "0", "--batch-size", "1"],
+        &line.repeat(100),
+    )
+    .await
+    .expect("produce");
+    ctl_with_input(&b, &["produce", "hot"], &line.repeat(3))
+        .await
+        .expect("produce");
+
+    // Sealed segments reach the object store; the active one stays local only.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let s = json(
+            &ctl(&b, &["--json", "tiering", "status", "cold"])
+                .await
+                .expect("status"),
+        );
+        let done = s["partitions"][0]["remote_end"].as_i64().unwrap_or(0) >= 90;
+        if done || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let p = &status["partitions"][0];
+    assert_eq!(status["tiered"], true);
+    assert_eq!(p["log_start"], 0);
+    assert_eq!(p["log_end"], 100);
+    let remote_end = p["remote_end"].as_i64().expect("uploaded");
+    assert!((90..100).contains(&remote_end), "{status}");
+    assert_eq!(p["upload_lag"], 100 - remote_end);
+    let out = ctl(&b, &["tiering", "status", "cold"])
+        .await
+        .expect("status");
+    let cells: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(cells[0], "0");
+    assert_eq!(cells[1], format!("0..{remote_end}"));
+    assert!(cells[2].ends_with("..100"), "{out}");
+    assert_eq!(
+        cells[3..],
+        ["100", &(100 - remote_end).to_string()],
+        "{out}"
+    );
+
+    let out = ctl(&b, &["tiering", "status", "hot"])
+        .await
+        .expect("status");
+    let cells: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .expect("row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(cells, ["0", "-", "0..3", "3", "not", "tiered"], "{out}");
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf_produce_consume_and_e2e_report_throughput_and_latency() {
+    let broker = TestBroker::start().await;
+    let b = broker.bootstrap();
+    // The topic is created on first use, with the partitions asked for.
+    let r = json(
+        &ctl(
+            &b,
+            &[
+                "--json",
+                "perf",
+                "produce",
+                "-t",
+                "load",
+                "-p",
+                "3",
+                "-n",
+                "3000",
+                "-s",
+                "200",
+                "--compression",
+                "lz4",
+            ],
+        )
+        .await
+        .expect("perf produce"),
+    );
+    let r = &r[0];
+    assert_eq!(r["test"], "produce");
+    assert_eq!(r["records"], 3000);
+    assert_eq!(r["bytes"], 600_000);
+    assert!(r["records_per_sec"].as_f64().expect("rate") > 0.0);
+    let l = &r["latency_ms"];
+    for (lo, hi) in [
+        ("p50", "p95"),
+        ("p95", "p99"),
+        ("p99", "p99.9"),
+        ("p99.9", "max"),
+    ] {
+        assert!(l[lo].as_f64() <= l[hi].as_f64(), "{l}");
+    }
+    let d = json(
+        &ctl(&b, &["--json", "topic", "describe", "load"])
+            .await
+            .expect("describe"),
+    );
+    assert_eq!(d["partitions"].as_array().expect("partitions").len(), 3);
+
+    let c = json(
+        &ctl(&b, &["--json", "perf", "consume", "-t", "load"])
+            .await
+            .expect("perf consume"),
+    );
+    assert_eq!(c[0]["records"], 3000);
+    assert_eq!(c[0]["bytes"], 600_000);
+
+    // A rate limit holds: 1000 records at 2000/s take about half a second.
+    let out = ctl(
+        &b,
+        &[
+            "perf",
+            "e2e",
+            "-t",
+            "load",
+            "-n",
+            "1000",
+            "-s",
+            "100",
+            "--throughput",
+            "2000",
+        ],
+    )
+    .await
+    .expect("perf e2e");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][..3], ["TEST", "RECORDS", "MB"]);
+    assert_eq!(rows[1][..2], ["produce", "1000"]);
+    assert_eq!(rows[2][..2], ["end-to-end", "1000"]);
+    let seconds: f64 = rows[1][3].parse().expect("seconds");
+    assert!((0.45..5.0).contains(&seconds), "{out}");
+    let e = ctl(&b, &["perf", "produce", "-t", "load", "--throughput", "0"])
+        .await
+        .expect_err("bad rate");
+    assert_eq!(e.exit_code(), 2);
+    broker.stop().await;
+}

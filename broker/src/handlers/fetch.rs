@@ -317,7 +317,8 @@ pub(super) async fn list_offsets(
 }
 
 /// Kafka's special timestamps: -1 latest, -2 earliest, -3 the record with the largest
-/// timestamp, -4 earliest local; otherwise the first offset with a timestamp at or after it.
+/// timestamp, -4 earliest local, -5 the last offset in object storage (KIP-1005; -1 when
+/// nothing is there); otherwise the first offset with a timestamp at or after it.
 /// Object storage is consulted only for data the local log no longer holds.
 async fn lookup(
     state: &BrokerState,
@@ -364,6 +365,13 @@ async fn lookup(
         -1 => Some((part.log.log_end_offset() as i64, -1)),
         -2 => Some((part.log_start_offset() as i64, -1)),
         -4 => Some((local_start as i64, -1)),
+        -5 => Some((
+            part.remote
+                .manifest()
+                .filter(|m| !m.segments.is_empty())
+                .map_or(-1, |m| m.end_offset() as i64 - 1),
+            -1,
+        )),
         -3 => {
             let local = local(-3).await?;
             let remote_max = only_remote

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> ExitCode {
     let mut out = std::io::stdout().lock();
     let mut input = std::io::stdin().lock();

@@ -1,0 +1,495 @@
+//! Administration commands: topics, the cluster, groups and tiering.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde_json::json;
+
+use super::{CliError, GroupCommand, ResetArgs, TopicCommand, table};
+use crate::Client;
+use crate::groups::GroupOffsets;
+
+pub(super) async fn topic(
+    client: &Client,
+    cmd: TopicCommand,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    match cmd {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication,
+            configs,
+        } => {
+            let configs: BTreeMap<String, String> = configs.into_iter().collect();
+            client
+                .create_topic(&name, partitions, replication, &configs)
+                .await?;
+            if as_json {
+                writeln!(out, "{}", json!({ "created": name }))?;
+            } else {
+                writeln!(out, "created topic {name}")?;
+            }
+        }
+        TopicCommand::List { internal } => {
+            let topics: Vec<_> = client
+                .topics()
+                .await?
+                .into_iter()
+                .filter(|t| internal || !t.internal)
+                .collect();
+            if as_json {
+                let list: Vec<_> = topics
+                    .iter()
+                    .map(|t| json!({ "name": t.name, "id": t.id, "partitions": t.partitions.len(), "internal": t.internal }))
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Array(list))?;
+            } else {
+                let rows: Vec<Vec<String>> = topics
+                    .iter()
+                    .map(|t| vec![t.name.clone(), t.partitions.len().to_string(), t.id.clone()])
+                    .collect();
+                table(out, &["TOPIC", "PARTITIONS", "ID"], &rows)?;
+            }
+        }
+        TopicCommand::Describe { name, all_configs } => {
+            let (info, configs) = client.describe_topic(&name).await?;
+            let configs: Vec<_> = configs
+                .into_iter()
+                .filter(|c| all_configs || c.explicit)
+                .collect();
+            if as_json {
+                let parts: Vec<_> = info
+                    .partitions
+                    .iter()
+                    .map(|p| json!({ "partition": p.partition, "leader": p.leader, "leader_epoch": p.leader_epoch, "replicas": p.replicas, "isr": p.isr }))
+                    .collect();
+                let cfg: serde_json::Map<String, serde_json::Value> = configs
+                    .iter()
+                    .map(|c| (c.name.clone(), json!(c.value)))
+                    .collect();
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "name": info.name, "id": info.id, "internal": info.internal, "partitions": parts, "configs": cfg })
+                )?;
+            } else {
+                writeln!(out, "topic {}  id {}", info.name, info.id)?;
+                let ids = |v: &[i32]| {
+                    v.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                let rows: Vec<Vec<String>> = info
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.partition.to_string(),
+                            p.leader.to_string(),
+                            p.leader_epoch.to_string(),
+                            ids(&p.replicas),
+                            ids(&p.isr),
+                        ]
+                    })
+                    .collect();
+                table(
+                    out,
+                    &["PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR"],
+                    &rows,
+                )?;
+                if !configs.is_empty() {
+                    writeln!(out)?;
+                    let rows: Vec<Vec<String>> = configs
+                        .iter()
+                        .map(|c| vec![c.name.clone(), c.value.clone().unwrap_or_default()])
+                        .collect();
+                    table(out, &["CONFIG", "VALUE"], &rows)?;
+                }
+            }
+        }
+        TopicCommand::AlterConfig { name, set, delete } => {
+            if set.is_empty() && delete.is_empty() {
+                return Err(CliError::Usage(
+                    "nothing to change: give --set key=value or --delete key".into(),
+                ));
+            }
+            let set: BTreeMap<String, String> = set.into_iter().collect();
+            client.alter_topic_config(&name, &set, &delete).await?;
+            if as_json {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "altered": name, "set": set, "deleted": delete })
+                )?;
+            } else {
+                for (k, v) in &set {
+                    writeln!(out, "set {k}={v} on {name}")?;
+                }
+                for k in &delete {
+                    writeln!(out, "removed {k} from {name}")?;
+                }
+            }
+        }
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name).await?;
+            if as_json {
+                writeln!(out, "{}", json!({ "deleted": name }))?;
+            } else {
+                writeln!(out, "deleted topic {name}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn cluster(
+    client: &Client,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let (brokers, controller) = client.cluster().await?;
+    if as_json {
+        let list: Vec<_> = brokers
+            .iter()
+            .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port }))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            json!({ "brokers": list, "controller": controller })
+        )?;
+    } else {
+        let rows: Vec<Vec<String>> = brokers
+            .iter()
+            .map(|b| {
+                vec![
+                    b.id.to_string(),
+                    format!("{}:{}", b.host, b.port),
+                    if b.id == controller { "yes" } else { "" }.to_owned(),
+                ]
+            })
+            .collect();
+        table(out, &["BROKER", "ADDRESS", "CONTROLLER"], &rows)?;
+    }
+    Ok(())
+}
+
+pub(super) async fn group(
+    client: &Client,
+    cmd: GroupCommand,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    match cmd {
+        GroupCommand::List => {
+            let groups = client.list_groups().await?;
+            if as_json {
+                let list: Vec<_> = groups
+                    .iter()
+                    .map(|g| json!({ "group": g.id, "state": g.state, "protocol_type": g.protocol_type }))
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Array(list))?;
+            } else {
+                let rows: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|g| vec![g.id.clone(), g.state.clone(), g.protocol_type.clone()])
+                    .collect();
+                table(out, &["GROUP", "STATE", "TYPE"], &rows)?;
+            }
+            Ok(())
+        }
+        GroupCommand::Describe { group } => describe_group(client, &group, as_json, out).await,
+        GroupCommand::ResetOffsets(args) => reset_offsets(client, args, as_json, out).await,
+    }
+}
+
+/// A partition of a described group: its committed offset and the member it is assigned to.
+type Row<'a> = (Option<i64>, Option<&'a str>);
+
+async fn describe_group(
+    client: &Client,
+    group: &str,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let desc = client.describe_group(group).await?;
+    let committed = client.committed_offsets(group).await?;
+    // Every partition the group committed for or has assigned, with its owner.
+    let mut rows: BTreeMap<(String, i32), Row<'_>> = BTreeMap::new();
+    for (tp, offset) in &committed {
+        rows.entry(tp.clone()).or_default().0 = Some(*offset);
+    }
+    for m in &desc.members {
+        for (topic, parts) in &m.assignment {
+            for p in parts {
+                rows.entry((topic.clone(), *p)).or_default().1 = Some(m.id.as_str());
+            }
+        }
+    }
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in rows.keys() {
+        topics.entry(t).or_default().push(*p);
+    }
+    for (t, parts) in topics {
+        for (p, end) in client.list_offsets(t, &parts, -1).await? {
+            ends.insert((t.to_owned(), p), end);
+        }
+    }
+    let lag = |tp: &(String, i32), at: Option<i64>| Some(ends.get(tp)? - at?);
+    if as_json {
+        let members: Vec<_> = desc
+            .members
+            .iter()
+            .map(|m| json!({ "member": m.id, "client_id": m.client_id, "host": m.host, "assignment": m.assignment }))
+            .collect();
+        let offsets: Vec<_> = rows
+            .iter()
+            .map(|(tp, (at, owner))| {
+                json!({ "topic": tp.0, "partition": tp.1, "committed": at,
+                        "log_end": ends.get(tp), "lag": lag(tp, *at), "member": owner })
+            })
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            json!({ "group": desc.id, "state": desc.state, "protocol_type": desc.protocol_type,
+                    "protocol": desc.protocol, "members": members, "offsets": offsets })
+        )?;
+        return Ok(());
+    }
+    let protocol = match (desc.protocol_type.as_str(), desc.protocol.as_str()) {
+        ("", _) => "-".to_owned(),
+        (t, "") => t.to_owned(),
+        (t, p) => format!("{t}/{p}"),
+    };
+    writeln!(
+        out,
+        "group {}  state {}  protocol {protocol}  members {}",
+        desc.id,
+        desc.state,
+        desc.members.len()
+    )?;
+    if !desc.members.is_empty() {
+        writeln!(out)?;
+        let members: Vec<Vec<String>> = desc
+            .members
+            .iter()
+            .map(|m| {
+                let parts: Vec<String> = m
+                    .assignment
+                    .iter()
+                    .map(|(t, ps)| format!("{t}:{}", join(ps)))
+                    .collect();
+                vec![
+                    m.id.clone(),
+                    m.client_id.clone(),
+                    m.host.clone(),
+                    parts.join(" "),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &["MEMBER", "CLIENT-ID", "HOST", "PARTITIONS"],
+            &members,
+        )?;
+    }
+    writeln!(out)?;
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let offsets: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(tp, (at, owner))| {
+            vec![
+                tp.0.clone(),
+                tp.1.to_string(),
+                dash(at.map(|o| o.to_string())),
+                dash(ends.get(tp).map(ToString::to_string)),
+                dash(lag(tp, *at).map(|l| l.to_string())),
+                dash(owner.map(str::to_owned)),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "TOPIC",
+            "PARTITION",
+            "COMMITTED",
+            "LOG-END",
+            "LAG",
+            "MEMBER",
+        ],
+        &offsets,
+    )?;
+    Ok(())
+}
+
+fn join(v: &[i32]) -> String {
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn reset_offsets(
+    client: &Client,
+    args: ResetArgs,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let topic = args.topic.as_str();
+    let count = client.partition_count(topic).await?;
+    let parts: Vec<i32> = match args.partition {
+        Some(p) if !(0..count).contains(&p) => {
+            return Err(CliError::Usage(format!(
+                "partition {p} does not exist: {topic} has {count}"
+            )));
+        }
+        Some(p) => vec![p],
+        None => (0..count).collect(),
+    };
+    let committed = client.committed_offsets(&args.group).await?;
+    let earliest = client.list_offsets(topic, &parts, -2).await?;
+    let latest = client.list_offsets(topic, &parts, -1).await?;
+    let by_time = match args.to.to_datetime {
+        Some(t) => Some(client.list_offsets(topic, &parts, t).await?),
+        None => None,
+    };
+    let mut plan = GroupOffsets::new();
+    let mut rows = Vec::new();
+    for p in parts {
+        let (lo, hi) = (earliest[&p], latest[&p]);
+        let current = committed.get(&(topic.to_owned(), p)).copied();
+        let to = &args.to;
+        let target = if to.to_earliest {
+            lo
+        } else if to.to_latest {
+            hi
+        } else if let Some(o) = to.to_offset {
+            o
+        } else if let Some(found) = &by_time {
+            match found[&p] {
+                -1 => hi,
+                o => o,
+            }
+        } else {
+            // --shift-by: from the committed offset; a partition without one starts at its
+            // end, as a new consumer of the group would (auto.offset.reset=latest).
+            current.unwrap_or(hi) + to.shift_by.unwrap_or(0)
+        };
+        let target = target.clamp(lo, hi);
+        plan.insert((topic.to_owned(), p), target);
+        rows.push((p, current, target));
+    }
+    if args.execute {
+        client.commit_offsets(&args.group, &plan).await?;
+    }
+    if as_json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|(p, current, new)| json!({ "topic": topic, "partition": p, "committed": current, "new": new }))
+            .collect();
+        writeln!(
+            out,
+            "{}",
+            json!({ "group": args.group, "executed": args.execute, "offsets": list })
+        )?;
+        return Ok(());
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(p, current, new)| {
+            vec![
+                topic.to_owned(),
+                p.to_string(),
+                current.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                new.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &["TOPIC", "PARTITION", "COMMITTED", "NEW"],
+        &table_rows,
+    )?;
+    if args.execute {
+        writeln!(out, "committed new offsets for group {}", args.group)?;
+    } else {
+        writeln!(out, "not committed: add --execute to apply")?;
+    }
+    Ok(())
+}
+
+pub(super) async fn tiering(
+    client: &Client,
+    topic: &str,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    use kafka_protocol::messages::ListOffsetsRequest;
+    if client.connection().version_for::<ListOffsetsRequest>()? < 9 {
+        return Err(CliError::Client(crate::ClientError::Unsupported {
+            api: "ListOffsets v9 (the last tiered offset, KIP-1005)".into(),
+            reason: format!(
+                "{} does not report what it holds in object storage",
+                client.connection().addr()
+            ),
+        }));
+    }
+    let (info, configs) = client.describe_topic(topic).await?;
+    let tiered_topic = !configs
+        .iter()
+        .any(|c| c.name == "remote.storage.enable" && c.value.as_deref() == Some("false"));
+    let parts: Vec<i32> = info.partitions.iter().map(|p| p.partition).collect();
+    let start = client.list_offsets(topic, &parts, -2).await?;
+    let local = client.list_offsets(topic, &parts, -4).await?;
+    let tiered = client.list_offsets(topic, &parts, -5).await?;
+    let end = client.list_offsets(topic, &parts, -1).await?;
+    let mut rows = Vec::new();
+    let mut list = Vec::new();
+    for p in parts {
+        let (start, local, end) = (start[&p], local[&p], end[&p]);
+        // -5 answers the last offset uploaded, -1 when none is.
+        let remote_end = match tiered[&p] {
+            -1 => None,
+            last => Some(last + 1),
+        };
+        let lag = tiered_topic.then(|| end - remote_end.unwrap_or(start).max(start));
+        let range = |a: i64, b: i64| {
+            if a < b {
+                format!("{a}..{b}")
+            } else {
+                "-".to_owned()
+            }
+        };
+        rows.push(vec![
+            p.to_string(),
+            remote_end.map_or_else(|| "-".to_owned(), |r| range(start, r)),
+            range(local, end),
+            end.to_string(),
+            lag.map_or_else(|| "not tiered".to_owned(), |l| l.to_string()),
+        ]);
+        list.push(
+            json!({ "partition": p, "log_start": start, "local_start": local,
+                          "remote_end": remote_end, "log_end": end, "upload_lag": lag }),
+        );
+    }
+    if as_json {
+        writeln!(
+            out,
+            "{}",
+            json!({ "topic": topic, "tiered": tiered_topic, "partitions": list })
+        )?;
+    } else {
+        table(
+            out,
+            &["PARTITION", "REMOTE", "LOCAL", "LOG-END", "UPLOAD-LAG"],
+            &rows,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Consumer groups: listing, describing, and reading and committing their offsets. Each call
+//! goes to the group's coordinator, found with FindCoordinator.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::{
+    ConsumerProtocolAssignment, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
+    ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+};
+use kafka_protocol::protocol::{Decodable, StrBytes};
+
+use crate::{Client, ClientError, Connection, check, name};
+
+/// A group as ListGroups reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupListing {
+    /// Its id.
+    pub id: String,
+    /// Its state (`Stable`, `Empty`, …).
+    pub state: String,
+    /// Its protocol type (`consumer` for Kafka consumers).
+    pub protocol_type: String,
+}
+
+/// A member of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMember {
+    /// Its member id.
+    pub id: String,
+    /// The client id it connected with.
+    pub client_id: String,
+    /// Where it connected from.
+    pub host: String,
+    /// Partitions assigned to it, by topic (consumer groups only).
+    pub assignment: BTreeMap<String, Vec<i32>>,
+}
+
+/// A group as DescribeGroups reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Its id.
+    pub id: String,
+    /// Its state.
+    pub state: String,
+    /// Its protocol type.
+    pub protocol_type: String,
+    /// The assignor chosen (`range`, `cooperative-sticky`, …).
+    pub protocol: String,
+    /// Its members.
+    pub members: Vec<GroupMember>,
+}
+
+/// Committed offsets of a group by (topic, partition).
+pub type GroupOffsets = BTreeMap<(String, i32), i64>;
+
+impl Client {
+    /// The connection to `group`'s coordinator.
+    async fn coordinator(&self, group: &str) -> Result<Arc<Connection>, ClientError> {
+        let conn = self.connection();
+        let req = FindCoordinatorRequest::default().with_key_type(0);
+        let req = if conn.version_for::<FindCoordinatorRequest>()? >= 4 {
+            req.with_coordinator_keys(vec![StrBytes::from_string(group.to_owned())])
+        } else {
+            req.with_key(StrBytes::from_string(group.to_owned()))
+        };
+        let resp = conn.send(&req).await?;
+        let what = format!("finding the coordinator of group {group}");
+        let (id, host, port) = match resp.coordinators.first() {
+            Some(c) => {
+                check(what, c.error_code)?;
+                (c.node_id.0, c.host.to_string(), c.port)
+            }
+            None => {
+                check(what, resp.error_code)?;
+                (resp.node_id.0, resp.host.to_string(), resp.port)
+            }
+        };
+        self.node(id, &format!("{host}:{port}")).await
+    }
+
+    /// Groups on every broker, sorted by id.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
+        let (brokers, _) = self.cluster().await?;
+        let mut out = Vec::new();
+        for b in brokers {
+            let conn = self.node(b.id, &format!("{}:{}", b.host, b.port)).await?;
+            let resp = conn.send(&ListGroupsRequest::default()).await?;
+            check(
+                format!("listing groups on broker {}", b.id),
+                resp.error_code,
+            )?;
+            out.extend(resp.groups.iter().map(|g| GroupListing {
+                id: g.group_id.0.to_string(),
+                state: g.group_state.to_string(),
+                protocol_type: g.protocol_type.to_string(),
+            }));
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok(out)
+    }
+
+    /// A group's state and members; a group nobody knows comes back `Dead` with no members.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
+        let conn = self.coordinator(group).await?;
+        let req = DescribeGroupsRequest::default()
+            .with_groups(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
+        let resp = conn.send(&req).await?;
+        let g = resp
+            .groups
+            .first()
+            .ok_or_else(|| ClientError::Decode("DescribeGroups answered nothing".into()))?;
+        check(format!("describing group {group}"), g.error_code)?;
+        let consumer = g.protocol_type.as_str() == "consumer";
+        Ok(GroupDescription {
+            id: group.to_owned(),
+            state: g.group_state.to_string(),
+            protocol_type: g.protocol_type.to_string(),
+            protocol: g.protocol_data.to_string(),
+            members: g
+                .members
+                .iter()
+                .map(|m| GroupMember {
+                    id: m.member_id.to_string(),
+                    client_id: m.client_id.to_string(),
+                    host: m.client_host.to_string(),
+                    assignment: if consumer {
+                        assignment(m.member_assignment.clone())
+                    } else {
+                        BTreeMap::new()
+                    },
+                })
+                .collect(),
+        })
+    }
+
+    /// The offsets `group` committed, for every topic.
+    pub async fn committed_offsets(&self, group: &str) -> Result<GroupOffsets, ClientError> {
+        let conn = self.coordinator(group).await?;
+        let gid = GroupId(StrBytes::from_string(group.to_owned()));
+        // Null topics ask for all; from v8 the group and its topics sit in `groups`.
+        let req = if conn.version_for::<OffsetFetchRequest>()? >= 8 {
+            OffsetFetchRequest::default().with_groups(vec![
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(gid)
+                    .with_topics(None),
+            ])
+        } else {
+            OffsetFetchRequest::default()
+                .with_group_id(gid)
+                .with_topics(None)
+        };
+        let resp = conn.send(&req).await?;
+        let what = format!("reading offsets of group {group}");
+        let mut out = GroupOffsets::new();
+        if let Some(g) = resp.groups.first() {
+            check(what.clone(), g.error_code)?;
+            for t in &g.topics {
+                for p in &t.partitions {
+                    check(what.clone(), p.error_code)?;
+                    if p.committed_offset >= 0 {
+                        out.insert(
+                            (t.name.0.to_string(), p.partition_index),
+                            p.committed_offset,
+                        );
+                    }
+                }
+            }
+        } else {
+            check(what.clone(), resp.error_code)?;
+            for t in &resp.topics {
+                for p in &t.partitions {
+                    check(what.clone(), p.error_code)?;
+                    if p.committed_offset >= 0 {
+                        out.insert(
+                            (t.name.0.to_string(), p.partition_index),
+                            p.committed_offset,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits `offsets` for `group` from outside the group protocol, as admin tools do:
+    /// the coordinator accepts it only while the group has no members.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &GroupOffsets,
+    ) -> Result<(), ClientError> {
+        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for ((topic, p), offset) in offsets {
+            topics.entry(topic).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(*p)
+                    .with_committed_offset(*offset)
+                    .with_committed_leader_epoch(-1),
+            );
+        }
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_retention_time_ms(-1)
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(t, partitions)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(name(t))
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
+            );
+        let resp = self.coordinator(group).await?.send(&req).await?;
+        for t in &resp.topics {
+            for p in &t.partitions {
+                if p.error_code == kafka_protocol::ResponseError::UnknownMemberId.code() {
+                    return Err(ClientError::Broker {
+                        what: format!(
+                            "committing offsets of group {group}: it has active members; \
+                             stop its consumers first"
+                        ),
+                        code: p.error_code,
+                    });
+                }
+                check(
+                    format!(
+                        "committing {}/{} for group {group}",
+                        t.name.0, p.partition_index
+                    ),
+                    p.error_code,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A consumer member's assignment (ConsumerProtocolAssignment: a version, then the body);
+/// empty when it does not decode.
+fn assignment(mut bytes: Bytes) -> BTreeMap<String, Vec<i32>> {
+    if bytes.len() < 2 {
+        return BTreeMap::new();
+    }
+    let version = i16::from_be_bytes([bytes[0], bytes[1]]);
+    let _ = bytes.split_to(2);
+    ConsumerProtocolAssignment::decode(&mut bytes, version.clamp(0, 3))
+        .map(|a| {
+            a.assigned_partitions
+                .iter()
+                .map(|tp| (tp.topic.0.to_string(), tp.partitions.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
