@@ -1,4 +1,4 @@
-//! `stratactl`: the command line over [`Client`](crate::Client). [`run`] takes the arguments
+//! `stratactl`: the command line over [`crate::Client`]. [`run`] takes the arguments
 //! and writes what a command prints, so tests drive it in-process and check the output.
 //! Progress bars go to standard error, and only when it is a terminal.
 
