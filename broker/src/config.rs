@@ -95,6 +95,9 @@ pub struct ObjectStoreSettings {
     pub orphan_grace_ms: u64,
     /// Create the bucket at start when it does not exist (S3/MinIO, with aws-sdk-s3).
     pub create_bucket: bool,
+    /// When the cluster metadata holds no topics (a new or wiped controller), create the
+    /// topics the bucket's catalog lists, under their old ids, so their data is found again.
+    pub recover_topics: bool,
 }
 
 impl Default for ObjectStoreSettings {
@@ -114,6 +117,7 @@ impl Default for ObjectStoreSettings {
             max_backoff_ms: 60_000,
             orphan_grace_ms: 3_600_000,
             create_bucket: false,
+            recover_topics: true,
         }
     }
 }

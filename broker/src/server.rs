@@ -113,6 +113,24 @@ impl Broker {
             );
         }
         tasks.spawn(keep_heartbeating(state.clone(), cancel.clone()));
+        if state.config.object_store.recover_topics {
+            // Before the tiering task runs: it would delete nothing yet, but clients could
+            // create a recovered topic's name afresh under a new id.
+            let created = crate::catalog::recover_topics(&state)
+                .await
+                .map_err(|reason| {
+                    BrokerError::Tier(strata_storage::tier::TierError::Unreachable {
+                        url: state.config.object_store.url.clone(),
+                        reason: format!(
+                            "recovering topics from the catalog: {reason} (set \
+                         object_store.recover_topics = false to start without them)"
+                        ),
+                    })
+                })?;
+            if created > 0 {
+                tracing::info!(topics = created, "topics recovered from the object store");
+            }
+        }
         tasks.spawn(state.groups.clone().run(state.clone(), cancel.clone()));
         tasks.spawn(tiering.run(state.clone(), cancel.clone()));
         tasks.spawn(accept(state.clone(), listener, cancel.clone()));

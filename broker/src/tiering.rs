@@ -133,6 +133,15 @@ impl Tiering {
         })
     }
 
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Where in the store this cluster writes.
+    pub(crate) fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
     pub(crate) fn objects(&self, topic_id: Uuid, partition: i32) -> PartitionObjects {
         PartitionObjects::new(self.store.clone(), &self.prefix, topic_id, partition)
     }
@@ -148,13 +157,20 @@ impl Tiering {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health: HashMap<(Uuid, i32), Health> = HashMap::new();
+        let mut catalog = crate::catalog::CatalogSync::default();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = Instant::now();
             let image = state.image();
+            if tokio::time::timeout(timeout, catalog.pass(&self, &image, state.id))
+                .await
+                .is_err()
+            {
+                tracing::warn!(?timeout, "catalog pass timed out; retried next pass");
+            }
+            let now = Instant::now();
             let mut due = Vec::new();
             for topic in image.topics.values() {
                 for (i, meta) in topic.partitions.iter().enumerate() {

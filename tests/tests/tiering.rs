@@ -103,3 +103,158 @@ async fn sealed_segments_are_uploaded_with_a_manifest() {
     }
     broker.stop().await;
 }
+
+/// Waits until `topic`/0 has uploaded at least `records` records (ListOffsets -5).
+async fn uploaded(client: &strata_client::Client, topic: &str, records: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = client.list_offset(topic, 0, -5).await.expect("list");
+        if last + 1 >= records {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {} uploaded", last + 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_cluster_on_the_same_bucket_finds_its_topics_and_data() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use object_store::ObjectStore;
+    use strata_client::{Client, NewRecord};
+
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let fast = |c: &mut strata_broker::config::BrokerConfig| {
+        c.object_store.upload_interval_ms = 100;
+    };
+    let first = TestBroker::start_on_store(Some(store.clone()), fast).await;
+    let client = Client::connect(&first.bootstrap()).await.expect("connect");
+    let configs = BTreeMap::from([
+        ("segment.bytes".to_owned(), "16384".to_owned()),
+        ("retention.ms".to_owned(), "-1".to_owned()),
+    ]);
+    client
+        .create_topic("kept", 2, -1, &configs)
+        .await
+        .expect("create");
+    client
+        .create_topic("dropped", 1, -1, &configs)
+        .await
+        .expect("create");
+    let value = Bytes::from(vec![b'v'; 1000]);
+    for topic in ["kept", "dropped"] {
+        for i in 0..100 {
+            let record = NewRecord {
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(value.clone()),
+                ..NewRecord::default()
+            };
+            client
+                .produce(topic, 0, &[record], -1)
+                .await
+                .expect("produce");
+        }
+        uploaded(&client, topic, 80).await;
+    }
+    let id = client.topics().await.expect("topics");
+    let kept_id = id
+        .iter()
+        .find(|t| t.name == "kept")
+        .expect("kept")
+        .id
+        .clone();
+    let uploaded_end = client.list_offset("kept", 0, -5).await.expect("list") + 1;
+
+    // Deleting a topic removes its objects, so no later cluster brings it back.
+    client.delete_topic("dropped").await.expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(store.list(None)).await;
+        let names: Vec<String> = listed
+            .into_iter()
+            .map(|m| m.expect("listed").location.to_string())
+            .collect();
+        let dropped_left = names.iter().any(|n| !n.contains(&kept_id));
+        if !dropped_left {
+            assert!(
+                names
+                    .iter()
+                    .any(|n| n.ends_with(&format!("{kept_id}/topic.json"))),
+                "{names:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "objects left: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    first.stop().await;
+
+    // New data directory, new controller, same bucket.
+    let second = TestBroker::start_on_store(Some(store.clone()), fast).await;
+    let client = Client::connect(&second.bootstrap()).await.expect("connect");
+    let topics = client.topics().await.expect("topics");
+    let names: Vec<&str> = topics
+        .iter()
+        .filter(|t| !t.internal)
+        .map(|t| t.name.as_str())
+        .collect();
+    assert_eq!(names, ["kept"]);
+    let kept = &topics.iter().find(|t| t.name == "kept").expect("kept");
+    assert_eq!(kept.id, kept_id);
+    assert_eq!(kept.partitions.len(), 2);
+    let (_, described) = client.describe_topic("kept").await.expect("describe");
+    assert!(
+        described.iter().any(|c| c.name == "segment.bytes"
+            && c.value.as_deref() == Some("16384")
+            && c.explicit)
+    );
+    // Every uploaded record is back, from offset 0.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let end = loop {
+        match client.list_offset("kept", 0, -1).await {
+            Ok(end) if end >= uploaded_end => break end,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("partition not recovered: {other:?}"),
+        }
+    };
+    assert_eq!(end, uploaded_end);
+    assert_eq!(client.list_offset("kept", 0, -2).await.expect("list"), 0);
+    let mut next = 0;
+    while next < end {
+        let (records, _) = client
+            .fetch("kept", 0, next, 1 << 20, 100)
+            .await
+            .expect("fetch");
+        for r in records {
+            assert_eq!(r.offset, next);
+            assert_eq!(r.key.as_deref(), Some(format!("k{next}").as_bytes()));
+            assert_eq!(r.value.as_ref(), Some(&value));
+            next += 1;
+        }
+    }
+    // And it takes new records after them.
+    let record = NewRecord {
+        value: Some(value.clone()),
+        ..NewRecord::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let offset = loop {
+        match client
+            .produce("kept", 0, std::slice::from_ref(&record), -1)
+            .await
+        {
+            Ok(o) => break o,
+            // Appends wait until the partition has read its manifest.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("produce after recovery: {e}"),
+        }
+    };
+    assert_eq!(offset, end);
+    drop(client);
+    second.stop().await;
+}
