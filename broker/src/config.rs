@@ -261,6 +261,19 @@ impl Default for TopicDefaults {
     }
 }
 
+/// The top-level keys of [`BrokerConfig`]: an environment variable with [`ENV_PREFIX`] sets
+/// a setting only when its name starts with one of them.
+const CONFIG_KEYS: [&str; 8] = [
+    "node_id",
+    "data_dir",
+    "kafka",
+    "controller",
+    "topics",
+    "groups",
+    "object_store",
+    "cache",
+];
+
 /// Prefix of environment variables that set config keys: `STRATA_KAFKA__LISTEN` sets
 /// `kafka.listen` (a double underscore separates sections).
 pub const ENV_PREFIX: &str = "STRATA_";
@@ -296,6 +309,14 @@ impl BrokerConfig {
         for (name, value) in &sources.env {
             if let Some(key) = name.strip_prefix(ENV_PREFIX) {
                 let key = key.to_ascii_lowercase().replace("__", ".");
+                let top = key.split('.').next().unwrap_or_default();
+                // Other tools share the prefix (`STRATA_BOOTSTRAP` for stratactl,
+                // `STRATA_REQUIRE_DOCKER` for the tests): only names of a section or key
+                // of this file count; the rest are named in a warning, not an error.
+                if !CONFIG_KEYS.contains(&top) {
+                    tracing::warn!(variable = %name, "not a broker setting; ignored");
+                    continue;
+                }
                 set_path(&mut table, &key, value)?;
             }
         }

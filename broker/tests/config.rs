@@ -51,6 +51,28 @@ fn env_then_flags_override_in_order() {
 }
 
 #[test]
+fn other_tools_strata_variables_are_not_settings() {
+    // stratactl's and the test suite's variables share the prefix.
+    let c = load(
+        &[
+            ("STRATA_BOOTSTRAP", "127.0.0.1:9092"),
+            ("STRATA_REQUIRE_DOCKER", "1"),
+            ("STRATA_DATA_DIR", "/srv/strata"),
+            ("STRATA_OBJECT_STORE__RECOVER_TOPICS", "false"),
+        ],
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(c.data_dir, Path::new("/srv/strata"));
+    assert!(!c.object_store.recover_topics);
+    // A misspelt key inside a section is still an error.
+    assert_eq!(
+        bad_key(load(&[("STRATA_KAFKA__LISTN", "x")], &[])),
+        "kafka.listn"
+    );
+}
+
+#[test]
 fn bad_settings_name_their_key() {
     assert_eq!(
         bad_key(load(&[], &["kafka.lisen=1.2.3.4:1"])),

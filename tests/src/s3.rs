@@ -12,7 +12,7 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
-use tokio::net::TcpSocket;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
 /// The access key the server accepts.
@@ -67,35 +67,14 @@ impl S3Server {
     /// Serves again on the same port and root.
     pub async fn resume(&mut self) {
         assert!(self.serving.is_none(), "already serving");
-        let fs = s3s_fs::FileSystem::new(&self.root).expect("s3s-fs root");
-        let mut b = S3ServiceBuilder::new(fs);
-        b.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = b.build();
         // SO_REUSEADDR: the port's old connections may still be in TIME_WAIT.
         let socket = TcpSocket::new_v4().expect("socket");
         socket.set_reuseaddr(true).expect("reuseaddr");
         socket.bind(self.addr).expect("bind the S3 port");
         let listener = socket.listen(128).expect("listen");
         self.addr = listener.local_addr().expect("addr");
-        self.serving = Some(tokio::spawn(async move {
-            let http = ConnBuilder::new(TokioExecutor::new());
-            // Owned here, so aborting this task aborts every connection with it.
-            let mut connections = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((socket, _)) = accepted else { continue };
-                        let conn = http
-                            .serve_connection(TokioIo::new(socket), service.clone())
-                            .into_owned();
-                        connections.spawn(async move {
-                            let _ = conn.await;
-                        });
-                    }
-                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                }
-            }
-        }));
+        let serving = serve(listener, &self.root, ACCESS_KEY, SECRET_KEY).expect("s3s-fs root");
+        self.serving = Some(tokio::spawn(serving));
     }
 
     /// An aws-sdk-s3 client for this server: an independent view of what the broker stored.
@@ -153,6 +132,39 @@ impl S3Server {
         o.path_style = true;
         o.allow_http = true;
     }
+}
+
+/// Serves s3s-fs with buckets under `root` on `listener`, accepting one key pair; the
+/// returned future runs until dropped or aborted (its connections go with it).
+pub fn serve(
+    listener: TcpListener,
+    root: &Path,
+    access_key: &str,
+    secret_key: &str,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let fs = s3s_fs::FileSystem::new(root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    let mut b = S3ServiceBuilder::new(fs);
+    b.set_auth(SimpleAuth::from_single(access_key, secret_key));
+    let service = b.build();
+    Ok(async move {
+        let http = ConnBuilder::new(TokioExecutor::new());
+        // Owned here, so dropping this future drops every connection with it.
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((socket, _)) = accepted else { continue };
+                    let conn = http
+                        .serve_connection(TokioIo::new(socket), service.clone())
+                        .into_owned();
+                    connections.spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    })
 }
 
 impl Drop for S3Server {
