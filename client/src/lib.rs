@@ -1,12 +1,13 @@
 //! strata-client: an async Kafka-protocol client library on the `kafka-protocol` crate, used
 //! by `stratactl` and by tests (and meant for the broker's follower fetching). It holds no
-//! CLI concerns: those live in [`cli`].
+//! CLI concerns: those live in `cli`, behind the default `cli` feature.
 //!
 //! Connections with pipelined requests and ApiVersions negotiation ([`conn`]), cluster
 //! metadata and topic administration (here), single-batch produce, fetch and ListOffsets
 //! ([`data`]), a batching, compressing [`producer`], a [`consumer`] with pipelined fetches,
 //! and consumer-group administration ([`groups`]).
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod conn;
 pub mod consumer;
