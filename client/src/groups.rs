@@ -158,32 +158,31 @@ impl Client {
         };
         let resp = conn.send(&req).await?;
         let what = format!("reading offsets of group {group}");
+        // (topic, partition, offset, error) from either response shape (two codec types
+        // with the same fields).
+        macro_rules! flatten {
+            ($topics:expr) => {
+                $topics
+                    .iter()
+                    .flat_map(|t| {
+                        t.partitions.iter().map(move |p| {
+                            let name = t.name.0.to_string();
+                            (name, p.partition_index, p.committed_offset, p.error_code)
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            };
+        }
+        let (code, found) = match resp.groups.first() {
+            Some(g) => (g.error_code, flatten!(g.topics)),
+            None => (resp.error_code, flatten!(resp.topics)),
+        };
+        check(what.clone(), code)?;
         let mut out = GroupOffsets::new();
-        if let Some(g) = resp.groups.first() {
-            check(what.clone(), g.error_code)?;
-            for t in &g.topics {
-                for p in &t.partitions {
-                    check(what.clone(), p.error_code)?;
-                    if p.committed_offset >= 0 {
-                        out.insert(
-                            (t.name.0.to_string(), p.partition_index),
-                            p.committed_offset,
-                        );
-                    }
-                }
-            }
-        } else {
-            check(what.clone(), resp.error_code)?;
-            for t in &resp.topics {
-                for p in &t.partitions {
-                    check(what.clone(), p.error_code)?;
-                    if p.committed_offset >= 0 {
-                        out.insert(
-                            (t.name.0.to_string(), p.partition_index),
-                            p.committed_offset,
-                        );
-                    }
-                }
+        for (topic, partition, offset, code) in found {
+            check(what.clone(), code)?;
+            if offset >= 0 {
+                out.insert((topic, partition), offset);
             }
         }
         Ok(out)

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::{CliError, GroupCommand, ResetArgs, TopicCommand, table};
+use super::{CliError, GroupCommand, ResetArgs, TopicCommand, partitions, table};
 use crate::Client;
 use crate::groups::GroupOffsets;
 
@@ -342,16 +342,7 @@ async fn reset_offsets(
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let topic = args.topic.as_str();
-    let count = client.partition_count(topic).await?;
-    let parts: Vec<i32> = match args.partition {
-        Some(p) if !(0..count).contains(&p) => {
-            return Err(CliError::Usage(format!(
-                "partition {p} does not exist: {topic} has {count}"
-            )));
-        }
-        Some(p) => vec![p],
-        None => (0..count).collect(),
-    };
+    let parts = partitions(client, topic, args.partition).await?;
     let committed = client.committed_offsets(&args.group).await?;
     let earliest = client.list_offsets(topic, &parts, -2).await?;
     let latest = client.list_offsets(topic, &parts, -1).await?;

@@ -327,6 +327,18 @@ where
     }
 }
 
+/// `topic`'s partitions, or only `only` after checking it exists.
+async fn partitions(client: &Client, topic: &str, only: Option<i32>) -> Result<Vec<i32>, CliError> {
+    let count = client.partition_count(topic).await?;
+    match only {
+        Some(p) if !(0..count).contains(&p) => Err(CliError::Usage(format!(
+            "partition {p} does not exist: {topic} has {count}"
+        ))),
+        Some(p) => Ok(vec![p]),
+        None => Ok((0..count).collect()),
+    }
+}
+
 /// Left-aligned columns, two spaces apart, headers first.
 fn table(out: &mut impl Write, headers: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::json;
 
-use super::{CliError, ConsumeArgs, ProduceArgs, progress};
+use super::{CliError, ConsumeArgs, ProduceArgs, partitions, progress};
 use crate::consumer::{Consumer, ConsumerConfig};
 use crate::groups::GroupOffsets;
 use crate::producer::{Delivery, Producer};
@@ -35,12 +35,7 @@ pub(super) async fn produce(
         None => input,
     };
     let topic = args.topic.as_str();
-    let partitions = client.partition_count(topic).await?;
-    if let Some(p) = args.partition.filter(|p| !(0..partitions).contains(p)) {
-        return Err(CliError::Usage(format!(
-            "partition {p} does not exist: {topic} has {partitions}"
-        )));
-    }
+    partitions(client, topic, args.partition).await?;
     let headers: Vec<(String, Option<Bytes>)> = args
         .headers
         .iter()
@@ -128,16 +123,7 @@ pub(super) async fn consume(
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     let topic = args.topic.as_str();
-    let count = client.partition_count(topic).await?;
-    let parts: Vec<i32> = match args.partition {
-        Some(p) if !(0..count).contains(&p) => {
-            return Err(CliError::Usage(format!(
-                "partition {p} does not exist: {topic} has {count}"
-            )));
-        }
-        Some(p) => vec![p],
-        None => (0..count).collect(),
-    };
+    let parts = partitions(client, topic, args.partition).await?;
     let start = match (args.from_beginning, args.offset, args.timestamp) {
         (true, _, _) => Start::Earliest,
         (_, Some(o), _) => Start::Offset(o),
