@@ -6,8 +6,9 @@
 //! rebuilt VM) creates its topics again under their old ids ([`recover_topics`]), and each
 //! partition then recovers its data from its manifest, as after a wiped log directory.
 //!
-//! The leader of a topic's partition 0 writes its entry when the topic appears or changes;
-//! a broker that sees a topic deleted removes the topic's objects, entry included.
+//! The leader of a topic's partition 0 writes its entry when the topic appears or changes.
+//! The broker that deletes a topic removes its entry at once, and every broker that sees a
+//! topic deleted removes the topic's objects.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -99,6 +100,26 @@ impl Tiering {
             }
         }
         Ok(entries)
+    }
+
+    /// Removes topic `id`'s catalog entry, so no later recovery brings it back; called when
+    /// the topic is deleted, before the tiering pass removes the rest of its objects (a
+    /// restart in between would otherwise leave the entry behind). A failure is logged: the
+    /// pass deletes the entry with the rest.
+    pub(crate) async fn forget_topic(&self, id: Uuid, name: &str) {
+        let path = self.entry_path(id);
+        let deleted = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.store().delete(&path),
+        )
+        .await;
+        match deleted {
+            Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(topic = %name, error = %e, "catalog entry not deleted yet")
+            }
+            Err(_) => tracing::warn!(topic = %name, "deleting the catalog entry timed out"),
+        }
     }
 
     /// Deletes every object of topic `id` (its segments, manifests and catalog entry).

@@ -258,3 +258,61 @@ async fn a_fresh_cluster_on_the_same_bucket_finds_its_topics_and_data() {
     drop(client);
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_just_before_a_restart_is_not_recovered() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use object_store::ObjectStore;
+    use strata_client::Client;
+
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let interval = Arc::new(AtomicU64::new(100));
+    let every = interval.clone();
+    let mut broker = TestBroker::start_on_store(Some(store.clone()), move |c| {
+        c.object_store.upload_interval_ms = every.load(Ordering::Relaxed);
+    })
+    .await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic("brief", 1, -1, &BTreeMap::new())
+        .await
+        .expect("create");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while futures::StreamExt::collect::<Vec<_>>(store.list(None))
+        .await
+        .iter()
+        .all(|m| {
+            !m.as_ref()
+                .expect("listed")
+                .location
+                .as_ref()
+                .ends_with("topic.json")
+        })
+    {
+        assert!(Instant::now() < deadline, "catalog entry never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(client);
+
+    // After a restart with passes an hour apart (the first runs at start), the deletion is
+    // not followed by a pass before the broker stops.
+    interval.store(3_600_000, Ordering::Relaxed);
+    broker.restart().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client.delete_topic("brief").await.expect("delete");
+    drop(client);
+    broker.stop().await;
+
+    let fresh = TestBroker::start_on_store(Some(store), |_| {}).await;
+    let client = Client::connect(&fresh.bootstrap()).await.expect("connect");
+    let topics = client.topics().await.expect("topics");
+    assert!(
+        topics.iter().all(|t| t.name != "brief"),
+        "a deleted topic came back: {topics:?}"
+    );
+    drop(client);
+    fresh.stop().await;
+}

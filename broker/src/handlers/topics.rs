@@ -61,7 +61,10 @@ pub(super) async fn delete_topics(
             name: topic.name.clone(),
         };
         responses.push(match submit_and_wait(state, &command).await {
-            Ok(_) => result,
+            Ok(_) => {
+                state.tiering.forget_topic(topic.id, &topic.name).await;
+                result
+            }
             Err((code, msg)) => result
                 .with_error_code(code.code())
                 .with_error_message(Some(str_bytes(&msg))),
