@@ -114,8 +114,8 @@ impl Broker {
         }
         tasks.spawn(keep_heartbeating(state.clone(), cancel.clone()));
         if state.config.object_store.recover_topics {
-            // Before the tiering task runs: it would delete nothing yet, but clients could
-            // create a recovered topic's name afresh under a new id.
+            // Before clients are served: one could otherwise create a recovered topic's name
+            // afresh, under a new id that finds none of the old objects.
             let created = crate::catalog::recover_topics(&state)
                 .await
                 .map_err(|reason| {
