@@ -92,7 +92,7 @@ impl Consumer {
 }
 
 /// What one Fetch did for each of its partitions.
-type Answer = Result<Vec<(i32, Result<Fetched, i16>)>, ClientError>;
+pub(crate) type Answer = Result<Vec<(i32, Result<Fetched, i16>)>, ClientError>;
 
 async fn fetch_loop(
     client: Arc<Client>,
@@ -211,7 +211,7 @@ fn retriable(code: i16) -> bool {
 }
 
 /// One Fetch of `parts` (partition, offset) from broker `leader`, decoded.
-async fn fetch(
+pub(crate) async fn fetch(
     client: &Client,
     leader: i32,
     topic: &str,

@@ -3,10 +3,9 @@
 use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, ProduceRequest};
+use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, ProduceRequest};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
@@ -138,40 +137,31 @@ impl Client {
         max_bytes: i32,
         max_wait_ms: i32,
     ) -> Result<(Vec<FetchedRecord>, i64), ClientError> {
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(max_wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(max_bytes)
-            .with_topics(vec![
-                FetchTopic::default()
-                    .with_topic(name(topic))
-                    .with_partitions(vec![
-                        FetchPartition::default()
-                            .with_partition(partition)
-                            .with_fetch_offset(offset)
-                            .with_partition_max_bytes(max_bytes),
-                    ]),
-            ]);
-        let resp = match self.leader(topic, partition).await {
-            Ok(conn) => conn.send_capped(&req, BY_NAME).await,
+        let config = crate::consumer::ConsumerConfig {
+            max_wait_ms,
+            max_bytes,
+            partition_max_bytes: max_bytes,
+            ..Default::default()
+        };
+        let answer = match self.leader_id(topic, partition).await {
+            Ok(leader) => {
+                crate::consumer::fetch(self, leader, topic, &[(partition, offset)], &config).await
+            }
             Err(e) => Err(e),
         };
-        let resp = resp.inspect_err(|_| self.forget(topic))?;
-        check(format!("fetching {topic}"), resp.error_code)?;
-        let p = resp
-            .responses
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or_else(|| ClientError::Decode("Fetch answered nothing".into()))?;
-        check(
-            format!("fetching {topic}/{partition} at {offset}"),
-            p.error_code,
-        )
-        .inspect_err(|_| self.forget(topic))?;
-        let (records, _) = decode_records(p.records.clone().unwrap_or_default(), offset)
-            .map_err(|e| ClientError::Decode(format!("{topic}/{partition}: {e}")))?;
-        Ok((records, p.high_watermark))
+        let fetched = answer
+            .and_then(|parts| {
+                let (_, result) = parts
+                    .into_iter()
+                    .find(|(p, _)| *p == partition)
+                    .ok_or_else(|| ClientError::Decode("Fetch answered nothing".into()))?;
+                result.map_err(|code| ClientError::Broker {
+                    what: format!("fetching {topic}/{partition} at {offset}"),
+                    code,
+                })
+            })
+            .inspect_err(|_| self.forget(topic))?;
+        Ok((fetched.records, fetched.high_watermark))
     }
 
     /// ListOffsets for one partition: `timestamp` -1 latest, -2 earliest, or a time (ms);
