@@ -49,6 +49,23 @@ impl CatalogEntry {
 const MAX_ENTRY_BYTES: u64 = 1 << 20;
 
 impl Tiering {
+    /// A leader epoch above every epoch the topic's manifests were committed with: the
+    /// re-created topic's leaders must not be fenced by the topic's own past.
+    async fn next_leader_epoch(&self, entry: &CatalogEntry) -> Result<i32, String> {
+        let latest = futures::stream::iter(0..entry.partitions)
+            .map(|p| async move { self.objects(entry.id, p).latest().await })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let mut highest = -1;
+        for manifest in latest {
+            let manifest =
+                manifest.map_err(|e| format!("reading {}'s manifests: {e}", entry.name))?;
+            highest = highest.max(manifest.map_or(-1, |m| m.leader_epoch));
+        }
+        Ok(highest + 1)
+    }
+
     fn topics_root(&self) -> Path {
         self.prefix().clone().join("topics")
     }
@@ -216,12 +233,14 @@ pub(crate) async fn recover_topics(state: &BrokerState) -> Result<usize, String>
         if image.topics.contains_key(&entry.name) {
             continue;
         }
+        let first_leader_epoch = state.tiering.next_leader_epoch(&entry).await?;
         let command = Command::CreateTopic {
             name: entry.name.clone(),
             id: entry.id,
             partitions: entry.partitions,
             replication_factor: entry.replication_factor.clamp(1, live),
             configs: entry.configs.clone(),
+            first_leader_epoch,
         };
         match state.controller.submit(&command).await {
             Ok(Ok(applied)) => {

@@ -178,6 +178,10 @@ pub struct TopicDefaults {
     pub default_partitions: i32,
     /// `default.replication.factor`.
     pub default_replication_factor: i16,
+    /// `log.flush.scheduler.interval.ms`: how often hosted logs are checked for data to
+    /// fsync: sealed segments (so they can be uploaded and need no recovery after a crash)
+    /// and logs whose `flush.ms` has passed.
+    pub flush_check_interval_ms: u64,
 }
 
 /// Consumer group coordination (Kafka's `group.*` and `offsets.*` settings).
@@ -257,6 +261,7 @@ impl Default for TopicDefaults {
             auto_create: true,
             default_partitions: 1,
             default_replication_factor: 1,
+            flush_check_interval_ms: 1_000,
         }
     }
 }
@@ -408,6 +413,10 @@ impl BrokerConfig {
         }
         let o = &self.object_store;
         for (key, v) in [
+            (
+                "topics.flush_check_interval_ms",
+                self.topics.flush_check_interval_ms,
+            ),
             ("object_store.upload_interval_ms", o.upload_interval_ms),
             (
                 "object_store.max_concurrent_uploads",

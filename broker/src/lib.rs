@@ -13,6 +13,7 @@ pub mod config;
 mod connection;
 mod epochs;
 mod error;
+mod flusher;
 mod group;
 mod handlers;
 mod producer;

@@ -6,7 +6,7 @@ use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use strata_controller::CommandError;
-use strata_storage::StorageError;
+use strata_storage::{BatchError, StorageError};
 
 /// `(api, min, max)`: exactly the versions implemented, advertised by ApiVersions.
 pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -158,6 +158,7 @@ pub(crate) fn command_error_code(e: &CommandError) -> ResponseError {
 /// The Kafka error code for a log failure.
 pub(crate) fn storage_error_code(e: &StorageError) -> ResponseError {
     match e {
+        StorageError::InvalidBatch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
         StorageError::InvalidBatch(_) => ResponseError::CorruptMessage,
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::Config { .. } => ResponseError::InvalidConfig,

@@ -133,6 +133,7 @@ impl Broker {
         }
         tasks.spawn(state.groups.clone().run(state.clone(), cancel.clone()));
         tasks.spawn(tiering.run(state.clone(), cancel.clone()));
+        tasks.spawn(crate::flusher::run(state.clone(), cancel.clone()));
         tasks.spawn(accept(state.clone(), listener, cancel.clone()));
         tracing::info!(broker = state.id, %local_addr, "strata broker serving Kafka clients");
         Ok(Self {
@@ -265,7 +266,7 @@ async fn apply(state: &Arc<BrokerState>, updates: Vec<MetadataUpdate>) -> Result
             op: "applying metadata",
             path: state.config.log_dir(),
             source: std::io::Error::other(e),
-        })?
+        })
 }
 
 /// Follows the controller's metadata stream, reconnecting when it breaks.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use strata_controller::model::TopicRecord;
 use strata_controller::{ControllerClient, MetadataImage, MetadataUpdate};
-use strata_storage::{FlushPolicy, Log, LogConfig, TimestampType};
+use strata_storage::{FlushPolicy, HEADER_LEN, Log, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -131,7 +131,7 @@ impl BrokerState {
 
     /// Applies updates from the controller's watch stream, then opens and closes partition
     /// logs to match. Blocking: run it off the async threads.
-    pub(crate) fn apply_updates(&self, updates: Vec<MetadataUpdate>) -> Result<(), BrokerError> {
+    pub(crate) fn apply_updates(&self, updates: Vec<MetadataUpdate>) {
         let mut image = (*self.image()).clone();
         for u in updates {
             match u {
@@ -139,15 +139,14 @@ impl BrokerState {
                 MetadataUpdate::Delta(d) => image.apply_delta(&d),
             }
         }
-        self.reconcile(&image)?;
+        self.reconcile(&image);
         let version = image.version;
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(image);
         self.version.send_replace(version);
-        Ok(())
     }
 
-    fn reconcile(&self, image: &MetadataImage) -> Result<(), BrokerError> {
-        let opened = self.open_partitions(image)?;
+    fn reconcile(&self, image: &MetadataImage) {
+        let opened = self.open_partitions(image);
         // Newly opened tiered partitions learn their remote segments before serving; a wiped
         // disk continues from the remote end. When the store does not answer, the tiering task
         // retries (and appends to an empty log wait for it).
@@ -167,12 +166,13 @@ impl BrokerState {
                 ),
             }
         }
-        Ok(())
     }
 
     /// Opens and closes partition logs to match `image`; returns the newly opened partitions
-    /// of tiered topics.
-    fn open_partitions(&self, image: &MetadataImage) -> Result<Vec<Arc<Partition>>, BrokerError> {
+    /// of tiered topics. A partition that cannot be opened (a disk error, say) is logged and
+    /// left out, so it never keeps the rest of the image from being applied; the next image
+    /// tries it again.
+    fn open_partitions(&self, image: &MetadataImage) -> Vec<Arc<Partition>> {
         let log_dir = self.config.log_dir();
         let mut opened = Vec::new();
         let mut partitions = self.partitions.write().unwrap_or_else(|p| p.into_inner());
@@ -186,7 +186,9 @@ impl BrokerState {
             if let Some(p) = partitions.remove(&key) {
                 let dir = p.log.dir().to_owned();
                 drop(p);
-                remove_dir(&dir)?;
+                if let Err(e) = remove_dir(&dir) {
+                    tracing::error!(error = %e, "removing a deleted topic's partition failed");
+                }
             }
         }
         for topic in image.topics.values() {
@@ -197,53 +199,78 @@ impl BrokerState {
                     continue;
                 }
                 if let Some(existing) = partitions.get(&(topic.id, index)) {
-                    if existing.log.config() != config {
-                        existing.log.set_config(config.clone())?;
+                    if existing.log.config() != config
+                        && let Err(e) = existing.log.set_config(config.clone())
+                    {
+                        tracing::error!(topic = %topic.name, partition = index, error = %e,
+                            "the topic's new configs cannot be applied; the old ones stay");
                     }
                     continue;
                 }
-                let dir = log_dir.join(format!("{}-{index}", topic.name));
-                claim_dir(&dir, topic.id)?;
-                let log = Log::open(&dir, config.clone())?;
-                let end = log.log_end_offset();
-                let producers = rebuild_producers(&log)?;
-                let epochs = EpochCache::open(&dir, &log).map_err(|source| BrokerError::Io {
-                    op: "opening leader epochs",
-                    path: dir.clone(),
-                    source,
-                })?;
-                let remote = RemoteView::new(self.tiering.objects(topic.id, index));
-                let tiered = remote_enabled(topic);
-                if tiered && end == 0 {
-                    remote.await_recovery();
+                match self.open_partition(&log_dir, topic, index, &config) {
+                    Ok((part, tiered)) => {
+                        if tiered {
+                            opened.push(part.clone());
+                        }
+                        partitions.insert((topic.id, index), part);
+                    }
+                    Err(e) => tracing::error!(topic = %topic.name, partition = index, error = %e,
+                        "opening the partition failed; it stays offline"),
                 }
-                let part = Arc::new(Partition {
-                    topic_id: topic.id,
-                    log: Arc::new(log),
-                    end: watch::channel(end).0,
-                    producers: Mutex::new(producers),
-                    epochs: Mutex::new(epochs),
-                    remote,
-                });
-                if tiered {
-                    opened.push(part.clone());
-                }
-                partitions.insert((topic.id, index), part);
             }
         }
-        Ok(opened)
+        opened
     }
 
-    /// Flushes every hosted log (graceful shutdown).
-    pub(crate) fn flush_all(&self) {
-        let partitions: Vec<Arc<Partition>> = self
-            .partitions
+    /// Opens one hosted partition's log and side state; says whether its topic is tiered.
+    fn open_partition(
+        &self,
+        log_dir: &Path,
+        topic: &TopicRecord,
+        index: i32,
+        config: &LogConfig,
+    ) -> Result<(Arc<Partition>, bool), BrokerError> {
+        let dir = log_dir.join(format!("{}-{index}", topic.name));
+        claim_dir(&dir, topic.id)?;
+        let log = Log::open(&dir, config.clone())?;
+        let end = log.log_end_offset();
+        let producers = rebuild_producers(&log)?;
+        let epochs = EpochCache::open(&dir, &log).map_err(|source| BrokerError::Io {
+            op: "opening leader epochs",
+            path: dir.clone(),
+            source,
+        })?;
+        let remote = RemoteView::new(self.tiering.objects(topic.id, index));
+        let tiered = remote_enabled(topic);
+        if !tiered {
+            remote.mark_local_only();
+        } else if end == 0 {
+            remote.await_recovery();
+        }
+        let part = Arc::new(Partition {
+            topic_id: topic.id,
+            log: Arc::new(log),
+            end: watch::channel(end).0,
+            producers: Mutex::new(producers),
+            epochs: Mutex::new(epochs),
+            remote,
+        });
+        Ok((part, tiered))
+    }
+
+    /// Every hosted partition.
+    pub(crate) fn hosted(&self) -> Vec<Arc<Partition>> {
+        self.partitions
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .cloned()
-            .collect();
-        for p in partitions {
+            .collect()
+    }
+
+    /// Flushes every hosted log (graceful shutdown).
+    pub(crate) fn flush_all(&self) {
+        for p in self.hosted() {
             if let Err(e) = p.log.flush() {
                 tracing::error!(dir = %p.log.dir().display(), error = %e, "flush at shutdown failed");
             }
@@ -284,7 +311,9 @@ fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError> {
     Ok(table)
 }
 
-/// The log settings a topic's configs ask for.
+/// The log settings a topic's configs ask for. Every value the controller accepts
+/// (`strata_controller::topic_config`) maps to settings the log accepts, so no topic config
+/// can keep a partition from opening.
 pub(crate) fn log_config(topic: &TopicRecord) -> LogConfig {
     let mut c = LogConfig {
         flush: FlushPolicy::Os,
@@ -297,22 +326,45 @@ pub(crate) fn log_config(topic: &TopicRecord) -> LogConfig {
             .and_then(|v| v.trim().parse::<i64>().ok())
     };
     if let Some(v) = get("segment.bytes") {
-        c.segment_bytes = v.max(14) as u64;
+        c.segment_bytes = v.clamp(14, MAX_SEGMENT_BYTES as i64) as u64;
     }
     if let Some(v) = get("segment.ms") {
         c.segment_ms = Some(Duration::from_millis(v.max(1) as u64));
     }
+    // Kafka never deletes a compact-only topic by time or size. Until the cleaner exists,
+    // such a topic keeps everything.
+    let compact_only = topic.configs.get("cleanup.policy").map(String::as_str) == Some("compact");
     if let Some(v) = get("retention.ms") {
         c.retention_ms = (v >= 0).then(|| Duration::from_millis(v as u64));
     }
     if let Some(v) = get("retention.bytes") {
         c.retention_bytes = (v >= 0).then_some(v as u64);
     }
+    if compact_only {
+        c.retention_ms = None;
+        c.retention_bytes = None;
+    }
     if let Some(v) = get("max.message.bytes") {
-        c.max_batch_bytes = v.max(0) as usize;
+        // Below a batch header no batch fits: every one is refused as too large, as in Kafka.
+        c.max_batch_bytes = v.clamp(HEADER_LEN as i64, MAX_SEGMENT_BYTES as i64) as usize;
     }
     if let Some(v) = get("index.interval.bytes") {
-        c.index_interval_bytes = v.max(0) as u64;
+        // 0 asks for an entry per batch; any positive interval below a batch's size does that.
+        c.index_interval_bytes = v.max(1) as u64;
+    }
+    // `flush.ms` and `flush.messages` default to "never" (Long.MAX): the OS decides, and the
+    // broker fsyncs sealed segments on a timer (see `crate::flusher`).
+    match get("flush.ms") {
+        Some(0) => c.flush = FlushPolicy::EveryAppend,
+        Some(v) if v > 0 && v < i64::MAX => {
+            c.flush = FlushPolicy::Interval(Duration::from_millis(v as u64));
+        }
+        _ => {}
+    }
+    match get("flush.messages") {
+        Some(1) => c.flush = FlushPolicy::EveryAppend,
+        Some(v) if v > 1 && v < i64::MAX => c.flush_messages = Some(v as u64),
+        _ => {}
     }
     if topic
         .configs
@@ -325,15 +377,17 @@ pub(crate) fn log_config(topic: &TopicRecord) -> LogConfig {
     c
 }
 
-/// Makes `dir` belong to topic `id`: a directory left by a deleted topic of the same name is
-/// removed first.
+/// Makes `dir` belong to topic `id`: a directory left by a deleted topic of the same name (or
+/// without a topic id at all) is removed first.
 fn claim_dir(dir: &Path, id: Uuid) -> Result<(), BrokerError> {
     let meta = dir.join(PARTITION_METADATA);
     let io = |op, path: PathBuf| move |source| BrokerError::Io { op, path, source };
     match std::fs::read_to_string(&meta) {
         Ok(s) if s.trim() == id.to_string() => return Ok(()),
         Ok(_) => remove_dir(dir)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Every partition directory gets its metadata file before any segment, so one without
+        // it is a leftover (a deletion cut short by a crash): never adopt its segments.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove_dir(dir)?,
         Err(e) => return Err(io("reading", meta.clone())(e)),
     }
     std::fs::create_dir_all(dir).map_err(io("creating", dir.to_owned()))?;
@@ -349,5 +403,76 @@ fn remove_dir(dir: &Path) -> Result<(), BrokerError> {
             path: dir.to_owned(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use strata_controller::topic_config::{ConfigKind, TOPIC_CONFIGS, validate_topic_config};
+
+    use super::*;
+
+    /// Values at the edges of what the controller accepts for each config.
+    fn accepted_values(kind: ConfigKind) -> Vec<String> {
+        match kind {
+            ConfigKind::Long { min } => vec![min, min.saturating_add(1), 4096, i64::MAX],
+            ConfigKind::Int { min } => vec![min, min.saturating_add(1), 4096, i32::MAX]
+                .into_iter()
+                .map(i64::from)
+                .collect(),
+            ConfigKind::Ratio => return vec!["0".into(), "0.5".into(), "1".into()],
+            ConfigKind::Bool => return vec!["true".into(), "false".into()],
+            ConfigKind::Enum(options) => return options.iter().map(|o| (*o).into()).collect(),
+        }
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn every_topic_config_the_controller_accepts_is_one_the_log_accepts() {
+        for def in TOPIC_CONFIGS {
+            for value in accepted_values(def.kind) {
+                validate_topic_config(def.name, &value).expect("the controller accepts it");
+                let topic = TopicRecord {
+                    name: "t".into(),
+                    id: Uuid::nil(),
+                    replication_factor: 1,
+                    configs: BTreeMap::from([(def.name.to_owned(), value.clone())]),
+                    partitions: Vec::new(),
+                };
+                if let Err(e) = log_config(&topic).validate() {
+                    panic!(
+                        "{}={value} is accepted but the log refuses it: {e}",
+                        def.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compact_only_topics_are_never_deleted_by_retention() {
+        let topic = |policy: &str| TopicRecord {
+            name: "t".into(),
+            id: Uuid::nil(),
+            replication_factor: 1,
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_owned(), policy.to_owned()),
+                ("retention.ms".to_owned(), "1000".to_owned()),
+                ("retention.bytes".to_owned(), "1000".to_owned()),
+            ]),
+            partitions: Vec::new(),
+        };
+        let compact = log_config(&topic("compact"));
+        assert_eq!(
+            (compact.retention_ms, compact.retention_bytes),
+            (None, None)
+        );
+        let both = log_config(&topic("compact,delete"));
+        assert_eq!(both.retention_ms, Some(Duration::from_secs(1)));
+        assert_eq!(both.retention_bytes, Some(1000));
     }
 }

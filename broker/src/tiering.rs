@@ -73,6 +73,12 @@ impl RemoteView {
         *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(manifest));
     }
 
+    /// Marks the view of a topic that is not tiered: nothing is remote, so an offset below
+    /// the local log start is out of range rather than "not read yet".
+    pub(crate) fn mark_local_only(&self) {
+        self.publish(Manifest::default());
+    }
+
     /// Marks the view as guarding an empty log until the manifest is read.
     pub(crate) fn await_recovery(&self) {
         self.pending_recovery.store(true, Ordering::Release);

@@ -94,6 +94,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             partitions: 1,
             replication_factor: 1,
             configs: BTreeMap::new(),
+            first_leader_epoch: 0,
         })
         .await??;
     println!("3-node controller quorum on loopback, fsync per Raft append, gRPC client:");

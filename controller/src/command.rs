@@ -56,6 +56,11 @@ pub enum Command {
         replication_factor: i16,
         /// Topic configs under Kafka's names.
         configs: BTreeMap<String, String>,
+        /// The leader epoch every partition starts at (0 for a new topic). A topic re-created
+        /// from the object store's catalog starts above the epochs its manifests were
+        /// committed with, so its new leaders are not fenced by its own past.
+        #[serde(default)]
+        first_leader_epoch: i32,
     },
     /// Deletes a topic.
     DeleteTopic {

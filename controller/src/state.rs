@@ -192,6 +192,7 @@ impl MetadataState {
                 partitions,
                 replication_factor,
                 configs,
+                first_leader_epoch,
             } => {
                 validate_topic_name(name)?;
                 let key = collision_key(name);
@@ -202,9 +203,21 @@ impl MetadataState {
                 for (k, v) in configs {
                     validate_topic_config(k, v)?;
                 }
+                if *first_leader_epoch < 0 {
+                    return Err(CommandError::InvalidConfig {
+                        key: "first_leader_epoch".into(),
+                        value: first_leader_epoch.to_string(),
+                        reason: "a leader epoch is never negative".into(),
+                    });
+                }
                 let assignment = self.place(0, *partitions, *replication_factor)?;
-                let partitions: Vec<PartitionRecord> =
-                    assignment.into_iter().map(new_partition).collect();
+                let partitions: Vec<PartitionRecord> = assignment
+                    .into_iter()
+                    .map(|replicas| PartitionRecord {
+                        leader_epoch: *first_leader_epoch,
+                        ..new_partition(replicas)
+                    })
+                    .collect();
                 let topic = TopicRecord {
                     name: name.clone(),
                     id: *id,

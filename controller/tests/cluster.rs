@@ -459,6 +459,7 @@ async fn a_broker_that_stops_heartbeating_is_fenced_and_loses_leadership() {
             partitions: 6,
             replication_factor: 2,
             configs: BTreeMap::new(),
+            first_leader_epoch: 0,
         },
     )
     .await;
@@ -542,6 +543,7 @@ async fn the_watch_stream_rebuilds_the_leaders_image() {
                 partitions: 3,
                 replication_factor: 3,
                 configs: BTreeMap::new(),
+                first_leader_epoch: 0,
             },
         )
         .await
@@ -579,6 +581,7 @@ async fn a_single_node_quorum_keeps_its_metadata_across_restarts() {
             partitions: 2,
             replication_factor: 1,
             configs: BTreeMap::from([("retention.ms".to_string(), "-1".to_string())]),
+            first_leader_epoch: 0,
         },
     )
     .await;

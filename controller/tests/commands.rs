@@ -44,6 +44,7 @@ fn create(name: &str, partitions: i32, rf: i16) -> Command {
         partitions,
         replication_factor: rf,
         configs: BTreeMap::new(),
+        first_leader_epoch: 0,
     }
 }
 

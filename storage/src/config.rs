@@ -41,6 +41,9 @@ pub struct LogConfig {
     /// `retention.bytes` for this log (`None` keeps forever).
     pub retention_bytes: Option<u64>,
     pub flush: FlushPolicy,
+    /// `flush.messages`: an append that leaves at least this many records not yet fsynced
+    /// forces an fsync, whatever the flush policy (`None`: no such limit).
+    pub flush_messages: Option<u64>,
     pub timestamp_type: TimestampType,
 }
 
@@ -54,6 +57,7 @@ impl Default for LogConfig {
             retention_ms: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_bytes: None,
             flush: FlushPolicy::Os,
+            flush_messages: None,
             timestamp_type: TimestampType::CreateTime,
         }
     }
@@ -85,6 +89,9 @@ impl LogConfig {
                 "max.message.bytes",
                 format!("{} is not a usable batch size", self.max_batch_bytes),
             );
+        }
+        if self.flush_messages == Some(0) {
+            return bad("flush.messages", "must be at least 1".into());
         }
         if let FlushPolicy::Interval(d) = self.flush
             && d.is_zero()

@@ -65,6 +65,10 @@ struct SyncState {
     /// not claim offsets that have since been reused.
     generation: u64,
     last_sync_ms: i64,
+    /// Base offset of the active segment whose directory entry is known to be durable; a
+    /// segment created since (a roll without fsync) needs a directory fsync before data in it
+    /// is acknowledged.
+    dir_synced_base: u64,
 }
 
 impl Log {
@@ -97,6 +101,8 @@ impl Log {
         active.files().sync(true)?;
         let first_base = segments.front().unwrap_or(&active).base_offset;
         let log_end = active.next_offset;
+        // The checkpoint write below syncs the directory, the active segment's entry with it.
+        let log_end_base = active.base_offset;
         let log_start_offset = checkpoint
             .log_start_offset
             .clamp(first_base, log_end.max(first_base));
@@ -121,6 +127,7 @@ impl Log {
                 in_progress: false,
                 generation: 0,
                 last_sync_ms: now,
+                dir_synced_base: log_end_base,
             }),
             synced: Condvar::new(),
             failure: OnceLock::new(),
@@ -224,12 +231,15 @@ impl Log {
                 log_append_time,
                 log_start_offset: inner.log_start_offset,
             };
-            (info, inner.config.flush)
+            (info, (inner.config.flush, inner.config.flush_messages))
         };
         match flush {
-            FlushPolicy::EveryAppend => self.sync_to(info.last_offset + 1)?,
-            FlushPolicy::Interval(_) => self.maybe_flush()?,
-            FlushPolicy::Os => {}
+            (FlushPolicy::EveryAppend, _) => self.sync_to(info.last_offset + 1)?,
+            (_, Some(n)) if info.last_offset + 1 - self.durable_offset() >= n => {
+                self.sync_to(info.last_offset + 1)?;
+            }
+            (FlushPolicy::Interval(_), _) => self.maybe_flush()?,
+            (FlushPolicy::Os, _) => {}
         }
         Ok(info)
     }
@@ -381,6 +391,22 @@ impl Log {
         self.sync_to(offset.min(self.log_end_offset()))
     }
 
+    /// Makes every sealed segment durable and moves the recovery checkpoint past them, so
+    /// they can be uploaded and a crash does not validate them again. Under
+    /// [`FlushPolicy::Os`] a roll does not fsync, so a broker calls this from a timer.
+    /// Returns whether anything had to be synced.
+    pub fn flush_sealed(&self) -> Result<bool, StorageError> {
+        self.check_online()?;
+        let sealed_end = self.read_inner().active.base_offset;
+        if self.durable_offset() >= sealed_end {
+            return Ok(false);
+        }
+        self.sync_to(sealed_end)?;
+        let durable = self.durable_offset();
+        self.write_inner().checkpoint(&self.dir, durable)?;
+        Ok(true)
+    }
+
     /// Under [`FlushPolicy::Interval`], flushes when the last fsync is older than the interval
     /// and something is not yet durable. Meant to be called from a timer as well.
     pub fn maybe_flush(&self) -> Result<(), StorageError> {
@@ -494,7 +520,7 @@ impl Log {
             if s.next_offset > deletable_below {
                 return false;
             }
-            let expired = by_time.is_some_and(|cutoff| s.max_timestamp < cutoff);
+            let expired = by_time.is_some_and(|cutoff| s.retention_timestamp() < cutoff);
             let oversize = excess.is_some_and(|e| e - s.size as i128 >= 0);
             if expired || oversize {
                 excess = excess.map(|e| e - s.size as i128);
@@ -542,9 +568,10 @@ impl Log {
         }
         st.in_progress = true;
         let durable = st.durable;
+        let dir_synced_base = st.dir_synced_base;
         drop(st);
         // Segments sealed without fsync since the last sync, then the active one.
-        let (sealed, active, end) = {
+        let (sealed, active, active_base, end) = {
             let inner = self.read_inner();
             let sealed: Vec<_> = inner
                 .sealed
@@ -552,14 +579,22 @@ impl Log {
                 .filter(|s| s.next_offset > durable)
                 .map(Segment::files)
                 .collect();
-            (sealed, inner.active.files(), inner.active.next_offset)
+            (
+                sealed,
+                inner.active.files(),
+                inner.active.base_offset,
+                inner.active.next_offset,
+            )
         };
+        // A new file's directory entry is durable only after the directory is fsynced: needed
+        // when segments were sealed or created since the last sync.
+        let new_files = !sealed.is_empty() || active_base != dir_synced_base;
         let result = sealed
             .iter()
             .try_for_each(|f| f.sync(true))
-            .and_then(|()| match sealed.is_empty() {
-                true => Ok(()),
-                false => checkpoint::sync_dir(&self.dir),
+            .and_then(|()| match new_files {
+                true => checkpoint::sync_dir(&self.dir),
+                false => Ok(()),
             })
             .and_then(|()| active.sync(false));
         let mut st = self.lock_sync();
@@ -569,6 +604,7 @@ impl Log {
                 if st.generation == generation {
                     st.durable = st.durable.max(end);
                 }
+                st.dir_synced_base = active_base;
                 st.last_sync_ms = self.clock.now_ms();
             }
             Err(e) => {
@@ -589,6 +625,7 @@ impl Log {
         if fsync {
             let mut st = self.lock_sync();
             st.durable = st.durable.max(end);
+            st.dir_synced_base = end;
         }
         Ok(end)
     }

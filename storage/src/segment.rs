@@ -45,6 +45,25 @@ pub struct SegmentInfo {
     pub time_index_path: PathBuf,
 }
 
+impl SegmentInfo {
+    /// The time retention ages the segment by; see `Segment::retention_timestamp`.
+    pub fn retention_timestamp(&self) -> i64 {
+        match self.max_timestamp {
+            Some(t) if t >= 0 => t,
+            _ => modified_ms(std::fs::metadata(&self.log_path).and_then(|m| m.modified())),
+        }
+    }
+}
+
+/// A file's modification time in Unix milliseconds; when the file system cannot say, the
+/// far future, so that retention keeps the segment rather than deleting it early.
+fn modified_ms(modified: std::io::Result<std::time::SystemTime>) -> i64 {
+    modified
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| d.as_millis() as i64)
+}
+
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub base_offset: u64,
@@ -434,6 +453,15 @@ impl Segment {
             path: Arc::clone(&self.log_path),
             size: self.size,
         }
+    }
+
+    /// The time retention ages the segment by: its largest record timestamp or, when no
+    /// record carries one (timestamp -1), the log file's last modification, as in Kafka.
+    pub fn retention_timestamp(&self) -> i64 {
+        if self.max_timestamp >= 0 {
+            return self.max_timestamp;
+        }
+        modified_ms(self.log.metadata().and_then(|m| m.modified()))
     }
 
     pub fn info(&self) -> SegmentInfo {

@@ -224,6 +224,58 @@ fn flush_policies_decide_when_appends_become_durable() {
 }
 
 #[test]
+fn flush_messages_bounds_the_records_not_yet_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            flush_messages: Some(3),
+            ..config()
+        },
+    )
+    .expect("open");
+    log.append(&mut common::one(10, 0), 0).expect("append");
+    log.append(&mut common::one(10, 0), 0).expect("append");
+    assert_eq!(log.durable_offset(), 0, "two records below flush.messages");
+    log.append(&mut common::one(10, 0), 0).expect("append");
+    assert_eq!(log.durable_offset(), 3, "the third forces an fsync");
+    log.append(&mut common::one(10, 0), 0).expect("append");
+    assert_eq!(log.durable_offset(), 3);
+}
+
+#[test]
+fn sealed_segments_become_durable_on_a_timer_without_any_fsyncing_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let one = common::one(100, 1);
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: one.len() as u64,
+            ..config()
+        },
+    )
+    .expect("open");
+    for _ in 0..3 {
+        log.append(&mut one.clone(), 0).expect("append");
+    }
+    assert_eq!(
+        log.durable_offset(),
+        0,
+        "rolls under the OS policy do not fsync"
+    );
+    assert!(log.flush_sealed().expect("flush sealed"));
+    assert!(
+        log.durable_offset() >= 2,
+        "both sealed segments are durable"
+    );
+    assert!(!log.flush_sealed().expect("again"), "nothing left to sync");
+    // The recovery point moved with them: a reopen trusts them.
+    drop(log);
+    let log = Log::open(dir.path(), config()).expect("reopen");
+    assert_eq!(log.log_end_offset(), 3);
+}
+
+#[test]
 fn concurrent_appenders_with_group_commit_get_contiguous_offsets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Arc::new(

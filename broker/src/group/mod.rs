@@ -230,6 +230,7 @@ impl Coordinator {
                 partitions: self.config.offsets_partitions,
                 replication_factor: state.config.topics.default_replication_factor,
                 configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+                first_leader_epoch: 0,
             };
             match state.controller.submit(&command).await {
                 Ok(Ok(a)) => {

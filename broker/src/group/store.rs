@@ -7,10 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use serde::{Deserialize, Serialize};
-use strata_storage::{BatchBuilder, Log, Record, StorageError};
+use strata_storage::{BatchBuilder, BatchHeader, Log, Record, StorageError};
 
 use super::machine::GroupSnapshot;
 
@@ -125,36 +124,45 @@ pub(crate) fn append(
     log.sync_through(info.last_offset + 1)
 }
 
-/// Replays a whole partition of the offsets topic.
+/// Replays a whole partition of the offsets topic, batch by batch. The coordinator writes
+/// only uncompressed batches, and clients cannot produce here; a batch that is compressed
+/// anyway (nothing decompresses it, so it cannot be a decompression bomb) or that does not
+/// decode is skipped with a warning, and the load carries on after it.
 pub(crate) fn load(log: &Log) -> Result<Loaded, StorageError> {
     let mut loaded = Loaded::default();
     let end = log.log_end_offset();
     let mut offset = log.log_start_offset();
     while offset < end {
         let bytes = log.read(offset, 4 << 20)?;
-        if bytes.is_empty() {
-            break;
-        }
-        let mut buf: Bytes = bytes;
-        let sets = match RecordBatchDecoder::decode_all(&mut buf) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(dir = %log.dir().display(), error = %e, "unreadable group records; stopping the load here");
-                break;
-            }
-        };
+        let mut pos = 0;
         let mut next = offset;
-        for set in sets {
-            for r in set.records {
-                next = next.max(u64::try_from(r.offset).unwrap_or(0) + 1);
-                let Some(key) = r
-                    .key
-                    .as_ref()
-                    .and_then(|k| serde_json::from_slice::<Key>(k).ok())
-                else {
-                    continue;
-                };
-                apply(&mut loaded, key, r.value.as_deref());
+        while let Some(h) = BatchHeader::parse(&bytes[pos..]) {
+            let Some(len) = Some(h.total_len()).filter(|l| pos + l <= bytes.len()) else {
+                break;
+            };
+            let batch = bytes.slice(pos..pos + len);
+            pos += len;
+            next = next.max(u64::try_from(h.last_offset() + 1).unwrap_or(next));
+            if h.compression() != 0 {
+                tracing::warn!(dir = %log.dir().display(), base_offset = h.base_offset,
+                    "skipping a compressed batch the group coordinator did not write");
+                continue;
+            }
+            match RecordBatchDecoder::decode_all(&mut batch.clone()) {
+                Ok(sets) => {
+                    for r in sets.into_iter().flat_map(|s| s.records) {
+                        let Some(key) = r
+                            .key
+                            .as_ref()
+                            .and_then(|k| serde_json::from_slice::<Key>(k).ok())
+                        else {
+                            continue;
+                        };
+                        apply(&mut loaded, key, r.value.as_deref());
+                    }
+                }
+                Err(e) => tracing::warn!(dir = %log.dir().display(), base_offset = h.base_offset,
+                    error = %e, "skipping an unreadable batch of group records"),
             }
         }
         if next <= offset {
@@ -253,5 +261,35 @@ mod tests {
             !loaded.offsets.contains_key("h"),
             "a group tombstone drops its offsets"
         );
+    }
+
+    #[test]
+    fn a_batch_the_coordinator_did_not_write_is_skipped_and_the_load_carries_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(dir.path(), strata_storage::LogConfig::default()).expect("open");
+        let commit = |offset| Write::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: 0,
+            value: Some(Committed {
+                offset,
+                leader_epoch: 0,
+                metadata: None,
+                commit_ms: 1,
+            }),
+        };
+        append(&log, 0, &[commit(42)], 1).expect("append");
+        // A gzip batch whose body is garbage: its CRC is right, so the log takes it.
+        let mut bomb = BatchBuilder::new()
+            .value(Some(b"k"), &[0xff; 64], 1)
+            .build();
+        bomb[22] |= 1; // attributes: gzip
+        let crc = crc32c::crc32c(&bomb[21..]);
+        bomb[17..21].copy_from_slice(&crc.to_be_bytes());
+        log.append(&mut bomb, 0)
+            .expect("the log does not decompress");
+        append(&log, 0, &[commit(43)], 2).expect("append");
+        let loaded = load(&log).expect("load");
+        assert_eq!(loaded.offsets["g"][&("t".to_string(), 0)].offset, 43);
     }
 }

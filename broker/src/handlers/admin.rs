@@ -59,11 +59,59 @@ pub(super) fn api_versions(frame: &Frame) -> Result<Bytes, FrameError> {
     frame.respond(&ApiVersionsResponse::default().with_api_keys(api_keys))
 }
 
-/// Proposes `command` and waits until this broker's metadata reflects it.
+/// Topics the broker itself owns. Clients may read them, but not write, delete, re-create or
+/// re-partition them, nor change how long they are kept: their coordinators depend on their
+/// layout and on every record in them.
+const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state"];
+
+pub(super) fn is_internal(topic: &str) -> bool {
+    INTERNAL_TOPICS.contains(&topic)
+}
+
+/// Refuses a client's change to an internal topic (Kafka refuses these too; its tools say
+/// why). Config changes other than `cleanup.policy` stay allowed, as in Kafka.
+fn refuse_internal(command: &Command) -> Result<(), (ResponseError, String)> {
+    let refused = |topic: &str, what: &str| {
+        Err((
+            ResponseError::TopicAuthorizationFailed,
+            format!("{topic} is an internal topic: clients may not {what} it"),
+        ))
+    };
+    match command {
+        Command::CreateTopic { name, .. } if is_internal(name) => Err((
+            ResponseError::InvalidRequest,
+            format!("{name} is an internal topic; the broker creates it"),
+        )),
+        Command::DeleteTopic { name } if is_internal(name) => refused(name, "delete"),
+        Command::CreatePartitions { topic, .. } if is_internal(topic) => {
+            refused(topic, "add partitions to")
+        }
+        Command::AlterConfigs {
+            topic,
+            set,
+            delete,
+            replace,
+        } if is_internal(topic)
+            && match set.get("cleanup.policy") {
+                Some(policy) => policy != "compact",
+                None => *replace || delete.iter().any(|k| k == "cleanup.policy"),
+            } =>
+        {
+            Err((
+                ResponseError::InvalidConfig,
+                format!("the cleanup.policy of internal topic {topic} cannot be changed"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Proposes a client's `command` and waits until this broker's metadata reflects it.
 pub(super) async fn submit_and_wait(
     state: &BrokerState,
     command: &Command,
 ) -> Result<Applied, (ResponseError, String)> {
+    refuse_internal(command)?;
     match state.controller.submit(command).await {
         Ok(Ok(applied)) => {
             if !state
@@ -88,6 +136,7 @@ pub(super) fn dry_run(
     state: &BrokerState,
     command: &Command,
 ) -> Result<Applied, (ResponseError, String)> {
+    refuse_internal(command)?;
     MetadataState::from_image((*state.image()).clone())
         .apply(command)
         .map_err(|e| (command_error_code(&e), e.to_string()))
@@ -115,6 +164,7 @@ fn new_topic_command(state: &BrokerState, name: &str) -> Command {
         partitions: state.config.topics.default_partitions,
         replication_factor: state.config.topics.default_replication_factor,
         configs: BTreeMap::new(),
+        first_leader_epoch: 0,
     }
 }
 
@@ -252,7 +302,7 @@ fn topic_metadata(image: &MetadataImage, t: &TopicRecord) -> MetadataResponseTop
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&t.name)))
         .with_topic_id(t.id)
-        .with_is_internal(t.name.starts_with("__"))
+        .with_is_internal(is_internal(&t.name))
         .with_partitions(partitions)
 }
 
@@ -313,6 +363,7 @@ pub(super) async fn create_topics(
             partitions,
             replication_factor,
             configs,
+            first_leader_epoch: 0,
         };
         let outcome = if req.validate_only {
             dry_run(state, &command).map(|_| Uuid::nil())

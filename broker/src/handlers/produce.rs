@@ -29,6 +29,10 @@ pub(super) async fn produce(
         for p in topic.partition_data {
             let index = p.index;
             let target = match (acks, record) {
+                // Only the broker writes its internal topics (Kafka's rule).
+                (-1..=1, Some(t)) if super::admin::is_internal(&t.name) => {
+                    Err(ResponseError::InvalidTopicException)
+                }
                 (-1..=1, Some(t)) => {
                     match usize::try_from(index)
                         .ok()
@@ -156,9 +160,22 @@ fn append_blocking(
     // The first append of a new leader epoch records where the epoch starts; it holds the
     // epoch lock across the append so no later offset can claim the start.
     let mut epochs = part.epochs.lock().unwrap_or_else(|p| p.into_inner());
-    if epochs.latest().is_some_and(|l| l >= leader_epoch) {
-        drop(epochs);
-        return append_checked(part, records, leader_epoch);
+    match epochs.latest() {
+        // This request's view of the leadership is older than the log's: stamping it would
+        // make epochs go backwards in the log. The client retries with fresh metadata.
+        Some(latest) if latest > leader_epoch => {
+            return Err((
+                ResponseError::NotLeaderOrFollower,
+                Some(format!(
+                    "leader epoch {leader_epoch} is older than the log's {latest}"
+                )),
+            ));
+        }
+        Some(latest) if latest == leader_epoch => {
+            drop(epochs);
+            return append_checked(part, records, leader_epoch);
+        }
+        _ => {}
     }
     let start = part.log.log_end_offset();
     let (landed, last_offset) = append_checked(part, records, leader_epoch)?;

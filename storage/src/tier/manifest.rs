@@ -29,7 +29,8 @@ pub struct RemoteSegment {
     pub base_offset: u64,
     /// One past the last offset.
     pub end_offset: u64,
-    /// Largest record timestamp.
+    /// Largest record timestamp; for a segment whose records carry none, when its local
+    /// file was last written (what retention ages it by).
     pub max_timestamp: i64,
     /// Bytes of the `.log` object.
     pub size_bytes: u64,

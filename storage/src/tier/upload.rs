@@ -64,7 +64,7 @@ pub async fn upload_sealed(
         let remote = RemoteSegment {
             base_offset: seg.base_offset,
             end_offset: seg.next_offset,
-            max_timestamp: seg.max_timestamp.unwrap_or(-1),
+            max_timestamp: seg.retention_timestamp(),
             size_bytes: seg.size_bytes,
             leader_epoch: epoch,
             last_batch_crc: crc,

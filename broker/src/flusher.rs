@@ -1,0 +1,46 @@
+//! Makes written data durable on a timer, for partitions written with `acks=0/1`.
+//!
+//! An `acks=all` produce fsyncs what it waits for; nothing else would. Every
+//! `topics.flush_check_interval_ms` this task fsyncs each hosted log's sealed segments (so the
+//! uploader, which takes only durable segments, can tier them, and a crash does not validate
+//! them again) and flushes logs whose `flush.ms` has passed (Kafka's flush scheduler).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_storage::StorageError;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::BrokerState;
+
+/// Runs until `cancel`.
+pub(crate) async fn run(state: Arc<BrokerState>, cancel: CancellationToken) {
+    let every = Duration::from_millis(state.config.topics.flush_check_interval_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let s = state.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || flush_pass(&s)).await {
+            tracing::error!(error = %e, "flush pass failed");
+        }
+    }
+}
+
+/// One pass over the hosted logs. A log whose fsync fails goes offline (the log records
+/// why); the others carry on.
+fn flush_pass(state: &BrokerState) {
+    for part in state.hosted() {
+        let log = &part.log;
+        match log.flush_sealed().and_then(|_| log.maybe_flush()) {
+            // Reported once, when the log went offline.
+            Ok(()) | Err(StorageError::Offline { .. }) => {}
+            Err(e) => {
+                tracing::warn!(dir = %log.dir().display(), error = %e, "periodic flush failed");
+            }
+        }
+    }
+}

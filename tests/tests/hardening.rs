@@ -1,0 +1,631 @@
+//! Defects found by the durability review, each shown through the Kafka protocol: topic
+//! configs that must not stop the broker, data that must be kept (compacted topics, records
+//! without timestamps), data that must reach the object store (acks=1), errors clients act on.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strata_client::{Client, ClientError, NewRecord};
+use strata_tests::TestBroker;
+
+fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn record(key: &str, value: &[u8]) -> NewRecord {
+    NewRecord {
+        key: Some(Bytes::from(key.to_owned())),
+        value: Some(Bytes::copy_from_slice(value)),
+        ..NewRecord::default()
+    }
+}
+
+/// A broker whose background passes (uploads, retention, flushes) run every 100 ms.
+async fn fast_broker() -> TestBroker {
+    TestBroker::start_with(|c| {
+        c.object_store.upload_interval_ms = 100;
+        c.topics.flush_check_interval_ms = 100;
+    })
+    .await
+}
+
+fn code(e: &ClientError) -> Option<i16> {
+    match e {
+        ClientError::Broker { code, .. } => Some(*code),
+        ClientError::Delivery(inner) => code(inner),
+        _ => None,
+    }
+}
+
+/// Polls `check` every 100 ms until it holds or `within` passes.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_configs_kafka_accepts_never_stop_the_broker_from_starting_or_following_metadata() {
+    let mut broker = TestBroker::start().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    // "Index every batch" is a legal Kafka setting.
+    client
+        .create_topic("every", 1, -1, &configs(&[("index.interval.bytes", "0")]))
+        .await
+        .expect("index.interval.bytes=0 is accepted");
+    client
+        .produce("every", 0, &[record("k", b"v")], -1)
+        .await
+        .expect("produce");
+    // A limit no batch fits under is accepted, and every batch is refused as too large.
+    client
+        .create_topic("tiny", 1, -1, &BTreeMap::new())
+        .await
+        .expect("create");
+    client
+        .alter_topic_config("tiny", &configs(&[("max.message.bytes", "10")]), &[])
+        .await
+        .expect("max.message.bytes=10 is accepted");
+    // Metadata after the change is still applied: a topic created later is served.
+    client
+        .create_topic("later", 1, -1, &BTreeMap::new())
+        .await
+        .expect("create later");
+    let c = &client;
+    eventually(
+        Duration::from_secs(10),
+        "later never served",
+        || async move {
+            c.produce("later", 0, &[record("k", b"v")], -1)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let refused = client
+        .produce("tiny", 0, &[record("k", b"v")], -1)
+        .await
+        .expect_err("no batch fits in 10 bytes");
+    assert_eq!(code(&refused), Some(10), "MESSAGE_TOO_LARGE: {refused}");
+    drop(client);
+
+    broker.restart().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    let (records, _) = client
+        .fetch("every", 0, 0, 1 << 20, 100)
+        .await
+        .expect("fetch after restart");
+    assert_eq!(records.len(), 1);
+    drop(client);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_batch_is_refused_with_message_too_large() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic("big", 1, -1, &BTreeMap::new())
+        .await
+        .expect("create");
+    let value = vec![b'x'; 2 << 20];
+    let refused = client
+        .produce("big", 0, &[record("k", &value)], -1)
+        .await
+        .expect_err("2 MiB is over the default max.message.bytes");
+    assert_eq!(code(&refused), Some(10), "MESSAGE_TOO_LARGE: {refused}");
+    drop(client);
+    broker.stop().await;
+}
+
+/// Produces `count` keyed records of about 200 bytes with `acks`, one batch each.
+async fn produce_keyed(client: &Client, topic: &str, count: usize, acks: i16) {
+    for i in 0..count {
+        client
+            .produce(
+                topic,
+                0,
+                &[record(&format!("k{}", i % 5), &[b'v'; 200])],
+                acks,
+            )
+            .await
+            .expect("produce");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacted_topics_are_not_deleted_by_retention() {
+    let broker = fast_broker().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    for (topic, tiered) in [("compact-local", "false"), ("compact-tiered", "true")] {
+        client
+            .create_topic(
+                topic,
+                1,
+                -1,
+                &configs(&[
+                    ("cleanup.policy", "compact"),
+                    ("retention.ms", "1000"),
+                    ("retention.bytes", "1024"),
+                    ("segment.bytes", "1024"),
+                    ("remote.storage.enable", tiered),
+                ]),
+            )
+            .await
+            .expect("create");
+        produce_keyed(&client, topic, 20, 1).await;
+    }
+    // Well past retention.ms, with retention passes every 100 ms.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for topic in ["compact-local", "compact-tiered"] {
+        assert_eq!(
+            client.list_offset(topic, 0, -2).await.expect("list"),
+            0,
+            "{topic} lost its oldest records"
+        );
+        let (records, _) = client
+            .fetch(topic, 0, 0, 1 << 20, 100)
+            .await
+            .expect("fetch at 0");
+        assert_eq!(records.first().map(|r| r.offset), Some(0), "{topic}");
+    }
+    // A compact,delete topic is deleted by retention as Kafka does.
+    client
+        .create_topic(
+            "compact-delete",
+            1,
+            -1,
+            &configs(&[
+                ("cleanup.policy", "compact,delete"),
+                ("retention.ms", "1000"),
+                ("segment.bytes", "1024"),
+                ("remote.storage.enable", "false"),
+            ]),
+        )
+        .await
+        .expect("create");
+    produce_keyed(&client, "compact-delete", 20, 1).await;
+    let c = &client;
+    eventually(
+        Duration::from_secs(20),
+        "compact,delete never applied retention",
+        || async move { c.list_offset("compact-delete", 0, -2).await.expect("list") > 0 },
+    )
+    .await;
+    drop(client);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_without_timestamps_age_from_when_they_were_written() {
+    let broker = fast_broker().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    for tiered in ["false", "true"] {
+        let topic = format!("untimed-{tiered}");
+        client
+            .create_topic(
+                &topic,
+                1,
+                -1,
+                &configs(&[("segment.bytes", "1024"), ("remote.storage.enable", tiered)]),
+            )
+            .await
+            .expect("create");
+        for i in 0..20 {
+            let r = NewRecord {
+                timestamp: Some(-1),
+                ..record(&format!("k{i}"), &[b'v'; 200])
+            };
+            client.produce(&topic, 0, &[r], -1).await.expect("produce");
+        }
+    }
+    // Default retention.ms is 7 days: nothing written just now is that old.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for tiered in ["false", "true"] {
+        let topic = format!("untimed-{tiered}");
+        assert_eq!(client.list_offset(&topic, 0, -2).await.expect("list"), 0);
+        let (records, _) = client
+            .fetch(&topic, 0, 0, 1 << 20, 100)
+            .await
+            .expect("fetch at 0");
+        assert_eq!(records.first().map(|r| r.offset), Some(0), "{topic}");
+    }
+    drop(client);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_written_with_acks_one_are_uploaded_and_retained() {
+    let broker = fast_broker().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic(
+            "acks1",
+            1,
+            -1,
+            &configs(&[
+                ("segment.bytes", "16384"),
+                ("local.retention.bytes", "16384"),
+            ]),
+        )
+        .await
+        .expect("create");
+    let value = vec![b'v'; 1000];
+    for i in 0..200 {
+        client
+            .produce("acks1", 0, &[record(&format!("k{i}"), &value)], 1)
+            .await
+            .expect("produce");
+    }
+    // Without a single acks=all produce, the sealed segments reach the object store and
+    // the local tail shrinks to local.retention.bytes.
+    let c = &client;
+    eventually(
+        Duration::from_secs(20),
+        "acks=1 data was never uploaded",
+        || async move { c.list_offset("acks1", 0, -5).await.expect("list") >= 150 },
+    )
+    .await;
+    let c = &client;
+    eventually(
+        Duration::from_secs(20),
+        "local segments never evicted",
+        || async move { c.list_offset("acks1", 0, -4).await.expect("list") > 0 },
+    )
+    .await;
+    // Everything is still served, from both tiers.
+    let (records, _) = client
+        .fetch("acks1", 0, 0, 1 << 20, 100)
+        .await
+        .expect("fetch at 0");
+    assert_eq!(records.first().map(|r| r.offset), Some(0));
+    drop(client);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_never_adopts_a_deleted_topics_leftover_segments() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    let local = configs(&[("remote.storage.enable", "false")]);
+    client
+        .create_topic("reused", 1, -1, &local)
+        .await
+        .expect("create");
+    produce_keyed(&client, "reused", 10, -1).await;
+    let dir = broker.data_dir().join("logs/reused-0");
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
+        .expect("partition dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log" || x == "index"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read");
+            (p, bytes)
+        })
+        .collect();
+    client.delete_topic("reused").await.expect("delete");
+    let d = &dir;
+    eventually(
+        Duration::from_secs(10),
+        "directory not removed",
+        || async move { !d.exists() },
+    )
+    .await;
+    // A crash in the middle of the deletion leaves segments without partition.metadata.
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for (path, bytes) in &saved {
+        std::fs::write(path, bytes).expect("restore");
+    }
+    client
+        .create_topic("reused", 1, -1, &local)
+        .await
+        .expect("re-create");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        match client.list_offset("reused", 0, -1).await {
+            Ok(end) => break end,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "re-created topic not served: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(end, 0, "the deleted topic's records came back");
+    drop(client);
+    broker.stop().await;
+}
+
+/// The leader epoch of `topic`/0.
+async fn leader_epoch(client: &Client, topic: &str) -> i32 {
+    let topics = client.topics().await.expect("topics");
+    let t = topics
+        .iter()
+        .find(|t| t.name == topic)
+        .expect("topic listed");
+    t.partitions[0].leader_epoch
+}
+
+/// Produces 60 records keyed `k<from>`.. with `value`, acks=all, one batch each.
+async fn produce_values(client: &Client, topic: &str, from: usize, value: &[u8]) {
+    for i in from..from + 60 {
+        client
+            .produce(topic, 0, &[record(&format!("k{i}"), value)], -1)
+            .await
+            .expect("produce");
+    }
+}
+
+/// Waits until `topic`/0 has uploaded everything below `end` (ListOffsets -5 is the last
+/// offset in object storage).
+async fn uploaded_to(client: &Client, topic: &str, end: i64) {
+    let c = client;
+    eventually(
+        Duration::from_secs(30),
+        &format!("{topic} not uploaded up to {end}"),
+        || async move { c.list_offset(topic, 0, -5).await.expect("list") + 1 >= end },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_resume_after_an_empty_disk_recovery_of_a_restarted_broker() {
+    use std::sync::Arc;
+
+    use object_store::ObjectStore;
+
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let fast = |c: &mut strata_broker::config::BrokerConfig| {
+        c.object_store.upload_interval_ms = 100;
+        c.topics.flush_check_interval_ms = 100;
+    };
+    let topic_configs = configs(&[
+        ("segment.bytes", "16384"),
+        ("local.retention.bytes", "16384"),
+    ]);
+    let value = vec![b'v'; 1000];
+    // A broker that restarts once: the partition's leader epoch rises, and so does the
+    // epoch its manifest is committed with.
+    let mut first = TestBroker::start_on_store(Some(store.clone()), fast).await;
+    let client = Client::connect(&first.bootstrap()).await.expect("connect");
+    client
+        .create_topic("kept", 1, -1, &topic_configs)
+        .await
+        .expect("create");
+    produce_values(&client, "kept", 0, &value).await;
+    uploaded_to(&client, "kept", 45).await;
+    drop(client);
+    first.restart().await;
+    let client = Client::connect(&first.bootstrap()).await.expect("connect");
+    produce_values(&client, "kept", 60, &value).await;
+    uploaded_to(&client, "kept", 105).await;
+    let epoch_before = leader_epoch(&client, "kept").await;
+    assert!(
+        epoch_before >= 2,
+        "the restart raised the epoch to {epoch_before}"
+    );
+    drop(client);
+    first.stop().await;
+
+    // Its disk is lost: a fresh broker recovers the topic from the bucket's catalog...
+    let second = TestBroker::start_on_store(Some(store.clone()), fast).await;
+    let client = Client::connect(&second.bootstrap()).await.expect("connect");
+    let recovered_end = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.list_offset("kept", 0, -1).await {
+                Ok(end) if end >= 105 => break end,
+                _ => assert!(Instant::now() < deadline, "topic not recovered"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let epoch_after = leader_epoch(&client, "kept").await;
+    assert!(
+        epoch_after > epoch_before,
+        "the recovered topic's epoch {epoch_after} continues above the manifest's {epoch_before}"
+    );
+    // ...and what it takes afterwards is uploaded too, and evicted locally.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .produce("kept", 0, &[record("probe", &value)], -1)
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "recovered partition takes no writes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce_values(&client, "kept", 200, &value).await;
+    uploaded_to(&client, "kept", recovered_end + 45).await;
+    let local = second.data_dir().join("logs/kept-0");
+    let c = &client;
+    let dir = &local;
+    eventually(
+        Duration::from_secs(30),
+        "the local log never shrank to local.retention.bytes plus two segments",
+        || async move {
+            let bytes: u64 = std::fs::read_dir(dir)
+                .expect("partition dir")
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum();
+            bytes <= 16384 * 3 && c.list_offset("kept", 0, -4).await.expect("list") > 0
+        },
+    )
+    .await;
+    drop(client);
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_below_the_log_start_of_a_topic_that_is_not_tiered_is_out_of_range() {
+    let broker = fast_broker().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic(
+            "short",
+            1,
+            -1,
+            &configs(&[
+                ("remote.storage.enable", "false"),
+                ("segment.bytes", "1024"),
+                ("retention.ms", "1000"),
+            ]),
+        )
+        .await
+        .expect("create");
+    for i in 0..20 {
+        // Stamped an hour ago: outside retention.ms as soon as their segment seals.
+        let r = NewRecord {
+            timestamp: Some(now_ms() - 3_600_000),
+            ..record(&format!("k{i}"), &[b'v'; 200])
+        };
+        client.produce("short", 0, &[r], 1).await.expect("produce");
+    }
+    let c = &client;
+    eventually(
+        Duration::from_secs(20),
+        "retention never moved the log start",
+        || async move { c.list_offset("short", 0, -2).await.expect("list") > 0 },
+    )
+    .await;
+    // A consumer behind the log start gets OFFSET_OUT_OF_RANGE (and applies its
+    // auto.offset.reset), not a retriable storage error.
+    let refused = client
+        .fetch("short", 0, 0, 1 << 20, 100)
+        .await
+        .expect_err("offset 0 is gone");
+    assert_eq!(code(&refused), Some(1), "OFFSET_OUT_OF_RANGE: {refused}");
+    drop(client);
+    broker.stop().await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_may_not_write_delete_or_reshape_internal_topics() {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use strata_tests::RawClient;
+
+    let mut broker = TestBroker::start().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic("data", 1, -1, &BTreeMap::new())
+        .await
+        .expect("create");
+    let offsets = BTreeMap::from([(("data".to_owned(), 0), 42)]);
+    client
+        .commit_offsets("quiet", &offsets)
+        .await
+        .expect("commit");
+    let offsets_topic = "__consumer_offsets";
+    let expect_code = |r: Result<(), ClientError>, want: i16, what: &str| match r {
+        Err(e) => assert_eq!(code(&e), Some(want), "{what}: {e}"),
+        Ok(()) => panic!("{what} was allowed"),
+    };
+    // Writes: INVALID_TOPIC_EXCEPTION, as Kafka answers.
+    for p in 0..16 {
+        let r = client
+            .produce(
+                offsets_topic,
+                p,
+                &[record(r#"{"group":{"group":"quiet"}}"#, b"")],
+                1,
+            )
+            .await
+            .map(drop);
+        expect_code(r, 17, "producing to __consumer_offsets");
+    }
+    expect_code(
+        client.delete_topic(offsets_topic).await,
+        29,
+        "deleting __consumer_offsets",
+    );
+    expect_code(
+        client
+            .alter_topic_config(
+                offsets_topic,
+                &configs(&[("cleanup.policy", "delete")]),
+                &[],
+            )
+            .await,
+        40,
+        "making __consumer_offsets deletable",
+    );
+    expect_code(
+        client
+            .create_topic("__transaction_state", 1, -1, &BTreeMap::new())
+            .await,
+        42,
+        "creating __transaction_state",
+    );
+    // Nor does asking for an internal topic's metadata create it with the defaults.
+    let mut raw = RawClient::connect(broker.addr()).await;
+    let answer = raw
+        .call(
+            12,
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(true)
+                .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                    TopicName(StrBytes::from_static_str("__transaction_state")),
+                ))])),
+        )
+        .await;
+    assert_ne!(
+        answer.topics[0].error_code, 0,
+        "auto-created an internal topic"
+    );
+    // Tuning other settings of an internal topic stays allowed, as in Kafka.
+    client
+        .alter_topic_config(
+            offsets_topic,
+            &configs(&[("segment.bytes", "1048576")]),
+            &[],
+        )
+        .await
+        .expect("segment.bytes of __consumer_offsets");
+    let topics = client.topics().await.expect("topics");
+    let internal: Vec<_> = topics.iter().filter(|t| t.internal).collect();
+    assert_eq!(internal.len(), 1, "{topics:?}");
+    assert_eq!(internal[0].partitions.len(), 16);
+    drop(client);
+
+    // The group's offsets survive a restart untouched.
+    broker.restart().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let committed = loop {
+        match client.committed_offsets("quiet").await {
+            Ok(committed) => break committed,
+            // COORDINATOR_LOAD_IN_PROGRESS while the offsets partition replays.
+            Err(e) if code(&e) == Some(14) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("offsets after restart: {e}"),
+        }
+    };
+    assert_eq!(committed, offsets);
+    drop(client);
+    broker.stop().await;
+}
