@@ -12,6 +12,7 @@ use strata_controller::{
     Outcome,
 };
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -19,14 +20,15 @@ use uuid::Uuid;
 use crate::config::{BrokerConfig, ControllerMode};
 use crate::connection;
 use crate::error::BrokerError;
-use crate::state::BrokerState;
-use crate::tiering::Tiering;
+use crate::state::{BrokerState, Partition};
+use crate::tiering::{RECOVERY_CONCURRENCY, Tiering};
 use object_store::ObjectStore;
 
 /// How long shutdown waits for connections to finish their in-flight requests.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// How long start-up waits for its own unfencing to show in the local metadata.
+/// How long start-up waits for its own unfencing to show in the local metadata, and for the
+/// partitions it hosts to read their manifests.
 const STARTUP_WAIT: Duration = Duration::from_secs(10);
 
 /// A running broker. [`Broker::shutdown`] stops it gracefully.
@@ -98,11 +100,29 @@ impl Broker {
         register(&state).await?;
         let image = state.controller.read_metadata().await?;
         let version = image.version;
-        apply(&state, vec![MetadataUpdate::Image(image)]).await?;
+        let opened = apply(&state, vec![MetadataUpdate::Image(image)]).await?;
+        // Hosted tiered partitions read their manifests, all at once and bounded in time,
+        // before clients are served; one the store does not answer for keeps refusing
+        // appends until the tiering pass has read it.
+        if tokio::time::timeout(STARTUP_WAIT, state.recover_all(opened))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some partitions have not read their manifests yet; appends to them wait"
+            );
+        }
 
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        tasks.spawn(follow_metadata(state.clone(), version, cancel.clone()));
+        let (opened_tx, opened_rx) = mpsc::unbounded_channel();
+        tasks.spawn(recover_opened(state.clone(), opened_rx, cancel.clone()));
+        tasks.spawn(follow_metadata(
+            state.clone(),
+            version,
+            opened_tx,
+            cancel.clone(),
+        ));
         // Serve only once unfenced and the leadership that brings is visible here, so a
         // restarted broker does not answer its first clients with NOT_LEADER.
         let unfenced_at = heartbeat(&state, true).await?;
@@ -258,7 +278,12 @@ async fn keep_heartbeating(state: Arc<BrokerState>, cancel: CancellationToken) {
     }
 }
 
-async fn apply(state: &Arc<BrokerState>, updates: Vec<MetadataUpdate>) -> Result<(), BrokerError> {
+/// Applies metadata off the async threads; returns the newly opened tiered partitions, which
+/// still have to read their manifests.
+async fn apply(
+    state: &Arc<BrokerState>,
+    updates: Vec<MetadataUpdate>,
+) -> Result<Vec<Arc<Partition>>, BrokerError> {
     let s = state.clone();
     tokio::task::spawn_blocking(move || s.apply_updates(updates))
         .await
@@ -269,8 +294,33 @@ async fn apply(state: &Arc<BrokerState>, updates: Vec<MetadataUpdate>) -> Result
         })
 }
 
-/// Follows the controller's metadata stream, reconnecting when it breaks.
-async fn follow_metadata(state: Arc<BrokerState>, mut version: u64, cancel: CancellationToken) {
+/// Recovers the tiered partitions metadata application opens, in the background, so that
+/// applying metadata never waits on the object store.
+async fn recover_opened(
+    state: Arc<BrokerState>,
+    opened: mpsc::UnboundedReceiver<Vec<Arc<Partition>>>,
+    cancel: CancellationToken,
+) {
+    let parts = futures::stream::unfold(opened, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|parts| (futures::stream::iter(parts), rx))
+    })
+    .flatten()
+    .take_until(cancel.cancelled_owned());
+    parts
+        .for_each_concurrent(RECOVERY_CONCURRENCY, |part| state.recover_logged(part))
+        .await;
+}
+
+/// Follows the controller's metadata stream, reconnecting when it breaks; partitions it opens
+/// go to `opened` to be recovered.
+async fn follow_metadata(
+    state: Arc<BrokerState>,
+    mut version: u64,
+    opened: mpsc::UnboundedSender<Vec<Arc<Partition>>>,
+    cancel: CancellationToken,
+) {
     loop {
         let stream = tokio::select! {
             () = cancel.cancelled() => return,
@@ -297,8 +347,12 @@ async fn follow_metadata(state: Arc<BrokerState>, mut version: u64, cancel: Canc
                             }
                         }
                     }
-                    if let Err(e) = apply(&state, updates).await {
-                        tracing::error!(error = %e, "applying metadata failed");
+                    match apply(&state, updates).await {
+                        Ok(parts) if !parts.is_empty() => {
+                            let _ = opened.send(parts);
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "applying metadata failed"),
                     }
                     version = state.image().version;
                     if broken {

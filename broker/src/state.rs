@@ -21,9 +21,6 @@ use crate::group::{Coordinator, GroupConfig};
 use crate::producer::{self, ProducerBatch, ProducerTable};
 use crate::tiering::{RemoteView, Tiering, remote_enabled};
 
-/// How long a newly opened tiered partition waits for its manifest before serving.
-const RECOVERY_WAIT: Duration = Duration::from_secs(10);
-
 /// File in a partition directory naming the topic id it belongs to.
 const PARTITION_METADATA: &str = "partition.metadata";
 
@@ -130,8 +127,11 @@ impl BrokerState {
     }
 
     /// Applies updates from the controller's watch stream, then opens and closes partition
-    /// logs to match. Blocking: run it off the async threads.
-    pub(crate) fn apply_updates(&self, updates: Vec<MetadataUpdate>) {
+    /// logs to match. Returns the newly opened partitions of tiered topics: they refuse
+    /// appends until [`BrokerState::recover_all`] has read their manifests, which the caller
+    /// runs in the background, so applying metadata never waits on the object store.
+    /// Blocking: run it off the async threads.
+    pub(crate) fn apply_updates(&self, updates: Vec<MetadataUpdate>) -> Vec<Arc<Partition>> {
         let mut image = (*self.image()).clone();
         for u in updates {
             match u {
@@ -139,33 +139,11 @@ impl BrokerState {
                 MetadataUpdate::Delta(d) => image.apply_delta(&d),
             }
         }
-        self.reconcile(&image);
+        let opened = self.open_partitions(&image);
         let version = image.version;
         *self.image.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(image);
         self.version.send_replace(version);
-    }
-
-    fn reconcile(&self, image: &MetadataImage) {
-        let opened = self.open_partitions(image);
-        // Newly opened tiered partitions learn their remote segments before serving; a wiped
-        // disk continues from the remote end. When the store does not answer, the tiering task
-        // retries (and appends to an empty log wait for it).
-        let runtime = tokio::runtime::Handle::current();
-        for part in opened {
-            let recovered =
-                runtime.block_on(tokio::time::timeout(RECOVERY_WAIT, self.recover(&part)));
-            match recovered {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(
-                    topic_id = %part.topic_id, error = %e,
-                    "reading the partition's manifest failed; retrying in the background"
-                ),
-                Err(_) => tracing::warn!(
-                    topic_id = %part.topic_id,
-                    "reading the partition's manifest timed out; retrying in the background"
-                ),
-            }
-        }
+        opened
     }
 
     /// Opens and closes partition logs to match `image`; returns the newly opened partitions
@@ -242,10 +220,10 @@ impl BrokerState {
         })?;
         let remote = RemoteView::new(self.tiering.objects(topic.id, index));
         let tiered = remote_enabled(topic);
-        if !tiered {
-            remote.mark_local_only();
-        } else if end == 0 {
+        if tiered {
             remote.await_recovery();
+        } else {
+            remote.mark_local_only();
         }
         let part = Arc::new(Partition {
             topic_id: topic.id,

@@ -9,7 +9,6 @@
 //! manifest names it and readers can find it remotely.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,7 @@ use strata_controller::model::TopicRecord;
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
 use strata_storage::tier::read::RemoteReader;
 use strata_storage::tier::{TierError, retention, store, upload};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,9 +48,13 @@ pub(crate) struct RemoteView {
     pub(crate) objects: PartitionObjects,
     /// The newest committed manifest this broker knows; `None` until it has been read.
     manifest: RwLock<Option<Arc<Manifest>>>,
-    /// The local log was empty and the manifest could not be read yet: appends would start
-    /// at offset 0 over data that may exist remotely, so they wait.
-    pending_recovery: AtomicBool,
+    /// Whether the manifest has been read and the local log made to continue from it. Until
+    /// then appends wait: an empty log would start at offset 0 over data that exists
+    /// remotely, and a log behind the object store is about to be reset to the remote end,
+    /// which would delete what they appended.
+    recovered: watch::Sender<bool>,
+    /// Held by the one recovery running (background and tiering pass may both try).
+    recovery: tokio::sync::Mutex<()>,
 }
 
 impl RemoteView {
@@ -58,7 +62,8 @@ impl RemoteView {
         Self {
             objects,
             manifest: RwLock::new(None),
-            pending_recovery: AtomicBool::new(false),
+            recovered: watch::channel(true).0,
+            recovery: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -79,14 +84,22 @@ impl RemoteView {
         self.publish(Manifest::default());
     }
 
-    /// Marks the view as guarding an empty log until the manifest is read.
+    /// Marks the view as guarding its log until the manifest is read.
     pub(crate) fn await_recovery(&self) {
-        self.pending_recovery.store(true, Ordering::Release);
+        self.recovered.send_replace(false);
     }
 
-    /// Whether appends must wait for the manifest (see `pending_recovery`).
+    /// Whether appends must wait for the manifest (see `recovered`).
     pub(crate) fn recovering(&self) -> bool {
-        self.pending_recovery.load(Ordering::Acquire)
+        !*self.recovered.borrow()
+    }
+
+    /// Waits up to `wait` for the manifest to be read; whether it was.
+    pub(crate) async fn recovered_within(&self, wait: Duration) -> bool {
+        let mut rx = self.recovered.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -261,7 +274,7 @@ impl Tiering {
             return blocking(move || log.apply_retention().map(drop)).await;
         }
         let remote = &part.remote;
-        if remote.manifest().is_none() {
+        if remote.recovering() {
             state.recover(part).await.map_err(|e| e.to_string())?;
         }
         let objects = &remote.objects;
@@ -374,11 +387,43 @@ async fn blocking(
     }
 }
 
+/// How many partitions read their manifests at once.
+pub(crate) const RECOVERY_CONCURRENCY: usize = 16;
+
 impl BrokerState {
+    /// Recovers newly opened tiered partitions from their manifests, a bounded number at
+    /// once (see [`BrokerState::recover_logged`]).
+    pub(crate) async fn recover_all(&self, parts: impl IntoIterator<Item = Arc<Partition>>) {
+        futures::stream::iter(parts)
+            .for_each_concurrent(RECOVERY_CONCURRENCY, |part| self.recover_logged(part))
+            .await;
+    }
+
+    /// Recovers one partition within the store's operation timeout. One that fails keeps
+    /// refusing appends; the tiering pass retries it.
+    pub(crate) async fn recover_logged(&self, part: Arc<Partition>) {
+        let timeout = Duration::from_millis(self.config.object_store.operation_timeout_ms);
+        let error = match tokio::time::timeout(timeout, self.recover(&part)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("timed out after {timeout:?}"),
+        };
+        tracing::warn!(
+            topic_id = %part.topic_id, partition = part.remote.objects.partition(), %error,
+            "reading the partition's manifest failed; appends wait while the tiering pass retries"
+        );
+    }
+
     /// Reads a partition's manifest and makes the local log continue from the remote end: a
     /// log that is empty (a wiped disk) or behind the object store is restarted at the
     /// manifest's end, and the leader-epoch history is seeded from the remote segments.
     pub(crate) async fn recover(&self, part: &Partition) -> Result<(), BrokerError> {
+        // One recovery at a time, and none once appends are allowed: a reset racing them
+        // would delete what they appended.
+        let _one = part.remote.recovery.lock().await;
+        if !part.remote.recovering() {
+            return Ok(());
+        }
         let manifest = part.remote.objects.latest().await?.unwrap_or_default();
         let end = manifest.end_offset();
         let log = &part.log;
@@ -402,7 +447,7 @@ impl BrokerState {
             part.end.send_replace(end);
         }
         part.remote.publish(manifest);
-        part.remote.pending_recovery.store(false, Ordering::Release);
+        part.remote.recovered.send_replace(true);
         Ok(())
     }
 }

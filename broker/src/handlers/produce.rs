@@ -1,6 +1,7 @@
 //! Produce: validate and append each partition's batches to its log, answering by `acks`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
@@ -14,6 +15,9 @@ use crate::producer::{self, ProducerBatch, Refusal, Verdict};
 use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::{BrokerState, Partition};
 
+/// The longest a produce waits for a partition to read its object-store manifest.
+const MAX_RECOVERY_WAIT: Duration = Duration::from_secs(10);
+
 pub(super) async fn produce(
     state: &Arc<BrokerState>,
     frame: &Frame,
@@ -21,6 +25,9 @@ pub(super) async fn produce(
 ) -> Result<Option<Bytes>, FrameError> {
     let req: ProduceRequest = frame.decode()?;
     let acks = req.acks;
+    // A partition still reading its manifest is waited for, within the request's timeout.
+    let recovery_wait =
+        Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0)).min(MAX_RECOVERY_WAIT);
     let image = state.image();
     let mut pending = Vec::new();
     for topic in req.topic_data {
@@ -55,7 +62,7 @@ pub(super) async fn produce(
             pending.push((name.clone(), index, async move {
                 let (part, leader_epoch) = target.map_err(|e| (e, None))?;
                 let records = records.ok_or((ResponseError::CorruptMessage, None))?;
-                append(part, records, leader_epoch).await
+                append(part, records, leader_epoch, recovery_wait).await
             }));
         }
     }
@@ -127,7 +134,12 @@ async fn append(
     part: Arc<Partition>,
     records: Bytes,
     leader_epoch: i32,
+    recovery_wait: Duration,
 ) -> Result<(Arc<Partition>, Landed, u64), Failure> {
+    if part.remote.recovering() {
+        // Answered below (retriable) if the manifest is still not read.
+        part.remote.recovered_within(recovery_wait).await;
+    }
     let p = part.clone();
     let (landed, last_offset) =
         tokio::task::spawn_blocking(move || append_blocking(&p, &records, leader_epoch))
