@@ -137,6 +137,19 @@ pub struct KafkaConfig {
     pub max_in_flight_requests: usize,
     /// A connection with no request for this long is closed (`connections.max.idle.ms`).
     pub idle_timeout_ms: u64,
+    /// Largest Fetch response (`fetch.max.bytes`); a client asking for more gets this much
+    /// (still at least one whole batch, as Kafka does).
+    pub fetch_max_bytes: u32,
+    /// Bytes of requests and Fetch responses held in memory across all connections
+    /// (`queued.max.request.bytes`). A request's body is read only once its bytes fit;
+    /// until then that connection waits.
+    pub max_queued_bytes: u64,
+    /// Connections open at once (`max.connections`); 0 means half the process's open-file
+    /// limit, so clients can never take the descriptors the logs need.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (`max.connections.per.ip`); 0 means
+    /// no limit of its own.
+    pub max_connections_per_ip: usize,
 }
 
 /// How the controller runs.
@@ -239,6 +252,10 @@ impl Default for KafkaConfig {
             max_request_bytes: 100 * 1024 * 1024,
             max_in_flight_requests: 64,
             idle_timeout_ms: 10 * 60 * 1000,
+            fetch_max_bytes: 55 * 1024 * 1024,
+            max_queued_bytes: 1 << 30,
+            max_connections: 0,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -379,6 +396,22 @@ impl BrokerConfig {
         }
         if self.kafka.idle_timeout_ms == 0 {
             return bad("kafka.idle_timeout_ms", "must be positive".into());
+        }
+        if !(1024..=1 << 30).contains(&self.kafka.fetch_max_bytes) {
+            return bad(
+                "kafka.fetch_max_bytes",
+                "must be between 1 KiB and 1 GiB".into(),
+            );
+        }
+        let largest = u64::from(self.kafka.max_request_bytes.max(self.kafka.fetch_max_bytes));
+        if self.kafka.max_queued_bytes < largest {
+            return bad(
+                "kafka.max_queued_bytes",
+                format!(
+                    "must hold at least one largest request or response ({largest} bytes: \
+                     kafka.max_request_bytes / kafka.fetch_max_bytes)"
+                ),
+            );
         }
         if self.topics.default_partitions < 1 {
             return bad("topics.default_partitions", "must be at least 1".into());

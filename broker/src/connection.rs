@@ -1,11 +1,12 @@
 //! One client connection: size-prefixed frames in, responses out in request order.
 //!
-//! Frames are read through a length-delimited codec that refuses a size above
-//! `kafka.max_request_bytes` before allocating. Requests are handled concurrently (pipelining)
-//! up to `kafka.max_in_flight_requests`; past that the connection is not read until the oldest
-//! answers. Responses are written in request order, as Kafka requires. A connection that sends
-//! nothing for `kafka.idle_timeout_ms` is closed. On shutdown the connection stops reading and
-//! finishes the requests it has.
+//! A frame's size is checked against `kafka.max_request_bytes`, and its bytes are reserved
+//! from the broker's memory budget ([`Admission`]), before its body is read or allocated.
+//! Requests are handled concurrently (pipelining) up to `kafka.max_in_flight_requests`; past
+//! that the connection is not read until the oldest answers. Responses are written in request
+//! order, as Kafka requires, and release their reservations once written. A connection that
+//! sends nothing for `kafka.idle_timeout_ms` is closed. On shutdown the connection stops
+//! reading and finishes the requests it has.
 //!
 //! Kafka processes a connection's requests one at a time, and producers rely on it: batches
 //! sent in two pipelined requests must land in the order sent. Here requests overlap, so
@@ -16,39 +17,54 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
 
-use crate::handlers;
+use crate::admission::{Admission, ConnectionSlot};
+use crate::handlers::{self, Reply};
 use crate::protocol::{FrameError, parse_frame};
 use crate::state::BrokerState;
+
+/// A request's bytes and their reservation in the memory budget.
+type Received = (Bytes, Option<OwnedSemaphorePermit>);
 
 /// Serves `stream` until the client leaves, misbehaves, idles out, or the broker shuts down.
 pub(crate) async fn serve(
     state: Arc<BrokerState>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: ConnectionSlot,
     cancel: CancellationToken,
 ) {
+    let _slot = slot;
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let codec = LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(state.config.kafka.max_request_bytes as usize)
-        .new_codec();
-    let mut frames = FramedRead::new(rd, codec);
     let max_in_flight = state.config.kafka.max_in_flight_requests;
+    let (frames_tx, mut frames) = mpsc::channel::<Received>(1);
+    let reader = read_frames(
+        rd,
+        state.config.kafka.max_request_bytes,
+        state.admission.clone(),
+        frames_tx,
+    );
+    tokio::pin!(reader);
+    let mut reader_running = true;
     let idle = state.config.idle_timeout();
     let mut in_flight = FuturesOrdered::new();
     let turnstile = Arc::new(Turnstile::default());
+    // One Fetch at a time per connection, its answer written before the next reads: clients
+    // keep one Fetch in flight per broker anyway, and a client that pipelines many and reads
+    // none pins one response, not dozens.
+    let fetch_gate = Arc::new(Semaphore::new(1));
     let mut produce_tickets = 0u64;
     let mut reading = true;
     let idle_timer = tokio::time::sleep(idle);
@@ -59,13 +75,15 @@ pub(crate) async fn serve(
         }
         tokio::select! {
             biased;
-            Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                let answer: Result<Option<Bytes>, FrameError> = answer;
+            Some((answer, request_held, fetch_turn)) = in_flight.next(), if !in_flight.is_empty() => {
+                let answer: Result<Option<Reply>, FrameError> = answer;
                 match answer {
-                    Ok(Some(bytes)) => {
+                    Ok(Some(Reply { bytes, held })) => {
                         // A client that stops reading cannot pin the connection: a response
                         // not written within the idle timeout closes it.
-                        match tokio::time::timeout(idle, wr.write_all(&bytes)).await {
+                        let written = tokio::time::timeout(idle, wr.write_all(&bytes)).await;
+                        drop((bytes, held));
+                        match written {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "write failed; closing");
@@ -83,45 +101,54 @@ pub(crate) async fn serve(
                         break;
                     }
                 }
+                drop((request_held, fetch_turn));
             }
-            frame = frames.next(), if reading && in_flight.len() < max_in_flight => {
-                match frame {
-                    Some(Ok(buf)) => {
-                        idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                        let state = state.clone();
-                        // Peek the api key to hand out produce tickets in arrival order.
-                        let turn = (buf.get(..2) == Some(&(ApiKey::Produce as i16).to_be_bytes()[..]))
-                            .then(|| {
-                                produce_tickets += 1;
-                                Turn { turnstile: turnstile.clone(), ticket: produce_tickets - 1 }
-                            });
-                        in_flight.push_back(async move {
-                            let frame = parse_frame(buf.freeze());
-                            let frame = match frame {
-                                Ok(f) => f,
-                                Err(e) => {
-                                    drop(turn);
-                                    return Err(e);
-                                }
-                            };
-                            let span = tracing::debug_span!(
-                                "request",
-                                api = ?frame.api,
-                                version = frame.version,
-                                client = frame.header.client_id.as_deref().unwrap_or(""),
-                            );
-                            tracing::Instrument::instrument(handlers::handle(&state, frame, turn), span).await
-                        });
-                    }
-                    Some(Err(e)) => {
-                        if e.kind() == std::io::ErrorKind::InvalidData {
-                            tracing::info!(%peer, error = %e, "bad frame; closing after answering earlier requests");
-                        } else {
-                            tracing::debug!(%peer, error = %e, "read failed");
+            received = frames.recv(), if reading && in_flight.len() < max_in_flight => {
+                let Some((buf, held)) = received else {
+                    reading = false;
+                    continue;
+                };
+                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                let state = state.clone();
+                // Peek the api key to hand out produce tickets in arrival order.
+                let api = buf.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+                let turn = (api == Some(ApiKey::Produce as i16)).then(|| {
+                    produce_tickets += 1;
+                    Turn { turnstile: turnstile.clone(), ticket: produce_tickets - 1 }
+                });
+                let fetch_gate = (api == Some(ApiKey::Fetch as i16)).then(|| fetch_gate.clone());
+                in_flight.push_back(async move {
+                    let fetch_turn = match fetch_gate {
+                        Some(gate) => gate.acquire_owned().await.ok(),
+                        None => None,
+                    };
+                    let frame = match parse_frame(buf) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            drop(turn);
+                            return (Err(e), held, fetch_turn);
                         }
-                        reading = false;
+                    };
+                    let span = tracing::debug_span!(
+                        "request",
+                        api = ?frame.api,
+                        version = frame.version,
+                        client = frame.header.client_id.as_deref().unwrap_or(""),
+                    );
+                    let answer =
+                        tracing::Instrument::instrument(handlers::handle(&state, frame, turn), span)
+                            .await;
+                    (answer, held, fetch_turn)
+                });
+            }
+            ended = &mut reader, if reader_running => {
+                reader_running = false;
+                match ended {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        tracing::info!(%peer, error = %e, "bad frame; closing after answering earlier requests");
                     }
-                    None => reading = false,
+                    Err(e) => tracing::debug!(%peer, error = %e, "read failed"),
                 }
             }
             () = &mut idle_timer, if reading => {
@@ -132,6 +159,41 @@ pub(crate) async fn serve(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Reads size-prefixed frames into `frames` until the client closes or sends a frame that
+/// is too large (`InvalidData`). Each body is allocated only after its size was checked and
+/// its bytes reserved in the memory budget.
+async fn read_frames(
+    mut rd: OwnedReadHalf,
+    max_request_bytes: u32,
+    admission: Arc<Admission>,
+    frames: mpsc::Sender<Received>,
+) -> std::io::Result<()> {
+    loop {
+        let mut size = [0u8; 4];
+        match rd.read_exact(&mut size).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let size = u32::from_be_bytes(size);
+        if size > max_request_bytes {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "a frame of {size} bytes is over kafka.max_request_bytes ({max_request_bytes})"
+                ),
+            ));
+        }
+        let size = size as usize;
+        let held = admission.reserve(size).await;
+        let mut body = BytesMut::zeroed(size);
+        rd.read_exact(&mut body).await?;
+        if frames.send((body.freeze(), held)).await.is_err() {
+            return Ok(());
+        }
+    }
 }
 
 /// Orders appends of a connection's Produce requests: ticket `n` appends once every earlier

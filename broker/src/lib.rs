@@ -7,6 +7,7 @@
 //! - `protocol` and `handlers`: API versions, decoding, and one handler per Kafka API.
 //! - `state`: the metadata this broker follows and the partitions it hosts.
 
+mod admission;
 mod catalog;
 pub mod config;
 

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::config::{BrokerConfig, ControllerMode};
 use crate::connection;
 use crate::error::BrokerError;
@@ -91,10 +92,12 @@ impl Broker {
             Some(node) => vec![node.local_addr().to_string()],
             None => config.voters()?.into_values().collect(),
         };
+        let admission = Admission::new(&config.kafka)?;
         let state = Arc::new(BrokerState::new(
             config,
             ControllerClient::new(addrs),
             tiering.clone(),
+            admission,
         ));
 
         register(&state).await?;
@@ -375,9 +378,16 @@ async fn accept(state: Arc<BrokerState>, listener: TcpListener, cancel: Cancella
         tokio::select! {
             () = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    connections.spawn(connection::serve(state.clone(), stream, peer, cancel.clone()));
-                }
+                Ok((stream, peer)) => match state.admission.admit(peer.ip()) {
+                    Ok(slot) => {
+                        connections.spawn(connection::serve(state.clone(), stream, peer, slot, cancel.clone()));
+                    }
+                    Err(full) => {
+                        // Closed at once, as Kafka does past max.connections.
+                        tracing::debug!(%peer, ?full, "connection refused: too many connections");
+                        drop(stream);
+                    }
+                },
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");

@@ -13,6 +13,7 @@ use strata_storage::{FlushPolicy, HEADER_LEN, Log, LogConfig, MAX_SEGMENT_BYTES,
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::config::BrokerConfig;
 use crate::epochs::EpochCache;
 use crate::error::BrokerError;
@@ -67,6 +68,8 @@ pub(crate) struct BrokerState {
     pub(crate) groups: Arc<Coordinator>,
     /// The object store and remote read path.
     pub(crate) tiering: Arc<Tiering>,
+    /// Connection and memory limits.
+    pub(crate) admission: Arc<Admission>,
 }
 
 impl BrokerState {
@@ -74,6 +77,7 @@ impl BrokerState {
         config: BrokerConfig,
         controller: ControllerClient,
         tiering: Arc<Tiering>,
+        admission: Admission,
     ) -> Self {
         let g = &config.groups;
         let groups = Arc::new(Coordinator::new(GroupConfig {
@@ -97,6 +101,7 @@ impl BrokerState {
             partitions: RwLock::new(HashMap::new()),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             tiering,
+            admission: Arc::new(admission),
         }
     }
 

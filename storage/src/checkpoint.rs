@@ -68,10 +68,13 @@ impl Checkpoint {
     }
 }
 
-/// Makes file creations, renames and deletions in `dir` durable.
+/// Makes file creations, renames and deletions in `dir` durable. Failing to open the
+/// directory (out of file descriptors, say) is reported as `open`, not `fsync`: nothing was
+/// attempted, so nothing is in doubt.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
-        .and_then(|d| d.sync_all())
+        .io_ctx("open", dir)?
+        .sync_all()
         .io_ctx("fsync", dir)
 }
 

@@ -607,9 +607,14 @@ impl Log {
                 st.dir_synced_base = active_base;
                 st.last_sync_ms = self.clock.now_ms();
             }
-            Err(e) => {
+            // Only a failed fsync leaves the page cache untrustworthy. An fsync that could
+            // not start (no descriptor to open the directory with) is retried by the caller.
+            Err(e @ StorageError::Io { op: "fsync", .. }) => {
                 let _ = self.failure.set(e.to_string());
                 tracing::error!(log = %self.dir.display(), error = %e, "fsync failed; log is offline");
+            }
+            Err(e) => {
+                tracing::warn!(log = %self.dir.display(), error = %e, "fsync not attempted; retried later");
             }
         }
         self.synced.notify_all();

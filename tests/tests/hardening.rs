@@ -629,3 +629,166 @@ async fn clients_may_not_write_delete_or_reshape_internal_topics() {
     drop(client);
     broker.stop().await;
 }
+
+/// Resident memory of this process, in bytes.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_pipelines_huge_fetches_and_never_reads_cannot_exhaust_memory() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, FetchRequest, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use strata_tests::RawClient;
+
+    let broker = TestBroker::start().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic(
+            "big",
+            1,
+            -1,
+            &configs(&[("remote.storage.enable", "false")]),
+        )
+        .await
+        .expect("create");
+    // 64 MiB in the partition.
+    let value = vec![b'v'; 512 * 1024];
+    for i in 0..128 {
+        client
+            .produce("big", 0, &[record(&format!("k{i}"), &value)], 1)
+            .await
+            .expect("produce");
+    }
+    let before = rss_bytes();
+    // 64 pipelined fetches asking for everything (2 GiB each), never reading an answer.
+    let fetch = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(i32::MAX)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("big")))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_fetch_offset(0)
+                        .with_current_leader_epoch(-1)
+                        .with_partition_max_bytes(i32::MAX),
+                ]),
+        ]);
+    let mut greedy = RawClient::connect(broker.addr()).await;
+    for i in 0..64 {
+        let mut body = bytes::BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::Fetch as i16)
+            .with_request_api_version(12)
+            .with_correlation_id(i)
+            .encode(&mut body, ApiKey::Fetch.request_header_version(12))
+            .expect("header");
+        fetch.encode(&mut body, 12).expect("body");
+        greedy.send_frame(&body).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let grown = rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 512 << 20,
+        "the broker holds {} MiB for one client's unread fetches",
+        grown >> 20
+    );
+    // Everyone else is still served.
+    let (records, _) = client
+        .fetch("big", 0, 127, 1 << 20, 100)
+        .await
+        .expect("another client's fetch");
+    assert_eq!(records.first().map(|r| r.offset), Some(127));
+    drop(greedy);
+    drop(client);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_responses_are_capped_at_the_brokers_fetch_max_bytes() {
+    let broker = TestBroker::start_with(|c| c.kafka.fetch_max_bytes = 64 * 1024).await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic("capped", 1, -1, &BTreeMap::new())
+        .await
+        .expect("create");
+    for i in 0..200 {
+        client
+            .produce("capped", 0, &[record(&format!("k{i}"), &[b'v'; 1000])], 1)
+            .await
+            .expect("produce");
+    }
+    let (records, _) = client
+        .fetch("capped", 0, 0, i32::MAX, 100)
+        .await
+        .expect("fetch");
+    let bytes: usize = records
+        .iter()
+        .map(|r| r.value.as_ref().map_or(0, Bytes::len))
+        .sum();
+    assert!(!records.is_empty());
+    assert!(bytes <= 64 * 1024, "{bytes} bytes in one response");
+    drop(client);
+    broker.stop().await;
+}
+
+/// Whether a new connection to `addr` gets an answer to ApiVersions (false when closed).
+async fn answers_api_versions(addr: std::net::SocketAddr) -> bool {
+    use kafka_protocol::messages::{ApiKey, RequestHeader};
+    use kafka_protocol::protocol::Encodable;
+
+    let mut c = strata_tests::RawClient::connect(addr).await;
+    let mut body = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(ApiKey::ApiVersions as i16)
+        .with_request_api_version(0)
+        .with_correlation_id(1)
+        .encode(&mut body, ApiKey::ApiVersions.request_header_version(0))
+        .expect("header");
+    c.send_frame(&body).await;
+    tokio::time::timeout(Duration::from_secs(2), c.read_frame())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limits_are_closed_and_the_broker_keeps_serving() {
+    use strata_tests::RawClient;
+
+    let broker = TestBroker::start_with(|c| {
+        c.kafka.max_connections = 40;
+        c.kafka.max_connections_per_ip = 30;
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..30 {
+        idle.push(RawClient::connect(broker.addr()).await);
+    }
+    // The 31st from this address is closed at once.
+    let mut over = RawClient::connect(broker.addr()).await;
+    assert!(over.closed_within(Duration::from_secs(5)).await);
+    // Once others leave, new connections are served.
+    idle.truncate(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !answers_api_versions(broker.addr()).await {
+        assert!(
+            Instant::now() < deadline,
+            "no connection served after others left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(idle);
+    broker.stop().await;
+}

@@ -30,6 +30,9 @@ use crate::state::BrokerState;
 /// How long a topic change waits to reach this broker's metadata before answering.
 const PROPAGATION_WAIT: Duration = Duration::from_secs(10);
 
+/// How long CreateTopics waits for its new partitions to read their manifests.
+const NEW_PARTITION_WAIT: Duration = Duration::from_secs(2);
+
 pub(super) fn api_versions(frame: &Frame) -> Result<Bytes, FrameError> {
     let api_keys = SUPPORTED
         .iter()
@@ -149,7 +152,19 @@ pub(super) async fn create_topic(
 ) -> Result<Uuid, (ResponseError, String)> {
     let applied = submit_and_wait(state, &command).await?;
     match applied.outcome {
-        Outcome::TopicCreated { id, .. } => Ok(id),
+        Outcome::TopicCreated { id, partitions } => {
+            // A healthy store answers at once: let the new partitions read their manifests
+            // (a re-created id may have data) so the first produce need not wait. A slow
+            // store only delays appends, never the answer, beyond this.
+            let deadline = tokio::time::Instant::now() + NEW_PARTITION_WAIT;
+            for index in 0..partitions.len() as i32 {
+                if let Some(part) = state.partition(id, index) {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    part.remote.recovered_within(left).await;
+                }
+            }
+            Ok(id)
+        }
         _ => Err((
             ResponseError::UnknownServerError,
             "unexpected outcome".into(),

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use strata_storage::StorageError;
 use strata_storage::tier::manifest::Manifest;
 
+use super::Reply;
 use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::{BrokerState, Partition};
 
@@ -32,8 +33,9 @@ struct Wanted {
     target: Result<Arc<Partition>, ResponseError>,
 }
 
-pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Bytes, FrameError> {
+pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Reply, FrameError> {
     let req: FetchRequest = frame.decode()?;
+    let cap = state.config.kafka.fetch_max_bytes as usize;
     let image = state.image();
     let by_id = frame.version >= 13;
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
@@ -79,13 +81,16 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Byt
                 topic: topics.len() - 1,
                 index: p.partition,
                 offset: p.fetch_offset,
-                max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
+                max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0).min(cap),
                 target,
             });
         }
     }
-    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0);
-    let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
+    // The broker's fetch.max.bytes bounds every response, whatever the client asks.
+    let max_bytes = usize::try_from(req.max_bytes).unwrap_or(0).min(cap);
+    let min_bytes = usize::try_from(req.min_bytes)
+        .unwrap_or(0)
+        .clamp(1, max_bytes.max(1));
     let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let wanted = Arc::new(wanted);
@@ -95,6 +100,10 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Byt
             .iter()
             .filter_map(|w| w.target.as_ref().ok().map(|p| p.end.subscribe()))
             .collect();
+        // What the read may return is reserved in the broker's memory budget first; what
+        // it did return stays reserved until the response is written.
+        let mut held = state.admission.reserve(max_bytes).await;
+        let sizes_before = log_sizes(&wanted);
         let w = wanted.clone();
         let slots = tokio::task::spawn_blocking(move || read_local(&w, max_bytes))
             .await
@@ -109,21 +118,50 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Byt
             .map(|r| r.records.as_ref().map_or(0, Bytes::len))
             .sum();
         let errors = results.iter().any(|r| r.error_code != 0);
-        if bytes >= min_bytes.max(1) || errors || Instant::now() >= deadline || watchers.is_empty()
-        {
+        if bytes >= min_bytes || errors || Instant::now() >= deadline || watchers.is_empty() {
             let mut topics = topics;
             for (w, data) in wanted.iter().zip(results) {
                 topics[w.topic].partitions.push(data);
             }
-            return frame.respond(&FetchResponse::default().with_responses(topics));
+            let kept = held
+                .as_mut()
+                .and_then(|h| h.split(bytes.min(h.num_permits())));
+            drop(held);
+            let bytes = frame.respond(&FetchResponse::default().with_responses(topics))?;
+            return Ok(Reply { bytes, held: kept });
         }
-        let changed =
-            futures::future::select_all(watchers.iter_mut().map(|rx| Box::pin(rx.changed())));
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            // Deadline: one last read answers with whatever arrived.
-            continue;
+        drop((results, held));
+        // Wait until enough may have arrived: appends wake us, but a read happens only once
+        // the logs grew by what is missing (or at the deadline), not on every append.
+        let missing = (min_bytes - bytes) as u64;
+        loop {
+            let changed =
+                futures::future::select_all(watchers.iter_mut().map(|rx| Box::pin(rx.changed())));
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break; // Deadline: one last read answers with whatever arrived.
+            }
+            if grown(&sizes_before, &log_sizes(&wanted)) >= missing {
+                break;
+            }
         }
     }
+}
+
+/// The size of each wanted partition's log (0 where there is none).
+fn log_sizes(wanted: &[Wanted]) -> Vec<u64> {
+    wanted
+        .iter()
+        .map(|w| w.target.as_ref().map_or(0, |p| p.log.size_bytes()))
+        .collect()
+}
+
+/// Bytes appended since `before`, as far as sizes tell (retention may shrink a log).
+fn grown(before: &[u64], now: &[u64]) -> u64 {
+    before
+        .iter()
+        .zip(now)
+        .map(|(b, n)| n.saturating_sub(*b))
+        .sum()
 }
 
 /// A partition's answer, or the remote read that will give it.

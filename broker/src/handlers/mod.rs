@@ -13,10 +13,23 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::connection::Turn;
 use crate::protocol::{Frame, FrameError, supported};
 use crate::state::BrokerState;
+
+/// A response, and the share of the broker's memory budget it holds until it is written.
+pub(crate) struct Reply {
+    pub(crate) bytes: Bytes,
+    pub(crate) held: Option<OwnedSemaphorePermit>,
+}
+
+impl From<Bytes> for Reply {
+    fn from(bytes: Bytes) -> Self {
+        Self { bytes, held: None }
+    }
+}
 
 /// Answers one request; `Ok(None)` means no response is sent (Produce with `acks=0`). An
 /// error closes the connection.
@@ -24,9 +37,9 @@ pub(crate) async fn handle(
     state: &Arc<BrokerState>,
     frame: Frame,
     turn: Option<Turn>,
-) -> Result<Option<Bytes>, FrameError> {
+) -> Result<Option<Reply>, FrameError> {
     if frame.api == ApiKey::ApiVersions {
-        return admin::api_versions(&frame).map(Some);
+        return admin::api_versions(&frame).map(|b| Some(b.into()));
     }
     match supported(frame.api) {
         Some((min, max)) if (min..=max).contains(&frame.version) => {}
@@ -37,40 +50,38 @@ pub(crate) async fn handle(
             });
         }
     }
-    match frame.api {
-        ApiKey::Metadata => admin::metadata(state, &frame).await.map(Some),
-        ApiKey::CreateTopics => admin::create_topics(state, &frame).await.map(Some),
-        ApiKey::InitProducerId => admin::init_producer_id(state, &frame).await.map(Some),
-        ApiKey::DeleteTopics => topics::delete_topics(state, &frame).await.map(Some),
-        ApiKey::CreatePartitions => topics::create_partitions(state, &frame).await.map(Some),
-        ApiKey::DescribeConfigs => configs::describe_configs(state, &frame).await.map(Some),
-        ApiKey::AlterConfigs => configs::alter_configs(state, &frame).await.map(Some),
-        ApiKey::IncrementalAlterConfigs => configs::incremental_alter_configs(state, &frame)
-            .await
-            .map(Some),
-        ApiKey::DescribeCluster => admin::describe_cluster(state, &frame).await.map(Some),
-        ApiKey::FindCoordinator => groups::find_coordinator(state, &frame).await.map(Some),
-        ApiKey::JoinGroup => groups::join_group(state, &frame).await.map(Some),
-        ApiKey::SyncGroup => groups::sync_group(state, &frame).await.map(Some),
-        ApiKey::Heartbeat => groups::heartbeat(state, &frame).await.map(Some),
-        ApiKey::LeaveGroup => groups::leave_group(state, &frame).await.map(Some),
-        ApiKey::OffsetCommit => groups::offset_commit(state, &frame).await.map(Some),
-        ApiKey::OffsetFetch => groups::offset_fetch(state, &frame).await.map(Some),
-        ApiKey::ListGroups => groups_admin::list_groups(state, &frame).await.map(Some),
-        ApiKey::DescribeGroups => groups_admin::describe_groups(state, &frame).await.map(Some),
-        ApiKey::DeleteGroups => groups_admin::delete_groups(state, &frame).await.map(Some),
-        ApiKey::OffsetDelete => groups_admin::offset_delete(state, &frame).await.map(Some),
-        ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(state, &frame)
-            .await
-            .map(Some),
-        ApiKey::Produce => produce::produce(state, &frame, turn).await,
-        ApiKey::Fetch => fetch::fetch(state, &frame).await.map(Some),
-        ApiKey::ListOffsets => fetch::list_offsets(state, &frame).await.map(Some),
+    let frame = &frame;
+    let answer = match frame.api {
+        ApiKey::Produce => return Ok(produce::produce(state, frame, turn).await?.map(Reply::from)),
+        ApiKey::Fetch => return fetch::fetch(state, frame).await.map(Some),
+        ApiKey::Metadata => admin::metadata(state, frame).await,
+        ApiKey::CreateTopics => admin::create_topics(state, frame).await,
+        ApiKey::InitProducerId => admin::init_producer_id(state, frame).await,
+        ApiKey::DeleteTopics => topics::delete_topics(state, frame).await,
+        ApiKey::CreatePartitions => topics::create_partitions(state, frame).await,
+        ApiKey::DescribeConfigs => configs::describe_configs(state, frame).await,
+        ApiKey::AlterConfigs => configs::alter_configs(state, frame).await,
+        ApiKey::IncrementalAlterConfigs => configs::incremental_alter_configs(state, frame).await,
+        ApiKey::DescribeCluster => admin::describe_cluster(state, frame).await,
+        ApiKey::FindCoordinator => groups::find_coordinator(state, frame).await,
+        ApiKey::JoinGroup => groups::join_group(state, frame).await,
+        ApiKey::SyncGroup => groups::sync_group(state, frame).await,
+        ApiKey::Heartbeat => groups::heartbeat(state, frame).await,
+        ApiKey::LeaveGroup => groups::leave_group(state, frame).await,
+        ApiKey::OffsetCommit => groups::offset_commit(state, frame).await,
+        ApiKey::OffsetFetch => groups::offset_fetch(state, frame).await,
+        ApiKey::ListGroups => groups_admin::list_groups(state, frame).await,
+        ApiKey::DescribeGroups => groups_admin::describe_groups(state, frame).await,
+        ApiKey::DeleteGroups => groups_admin::delete_groups(state, frame).await,
+        ApiKey::OffsetDelete => groups_admin::offset_delete(state, frame).await,
+        ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(state, frame).await,
+        ApiKey::ListOffsets => fetch::list_offsets(state, frame).await,
         api => Err(FrameError::Unsupported {
             api,
             version: frame.version,
         }),
-    }
+    };
+    answer.map(|bytes| Some(bytes.into()))
 }
 
 pub(crate) fn topic_name(s: &str) -> TopicName {
