@@ -416,10 +416,12 @@ impl BrokerConfig {
         if self.topics.default_partitions < 1 {
             return bad("topics.default_partitions", "must be at least 1".into());
         }
-        if self.topics.default_replication_factor < 1 {
+        if self.topics.default_replication_factor != 1 {
             return bad(
                 "topics.default_replication_factor",
-                "must be at least 1".into(),
+                "must be 1: each partition has one copy until replication between brokers \
+                 exists"
+                    .into(),
             );
         }
         let g = &self.groups;

@@ -159,6 +159,12 @@ pub(crate) fn command_error_code(e: &CommandError) -> ResponseError {
 pub(crate) fn storage_error_code(e: &StorageError) -> ResponseError {
     match e {
         StorageError::InvalidBatch(BatchError::TooLarge { .. }) => ResponseError::MessageTooLarge,
+        StorageError::InvalidBatch(BatchError::TimestampOutOfRange { .. }) => {
+            ResponseError::InvalidTimestamp
+        }
+        StorageError::InvalidBatch(BatchError::TooManyRecords { .. }) => {
+            ResponseError::InvalidRecord
+        }
         StorageError::InvalidBatch(_) => ResponseError::CorruptMessage,
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::Config { .. } => ResponseError::InvalidConfig,

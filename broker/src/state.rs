@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use strata_controller::model::TopicRecord;
+use strata_controller::topic_config::topic_config;
 use strata_controller::{ControllerClient, MetadataImage, MetadataUpdate};
 use strata_storage::{FlushPolicy, HEADER_LEN, Log, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 use tokio::sync::watch;
@@ -349,6 +350,17 @@ pub(crate) fn log_config(topic: &TopicRecord) -> LogConfig {
         Some(v) if v > 1 && v < i64::MAX => c.flush_messages = Some(v as u64),
         _ => {}
     }
+    // The topic's value, or the default the config table shows (Kafka's: one hour after,
+    // no bound before).
+    let bound = |key: &str| {
+        let default = || topic_config(key).and_then(|d| d.default.parse::<i64>().ok());
+        match get(key).or_else(default) {
+            None | Some(i64::MAX) => None,
+            Some(v) => Some(Duration::from_millis(v.max(0) as u64)),
+        }
+    };
+    c.timestamp_before_max = bound("message.timestamp.before.max.ms");
+    c.timestamp_after_max = bound("message.timestamp.after.max.ms");
     if topic
         .configs
         .get("message.timestamp.type")

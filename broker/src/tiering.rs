@@ -294,19 +294,17 @@ impl Tiering {
             .filter(|s| s.next_offset > uploaded.end_offset())
             .map(|s| s.size_bytes)
             .sum();
-        let (manifest, gone) = retention::apply_remote_retention(
+        let (manifest, _) = retention::apply_remote_retention(
             objects,
             epoch,
             crate::group::now_ms(),
             config.retention_ms,
             config.retention_bytes,
             local_beyond,
+            |m| remote.publish(m.clone()),
         )
         .await
         .map_err(fenced)?;
-        if !gone.is_empty() {
-            remote.publish(manifest.clone());
-        }
         let (local_ms, local_bytes) = local_retention(topic, &config);
         let covered = manifest.end_offset();
         blocking(move || {

@@ -99,6 +99,13 @@ pub enum BatchError {
     TrailingBytes { at: usize, count: i32, extra: usize },
     #[error("batch at byte {at}: {size} bytes, larger than the maximum of {max}")]
     TooLarge { at: usize, size: usize, max: usize },
+    #[error(
+        "batch at byte {at}: timestamp {timestamp} is outside the accepted range \
+         (message.timestamp.before.max.ms / after.max.ms)"
+    )]
+    TimestampOutOfRange { at: usize, timestamp: i64 },
+    #[error("{count} records in one append; a segment holds at most {max}")]
+    TooManyRecords { count: u64, max: u64 },
 }
 
 /// The decoded fixed header of one v2 batch.
@@ -178,6 +185,8 @@ pub(crate) struct ValidBatch {
     pub header: BatchHeader,
     /// Largest record timestamp, computed from the records when they are uncompressed.
     pub records_max_timestamp: Option<i64>,
+    /// Smallest record timestamp when uncompressed; the first record's otherwise.
+    pub min_timestamp: i64,
 }
 
 impl ValidBatch {
@@ -233,20 +242,22 @@ fn validate_one(buf: &[u8], at: usize, max_batch_bytes: usize) -> Result<ValidBa
     }
     // Compressed records can only be counted after decompression; their integrity is covered by
     // the CRC and the consistent header above.
-    let records_max_timestamp = if codec == 0 {
-        let mut max_ts = i64::MIN;
+    let (records_max_timestamp, min_timestamp) = if codec == 0 {
+        let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
         walk_records(&batch[HEADER_LEN..], &header, at, |_, ts| {
             max_ts = max_ts.max(ts);
+            min_ts = min_ts.min(ts);
             std::ops::ControlFlow::Continue(())
         })?;
-        Some(max_ts)
+        (Some(max_ts), min_ts)
     } else {
-        None
+        (None, header.base_timestamp)
     };
     Ok(ValidBatch {
         pos: at,
         header,
         records_max_timestamp,
+        min_timestamp,
     })
 }
 
@@ -324,17 +335,29 @@ pub(crate) fn set_max_timestamp(batch: &mut [u8], max_timestamp: i64, log_append
 pub(crate) fn first_offset_where(
     batch: &[u8],
     header: &BatchHeader,
-    mut pred: impl FnMut(i64, i64) -> bool,
+    pred: impl FnMut(i64, i64) -> bool,
 ) -> Option<i64> {
+    first_record_where(batch, header, pred).map(|(offset, _)| offset)
+}
+
+/// As [`first_offset_where`], with the record's timestamp (the batch's largest for compressed
+/// and log-append-time batches, whose records are not read one by one).
+pub(crate) fn first_record_where(
+    batch: &[u8],
+    header: &BatchHeader,
+    mut pred: impl FnMut(i64, i64) -> bool,
+) -> Option<(i64, i64)> {
     if header.compression() != 0 || header.is_log_append_time() || batch.len() < HEADER_LEN {
         let ts = header.max_timestamp;
-        return (header.base_offset..=header.last_offset()).find(|&off| pred(off, ts));
+        return (header.base_offset..=header.last_offset())
+            .find(|&off| pred(off, ts))
+            .map(|off| (off, ts));
     }
     let mut found = None;
     let walked = walk_records(&batch[HEADER_LEN..], header, 0, |delta, ts| {
         let offset = header.base_offset + i64::from(delta);
         if pred(offset, ts) {
-            found = Some(offset);
+            found = Some((offset, ts));
             std::ops::ControlFlow::Break(())
         } else {
             std::ops::ControlFlow::Continue(())

@@ -44,6 +44,11 @@ pub struct LogConfig {
     /// `flush.messages`: an append that leaves at least this many records not yet fsynced
     /// forces an fsync, whatever the flush policy (`None`: no such limit).
     pub flush_messages: Option<u64>,
+    /// `message.timestamp.before.max.ms` / `after.max.ms`: under CreateTime, a batch with a
+    /// record stamped further than this before / after the broker's clock is refused
+    /// (`None`: no bound). Records without a timestamp (-1) are not checked.
+    pub timestamp_before_max: Option<Duration>,
+    pub timestamp_after_max: Option<Duration>,
     pub timestamp_type: TimestampType,
 }
 
@@ -58,6 +63,8 @@ impl Default for LogConfig {
             retention_bytes: None,
             flush: FlushPolicy::Os,
             flush_messages: None,
+            timestamp_before_max: None,
+            timestamp_after_max: None,
             timestamp_type: TimestampType::CreateTime,
         }
     }

@@ -179,11 +179,23 @@ impl Log {
         let max_batch = self.read_inner().config.max_batch_bytes;
         let batches = batch::validate_batches(records, max_batch)?;
         let record_count: u64 = batches.iter().map(|b| b.header.records_count as u64).sum();
+        // Offsets within a segment are 32-bit: an append starting a fresh segment must fit.
+        let max = u64::from(u32::MAX) + 1;
+        if record_count > max {
+            return Err(batch::BatchError::TooManyRecords {
+                count: record_count,
+                max,
+            }
+            .into());
+        }
         let (info, flush) = {
             let mut inner = self.write_inner();
             let now = self.clock.now_ms();
             let first_offset = inner.active.next_offset;
             let last_offset = first_offset + record_count - 1;
+            if inner.config.timestamp_type == TimestampType::CreateTime {
+                check_timestamps(&batches, &inner.config, now)?;
+            }
             let incoming_ts = match inner.config.timestamp_type {
                 TimestampType::LogAppendTime => now,
                 TimestampType::CreateTime => batches
@@ -295,6 +307,14 @@ impl Log {
     /// `timestamp` (ListOffsets by time); `None` when every record is older. Exact to the record
     /// for uncompressed batches, to the batch for compressed ones.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<u64>, StorageError> {
+        Ok(self
+            .record_for_timestamp(timestamp)?
+            .map(|(offset, _)| offset))
+    }
+
+    /// As [`Log::offset_for_timestamp`], with the timestamp of the record found (what
+    /// ListOffsets answers).
+    pub fn record_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, StorageError> {
         let (views, log_start) = {
             let inner = self.read_inner();
             let Some(first) = inner.all().position(|s| s.max_timestamp >= timestamp) else {
@@ -318,11 +338,11 @@ impl Log {
             };
             while let Some((at, h)) = next {
                 let bytes = view.read_batch(at, &h)?;
-                let offset = batch::first_offset_where(&bytes, &h, |off, ts| {
+                let found = batch::first_record_where(&bytes, &h, |off, ts| {
                     off >= log_start && ts >= timestamp
                 });
-                if let Some(offset) = offset {
-                    return Ok(Some(offset as u64));
+                if let Some((offset, ts)) = found {
+                    return Ok(Some((offset as u64, ts)));
                 }
                 next = view.find_from(at + h.total_len() as u64, qualifies)?;
             }
@@ -880,4 +900,33 @@ fn delete_segment_files(dir: &Path, bases: &[u64]) -> Result<(), StorageError> {
     bases
         .iter()
         .try_for_each(|&base| crate::segment::delete_files(dir, base))
+}
+
+/// Refuses a batch stamped further from `now` than the log's timestamp bounds allow.
+fn check_timestamps(
+    batches: &[batch::ValidBatch],
+    config: &LogConfig,
+    now: i64,
+) -> Result<(), StorageError> {
+    let ms = |d: Option<std::time::Duration>| {
+        d.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    };
+    let (before, after) = (
+        ms(config.timestamp_before_max),
+        ms(config.timestamp_after_max),
+    );
+    for b in batches {
+        let max = b.records_max_timestamp.unwrap_or(b.header.max_timestamp);
+        let too_new = after.is_some_and(|a| max != NO_TIMESTAMP && max > now.saturating_add(a));
+        let min = b.min_timestamp;
+        let too_old = before.is_some_and(|d| min >= 0 && min < now.saturating_sub(d));
+        if too_new || too_old {
+            return Err(batch::BatchError::TimestampOutOfRange {
+                at: b.pos,
+                timestamp: if too_new { max } else { min },
+            }
+            .into());
+        }
+    }
+    Ok(())
 }

@@ -246,3 +246,25 @@ fn bad_configs_name_the_key() {
         }
     }
 }
+
+#[test]
+fn an_append_that_no_segment_could_index_is_refused() {
+    // Compressed batches are counted by their headers: three claiming 2^31 - 1 records each
+    // would need relative offsets past 32 bits even in a fresh segment.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+    let mut one = good();
+    one[22] |= 1; // gzip: records are not walked
+    set_i32(&mut one, 23, i32::MAX - 1); // last offset delta
+    set_i32(&mut one, 57, i32::MAX); // records count
+    fix_crc(&mut one);
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        buf.extend_from_slice(&one);
+    }
+    match log.append(&mut buf, 0) {
+        Err(StorageError::InvalidBatch(BatchError::TooManyRecords { .. })) => {}
+        other => panic!("expected TooManyRecords, got {other:?}"),
+    }
+    assert_eq!(log.log_end_offset(), 0);
+}

@@ -792,3 +792,179 @@ async fn connections_past_the_limits_are_closed_and_the_broker_keeps_serving() {
     drop(idle);
     broker.stop().await;
 }
+
+/// Produces raw `batch` bytes to `topic`/0 with `acks` and returns the error code.
+async fn produce_raw(broker: &TestBroker, topic: &str, batch: Vec<u8>, acks: i16) -> i16 {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let mut c = strata_tests::RawClient::connect(broker.addr()).await;
+    let r = c
+        .call(
+            9,
+            &ProduceRequest::default()
+                .with_acks(acks)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(Bytes::from(batch))),
+                        ]),
+                ]),
+        )
+        .await;
+    r.responses[0].partition_responses[0].error_code
+}
+
+/// A one-record batch stamped `timestamp`, with `attributes` ORed in (CRC fixed up).
+fn batch_with(timestamp: i64, attributes: u8) -> Vec<u8> {
+    let mut b = strata_storage::BatchBuilder::new()
+        .value(Some(b"k"), b"v", timestamp)
+        .build();
+    b[22] |= attributes;
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_kafka_clients_rely_on_are_honoured_or_refused() {
+    let broker = TestBroker::start().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    // A replication factor nobody replicates is refused, not accepted and ignored.
+    let refused = client
+        .create_topic("copies", 1, 3, &BTreeMap::new())
+        .await
+        .expect_err("three copies cannot be kept yet");
+    assert_eq!(
+        code(&refused),
+        Some(38),
+        "INVALID_REPLICATION_FACTOR: {refused}"
+    );
+    // min.insync.replicas above the in-sync replicas refuses acks=all, not acks=1.
+    client
+        .create_topic("careful", 1, -1, &configs(&[("min.insync.replicas", "2")]))
+        .await
+        .expect("create");
+    let refused = client
+        .produce("careful", 0, &[record("k", b"v")], -1)
+        .await
+        .expect_err("one in-sync replica is fewer than two");
+    assert_eq!(code(&refused), Some(19), "NOT_ENOUGH_REPLICAS: {refused}");
+    client
+        .produce("careful", 0, &[record("k", b"v")], 1)
+        .await
+        .expect("acks=1 does not need the ISR");
+    // Timestamps: an hour ahead is refused by default, as in Kafka 4; a bound before is
+    // honoured when set.
+    client
+        .create_topic(
+            "times",
+            1,
+            -1,
+            &configs(&[("message.timestamp.before.max.ms", "86400000")]),
+        )
+        .await
+        .expect("create");
+    let now = now_ms();
+    assert_eq!(
+        produce_raw(&broker, "times", batch_with(now, 0), -1).await,
+        0
+    );
+    assert_eq!(
+        produce_raw(&broker, "times", batch_with(now + 7_200_000, 0), -1).await,
+        32,
+        "two hours ahead: INVALID_TIMESTAMP"
+    );
+    assert_eq!(
+        produce_raw(&broker, "times", batch_with(now - 2 * 86_400_000, 0), -1).await,
+        32,
+        "two days old: INVALID_TIMESTAMP"
+    );
+    assert_eq!(
+        produce_raw(&broker, "times", batch_with(-1, 0), -1).await,
+        0,
+        "no timestamp is not checked"
+    );
+    // Control and transactional batches do not come from clients.
+    assert_eq!(
+        produce_raw(&broker, "times", batch_with(now, 0x20), -1).await,
+        87
+    );
+    assert_eq!(
+        produce_raw(&broker, "times", batch_with(now, 0x10), -1).await,
+        87
+    );
+    drop(client);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_by_time_answers_the_timestamp_of_the_record_found() {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    use strata_tests::RawClient;
+
+    let broker = fast_broker().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic(
+            "timed",
+            1,
+            -1,
+            &configs(&[("segment.bytes", "4096"), ("local.retention.bytes", "4096")]),
+        )
+        .await
+        .expect("create");
+    let base = now_ms() - 600_000;
+    for i in 0..30 {
+        let r = NewRecord {
+            timestamp: Some(base + i * 1000),
+            ..record(&format!("k{i}"), &[b'v'; 1000])
+        };
+        client.produce("timed", 0, &[r], -1).await.expect("produce");
+    }
+    // The oldest records leave the local disk: their lookup goes to object storage.
+    let c = &client;
+    eventually(
+        Duration::from_secs(30),
+        "never evicted locally",
+        || async move { c.list_offset("timed", 0, -4).await.expect("list") > 5 },
+    )
+    .await;
+    let mut raw = RawClient::connect(broker.addr()).await;
+    for (asked, offset, timestamp) in [
+        (base + 1500, 2, base + 2000),      // remote
+        (base + 28_500, 29, base + 29_000), // local
+        (base - 5000, 0, base),             // before everything: the first record
+    ] {
+        let r = raw
+            .call(
+                7,
+                &ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_topics(vec![
+                        ListOffsetsTopic::default()
+                            .with_name(TopicName(StrBytes::from_static_str("timed")))
+                            .with_partitions(vec![
+                                ListOffsetsPartition::default()
+                                    .with_partition_index(0)
+                                    .with_timestamp(asked),
+                            ]),
+                    ]),
+            )
+            .await;
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(
+            (p.error_code, p.offset, p.timestamp),
+            (0, offset, timestamp)
+        );
+    }
+    drop(client);
+    broker.stop().await;
+}

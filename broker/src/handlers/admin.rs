@@ -71,9 +71,11 @@ pub(super) fn is_internal(topic: &str) -> bool {
     INTERNAL_TOPICS.contains(&topic)
 }
 
-/// Refuses a client's change to an internal topic (Kafka refuses these too; its tools say
-/// why). Config changes other than `cleanup.policy` stay allowed, as in Kafka.
-fn refuse_internal(command: &Command) -> Result<(), (ResponseError, String)> {
+/// Refuses what a client may not ask for: more than one copy of a partition (replication is
+/// not built yet, and accepting a factor nobody replicates would promise what is not kept),
+/// and changes to internal topics (Kafka refuses these too; its tools say why). Config
+/// changes of internal topics other than `cleanup.policy` stay allowed, as in Kafka.
+fn refuse_client_command(command: &Command) -> Result<(), (ResponseError, String)> {
     let refused = |topic: &str, what: &str| {
         Err((
             ResponseError::TopicAuthorizationFailed,
@@ -81,6 +83,15 @@ fn refuse_internal(command: &Command) -> Result<(), (ResponseError, String)> {
         ))
     };
     match command {
+        Command::CreateTopic {
+            replication_factor, ..
+        } if *replication_factor > 1 => Err((
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {replication_factor}: Strata keeps one copy of each \
+                 partition until replication between brokers exists; use 1"
+            ),
+        )),
         Command::CreateTopic { name, .. } if is_internal(name) => Err((
             ResponseError::InvalidRequest,
             format!("{name} is an internal topic; the broker creates it"),
@@ -114,7 +125,7 @@ pub(super) async fn submit_and_wait(
     state: &BrokerState,
     command: &Command,
 ) -> Result<Applied, (ResponseError, String)> {
-    refuse_internal(command)?;
+    refuse_client_command(command)?;
     match state.controller.submit(command).await {
         Ok(Ok(applied)) => {
             if !state
@@ -139,7 +150,7 @@ pub(super) fn dry_run(
     state: &BrokerState,
     command: &Command,
 ) -> Result<Applied, (ResponseError, String)> {
-    refuse_internal(command)?;
+    refuse_client_command(command)?;
     MetadataState::from_image((*state.image()).clone())
         .apply(command)
         .map_err(|e| (command_error_code(&e), e.to_string()))

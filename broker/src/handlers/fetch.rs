@@ -377,9 +377,9 @@ async fn lookup(
             state
                 .tiering
                 .reader
-                .offset_for_timestamp(&part.remote.objects, &m, ts)
+                .record_for_timestamp(&part.remote.objects, &m, ts)
                 .await
-                .map(|found| found.filter(|off| *off < local_start.max(m.log_start_offset)))
+                .map(|found| found.filter(|(off, _)| *off < local_start.max(m.log_start_offset)))
                 .map_err(|e| {
                     tracing::warn!(topic_id = %part.topic_id, error = %e, "remote time lookup failed");
                     ResponseError::KafkaStorageError
@@ -391,7 +391,7 @@ async fn lookup(
         async move {
             tokio::task::spawn_blocking(move || match ts {
                 -3 => log.max_timestamp().map(|m| m.map(|(ts, off)| (off, ts))),
-                t => log.offset_for_timestamp(t).map(|o| o.map(|off| (off, t))),
+                t => log.record_for_timestamp(t),
             })
             .await
             .map_err(|_| ResponseError::UnknownServerError)?
@@ -417,14 +417,13 @@ async fn lookup(
                 .and_then(|m| m.segments.iter().map(|s| s.max_timestamp).max())
                 .filter(|ts| local.is_none_or(|(_, l)| *ts > l));
             match remote_max {
-                Some(ts) => as_answer(remote(ts).await?.map(|off| (off, ts)).or(local)),
+                Some(ts) => as_answer(remote(ts).await?.or(local)),
                 None => as_answer(local),
             }
         }
-        // The log finds the offset but not that record's timestamp; the requested one is a
-        // lower bound of it, and Kafka clients require a non-negative value here.
+        // The first record at or after `t`, with its own timestamp (as Kafka answers).
         t if t >= 0 => match remote(t).await? {
-            Some(off) => Some((off as i64, t)),
+            Some(found) => as_answer(Some(found)),
             None => as_answer(local(t).await?),
         },
         _ => return Err(ResponseError::InvalidRequest),

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use strata_controller::model::TopicRecord;
 use strata_storage::{AppendInfo, StorageError};
 
 use super::str_bytes;
@@ -48,6 +49,10 @@ pub(super) async fn produce(
                         None => Err(ResponseError::UnknownTopicOrPartition),
                         Some(meta) if meta.leader != Some(state.id) => {
                             Err(ResponseError::NotLeaderOrFollower)
+                        }
+                        // acks=all needs min.insync.replicas copies in sync (Kafka's rule).
+                        Some(meta) if acks == -1 && meta.isr.len() < min_insync(t) => {
+                            Err(ResponseError::NotEnoughReplicas)
                         }
                         Some(meta) => state
                             .partition(t.id, index)
@@ -116,6 +121,15 @@ pub(super) async fn produce(
     frame
         .respond(&ProduceResponse::default().with_responses(responses))
         .map(Some)
+}
+
+/// The topic's `min.insync.replicas`.
+fn min_insync(topic: &TopicRecord) -> usize {
+    topic
+        .configs
+        .get("min.insync.replicas")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1)
 }
 
 /// Where a batch landed.
@@ -189,16 +203,14 @@ fn append_blocking(
         }
         _ => {}
     }
+    // Recorded before the append: if recording fails nothing was appended, so the error is
+    // true and a retry cannot duplicate. An epoch recorded without data after it is harmless.
     let start = part.log.log_end_offset();
-    let (landed, last_offset) = append_checked(part, records, leader_epoch)?;
-    if part.log.log_end_offset() == start {
-        return Ok((landed, last_offset)); // a retry answered from memory: nothing written
-    }
     if let Err(e) = epochs.assign(leader_epoch, start) {
         tracing::error!(topic_id = %part.topic_id, error = %e, "recording leader epoch failed");
         return Err((ResponseError::KafkaStorageError, Some(e.to_string())));
     }
-    Ok((landed, last_offset))
+    append_checked(part, records, leader_epoch)
 }
 
 fn append_checked(
@@ -212,6 +224,18 @@ fn append_checked(
         (storage_error_code(&e), Some(e.to_string()))
     };
     let headers = producer::headers(records);
+    if headers.iter().any(|h| h.is_control()) {
+        return Err((
+            ResponseError::InvalidRecord,
+            Some("clients may not write control batches".into()),
+        ));
+    }
+    if headers.iter().any(|h| h.is_transactional()) {
+        return Err((
+            ResponseError::InvalidRecord,
+            Some("transactional batches are not supported yet".into()),
+        ));
+    }
     let idempotent = headers.first().and_then(ProducerBatch::of);
     let mut buf = records.to_vec();
     let (landed, last_offset) = match idempotent {

@@ -269,6 +269,19 @@ impl RemoteReader {
         manifest: &Manifest,
         timestamp: i64,
     ) -> Result<Option<u64>, TierError> {
+        let found = self
+            .record_for_timestamp(objects, manifest, timestamp)
+            .await?;
+        Ok(found.map(|(offset, _)| offset))
+    }
+
+    /// As [`RemoteReader::offset_for_timestamp`], with the timestamp of the record found.
+    pub async fn record_for_timestamp(
+        &self,
+        objects: &PartitionObjects,
+        manifest: &Manifest,
+        timestamp: i64,
+    ) -> Result<Option<(u64, i64)>, TierError> {
         let log_start = manifest.log_start_offset as i64;
         for seg in manifest
             .segments
@@ -288,11 +301,11 @@ impl RemoteReader {
                 let len = h.total_len() as u64;
                 if h.max_timestamp >= timestamp && h.last_offset() >= log_start {
                     let bytes = cursor.bytes(pos..pos + len).await?;
-                    let found = batch::first_offset_where(&bytes, &h, |off, ts| {
+                    let found = batch::first_record_where(&bytes, &h, |off, ts| {
                         off >= log_start && ts >= timestamp
                     });
-                    if let Some(off) = found {
-                        return Ok(Some(off as u64));
+                    if let Some((off, ts)) = found {
+                        return Ok(Some((off as u64, ts)));
                     }
                 }
                 pos += len;

@@ -59,8 +59,8 @@ impl Manifest {
 const EXTENSIONS: [&str; 3] = ["log", "index", "timeindex"];
 
 /// Drops remote segments outside the whole log's retention: commits a manifest without them
-/// (as leader of `epoch`), then deletes their objects. Returns the manifest in force and the
-/// segments removed.
+/// (as leader of `epoch`), hands it to `publish` (so readers stop following the old one),
+/// then deletes their objects. Returns the manifest in force and the segments removed.
 pub async fn apply_remote_retention(
     objects: &PartitionObjects,
     epoch: i32,
@@ -68,6 +68,7 @@ pub async fn apply_remote_retention(
     retention_ms: Option<Duration>,
     retention_bytes: Option<u64>,
     local_bytes: u64,
+    publish: impl FnOnce(&Manifest),
 ) -> Result<(Manifest, Vec<RemoteSegment>), TierError> {
     let current = objects.latest().await?.unwrap_or_default();
     let gone = current.expired(now_ms, retention_ms, retention_bytes, local_bytes);
@@ -75,6 +76,7 @@ pub async fn apply_remote_retention(
         return Ok((current, gone));
     }
     let next = objects.commit(epoch, |m| m.without(&gone)).await?;
+    publish(&next);
     for s in &gone {
         delete_segment(objects, s.base_offset, s.leader_epoch).await?;
     }
@@ -224,6 +226,7 @@ mod tests {
             .put(&orphan, PutPayload::from_static(b"x"))
             .await
             .expect("put");
+        let mut published = None;
         let (m, gone) = apply_remote_retention(
             &objects,
             1,
@@ -231,9 +234,20 @@ mod tests {
             Some(Duration::from_millis(5_000)),
             None,
             0,
+            |m| {
+                // Readers learn the new manifest while the old one's objects still exist.
+                let old =
+                    futures::executor::block_on(store.head(&objects.segment_key(0, 1, "log")));
+                published = Some((m.clone(), old.is_ok()));
+            },
         )
         .await
         .expect("retention");
+        assert_eq!(
+            published,
+            Some((m.clone(), true)),
+            "published before deleting"
+        );
         assert_eq!(gone, vec![seg(0, 10, 1_000)]);
         assert_eq!(m.log_start_offset, 10);
         assert!(store.head(&objects.segment_key(0, 1, "log")).await.is_err());
