@@ -74,7 +74,7 @@ impl RemoteView {
             .clone()
     }
 
-    fn publish(&self, manifest: Manifest) {
+    pub(crate) fn publish(&self, manifest: Manifest) {
         *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(manifest));
     }
 

@@ -968,3 +968,94 @@ async fn list_offsets_by_time_answers_the_timestamp_of_the_record_found() {
     drop(client);
     broker.stop().await;
 }
+
+/// DeleteRecords for `topic`/0 up to `offset`; returns (error code, low watermark).
+async fn delete_records(broker: &TestBroker, topic: &str, offset: i64) -> (i16, i64) {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::{DeleteRecordsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let mut raw = strata_tests::RawClient::connect(broker.addr()).await;
+    let r = raw
+        .call(
+            2,
+            &DeleteRecordsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![
+                    DeleteRecordsTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                        .with_partitions(vec![
+                            DeleteRecordsPartition::default()
+                                .with_partition_index(0)
+                                .with_offset(offset),
+                        ]),
+                ]),
+        )
+        .await;
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.low_watermark)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_records_moves_the_log_start_locally_and_in_object_storage() {
+    let mut broker = fast_broker().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic("trimmed", 1, -1, &configs(&[("segment.bytes", "16384")]))
+        .await
+        .expect("create");
+    client
+        .create_topic(
+            "trimmed-local",
+            1,
+            -1,
+            &configs(&[("remote.storage.enable", "false")]),
+        )
+        .await
+        .expect("create");
+    let value = vec![b'v'; 1000];
+    produce_values(&client, "trimmed", 0, &value).await;
+    produce_values(&client, "trimmed-local", 0, &value).await;
+    uploaded_to(&client, "trimmed", 45).await;
+    // Up to an offset inside the uploaded part: remote segments wholly below it leave the
+    // manifest, and the log start moves there.
+    assert_eq!(delete_records(&broker, "trimmed", 30).await, (0, 30));
+    assert_eq!(
+        client.list_offset("trimmed", 0, -2).await.expect("list"),
+        30
+    );
+    let gone = client
+        .fetch("trimmed", 0, 0, 1 << 20, 100)
+        .await
+        .expect_err("below the log start");
+    assert_eq!(code(&gone), Some(1), "OFFSET_OUT_OF_RANGE: {gone}");
+    let (records, _) = client
+        .fetch("trimmed", 0, 30, 1 << 20, 100)
+        .await
+        .expect("fetch at the new start");
+    assert_eq!(records.first().map(|r| r.offset), Some(30));
+    // -1 means the end; past the end is out of range.
+    assert_eq!(delete_records(&broker, "trimmed-local", -1).await, (0, 60));
+    assert_eq!(delete_records(&broker, "trimmed-local", 100).await.0, 1);
+    // Internal topics are not the client's to trim.
+    assert_eq!(delete_records(&broker, "__consumer_offsets", 0).await.0, 29);
+    drop(client);
+    // The new start survives a restart (the manifest and checkpoint hold it).
+    broker.restart().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    assert_eq!(
+        client.list_offset("trimmed", 0, -2).await.expect("list"),
+        30
+    );
+    assert_eq!(
+        client
+            .list_offset("trimmed-local", 0, -2)
+            .await
+            .expect("list"),
+        60
+    );
+    drop(client);
+    broker.stop().await;
+}

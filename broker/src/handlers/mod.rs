@@ -6,6 +6,7 @@ mod fetch;
 mod groups;
 mod groups_admin;
 mod produce;
+mod records;
 mod topics;
 
 use std::sync::Arc;
@@ -76,6 +77,7 @@ pub(crate) async fn handle(
         ApiKey::OffsetDelete => groups_admin::offset_delete(state, frame).await,
         ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(state, frame).await,
         ApiKey::ListOffsets => fetch::list_offsets(state, frame).await,
+        ApiKey::DeleteRecords => records::delete_records(state, frame).await,
         api => Err(FrameError::Unsupported {
             api,
             version: frame.version,

@@ -28,6 +28,15 @@ impl Manifest {
         next
     }
 
+    /// This manifest with its log start moved up to `offset` (DeleteRecords): segments wholly
+    /// below it leave.
+    pub fn starting_at(&self, offset: u64) -> Manifest {
+        let mut next = self.clone();
+        next.segments.retain(|s| s.end_offset > offset);
+        next.log_start_offset = next.log_start_offset.max(offset);
+        next
+    }
+
     /// The oldest segments outside `retention_ms` (by largest timestamp, against `now_ms`) or
     /// beyond `retention_bytes` of the whole log, whose other part (`local_bytes` not yet in
     /// the manifest) counts towards the size.
@@ -86,6 +95,27 @@ pub async fn apply_remote_retention(
         "remote segments past retention deleted"
     );
     Ok((next, gone))
+}
+
+/// Moves the remote log start up to `offset` (DeleteRecords): commits a manifest that starts
+/// there (as leader of `epoch`), hands it to `publish`, then deletes the objects of the
+/// segments wholly below it. Returns the manifest in force.
+pub async fn delete_records_before(
+    objects: &PartitionObjects,
+    epoch: i32,
+    offset: u64,
+    publish: impl FnOnce(&Manifest),
+) -> Result<Manifest, TierError> {
+    let current = objects.latest().await?.unwrap_or_default();
+    if offset <= current.log_start_offset {
+        return Ok(current);
+    }
+    let next = objects.commit(epoch, |m| m.starting_at(offset)).await?;
+    publish(&next);
+    for s in current.segments.iter().filter(|s| s.end_offset <= offset) {
+        delete_segment(objects, s.base_offset, s.leader_epoch).await?;
+    }
+    Ok(next)
 }
 
 async fn delete_segment(
