@@ -98,6 +98,9 @@ pub struct ObjectStoreSettings {
     /// When the cluster metadata holds no topics (a new or wiped controller), create the
     /// topics the bucket's catalog lists, under their old ids, so their data is found again.
     pub recover_topics: bool,
+    /// At start, check that the store refuses a second create-only put of one key (manifest
+    /// fencing depends on it) and refuse to start when it does not.
+    pub verify_create_only: bool,
 }
 
 impl Default for ObjectStoreSettings {
@@ -118,6 +121,7 @@ impl Default for ObjectStoreSettings {
             orphan_grace_ms: 3_600_000,
             create_bucket: false,
             recover_topics: true,
+            verify_create_only: true,
         }
     }
 }

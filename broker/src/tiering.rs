@@ -27,6 +27,9 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::state::{BrokerState, Partition};
 
+/// How long start-up waits for the object store to answer the create-only check.
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
 /// The object store, where in it this cluster writes, and the remote read path.
 pub(crate) struct Tiering {
     store: Arc<dyn ObjectStore>,
@@ -144,6 +147,24 @@ impl Tiering {
                 (store, prefix)
             }
         };
+        if config.object_store.verify_create_only {
+            // A store that does not answer now is not refused for it (the listing above
+            // already refuses a configured store that is down); one that answers wrongly is.
+            let wait =
+                Duration::from_millis(config.object_store.operation_timeout_ms).min(PROBE_WAIT);
+            let probe = store::check_create_only(store.as_ref(), &prefix, &config.object_store.url);
+            match tokio::time::timeout(wait, probe).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e @ TierError::Unreachable { .. })) => return Err(e.into()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not check that the object store honours create-only puts")
+                }
+                Err(_) => tracing::warn!(
+                    ?wait,
+                    "the object store did not answer the create-only check; starting without it"
+                ),
+            }
+        }
         let reader = RemoteReader::open(config.cache_config()).await?;
         Ok(Self {
             store,

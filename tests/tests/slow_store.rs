@@ -162,3 +162,42 @@ async fn a_log_behind_its_manifest_takes_no_writes_until_it_continues_from_the_r
     drop(client);
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_ignores_create_only_puts_stops_start_up_naming_the_setting() {
+    let (faulty, switch) = FaultyStore::new(Arc::new(InMemory::new()));
+    switch.set(Fault::IgnoresConditions);
+    let faulty: Arc<dyn ObjectStore> = Arc::new(faulty);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |verify: bool| {
+        let mut c = strata_broker::config::BrokerConfig {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        c.kafka.listen = "127.0.0.1:0".into();
+        c.controller.listen = "127.0.0.1:0".into();
+        c.object_store.verify_create_only = verify;
+        c
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let refused =
+        strata_broker::Broker::start_with_store(config(true), listener, Some(faulty.clone()))
+            .await
+            .err()
+            .expect("start-up refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("object_store.verify_create_only"),
+        "{message}"
+    );
+    // The operator may override it, knowingly.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let broker = strata_broker::Broker::start_with_store(config(false), listener, Some(faulty))
+        .await
+        .expect("starts when told not to check");
+    broker.shutdown().await;
+}

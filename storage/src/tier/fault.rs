@@ -26,6 +26,9 @@ pub enum Fault {
     Hang,
     /// Requests answer after this delay.
     Slow(Duration),
+    /// Requests pass, but create-only puts overwrite: a server that accepts conditional
+    /// headers and ignores them.
+    IgnoresConditions,
 }
 
 /// Switches the fault of the [`FaultyStore`] it came from.
@@ -45,7 +48,7 @@ impl FaultSwitch {
     /// Applies the current fault to one request.
     async fn gate(&self) -> Result<()> {
         match self.get() {
-            Fault::Healthy => Ok(()),
+            Fault::Healthy | Fault::IgnoresConditions => Ok(()),
             Fault::Fail => Err(object_store::Error::Generic {
                 store: "faulty",
                 source: "injected fault: the object store is unavailable".into(),
@@ -97,9 +100,12 @@ impl ObjectStore for FaultyStore {
         &self,
         location: &Path,
         payload: PutPayload,
-        opts: PutOptions,
+        mut opts: PutOptions,
     ) -> Result<PutResult> {
         self.switch.gate().await?;
+        if self.switch.get() == Fault::IgnoresConditions {
+            opts.mode = object_store::PutMode::Overwrite;
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 

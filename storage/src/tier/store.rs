@@ -172,6 +172,47 @@ pub async fn create_bucket(config: &StoreConfig) -> Result<(), TierError> {
     }
 }
 
+/// Checks that `store` honours create-only puts, which manifest fencing rests on: a probe
+/// object under `prefix` is created twice, and the second must be refused. Some
+/// S3-compatible servers accept the conditional header and ignore it; two brokers could then
+/// both commit the same manifest version. `url` names the store in the error; a store that
+/// does not answer is `Store`, one that answers wrongly `Unreachable`.
+pub async fn check_create_only(
+    store: &dyn ObjectStore,
+    prefix: &Path,
+    url: &str,
+) -> Result<(), TierError> {
+    use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+    let key = prefix
+        .clone()
+        .join("_strata")
+        .join(format!("create-only-probe-{}", uuid::Uuid::new_v4()));
+    let create = || PutOptions::from(PutMode::Create);
+    let unusable = |reason: String| TierError::Unreachable {
+        url: url.to_owned(),
+        reason,
+    };
+    store
+        .put_opts(&key, PutPayload::from_static(b"1"), create())
+        .await?;
+    let second = store
+        .put_opts(&key, PutPayload::from_static(b"2"), create())
+        .await;
+    let _ = store.delete(&key).await;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Ok(_) => Err(unusable(
+            "it accepted a second create-only put of the same key, so it ignores conditional \
+             writes and two brokers could both commit one manifest version; use a store that \
+             honours If-None-Match, or set object_store.verify_create_only = false to start \
+             anyway (unsafe unless a single broker ever writes to this prefix)"
+                .into(),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
