@@ -183,10 +183,12 @@ async fn a_store_that_ignores_create_only_puts_stops_start_up_naming_the_setting
         .await
         .expect("bind");
     let refused =
-        strata_broker::Broker::start_with_store(config(true), listener, Some(faulty.clone()))
+        match strata_broker::Broker::start_with_store(config(true), listener, Some(faulty.clone()))
             .await
-            .err()
-            .expect("start-up refused");
+        {
+            Ok(_) => panic!("started on a store that ignores create-only puts"),
+            Err(e) => e,
+        };
     let message = refused.to_string();
     assert!(
         message.contains("object_store.verify_create_only"),
