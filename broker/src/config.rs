@@ -199,6 +199,9 @@ pub struct TopicDefaults {
     /// fsync: sealed segments (so they can be uploaded and need no recovery after a crash)
     /// and logs whose `flush.ms` has passed.
     pub flush_check_interval_ms: u64,
+    /// `producer.id.expiration.ms`: an idempotent producer that has not written to a partition
+    /// for this long is forgotten there (checked every `flush_check_interval_ms`).
+    pub producer_id_expiration_ms: u64,
 }
 
 /// Consumer group coordination (Kafka's `group.*` and `offsets.*` settings).
@@ -283,6 +286,7 @@ impl Default for TopicDefaults {
             default_partitions: 1,
             default_replication_factor: 1,
             flush_check_interval_ms: 1_000,
+            producer_id_expiration_ms: 86_400_000,
         }
     }
 }
@@ -455,6 +459,10 @@ impl BrokerConfig {
             (
                 "topics.flush_check_interval_ms",
                 self.topics.flush_check_interval_ms,
+            ),
+            (
+                "topics.producer_id_expiration_ms",
+                self.topics.producer_id_expiration_ms,
             ),
             ("object_store.upload_interval_ms", o.upload_interval_ms),
             (

@@ -3,10 +3,11 @@
 //! An `acks=all` produce fsyncs what it waits for; nothing else would. Every
 //! `topics.flush_check_interval_ms` this task fsyncs each hosted log's sealed segments (so the
 //! uploader, which takes only durable segments, can tier them, and a crash does not validate
-//! them again) and flushes logs whose `flush.ms` has passed (Kafka's flush scheduler).
+//! them again) and flushes logs whose `flush.ms` has passed (Kafka's flush scheduler). The same
+//! pass forgets idempotent producers idle past `producer.id.expiration.ms`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strata_storage::StorageError;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,13 @@ pub(crate) async fn run(state: Arc<BrokerState>, cancel: CancellationToken) {
 /// One pass over the hosted logs. A log whose fsync fails goes offline (the log records
 /// why); the others carry on.
 fn flush_pass(state: &BrokerState) {
+    let idle = Duration::from_millis(state.config.topics.producer_id_expiration_ms);
+    let now = Instant::now();
     for part in state.hosted() {
+        part.producers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expire_idle(idle, now);
         let log = &part.log;
         match log.flush_sealed().and_then(|_| log.maybe_flush()) {
             // Reported once, when the log went offline.

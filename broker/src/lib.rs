@@ -15,6 +15,8 @@ mod connection;
 mod epochs;
 mod error;
 mod flusher;
+#[doc(hidden)]
+pub mod fuzzing;
 mod group;
 mod handlers;
 mod producer;

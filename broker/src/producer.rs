@@ -6,6 +6,7 @@
 //! because a producer has at most 5 requests in flight per connection when idempotent.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use strata_storage::BatchHeader;
 
@@ -87,6 +88,8 @@ struct Appended {
 struct Entry {
     epoch: i16,
     recent: VecDeque<Appended>,
+    /// When it last appended (or was rebuilt at start-up).
+    last_seen: Instant,
 }
 
 /// Producer state of one partition.
@@ -153,7 +156,9 @@ impl ProducerTable {
             .or_insert_with(|| Entry {
                 epoch: batch.epoch,
                 recent: VecDeque::new(),
+                last_seen: Instant::now(),
             });
+        entry.last_seen = Instant::now();
         if batch.epoch != entry.epoch {
             entry.epoch = batch.epoch;
             entry.recent.clear();
@@ -170,9 +175,45 @@ impl ProducerTable {
     }
 }
 
+impl ProducerTable {
+    /// Forgets producers that have not appended for `idle` by `now` (Kafka's
+    /// `producer.id.expiration.ms`), so the table stays bounded whatever ids clients send. A
+    /// forgotten producer that comes back must start a new epoch at sequence 0, as in Kafka.
+    pub(crate) fn expire_idle(&mut self, idle: Duration, now: Instant) {
+        self.producers
+            .retain(|_, e| now.saturating_duration_since(e.last_seen) < idle);
+    }
+
+    /// How many producers are remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.producers.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn producers_idle_past_the_expiration_are_forgotten() {
+        let mut t = ProducerTable::default();
+        let b = |id| ProducerBatch {
+            producer_id: id,
+            epoch: 0,
+            first_seq: 0,
+            last_seq: 0,
+        };
+        t.record(&b(1), 0, 0);
+        t.record(&b(2), 1, 1);
+        let day = Duration::from_secs(86_400);
+        t.expire_idle(day, Instant::now());
+        assert_eq!(t.len(), 2, "both appended just now");
+        t.expire_idle(day, Instant::now() + day * 2);
+        assert_eq!(t.len(), 0);
+        // A forgotten producer starts over at sequence 0.
+        assert_eq!(t.check(&b(1)), Ok(Verdict::Append));
+    }
 
     fn batch(epoch: i16, first_seq: i32, records: i32) -> ProducerBatch {
         ProducerBatch {

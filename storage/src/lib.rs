@@ -17,6 +17,8 @@ mod checkpoint;
 mod clock;
 mod config;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod log;
 mod segment;

@@ -6,7 +6,9 @@
 //! uploaded and restored — like any other data.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
 use serde::{Deserialize, Serialize};
 use strata_storage::{BatchBuilder, BatchHeader, Log, Record, StorageError};
@@ -134,43 +136,60 @@ pub(crate) fn load(log: &Log) -> Result<Loaded, StorageError> {
     let mut offset = log.log_start_offset();
     while offset < end {
         let bytes = log.read(offset, 4 << 20)?;
-        let mut pos = 0;
-        let mut next = offset;
-        while let Some(h) = BatchHeader::parse(&bytes[pos..]) {
-            let Some(len) = Some(h.total_len()).filter(|l| pos + l <= bytes.len()) else {
-                break;
-            };
-            let batch = bytes.slice(pos..pos + len);
-            pos += len;
-            next = next.max(u64::try_from(h.last_offset() + 1).unwrap_or(next));
-            if h.compression() != 0 {
-                tracing::warn!(dir = %log.dir().display(), base_offset = h.base_offset,
-                    "skipping a compressed batch the group coordinator did not write");
-                continue;
-            }
-            match RecordBatchDecoder::decode_all(&mut batch.clone()) {
-                Ok(sets) => {
-                    for r in sets.into_iter().flat_map(|s| s.records) {
-                        let Some(key) = r
-                            .key
-                            .as_ref()
-                            .and_then(|k| serde_json::from_slice::<Key>(k).ok())
-                        else {
-                            continue;
-                        };
-                        apply(&mut loaded, key, r.value.as_deref());
-                    }
-                }
-                Err(e) => tracing::warn!(dir = %log.dir().display(), base_offset = h.base_offset,
-                    error = %e, "skipping an unreadable batch of group records"),
-            }
-        }
-        if next <= offset {
+        let next = load_batches(&mut loaded, &bytes, log.dir());
+        if next.is_none_or(|n| n <= offset) {
             break;
         }
-        offset = next;
+        offset = next.unwrap_or(end);
     }
     Ok(loaded)
+}
+
+/// Replays raw batches, as read from a log (the fuzz target's entry).
+pub(crate) fn load_bytes(bytes: &[u8]) -> Loaded {
+    let mut loaded = Loaded::default();
+    load_batches(
+        &mut loaded,
+        &Bytes::copy_from_slice(bytes),
+        Path::new("fuzz"),
+    );
+    loaded
+}
+
+/// Applies the whole batches at the start of `bytes`; returns the offset after the last.
+fn load_batches(loaded: &mut Loaded, bytes: &Bytes, dir: &Path) -> Option<u64> {
+    let mut pos = 0;
+    let mut next = None;
+    while let Some(h) = bytes.get(pos..).and_then(BatchHeader::parse) {
+        let Some(len) = Some(h.total_len()).filter(|l| pos + l <= bytes.len()) else {
+            break;
+        };
+        let batch = bytes.slice(pos..pos + len);
+        pos += len;
+        next = u64::try_from(h.last_offset() + 1).ok().max(next);
+        if h.compression() != 0 {
+            tracing::warn!(dir = %dir.display(), base_offset = h.base_offset,
+                "skipping a compressed batch the group coordinator did not write");
+            continue;
+        }
+        match RecordBatchDecoder::decode_all(&mut batch.clone()) {
+            Ok(sets) => {
+                for r in sets.into_iter().flat_map(|s| s.records) {
+                    let Some(key) = r
+                        .key
+                        .as_ref()
+                        .and_then(|k| serde_json::from_slice::<Key>(k).ok())
+                    else {
+                        continue;
+                    };
+                    apply(loaded, key, r.value.as_deref());
+                }
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), base_offset = h.base_offset,
+                error = %e, "skipping an unreadable batch of group records"),
+        }
+    }
+    next
 }
 
 fn apply(loaded: &mut Loaded, key: Key, value: Option<&[u8]>) {
