@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use strata_controller::model::TopicRecord;
+use kafka_protocol::error::ResponseError;
+use strata_controller::model::{PartitionRecord, TopicRecord};
 use strata_controller::topic_config::topic_config;
 use strata_controller::{ControllerClient, MetadataImage, MetadataUpdate};
 use strata_storage::{FlushPolicy, HEADER_LEN, Log, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
@@ -122,6 +123,26 @@ impl BrokerState {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(topic_id, index))
             .cloned()
+    }
+
+    /// The hosted partition `index` of `topic` and its metadata, when this broker leads it;
+    /// otherwise the Kafka error a client acts on.
+    pub(crate) fn led_partition<'t>(
+        &self,
+        topic: &'t TopicRecord,
+        index: i32,
+    ) -> Result<(Arc<Partition>, &'t PartitionRecord), ResponseError> {
+        let meta = usize::try_from(index)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .ok_or(ResponseError::UnknownTopicOrPartition)?;
+        if meta.leader != Some(self.id) {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        let part = self
+            .partition(topic.id, index)
+            .ok_or(ResponseError::NotLeaderOrFollower)?;
+        Ok((part, meta))
     }
 
     /// Waits until the local image reaches `version` (or `timeout` passes).

@@ -317,16 +317,7 @@ pub(super) async fn list_offsets(
             let target = record
                 .ok_or(ResponseError::UnknownTopicOrPartition)
                 .and_then(|r| {
-                    let meta = usize::try_from(p.partition_index)
-                        .ok()
-                        .and_then(|i| r.partitions.get(i))
-                        .ok_or(ResponseError::UnknownTopicOrPartition)?;
-                    if meta.leader != Some(state.id) {
-                        return Err(ResponseError::NotLeaderOrFollower);
-                    }
-                    let part = state
-                        .partition(r.id, p.partition_index)
-                        .ok_or(ResponseError::NotLeaderOrFollower)?;
+                    let (part, meta) = state.led_partition(r, p.partition_index)?;
                     Ok((part, meta.leader_epoch))
                 });
             let resp = match target {

@@ -34,16 +34,7 @@ pub(super) async fn delete_records(
                     if super::admin::is_internal(&r.name) {
                         return Err(ResponseError::TopicAuthorizationFailed);
                     }
-                    let meta = usize::try_from(p.partition_index)
-                        .ok()
-                        .and_then(|i| r.partitions.get(i))
-                        .ok_or(ResponseError::UnknownTopicOrPartition)?;
-                    if meta.leader != Some(state.id) {
-                        return Err(ResponseError::NotLeaderOrFollower);
-                    }
-                    let part = state
-                        .partition(r.id, p.partition_index)
-                        .ok_or(ResponseError::NotLeaderOrFollower)?;
+                    let (part, meta) = state.led_partition(r, p.partition_index)?;
                     Ok((part, meta.leader_epoch, remote_enabled(r)))
                 });
             let outcome = match target {
