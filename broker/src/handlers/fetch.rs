@@ -103,7 +103,9 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
         // What the read may return is reserved in the broker's memory budget first; what
         // it did return stays reserved until the response is written.
         let mut held = state.admission.reserve(max_bytes).await;
-        let sizes_before = log_sizes(&wanted);
+        // Only a fetch that wants more than one byte needs to know how much arrived; the
+        // common min_bytes=1 re-reads on the first append and skips this per-read walk.
+        let sizes_before = (min_bytes > 1).then(|| log_sizes(&wanted));
         let w = wanted.clone();
         let slots = tokio::task::spawn_blocking(move || read_local(&w, max_bytes))
             .await
@@ -140,7 +142,10 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 break; // Deadline: one last read answers with whatever arrived.
             }
-            if grown(&sizes_before, &log_sizes(&wanted)) >= missing {
+            if sizes_before
+                .as_ref()
+                .is_none_or(|before| grown(before, &log_sizes(&wanted)) >= missing)
+            {
                 break;
             }
         }
