@@ -4,7 +4,8 @@
 //! `topics.flush_check_interval_ms` this task fsyncs each hosted log's sealed segments (so the
 //! uploader, which takes only durable segments, can tier them, and a crash does not validate
 //! them again) and flushes logs whose `flush.ms` has passed (Kafka's flush scheduler). The same
-//! pass forgets idempotent producers idle past `producer.id.expiration.ms`.
+//! pass forgets idempotent producers idle past `producer.id.expiration.ms` and saves the
+//! producer tables that are due.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,9 @@ use strata_storage::StorageError;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::BrokerState;
+
+/// How often a growing partition's producer table is saved even without a segment roll.
+const SAVE_PRODUCERS_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs until `cancel`.
 pub(crate) async fn run(state: Arc<BrokerState>, cancel: CancellationToken) {
@@ -41,6 +45,7 @@ fn flush_pass(state: &BrokerState) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .expire_idle(idle, now);
+        part.save_producers(SAVE_PRODUCERS_EVERY, false);
         let log = &part.log;
         match log.flush_sealed().and_then(|_| log.maybe_flush()) {
             // Reported once, when the log went offline.

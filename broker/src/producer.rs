@@ -3,15 +3,34 @@
 //!
 //! Kafka's rules (ProducerStateManager): sequences count records per partition from 0 and
 //! wrap at `i32::MAX`; a new epoch starts at sequence 0; the last 5 batches are remembered,
-//! because a producer has at most 5 requests in flight per connection when idempotent.
+//! because a producer has at most 5 requests in flight per connection when idempotent. A
+//! producer the partition does not know (never seen, expired, or older than the log the
+//! state was rebuilt from) may start at any sequence, as in Kafka.
+//!
+//! The table is saved to a snapshot file in the partition directory (after a segment rolls,
+//! every so often while the log grows, and at shutdown), so a restart reads the snapshot and
+//! replays only the batches after it instead of rescanning the log.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use strata_storage::BatchHeader;
 
 /// Batches remembered per producer for duplicate detection.
 const REMEMBERED: usize = 5;
+
+/// Most producers remembered per partition. Producer ids come from clients, so without a
+/// bound a client could grow the table with made-up ids; past it the longest idle are
+/// forgotten first (they then count as unknown, which only costs duplicate detection for a
+/// producer that was idle anyway).
+const MAX_PRODUCERS: usize = 10_000;
+
+/// The snapshot file in a partition directory.
+pub(crate) const SNAPSHOT_FILE: &str = "producers.snapshot";
+const SNAPSHOT_VERSION: u32 = 1;
 
 /// The producer fields of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,8 +82,13 @@ pub(crate) fn headers(records: &[u8]) -> Vec<BatchHeader> {
 pub(crate) enum Verdict {
     /// Append it.
     Append,
-    /// Already appended at these offsets: answer them again, append nothing.
-    Duplicate { first_offset: u64, last_offset: u64 },
+    /// Already appended at these offsets (and, for log-append-time topics, at this time):
+    /// answer them again, append nothing.
+    Duplicate {
+        first_offset: u64,
+        last_offset: u64,
+        log_append_time: Option<i64>,
+    },
 }
 
 /// Why a batch is refused.
@@ -76,12 +100,14 @@ pub(crate) enum Refusal {
     StaleEpoch { current: i16, got: i16 },
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Appended {
     first_seq: i32,
     last_seq: i32,
     first_offset: u64,
     last_offset: u64,
+    /// The broker's timestamp, for log-append-time topics.
+    log_append_time: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -96,20 +122,15 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct ProducerTable {
     producers: HashMap<i64, Entry>,
+    /// The offset and time of the last save to (or load from) the snapshot file.
+    saved: Option<(u64, Instant)>,
 }
 
 impl ProducerTable {
     /// Checks `batch` against what this partition has seen from its producer.
     pub(crate) fn check(&self, batch: &ProducerBatch) -> Result<Verdict, Refusal> {
         let Some(entry) = self.producers.get(&batch.producer_id) else {
-            return if batch.first_seq == 0 {
-                Ok(Verdict::Append)
-            } else {
-                Err(Refusal::OutOfOrder {
-                    expected: 0,
-                    got: batch.first_seq,
-                })
-            };
+            return Ok(Verdict::Append);
         };
         if batch.epoch < entry.epoch {
             return Err(Refusal::StaleEpoch {
@@ -135,6 +156,7 @@ impl ProducerTable {
             return Ok(Verdict::Duplicate {
                 first_offset: a.first_offset,
                 last_offset: a.last_offset,
+                log_append_time: a.log_append_time,
             });
         }
         let expected = entry.recent.back().map_or(0, |a| add_seq(a.last_seq, 1));
@@ -148,8 +170,19 @@ impl ProducerTable {
         }
     }
 
-    /// Records an appended batch.
-    pub(crate) fn record(&mut self, batch: &ProducerBatch, first_offset: u64, last_offset: u64) {
+    /// Records an appended batch and the broker's timestamp for it, if the topic uses log
+    /// append time.
+    pub(crate) fn record(
+        &mut self,
+        batch: &ProducerBatch,
+        first_offset: u64,
+        last_offset: u64,
+        log_append_time: Option<i64>,
+    ) {
+        if self.producers.len() >= MAX_PRODUCERS && !self.producers.contains_key(&batch.producer_id)
+        {
+            self.forget_longest_idle(MAX_PRODUCERS / 10);
+        }
         let entry = self
             .producers
             .entry(batch.producer_id)
@@ -171,7 +204,23 @@ impl ProducerTable {
             last_seq: batch.last_seq,
             first_offset,
             last_offset,
+            log_append_time,
         });
+    }
+
+    /// Forgets the `n` producers idle the longest.
+    fn forget_longest_idle(&mut self, n: usize) {
+        let mut seen: Vec<(Instant, i64)> = self
+            .producers
+            .iter()
+            .map(|(id, e)| (e.last_seen, *id))
+            .collect();
+        if n < seen.len() {
+            seen.select_nth_unstable(n);
+        }
+        for (_, id) in seen.iter().take(n) {
+            self.producers.remove(id);
+        }
     }
 }
 
@@ -191,6 +240,117 @@ impl ProducerTable {
     }
 }
 
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    /// The table holds every idempotent batch below this offset that it remembers.
+    offset: u64,
+    producers: Vec<SavedProducer>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedProducer {
+    id: i64,
+    epoch: i16,
+    recent: Vec<Appended>,
+}
+
+impl ProducerTable {
+    /// Whether the table should be saved: a segment rolled since the last save (so a restart
+    /// replays at most the active segment, as Kafka's per-segment snapshots do), or the log
+    /// grew and the last save is older than `every` (so a long-lived active segment does not
+    /// have to be replayed whole).
+    pub(crate) fn save_due(
+        &self,
+        active_base: u64,
+        log_end: u64,
+        every: Duration,
+        now: Instant,
+    ) -> bool {
+        match self.saved {
+            None => true,
+            Some((offset, when)) => {
+                active_base > offset
+                    || (log_end > offset && now.saturating_duration_since(when) >= every)
+            }
+        }
+    }
+
+    /// The table as it stands once every batch below `offset` is recorded in it, encoded for
+    /// [`write_snapshot`]; notes the save.
+    pub(crate) fn encode(&mut self, offset: u64, now: Instant) -> Vec<u8> {
+        self.saved = Some((offset, now));
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            offset,
+            producers: self
+                .producers
+                .iter()
+                .map(|(id, e)| SavedProducer {
+                    id: *id,
+                    epoch: e.epoch,
+                    recent: e.recent.iter().copied().collect(),
+                })
+                .collect(),
+        };
+        // Plain data with string-free fields: serializing cannot fail.
+        serde_json::to_vec(&snapshot).unwrap_or_default()
+    }
+
+    /// The table saved in `dir` and the offset it was saved at, if there is a readable one
+    /// that the log still holds: a snapshot past `log_end` describes batches a crash took
+    /// away, and is deleted so it can never be mistaken for the log's state later, when
+    /// new batches have filled those offsets again.
+    pub(crate) fn load(dir: &Path, log_end: u64) -> Option<(Self, u64)> {
+        let path = dir.join(SNAPSHOT_FILE);
+        let bytes = std::fs::read(&path).ok()?;
+        let snapshot = match serde_json::from_slice::<Snapshot>(&bytes) {
+            Ok(s) if s.version == SNAPSHOT_VERSION => s,
+            _ => {
+                tracing::warn!(path = %path.display(), "producer snapshot unreadable; replaying the log");
+                return None;
+            }
+        };
+        if snapshot.offset > log_end {
+            tracing::info!(path = %path.display(), snapshot = snapshot.offset, log_end,
+                "producer snapshot is past the recovered log end; replaying the log");
+            let removed =
+                std::fs::remove_file(&path).and_then(|()| std::fs::File::open(dir)?.sync_all());
+            if let Err(e) = removed {
+                tracing::warn!(path = %path.display(), error = %e, "removing a stale producer snapshot failed");
+            }
+            return None;
+        }
+        let now = Instant::now();
+        let producers = snapshot
+            .producers
+            .into_iter()
+            .map(|p| {
+                let entry = Entry {
+                    epoch: p.epoch,
+                    recent: p.recent.into_iter().rev().take(REMEMBERED).rev().collect(),
+                    last_seen: now,
+                };
+                (p.id, entry)
+            })
+            .collect();
+        let table = Self {
+            producers,
+            saved: Some((snapshot.offset, now)),
+        };
+        Some((table, snapshot.offset))
+    }
+}
+
+/// Writes an encoded table to a temporary file and renames it over the old snapshot, so a
+/// crash leaves one or the other. It is not fsynced: a snapshot lost or torn by a power
+/// failure only means more of the log is replayed (see [`ProducerTable::load`]).
+pub(crate) fn write_snapshot(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    std::fs::File::create(&tmp)?.write_all(bytes)?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,15 +364,22 @@ mod tests {
             first_seq: 0,
             last_seq: 0,
         };
-        t.record(&b(1), 0, 0);
-        t.record(&b(2), 1, 1);
+        t.record(&b(1), 0, 0, None);
+        t.record(&b(2), 1, 1, None);
         let day = Duration::from_secs(86_400);
         t.expire_idle(day, Instant::now());
         assert_eq!(t.len(), 2, "both appended just now");
         t.expire_idle(day, Instant::now() + day * 2);
         assert_eq!(t.len(), 0);
-        // A forgotten producer starts over at sequence 0.
-        assert_eq!(t.check(&b(1)), Ok(Verdict::Append));
+        // A forgotten producer is unknown: it may carry on from any sequence.
+        assert_eq!(
+            t.check(&ProducerBatch {
+                first_seq: 9,
+                last_seq: 9,
+                ..b(1)
+            }),
+            Ok(Verdict::Append)
+        );
     }
 
     fn batch(epoch: i16, first_seq: i32, records: i32) -> ProducerBatch {
@@ -231,7 +398,7 @@ mod tests {
         for i in 0..8 {
             let b = batch(0, i * 3, 3);
             assert_eq!(t.check(&b), Ok(Verdict::Append));
-            t.record(&b, offset, offset + 2);
+            t.record(&b, offset, offset + 2, None);
             offset += 3;
         }
         // The last 5 are remembered: a retry of batch 6 is a duplicate with its offsets.
@@ -239,7 +406,8 @@ mod tests {
             t.check(&batch(0, 18, 3)),
             Ok(Verdict::Duplicate {
                 first_offset: 18,
-                last_offset: 20
+                last_offset: 20,
+                log_append_time: None,
             })
         );
         // Too old to remember: neither the next sequence nor a duplicate, so a gap.
@@ -252,15 +420,10 @@ mod tests {
     #[test]
     fn gaps_new_producers_and_epochs() {
         let mut t = ProducerTable::default();
-        assert_eq!(
-            t.check(&batch(0, 5, 1)),
-            Err(Refusal::OutOfOrder {
-                expected: 0,
-                got: 5
-            })
-        );
+        // Unknown producers start anywhere (Kafka: their state may have gone with the log).
+        assert_eq!(t.check(&batch(0, 5, 1)), Ok(Verdict::Append));
         let b = batch(0, 0, 2);
-        t.record(&b, 0, 1);
+        t.record(&b, 0, 1, None);
         assert_eq!(
             t.check(&batch(0, 3, 1)),
             Err(Refusal::OutOfOrder {
@@ -272,7 +435,7 @@ mod tests {
         assert!(t.check(&batch(1, 2, 1)).is_err());
         let b1 = batch(1, 0, 1);
         assert_eq!(t.check(&b1), Ok(Verdict::Append));
-        t.record(&b1, 2, 2);
+        t.record(&b1, 2, 2, None);
         assert_eq!(
             t.check(&batch(0, 2, 1)),
             Err(Refusal::StaleEpoch { current: 1, got: 0 })
@@ -288,7 +451,90 @@ mod tests {
             first_seq: 1,
             last_seq: i32::MAX,
         };
-        t.record(&b, 1, 1);
+        t.record(&b, 1, 1, None);
         assert_eq!(t.check(&batch(0, 0, 1)), Ok(Verdict::Append));
+    }
+
+    #[test]
+    fn duplicates_answer_the_append_time_of_the_original() {
+        let mut t = ProducerTable::default();
+        let b = batch(0, 0, 2);
+        t.record(&b, 10, 11, Some(1_700_000_000_000));
+        assert_eq!(
+            t.check(&b),
+            Ok(Verdict::Duplicate {
+                first_offset: 10,
+                last_offset: 11,
+                log_append_time: Some(1_700_000_000_000),
+            })
+        );
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_forgets_the_longest_idle_first() {
+        let mut t = ProducerTable::default();
+        let b = |id| ProducerBatch {
+            producer_id: id,
+            epoch: 0,
+            first_seq: 0,
+            last_seq: 0,
+        };
+        for id in 0..MAX_PRODUCERS as i64 {
+            t.record(&b(id), id as u64, id as u64, None);
+        }
+        assert_eq!(t.len(), MAX_PRODUCERS);
+        // Producer 0 appends again, so it is the most recent; the next new one evicts a tenth.
+        std::thread::sleep(Duration::from_millis(2));
+        t.record(
+            &ProducerBatch {
+                first_seq: 1,
+                last_seq: 1,
+                ..b(0)
+            },
+            1,
+            1,
+            None,
+        );
+        t.record(&b(-5 + MAX_PRODUCERS as i64 * 2), 0, 0, None);
+        assert_eq!(t.len(), MAX_PRODUCERS - MAX_PRODUCERS / 10 + 1);
+        assert!(
+            t.producers.contains_key(&0),
+            "recently active producers stay"
+        );
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_one_past_the_log_end_is_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut t = ProducerTable::default();
+        for i in 0..7 {
+            t.record(&batch(0, i * 2, 2), i as u64 * 2, i as u64 * 2 + 1, None);
+        }
+        t.record(&batch(3, 0, 1), 14, 14, Some(5));
+        write_snapshot(dir.path(), &t.encode(15, Instant::now())).expect("save");
+        let (loaded, offset) = ProducerTable::load(dir.path(), 20).expect("load");
+        assert_eq!(offset, 15);
+        assert_eq!(loaded.len(), 1);
+        // Saved again after a roll, or after `every` once the log grew.
+        let (now, minute) = (Instant::now(), Duration::from_secs(60));
+        assert!(!loaded.save_due(10, 15, minute, now));
+        assert!(loaded.save_due(16, 16, minute, now), "a segment rolled");
+        assert!(!loaded.save_due(10, 20, minute, now));
+        assert!(loaded.save_due(10, 20, minute, now + minute), "grew, a minute on");
+        assert!(!loaded.save_due(10, 15, minute, now + minute), "nothing new");
+        assert_eq!(
+            loaded.check(&batch(3, 0, 1)),
+            Ok(Verdict::Duplicate {
+                first_offset: 14,
+                last_offset: 14,
+                log_append_time: Some(5),
+            })
+        );
+        // A crash left the log shorter than the snapshot: it is not used, and it is gone.
+        assert!(ProducerTable::load(dir.path(), 14).is_none());
+        assert!(!dir.path().join(SNAPSHOT_FILE).exists());
+        // Garbage is ignored.
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"{not json").expect("write");
+        assert!(ProducerTable::load(dir.path(), 20).is_none());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafka_protocol::error::ResponseError;
 use strata_controller::model::{PartitionRecord, TopicRecord};
@@ -43,6 +43,25 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
+    /// Saves the idempotent producers' table when it is due (see
+    /// [`ProducerTable::save_due`]), or now with `force` (at shutdown).
+    pub(crate) fn save_producers(&self, every: Duration, force: bool) {
+        let now = Instant::now();
+        let bytes = {
+            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+            // Idempotent appends hold this lock, so every batch below the end is in the table.
+            let end = self.log.log_end_offset();
+            if !force && !producers.save_due(self.log.active_base_offset(), end, every, now) {
+                return;
+            }
+            producers.encode(end, now)
+        };
+        if let Err(e) = producer::write_snapshot(self.log.dir(), &bytes) {
+            tracing::warn!(dir = %self.log.dir().display(), error = %e,
+                "saving the producer snapshot failed; a restart replays more of the log");
+        }
+    }
+
     /// The first offset still retained, remotely or locally (Kafka's log start offset).
     pub(crate) fn log_start_offset(&self) -> u64 {
         let local = self.log.log_start_offset();
@@ -273,32 +292,39 @@ impl BrokerState {
             .collect()
     }
 
-    /// Flushes every hosted log (graceful shutdown).
+    /// Flushes every hosted log and saves its producers (graceful shutdown).
     pub(crate) fn flush_all(&self) {
         for p in self.hosted() {
             if let Err(e) = p.log.flush() {
                 tracing::error!(dir = %p.log.dir().display(), error = %e, "flush at shutdown failed");
+                continue;
             }
+            p.save_producers(Duration::ZERO, true);
         }
     }
 }
 
-/// Idempotent producers' recent batches, read back from the last two segments of the log, so
-/// a producer retrying across a broker restart still gets its original offsets. (Kafka keeps
-/// producer snapshots per segment; producers idle for longer than two segments are forgotten
-/// and must start a new epoch.)
+/// Idempotent producers' recent batches, so a producer retrying across a broker restart
+/// still gets its original offsets: the table saved in the partition directory, brought up to
+/// date from the batches after it. Without a usable snapshot (a first start, or a crash that
+/// cut the log below it) the last two segments are read instead; producers idle for longer
+/// are unknown, and as in Kafka an unknown producer may carry on from any sequence.
 fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError> {
-    let mut table = ProducerTable::default();
-    let segments = log.segments();
-    let from = segments
-        .iter()
-        .rev()
-        .nth(1)
-        .or(segments.first())
-        .map_or(log.log_start_offset(), |s| s.base_offset)
-        .max(log.log_start_offset());
     let end = log.log_end_offset();
-    let mut offset = from;
+    let (mut table, from) = match ProducerTable::load(log.dir(), end) {
+        Some((table, offset)) => (table, offset),
+        None => {
+            let segments = log.segments();
+            let from = segments
+                .iter()
+                .rev()
+                .nth(1)
+                .or(segments.first())
+                .map_or(log.log_start_offset(), |s| s.base_offset);
+            (ProducerTable::default(), from)
+        }
+    };
+    let mut offset = from.max(log.log_start_offset());
     while offset < end {
         let bytes = log.read(offset, 1 << 20)?;
         let headers = producer::headers(&bytes);
@@ -307,7 +333,8 @@ fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError> {
             if let Some(b) = ProducerBatch::of(h) {
                 let first = u64::try_from(h.base_offset).unwrap_or(0);
                 let last = first + u64::try_from(h.last_offset_delta).unwrap_or(0);
-                table.record(&b, first, last);
+                let append_time = h.is_log_append_time().then_some(h.max_timestamp);
+                table.record(&b, first, last, append_time);
             }
         }
         offset =

@@ -72,6 +72,8 @@ impl Checkpoint {
 /// directory (out of file descriptors, say) is reported as `open`, not `fsync`: nothing was
 /// attempted, so nothing is in doubt.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    #[cfg(test)]
+    tests::DIR_SYNCS.with(|n| n.set(n.get() + 1));
     File::open(dir)
         .io_ctx("open", dir)?
         .sync_all()
@@ -79,8 +81,13 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    thread_local! {
+        /// Directory fsyncs started by this thread, for tests of when they happen.
+        pub(crate) static DIR_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
 
     #[test]
     fn round_trips_and_rejects_garbage() {

@@ -259,8 +259,12 @@ impl Log {
     /// Raw bytes of whole batches starting with the one that contains `from_offset`, up to
     /// `max_bytes` but always at least one batch (Kafka's fetch semantics). Reading at the log
     /// end returns no bytes; below the log start or past the end is `OffsetOutOfRange`.
-    /// The caller bounds `max_bytes` (Kafka's `fetch.max.bytes`).
+    /// The caller bounds `max_bytes` (Kafka's `fetch.max.bytes`). An offline log (a failed
+    /// fsync) serves nothing: its page cache may hold records the disk never got, and a
+    /// consumer that read them would see their offsets reused after a crash (Kafka takes the
+    /// log directory offline the same way).
     pub fn read(&self, from_offset: u64, max_bytes: usize) -> Result<Bytes, StorageError> {
+        self.check_online()?;
         let (views, hint) = {
             let inner = self.read_inner();
             inner.check_range(from_offset)?;
@@ -315,6 +319,7 @@ impl Log {
     /// As [`Log::offset_for_timestamp`], with the timestamp of the record found (what
     /// ListOffsets answers).
     pub fn record_for_timestamp(&self, timestamp: i64) -> Result<Option<(u64, i64)>, StorageError> {
+        self.check_online()?;
         let (views, log_start) = {
             let inner = self.read_inner();
             let Some(first) = inner.all().position(|s| s.max_timestamp >= timestamp) else {
@@ -353,6 +358,7 @@ impl Log {
     /// The largest record timestamp in the log and the first offset carrying it
     /// (ListOffsets `MAX_TIMESTAMP`); `None` for an empty log.
     pub fn max_timestamp(&self) -> Result<Option<(i64, u64)>, StorageError> {
+        self.check_online()?;
         let (view, hint, max) = {
             let inner = self.read_inner();
             let Some(seg) = inner
@@ -392,6 +398,11 @@ impl Log {
             self.roll_locked(&mut inner)?;
         }
         Ok(())
+    }
+
+    /// Base offset of the active segment: every record below it is in a sealed segment.
+    pub fn active_base_offset(&self) -> u64 {
+        self.read_inner().active.base_offset
     }
 
     /// Makes everything appended so far durable and moves the recovery checkpoint up to it.
@@ -929,4 +940,84 @@ fn check_timestamps(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BatchBuilder;
+    use crate::checkpoint::tests::DIR_SYNCS;
+
+    fn batch() -> Vec<u8> {
+        BatchBuilder::new()
+            .record(crate::Record {
+                key: None,
+                value: Some(vec![7; 100]),
+                headers: Vec::new(),
+                timestamp: 1,
+            })
+            .build()
+    }
+
+    fn log(dir: &Path) -> Log {
+        let config = LogConfig {
+            flush: FlushPolicy::Os,
+            segment_ms: None,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        Log::open(dir, config).expect("open")
+    }
+
+    /// Audit A15: a sync that finished before a roll leaves the new segment's directory entry
+    /// unsynced (a roll under `Os` does not sync), so the next sync of data in that segment
+    /// must fsync the directory before it counts as durable.
+    #[test]
+    fn data_in_a_segment_created_after_the_last_sync_is_durable_only_with_its_directory_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log(dir.path());
+        log.append(&mut batch(), 0).expect("append");
+        log.sync_through(1).expect("sync");
+        log.roll().expect("roll");
+        log.append(&mut batch(), 0).expect("append");
+        let before = DIR_SYNCS.with(|n| n.get());
+        log.sync_through(2).expect("sync");
+        assert_eq!(log.durable_offset(), 2);
+        assert_eq!(
+            DIR_SYNCS.with(|n| n.get()) - before,
+            1,
+            "the new segment's directory entry is fsynced before offset 1 is durable"
+        );
+        log.append(&mut batch(), 0).expect("append");
+        let before = DIR_SYNCS.with(|n| n.get());
+        log.sync_through(3).expect("sync");
+        assert_eq!(
+            DIR_SYNCS.with(|n| n.get()),
+            before,
+            "no new file, no directory fsync"
+        );
+    }
+
+    /// Audit A16.1: after a failed fsync the page cache may hold records the disk never got;
+    /// they are not served.
+    #[test]
+    fn an_offline_log_serves_no_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log(dir.path());
+        log.append(&mut batch(), 0).expect("append");
+        assert!(!log.read(0, 1 << 20).expect("read").is_empty());
+        let _ = log.failure.set("fsync failed (test)".into());
+        assert!(matches!(
+            log.read(0, 1 << 20),
+            Err(StorageError::Offline { .. })
+        ));
+        assert!(matches!(
+            log.max_timestamp(),
+            Err(StorageError::Offline { .. })
+        ));
+        assert!(matches!(
+            log.record_for_timestamp(0),
+            Err(StorageError::Offline { .. })
+        ));
+    }
 }

@@ -446,6 +446,100 @@ async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs()
     broker.stop().await;
 }
 
+/// Audit A16.2: a producer idle for longer than two segments keeps its duplicate detection
+/// across a restart (the producer snapshot), a duplicate on a log-append-time topic answers
+/// the original append time, and a producer the broker no longer knows carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producers_are_remembered_across_restarts_however_old_their_last_batch() {
+    use kafka_protocol::messages::InitProducerIdRequest;
+    use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
+    let mut broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    let config = |k: &str, v: &str| {
+        CreatableTopicConfig::default()
+            .with_name(StrBytes::from_string(k.to_owned()))
+            .with_value(Some(StrBytes::from_string(v.to_owned())))
+    };
+    let created = c
+        .call(
+            5,
+            &CreateTopicsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![
+                    CreatableTopic::default()
+                        .with_name(name("snap"))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1)
+                        .with_configs(vec![
+                            config("segment.bytes", "1024"),
+                            config("message.timestamp.type", "LogAppendTime"),
+                        ]),
+                ]),
+        )
+        .await;
+    assert_eq!(
+        created.topics[0].error_code, 0,
+        "{:?}",
+        created.topics[0].error_message
+    );
+    let mut pids = Vec::new();
+    for _ in 0..2 {
+        let init = c
+            .call(
+                4,
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(None)
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                    .with_producer_epoch(-1),
+            )
+            .await;
+        assert_eq!(init.error_code, 0);
+        pids.push(init.producer_id.0);
+    }
+    let batch = |pid: i64, seq: i32, n: usize| {
+        let mut b = BatchBuilder::new().producer(pid, 0, seq);
+        for i in 0..n {
+            b = b.value(None, format!("{pid}-{seq}-{i}-{:0>100}", 0).as_bytes(), 1);
+        }
+        b.build()
+    };
+    let send = |records: Vec<u8>| produce("snap", 0, records);
+    let answer = |r: kafka_protocol::messages::ProduceResponse| {
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset, p.log_append_time_ms)
+    };
+    let (code, first, appended_at) = answer(c.call(9, &send(batch(pids[0], 0, 3))).await);
+    assert_eq!((code, first), (0, 0));
+    assert!(appended_at > 0, "a log-append-time topic answers the time");
+    // Another producer fills many segments, so the first one's batch is far behind.
+    for seq in 0..40 {
+        let (code, ..) = answer(c.call(9, &send(batch(pids[1], seq, 1))).await);
+        assert_eq!(code, 0);
+    }
+    broker.restart().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    assert_eq!(
+        answer(c.call(9, &send(batch(pids[0], 0, 3))).await),
+        (0, 0, appended_at),
+        "the retry is answered with its original offset and time, and not appended again"
+    );
+    let r = c.call(12, &fetch("snap", 0, 0, 0)).await;
+    assert_eq!(r.responses[0].partitions[0].high_watermark, 43);
+    // Without the snapshot the first producer is unknown after a restart; as in Kafka, it may
+    // carry on from its next sequence.
+    broker
+        .restart_after(|dir| {
+            let snapshot = dir.join("logs/snap-0/producers.snapshot");
+            std::fs::remove_file(&snapshot).expect("the shutdown saved a producer snapshot");
+        })
+        .await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    let (code, first, _) = answer(c.call(9, &send(batch(pids[0], 3, 1))).await);
+    assert_eq!((code, first), (0, 43));
+    broker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_config_value_is_refused_with_invalid_config() {
     use kafka_protocol::messages::AlterConfigsRequest;

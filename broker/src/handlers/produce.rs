@@ -255,17 +255,23 @@ fn append_checked(
                 Ok(Verdict::Duplicate {
                     first_offset,
                     last_offset,
+                    log_append_time,
                 }) => (
                     Landed {
                         base_offset: first_offset,
-                        log_append_time: None,
+                        log_append_time,
                         log_start_offset: log.log_start_offset(),
                     },
                     last_offset,
                 ),
                 Ok(Verdict::Append) => {
                     let info = log.append(&mut buf, leader_epoch).map_err(storage)?;
-                    producers.record(&batch, info.first_offset, info.last_offset);
+                    producers.record(
+                        &batch,
+                        info.first_offset,
+                        info.last_offset,
+                        info.log_append_time,
+                    );
                     (landed(&info), info.last_offset)
                 }
                 Err(Refusal::OutOfOrder { expected, got }) => {
