@@ -520,8 +520,14 @@ mod tests {
         assert!(!loaded.save_due(10, 15, minute, now));
         assert!(loaded.save_due(16, 16, minute, now), "a segment rolled");
         assert!(!loaded.save_due(10, 20, minute, now));
-        assert!(loaded.save_due(10, 20, minute, now + minute), "grew, a minute on");
-        assert!(!loaded.save_due(10, 15, minute, now + minute), "nothing new");
+        assert!(
+            loaded.save_due(10, 20, minute, now + minute),
+            "grew, a minute on"
+        );
+        assert!(
+            !loaded.save_due(10, 15, minute, now + minute),
+            "nothing new"
+        );
         assert_eq!(
             loaded.check(&batch(3, 0, 1)),
             Ok(Verdict::Duplicate {

@@ -97,6 +97,8 @@ pub enum BatchError {
     },
     #[error("batch at byte {at}: {extra} bytes after the last of its {count} records")]
     TrailingBytes { at: usize, count: i32, extra: usize },
+    #[error("batch at byte {at}: its compressed records cannot be read: {reason}")]
+    BadCompressedRecords { at: usize, reason: String },
     #[error("batch at byte {at}: {size} bytes, larger than the maximum of {max}")]
     TooLarge { at: usize, size: usize, max: usize },
     #[error(
@@ -243,25 +245,42 @@ fn validate_one(buf: &[u8], at: usize, max_batch_bytes: usize) -> Result<ValidBa
             last_offset_delta: header.last_offset_delta,
         });
     }
-    // Compressed records can only be counted after decompression; their integrity is covered by
-    // the CRC and the consistent header above.
-    let (records_max_timestamp, min_timestamp) = if codec == 0 {
-        let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
-        walk_records(&batch[HEADER_LEN..], &header, at, |_, ts| {
-            max_ts = max_ts.max(ts);
-            min_ts = min_ts.min(ts);
-            std::ops::ControlFlow::Continue(())
-        })?;
-        (Some(max_ts), min_ts)
-    } else {
-        (None, header.base_timestamp)
+    // Compressed records are counted and checked too (as Kafka does), or a client could claim
+    // 2^31 offsets with one record; the stream stops at `decompressed_max` bytes.
+    let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
+    let visit = |_, ts: i64| {
+        max_ts = max_ts.max(ts);
+        min_ts = min_ts.min(ts);
+        std::ops::ControlFlow::Continue(())
     };
+    let records = &batch[HEADER_LEN..];
+    if codec == 0 {
+        walk_records(&mut Reader::new(records), &header, at, visit)?;
+    } else {
+        let bad = |reason: String| BatchError::BadCompressedRecords { at, reason };
+        let budget = decompressed_max(max_batch_bytes);
+        let mut stream =
+            crate::codec::Stream::open(codec, records, budget).map_err(|e| bad(e.to_string()))?;
+        let walked = walk_records(&mut stream, &header, at, visit);
+        if let Some(reason) = stream.failure.take() {
+            return Err(bad(reason));
+        }
+        walked?;
+    }
+    let (records_max_timestamp, min_timestamp) = (Some(max_ts), min_ts);
     Ok(ValidBatch {
         pos: at,
         header,
         records_max_timestamp,
         min_timestamp,
     })
+}
+
+/// How many bytes the records of a compressed batch may decompress to: 64 times the largest
+/// batch accepted (64 MiB by default), far above what producers build (librdkafka's
+/// `batch.size` is 1 MB of uncompressed records), and a bound on the time a bomb costs.
+fn decompressed_max(max_batch_bytes: usize) -> u64 {
+    (max_batch_bytes.max(1 << 20) as u64).saturating_mul(64)
 }
 
 /// Checks magic and the declared length of the batch at the start of `buf` (which may hold
@@ -357,60 +376,65 @@ pub(crate) fn first_record_where(
             .map(|off| (off, ts));
     }
     let mut found = None;
-    let walked = walk_records(&batch[HEADER_LEN..], header, 0, |delta, ts| {
-        let offset = header.base_offset + i64::from(delta);
-        if pred(offset, ts) {
-            found = Some((offset, ts));
-            std::ops::ControlFlow::Break(())
-        } else {
-            std::ops::ControlFlow::Continue(())
-        }
-    });
+    let walked = walk_records(
+        &mut Reader::new(&batch[HEADER_LEN..]),
+        header,
+        0,
+        |delta, ts| {
+            let offset = header.base_offset + i64::from(delta);
+            if pred(offset, ts) {
+                found = Some((offset, ts));
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        },
+    );
     walked.ok().and(found)
 }
 
-/// Walks the uncompressed records of a batch, checking every length against the bytes and that
-/// offset deltas run 0, 1, 2, …; calls `visit(offset_delta, timestamp)` for each record until it
-/// breaks.
+/// Walks the records of a batch (its bytes after the header, or their decompressed stream),
+/// checking every length against the bytes, that offset deltas run 0, 1, 2, … and that there
+/// are exactly `records_count` records; calls `visit(offset_delta, timestamp)` for each record
+/// until it breaks.
 fn walk_records(
-    records: &[u8],
+    r: &mut impl RecordBytes,
     header: &BatchHeader,
     at: usize,
     mut visit: impl FnMut(i32, i64) -> std::ops::ControlFlow<()>,
 ) -> Result<(), BatchError> {
     let count = header.records_count;
-    let mut r = Reader::new(records);
     for index in 0..count {
         let bad = |reason| BatchError::BadRecord { at, index, reason };
         let len = r
             .varint()
             .ok_or(bad("record length is not a valid varint"))?;
-        let len = usize::try_from(len).map_err(|_| bad("negative record length"))?;
-        let body = r
-            .take(len)
-            .ok_or(bad("record length runs past the batch"))?;
-        let mut b = Reader::new(body);
-        b.take(1).ok_or(bad("record too short for attributes"))?;
-        let ts_delta = b.varlong().ok_or(bad("bad timestamp delta"))?;
-        let offset_delta = b.varint().ok_or(bad("bad offset delta"))?;
+        let len = u64::try_from(len).map_err(|_| bad("negative record length"))?;
+        if r.remaining().is_some_and(|left| len > left) {
+            return Err(bad("record length runs past the batch"));
+        }
+        let start = r.position();
+        r.byte().ok_or(bad("record too short for attributes"))?;
+        let ts_delta = r.varlong().ok_or(bad("bad timestamp delta"))?;
+        let offset_delta = r.varint().ok_or(bad("bad offset delta"))?;
         if offset_delta != index {
             return Err(bad("offset deltas are not consecutive from 0"));
         }
-        b.bytes_field(true)
+        r.bytes_field(true)
             .ok_or(bad("key length runs past the record"))?;
-        b.bytes_field(true)
+        r.bytes_field(true)
             .ok_or(bad("value length runs past the record"))?;
-        let headers = b.varint().ok_or(bad("bad header count"))?;
+        let headers = r.varint().ok_or(bad("bad header count"))?;
         if headers < 0 {
             return Err(bad("negative header count"));
         }
         for _ in 0..headers {
-            b.bytes_field(false)
+            r.bytes_field(false)
                 .ok_or(bad("header key length runs past the record"))?;
-            b.bytes_field(true)
+            r.bytes_field(true)
                 .ok_or(bad("header value length runs past the record"))?;
         }
-        if !b.is_empty() {
+        if r.position() - start != len {
             return Err(bad("record length disagrees with its fields"));
         }
         let ts = header.base_timestamp.saturating_add(ts_delta);
@@ -418,48 +442,34 @@ fn walk_records(
             return Ok(());
         }
     }
-    if !r.is_empty() {
+    if !r.at_end() {
         return Err(BatchError::TrailingBytes {
             at,
             count,
-            extra: r.remaining(),
+            extra: r.skip_rest(),
         });
     }
     Ok(())
 }
 
-/// A cursor over zigzag varints and length-prefixed fields.
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    fn remaining(&self) -> usize {
-        self.buf.len()
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if n > self.buf.len() {
-            return None;
-        }
-        let (head, tail) = self.buf.split_at(n);
-        self.buf = tail;
-        Some(head)
-    }
+/// Bytes read in order, with Kafka's zigzag varints and length-prefixed fields on top: a
+/// batch's own bytes ([`Reader`]) or a decompressing stream ([`codec::Stream`]).
+trait RecordBytes {
+    fn byte(&mut self) -> Option<u8>;
+    fn skip(&mut self, n: usize) -> Option<()>;
+    /// Bytes read so far.
+    fn position(&self) -> u64;
+    /// Bytes left, when known without reading them.
+    fn remaining(&self) -> Option<u64>;
+    /// Whether nothing is left.
+    fn at_end(&mut self) -> bool;
+    /// Reads to the end; returns how many bytes that was.
+    fn skip_rest(&mut self) -> usize;
 
     fn unsigned(&mut self, max_bytes: usize) -> Option<u64> {
         let mut value = 0u64;
         for i in 0..max_bytes {
-            let (&byte, rest) = self.buf.split_first()?;
-            self.buf = rest;
+            let byte = self.byte()?;
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
                 return Some(value);
@@ -484,7 +494,77 @@ impl<'a> Reader<'a> {
         if len == -1 && nullable {
             return Some(());
         }
-        self.take(usize::try_from(len).ok()?).map(|_| ())
+        self.skip(usize::try_from(len).ok()?)
+    }
+}
+
+/// A batch's uncompressed record bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+    start_len: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            start_len: buf.len(),
+        }
+    }
+}
+
+impl RecordBytes for Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&byte, rest) = self.buf.split_first()?;
+        self.buf = rest;
+        Some(byte)
+    }
+
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.buf = self.buf.get(n..)?;
+        Some(())
+    }
+
+    fn position(&self) -> u64 {
+        (self.start_len - self.buf.len()) as u64
+    }
+
+    fn remaining(&self) -> Option<u64> {
+        Some(self.buf.len() as u64)
+    }
+
+    fn at_end(&mut self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn skip_rest(&mut self) -> usize {
+        std::mem::take(&mut self.buf).len()
+    }
+}
+
+impl RecordBytes for crate::codec::Stream<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        crate::codec::Stream::byte(self)
+    }
+
+    fn skip(&mut self, n: usize) -> Option<()> {
+        crate::codec::Stream::skip(self, n)
+    }
+
+    fn position(&self) -> u64 {
+        crate::codec::Stream::position(self)
+    }
+
+    fn remaining(&self) -> Option<u64> {
+        None
+    }
+
+    fn at_end(&mut self) -> bool {
+        crate::codec::Stream::at_end(self)
+    }
+
+    fn skip_rest(&mut self) -> usize {
+        crate::codec::Stream::skip_rest(self)
     }
 }
 

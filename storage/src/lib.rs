@@ -15,6 +15,7 @@
 mod batch;
 mod checkpoint;
 mod clock;
+mod codec;
 mod config;
 mod error;
 #[doc(hidden)]

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::Write;
+
 use strata_storage::{BatchError, Log, LogConfig, StorageError};
 
 /// Recomputes the CRC after a test edits bytes it covers, so only the intended flaw remains.
@@ -248,23 +250,86 @@ fn bad_configs_name_the_key() {
 }
 
 #[test]
-fn an_append_that_no_segment_could_index_is_refused() {
-    // Compressed batches are counted by their headers: three claiming 2^31 - 1 records each
-    // would need relative offsets past 32 bits even in a fresh segment.
+fn compressed_batches_in_every_codec_are_read_back_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path(), LogConfig::default()).expect("open");
-    let mut one = good();
-    one[22] |= 1; // gzip: records are not walked
-    set_i32(&mut one, 23, i32::MAX - 1); // last offset delta
-    set_i32(&mut one, 57, i32::MAX); // records count
-    fix_crc(&mut one);
-    let mut buf = Vec::new();
-    for _ in 0..3 {
-        buf.extend_from_slice(&one);
+    let mut end = 0;
+    for codec in 1..=4 {
+        let mut b = common::compressed(&good(), codec);
+        let sent = b.clone();
+        let info = log
+            .append(&mut b, 0)
+            .expect("a well-formed compressed batch");
+        assert_eq!((info.first_offset, info.last_offset), (end, end + 2));
+        let read = log.read(end, 1 << 20).expect("read");
+        // Only the base offset and leader epoch (outside the CRC) differ from what was sent.
+        assert_eq!(&read[16..], &sent[16..], "codec {codec}");
+        end += 3;
     }
-    match log.append(&mut buf, 0) {
-        Err(StorageError::InvalidBatch(BatchError::TooManyRecords { .. })) => {}
-        other => panic!("expected TooManyRecords, got {other:?}"),
+    // librdkafka writes snappy as one raw block, without xerial frames.
+    let raw = snap::raw::Encoder::new()
+        .compress_vec(&good()[strata_storage::HEADER_LEN..])
+        .expect("snappy");
+    let mut b = common::with_records(&good(), 2, &raw);
+    log.append(&mut b, 0).expect("raw snappy");
+}
+
+#[test]
+fn a_compressed_batch_whose_count_lies_is_refused() {
+    // Audit A16.3: one record claiming 2^31 - 1 would burn that many offsets.
+    let one = common::batch(&[(10, 1)]);
+    let mut lying = common::compressed(&one, 1);
+    set_i32(&mut lying, 23, i32::MAX - 1); // last offset delta
+    set_i32(&mut lying, 57, i32::MAX); // records count
+    fix_crc(&mut lying);
+    assert!(matches!(
+        rejected(lying),
+        BatchError::BadRecord { index: 1, .. }
+    ));
+    // Claiming fewer than it holds leaves records after the last one counted.
+    let mut short = common::compressed(&good(), 4);
+    set_i32(&mut short, 23, 1);
+    set_i32(&mut short, 57, 2);
+    fix_crc(&mut short);
+    assert!(matches!(
+        rejected(short),
+        BatchError::TrailingBytes { count: 2, .. }
+    ));
+}
+
+#[test]
+fn compressed_records_that_do_not_decompress_or_expand_without_bound_are_refused() {
+    let garbage = common::with_records(&good(), 1, b"not gzip at all");
+    match rejected(garbage) {
+        BatchError::BadCompressedRecords { reason, .. } => {
+            assert!(reason.contains("decompression failed"), "{reason}")
+        }
+        other => panic!("expected BadCompressedRecords, got {other:?}"),
     }
+    // A bomb: one record whose value is 300 MiB of zeros fits a 4 KiB batch when compressed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), LogConfig::default()).expect("open");
+    let bomb = common::batch(&[(300 << 20, 1)]);
+    let mut bomb = common::compressed(&bomb, 4);
+    assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
+    let started = std::time::Instant::now();
+    match log.append(&mut bomb, 0) {
+        Err(StorageError::InvalidBatch(BatchError::BadCompressedRecords { reason, .. })) => {
+            assert!(reason.contains("more than"), "{reason}")
+        }
+        other => panic!("expected BadCompressedRecords, got {other:?}"),
+    }
+    eprintln!("bomb refused in {:?}", started.elapsed());
     assert_eq!(log.log_end_offset(), 0);
+    // A zstd window larger than 8 MiB (the "ultra" levels) is refused before it is allocated.
+    let records = &good()[strata_storage::HEADER_LEN..];
+    let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd");
+    e.set_parameter(zstd::zstd_safe::CParameter::WindowLog(27))
+        .expect("window");
+    e.write_all(records).expect("zstd");
+    let wide = common::with_records(&good(), 4, &e.finish().expect("zstd"));
+    assert!(matches!(
+        rejected(wide),
+        BatchError::BadCompressedRecords { .. }
+    ));
 }
