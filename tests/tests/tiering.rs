@@ -316,3 +316,84 @@ async fn a_topic_deleted_just_before_a_restart_is_not_recovered() {
     drop(client);
     fresh.stop().await;
 }
+
+/// Audit A16.4: a topic deleted while the object store refused requests (so its catalog
+/// entry could not be turned into a tombstone) is not recovered by the next start of the
+/// same cluster, even if it was the only topic; the first pass after the restart removes
+/// its objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_during_a_store_outage_stays_deleted_and_its_objects_go() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use object_store::ObjectStore;
+    use strata_client::{Client, NewRecord};
+    use strata_storage::tier::fault::{Fault, FaultyStore};
+
+    let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let (faulty, switch) = FaultyStore::new(inner.clone());
+    let mut broker = TestBroker::start_on_store(Some(Arc::new(faulty)), |c| {
+        c.object_store.upload_interval_ms = 100;
+        c.topics.flush_check_interval_ms = 100;
+    })
+    .await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    let configs = BTreeMap::from([("segment.bytes".to_owned(), "1024".to_owned())]);
+    client
+        .create_topic("only", 1, -1, &configs)
+        .await
+        .expect("create");
+    let records: Vec<NewRecord> = (0..20)
+        .map(|i| NewRecord {
+            value: Some(vec![b'x'; 200].into()),
+            key: Some(format!("k{i}").into_bytes().into()),
+            ..NewRecord::default()
+        })
+        .collect();
+    for r in records.chunks(2) {
+        client.produce("only", 0, r, -1).await.expect("produce");
+    }
+    let objects = || async {
+        futures::StreamExt::collect::<Vec<_>>(inner.list(None))
+            .await
+            .into_iter()
+            .map(|m| m.expect("listed").location.to_string())
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = objects().await;
+        if now.iter().any(|p| p.ends_with("topic.json")) && now.iter().any(|p| p.ends_with(".log"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing uploaded: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    switch.set(Fault::Fail);
+    client.delete_topic("only").await.expect("delete");
+    drop(client);
+    assert!(
+        objects().await.iter().any(|p| p.ends_with("topic.json")),
+        "the outage kept the entry as it was"
+    );
+    // The same broker and quorum start again, on a healthy store.
+    broker.restart_after(|_| switch.set(Fault::Healthy)).await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    let topics = client.topics().await.expect("topics");
+    assert!(
+        topics.iter().all(|t| t.name != "only"),
+        "a deleted topic came back: {topics:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = objects().await;
+        if left.iter().all(|p| !p.starts_with("topics/")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "objects left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(client);
+    broker.stop().await;
+}

@@ -62,7 +62,7 @@ pub(super) async fn delete_topics(
         };
         responses.push(match submit_and_wait(state, &command).await {
             Ok(_) => {
-                state.tiering.forget_topic(topic.id, &topic.name).await;
+                state.tiering.forget_topic(topic, &state.image()).await;
                 result
             }
             Err((code, msg)) => result
