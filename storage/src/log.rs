@@ -999,14 +999,23 @@ mod tests {
     }
 
     /// Audit A16.1: after a failed fsync the page cache may hold records the disk never got;
-    /// they are not served.
+    /// they are not served, and nothing more is appended.
     #[test]
-    fn an_offline_log_serves_no_reads() {
+    fn an_offline_log_takes_no_appends_and_serves_no_reads() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = log(dir.path());
         log.append(&mut batch(), 0).expect("append");
         assert!(!log.read(0, 1 << 20).expect("read").is_empty());
+        // What a failed fsync records (`sync_to`): from then on nothing is written or served.
         let _ = log.failure.set("fsync failed (test)".into());
+        assert!(matches!(
+            log.append(&mut batch(), 0),
+            Err(StorageError::Offline { .. })
+        ));
+        assert!(matches!(
+            log.sync_through(1),
+            Err(StorageError::Offline { .. })
+        ));
         assert!(matches!(
             log.read(0, 1 << 20),
             Err(StorageError::Offline { .. })

@@ -181,6 +181,41 @@ fn corrupt_byte_after_the_flush_cuts_from_the_damaged_batch() {
     }
 }
 
+/// Segments below the recovery point were fsynced and are trusted at open, as in Kafka: a
+/// byte rotted in one of them does not make recovery throw away the fsynced segments after
+/// it. Only that batch differs when read back (a consumer's CRC check rejects it).
+#[test]
+fn corruption_in_a_trusted_segment_keeps_every_later_segment() {
+    let c = crashed();
+    let dir = c.dir.path();
+    let first = Log::open(dir, config()).expect("open").segments()[0].clone();
+    let copy = c.copy_with(|d| {
+        let path = c.in_copy(d, &first.log_path);
+        let mut bytes = fs::read(&path).expect("read");
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        fs::write(&path, bytes).expect("write");
+    });
+    let log = Log::open(copy.path(), config()).expect("reopen");
+    let end = (c.flushed.len() + c.unflushed.len()) as u64 * 2;
+    assert_eq!(log.log_end_offset(), end, "nothing was cut");
+    let got = common::split(&log.read(0, usize::MAX / 2).expect("read"));
+    let sent: Vec<&Vec<u8>> = c.flushed.iter().chain(&c.unflushed).collect();
+    assert_eq!(got.len(), sent.len());
+    let differing: Vec<usize> = got
+        .iter()
+        .zip(&sent)
+        .enumerate()
+        .filter(|(_, ((_, got), sent))| got[16..] != sent[16..])
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(differing.len(), 1, "only the rotted batch differs");
+    assert!(
+        (differing[0] as u64) * 2 < first.next_offset,
+        "and it is in the first segment"
+    );
+}
+
 #[test]
 fn garbage_appended_after_the_last_batch_is_cut_off() {
     let c = crashed();
