@@ -236,6 +236,11 @@ impl CatalogSync {
     /// or changed; removes the objects of topics that left the metadata, and scans the catalog
     /// for other deleted topics on the first pass and every [`CLEANUP_EVERY`].
     pub(crate) async fn pass(&mut self, tiering: &Tiering, image: &MetadataImage, me: i32) {
+        // Entries name the quorum that wrote them; until its cluster id is in the metadata
+        // (it can arrive after the first topics), there is nothing to stamp them with.
+        if image.cluster_id.is_none() {
+            return;
+        }
         let current: HashMap<Uuid, &TopicRecord> =
             image.topics.values().map(|t| (t.id, t)).collect();
         for topic in current.values() {

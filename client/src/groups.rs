@@ -84,6 +84,33 @@ impl Client {
         self.node(id, &format!("{host}:{port}")).await
     }
 
+    /// Runs `op` against `group`'s coordinator, looking the coordinator up again for up to
+    /// 10 s while it is loading the group's partition or has moved
+    /// (COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR), as Kafka's
+    /// admin clients do.
+    async fn at_coordinator<T, F, Fut>(&self, group: &str, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<Connection>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        use kafka_protocol::ResponseError as E;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let result = match self.coordinator(group).await {
+                Ok(conn) => op(conn).await,
+                Err(e) => Err(e),
+            };
+            let moving = matches!(&result, Err(ClientError::Broker { code, .. })
+                if [E::CoordinatorLoadInProgress, E::CoordinatorNotAvailable, E::NotCoordinator]
+                    .iter()
+                    .any(|e| e.code() == *code));
+            if !moving || std::time::Instant::now() >= deadline {
+                return result;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Groups on every broker, sorted by id.
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
         let (brokers, _) = self.cluster().await?;
@@ -108,7 +135,15 @@ impl Client {
 
     /// A group's state and members; a group nobody knows comes back `Dead` with no members.
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
-        let conn = self.coordinator(group).await?;
+        self.at_coordinator(group, |conn| self.describe_group_at(conn, group))
+            .await
+    }
+
+    async fn describe_group_at(
+        &self,
+        conn: Arc<Connection>,
+        group: &str,
+    ) -> Result<GroupDescription, ClientError> {
         let req = DescribeGroupsRequest::default()
             .with_groups(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
         let resp = conn.send(&req).await?;
@@ -142,7 +177,15 @@ impl Client {
 
     /// The offsets `group` committed, for every topic.
     pub async fn committed_offsets(&self, group: &str) -> Result<GroupOffsets, ClientError> {
-        let conn = self.coordinator(group).await?;
+        self.at_coordinator(group, |conn| self.committed_offsets_at(conn, group))
+            .await
+    }
+
+    async fn committed_offsets_at(
+        &self,
+        conn: Arc<Connection>,
+        group: &str,
+    ) -> Result<GroupOffsets, ClientError> {
         let gid = GroupId(StrBytes::from_string(group.to_owned()));
         // Null topics ask for all; from v8 the group and its topics sit in `groups`.
         let req = if conn.version_for::<OffsetFetchRequest>()? >= 8 {
@@ -218,29 +261,40 @@ impl Client {
                     })
                     .collect(),
             );
-        let resp = self.coordinator(group).await?.send(&req).await?;
-        for t in &resp.topics {
-            for p in &t.partitions {
-                if p.error_code == kafka_protocol::ResponseError::UnknownMemberId.code() {
-                    return Err(ClientError::Broker {
-                        what: format!(
-                            "committing offsets of group {group}: it has active members; \
-                             stop its consumers first"
-                        ),
-                        code: p.error_code,
-                    });
-                }
-                check(
-                    format!(
-                        "committing {}/{} for group {group}",
-                        t.name.0, p.partition_index
-                    ),
-                    p.error_code,
-                )?;
-            }
-        }
-        Ok(())
+        self.at_coordinator(group, |conn| {
+            let req = &req;
+            async move { commit_answer(group, &conn.send(req).await?) }
+        })
+        .await
     }
+}
+
+/// The outcome of an admin OffsetCommit.
+fn commit_answer(
+    group: &str,
+    resp: &kafka_protocol::messages::OffsetCommitResponse,
+) -> Result<(), ClientError> {
+    for t in &resp.topics {
+        for p in &t.partitions {
+            if p.error_code == kafka_protocol::ResponseError::UnknownMemberId.code() {
+                return Err(ClientError::Broker {
+                    what: format!(
+                        "committing offsets of group {group}: it has active members; \
+                         stop its consumers first"
+                    ),
+                    code: p.error_code,
+                });
+            }
+            check(
+                format!(
+                    "committing {}/{} for group {group}",
+                    t.name.0, p.partition_index
+                ),
+                p.error_code,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A consumer member's assignment (ConsumerProtocolAssignment: a version, then the body);

@@ -300,15 +300,35 @@ mod tests {
             }),
         };
         append(&log, 0, &[commit(42)], 1).expect("append");
-        // A gzip batch whose body is garbage: its CRC is right, so the log takes it.
-        let mut bomb = BatchBuilder::new()
-            .value(Some(b"k"), &[0xff; 64], 1)
-            .build();
-        bomb[22] |= 1; // attributes: gzip
-        let crc = crc32c::crc32c(&bomb[21..]);
-        bomb[17..21].copy_from_slice(&crc.to_be_bytes());
-        log.append(&mut bomb, 0)
-            .expect("the log does not decompress");
+        // A gzip batch (the coordinator never writes compressed ones), whose record would
+        // expand to far more than it holds: the load skips it without decompressing.
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1,
+            key: Some(bytes::Bytes::from_static(b"k")),
+            value: Some(vec![0xff; 1 << 20].into()),
+            headers: Default::default(),
+        };
+        let mut gzip = bytes::BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::Gzip,
+        };
+        RecordBatchEncoder::encode(&mut gzip, &[record], &options).expect("encode");
+        let mut gzip = gzip.to_vec();
+        assert!(gzip.len() < 8 * 1024);
+        log.append(&mut gzip, 0).expect("a valid gzip batch");
         append(&log, 0, &[commit(43)], 2).expect("append");
         let loaded = load(&log).expect("load");
         assert_eq!(loaded.offsets["g"][&("t".to_string(), 0)].offset, 43);
