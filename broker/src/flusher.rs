@@ -11,27 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_storage::StorageError;
-use tokio_util::sync::CancellationToken;
 
 use crate::state::BrokerState;
+use crate::supervisor::Outcome;
 
 /// How often a growing partition's producer table is saved even without a segment roll.
 const SAVE_PRODUCERS_EVERY: Duration = Duration::from_secs(60);
 
-/// Runs until `cancel`.
-pub(crate) async fn run(state: Arc<BrokerState>, cancel: CancellationToken) {
-    let every = Duration::from_millis(state.config.topics.flush_check_interval_ms);
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let s = state.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || flush_pass(&s)).await {
-            tracing::error!(error = %e, "flush pass failed");
-        }
+/// One pass, off the async threads; the supervisor runs it every
+/// `topics.flush_check_interval_ms`.
+pub(crate) async fn step(state: Arc<BrokerState>) -> Outcome {
+    match tokio::task::spawn_blocking(move || flush_pass(&state)).await {
+        Ok(()) => Outcome::Ok,
+        Err(e) => Outcome::Retry(e.to_string()),
     }
 }
 

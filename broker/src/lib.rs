@@ -23,6 +23,7 @@ mod producer;
 mod protocol;
 mod server;
 mod state;
+mod supervisor;
 mod tiering;
 
 pub use config::BrokerConfig;

@@ -22,6 +22,7 @@ use crate::config::{BrokerConfig, ControllerMode};
 use crate::connection;
 use crate::error::BrokerError;
 use crate::state::{BrokerState, Partition};
+use crate::supervisor::{self, Backoff, Supervisor};
 use crate::tiering::{RECOVERY_CONCURRENCY, Tiering};
 use object_store::ObjectStore;
 
@@ -39,6 +40,7 @@ pub struct Broker {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
+    supervisor: Supervisor,
     controller: Option<ControllerNode>,
 }
 
@@ -135,7 +137,11 @@ impl Broker {
                 "metadata not caught up at start; serving anyway"
             );
         }
-        tasks.spawn(keep_heartbeating(state.clone(), cancel.clone()));
+        let mut supervisor = Supervisor::new(cancel.clone());
+        let s = state.clone();
+        supervisor.service("heartbeats", Backoff::default(), move |cancel| {
+            until_cancelled(keep_heartbeating(s.clone(), cancel))
+        });
         if state.config.object_store.recover_topics {
             // Before clients are served: one could otherwise create a recovered topic's name
             // afresh, under a new id that finds none of the old objects.
@@ -154,9 +160,21 @@ impl Broker {
                 tracing::info!(topics = created, "topics recovered from the object store");
             }
         }
-        tasks.spawn(state.groups.clone().run(state.clone(), cancel.clone()));
-        tasks.spawn(tiering.run(state.clone(), cancel.clone()));
-        tasks.spawn(crate::flusher::run(state.clone(), cancel.clone()));
+        let s = state.clone();
+        supervisor.service("group coordinator", Backoff::default(), move |cancel| {
+            until_cancelled(s.groups.clone().run(s.clone(), cancel))
+        });
+        let s = state.clone();
+        supervisor.service("tiering", Backoff::default(), move |cancel| {
+            until_cancelled(tiering.clone().run(s.clone(), cancel))
+        });
+        let flushed = state.clone();
+        supervisor.every(
+            "flusher",
+            Duration::from_millis(state.config.topics.flush_check_interval_ms),
+            Backoff::default(),
+            move || crate::flusher::step(flushed.clone()),
+        );
         tasks.spawn(accept(state.clone(), listener, cancel.clone()));
         tracing::info!(broker = state.id, %local_addr, "strata broker serving Kafka clients");
         Ok(Self {
@@ -164,6 +182,7 @@ impl Broker {
             local_addr,
             cancel,
             tasks,
+            supervisor,
             controller,
         })
     }
@@ -190,6 +209,7 @@ impl Broker {
             tracing::warn!("connections still busy after {DRAIN:?}; closing them");
             self.tasks.abort_all();
         }
+        self.supervisor.stop().await;
         let state = self.state.clone();
         let _ = tokio::task::spawn_blocking(move || state.flush_all()).await;
         if let Some(c) = self.controller.take() {
@@ -264,6 +284,12 @@ async fn heartbeat(state: &BrokerState, want_unfence: bool) -> Result<u64, Broke
         }
         Err(e) => Err(BrokerError::Registration(e)),
     }
+}
+
+/// A service that runs until cancelled: when it returns, it is done.
+async fn until_cancelled(service: impl std::future::Future<Output = ()>) -> supervisor::Outcome {
+    service.await;
+    supervisor::Outcome::Ok
 }
 
 async fn keep_heartbeating(state: Arc<BrokerState>, cancel: CancellationToken) {
