@@ -144,12 +144,14 @@ impl BrokerState {
             .cloned()
     }
 
-    /// The hosted partition `index` of `topic` and its metadata, when this broker leads it;
-    /// otherwise the Kafka error a client acts on.
+    /// The hosted partition `index` of `topic` and its metadata, when this broker leads it
+    /// and the client's `current_leader_epoch` (-1: not given) is the current one; otherwise
+    /// the Kafka error a client acts on. The one leadership check of every partition API.
     pub(crate) fn led_partition<'t>(
         &self,
         topic: &'t TopicRecord,
         index: i32,
+        current_leader_epoch: i32,
     ) -> Result<(Arc<Partition>, &'t PartitionRecord), ResponseError> {
         let meta = usize::try_from(index)
             .ok()
@@ -157,6 +159,13 @@ impl BrokerState {
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
         if meta.leader != Some(self.id) {
             return Err(ResponseError::NotLeaderOrFollower);
+        }
+        // A client ahead of this broker's metadata retries; one behind refreshes its own.
+        if current_leader_epoch > meta.leader_epoch {
+            return Err(ResponseError::UnknownLeaderEpoch);
+        }
+        if current_leader_epoch >= 0 && current_leader_epoch < meta.leader_epoch {
+            return Err(ResponseError::FencedLeaderEpoch);
         }
         let part = self
             .partition(topic.id, index)

@@ -55,27 +55,9 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
             let target = match record {
                 None if by_id => Err(ResponseError::UnknownTopicId),
                 None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(r) => match usize::try_from(p.partition)
-                    .ok()
-                    .and_then(|i| r.partitions.get(i))
-                {
-                    None => Err(ResponseError::UnknownTopicOrPartition),
-                    Some(meta) if meta.leader != Some(state.id) => {
-                        Err(ResponseError::NotLeaderOrFollower)
-                    }
-                    Some(meta) if p.current_leader_epoch > meta.leader_epoch => {
-                        Err(ResponseError::UnknownLeaderEpoch)
-                    }
-                    Some(meta)
-                        if p.current_leader_epoch >= 0
-                            && p.current_leader_epoch < meta.leader_epoch =>
-                    {
-                        Err(ResponseError::FencedLeaderEpoch)
-                    }
-                    Some(_) => state
-                        .partition(r.id, p.partition)
-                        .ok_or(ResponseError::NotLeaderOrFollower),
-                },
+                Some(r) => state
+                    .led_partition(r, p.partition, p.current_leader_epoch)
+                    .map(|(part, _)| part),
             };
             wanted.push(Wanted {
                 topic: topics.len() - 1,
@@ -322,7 +304,8 @@ pub(super) async fn list_offsets(
             let target = record
                 .ok_or(ResponseError::UnknownTopicOrPartition)
                 .and_then(|r| {
-                    let (part, meta) = state.led_partition(r, p.partition_index)?;
+                    let (part, meta) =
+                        state.led_partition(r, p.partition_index, p.current_leader_epoch)?;
                     Ok((part, meta.leader_epoch))
                 });
             let resp = match target {
@@ -451,26 +434,12 @@ pub(super) async fn offset_for_leader_epoch(
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
-                    let meta = record.and_then(|r| {
-                        let m = usize::try_from(p.partition)
-                            .ok()
-                            .and_then(|i| r.partitions.get(i))?;
-                        Some((r.id, m))
-                    });
-                    let Some((topic_id, meta)) = meta else {
-                        return resp.with_error_code(ResponseError::UnknownTopicOrPartition.code());
-                    };
-                    if meta.leader != Some(state.id) {
-                        return resp.with_error_code(ResponseError::NotLeaderOrFollower.code());
-                    }
-                    if p.current_leader_epoch > meta.leader_epoch {
-                        return resp.with_error_code(ResponseError::UnknownLeaderEpoch.code());
-                    }
-                    if p.current_leader_epoch >= 0 && p.current_leader_epoch < meta.leader_epoch {
-                        return resp.with_error_code(ResponseError::FencedLeaderEpoch.code());
-                    }
-                    let Some(part) = state.partition(topic_id, p.partition) else {
-                        return resp.with_error_code(ResponseError::NotLeaderOrFollower.code());
+                    let led = record
+                        .ok_or(ResponseError::UnknownTopicOrPartition)
+                        .and_then(|r| state.led_partition(r, p.partition, p.current_leader_epoch));
+                    let (part, meta) = match led {
+                        Ok(led) => led,
+                        Err(e) => return resp.with_error_code(e.code()),
                     };
                     let end = part.log.log_end_offset();
                     let (epoch, offset) = part

@@ -41,25 +41,14 @@ pub(super) async fn produce(
                 (-1..=1, Some(t)) if super::admin::is_internal(&t.name) => {
                     Err(ResponseError::InvalidTopicException)
                 }
-                (-1..=1, Some(t)) => {
-                    match usize::try_from(index)
-                        .ok()
-                        .and_then(|i| t.partitions.get(i))
-                    {
-                        None => Err(ResponseError::UnknownTopicOrPartition),
-                        Some(meta) if meta.leader != Some(state.id) => {
-                            Err(ResponseError::NotLeaderOrFollower)
-                        }
-                        // acks=all needs min.insync.replicas copies in sync (Kafka's rule).
-                        Some(meta) if acks == -1 && meta.isr.len() < min_insync(t) => {
-                            Err(ResponseError::NotEnoughReplicas)
-                        }
-                        Some(meta) => state
-                            .partition(t.id, index)
-                            .map(|part| (part, meta.leader_epoch))
-                            .ok_or(ResponseError::NotLeaderOrFollower),
+                (-1..=1, Some(t)) => match state.led_partition(t, index, -1) {
+                    // acks=all needs min.insync.replicas copies in sync (Kafka's rule).
+                    Ok((_, meta)) if acks == -1 && meta.isr.len() < min_insync(t) => {
+                        Err(ResponseError::NotEnoughReplicas)
                     }
-                }
+                    Ok((part, meta)) => Ok((part, meta.leader_epoch)),
+                    Err(e) => Err(e),
+                },
                 (-1..=1, None) => Err(ResponseError::UnknownTopicOrPartition),
                 _ => Err(ResponseError::InvalidRequiredAcks),
             };

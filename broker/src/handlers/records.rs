@@ -34,7 +34,7 @@ pub(super) async fn delete_records(
                     if super::admin::is_internal(&r.name) {
                         return Err(ResponseError::TopicAuthorizationFailed);
                     }
-                    let (part, meta) = state.led_partition(r, p.partition_index)?;
+                    let (part, meta) = state.led_partition(r, p.partition_index, -1)?;
                     Ok((part, meta.leader_epoch, remote_enabled(r)))
                 });
             let outcome = match target {
