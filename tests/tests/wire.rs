@@ -326,6 +326,31 @@ async fn produced_batches_are_fetched_back_byte_for_byte_and_survive_a_restart()
     assert_eq!(data.error_code, 0, "partition served after restart");
     assert_eq!(data.high_watermark, 10);
     check(data.records.as_ref().expect("records"));
+    // The restart bumped the leader epoch: ListOffsets from a client that still names the
+    // old one is fenced, and one naming an epoch this broker has not seen is told to retry.
+    let meta = auto_create(&mut c, "orders").await;
+    let epoch = meta.topics[0].partitions[1].leader_epoch;
+    let list_at = |current_leader_epoch: i32| {
+        ListOffsetsRequest::default()
+            .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(name("orders"))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(1)
+                            .with_current_leader_epoch(current_leader_epoch)
+                            .with_timestamp(-1),
+                    ]),
+            ])
+    };
+    for (given, code) in [(epoch, 0), (-1, 0), (epoch - 1, 74), (epoch + 1, 75)] {
+        let r = c.call(7, &list_at(given)).await;
+        assert_eq!(
+            r.topics[0].partitions[0].error_code, code,
+            "current_leader_epoch {given} against {epoch}"
+        );
+    }
     broker.stop().await;
 }
 
