@@ -108,6 +108,14 @@ pub enum BatchError {
     TimestampOutOfRange { at: usize, timestamp: i64 },
     #[error("{count} records in one append; a segment holds at most {max}")]
     TooManyRecords { count: u64, max: u64 },
+    #[error(
+        "batch at byte {at}: base offset {offset} is below {expected}, where the log continues"
+    )]
+    OffsetBehind {
+        at: usize,
+        offset: i64,
+        expected: u64,
+    },
 }
 
 /// The decoded fixed header of one v2 batch.
@@ -206,13 +214,37 @@ pub(crate) fn validate_batches(
     buf: &[u8],
     max_batch_bytes: usize,
 ) -> Result<Vec<ValidBatch>, BatchError> {
+    validate_each(buf, |b, at| validate_one(b, at, max_batch_bytes))
+}
+
+/// Checks that `buf` is one or more complete v2 batches whose frames, CRCs and record counts
+/// hold, without reading their records: what a replica checks of batches its leader already
+/// validated (records, timestamps and sizes were the leader's to judge).
+pub(crate) fn check_replicated_batches(buf: &[u8]) -> Result<Vec<ValidBatch>, BatchError> {
+    validate_each(buf, |b, at| {
+        let header = check_frame(b, at)?;
+        check_crc(&b[..header.total_len()], &header, at)?;
+        check_counts(&header, at)?;
+        Ok(ValidBatch {
+            pos: at,
+            header,
+            records_max_timestamp: None,
+            min_timestamp: header.base_timestamp,
+        })
+    })
+}
+
+fn validate_each(
+    buf: &[u8],
+    mut one: impl FnMut(&[u8], usize) -> Result<ValidBatch, BatchError>,
+) -> Result<Vec<ValidBatch>, BatchError> {
     if buf.is_empty() {
         return Err(BatchError::Empty);
     }
     let mut batches = Vec::with_capacity(1);
     let mut pos = 0;
     while pos < buf.len() {
-        let batch = validate_one(&buf[pos..], pos, max_batch_bytes)?;
+        let batch = one(&buf[pos..], pos)?;
         pos += batch.len();
         batches.push(batch);
     }
@@ -235,16 +267,7 @@ fn validate_one(buf: &[u8], at: usize, max_batch_bytes: usize) -> Result<ValidBa
     if codec > MAX_COMPRESSION_CODEC {
         return Err(BatchError::BadCompression { at, codec });
     }
-    if header.records_count <= 0 {
-        return Err(BatchError::NoRecords { at });
-    }
-    if header.last_offset_delta < 0 || header.records_count - 1 != header.last_offset_delta {
-        return Err(BatchError::CountMismatch {
-            at,
-            count: header.records_count,
-            last_offset_delta: header.last_offset_delta,
-        });
-    }
+    check_counts(&header, at)?;
     // Compressed records are counted and checked too (as Kafka does), or a client could claim
     // 2^31 offsets with one record; the stream stops at `decompressed_max` bytes.
     let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
@@ -281,6 +304,21 @@ fn validate_one(buf: &[u8], at: usize, max_batch_bytes: usize) -> Result<ValidBa
 /// `batch.size` is 1 MB of uncompressed records), and a bound on the time a bomb costs.
 fn decompressed_max(max_batch_bytes: usize) -> u64 {
     (max_batch_bytes.max(1 << 20) as u64).saturating_mul(64)
+}
+
+/// A batch holds records, and its count agrees with its last offset delta.
+fn check_counts(header: &BatchHeader, at: usize) -> Result<(), BatchError> {
+    if header.records_count <= 0 {
+        return Err(BatchError::NoRecords { at });
+    }
+    if header.last_offset_delta < 0 || header.records_count - 1 != header.last_offset_delta {
+        return Err(BatchError::CountMismatch {
+            at,
+            count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    Ok(())
 }
 
 /// Checks magic and the declared length of the batch at the start of `buf` (which may hold

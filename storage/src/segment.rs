@@ -153,6 +153,7 @@ impl Segment {
         dir: &Path,
         base_offset: u64,
         index_interval: u64,
+        gaps: bool,
     ) -> Result<(Self, Recovered), StorageError> {
         let mut seg = Self::open_files(dir, base_offset, false)?;
         let file_len = seg.log.metadata().io_ctx("stat", &seg.log_path)?.len();
@@ -160,7 +161,7 @@ impl Segment {
         let times = read_index::<TimeEntry>(&seg.time_index_path, file_len);
         let (Some(offsets), Some(times)) = (offsets, times) else {
             tracing::info!(segment = %seg.log_path.display(), "index missing or inconsistent; rebuilding");
-            return seg.recover(index_interval).map(|r| (seg, r));
+            return seg.recover(index_interval, gaps).map(|r| (seg, r));
         };
         // Check the tail after the last indexed batch and learn the segment's end offset.
         let start = offsets.last().map_or(0, |e| u64::from(e.position));
@@ -185,7 +186,7 @@ impl Segment {
             && time_index_ok;
         if !consistent {
             tracing::warn!(segment = %seg.log_path.display(), "sealed segment has a damaged tail; recovering it");
-            return seg.recover(index_interval).map(|r| (seg, r));
+            return seg.recover(index_interval, gaps).map(|r| (seg, r));
         }
         let first = read_header(&seg.log, 0).io_ctx("read", &seg.log_path)?;
         seg.size = file_len;
@@ -203,19 +204,20 @@ impl Segment {
     }
 
     /// Opens a segment whose bytes may be torn (at or after the recovery checkpoint): every
-    /// batch is validated (frame, CRC, contiguous offsets), the file is cut at the first bad
-    /// one, and the indexes are rebuilt.
+    /// batch is validated (frame, CRC, offsets: contiguous, or only increasing when the log
+    /// may have `gaps`), the file is cut at the first bad one, and the indexes are rebuilt.
     pub fn open_recovering(
         dir: &Path,
         base_offset: u64,
         index_interval: u64,
+        gaps: bool,
     ) -> Result<(Self, Recovered), StorageError> {
         let mut seg = Self::open_files(dir, base_offset, false)?;
-        let recovered = seg.recover(index_interval)?;
+        let recovered = seg.recover(index_interval, gaps)?;
         Ok((seg, recovered))
     }
 
-    fn recover(&mut self, index_interval: u64) -> Result<Recovered, StorageError> {
+    fn recover(&mut self, index_interval: u64, gaps: bool) -> Result<Recovered, StorageError> {
         let file_len = self.log.metadata().io_ctx("stat", &self.log_path)?.len();
         self.reset_state();
         self.offset_index.mark_unpersisted();
@@ -226,7 +228,16 @@ impl Segment {
         let mut failure: Option<io::Error> = None;
         let log = Arc::clone(&self.log);
         walk_headers(&log, 0, file_len, |pos, h, bytes| {
-            if h.base_offset != expected || h.records_count <= 0 || h.last_offset_delta < 0 {
+            // The base offset is outside the CRC: in a dense log only the expected one is
+            // trusted; with gaps, anything past the previous batch that a segment can index.
+            let placed = match gaps {
+                false => h.base_offset == expected,
+                true => {
+                    h.base_offset >= expected
+                        && h.last_offset() - self.base_offset as i64 <= i64::from(u32::MAX)
+                }
+            };
+            if !placed || h.records_count <= 0 || h.last_offset_delta < 0 {
                 return ControlFlow::Break(());
             }
             let bytes = match bytes {

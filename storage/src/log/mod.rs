@@ -19,6 +19,8 @@ use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{IoContext, StorageError};
 use crate::segment::{NO_TIMESTAMP, Recovered, Segment, SegmentInfo};
 
+mod replica;
+
 /// What an append assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendInfo {
@@ -245,7 +247,16 @@ impl Log {
             };
             (info, (inner.config.flush, inner.config.flush_messages))
         };
-        match flush {
+        self.flush_after_append(info, flush)
+    }
+
+    /// Applies the flush policy after an append of `info`.
+    fn flush_after_append(
+        &self,
+        info: AppendInfo,
+        (policy, messages): (FlushPolicy, Option<u64>),
+    ) -> Result<AppendInfo, StorageError> {
+        match (policy, messages) {
             (FlushPolicy::EveryAppend, _) => self.sync_to(info.last_offset + 1)?,
             (_, Some(n)) if info.last_offset + 1 - self.durable_offset() >= n => {
                 self.sync_to(info.last_offset + 1)?;
@@ -655,13 +666,20 @@ impl Log {
     /// Rolls, and when the policy fsyncs on seal, records the new durable offset while the
     /// write lock still excludes truncations.
     fn roll_locked(&self, inner: &mut Inner) -> Result<u64, StorageError> {
+        let end = inner.active.next_offset;
+        self.roll_locked_at(inner, end)
+    }
+
+    /// As [`Log::roll_locked`], starting the new segment at `base` (at or past the log end:
+    /// a replica's next batch may follow a gap).
+    fn roll_locked_at(&self, inner: &mut Inner, base: u64) -> Result<u64, StorageError> {
         let fsync = inner.config.flush != FlushPolicy::Os;
-        let end = inner.roll(&self.dir, fsync)?;
+        let end = inner.roll(&self.dir, fsync, base)?;
         inner.active_since = self.clock.now_ms();
         if fsync {
             let mut st = self.lock_sync();
             st.durable = st.durable.max(end);
-            st.dir_synced_base = end;
+            st.dir_synced_base = base;
         }
         Ok(end)
     }
@@ -741,17 +759,17 @@ impl Inner {
     /// Seals the active segment and opens a new one at the log end; returns that offset. With
     /// `fsync` the sealed segment, the directory and the recovery checkpoint are made durable
     /// now; otherwise the next flush does it.
-    fn roll(&mut self, dir: &Path, fsync: bool) -> Result<u64, StorageError> {
+    fn roll(&mut self, dir: &Path, fsync: bool, base: u64) -> Result<u64, StorageError> {
         let end = self.active.next_offset;
         self.active.seal(fsync)?;
-        let next = Segment::create(dir, end)?;
+        let next = Segment::create(dir, base)?;
         let sealed = std::mem::replace(&mut self.active, next);
         self.sealed.push_back(sealed);
         if fsync {
             checkpoint::sync_dir(dir)?;
             self.checkpoint(dir, end)?;
         }
-        tracing::debug!(log = %dir.display(), base_offset = end, "rolled segment");
+        tracing::debug!(log = %dir.display(), base_offset = base, "rolled segment");
         Ok(end)
     }
 
@@ -840,7 +858,7 @@ impl Inner {
 
 /// Opens the segments found in `dir`, trusting those wholly before the recovery point and
 /// validating the rest. A segment cut during recovery ends the log: later segments (and any
-/// that would leave a gap) are deleted.
+/// that would leave a gap, unless the log is marked as having gaps) are deleted.
 fn open_segments(
     dir: &Path,
     config: &LogConfig,
@@ -852,18 +870,21 @@ fn open_segments(
         .rposition(|&b| b <= recovery_point)
         .unwrap_or(0);
     let interval = config.index_interval_bytes;
+    let gaps = replica::allows_gaps(dir);
     let mut segments: VecDeque<Segment> = VecDeque::with_capacity(bases.len());
     for (i, &base) in bases.iter().enumerate() {
-        let contiguous = segments.back().is_none_or(|prev| prev.next_offset == base);
+        let contiguous = segments
+            .back()
+            .is_none_or(|prev| prev.next_offset == base || (gaps && prev.next_offset < base));
         if !contiguous {
             tracing::warn!(log = %dir.display(), base_offset = base, "segment does not follow the previous one; dropping it and later ones");
             delete_segment_files(dir, &bases[i..])?;
             break;
         }
         let (seg, recovered) = if i < recover_from {
-            Segment::open_trusted(dir, base, interval)?
+            Segment::open_trusted(dir, base, interval, gaps)?
         } else {
-            Segment::open_recovering(dir, base, interval)?
+            Segment::open_recovering(dir, base, interval, gaps)?
         };
         segments.push_back(seg);
         if recovered != Recovered::Intact && i + 1 < bases.len() {

@@ -1,0 +1,187 @@
+//! The replica's append: a follower's log copies its leader's batches with their offsets,
+//! epochs and timestamps, and a copy of a compacted leader (batches missing, so gaps between
+//! offsets) reads and recovers like a dense one.
+
+mod common;
+
+use strata_storage::{BatchError, Log, LogConfig, StorageError, TimestampType};
+
+fn config(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        segment_ms: None,
+        retention_ms: None,
+        ..LogConfig::default()
+    }
+}
+
+/// A leader log with `n` batches written under epochs 1 then 3, stamped with log-append time;
+/// returns the log and its batches as stored (offsets and epochs assigned).
+fn leader(dir: &std::path::Path, n: usize) -> (Log, Vec<(i64, Vec<u8>)>) {
+    let log = Log::open(
+        dir,
+        LogConfig {
+            timestamp_type: TimestampType::LogAppendTime,
+            ..config(1 << 20)
+        },
+    )
+    .expect("open");
+    for i in 0..n {
+        let epoch = if i < n / 2 { 1 } else { 3 };
+        let mut b = common::batch(&[(50 + i * 7, 1_000 + i as i64), (10, 1_000 + i as i64)]);
+        log.append(&mut b, epoch).expect("append");
+    }
+    let batches = common::split(&log.read(0, usize::MAX / 2).expect("read"));
+    (log, batches)
+}
+
+#[test]
+fn a_replica_keeps_the_leaders_offsets_epochs_and_timestamps() {
+    let (l, f) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (leader, batches) = leader(l.path(), 40);
+    let follower = Log::open(f.path(), config(2048)).expect("open");
+    // Fetched in chunks of several batches, as a follower's Fetch returns them.
+    for chunk in batches.chunks(3) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|(_, b)| b.clone()).collect();
+        let info = follower.append_replica(&bytes).expect("replicated");
+        assert_eq!(info.first_offset as i64, chunk[0].0);
+        assert_eq!(info.log_append_time, None, "the leader's times are kept");
+    }
+    assert!(
+        follower.segments().len() > 1,
+        "rolled on its own segment size"
+    );
+    assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+    common::assert_same_batches(
+        &follower.read(0, usize::MAX / 2).expect("read"),
+        &leader.read(0, usize::MAX / 2).expect("read"),
+        "the copy",
+    );
+    // Promoted, it appends as a leader from where the copy ends.
+    let info = follower
+        .append(&mut common::one(10, 5_000), 4)
+        .expect("append");
+    assert_eq!(info.first_offset, leader.log_end_offset());
+}
+
+#[test]
+fn batches_at_or_behind_the_log_end_are_refused_and_change_nothing() {
+    let (l, f) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (_leader, batches) = leader(l.path(), 6);
+    let follower = Log::open(f.path(), config(1 << 20)).expect("open");
+    follower.append_replica(&batches[0].1).expect("first");
+    let again = follower.append_replica(&batches[0].1);
+    assert!(matches!(
+        again,
+        Err(StorageError::InvalidBatch(BatchError::OffsetBehind {
+            offset: 0,
+            expected: 2,
+            ..
+        }))
+    ));
+    // Out of order within one append: the whole append is refused.
+    let swapped: Vec<u8> = [&batches[2].1, &batches[1].1]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+    assert!(matches!(
+        follower.append_replica(&swapped),
+        Err(StorageError::InvalidBatch(BatchError::OffsetBehind { .. }))
+    ));
+    // A damaged batch is refused like a leader's.
+    let mut bad = batches[1].1.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(
+        follower.append_replica(&bad),
+        Err(StorageError::InvalidBatch(BatchError::BadCrc { .. }))
+    ));
+    assert_eq!(follower.log_end_offset(), 2);
+    assert!(
+        !f.path().join("offset-gaps").exists(),
+        "a dense copy is not marked"
+    );
+}
+
+#[test]
+fn a_copy_with_gaps_reads_across_them_and_recovers_them() {
+    let (l, f) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (_leader, batches) = leader(l.path(), 60);
+    // What compaction leaves: some batches gone, so offsets jump.
+    let kept: Vec<&(i64, Vec<u8>)> = batches
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(_, b)| b)
+        .collect();
+    let follower = Log::open(f.path(), config(1024)).expect("open");
+    // Chunks of three start after a missing batch, so rolled segments begin past a gap too.
+    for chunk in kept.chunks(3) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|(_, b)| b.clone()).collect();
+        follower.append_replica(&bytes).expect("replicated");
+    }
+    assert!(f.path().join("offset-gaps").exists());
+    let segments = follower.segments();
+    assert!(segments.len() > 3);
+    assert!(
+        segments
+            .windows(2)
+            .any(|w| w[0].next_offset < w[1].base_offset),
+        "some segment starts after a gap"
+    );
+    let expected: Vec<u8> = kept.iter().flat_map(|(_, b)| b.clone()).collect();
+    let end = follower.log_end_offset();
+    // Every offset, in a batch or in a gap, reads from the batch holding it or the next one.
+    let check = |log: &Log, what: &str| {
+        common::assert_same_batches(&log.read(0, usize::MAX / 2).expect("read"), &expected, what);
+        for offset in 0..end {
+            let first = common::split(&log.read(offset, 1).expect("read"))[0].clone();
+            let want = kept
+                .iter()
+                .find(|(_, b)| {
+                    let h = strata_storage::BatchHeader::parse(b).expect("header");
+                    offset <= h.last_offset() as u64
+                })
+                .expect("a batch at or after it");
+            assert_eq!(first.0, want.0, "{what}: read at {offset}");
+        }
+    };
+    check(&follower, "before the crash");
+    drop(follower);
+    // A crash that lost the checkpoint: every segment is validated again, gaps and all.
+    std::fs::remove_file(f.path().join("log.checkpoint")).expect("checkpoint");
+    let reopened = Log::open(f.path(), config(1024)).expect("reopen");
+    assert_eq!(reopened.log_end_offset(), end);
+    check(&reopened, "after recovery");
+}
+
+#[test]
+fn an_empty_copy_starts_where_the_first_batch_does() {
+    let (l, f) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (_leader, batches) = leader(l.path(), 30);
+    let follower = Log::open(f.path(), config(1 << 20)).expect("open");
+    let (base, first) = &batches[20];
+    follower.append_replica(first).expect("replicated");
+    assert_eq!(follower.segments()[0].base_offset, *base as u64);
+    assert_eq!(follower.log_end_offset(), *base as u64 + 2);
+    drop(follower);
+    let reopened = Log::open(f.path(), config(1 << 20)).expect("reopen");
+    assert_eq!(reopened.log_end_offset(), *base as u64 + 2);
+    assert_eq!(
+        common::split(&reopened.read(*base as u64, 1 << 20).expect("read"))[0].1,
+        *first
+    );
+}
