@@ -30,7 +30,7 @@ pub use batch::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 pub use error::StorageError;
-pub use log::{AppendInfo, Log};
+pub use log::{AppendInfo, Log, PreparedRewrite, SegmentRewrite};
 pub use segment::SegmentInfo;
 
 pub mod tier;

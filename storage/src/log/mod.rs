@@ -20,6 +20,9 @@ use crate::error::{IoContext, StorageError};
 use crate::segment::{NO_TIMESTAMP, Recovered, Segment, SegmentInfo};
 
 mod replica;
+mod swap;
+
+pub use swap::{PreparedRewrite, SegmentRewrite};
 
 /// What an append assigned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +91,7 @@ impl Log {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).io_ctx("create", &dir)?;
         let checkpoint = Checkpoint::read(&dir).unwrap_or_default();
+        swap::recover(&dir)?;
         let mut segments = open_segments(&dir, &config, checkpoint.recovery_point)?;
         let active = match segments.pop_back() {
             Some(mut seg) => {
@@ -898,7 +902,7 @@ fn open_segments(
 
 /// Base offsets of the `.log` files in `dir`, sorted; removes index files without a log and
 /// leftover temporary files.
-fn list_segment_bases(dir: &Path) -> Result<Vec<u64>, StorageError> {
+pub(super) fn list_segment_bases(dir: &Path) -> Result<Vec<u64>, StorageError> {
     let mut bases = Vec::new();
     let mut orphans = Vec::new();
     for entry in std::fs::read_dir(dir).io_ctx("list", dir)? {

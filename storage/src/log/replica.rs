@@ -61,7 +61,7 @@ impl Log {
                 .into());
             }
             if !dense {
-                self.mark_gaps()?;
+                mark_gaps(&self.dir)?;
             }
             let incoming_ts = batches
                 .iter()
@@ -96,16 +96,16 @@ impl Log {
         };
         self.flush_after_append(info, flush)
     }
+}
 
-    /// Marks the log as one with gaps, durably, before the first gap is written.
-    fn mark_gaps(&self) -> Result<(), StorageError> {
-        if allows_gaps(&self.dir) {
-            return Ok(());
-        }
-        let path = self.dir.join(GAPS_MARKER);
-        std::fs::File::create(&path)
-            .and_then(|f| f.sync_all())
-            .io_ctx("create", &path)?;
-        checkpoint::sync_dir(&self.dir)
+/// Marks the log in `dir` as one with gaps, durably, before the first gap is written.
+pub(super) fn mark_gaps(dir: &Path) -> Result<(), StorageError> {
+    if allows_gaps(dir) {
+        return Ok(());
     }
+    let path = dir.join(GAPS_MARKER);
+    std::fs::File::create(&path)
+        .and_then(|f| f.sync_all())
+        .io_ctx("create", &path)?;
+    checkpoint::sync_dir(dir)
 }
