@@ -319,10 +319,25 @@ impl CatalogSync {
     }
 }
 
-/// Creates the topics the bucket's catalog describes that another metadata quorum wrote (this
-/// one started with empty disks on an existing bucket), under their old ids, so their data is
-/// found again. Returns how many were created.
+/// When the metadata holds no topics of its own yet (a new or wiped quorum, or one whose
+/// topics were all deleted), creates the topics the bucket's catalog describes that another
+/// quorum wrote, under their old ids, so their data is found again; this quorum's own entries
+/// are deleted topics and stay deleted. Returns how many were created. A quorum with topics
+/// of its own recovered at its first start, so it does not read the catalog again (and starts
+/// while the store is unreachable).
 pub(crate) async fn recover_topics(state: &BrokerState) -> Result<usize, String> {
+    if state
+        .image()
+        .topics
+        .values()
+        .any(|t| !t.name.starts_with("__"))
+    {
+        return Ok(0);
+    }
+    recover_entries(state).await
+}
+
+async fn recover_entries(state: &BrokerState) -> Result<usize, String> {
     let image = state.image();
     let entries = state.tiering.read_catalog().await?;
     let live = image.brokers.len().max(1) as i16;
