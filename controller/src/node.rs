@@ -257,9 +257,14 @@ async fn keep_leases(
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Until a new quorum has its cluster id, look every few milliseconds instead of every
+        // period: brokers stamp their catalog entries with it, so it must not lag the first
+        // topics by a whole lease period.
+        let unnamed = metadata.with_state(|s| s.image().cluster_id.is_none());
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick(), if !unnamed => {}
+            () = tokio::time::sleep(Duration::from_millis(20)), if unnamed => {}
         }
         let (leader, term) = {
             let m = raft.metrics();
