@@ -65,14 +65,17 @@ impl<'a> Stream<'a> {
         if self.failure.is_some() {
             return &[];
         }
-        if self.position >= self.budget {
-            self.failure = Some(format!(
-                "the records decompress to more than {} bytes",
-                self.budget
-            ));
-            return &[];
-        }
+        let over = self.position >= self.budget;
         match self.inner.fill_buf() {
+            // Data that ends exactly at the budget is within it.
+            Ok([]) => &[],
+            Ok(_) if over => {
+                self.failure = Some(format!(
+                    "the records decompress to more than {} bytes",
+                    self.budget
+                ));
+                &[]
+            }
             Ok(buf) => buf,
             Err(e) => {
                 self.failure = Some(format!("decompression failed: {e}"));
