@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Import cycles between the top-level modules of each crate.
+
+A module `a` depends on `b` when a file under `a` names `crate::b` outside its unit tests.
+Prints each strongly connected component of more than one module; exits 1 if there is any.
+Usage: python3 tests/scripts/module-cycles.py  (from the repository root)
+"""
+import os
+import re
+import sys
+
+CRATES = ["broker/src", "storage/src", "client/src", "controller/src"]
+
+
+def graph(root):
+    deps = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith(".rs"):
+                continue
+            path = os.path.join(folder, name)
+            top = os.path.relpath(path, root).split(os.sep)[0].removesuffix(".rs")
+            if top in ("lib", "main", "bin"):
+                continue
+            text = re.split(r"#\[cfg\(test\)\]\s*mod tests", open(path).read())[0]
+            for m in re.finditer(r"crate::([a-z_]+)", text):
+                if m.group(1) != top:
+                    deps.setdefault(top, set()).add(m.group(1))
+    return deps
+
+
+def components(deps):
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in deps.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in list(deps):
+        if v not in index:
+            visit(v)
+    return found
+
+
+bad = False
+for crate in CRATES:
+    for comp in components(graph(crate)):
+        bad = True
+        print(f"{crate}: {' <-> '.join(comp)}")
+sys.exit(1 if bad else 0)
