@@ -355,15 +355,19 @@ pub(crate) fn write_snapshot(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn producers_idle_past_the_expiration_are_forgotten() {
-        let mut t = ProducerTable::default();
-        let b = |id| ProducerBatch {
+    /// Producer `id`'s first batch, of one record.
+    fn b(id: i64) -> ProducerBatch {
+        ProducerBatch {
             producer_id: id,
             epoch: 0,
             first_seq: 0,
             last_seq: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn producers_idle_past_the_expiration_are_forgotten() {
+        let mut t = ProducerTable::default();
         t.record(&b(1), 0, 0, None);
         t.record(&b(2), 1, 1, None);
         let day = Duration::from_secs(86_400);
@@ -473,12 +477,6 @@ mod tests {
     #[test]
     fn the_table_is_bounded_and_forgets_the_longest_idle_first() {
         let mut t = ProducerTable::default();
-        let b = |id| ProducerBatch {
-            producer_id: id,
-            epoch: 0,
-            first_seq: 0,
-            last_seq: 0,
-        };
         for id in 0..MAX_PRODUCERS as i64 {
             t.record(&b(id), id as u64, id as u64, None);
         }

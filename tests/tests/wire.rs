@@ -397,15 +397,12 @@ async fn a_fetch_at_the_end_waits_for_new_data_without_polling() {
     broker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs() {
-    use kafka_protocol::messages::InitProducerIdRequest;
-    let mut broker = TestBroker::start().await;
-    let mut c = RawClient::connect(broker.addr()).await;
+/// A fresh idempotent producer id (InitProducerId without a transactional id).
+async fn new_producer_id(c: &mut RawClient) -> i64 {
     let init = c
         .call(
             4,
-            &InitProducerIdRequest::default()
+            &kafka_protocol::messages::InitProducerIdRequest::default()
                 .with_transactional_id(None)
                 .with_transaction_timeout_ms(60_000)
                 .with_producer_id(kafka_protocol::messages::ProducerId(-1))
@@ -413,8 +410,15 @@ async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs()
         )
         .await;
     assert_eq!(init.error_code, 0);
-    let pid = init.producer_id.0;
-    assert!(pid >= 0);
+    assert!(init.producer_id.0 >= 0);
+    init.producer_id.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs() {
+    let mut broker = TestBroker::start().await;
+    let mut c = RawClient::connect(broker.addr()).await;
+    let pid = new_producer_id(&mut c).await;
     let batch = |epoch: i16, seq: i32, n: usize| {
         let mut b = BatchBuilder::new().producer(pid, epoch, seq);
         for i in 0..n {
@@ -476,7 +480,6 @@ async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs()
 /// the original append time, and a producer the broker no longer knows carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producers_are_remembered_across_restarts_however_old_their_last_batch() {
-    use kafka_protocol::messages::InitProducerIdRequest;
     use kafka_protocol::messages::create_topics_request::CreatableTopicConfig;
     let mut broker = TestBroker::start().await;
     let mut c = RawClient::connect(broker.addr()).await;
@@ -507,21 +510,7 @@ async fn idempotent_producers_are_remembered_across_restarts_however_old_their_l
         "{:?}",
         created.topics[0].error_message
     );
-    let mut pids = Vec::new();
-    for _ in 0..2 {
-        let init = c
-            .call(
-                4,
-                &InitProducerIdRequest::default()
-                    .with_transactional_id(None)
-                    .with_transaction_timeout_ms(60_000)
-                    .with_producer_id(kafka_protocol::messages::ProducerId(-1))
-                    .with_producer_epoch(-1),
-            )
-            .await;
-        assert_eq!(init.error_code, 0);
-        pids.push(init.producer_id.0);
-    }
+    let pids = [new_producer_id(&mut c).await, new_producer_id(&mut c).await];
     let batch = |pid: i64, seq: i32, n: usize| {
         let mut b = BatchBuilder::new().producer(pid, 0, seq);
         for i in 0..n {
