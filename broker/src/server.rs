@@ -140,7 +140,7 @@ impl Broker {
         let mut supervisor = Supervisor::new(cancel.clone());
         let s = state.clone();
         supervisor.service("heartbeats", Backoff::default(), move |cancel| {
-            until_cancelled(keep_heartbeating(s.clone(), cancel.clone()), cancel)
+            supervisor::until_cancelled(keep_heartbeating(s.clone(), cancel.clone()), cancel)
         });
         if state.config.object_store.recover_topics {
             // Before clients are served: one could otherwise create a recovered topic's name
@@ -162,11 +162,11 @@ impl Broker {
         }
         let s = state.clone();
         supervisor.service("group coordinator", Backoff::default(), move |cancel| {
-            until_cancelled(s.groups.clone().run(s.clone(), cancel.clone()), cancel)
+            supervisor::until_cancelled(s.groups.clone().run(s.clone(), cancel.clone()), cancel)
         });
         let s = state.clone();
         supervisor.service("tiering", Backoff::default(), move |cancel| {
-            until_cancelled(tiering.clone().run(s.clone(), cancel.clone()), cancel)
+            supervisor::until_cancelled(tiering.clone().run(s.clone(), cancel.clone()), cancel)
         });
         let flushed = state.clone();
         supervisor.every(
@@ -283,20 +283,6 @@ async fn heartbeat(state: &BrokerState, want_unfence: bool) -> Result<u64, Broke
             register(state).await.map(|()| 0)
         }
         Err(e) => Err(BrokerError::Registration(e)),
-    }
-}
-
-/// A service meant to run until `cancel`: done when it returns after cancellation, run again
-/// (after the supervisor's backoff) when it returns before.
-async fn until_cancelled(
-    service: impl std::future::Future<Output = ()>,
-    cancel: CancellationToken,
-) -> supervisor::Outcome {
-    service.await;
-    if cancel.is_cancelled() {
-        supervisor::Outcome::Ok
-    } else {
-        supervisor::Outcome::Retry("stopped before the broker did".into())
     }
 }
 

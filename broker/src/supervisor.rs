@@ -133,6 +133,20 @@ impl Supervisor {
     }
 }
 
+/// A service meant to run until `cancel`: done when it returns after cancellation, run again
+/// (after the backoff) when it returns before.
+pub(crate) async fn until_cancelled(
+    service: impl Future<Output = ()>,
+    cancel: CancellationToken,
+) -> Outcome {
+    service.await;
+    if cancel.is_cancelled() {
+        Outcome::Ok
+    } else {
+        Outcome::Retry("stopped before the broker did".into())
+    }
+}
+
 /// One task's loop.
 struct Run {
     name: &'static str,
@@ -341,6 +355,33 @@ mod tests {
         );
         s.stop().await;
         assert_eq!(s.states()["crashy"], TaskState::Stopped);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_returns_before_the_broker_stops_is_run_again() {
+        let mut s = Supervisor::new(CancellationToken::new());
+        let starts = Arc::new(AtomicU32::new(0));
+        let n = starts.clone();
+        s.service("quits", Backoff::default(), move |cancel| {
+            let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+            let token = cancel.clone();
+            until_cancelled(
+                async move {
+                    if !first {
+                        token.cancelled().await;
+                    }
+                },
+                cancel,
+            )
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            2,
+            "run again after quitting early"
+        );
+        s.stop().await;
+        assert_eq!(s.states()["quits"], TaskState::Stopped);
     }
 
     #[tokio::test(start_paused = true)]
