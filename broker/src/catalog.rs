@@ -16,17 +16,21 @@
 //! a deletion raced a catalog write or a restart cut a cleanup short.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
-use strata_controller::Command;
 use strata_controller::model::{MetadataImage, TopicRecord};
+use strata_controller::{Command, ControllerClient};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::state::BrokerState;
-use crate::tiering::{Tiering, remote_enabled};
+use crate::metadata::MetadataView;
+use crate::tiering::Tiering;
+use crate::topic::remote_enabled;
 
 /// A topic as the catalog records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,34 +323,57 @@ impl CatalogSync {
     }
 }
 
+/// Keeps the catalog in step with the metadata every `every` (see [`CatalogSync::pass`]), a
+/// pass cut off after `timeout`.
+pub(crate) async fn run(
+    tiering: Arc<Tiering>,
+    metadata: Arc<MetadataView>,
+    me: i32,
+    every: Duration,
+    timeout: Duration,
+    cancel: CancellationToken,
+) {
+    let mut sync = CatalogSync::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let image = metadata.image();
+        if tokio::time::timeout(timeout, sync.pass(&tiering, &image, me))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?timeout, "catalog pass timed out; retried next pass");
+        }
+    }
+}
+
 /// When the metadata holds no topics of its own yet (a new or wiped quorum, or one whose
 /// topics were all deleted), creates the topics the bucket's catalog describes that another
 /// quorum wrote, under their old ids, so their data is found again; this quorum's own entries
 /// are deleted topics and stay deleted. Returns how many were created. A quorum with topics
 /// of its own recovered at its first start, so it does not read the catalog again (and starts
 /// while the store is unreachable).
-pub(crate) async fn recover_topics(state: &BrokerState) -> Result<usize, String> {
-    if state
-        .image()
-        .topics
-        .values()
-        .any(|t| !t.name.starts_with("__"))
-    {
+pub(crate) async fn recover_topics(
+    metadata: &MetadataView,
+    tiering: &Tiering,
+    controller: &ControllerClient,
+) -> Result<usize, String> {
+    let image = metadata.image();
+    if image.topics.values().any(|t| !t.name.starts_with("__")) {
         return Ok(0);
     }
-    recover_entries(state).await
-}
-
-async fn recover_entries(state: &BrokerState) -> Result<usize, String> {
-    let image = state.image();
-    let entries = state.tiering.read_catalog().await?;
+    let entries = tiering.read_catalog().await?;
     let live = image.brokers.len().max(1) as i16;
     let mut created = 0;
     for entry in entries {
         if !entry.to_recover(&image) {
             continue;
         }
-        let first_leader_epoch = state.tiering.next_leader_epoch(&entry).await?;
+        let first_leader_epoch = tiering.next_leader_epoch(&entry).await?;
         let command = Command::CreateTopic {
             name: entry.name.clone(),
             id: entry.id,
@@ -355,10 +382,10 @@ async fn recover_entries(state: &BrokerState) -> Result<usize, String> {
             configs: entry.configs.clone(),
             first_leader_epoch,
         };
-        match state.controller.submit(&command).await {
+        match controller.submit(&command).await {
             Ok(Ok(applied)) => {
-                state
-                    .wait_for_version(applied.version, std::time::Duration::from_secs(10))
+                metadata
+                    .wait_for_version(applied.version, Duration::from_secs(10))
                     .await;
                 tracing::info!(topic = %entry.name, id = %entry.id, partitions = entry.partitions,
                     "topic recovered from the object store's catalog");

@@ -13,7 +13,6 @@
 //! Produce requests take a ticket in arrival order and append only in ticket order
 //! ([`Turnstile`]); the fsync wait of `acks=all` still overlaps.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,12 +26,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use kafka_protocol::messages::ApiKey;
-use tokio::sync::watch;
 
 use crate::admission::{Admission, ConnectionSlot};
 use crate::handlers::{self, Reply};
 use crate::protocol::{FrameError, parse_frame};
 use crate::state::BrokerState;
+use crate::turnstile::Turnstile;
 
 /// A request's bytes and their reservation in the memory budget.
 type Received = (Bytes, Option<OwnedSemaphorePermit>);
@@ -114,7 +113,7 @@ pub(crate) async fn serve(
                 let api = buf.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
                 let turn = (api == Some(ApiKey::Produce as i16)).then(|| {
                     produce_tickets += 1;
-                    Turn { turnstile: turnstile.clone(), ticket: produce_tickets - 1 }
+                    turnstile.turn(produce_tickets - 1)
                 });
                 let fetch_gate = (api == Some(ApiKey::Fetch as i16)).then(|| fetch_gate.clone());
                 in_flight.push_back(async move {
@@ -193,48 +192,5 @@ async fn read_frames(
         if frames.send((body.freeze(), held)).await.is_err() {
             return Ok(());
         }
-    }
-}
-
-/// Orders appends of a connection's Produce requests: ticket `n` appends once every earlier
-/// ticket is done (appended, failed, or dropped).
-#[derive(Debug)]
-pub(crate) struct Turnstile {
-    /// The lowest ticket not yet done, and done tickets above it.
-    state: watch::Sender<(u64, BTreeSet<u64>)>,
-}
-
-impl Default for Turnstile {
-    fn default() -> Self {
-        Self {
-            state: watch::channel((0, BTreeSet::new())).0,
-        }
-    }
-}
-
-/// One Produce request's place in its connection's order. Dropping it marks it done.
-#[derive(Debug)]
-pub(crate) struct Turn {
-    turnstile: Arc<Turnstile>,
-    ticket: u64,
-}
-
-impl Turn {
-    /// Waits until every earlier Produce of this connection is done.
-    pub(crate) async fn wait(&self) {
-        let mut rx = self.turnstile.state.subscribe();
-        let _ = rx.wait_for(|(next, _)| *next >= self.ticket).await;
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        let ticket = self.ticket;
-        self.turnstile.state.send_modify(|(next, done)| {
-            done.insert(ticket);
-            while done.remove(next) {
-                *next += 1;
-            }
-        });
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use strata_storage::StorageError;
 
-use crate::state::BrokerState;
+use crate::partition::registry::Partitions;
 use crate::supervisor::Outcome;
 
 /// How often a growing partition's producer table is saved even without a segment roll.
@@ -20,8 +20,9 @@ const SAVE_PRODUCERS_EVERY: Duration = Duration::from_secs(60);
 
 /// One pass, off the async threads; the supervisor runs it every
 /// `topics.flush_check_interval_ms`.
-pub(crate) async fn step(state: Arc<BrokerState>) -> Outcome {
-    match tokio::task::spawn_blocking(move || flush_pass(&state)).await {
+/// `idle` is `producer.id.expiration.ms`.
+pub(crate) async fn step(partitions: Arc<Partitions>, idle: Duration) -> Outcome {
+    match tokio::task::spawn_blocking(move || flush_pass(&partitions, idle)).await {
         Ok(()) => Outcome::Ok,
         Err(e) => Outcome::Retry(e.to_string()),
     }
@@ -29,10 +30,9 @@ pub(crate) async fn step(state: Arc<BrokerState>) -> Outcome {
 
 /// One pass over the hosted logs. A log whose fsync fails goes offline (the log records
 /// why); the others carry on.
-fn flush_pass(state: &BrokerState) {
-    let idle = Duration::from_millis(state.config.topics.producer_id_expiration_ms);
+fn flush_pass(partitions: &Partitions, idle: Duration) {
     let now = Instant::now();
-    for part in state.hosted() {
+    for part in partitions.hosted() {
         part.producers
             .lock()
             .unwrap_or_else(|p| p.into_inner())

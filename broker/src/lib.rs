@@ -5,7 +5,9 @@
 //! - `server`: [`Broker`] — start, serve, shut down gracefully.
 //! - `connection`: framing, pipelining and limits for one client connection.
 //! - `protocol` and `handlers`: API versions, decoding, and one handler per Kafka API.
-//! - `state`: the metadata this broker follows and the partitions it hosts.
+//! - `state`: what the handlers reach: metadata, partitions, coordinator, tiering.
+//!
+//! `docs/architecture.md` has the module map and the data paths.
 
 mod admission;
 mod catalog;
@@ -19,12 +21,16 @@ mod flusher;
 pub mod fuzzing;
 mod group;
 mod handlers;
+mod metadata;
+mod partition;
 mod producer;
 mod protocol;
 mod server;
 mod state;
 mod supervisor;
 mod tiering;
+mod topic;
+mod turnstile;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;

@@ -12,7 +12,6 @@ use strata_controller::{
     Outcome,
 };
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -21,9 +20,12 @@ use crate::admission::Admission;
 use crate::config::{BrokerConfig, ControllerMode};
 use crate::connection;
 use crate::error::BrokerError;
-use crate::state::{BrokerState, Partition};
+use crate::partition::registry::RoleEvents;
+use crate::partition::remote::RECOVERY_CONCURRENCY;
+use crate::partition::role::Change;
+use crate::state::BrokerState;
 use crate::supervisor::{self, Backoff, Supervisor};
-use crate::tiering::{RECOVERY_CONCURRENCY, Tiering};
+use crate::tiering::Tiering;
 use object_store::ObjectStore;
 
 /// How long shutdown waits for connections to finish their in-flight requests.
@@ -104,30 +106,26 @@ impl Broker {
 
         register(&state).await?;
         let image = state.controller.read_metadata().await?;
-        let version = image.version;
-        let opened = apply(&state, vec![MetadataUpdate::Image(image)]).await?;
+        // Background work runs under the supervisor; connections under their own token, so
+        // shutdown can stop taking requests before it stops the work they rely on.
+        let mut supervisor = Supervisor::new(CancellationToken::new());
+        let timeout = Duration::from_millis(state.config.object_store.operation_timeout_ms);
+        let s = state.clone();
+        supervisor.service("partition recovery", Backoff::default(), move |cancel| {
+            let roles = s.partitions.subscribe();
+            supervisor::until_cancelled(recover_partitions(roles, timeout, cancel.clone()), cancel)
+        });
+        apply(&state, vec![MetadataUpdate::Image(image)]).await?;
         // Hosted tiered partitions read their manifests, all at once and bounded in time,
         // before clients are served; one the store does not answer for keeps refusing
         // appends until the tiering pass has read it.
-        if tokio::time::timeout(STARTUP_WAIT, state.recover_all(opened))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "some partitions have not read their manifests yet; appends to them wait"
-            );
+        if !state.partitions.recovered_within(STARTUP_WAIT).await {
+            tracing::warn!("some partitions have not read their manifests yet; appends wait");
         }
-
-        let cancel = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        let (opened_tx, opened_rx) = mpsc::unbounded_channel();
-        tasks.spawn(recover_opened(state.clone(), opened_rx, cancel.clone()));
-        tasks.spawn(follow_metadata(
-            state.clone(),
-            version,
-            opened_tx,
-            cancel.clone(),
-        ));
+        let s = state.clone();
+        supervisor.service("metadata follower", Backoff::default(), move |cancel| {
+            supervisor::until_cancelled(follow_metadata(s.clone(), cancel.clone()), cancel)
+        });
         // Serve only once unfenced and the leadership that brings is visible here, so a
         // restarted broker does not answer its first clients with NOT_LEADER.
         let unfenced_at = heartbeat(&state, true).await?;
@@ -137,7 +135,6 @@ impl Broker {
                 "metadata not caught up at start; serving anyway"
             );
         }
-        let mut supervisor = Supervisor::new(cancel.clone());
         let s = state.clone();
         supervisor.service("heartbeats", Backoff::default(), move |cancel| {
             supervisor::until_cancelled(keep_heartbeating(s.clone(), cancel.clone()), cancel)
@@ -145,36 +142,62 @@ impl Broker {
         if state.config.object_store.recover_topics {
             // Before clients are served: one could otherwise create a recovered topic's name
             // afresh, under a new id that finds none of the old objects.
-            let created = crate::catalog::recover_topics(&state)
-                .await
-                .map_err(|reason| {
-                    BrokerError::Tier(strata_storage::tier::TierError::Unreachable {
-                        url: state.config.object_store.url.clone(),
-                        reason: format!(
-                            "recovering topics from the catalog: {reason} (set \
-                         object_store.recover_topics = false to start without them)"
-                        ),
-                    })
-                })?;
+            let created =
+                crate::catalog::recover_topics(&state.metadata, &tiering, &state.controller)
+                    .await
+                    .map_err(|reason| {
+                        BrokerError::Tier(strata_storage::tier::TierError::Unreachable {
+                            url: state.config.object_store.url.clone(),
+                            reason: format!(
+                                "recovering topics from the catalog: {reason} (set \
+                             object_store.recover_topics = false to start without them)"
+                            ),
+                        })
+                    })?;
             if created > 0 {
                 tracing::info!(topics = created, "topics recovered from the object store");
             }
         }
         let s = state.clone();
         supervisor.service("group coordinator", Backoff::default(), move |cancel| {
-            supervisor::until_cancelled(s.groups.clone().run(s.clone(), cancel.clone()), cancel)
+            let roles = s.partitions.subscribe();
+            supervisor::until_cancelled(s.groups.clone().run(roles, cancel.clone()), cancel)
         });
         let s = state.clone();
+        let t = tiering.clone();
         supervisor.service("tiering", Backoff::default(), move |cancel| {
-            supervisor::until_cancelled(tiering.clone().run(s.clone(), cancel.clone()), cancel)
+            let run = t.clone().run(
+                s.partitions.clone(),
+                s.config.object_store.clone(),
+                cancel.clone(),
+            );
+            supervisor::until_cancelled(run, cancel)
         });
-        let flushed = state.clone();
+        let s = state.clone();
+        supervisor.service("catalog", Backoff::default(), move |cancel| {
+            let o = &s.config.object_store;
+            let run = crate::catalog::run(
+                tiering.clone(),
+                s.metadata.clone(),
+                s.id,
+                Duration::from_millis(o.upload_interval_ms),
+                timeout,
+                cancel.clone(),
+            );
+            supervisor::until_cancelled(run, cancel)
+        });
+        let (partitions, idle) = (
+            state.partitions.clone(),
+            Duration::from_millis(state.config.topics.producer_id_expiration_ms),
+        );
         supervisor.every(
             "flusher",
             Duration::from_millis(state.config.topics.flush_check_interval_ms),
             Backoff::default(),
-            move || crate::flusher::step(flushed.clone()),
+            move || crate::flusher::step(partitions.clone(), idle),
         );
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
         tasks.spawn(accept(state.clone(), listener, cancel.clone()));
         tracing::info!(broker = state.id, %local_addr, "strata broker serving Kafka clients");
         Ok(Self {
@@ -197,8 +220,9 @@ impl Broker {
         self.controller.as_ref().map(ControllerNode::local_addr)
     }
 
-    /// Stops accepting, lets connections finish their in-flight requests, flushes every log,
-    /// and stops the embedded controller.
+    /// In order: stops accepting and lets connections finish their in-flight requests, stops
+    /// the background work, flushes every log and saves its producers, and stops the embedded
+    /// controller.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         let drained = tokio::time::timeout(DRAIN, async {
@@ -210,8 +234,8 @@ impl Broker {
             self.tasks.abort_all();
         }
         self.supervisor.stop().await;
-        let state = self.state.clone();
-        let _ = tokio::task::spawn_blocking(move || state.flush_all()).await;
+        let partitions = self.state.partitions.clone();
+        let _ = tokio::task::spawn_blocking(move || partitions.flush_all()).await;
         if let Some(c) = self.controller.take() {
             c.shutdown().await;
         }
@@ -301,12 +325,8 @@ async fn keep_heartbeating(state: Arc<BrokerState>, cancel: CancellationToken) {
     }
 }
 
-/// Applies metadata off the async threads; returns the newly opened tiered partitions, which
-/// still have to read their manifests.
-async fn apply(
-    state: &Arc<BrokerState>,
-    updates: Vec<MetadataUpdate>,
-) -> Result<Vec<Arc<Partition>>, BrokerError> {
+/// Applies metadata off the async threads.
+async fn apply(state: &Arc<BrokerState>, updates: Vec<MetadataUpdate>) -> Result<(), BrokerError> {
     let s = state.clone();
     tokio::task::spawn_blocking(move || s.apply_updates(updates))
         .await
@@ -317,34 +337,32 @@ async fn apply(
         })
 }
 
-/// Recovers the tiered partitions metadata application opens, in the background, so that
-/// applying metadata never waits on the object store.
-async fn recover_opened(
-    state: Arc<BrokerState>,
-    opened: mpsc::UnboundedReceiver<Vec<Arc<Partition>>>,
-    cancel: CancellationToken,
-) {
-    let parts = futures::stream::unfold(opened, |mut rx| async move {
+/// Recovers tiered partitions from their manifests as they come to be hosted, a bounded
+/// number at once, so that applying metadata never waits on the object store.
+async fn recover_partitions(roles: RoleEvents, timeout: Duration, cancel: CancellationToken) {
+    let hosted = futures::stream::unfold(roles, |mut rx| async move {
         rx.recv()
             .await
-            .map(|parts| (futures::stream::iter(parts), rx))
+            .map(|changes| (futures::stream::iter(changes.to_vec()), rx))
     })
     .flatten()
+    .filter_map(|c| async move {
+        let hosted = !matches!(c.change, Change::Stop { .. });
+        (hosted && c.partition.recovering()).then_some(c.partition)
+    })
     .take_until(cancel.cancelled_owned());
-    parts
-        .for_each_concurrent(RECOVERY_CONCURRENCY, |part| state.recover_logged(part))
+    hosted
+        .for_each_concurrent(RECOVERY_CONCURRENCY, |part| async move {
+            part.recover_logged(timeout).await;
+        })
         .await;
 }
 
-/// Follows the controller's metadata stream, reconnecting when it breaks; partitions it opens
-/// go to `opened` to be recovered.
-async fn follow_metadata(
-    state: Arc<BrokerState>,
-    mut version: u64,
-    opened: mpsc::UnboundedSender<Vec<Arc<Partition>>>,
-    cancel: CancellationToken,
-) {
+/// Follows the controller's metadata stream from the version applied last, reconnecting
+/// when it breaks.
+async fn follow_metadata(state: Arc<BrokerState>, cancel: CancellationToken) {
     loop {
+        let version = state.image().version;
         let stream = tokio::select! {
             () = cancel.cancelled() => return,
             s = state.controller.watch(version) => s,
@@ -370,14 +388,9 @@ async fn follow_metadata(
                             }
                         }
                     }
-                    match apply(&state, updates).await {
-                        Ok(parts) if !parts.is_empty() => {
-                            let _ = opened.send(parts);
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::error!(error = %e, "applying metadata failed"),
+                    if let Err(e) = apply(&state, updates).await {
+                        tracing::error!(error = %e, "applying metadata failed");
                     }
-                    version = state.image().version;
                     if broken {
                         break;
                     }

@@ -40,6 +40,43 @@ impl Default for ConsumerConfig {
     }
 }
 
+impl Client {
+    /// Records of `topic`/`partition` from `offset`, up to about `max_bytes`, waiting up to
+    /// `max_wait_ms` for some; returns them with the partition's high watermark.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+        max_wait_ms: i32,
+    ) -> Result<(Vec<FetchedRecord>, i64), ClientError> {
+        let config = ConsumerConfig {
+            max_wait_ms,
+            max_bytes,
+            partition_max_bytes: max_bytes,
+            ..Default::default()
+        };
+        let answer = match self.leader_id(topic, partition).await {
+            Ok(leader) => fetch(self, leader, topic, &[(partition, offset)], &config).await,
+            Err(e) => Err(e),
+        };
+        let fetched = answer
+            .and_then(|parts| {
+                let (_, result) = parts
+                    .into_iter()
+                    .find(|(p, _)| *p == partition)
+                    .ok_or_else(|| ClientError::Decode("Fetch answered nothing".into()))?;
+                result.map_err(|code| ClientError::Broker {
+                    what: format!("fetching {topic}/{partition} at {offset}"),
+                    code,
+                })
+            })
+            .inspect_err(|_| self.forget(topic))?;
+        Ok((fetched.records, fetched.high_watermark))
+    }
+}
+
 /// Records fetched from one partition.
 #[derive(Debug)]
 pub struct Fetched {

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Import cycles between the top-level modules of each crate.
 
-A module `a` depends on `b` when a file under `a` names `crate::b` outside its unit tests and
-comments.
+A module `a` depends on `b` when a file under `a` names `crate::b` (or `crate::{b, ...}`)
+outside its unit tests (an inline `mod tests { ... }` or a `tests.rs` file) and comments.
 Prints each strongly connected component of more than one module; exits 1 if there is any.
 Usage: python3 tests/scripts/module-cycles.py  (from the repository root)
 """
@@ -17,17 +17,22 @@ def graph(root):
     deps = {}
     for folder, _, files in os.walk(root):
         for name in files:
-            if not name.endswith(".rs"):
+            # `tests.rs` holds a module's unit tests (declared `#[cfg(test)] mod tests;`).
+            if not name.endswith(".rs") or name == "tests.rs":
                 continue
             path = os.path.join(folder, name)
             top = os.path.relpath(path, root).split(os.sep)[0].removesuffix(".rs")
             if top in ("lib", "main", "bin"):
                 continue
-            text = re.split(r"#\[cfg\(test\)\]\s*mod tests", open(path).read())[0]
+            # Inline unit tests are cut off; `#[cfg(test)] mod tests;` only declares a file.
+            text = re.split(r"#\[cfg\(test\)\]\s*mod tests\s*\{", open(path).read())[0]
             text = re.sub(r"//[^\n]*", "", text)  # comments name modules without using them
-            for m in re.finditer(r"crate::([a-z_]+)", text):
-                if m.group(1) != top:
-                    deps.setdefault(top, set()).add(m.group(1))
+            named = re.findall(r"crate::([a-z_]+)", text)
+            for group in re.findall(r"crate::\{([^}]*)\}", text):  # use crate::{a, b::c}
+                named += re.findall(r"(?:^|,)\s*([a-z_]+)", group)
+            for module in named:
+                if module != top:
+                    deps.setdefault(top, set()).add(module)
     return deps
 
 

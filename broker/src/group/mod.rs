@@ -4,7 +4,10 @@
 //! coordinates it when it leads that partition. The membership state machine
 //! ([`machine::Group`]) runs under one lock that is never held across an `.await`; requests
 //! that must wait hold a oneshot receiver instead. Offsets and membership are persisted to the
-//! partition ([`store`]) before they are acknowledged, and replayed when the broker starts.
+//! partition ([`store`]) before they are acknowledged, and replayed when this broker becomes
+//! the partition's leader: the coordinator follows the partitions' role changes, loading an
+//! offsets partition's groups when it starts leading it and dropping them (members are told
+//! NOT_COORDINATOR) when it stops.
 
 pub(crate) mod machine;
 pub(crate) mod store;
@@ -12,18 +15,21 @@ pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use strata_controller::Command;
+use strata_controller::{Command, ControllerClient};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::machine::{Group, Limits, Phase};
 use self::store::{Committed, OFFSETS_TOPIC, Write};
-use crate::state::{BrokerState, Partition};
+use crate::metadata::MetadataView;
+use crate::partition::Partition;
+use crate::partition::registry::RoleEvents;
+use crate::partition::role::{Change, RoleChange};
 
 /// Kafka error codes of the coordinator's own.
 pub(crate) mod code {
@@ -43,6 +49,8 @@ pub(crate) struct GroupConfig {
     pub(crate) limits: Limits,
     pub(crate) offsets_partitions: i32,
     pub(crate) offsets_retention: Duration,
+    /// Of `__consumer_offsets`, when this broker creates it.
+    pub(crate) offsets_replication_factor: i16,
 }
 
 /// A group and its committed offsets.
@@ -58,8 +66,13 @@ pub(crate) struct Entry {
 #[derive(Debug)]
 pub(crate) struct Coordinator {
     pub(crate) config: GroupConfig,
+    /// This broker's id.
+    me: i32,
+    metadata: Arc<MetadataView>,
+    controller: Arc<ControllerClient>,
     groups: Mutex<HashMap<String, Entry>>,
-    loaded: Mutex<HashSet<i32>>,
+    /// The offsets partitions whose groups are loaded: those this broker leads.
+    loaded: Mutex<HashMap<i32, Arc<Partition>>>,
     /// Serialises persisting and applying offset commits, per offsets partition.
     write_locks: Vec<tokio::sync::Mutex<()>>,
 }
@@ -71,11 +84,19 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Coordinator {
-    pub(crate) fn new(config: GroupConfig) -> Self {
+    pub(crate) fn new(
+        config: GroupConfig,
+        me: i32,
+        metadata: Arc<MetadataView>,
+        controller: Arc<ControllerClient>,
+    ) -> Self {
         Self {
             config,
+            me,
+            metadata,
+            controller,
             groups: Mutex::new(HashMap::new()),
-            loaded: Mutex::new(HashSet::new()),
+            loaded: Mutex::new(HashMap::new()),
             write_locks: (0..config.offsets_partitions.max(1))
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -90,41 +111,36 @@ impl Coordinator {
         store::partition_for(group, self.config.offsets_partitions)
     }
 
-    /// The offsets partition for `group` if this broker coordinates it, else the error code.
-    pub(crate) fn route(
-        &self,
-        state: &BrokerState,
-        group: &str,
-    ) -> Result<(Arc<Partition>, i32), i16> {
+    /// The offsets partition for `group` and its leader epoch if this broker coordinates
+    /// it, else the error code.
+    pub(crate) fn route(&self, group: &str) -> Result<(Arc<Partition>, i32), i16> {
         if group.is_empty() {
             return Err(code::INVALID_GROUP_ID);
         }
-        let image = state.image();
-        let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
-            return Err(code::COORDINATOR_NOT_AVAILABLE);
-        };
         let p = self.partition_of(group);
-        let Some(meta) = usize::try_from(p)
-            .ok()
-            .and_then(|i| topic.partitions.get(i))
-        else {
-            return Err(code::COORDINATOR_NOT_AVAILABLE);
-        };
-        if meta.leader != Some(state.id) {
-            return Err(code::NOT_COORDINATOR);
-        }
-        if !self
+        let loaded = self
             .loaded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&p)
+            .get(&p)
+            .cloned();
+        if let Some(part) = loaded
+            && let Some(epoch) = part.role().leader_epoch()
         {
-            return Err(code::COORDINATOR_LOAD_IN_PROGRESS);
+            return Ok((part, epoch));
         }
-        let part = state
-            .partition(topic.id, p)
+        let image = self.metadata.image();
+        let meta = image
+            .topics
+            .get(OFFSETS_TOPIC)
+            .and_then(|t| usize::try_from(p).ok().and_then(|i| t.partitions.get(i)))
             .ok_or(code::COORDINATOR_NOT_AVAILABLE)?;
-        Ok((part, meta.leader_epoch))
+        // Led here by the metadata but not loaded yet: the role change is on its way.
+        if meta.leader == Some(self.me) {
+            Err(code::COORDINATOR_LOAD_IN_PROGRESS)
+        } else {
+            Err(code::NOT_COORDINATOR)
+        }
     }
 
     /// Runs `f` on the group's entry (created empty if new), under the coordinator lock.
@@ -190,51 +206,46 @@ impl Coordinator {
         Ok(self.with_group(group, apply))
     }
 
-    /// Loads every offsets partition this broker leads, then keeps sessions, rebalances and
+    /// Creates the offsets topic if need be, then follows `roles` (loading and dropping
+    /// offsets partitions' groups as leadership moves) and keeps sessions, rebalances and
     /// offset expiry moving until cancelled.
-    pub(crate) async fn run(self: Arc<Self>, state: Arc<BrokerState>, cancel: CancellationToken) {
-        // Loading waits on the controller and the metadata follower; a shutdown stops both,
-        // so it must not wait for them.
-        let loaded = tokio::select! {
+    pub(crate) async fn run(self: Arc<Self>, mut roles: RoleEvents, cancel: CancellationToken) {
+        // Creating the topic waits on the controller and the metadata follower; a shutdown
+        // stops both, so it must not wait for them.
+        tokio::select! {
             () = cancel.cancelled() => return,
-            r = self.load(&state, &cancel) => r,
-        };
-        if let Err(e) = loaded {
-            tracing::error!(error = %e, "group coordinator failed to load; groups unavailable");
-            return;
+            () = self.ensure_offsets_topic(&cancel) => {}
         }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
-                _ = tick.tick() => {}
+                changes = roles.recv() => match changes {
+                    Some(changes) => self.follow(&changes).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.tick().await,
             }
-            self.tick(&state).await;
         }
         for e in self.lock().values_mut() {
             e.group.abandon(code::NOT_COORDINATOR);
         }
     }
 
-    async fn load(
-        &self,
-        state: &Arc<BrokerState>,
-        cancel: &CancellationToken,
-    ) -> Result<(), crate::BrokerError> {
-        // Create the offsets topic on first start.
-        while !state.image().topics.contains_key(OFFSETS_TOPIC) {
+    async fn ensure_offsets_topic(&self, cancel: &CancellationToken) {
+        while !self.metadata.image().topics.contains_key(OFFSETS_TOPIC) {
             let command = Command::CreateTopic {
                 name: OFFSETS_TOPIC.into(),
                 id: Uuid::new_v4(),
                 partitions: self.config.offsets_partitions,
-                replication_factor: state.config.topics.default_replication_factor,
+                replication_factor: self.config.offsets_replication_factor,
                 configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
                 first_leader_epoch: 0,
             };
-            match state.controller.submit(&command).await {
+            match self.controller.submit(&command).await {
                 Ok(Ok(a)) => {
-                    state
+                    self.metadata
                         .wait_for_version(a.version, Duration::from_secs(10))
                         .await;
                 }
@@ -242,48 +253,102 @@ impl Coordinator {
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot create {OFFSETS_TOPIC} yet"),
                 Err(e) => tracing::warn!(error = %e, "controller unavailable for {OFFSETS_TOPIC}"),
             }
-            if !state.image().topics.contains_key(OFFSETS_TOPIC) {
+            if !self.metadata.image().topics.contains_key(OFFSETS_TOPIC) {
                 tokio::select! {
-                    () = cancel.cancelled() => return Ok(()),
+                    () = cancel.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         }
-        let image = state.image();
-        let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
-            return Ok(());
-        };
-        for (i, meta) in topic.partitions.iter().enumerate() {
-            if meta.leader != Some(state.id) {
+    }
+
+    /// Loads the groups of offsets partitions this broker starts leading and drops those of
+    /// partitions it stops leading.
+    pub(crate) async fn follow(&self, changes: &[RoleChange]) {
+        for c in changes {
+            if c.partition.topic != OFFSETS_TOPIC {
                 continue;
             }
-            let Some(part) = state.partition(topic.id, i as i32) else {
-                continue;
-            };
-            let log = part.log.clone();
-            let loaded = tokio::task::spawn_blocking(move || store::load(&log))
-                .await
-                .map_err(|e| crate::BrokerError::Io {
-                    op: "loading groups",
-                    path: part.log.dir().to_owned(),
-                    source: std::io::Error::other(e),
-                })??;
-            let now = Instant::now();
-            let mut groups = self.lock();
-            for (id, snapshot) in loaded.groups {
-                groups.entry(id).or_default().group = Group::restore(snapshot, now);
+            let index = c.index();
+            match c.change {
+                Change::BecomeLeader { .. } => {
+                    if let Err(e) = self.load(&c.partition).await {
+                        tracing::error!(partition = index, error = %e,
+                            "loading groups failed; they stay unavailable");
+                    }
+                }
+                Change::BecomeFollower { .. } | Change::Stop { .. } => self.unload(index),
             }
-            for (id, offsets) in loaded.offsets {
-                groups.entry(id).or_default().offsets = offsets;
-            }
-            drop(groups);
-            self.loaded
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(i as i32);
         }
-        tracing::info!(groups = self.lock().len(), "group coordinator loaded");
+    }
+
+    /// Replays an offsets partition into the groups it holds; a partition already loaded
+    /// (a new leader epoch of the same leader) keeps what it has.
+    async fn load(&self, part: &Arc<Partition>) -> Result<(), crate::BrokerError> {
+        let index = part.index;
+        let current = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&index)
+            .map(|c| Arc::ptr_eq(c, part));
+        match current {
+            Some(true) => return Ok(()),
+            // Another partition under this index (the topic was re-created): its groups go.
+            Some(false) => self.unload(index),
+            None => {}
+        }
+        let log = part.log.clone();
+        let replayed = tokio::task::spawn_blocking(move || store::load(&log))
+            .await
+            .map_err(|e| crate::BrokerError::Io {
+                op: "loading groups",
+                path: part.log.dir().to_owned(),
+                source: std::io::Error::other(e),
+            })??;
+        let now = Instant::now();
+        let mut groups = self.lock();
+        let count = replayed.groups.len();
+        for (id, snapshot) in replayed.groups {
+            groups.entry(id).or_default().group = Group::restore(snapshot, now);
+        }
+        for (id, offsets) in replayed.offsets {
+            groups.entry(id).or_default().offsets = offsets;
+        }
+        drop(groups);
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(index, part.clone());
+        tracing::info!(
+            partition = index,
+            groups = count,
+            "offsets partition loaded"
+        );
         Ok(())
+    }
+
+    /// Forgets the groups of an offsets partition this broker no longer leads; their members
+    /// are answered NOT_COORDINATOR and find the new coordinator.
+    fn unload(&self, index: i32) {
+        let was_loaded = self
+            .loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&index)
+            .is_some();
+        if !was_loaded {
+            return;
+        }
+        let mut groups = self.lock();
+        groups.retain(|id, e| {
+            if self.partition_of(id) != index {
+                return true;
+            }
+            e.group.abandon(code::NOT_COORDINATOR);
+            false
+        });
+        tracing::info!(partition = index, "offsets partition unloaded");
     }
 
     /// The locked part of a tick: advances timers and returns, per group, the records to
@@ -335,10 +400,10 @@ impl Coordinator {
 
     /// Advances every group's timers; persists membership changes; expires the offsets of
     /// groups empty for longer than the retention.
-    async fn tick(&self, state: &Arc<BrokerState>) {
+    async fn tick(&self) {
         let writes = self.advance(Instant::now(), now_ms());
         for (id, (w, expire)) in writes {
-            let Ok((part, epoch)) = self.route(state, &id) else {
+            let Ok((part, epoch)) = self.route(&id) else {
                 continue;
             };
             let result = self.persist_then(part, epoch, &id, w, |_| ()).await;

@@ -226,11 +226,19 @@ fn leaving_empties_the_group_and_bad_joins_are_refused() {
 fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
     use super::store::{Committed, Write};
     use super::{Coordinator, GroupConfig};
-    let coordinator = Coordinator::new(GroupConfig {
-        limits: LIMITS,
-        offsets_partitions: 4,
-        offsets_retention: Duration::from_secs(60),
-    });
+    let coordinator = Coordinator::new(
+        GroupConfig {
+            limits: LIMITS,
+            offsets_partitions: 4,
+            offsets_retention: Duration::from_secs(60),
+            offsets_replication_factor: 1,
+        },
+        0,
+        Default::default(),
+        std::sync::Arc::new(strata_controller::ControllerClient::new(
+            Vec::<String>::new(),
+        )),
+    );
     let c = Committed {
         offset: 5,
         leader_epoch: 0,

@@ -14,12 +14,10 @@ use kafka_protocol::messages::{
 };
 use tokio::time::Instant;
 
-use strata_storage::StorageError;
-use strata_storage::tier::manifest::Manifest;
-
 use super::Reply;
-use crate::protocol::{Frame, FrameError, storage_error_code};
-use crate::state::{BrokerState, Partition};
+use crate::partition::{Partition, Read};
+use crate::protocol::{Frame, FrameError};
+use crate::state::BrokerState;
 
 /// Longest a fetch may wait for data, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -151,21 +149,15 @@ fn grown(before: &[u64], now: &[u64]) -> u64 {
         .sum()
 }
 
-/// A partition's answer, or the remote read that will give it.
+/// A partition's answer, or the read that will give it.
 enum Slot {
     Done(PartitionData),
-    Remote {
-        data: PartitionData,
-        part: Arc<Partition>,
-        manifest: Arc<Manifest>,
-        offset: u64,
-        limit: usize,
-    },
+    Reading(PartitionData, Read),
 }
 
-/// Reads every wanted partition's local data, within the response's byte budget. The first
+/// Begins every wanted partition's read, within the response's byte budget. The first
 /// partition with data may exceed it by one batch (Kafka's rule, so a large batch cannot block
-/// a consumer). Offsets below the local log that object storage holds become remote reads.
+/// a consumer); a read from object storage counts at its limit.
 fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
     let mut budget = max_bytes;
     let mut any = false;
@@ -181,8 +173,7 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
                 Ok(p) => p,
                 Err(e) => return Slot::Done(data.with_error_code(e.code())),
             };
-            let log = &part.log;
-            let end = log.log_end_offset() as i64;
+            let end = part.log.log_end_offset() as i64;
             let data = data
                 .with_high_watermark(end)
                 .with_last_stable_offset(end)
@@ -194,55 +185,24 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
             if limit == 0 {
                 return Slot::Done(data.with_records(Some(Bytes::new())));
             }
-            // Read locally first: local eviction only follows a published manifest, so an
-            // offset the local log no longer has is found remotely on the retry below.
-            let local = if offset >= log.log_start_offset() {
-                log.read(offset, limit)
-            } else {
-                Err(StorageError::OffsetOutOfRange {
-                    offset,
-                    log_start: log.log_start_offset(),
-                    log_end: end as u64,
-                })
-            };
-            match local {
-                Ok(bytes) => {
-                    if !bytes.is_empty() {
+            match part.read(offset, limit) {
+                Ok(read) => {
+                    let n = read.size_bound();
+                    if n > 0 {
                         any = true;
-                        budget = budget.saturating_sub(bytes.len());
+                        budget = budget.saturating_sub(n);
                     }
-                    Slot::Done(data.with_records(Some(bytes)))
+                    Slot::Reading(data, read)
                 }
-                Err(StorageError::OffsetOutOfRange { .. }) if offset < end as u64 => {
-                    match part.remote.manifest() {
-                        // The manifest is not read yet: retriable.
-                        None => Slot::Done(
-                            data.with_error_code(ResponseError::KafkaStorageError.code()),
-                        ),
-                        Some(m) if offset >= m.log_start_offset && offset < m.end_offset() => {
-                            any = true;
-                            budget = budget.saturating_sub(limit);
-                            Slot::Remote {
-                                data,
-                                part: part.clone(),
-                                manifest: m,
-                                offset,
-                                limit,
-                            }
-                        }
-                        Some(_) => {
-                            Slot::Done(data.with_error_code(ResponseError::OffsetOutOfRange.code()))
-                        }
-                    }
-                }
-                Err(e) => Slot::Done(data.with_error_code(storage_error_code(&e).code())),
+                Err(e) => Slot::Done(data.with_error_code(e.code())),
             }
         })
         .collect()
 }
 
-/// Runs the remote reads of a fetch concurrently (each from the chunk cache or the object
-/// store, off the blocking threads), then applies the response budget in partition order.
+/// Completes the reads of a fetch concurrently (those from object storage come from the
+/// chunk cache or the store, off the blocking threads), then applies the response budget in
+/// partition order.
 async fn read_remote(
     state: &BrokerState,
     slots: Vec<Slot>,
@@ -252,21 +212,9 @@ async fn read_remote(
     let answers = futures::future::join_all(slots.into_iter().map(|slot| async move {
         match slot {
             Slot::Done(data) => data,
-            Slot::Remote {
-                data,
-                part,
-                manifest,
-                offset,
-                limit,
-            } => match reader
-                .read(&part.remote.objects, &manifest, offset, limit)
-                .await
-            {
+            Slot::Reading(data, read) => match read.bytes(reader).await {
                 Ok(bytes) => data.with_records(Some(bytes)),
-                Err(e) => {
-                    tracing::warn!(topic_id = %part.topic_id, offset, error = %e, "remote read failed");
-                    data.with_error_code(ResponseError::KafkaStorageError.code())
-                }
+                Err(e) => data.with_error_code(e.code()),
             },
         }
     }))
@@ -311,7 +259,9 @@ pub(super) async fn list_offsets(
             let resp = match target {
                 Err(e) => resp.with_error_code(e.code()),
                 Ok((part, epoch)) => {
-                    let found = lookup(state, part, p.timestamp).await;
+                    let found = part
+                        .offset_for_time(&state.tiering.reader, p.timestamp)
+                        .await;
                     match found {
                         Ok(Some((offset, timestamp))) => resp
                             .with_offset(offset)
@@ -331,82 +281,6 @@ pub(super) async fn list_offsets(
         );
     }
     frame.respond(&ListOffsetsResponse::default().with_topics(topics))
-}
-
-/// Kafka's special timestamps: -1 latest, -2 earliest, -3 the record with the largest
-/// timestamp, -4 earliest local, -5 the last offset in object storage (KIP-1005; -1 when
-/// nothing is there); otherwise the first offset with a timestamp at or after it.
-/// Object storage is consulted only for data the local log no longer holds.
-async fn lookup(
-    state: &BrokerState,
-    part: Arc<Partition>,
-    timestamp: i64,
-) -> Result<Option<(i64, i64)>, ResponseError> {
-    let log = part.log.clone();
-    let local_start = log.log_start_offset();
-    let only_remote = part
-        .remote
-        .manifest()
-        .filter(|m| m.log_start_offset < local_start && !m.segments.is_empty());
-    let remote = |ts: i64| {
-        let part = part.clone();
-        let manifest = only_remote.clone();
-        async move {
-            let Some(m) = manifest else { return Ok(None) };
-            state
-                .tiering
-                .reader
-                .record_for_timestamp(&part.remote.objects, &m, ts)
-                .await
-                .map(|found| found.filter(|(off, _)| *off < local_start.max(m.log_start_offset)))
-                .map_err(|e| {
-                    tracing::warn!(topic_id = %part.topic_id, error = %e, "remote time lookup failed");
-                    ResponseError::KafkaStorageError
-                })
-        }
-    };
-    let local = move |ts: i64| {
-        let log = log.clone();
-        async move {
-            tokio::task::spawn_blocking(move || match ts {
-                -3 => log.max_timestamp().map(|m| m.map(|(ts, off)| (off, ts))),
-                t => log.record_for_timestamp(t),
-            })
-            .await
-            .map_err(|_| ResponseError::UnknownServerError)?
-            .map_err(|e| storage_error_code(&e))
-        }
-    };
-    let as_answer = |found: Option<(u64, i64)>| found.map(|(off, ts)| (off as i64, ts));
-    Ok(match timestamp {
-        -1 => Some((part.log.log_end_offset() as i64, -1)),
-        -2 => Some((part.log_start_offset() as i64, -1)),
-        -4 => Some((local_start as i64, -1)),
-        -5 => Some((
-            part.remote
-                .manifest()
-                .filter(|m| !m.segments.is_empty())
-                .map_or(-1, |m| m.end_offset() as i64 - 1),
-            -1,
-        )),
-        -3 => {
-            let local = local(-3).await?;
-            let remote_max = only_remote
-                .as_ref()
-                .and_then(|m| m.segments.iter().map(|s| s.max_timestamp).max())
-                .filter(|ts| local.is_none_or(|(_, l)| *ts > l));
-            match remote_max {
-                Some(ts) => as_answer(remote(ts).await?.or(local)),
-                None => as_answer(local),
-            }
-        }
-        // The first record at or after `t`, with its own timestamp (as Kafka answers).
-        t if t >= 0 => match remote(t).await? {
-            Some(found) => as_answer(Some(found)),
-            None => as_answer(local(t).await?),
-        },
-        _ => return Err(ResponseError::InvalidRequest),
-    })
 }
 
 /// Where a leader epoch ended in each partition's log (KIP-320: consumers check their position

@@ -57,7 +57,7 @@ pub(super) async fn find_coordinator(
                 Some("transactions are not supported".into()),
             );
         }
-        match state.groups.route(state, key) {
+        match state.groups.route(key) {
             Ok(_) | Err(code::COORDINATOR_LOAD_IN_PROGRESS) => (0, None),
             Err(e) => (e, None),
         }
@@ -108,7 +108,7 @@ pub(super) async fn join_group(
 ) -> Result<Bytes, FrameError> {
     let req: JoinGroupRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
-    let reply = match state.groups.route(state, &group) {
+    let reply = match state.groups.route(&group) {
         Err(e) => JoinReply {
             error: e,
             generation: -1,
@@ -180,7 +180,7 @@ pub(super) async fn sync_group(
 ) -> Result<Bytes, FrameError> {
     let req: SyncGroupRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
-    let reply = match state.groups.route(state, &group) {
+    let reply = match state.groups.route(&group) {
         Err(e) => SyncReply {
             error: e,
             ..SyncReply::default()
@@ -223,7 +223,7 @@ pub(super) async fn heartbeat(
 ) -> Result<Bytes, FrameError> {
     let req: HeartbeatRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
-    let error = match state.groups.route(state, &group) {
+    let error = match state.groups.route(&group) {
         Err(e) => e,
         Ok(_) => state
             .groups
@@ -259,7 +259,7 @@ pub(super) async fn leave_group(
     } else {
         vec![(req.member_id.to_string(), None)]
     };
-    let resp = match state.groups.route(state, &group) {
+    let resp = match state.groups.route(&group) {
         Err(e) => LeaveGroupResponse::default().with_error_code(e),
         Ok(_) => {
             let limits = state.groups.config.limits;
@@ -311,7 +311,7 @@ pub(super) async fn offset_commit(
     let image = state.image();
     // Per partition: an error, or the offset to write.
     let mut results: CommitPlan = Vec::new();
-    let group_check = state.groups.route(state, &group).and_then(|(part, epoch)| {
+    let group_check = state.groups.route(&group).and_then(|(part, epoch)| {
         state
             .groups
             .with_group(&group, |e| {
@@ -419,7 +419,7 @@ fn fetch_offsets(
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Fetched, i16> {
-    state.groups.route(state, group)?;
+    state.groups.route(group)?;
     let offsets = state
         .groups
         .with_existing(group, |e| e.offsets.clone())

@@ -42,7 +42,7 @@ pub(super) async fn list_groups(
         .groups
         .list()
         .into_iter()
-        .filter(|(id, phase, _)| classic && wanted(*phase) && state.groups.route(state, id).is_ok())
+        .filter(|(id, phase, _)| classic && wanted(*phase) && state.groups.route(id).is_ok())
         .map(|(id, phase, protocol_type)| {
             ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(&id)))
@@ -65,7 +65,7 @@ pub(super) async fn describe_groups(
         .map(|g| {
             let id = g.0.to_string();
             let described = DescribedGroup::default().with_group_id(g.clone());
-            if let Err(e) = state.groups.route(state, &id) {
+            if let Err(e) = state.groups.route(&id) {
                 return described.with_error_code(e);
             }
             state
@@ -122,7 +122,7 @@ pub(super) async fn delete_groups(
     for g in &req.groups_names {
         let id = g.0.to_string();
         let result = DeletableGroupResult::default().with_group_id(g.clone());
-        let (part, epoch) = match state.groups.route(state, &id) {
+        let (part, epoch) = match state.groups.route(&id) {
             Ok(r) => r,
             Err(e) => {
                 results.push(result.with_error_code(e));
@@ -181,7 +181,7 @@ pub(super) async fn offset_delete(
 ) -> Result<Bytes, FrameError> {
     let req: OffsetDeleteRequest = frame.decode()?;
     let id = req.group_id.0.to_string();
-    let (part, epoch) = match state.groups.route(state, &id) {
+    let (part, epoch) = match state.groups.route(&id) {
         Ok(r) => r,
         Err(e) => return frame.respond(&OffsetDeleteResponse::default().with_error_code(e)),
     };

@@ -16,9 +16,9 @@ use kafka_protocol::messages::{ApiKey, BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::connection::Turn;
 use crate::protocol::{Frame, FrameError, supported};
 use crate::state::BrokerState;
+use crate::turnstile::Turn;
 
 /// A response, and the share of the broker's memory budget it holds until it is written.
 pub(crate) struct Reply {

@@ -11,10 +11,11 @@ use strata_controller::model::TopicRecord;
 use strata_storage::{AppendInfo, StorageError};
 
 use super::str_bytes;
-use crate::connection::Turn;
+use crate::partition::Partition;
 use crate::producer::{self, ProducerBatch, Refusal, Verdict};
 use crate::protocol::{Frame, FrameError, storage_error_code};
-use crate::state::{BrokerState, Partition};
+use crate::state::BrokerState;
+use crate::turnstile::Turn;
 
 /// The longest a produce waits for a partition to read its object-store manifest.
 const MAX_RECOVERY_WAIT: Duration = Duration::from_secs(10);

@@ -10,9 +10,10 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 use strata_storage::tier::retention;
 
+use crate::partition::Partition;
 use crate::protocol::{Frame, FrameError, storage_error_code};
-use crate::state::{BrokerState, Partition};
-use crate::tiering::remote_enabled;
+use crate::state::BrokerState;
+use crate::topic::remote_enabled;
 
 pub(super) async fn delete_records(
     state: &Arc<BrokerState>,

@@ -1,0 +1,118 @@
+//! A replica of a partition on this broker, and the registry of those it hosts.
+//!
+//! - [`Partition`]: the log, the leader-epoch cache, the idempotent producers, the view of its
+//!   segments in object storage ([`remote::RemoteView`]), the topic's settings and the role
+//!   this broker plays for it ([`role::Role`]). A tiered partition is *recovering* until its
+//!   manifest has been read ([`Partition::recovering`]); appends wait meanwhile.
+//! - [`registry::Partitions`]: opens and closes partitions as metadata arrives, resolves a
+//!   (topic, partition, leader epoch) for every API, and publishes role changes
+//!   ([`role::RoleChange`]) to their subscribers: the group coordinator, tiering's recovery.
+
+mod open;
+mod read;
+pub(crate) mod registry;
+pub(crate) mod remote;
+pub(crate) mod role;
+#[cfg(test)]
+mod tests;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use strata_storage::Log;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub(crate) use self::read::Read;
+use self::remote::RemoteView;
+use self::role::Role;
+use crate::epochs::EpochCache;
+use crate::producer::{self, ProducerTable};
+use crate::topic::TopicSettings;
+
+/// One partition replica hosted here.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    pub(crate) topic_id: Uuid,
+    /// The topic's name, for logs.
+    pub(crate) topic: String,
+    pub(crate) index: i32,
+    pub(crate) log: Arc<Log>,
+    /// The log end offset, for fetches waiting on new data.
+    pub(crate) end: watch::Sender<u64>,
+    /// Idempotent producers' sequences; held across check and append.
+    pub(crate) producers: Mutex<ProducerTable>,
+    /// Where each leader epoch started; held across an append that starts a new epoch.
+    pub(crate) epochs: Mutex<EpochCache>,
+    /// Its segments in object storage.
+    pub(crate) remote: RemoteView,
+    settings: RwLock<Arc<TopicSettings>>,
+    role: RwLock<Role>,
+}
+
+impl Partition {
+    /// The role this broker plays for it.
+    pub(crate) fn role(&self) -> Role {
+        *self.role.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_role(&self, role: Role) {
+        *self.role.write().unwrap_or_else(|p| p.into_inner()) = role;
+    }
+
+    /// Its topic's settings.
+    pub(crate) fn settings(&self) -> Arc<TopicSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies changed topic settings; a log config the log refuses leaves the old one.
+    fn set_settings(&self, settings: TopicSettings) {
+        if *self.settings() == settings {
+            return;
+        }
+        if self.log.config() != settings.log
+            && let Err(e) = self.log.set_config(settings.log.clone())
+        {
+            tracing::error!(topic = %self.topic, partition = self.index, error = %e,
+                "the topic's new configs cannot be applied; the old ones stay");
+            return;
+        }
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
+
+    /// Whether the manifest of a tiered partition has not been read yet (appends wait).
+    pub(crate) fn recovering(&self) -> bool {
+        self.remote.recovering()
+    }
+
+    /// Saves the idempotent producers' table when it is due (see
+    /// [`ProducerTable::save_due`]), or now with `force` (at shutdown).
+    pub(crate) fn save_producers(&self, every: Duration, force: bool) {
+        let now = Instant::now();
+        let bytes = {
+            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+            // Idempotent appends hold this lock, so every batch below the end is in the table.
+            let end = self.log.log_end_offset();
+            if !force && !producers.save_due(self.log.active_base_offset(), end, every, now) {
+                return;
+            }
+            producers.encode(end, now)
+        };
+        if let Err(e) = producer::write_snapshot(self.log.dir(), &bytes) {
+            tracing::warn!(dir = %self.log.dir().display(), error = %e,
+                "saving the producer snapshot failed; a restart replays more of the log");
+        }
+    }
+
+    /// The first offset still retained, remotely or locally (Kafka's log start offset).
+    pub(crate) fn log_start_offset(&self) -> u64 {
+        let local = self.log.log_start_offset();
+        match self.remote.manifest() {
+            Some(m) if !m.segments.is_empty() => m.log_start_offset.min(local),
+            _ => local,
+        }
+    }
+}

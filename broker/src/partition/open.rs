@@ -1,0 +1,131 @@
+//! Opening a hosted partition: its directory, log, producer table and leader epochs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use strata_controller::model::TopicRecord;
+use strata_storage::Log;
+use strata_storage::tier::manifest::PartitionObjects;
+use tokio::sync::watch;
+
+use super::Partition;
+use super::remote::RemoteView;
+use super::role::Role;
+use crate::epochs::EpochCache;
+use crate::error::BrokerError;
+use crate::producer::{self, ProducerBatch, ProducerTable};
+use crate::topic::TopicSettings;
+use uuid::Uuid;
+
+/// File in a partition directory naming the topic id it belongs to.
+const PARTITION_METADATA: &str = "partition.metadata";
+
+impl Partition {
+    /// Opens partition `index` of `topic` under `log_dir` as `role`. A tiered one starts
+    /// recovering: appends wait until its manifest has been read.
+    pub(super) fn open(
+        log_dir: &Path,
+        topic: &TopicRecord,
+        index: i32,
+        role: Role,
+        objects: PartitionObjects,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let settings = TopicSettings::of(topic);
+        let dir = log_dir.join(format!("{}-{index}", topic.name));
+        claim_dir(&dir, topic.id)?;
+        let log = Log::open(&dir, settings.log.clone())?;
+        let end = log.log_end_offset();
+        let producers = rebuild_producers(&log)?;
+        let epochs = EpochCache::open(&dir, &log).map_err(|source| BrokerError::Io {
+            op: "opening leader epochs",
+            path: dir.clone(),
+            source,
+        })?;
+        let remote = RemoteView::new(objects);
+        if settings.remote {
+            remote.await_recovery();
+        } else {
+            remote.mark_local_only();
+        }
+        Ok(Arc::new(Self {
+            topic_id: topic.id,
+            topic: topic.name.clone(),
+            index,
+            log: Arc::new(log),
+            end: watch::channel(end).0,
+            producers: Mutex::new(producers),
+            epochs: Mutex::new(epochs),
+            remote,
+            settings: RwLock::new(Arc::new(settings)),
+            role: RwLock::new(role),
+        }))
+    }
+}
+
+/// Idempotent producers' recent batches, so a producer retrying across a broker restart
+/// still gets its original offsets: the table saved in the partition directory, brought up to
+/// date from the batches after it. Without a usable snapshot (a first start, or a crash that
+/// cut the log below it) the last two segments are read instead; producers idle for longer
+/// are unknown, and as in Kafka an unknown producer may carry on from any sequence.
+fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError> {
+    let end = log.log_end_offset();
+    let (mut table, from) = match ProducerTable::load(log.dir(), end) {
+        Some((table, offset)) => (table, offset),
+        None => {
+            let segments = log.segments();
+            let from = segments
+                .iter()
+                .rev()
+                .nth(1)
+                .or(segments.first())
+                .map_or(log.log_start_offset(), |s| s.base_offset);
+            (ProducerTable::default(), from)
+        }
+    };
+    let mut offset = from.max(log.log_start_offset());
+    while offset < end {
+        let bytes = log.read(offset, 1 << 20)?;
+        let headers = producer::headers(&bytes);
+        let Some(last) = headers.last() else { break };
+        for h in &headers {
+            if let Some(b) = ProducerBatch::of(h) {
+                let first = u64::try_from(h.base_offset).unwrap_or(0);
+                let last = first + u64::try_from(h.last_offset_delta).unwrap_or(0);
+                let append_time = h.is_log_append_time().then_some(h.max_timestamp);
+                table.record(&b, first, last, append_time);
+            }
+        }
+        offset =
+            u64::try_from(last.base_offset + i64::from(last.last_offset_delta) + 1).unwrap_or(end);
+    }
+    Ok(table)
+}
+
+/// Makes `dir` belong to topic `id`: a directory left by a deleted topic of the same name (or
+/// without a topic id at all) is removed first.
+fn claim_dir(dir: &Path, id: Uuid) -> Result<(), BrokerError> {
+    let meta = dir.join(PARTITION_METADATA);
+    let io = |op, path: PathBuf| move |source| BrokerError::Io { op, path, source };
+    match std::fs::read_to_string(&meta) {
+        Ok(s) if s.trim() == id.to_string() => return Ok(()),
+        Ok(_) => remove_dir(dir)?,
+        // Every partition directory gets its metadata file before any segment, so one without
+        // it is a leftover (a deletion cut short by a crash): never adopt its segments.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => remove_dir(dir)?,
+        Err(e) => return Err(io("reading", meta.clone())(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(io("creating", dir.to_owned()))?;
+    std::fs::write(&meta, format!("{id}\n")).map_err(io("writing", meta.clone()))
+}
+
+pub(super) fn remove_dir(dir: &Path) -> Result<(), BrokerError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BrokerError::Io {
+            op: "removing",
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}

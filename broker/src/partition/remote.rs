@@ -1,0 +1,127 @@
+//! A partition's view of its segments in object storage, and its recovery from them.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use strata_storage::tier::manifest::{Manifest, PartitionObjects};
+use tokio::sync::watch;
+
+use super::Partition;
+use crate::error::BrokerError;
+
+/// A partition's view of its remote segments.
+#[derive(Debug)]
+pub(crate) struct RemoteView {
+    pub(crate) objects: PartitionObjects,
+    /// The newest committed manifest this broker knows; `None` until it has been read.
+    manifest: RwLock<Option<Arc<Manifest>>>,
+    /// Whether the manifest has been read and the local log made to continue from it. Until
+    /// then appends wait: an empty log would start at offset 0 over data that exists
+    /// remotely, and a log behind the object store is about to be reset to the remote end,
+    /// which would delete what they appended.
+    recovered: watch::Sender<bool>,
+    /// Held by the one recovery running (background and tiering pass may both try).
+    recovery: tokio::sync::Mutex<()>,
+}
+
+impl RemoteView {
+    pub(crate) fn new(objects: PartitionObjects) -> Self {
+        Self {
+            objects,
+            manifest: RwLock::new(None),
+            recovered: watch::channel(true).0,
+            recovery: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn manifest(&self) -> Option<Arc<Manifest>> {
+        self.manifest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn publish(&self, manifest: Manifest) {
+        *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(manifest));
+    }
+
+    /// Marks the view of a topic that is not tiered: nothing is remote, so an offset below
+    /// the local log start is out of range rather than "not read yet".
+    pub(crate) fn mark_local_only(&self) {
+        self.publish(Manifest::default());
+    }
+
+    /// Marks the view as guarding its log until the manifest is read.
+    pub(crate) fn await_recovery(&self) {
+        self.recovered.send_replace(false);
+    }
+
+    /// Whether appends must wait for the manifest (see `recovered`).
+    pub(crate) fn recovering(&self) -> bool {
+        !*self.recovered.borrow()
+    }
+
+    /// Waits up to `wait` for the manifest to be read; whether it was.
+    pub(crate) async fn recovered_within(&self, wait: Duration) -> bool {
+        let mut rx = self.recovered.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// How many partitions read their manifests at once.
+pub(crate) const RECOVERY_CONCURRENCY: usize = 16;
+
+impl Partition {
+    /// Recovers the partition within `timeout` (see [`Partition::recover`]). One that fails
+    /// keeps refusing appends; the tiering pass and the next role change retry it.
+    pub(crate) async fn recover_logged(&self, timeout: Duration) {
+        let error = match tokio::time::timeout(timeout, self.recover()).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("timed out after {timeout:?}"),
+        };
+        tracing::warn!(
+            topic = %self.topic, partition = self.index, %error,
+            "reading the partition's manifest failed; appends wait while the tiering pass retries"
+        );
+    }
+
+    /// Reads the manifest and makes the local log continue from the remote end: a log that
+    /// is empty (a wiped disk) or behind the object store is restarted at the manifest's end,
+    /// and the leader-epoch history is seeded from the remote segments.
+    pub(crate) async fn recover(&self) -> Result<(), BrokerError> {
+        // One recovery at a time, and none once appends are allowed: a reset racing them
+        // would delete what they appended.
+        let _one = self.remote.recovery.lock().await;
+        if !self.remote.recovering() {
+            return Ok(());
+        }
+        let manifest = self.remote.objects.latest().await?.unwrap_or_default();
+        let end = manifest.end_offset();
+        let log = &self.log;
+        if log.log_end_offset() < end {
+            tracing::info!(
+                topic = %self.topic, partition = self.index,
+                local_end = log.log_end_offset(), remote_end = end,
+                "local log is behind the object store; continuing from the remote end"
+            );
+            log.reset_to(end)?;
+            let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &manifest.segments {
+                epochs
+                    .assign(s.leader_epoch, s.base_offset)
+                    .map_err(|source| BrokerError::Io {
+                        op: "recording leader epochs",
+                        path: log.dir().to_owned(),
+                        source,
+                    })?;
+            }
+            self.end.send_replace(end);
+        }
+        self.remote.publish(manifest);
+        self.remote.recovered.send_replace(true);
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! Role changes as metadata moves, seen by the registry's subscribers and the coordinator.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::memory::InMemory;
+use strata_controller::model::{MetadataImage, PartitionRecord, TopicRecord};
+use uuid::Uuid;
+
+use super::registry::{Partitions, RoleEvents};
+use super::role::{Change, Role};
+
+const ME: i32 = 1;
+
+fn partition(replicas: &[i32], leader: Option<i32>, leader_epoch: i32) -> PartitionRecord {
+    PartitionRecord {
+        replicas: replicas.to_vec(),
+        isr: replicas.to_vec(),
+        leader,
+        leader_epoch,
+        partition_epoch: leader_epoch,
+    }
+}
+
+fn image(version: u64, topics: Vec<TopicRecord>) -> MetadataImage {
+    MetadataImage {
+        version,
+        topics: topics.into_iter().map(|t| (t.name.clone(), t)).collect(),
+        ..MetadataImage::default()
+    }
+}
+
+fn topic(name: &str, id: Uuid, partitions: Vec<PartitionRecord>) -> TopicRecord {
+    TopicRecord {
+        name: name.into(),
+        id,
+        replication_factor: 2,
+        // Local only: nothing waits on the (in-memory) object store.
+        configs: BTreeMap::from([("remote.storage.enable".into(), "false".into())]),
+        partitions,
+    }
+}
+
+fn registry(dir: &tempfile::TempDir) -> Partitions {
+    Partitions::new(
+        ME,
+        dir.path().to_owned(),
+        Arc::new(InMemory::new()),
+        object_store::path::Path::default(),
+    )
+}
+
+/// The changes of the next published batch, as (partition, change), sorted.
+fn next(events: &mut RoleEvents) -> Vec<(i32, Change)> {
+    let batch = events.try_recv().expect("a batch of role changes");
+    let mut changes: Vec<_> = batch.iter().map(|c| (c.index(), c.change)).collect();
+    changes.sort_by_key(|(i, _)| *i);
+    changes
+}
+
+#[test]
+fn role_changes_follow_leadership_epochs_reassignment_and_deletion() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let mut early = parts.subscribe();
+    assert!(early.try_recv().is_err(), "nothing hosted, nothing to say");
+    let id = Uuid::new_v4();
+
+    // p0 led here, p1 followed here, p2 not a replica here.
+    let v1 = topic(
+        "t",
+        id,
+        vec![
+            partition(&[1, 2], Some(1), 0),
+            partition(&[2, 1], Some(2), 0),
+            partition(&[2], Some(2), 0),
+        ],
+    );
+    let changes = parts.apply(&image(1, vec![v1.clone()]));
+    assert_eq!(changes.len(), 2);
+    let expected = vec![
+        (0, Change::BecomeLeader { epoch: 0 }),
+        (
+            1,
+            Change::BecomeFollower {
+                leader: Some(2),
+                epoch: 0,
+            },
+        ),
+    ];
+    assert_eq!(next(&mut early), expected);
+    assert_eq!(parts.hosted().len(), 2);
+    assert!(parts.get(id, 2).is_none());
+    let p0 = parts.get(id, 0).expect("hosted");
+    assert_eq!(p0.role(), Role::Leader { epoch: 0 });
+
+    // The same image again changes nothing.
+    assert!(parts.apply(&image(2, vec![v1])).is_empty());
+    assert!(early.try_recv().is_err());
+
+    // Leadership swaps; a late subscriber starts from the roles as they are now.
+    let v3 = topic(
+        "t",
+        id,
+        vec![
+            partition(&[1, 2], Some(2), 1),
+            partition(&[2, 1], Some(1), 1),
+            partition(&[2], Some(2), 0),
+        ],
+    );
+    parts.apply(&image(3, vec![v3]));
+    let swapped = vec![
+        (
+            0,
+            Change::BecomeFollower {
+                leader: Some(2),
+                epoch: 1,
+            },
+        ),
+        (1, Change::BecomeLeader { epoch: 1 }),
+    ];
+    assert_eq!(next(&mut early), swapped);
+    let mut late = parts.subscribe();
+    assert_eq!(next(&mut late), swapped);
+    assert!(Arc::ptr_eq(&p0, &parts.get(id, 0).expect("still hosted")));
+
+    // A new leader epoch of the same leader is a change too (Kafka's become-leader).
+    // The replica of p0 moves away: stopped, its data left alone.
+    let v4 = topic(
+        "t",
+        id,
+        vec![
+            partition(&[2, 3], Some(2), 2),
+            partition(&[2, 1], Some(1), 2),
+            partition(&[2], Some(2), 0),
+        ],
+    );
+    parts.apply(&image(4, vec![v4]));
+    let expected = vec![
+        (0, Change::Stop { deleted: false }),
+        (1, Change::BecomeLeader { epoch: 2 }),
+    ];
+    assert_eq!(next(&mut early), expected);
+    assert_eq!(next(&mut late), expected);
+    assert_eq!(p0.role(), Role::Offline);
+    assert!(p0.log.dir().exists());
+
+    // The topic is deleted: stopped, and its directory removed.
+    let p1 = parts.get(id, 1).expect("hosted");
+    parts.apply(&image(5, vec![]));
+    assert_eq!(next(&mut early), vec![(1, Change::Stop { deleted: true })]);
+    assert!(!p1.log.dir().exists());
+    assert!(parts.hosted().is_empty());
+}
+
+#[test]
+fn a_partition_that_cannot_open_is_announced_when_it_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let mut events = parts.subscribe();
+    let id = Uuid::new_v4();
+    let t = topic("t", id, vec![partition(&[1], Some(1), 0)]);
+    // A file where the partition's directory goes: opening fails, the image still applies.
+    let blocker = dir.path().join("t-0");
+    std::fs::write(&blocker, b"not a directory").expect("write");
+    assert!(parts.apply(&image(1, vec![t.clone()])).is_empty());
+    assert!(parts.get(id, 0).is_none());
+    std::fs::remove_file(&blocker).expect("remove");
+    parts.apply(&image(2, vec![t]));
+    assert_eq!(
+        next(&mut events),
+        vec![(0, Change::BecomeLeader { epoch: 0 })]
+    );
+}
+
+/// The coordinator loads an offsets partition's groups when this broker starts leading it,
+/// drops them when it stops, and finds them again in the log when leadership comes back.
+#[tokio::test]
+async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadership_moves() {
+    use crate::group::store::{Committed, OFFSETS_TOPIC, Write};
+    use crate::group::{Coordinator, GroupConfig, code};
+    use crate::metadata::MetadataView;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let metadata = Arc::new(MetadataView::default());
+    let coordinator = Coordinator::new(
+        GroupConfig {
+            limits: crate::group::machine::Limits {
+                min_session: Duration::from_secs(1),
+                max_session: Duration::from_secs(60),
+                initial_rebalance_delay: Duration::ZERO,
+                max_size: 10,
+            },
+            offsets_partitions: 1,
+            offsets_retention: Duration::from_secs(3600),
+            offsets_replication_factor: 2,
+        },
+        ME,
+        metadata.clone(),
+        Arc::new(strata_controller::ControllerClient::new(
+            Vec::<String>::new(),
+        )),
+    );
+    let id = Uuid::new_v4();
+    let offsets = |leader, epoch| {
+        let mut t = topic(
+            OFFSETS_TOPIC,
+            id,
+            vec![partition(&[1, 2], Some(leader), epoch)],
+        );
+        t.configs.clear();
+        t
+    };
+    let publish = |version, leader, epoch| {
+        let img = image(version, vec![offsets(leader, epoch)]);
+        let changes = parts.apply(&img);
+        metadata.publish(img);
+        changes
+    };
+
+    // Led here but not loaded yet: clients are told to wait.
+    assert_eq!(
+        coordinator.route("g").err(),
+        Some(code::COORDINATOR_NOT_AVAILABLE)
+    );
+    let changes = publish(1, ME, 0);
+    assert_eq!(
+        coordinator.route("g").err(),
+        Some(code::COORDINATOR_LOAD_IN_PROGRESS)
+    );
+    coordinator.follow(&changes).await;
+    let (part, epoch) = coordinator.route("g").expect("coordinated here");
+    assert_eq!(epoch, 0);
+    let committed = Committed {
+        offset: 42,
+        leader_epoch: 0,
+        metadata: None,
+        commit_ms: 0,
+    };
+    let write = Write::Offset {
+        group: "g".into(),
+        topic: "orders".into(),
+        partition: 3,
+        value: Some(committed.clone()),
+    };
+    coordinator
+        .persist_then(part, epoch, "g", vec![write], |e| {
+            e.offsets.insert(("orders".into(), 3), committed.clone());
+        })
+        .await
+        .expect("persisted");
+
+    // Leadership moves to broker 2: the groups go, clients look elsewhere.
+    coordinator.follow(&publish(2, 2, 1)).await;
+    assert_eq!(coordinator.route("g").err(), Some(code::NOT_COORDINATOR));
+    assert!(coordinator.list().is_empty());
+
+    // And comes back: the commit is replayed from the log.
+    coordinator.follow(&publish(3, ME, 2)).await;
+    assert_eq!(coordinator.route("g").map(|(_, e)| e), Ok(2));
+    let offset = coordinator.with_existing("g", |e| {
+        e.offsets.get(&("orders".into(), 3)).map(|c| c.offset)
+    });
+    assert_eq!(offset, Some(Some(42)));
+}
