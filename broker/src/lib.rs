@@ -6,6 +6,13 @@
 //! - `connection`: framing, pipelining and limits for one client connection.
 //! - `protocol` and `handlers`: API versions, decoding, and one handler per Kafka API.
 //! - `state`: what the handlers reach: metadata, partitions, coordinator, tiering.
+//! - `partition`: a hosted partition (log, epochs, producers, remote view, role), the registry
+//!   that follows metadata and publishes role changes, and reads local or remote.
+//! - `metadata`, `topic`: the image this broker follows; topic configs as typed settings.
+//! - `group`: the consumer group coordinator. `producer`, `epochs`: idempotence, leader epochs.
+//! - `tiering`, `catalog`: uploads and retention in object storage; the bucket's topic catalog.
+//! - `supervisor`, `flusher`: background work; `admission`, `turnstile`: connection limits and
+//!   Produce ordering.
 //!
 //! `docs/architecture.md` has the module map and the data paths.
 

@@ -221,8 +221,8 @@ impl Broker {
     }
 
     /// In order: stops accepting and lets connections finish their in-flight requests, stops
-    /// the background work, flushes every log and saves its producers, and stops the embedded
-    /// controller.
+    /// the background work, hands back its leadership (controlled shutdown), flushes every
+    /// log and saves its producers, and stops the embedded controller.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
         let drained = tokio::time::timeout(DRAIN, async {
@@ -234,6 +234,7 @@ impl Broker {
             self.tasks.abort_all();
         }
         self.supervisor.stop().await;
+        controlled_shutdown(&self.state).await;
         let partitions = self.state.partitions.clone();
         let _ = tokio::task::spawn_blocking(move || partitions.flush_all()).await;
         if let Some(c) = self.controller.take() {
@@ -246,6 +247,28 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.cancel.cancel();
+    }
+}
+
+/// How long shutdown waits for the controller to take back this broker's leadership.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Asks the controller to move this broker's leadership elsewhere now, rather than when its
+/// lease runs out: clients of partitions with other in-sync replicas move on at once. After
+/// the heartbeats stopped (a heartbeat would unfence it again); an unreachable controller
+/// only delays that to the lease's end.
+async fn controlled_shutdown(state: &BrokerState) {
+    let command = Command::ShutdownBroker {
+        id: state.id,
+        epoch: state.epoch(),
+    };
+    match tokio::time::timeout(HAND_BACK_WAIT, state.controller.submit(&command)).await {
+        Ok(Ok(Ok(applied))) => {
+            tracing::info!(broker = state.id, outcome = ?applied.outcome, "leadership handed back")
+        }
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the controller refused the shutdown"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "leadership not handed back"),
+        Err(_) => tracing::warn!(wait = ?HAND_BACK_WAIT, "leadership not handed back in time"),
     }
 }
 

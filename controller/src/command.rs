@@ -44,6 +44,16 @@ pub enum Command {
         /// Brokers to fence.
         ids: Vec<BrokerId>,
     },
+    /// A broker about to stop hands back its leadership (Kafka's controlled shutdown): it is
+    /// fenced, as if its lease had run out, so its partitions get new leaders from their other
+    /// in-sync replicas at once (or none, keeping it as their last leader) instead of one
+    /// session timeout later. Its next registration brings it back.
+    ShutdownBroker {
+        /// Broker id.
+        id: BrokerId,
+        /// Its registration epoch: an older incarnation cannot fence a newer one.
+        epoch: u64,
+    },
     /// Creates a topic, placing its replicas over live brokers.
     CreateTopic {
         /// Topic name.

@@ -186,6 +186,16 @@ impl MetadataState {
                 let leader_changes = self.move_leadership_off(&fenced, changes);
                 Ok(Outcome::BrokersFenced { leader_changes })
             }
+            Command::ShutdownBroker { id, epoch } => {
+                let broker = self.live_broker_epoch(*id, *epoch, false)?;
+                if broker.fenced {
+                    return Ok(Outcome::Unchanged);
+                }
+                broker.fenced = true;
+                changes.push(Change::Broker(broker.clone()));
+                let leader_changes = self.move_leadership_off(&BTreeSet::from([*id]), changes);
+                Ok(Outcome::BrokersFenced { leader_changes })
+            }
             Command::CreateTopic {
                 name,
                 id,

@@ -596,3 +596,71 @@ fn deltas_rebuild_the_image_and_old_watchers_get_the_whole_image() {
         [MetadataUpdate::Image(_)]
     ));
 }
+
+#[test]
+fn a_broker_shutting_down_hands_back_its_leadership_until_it_registers_again() {
+    let (mut state, epochs) = cluster(3);
+    state.apply(&create("t", 6, 2)).expect("create");
+    state.apply(&create("single", 3, 1)).expect("create");
+    let before = state.image().clone();
+    let led_by_1 = before
+        .topics
+        .values()
+        .flat_map(|t| &t.partitions)
+        .filter(|p| p.leader == Some(1))
+        .count();
+    assert!(led_by_1 > 0);
+    // An older incarnation cannot shut down the current one.
+    let stale = refused(
+        &mut state,
+        Command::ShutdownBroker {
+            id: 1,
+            epoch: epochs[&1] - 1,
+        },
+    );
+    assert!(matches!(stale, CommandError::StaleBrokerEpoch { .. }));
+    let applied = state
+        .apply(&Command::ShutdownBroker {
+            id: 1,
+            epoch: epochs[&1],
+        })
+        .expect("shutdown");
+    assert_eq!(
+        applied.outcome,
+        Outcome::BrokersFenced {
+            leader_changes: led_by_1
+        }
+    );
+    assert!(state.image().brokers[&1].fenced);
+    for (name, topic) in &state.image().topics {
+        for (old, new) in before.topics[name].partitions.iter().zip(&topic.partitions) {
+            assert_ne!(new.leader, Some(1));
+            if old.leader == Some(1) {
+                assert!(new.leader_epoch > old.leader_epoch);
+                // A partition with no other replica waits for it, its last leader.
+                if old.replicas == [1] {
+                    assert_eq!((new.leader, new.isr.clone()), (None, vec![1]));
+                }
+            }
+        }
+    }
+    // Asking again changes nothing.
+    let again = state
+        .apply(&Command::ShutdownBroker {
+            id: 1,
+            epoch: epochs[&1],
+        })
+        .expect("again");
+    assert_eq!(again.outcome, Outcome::Unchanged);
+    // The restarted broker registers, is unfenced, and leads its lone partitions again.
+    register(&mut state, 1, None);
+    for (old, new) in before.topics["single"]
+        .partitions
+        .iter()
+        .zip(&state.image().topics["single"].partitions)
+    {
+        if old.leader == Some(1) {
+            assert_eq!(new.leader, Some(1));
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! One consumer group's membership: Kafka's classic rebalance protocol as a state machine.
 //!
-//! No I/O and no clock: every operation takes `now`, and requests that must wait (JoinGroup
+//! No I/O and no clock (new member ids draw a random UUID, so ids differ run to run): every
+//! operation takes `now`, and requests that must wait (JoinGroup
 //! until the rebalance completes, SyncGroup until the leader assigns) leave a oneshot sender
 //! that the machine completes later. The coordinator runs it under a lock and persists what
 //! it reports.

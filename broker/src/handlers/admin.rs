@@ -1,4 +1,6 @@
-//! ApiVersions, Metadata and CreateTopics.
+//! ApiVersions, Metadata, DescribeCluster, CreateTopics and InitProducerId (with the
+//! producer-id block taken from the controller), and the helpers the other admin handlers
+//! share: submitting a controller command and waiting for it locally, dry runs, topic creation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -3,6 +3,8 @@
 //!
 //! - [`store`] opens the object store a URL names (`file://`, `s3://`, `memory://`).
 //! - [`read`] serves remote segments through a foyer chunk cache with read-ahead.
+//! - [`upload`] puts sealed, durable segments and commits them to the manifest.
+//! - [`fault`] wraps a store to fail, hang, slow down or ignore conditional puts (tests).
 //! - [`retention`] drops remote segments outside `retention.ms/bytes` and objects no manifest
 //!   names.
 //! - [`manifest`] keeps each partition's list of remote segments as immutable, numbered
