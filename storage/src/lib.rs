@@ -31,6 +31,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, PreparedRewrite, SegmentRewrite};
-pub use segment::SegmentInfo;
+pub use segment::{SegmentFile, SegmentInfo};
 
 pub mod tier;

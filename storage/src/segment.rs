@@ -25,6 +25,41 @@ pub(crate) fn file_name(base_offset: u64, ext: &str) -> String {
     format!("{base_offset:020}.{ext}")
 }
 
+/// The files of a segment, in the order they are uploaded (the batches first). The uploader,
+/// the remote reader and remote retention iterate this list, so a new per-segment file (the
+/// aborted-transaction index, a leader-epoch or producer-state snapshot as of the segment's
+/// end) is one variant here, a path in [`SegmentInfo::files`] and a name in the manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentFile {
+    // The values are part of the remote read cache's keys: keep them.
+    /// The record batches (`.log`).
+    Log = 0,
+    /// The sparse offset index (`.index`).
+    OffsetIndex = 1,
+    /// The sparse time index (`.timeindex`).
+    TimeIndex = 2,
+}
+
+impl SegmentFile {
+    /// Every kind of segment file there is.
+    pub const ALL: [Self; 3] = [Self::Log, Self::OffsetIndex, Self::TimeIndex];
+
+    /// The file name extension, locally and in object keys.
+    pub fn ext(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::OffsetIndex => "index",
+            Self::TimeIndex => "timeindex",
+        }
+    }
+
+    /// The kind a file name extension names.
+    pub fn from_ext(ext: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.ext() == ext)
+    }
+}
+
 /// Offsets and times of a segment, as listed for tiering and operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -46,6 +81,15 @@ pub struct SegmentInfo {
 }
 
 impl SegmentInfo {
+    /// The segment's files, by kind, in upload order.
+    pub fn files(&self) -> Vec<(SegmentFile, &Path)> {
+        vec![
+            (SegmentFile::Log, self.log_path.as_path()),
+            (SegmentFile::OffsetIndex, self.offset_index_path.as_path()),
+            (SegmentFile::TimeIndex, self.time_index_path.as_path()),
+        ]
+    }
+
     /// The time retention ages the segment by; see `Segment::retention_timestamp`.
     pub fn retention_timestamp(&self) -> i64 {
         match self.max_timestamp {

@@ -185,3 +185,71 @@ fn an_empty_copy_starts_where_the_first_batch_does() {
         *first
     );
 }
+
+/// Truncation (a follower cutting its log back to the leader's) at an offset inside a gap
+/// removes every batch at or after it and ends the log where the last kept batch ends (Kafka
+/// keeps the offset asked for as its log end until a restart, which then ends it at the batch
+/// too; Strata does the same at once). Inside a batch it cuts at that batch. Either way later
+/// batches append, and the log reopens as it was.
+#[test]
+fn truncating_inside_a_gap_ends_the_log_after_the_last_kept_batch() {
+    let (l, f) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (_leader, batches) = leader(l.path(), 30);
+    // Batch i holds offsets 2i and 2i+1; every third from the second is gone.
+    let kept: Vec<&(i64, Vec<u8>)> = batches
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(_, b)| b)
+        .collect();
+    let follower = Log::open(f.path(), config(700)).expect("open");
+    for (_, b) in &kept {
+        follower.append_replica(b).expect("replicated");
+    }
+    assert!(follower.segments().len() > 2);
+    let below = |log: &Log, offset: u64| -> Vec<i64> {
+        let bytes = log.read(0, usize::MAX / 2).expect("read");
+        common::split(&bytes)
+            .into_iter()
+            .map(|(base, _)| base)
+            .inspect(|base| assert!((*base as u64) < offset, "batch {base} at or past {offset}"))
+            .collect()
+    };
+
+    // In a gap between segments (the next one starts after it): the later segments go whole.
+    let segments = follower.segments();
+    let at = segments
+        .windows(2)
+        .rposition(|w| w[0].next_offset < w[1].base_offset)
+        .expect("a segment that starts after a gap");
+    let (kept_end, next_base) = (segments[at].next_offset, segments[at + 1].base_offset);
+    assert!(kept_end > 41, "above the cuts below");
+    assert_eq!(
+        follower.truncate_to(next_base - 1).expect("truncate"),
+        kept_end
+    );
+    assert_eq!(follower.segments().len(), at + 1);
+    // Inside a batch: cut at its base.
+    assert_eq!(follower.truncate_to(41).expect("truncate"), 40);
+    assert_eq!(follower.log_end_offset(), 40);
+    // Inside the gap 38..40 after batch 36..38 (batch 19 was dropped): the log ends at 38.
+    assert_eq!(follower.truncate_to(39).expect("truncate"), 38);
+    assert_eq!(follower.log_end_offset(), 38);
+    assert_eq!(below(&follower, 38).last(), Some(&36));
+    // Inside the gap 2..4 near the start: the first batch alone stays.
+    assert_eq!(follower.truncate_to(3).expect("truncate"), 2);
+    assert_eq!(below(&follower, 2), vec![0]);
+    // The leader's next batches append after the cut, past the gap they leave.
+    for (_, b) in kept.iter().skip(1).take(4) {
+        follower.append_replica(b).expect("appended after the cut");
+    }
+    let end = follower.log_end_offset();
+    assert_eq!(end, 14);
+    drop(follower);
+    let reopened = Log::open(f.path(), config(700)).expect("reopen");
+    assert_eq!(reopened.log_end_offset(), end);
+    assert_eq!(below(&reopened, end), vec![0, 4, 6, 10, 12]);
+}

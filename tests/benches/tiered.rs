@@ -34,8 +34,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use strata_storage::BatchHeader;
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
+use strata_storage::{BatchHeader, SegmentFile};
 use strata_tests::s3::S3Server;
 use strata_tests::{RawClient, TestBroker};
 use uuid::Uuid;
@@ -416,7 +416,7 @@ async fn raw_gets(
     for (p, m) in manifests.iter().enumerate() {
         let objects = PartitionObjects::new(store.clone(), &Path::from(PREFIX), id, p as i32);
         for s in &m.segments {
-            let key = objects.segment_key(s.base_offset, s.leader_epoch, "log");
+            let key = objects.segment_key(s.base_offset, s.leader_epoch, SegmentFile::Log);
             let mut at = 0;
             while at < s.size_bytes {
                 let end = (at + CHUNK).min(s.size_bytes);

@@ -20,6 +20,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use strata_storage::SegmentFile;
 use strata_storage::tier::fault::{Fault, FaultyStore};
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
 use strata_tests::TestBroker;
@@ -322,7 +323,7 @@ async fn a_gib_replays_from_object_storage_and_survives_a_wiped_disk() {
         let listed = list_bucket(&aws, &format!("{}/", objects.root())).await;
         for seg in &m.segments {
             let key = objects
-                .segment_key(seg.base_offset, seg.leader_epoch, "log")
+                .segment_key(seg.base_offset, seg.leader_epoch, SegmentFile::Log)
                 .to_string();
             assert_eq!(listed.get(&key), Some(&(seg.size_bytes as i64)), "{key}");
         }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use strata_client::{Client, NewRecord};
+use strata_storage::SegmentFile;
 use strata_storage::tier::fault::{Fault, FaultyStore};
 use strata_tests::TestBroker;
 
@@ -119,8 +120,8 @@ async fn a_log_behind_its_manifest_takes_no_writes_until_it_continues_from_the_r
                 .collect();
             logs.sort();
             for log in logs.iter().skip(1) {
-                for ext in ["log", "index", "timeindex"] {
-                    let _ = std::fs::remove_file(log.with_extension(ext));
+                for file in SegmentFile::ALL {
+                    let _ = std::fs::remove_file(log.with_extension(file.ext()));
                 }
             }
         })

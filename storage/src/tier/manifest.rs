@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::TierError;
+use crate::SegmentFile;
 
 /// Versions kept behind the newest; older ones are deleted after a commit.
 const KEEP_VERSIONS: u64 = 8;
@@ -40,6 +41,21 @@ pub struct RemoteSegment {
     /// to tell its own data from a diverged copy before skipping the upload.
     #[serde(default)]
     pub last_batch_crc: u32,
+    /// The segment's files in object storage (manifests written before this was recorded
+    /// name none: they hold the batches and both indexes).
+    #[serde(default = "all_files")]
+    pub files: Vec<SegmentFile>,
+}
+
+fn all_files() -> Vec<SegmentFile> {
+    SegmentFile::ALL.to_vec()
+}
+
+impl RemoteSegment {
+    /// Whether the segment has this file in object storage.
+    pub fn has(&self, file: SegmentFile) -> bool {
+        self.files.contains(&file)
+    }
 }
 
 /// One version of a partition's manifest.
@@ -128,7 +144,8 @@ impl PartitionObjects {
     }
 
     /// The key of a segment file: `<base-offset>-<epoch>.<ext>`.
-    pub fn segment_key(&self, base_offset: u64, leader_epoch: i32, ext: &str) -> Path {
+    pub fn segment_key(&self, base_offset: u64, leader_epoch: i32, file: SegmentFile) -> Path {
+        let ext = file.ext();
         self.root
             .clone()
             .join(format!("{base_offset:020}-{leader_epoch}.{ext}"))
@@ -243,7 +260,22 @@ mod tests {
             size_bytes: end - base,
             leader_epoch: epoch,
             last_batch_crc: 0,
+            files: SegmentFile::ALL.to_vec(),
         }
+    }
+
+    #[test]
+    fn segments_name_their_files_and_older_manifests_mean_all_of_them() {
+        let json = serde_json::to_string(&seg(0, 10, 1)).expect("encodes");
+        assert!(
+            json.contains(r#""files":["log","offset_index","time_index"]"#),
+            "{json}"
+        );
+        let older = r#"{"base_offset":0,"end_offset":10,"max_timestamp":0,"size_bytes":10,
+            "leader_epoch":1}"#;
+        let parsed: RemoteSegment = serde_json::from_str(older).expect("parses");
+        assert_eq!(parsed.files, SegmentFile::ALL.to_vec());
+        assert!(parsed.has(SegmentFile::TimeIndex));
     }
 
     fn objects() -> PartitionObjects {
@@ -265,7 +297,7 @@ mod tests {
         assert_eq!(m.end_offset(), 30);
         assert_eq!(m.segments.len(), 3);
         assert_eq!(
-            o.segment_key(10, 1, "log").as_ref(),
+            o.segment_key(10, 1, SegmentFile::Log).as_ref(),
             "p/topics/00000000-0000-0000-0000-000000000000/0/00000000000000000010-1.log"
         );
     }

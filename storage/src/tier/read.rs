@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use super::TierError;
 use super::manifest::{Manifest, PartitionObjects, RemoteSegment};
+use crate::SegmentFile;
 use crate::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use crate::index::{OffsetEntry, SparseIndex, TimeEntry};
 
@@ -61,24 +62,6 @@ impl Default for CacheConfig {
             chunk_bytes: 4 << 20,
             readahead_chunks: 4,
             max_concurrent_gets: 16,
-        }
-    }
-}
-
-/// Which object of a segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    Log,
-    Index,
-    TimeIndex,
-}
-
-impl Kind {
-    fn ext(self) -> &'static str {
-        match self {
-            Kind::Log => "log",
-            Kind::Index => "index",
-            Kind::TimeIndex => "timeindex",
         }
     }
 }
@@ -158,13 +141,15 @@ impl std::fmt::Debug for RemoteReader {
     }
 }
 
-/// The segment of `manifest` holding `offset`.
+/// The segment of `manifest` holding `offset`, or (when `offset` falls in a gap a compacted
+/// log left between segments) the first one after it: a read there returns the next batch,
+/// as a local read does.
 fn segment_of(manifest: &Manifest, offset: u64) -> Option<(usize, &RemoteSegment)> {
     let i = manifest
         .segments
         .partition_point(|s| s.end_offset <= offset);
     let seg = manifest.segments.get(i)?;
-    (seg.base_offset <= offset && offset >= manifest.log_start_offset).then_some((i, seg))
+    (offset >= manifest.log_start_offset).then_some((i, seg))
 }
 
 impl RemoteReader {
@@ -223,7 +208,9 @@ impl RemoteReader {
         };
         let mut cursor = Cursor::new(self, objects, seg);
         let index = self.offset_index(objects, seg).await?;
-        let rel = (from - seg.base_offset).min(u64::from(u32::MAX)) as u32;
+        let rel = from
+            .saturating_sub(seg.base_offset)
+            .min(u64::from(u32::MAX)) as u32;
         let mut pos = index
             .floor(|e| e.rel_offset <= rel)
             .map_or(0, |e| u64::from(e.position));
@@ -233,7 +220,8 @@ impl RemoteReader {
         let first = pos / size;
         let last = ((pos + max_bytes as u64).min(seg.size_bytes).max(1) - 1) / size;
         let span = first..=last.min(first + SPAN_CHUNKS - 1);
-        futures::future::join_all(span.map(|n| self.chunk(objects, seg, Kind::Log, n))).await;
+        futures::future::join_all(span.map(|n| self.chunk(objects, seg, SegmentFile::Log, n)))
+            .await;
         // Find the batch holding `from`.
         loop {
             let Some(h) = cursor.header(pos).await? else {
@@ -350,7 +338,7 @@ impl RemoteReader {
         for s in &manifest.segments[seg_index..] {
             let chunks = s.size_bytes.div_ceil(chunk);
             while next < chunks && want > 0 {
-                let (key, path, range) = self.locate(objects, s, Kind::Log, next);
+                let (key, path, range) = self.locate(objects, s, SegmentFile::Log, next);
                 let fetch = self.fetcher(objects.store().clone(), path, range);
                 let cache = self.cache.clone();
                 tokio::spawn(async move {
@@ -372,7 +360,7 @@ impl RemoteReader {
         &self,
         objects: &PartitionObjects,
         seg: &RemoteSegment,
-        kind: Kind,
+        kind: SegmentFile,
         chunk: u64,
     ) -> (ChunkKey, Path, Range<u64>) {
         let key = ChunkKey {
@@ -383,7 +371,7 @@ impl RemoteReader {
             kind: kind as u8,
             chunk,
         };
-        let path = objects.segment_key(seg.base_offset, seg.leader_epoch, kind.ext());
+        let path = objects.segment_key(seg.base_offset, seg.leader_epoch, kind);
         let size = seg.size_bytes;
         let range =
             chunk * self.config.chunk_bytes..((chunk + 1) * self.config.chunk_bytes).min(size);
@@ -433,12 +421,23 @@ impl RemoteReader {
         &self,
         objects: &PartitionObjects,
         seg: &RemoteSegment,
-        kind: Kind,
+        kind: SegmentFile,
         chunk: u64,
     ) -> Result<Bytes, TierError> {
         let (key, path, range) = self.locate(objects, seg, kind, chunk);
+        if !seg.has(kind) {
+            return Err(TierError::Corrupt {
+                key: path.to_string(),
+                position: 0,
+                reason: "the manifest names no such object for the segment",
+            });
+        }
         // Indexes are fetched whole (their size is not in the manifest): an empty range.
-        let range = if kind == Kind::Log { range } else { 0..0 };
+        let range = if kind == SegmentFile::Log {
+            range
+        } else {
+            0..0
+        };
         let fetch = self.fetcher(objects.store().clone(), path, range);
         let entry = self.cache.get_or_fetch(&key, fetch).await.map_err(|e| {
             TierError::Cache(
@@ -454,7 +453,7 @@ impl RemoteReader {
         objects: &PartitionObjects,
         seg: &RemoteSegment,
     ) -> Result<Arc<SparseIndex<OffsetEntry>>, TierError> {
-        self.index(objects, seg, Kind::Index, &self.offset_indexes)
+        self.index(objects, seg, SegmentFile::OffsetIndex, &self.offset_indexes)
             .await
     }
 
@@ -463,7 +462,7 @@ impl RemoteReader {
         objects: &PartitionObjects,
         seg: &RemoteSegment,
     ) -> Result<Arc<SparseIndex<TimeEntry>>, TierError> {
-        self.index(objects, seg, Kind::TimeIndex, &self.time_indexes)
+        self.index(objects, seg, SegmentFile::TimeIndex, &self.time_indexes)
             .await
     }
 
@@ -473,7 +472,7 @@ impl RemoteReader {
         &self,
         objects: &PartitionObjects,
         seg: &RemoteSegment,
-        kind: Kind,
+        kind: SegmentFile,
         kept: &Mutex<HashMap<IndexKey, Arc<SparseIndex<E>>>>,
     ) -> Result<Arc<SparseIndex<E>>, TierError> {
         let key = (
@@ -536,7 +535,7 @@ impl<'a> Cursor<'a> {
         }
         let bytes = self
             .reader
-            .chunk(self.objects, self.seg, Kind::Log, n)
+            .chunk(self.objects, self.seg, SegmentFile::Log, n)
             .await?;
         let want = (self.seg.size_bytes - n * self.reader.config.chunk_bytes)
             .min(self.reader.config.chunk_bytes);
@@ -594,7 +593,11 @@ impl<'a> Cursor<'a> {
         TierError::Corrupt {
             key: self
                 .objects
-                .segment_key(self.seg.base_offset, self.seg.leader_epoch, "log")
+                .segment_key(
+                    self.seg.base_offset,
+                    self.seg.leader_epoch,
+                    SegmentFile::Log,
+                )
                 .to_string(),
             position: pos,
             reason: what,
@@ -673,6 +676,53 @@ mod tests {
         assert!(matches!(past, Err(TierError::NotRemote { .. })));
     }
 
+    /// A copy with gaps (what compaction leaves: every third batch gone, so offsets jump inside
+    /// segments and between them) reads remotely as it does locally, from every offset.
+    #[tokio::test]
+    async fn remote_reads_of_a_log_with_gaps_return_the_next_batch_from_a_gap() {
+        let (_dir, leader, _, _) = uploaded(90).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = Log::open(
+            dir.path(),
+            LogConfig {
+                segment_bytes: 4 * 1024,
+                index_interval_bytes: 512,
+                segment_ms: None,
+                ..LogConfig::default()
+            },
+        )
+        .expect("open");
+        let all = leader.read(0, usize::MAX / 2).expect("read");
+        let mut at = 0;
+        let mut i = 0;
+        while let Some(h) = BatchHeader::parse(&all[at..]) {
+            let len = h.total_len();
+            if i % 3 != 1 {
+                copy.append_replica(&all[at..at + len]).expect("replica");
+            }
+            at += len;
+            i += 1;
+        }
+        copy.roll().expect("roll");
+        copy.flush().expect("flush");
+        let objects =
+            PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("g"), Uuid::nil(), 0);
+        let m = upload_sealed(&copy, &objects, 1).await.expect("upload");
+        assert!(
+            m.segments
+                .windows(2)
+                .any(|w| w[0].end_offset < w[1].base_offset),
+            "a remote segment starts after a gap"
+        );
+        let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        for from in 0..m.end_offset() {
+            let remote = reader.read(&objects, &m, from, 700).await.expect("remote");
+            let local = copy.read(from, 700).expect("local");
+            assert!(!remote.is_empty(), "offset {from}");
+            assert_eq!(&local[..remote.len()], &remote[..], "offset {from}");
+        }
+    }
+
     /// The offset after the last whole batch in `bytes`.
     fn next_offset(bytes: &[u8]) -> u64 {
         let mut at = 0;
@@ -732,7 +782,7 @@ mod tests {
     async fn a_corrupt_segment_is_reported_not_followed() {
         let (_dir, _log, objects, m) = uploaded(20).await;
         let seg = &m.segments[0];
-        let key = objects.segment_key(seg.base_offset, seg.leader_epoch, "log");
+        let key = objects.segment_key(seg.base_offset, seg.leader_epoch, SegmentFile::Log);
         let mut bytes = objects
             .store()
             .get(&key)

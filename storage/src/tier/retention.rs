@@ -13,6 +13,7 @@ use object_store::ObjectStoreExt;
 
 use super::TierError;
 use super::manifest::{Manifest, PartitionObjects, RemoteSegment};
+use crate::SegmentFile;
 
 impl Manifest {
     /// This manifest without `gone`, its log start moved past them.
@@ -63,9 +64,6 @@ impl Manifest {
         gone
     }
 }
-
-/// The files of one remote segment.
-const EXTENSIONS: [&str; 3] = ["log", "index", "timeindex"];
 
 /// Drops remote segments outside the whole log's retention: commits a manifest without them
 /// (as leader of `epoch`), hands it to `publish` (so readers stop following the old one),
@@ -123,10 +121,10 @@ async fn delete_segment(
     base_offset: u64,
     epoch: i32,
 ) -> Result<(), TierError> {
-    for ext in EXTENSIONS {
+    for file in SegmentFile::ALL {
         match objects
             .store()
-            .delete(&objects.segment_key(base_offset, epoch, ext))
+            .delete(&objects.segment_key(base_offset, epoch, file))
             .await
         {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
@@ -178,9 +176,7 @@ pub async fn clean_orphans(
 /// `<base>-<epoch>.<ext>` of a segment object.
 fn parse_segment_name(name: &str) -> Option<(u64, i32)> {
     let (stem, ext) = name.rsplit_once('.')?;
-    if !EXTENSIONS.contains(&ext) {
-        return None;
-    }
+    SegmentFile::from_ext(ext)?;
     let (base, epoch) = stem.split_once('-')?;
     Some((base.parse().ok()?, epoch.parse().ok()?))
 }
@@ -204,6 +200,7 @@ mod tests {
             size_bytes: 100,
             leader_epoch: 1,
             last_batch_crc: 0,
+            files: SegmentFile::ALL.to_vec(),
         }
     }
 
@@ -236,10 +233,10 @@ mod tests {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let objects = PartitionObjects::new(store.clone(), &Path::from("c"), Uuid::nil(), 0);
         for (base, end, ts) in [(0, 10, 1_000), (10, 20, 9_000)] {
-            for ext in EXTENSIONS {
+            for file in SegmentFile::ALL {
                 store
                     .put(
-                        &objects.segment_key(base, 1, ext),
+                        &objects.segment_key(base, 1, file),
                         PutPayload::from_static(b"x"),
                     )
                     .await
@@ -251,7 +248,7 @@ mod tests {
                 .expect("commit");
         }
         // An upload that crashed before its commit.
-        let orphan = objects.segment_key(20, 1, "log");
+        let orphan = objects.segment_key(20, 1, SegmentFile::Log);
         store
             .put(&orphan, PutPayload::from_static(b"x"))
             .await
@@ -266,8 +263,11 @@ mod tests {
             0,
             |m| {
                 // Readers learn the new manifest while the old one's objects still exist.
-                let old =
-                    futures::executor::block_on(store.head(&objects.segment_key(0, 1, "log")));
+                let old = futures::executor::block_on(store.head(&objects.segment_key(
+                    0,
+                    1,
+                    SegmentFile::Log,
+                )));
                 published = Some((m.clone(), old.is_ok()));
             },
         )
@@ -280,8 +280,18 @@ mod tests {
         );
         assert_eq!(gone, vec![seg(0, 10, 1_000)]);
         assert_eq!(m.log_start_offset, 10);
-        assert!(store.head(&objects.segment_key(0, 1, "log")).await.is_err());
-        assert!(store.head(&objects.segment_key(10, 1, "log")).await.is_ok());
+        assert!(
+            store
+                .head(&objects.segment_key(0, 1, SegmentFile::Log))
+                .await
+                .is_err()
+        );
+        assert!(
+            store
+                .head(&objects.segment_key(10, 1, SegmentFile::Log))
+                .await
+                .is_ok()
+        );
         // Within the grace period the orphan stays (a live upload may be about to commit it).
         assert_eq!(
             clean_orphans(&objects, &m, Duration::from_secs(3600))
@@ -298,7 +308,7 @@ mod tests {
         assert!(store.head(&orphan).await.is_err());
         assert!(
             store
-                .head(&objects.segment_key(10, 1, "index"))
+                .head(&objects.segment_key(10, 1, SegmentFile::OffsetIndex))
                 .await
                 .is_ok()
         );

@@ -49,17 +49,15 @@ pub async fn upload_sealed(
         if held {
             continue;
         }
-        for (path, ext) in [
-            (&seg.log_path, "log"),
-            (&seg.offset_index_path, "index"),
-            (&seg.time_index_path, "timeindex"),
-        ] {
+        let mut files = Vec::new();
+        for (file, path) in seg.files() {
             upload_file(
                 objects,
-                objects.segment_key(seg.base_offset, epoch, ext),
+                objects.segment_key(seg.base_offset, epoch, file),
                 path,
             )
             .await?;
+            files.push(file);
         }
         let remote = RemoteSegment {
             base_offset: seg.base_offset,
@@ -68,6 +66,7 @@ pub async fn upload_sealed(
             size_bytes: seg.size_bytes,
             leader_epoch: epoch,
             last_batch_crc: crc,
+            files,
         };
         manifest = objects
             .commit(epoch, |m| m.with_segment(remote.clone()))
@@ -136,7 +135,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::{BatchBuilder, LogConfig};
+    use crate::{BatchBuilder, LogConfig, SegmentFile};
 
     #[tokio::test]
     async fn sealed_durable_segments_are_uploaded_once_with_their_bytes() {
@@ -164,7 +163,7 @@ mod tests {
         assert_eq!(m.end_offset(), sealed.last().expect("sealed").next_offset);
         for s in &sealed {
             let remote = store
-                .get(&objects.segment_key(s.base_offset, 1, "log"))
+                .get(&objects.segment_key(s.base_offset, 1, SegmentFile::Log))
                 .await
                 .expect("object")
                 .bytes()
@@ -201,7 +200,7 @@ mod tests {
         std::fs::write(&path, &data).expect("write");
         let store = Arc::new(InMemory::new());
         let objects = PartitionObjects::new(store.clone(), &Path::from("t"), Uuid::nil(), 0);
-        let key = objects.segment_key(0, 1, "log");
+        let key = objects.segment_key(0, 1, SegmentFile::Log);
         upload_file(&objects, key.clone(), &path)
             .await
             .expect("upload");
