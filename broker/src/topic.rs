@@ -1,13 +1,14 @@
-//! A topic's configs (Kafka's names, as the controller stores and validates them) as the typed
-//! settings the broker applies: the log's, tiering's and the local tail's retention. Every
-//! value the controller accepts (`strata_controller::topic_config`) maps to settings the log
-//! accepts, so no topic config can keep a partition from opening; a test below walks the
-//! controller's whole table to hold that.
+//! A topic's configs as the settings the broker applies: the log's, tiering's and the local
+//! tail's retention. The controller reads a topic's configs into typed values
+//! (`strata_controller::topic_config::TopicConfig`, Kafka's names and defaults, in one place)
+//! and refuses what it cannot read; this maps those values onto the storage crate's settings.
+//! Every value the controller accepts maps to settings the log accepts, so no topic config can
+//! keep a partition from opening; a test below walks the controller's whole table to hold that.
 
 use std::time::Duration;
 
 use strata_controller::model::TopicRecord;
-use strata_controller::topic_config::topic_config;
+use strata_controller::topic_config::TopicConfig;
 use strata_storage::{FlushPolicy, HEADER_LEN, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 
 /// What a topic's configs ask of each partition of it.
@@ -25,20 +26,20 @@ pub(crate) struct TopicSettings {
 
 impl TopicSettings {
     pub(crate) fn of(topic: &TopicRecord) -> Self {
-        let log = log_config(topic);
-        let get = |k: &str| int(topic, k).unwrap_or(-2);
-        let local_ms = match get("local.retention.ms") {
+        let c = TopicConfig::lenient(&topic.configs);
+        let log = log_config(&c);
+        let local_ms = match c.local_retention_ms {
             -2 => log.retention_ms,
             v if v < 0 => None,
             v => Some(Duration::from_millis(v as u64)),
         };
-        let local_bytes = match get("local.retention.bytes") {
+        let local_bytes = match c.local_retention_bytes {
             -2 => log.retention_bytes,
             v if v < 0 => None,
             v => Some(v as u64),
         };
         Self {
-            remote: remote_enabled(topic),
+            remote: c.remote_storage && !is_internal(topic),
             local_retention_ms: tighter(local_ms, log.retention_ms),
             local_retention_bytes: tighter(local_bytes, log.retention_bytes),
             log,
@@ -48,19 +49,11 @@ impl TopicSettings {
 
 /// Whether a topic's sealed segments go to the object store.
 pub(crate) fn remote_enabled(topic: &TopicRecord) -> bool {
-    !topic.name.starts_with("__")
-        && topic
-            .configs
-            .get("remote.storage.enable")
-            .map(String::as_str)
-            != Some("false")
+    TopicSettings::of(topic).remote
 }
 
-fn int(topic: &TopicRecord, key: &str) -> Option<i64> {
-    topic
-        .configs
-        .get(key)
-        .and_then(|v| v.trim().parse::<i64>().ok())
+fn is_internal(topic: &TopicRecord) -> bool {
+    topic.name.starts_with("__")
 }
 
 /// The smaller of two optional limits (`None` = unlimited).
@@ -71,71 +64,48 @@ fn tighter<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     }
 }
 
+/// A duration in ms, `None` for Kafka's "never" (`i64::MAX`).
+fn bound(ms: i64) -> Option<Duration> {
+    (ms != i64::MAX).then(|| Duration::from_millis(ms.max(0) as u64))
+}
+
 /// The log settings a topic's configs ask for.
-fn log_config(topic: &TopicRecord) -> LogConfig {
+fn log_config(t: &TopicConfig) -> LogConfig {
     let mut c = LogConfig {
+        segment_bytes: t.segment_bytes.clamp(14, MAX_SEGMENT_BYTES as i64) as u64,
+        segment_ms: Some(Duration::from_millis(t.segment_ms.max(1) as u64)),
+        // Kafka never deletes a compact-only topic by time or size. Until the cleaner exists,
+        // such a topic keeps everything.
+        retention_ms: (t.delete && t.retention_ms >= 0)
+            .then(|| Duration::from_millis(t.retention_ms as u64)),
+        retention_bytes: (t.delete && t.retention_bytes >= 0).then_some(t.retention_bytes as u64),
+        // Below a batch header no batch fits: every one is refused as too large, as in Kafka.
+        max_batch_bytes: t
+            .max_message_bytes
+            .clamp(HEADER_LEN as i64, MAX_SEGMENT_BYTES as i64) as usize,
+        // 0 asks for an entry per batch; any positive interval below a batch's size does that.
+        index_interval_bytes: t.index_interval_bytes.max(1) as u64,
+        // Kafka's defaults: one hour after, no bound before.
+        timestamp_before_max: bound(t.timestamp_before_max_ms),
+        timestamp_after_max: bound(t.timestamp_after_max_ms),
         flush: FlushPolicy::Os,
         ..LogConfig::default()
     };
-    let get = |k: &str| int(topic, k);
-    if let Some(v) = get("segment.bytes") {
-        c.segment_bytes = v.clamp(14, MAX_SEGMENT_BYTES as i64) as u64;
-    }
-    if let Some(v) = get("segment.ms") {
-        c.segment_ms = Some(Duration::from_millis(v.max(1) as u64));
-    }
-    // Kafka never deletes a compact-only topic by time or size. Until the cleaner exists,
-    // such a topic keeps everything.
-    let compact_only = topic.configs.get("cleanup.policy").map(String::as_str) == Some("compact");
-    if let Some(v) = get("retention.ms") {
-        c.retention_ms = (v >= 0).then(|| Duration::from_millis(v as u64));
-    }
-    if let Some(v) = get("retention.bytes") {
-        c.retention_bytes = (v >= 0).then_some(v as u64);
-    }
-    if compact_only {
-        c.retention_ms = None;
-        c.retention_bytes = None;
-    }
-    if let Some(v) = get("max.message.bytes") {
-        // Below a batch header no batch fits: every one is refused as too large, as in Kafka.
-        c.max_batch_bytes = v.clamp(HEADER_LEN as i64, MAX_SEGMENT_BYTES as i64) as usize;
-    }
-    if let Some(v) = get("index.interval.bytes") {
-        // 0 asks for an entry per batch; any positive interval below a batch's size does that.
-        c.index_interval_bytes = v.max(1) as u64;
-    }
     // `flush.ms` and `flush.messages` default to "never" (Long.MAX): the OS decides, and the
     // broker fsyncs sealed segments on a timer (see `crate::flusher`).
-    match get("flush.ms") {
-        Some(0) => c.flush = FlushPolicy::EveryAppend,
-        Some(v) if v > 0 && v < i64::MAX => {
-            c.flush = FlushPolicy::Interval(Duration::from_millis(v as u64));
+    match t.flush_ms {
+        0 => c.flush = FlushPolicy::EveryAppend,
+        v if v > 0 && v < i64::MAX => {
+            c.flush = FlushPolicy::Interval(Duration::from_millis(v as u64))
         }
         _ => {}
     }
-    match get("flush.messages") {
-        Some(1) => c.flush = FlushPolicy::EveryAppend,
-        Some(v) if v > 1 && v < i64::MAX => c.flush_messages = Some(v as u64),
+    match t.flush_messages {
+        1 => c.flush = FlushPolicy::EveryAppend,
+        v if v > 1 && v < i64::MAX => c.flush_messages = Some(v as u64),
         _ => {}
     }
-    // The topic's value, or the default the config table shows (Kafka's: one hour after,
-    // no bound before).
-    let bound = |key: &str| {
-        let default = || topic_config(key).and_then(|d| d.default.parse::<i64>().ok());
-        match get(key).or_else(default) {
-            None | Some(i64::MAX) => None,
-            Some(v) => Some(Duration::from_millis(v.max(0) as u64)),
-        }
-    };
-    c.timestamp_before_max = bound("message.timestamp.before.max.ms");
-    c.timestamp_after_max = bound("message.timestamp.after.max.ms");
-    if topic
-        .configs
-        .get("message.timestamp.type")
-        .map(String::as_str)
-        == Some("LogAppendTime")
-    {
+    if t.log_append_time {
         c.timestamp_type = TimestampType::LogAppendTime;
     }
     c
@@ -188,6 +158,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_topic_without_configs_gets_the_logs_defaults_and_is_tiered() {
+        let topic = |name: &str| TopicRecord {
+            name: name.into(),
+            id: Uuid::nil(),
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+            partitions: Vec::new(),
+        };
+        let s = TopicSettings::of(&topic("t"));
+        // Kafka 4's default bound on timestamps from the future, the log's defaults otherwise.
+        let expected = LogConfig {
+            timestamp_after_max: Some(Duration::from_secs(3600)),
+            ..LogConfig::default()
+        };
+        assert_eq!(s.log, expected);
+        assert!(s.remote);
+        assert_eq!(
+            (s.local_retention_ms, s.local_retention_bytes),
+            (s.log.retention_ms, None)
+        );
+        assert!(!TopicSettings::of(&topic("__consumer_offsets")).remote);
     }
 
     #[test]

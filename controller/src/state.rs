@@ -12,7 +12,7 @@ use crate::model::{
     TopicRecord,
 };
 use crate::placement::{self, Candidate};
-use crate::topic_config::{topic_config, validate_topic_config};
+use crate::topic_config::{TopicConfig, topic_config};
 
 /// Longest legal topic name, as in Kafka.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
@@ -210,9 +210,7 @@ impl MetadataState {
                     return Err(CommandError::TopicAlreadyExists { name: name.clone() });
                 }
                 check_partition_count(*partitions)?;
-                for (k, v) in configs {
-                    validate_topic_config(k, v)?;
-                }
+                TopicConfig::parse(configs)?;
                 if *first_leader_epoch < 0 {
                     return Err(CommandError::InvalidConfig {
                         key: "first_leader_epoch".into(),
@@ -279,9 +277,6 @@ impl MetadataState {
                 delete,
                 replace,
             } => {
-                for (k, v) in set {
-                    validate_topic_config(k, v)?;
-                }
                 if let Some(k) = delete.iter().find(|k| topic_config(k).is_none()) {
                     return Err(CommandError::InvalidConfig {
                         key: k.clone(),
@@ -290,15 +285,20 @@ impl MetadataState {
                     });
                 }
                 let t = self.topic_mut(topic)?;
-                if *replace {
-                    t.configs.clear();
-                }
+                let mut configs = if *replace {
+                    BTreeMap::new()
+                } else {
+                    t.configs.clone()
+                };
                 for k in delete {
-                    t.configs.remove(k);
+                    configs.remove(k);
                 }
                 for (k, v) in set {
-                    t.configs.insert(k.clone(), v.trim().to_owned());
+                    configs.insert(k.clone(), v.trim().to_owned());
                 }
+                // The whole set as brokers will read it, not only the keys changed.
+                TopicConfig::parse(&configs)?;
+                t.configs = configs;
                 changes.push(Change::Topic(t.clone()));
                 Ok(Outcome::ConfigsAltered)
             }

@@ -1,7 +1,11 @@
 //! Topic configs Strata knows, under Kafka's names, with their defaults and validation.
 //!
 //! The controller refuses unknown keys and bad values when a topic is created or altered; the
-//! broker uses the same table to answer DescribeConfigs with defaults.
+//! broker uses the same table to answer DescribeConfigs with defaults. [`TopicConfig`] is the
+//! one reading of a topic's whole set as typed values: the controller parses every set it
+//! commits with it, and brokers apply what it reads.
+
+use std::collections::BTreeMap;
 
 use crate::command::CommandError;
 
@@ -151,6 +155,90 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), CommandError>
     }
 }
 
+/// A topic's configs as typed values, unset keys at their defaults. Numbers keep Kafka's
+/// sentinels: -1 for "unlimited" retention, -2 for "as `retention.*`" local retention,
+/// `i64::MAX` for "never" (`flush.*`, `message.timestamp.before.max.ms`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// `cleanup.policy` holds `compact`.
+    pub compact: bool,
+    /// `cleanup.policy` holds `delete`.
+    pub delete: bool,
+    /// `segment.bytes`.
+    pub segment_bytes: i64,
+    /// `segment.ms`.
+    pub segment_ms: i64,
+    /// `retention.ms`.
+    pub retention_ms: i64,
+    /// `retention.bytes`.
+    pub retention_bytes: i64,
+    /// `local.retention.ms`.
+    pub local_retention_ms: i64,
+    /// `local.retention.bytes`.
+    pub local_retention_bytes: i64,
+    /// `max.message.bytes`.
+    pub max_message_bytes: i64,
+    /// `index.interval.bytes`.
+    pub index_interval_bytes: i64,
+    /// `flush.ms`.
+    pub flush_ms: i64,
+    /// `flush.messages`.
+    pub flush_messages: i64,
+    /// `message.timestamp.type` is `LogAppendTime`.
+    pub log_append_time: bool,
+    /// `message.timestamp.before.max.ms`.
+    pub timestamp_before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`.
+    pub timestamp_after_max_ms: i64,
+    /// `remote.storage.enable`.
+    pub remote_storage: bool,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: i64,
+}
+
+impl TopicConfig {
+    /// Reads a topic's configs; refuses an unknown key or a bad value.
+    pub fn parse(configs: &BTreeMap<String, String>) -> Result<Self, CommandError> {
+        for (k, v) in configs {
+            validate_topic_config(k, v)?;
+        }
+        Ok(Self::lenient(configs))
+    }
+
+    /// Reads a topic's configs, a value this version does not accept taking its default (a
+    /// broker applying what a newer or older controller committed must not stop for it).
+    pub fn lenient(configs: &BTreeMap<String, String>) -> Self {
+        let value = |key: &str| -> &str {
+            let given = configs
+                .get(key)
+                .map(|v| v.trim())
+                .filter(|v| validate_topic_config(key, v).is_ok());
+            given.unwrap_or_else(|| topic_config(key).map_or("", |d| d.default))
+        };
+        let num = |key: &str| value(key).parse::<i64>().unwrap_or_default();
+        let policy = value("cleanup.policy");
+        Self {
+            compact: policy.contains("compact"),
+            delete: policy.contains("delete"),
+            segment_bytes: num("segment.bytes"),
+            segment_ms: num("segment.ms"),
+            retention_ms: num("retention.ms"),
+            retention_bytes: num("retention.bytes"),
+            local_retention_ms: num("local.retention.ms"),
+            local_retention_bytes: num("local.retention.bytes"),
+            max_message_bytes: num("max.message.bytes"),
+            index_interval_bytes: num("index.interval.bytes"),
+            flush_ms: num("flush.ms"),
+            flush_messages: num("flush.messages"),
+            log_append_time: value("message.timestamp.type") == "LogAppendTime",
+            timestamp_before_max_ms: num("message.timestamp.before.max.ms"),
+            timestamp_after_max_ms: num("message.timestamp.after.max.ms"),
+            remote_storage: value("remote.storage.enable").eq_ignore_ascii_case("true"),
+            min_insync_replicas: num("min.insync.replicas"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +262,32 @@ mod tests {
         assert!(validate_topic_config("message.timestamp.type", "LogAppendTime").is_ok());
         let err = validate_topic_config("no.such.key", "1").expect_err("unknown key");
         assert!(matches!(err, CommandError::InvalidConfig { key, .. } if key == "no.such.key"));
+    }
+
+    #[test]
+    fn a_topics_configs_read_as_typed_values_with_defaults() {
+        let defaults = TopicConfig::parse(&BTreeMap::new()).expect("defaults");
+        assert_eq!(defaults.retention_ms, 604_800_000);
+        assert_eq!(defaults.flush_ms, i64::MAX);
+        assert!(defaults.delete && !defaults.compact && defaults.remote_storage);
+        let set = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let c = TopicConfig::parse(&set(&[
+            ("cleanup.policy", "compact,delete"),
+            ("retention.bytes", " 4096 "),
+            ("remote.storage.enable", "FALSE"),
+            ("message.timestamp.type", "LogAppendTime"),
+        ]))
+        .expect("valid");
+        assert!(c.compact && c.delete && !c.remote_storage && c.log_append_time);
+        assert_eq!(c.retention_bytes, 4096);
+        // Strict for the controller, lenient for a broker applying what was committed.
+        let bad = set(&[("retention.ms", "soon"), ("no.such.key", "1")]);
+        assert!(TopicConfig::parse(&bad).is_err());
+        assert_eq!(TopicConfig::lenient(&bad), defaults);
     }
 }
