@@ -18,6 +18,7 @@
 
 mod admission;
 mod catalog;
+pub mod cli;
 pub mod config;
 
 mod connection;

@@ -4,6 +4,7 @@
 //!
 //! The tests live under `tests/tests/`; this library holds the helpers they share.
 
+pub mod cluster;
 pub mod s3;
 
 use std::net::SocketAddr;

@@ -1,0 +1,186 @@
+//! A cluster of `strata` processes on loopback ports, each a controller voter and a broker
+//! (`controller.mode = "combined"`), sharing one object store directory, as users run three
+//! brokers on three VMs. Processes are killed when the cluster is dropped.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+use strata_client::Client;
+use tokio::process::{Child, Command};
+
+/// One process of the cluster.
+#[derive(Debug)]
+struct Node {
+    kafka: SocketAddr,
+    controller: SocketAddr,
+    child: Option<Child>,
+}
+
+/// `size` `strata` processes forming one cluster.
+#[derive(Debug)]
+pub struct ProcessCluster {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    nodes: BTreeMap<i32, Node>,
+}
+
+/// A loopback address free right now (bound and released: the process binds it next).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+impl ProcessCluster {
+    /// Starts `size` nodes of `binary` (the `strata` command line) with ids 1..=size and waits
+    /// until every one serves Kafka clients and sees all the others.
+    pub async fn start(binary: &Path, size: i32) -> Self {
+        let mut cluster = Self {
+            binary: binary.to_owned(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: (1..=size)
+                .map(|id| {
+                    let node = Node {
+                        kafka: free_addr(),
+                        controller: free_addr(),
+                        child: None,
+                    };
+                    (id, node)
+                })
+                .collect(),
+        };
+        let ids: Vec<i32> = cluster.nodes.keys().copied().collect();
+        for id in &ids {
+            cluster.spawn(*id);
+        }
+        cluster
+            .wait_for_brokers(ids.len(), Duration::from_secs(60))
+            .await;
+        cluster
+    }
+
+    /// Where node `id` keeps its data and its log (`node-<id>.log`).
+    pub fn data_dir(&self, id: i32) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    fn spawn(&mut self, id: i32) {
+        let voters: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(i, n)| format!("\"{i}@{}\"", n.controller))
+            .collect();
+        let objects = self.dir.path().join("objects");
+        std::fs::create_dir_all(&objects).expect("objects dir");
+        let data = self.data_dir(id);
+        std::fs::create_dir_all(&data).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("node-{id}.log")))
+            .expect("log file");
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let settings = [
+            format!("node_id={id}"),
+            format!("data_dir=\"{}\"", data.display()),
+            format!("kafka.listen=\"{}\"", node.kafka),
+            "controller.mode=\"combined\"".to_owned(),
+            format!("controller.listen=\"{}\"", node.controller),
+            format!("controller.voters=[{}]", voters.join(",")),
+            format!("object_store.url=\"file://{}\"", objects.display()),
+        ];
+        let mut command = Command::new(&self.binary);
+        for s in settings {
+            command.arg("--set").arg(s);
+        }
+        let child = command
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a strata process");
+        node.child = Some(child);
+    }
+
+    /// Every node's Kafka listener, comma-separated (a client's bootstrap list).
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| n.kafka.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `id`'s Kafka listener.
+    pub fn kafka_addr(&self, id: i32) -> SocketAddr {
+        self.nodes[&id].kafka
+    }
+
+    /// Kills node `id` at once (SIGKILL): no flush, no controlled shutdown.
+    pub async fn kill(&mut self, id: i32) {
+        if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Stops node `id` the way `docker stop` or systemd does (SIGTERM) and waits for it to
+    /// exit; returns its exit status code.
+    pub async fn terminate(&mut self, id: i32) -> Option<i32> {
+        let mut child = self.nodes.get_mut(&id).and_then(|n| n.child.take())?;
+        let pid = child.id().and_then(|p| Pid::from_raw(p as i32))?;
+        kill_process(pid, Signal::TERM).expect("SIGTERM");
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .expect("exits within 30 s of SIGTERM")
+            .expect("exit status");
+        status.code()
+    }
+
+    /// Starts node `id` again on its ports and data.
+    pub fn restart(&mut self, id: i32) {
+        assert!(self.nodes[&id].child.is_none(), "node {id} still runs");
+        self.spawn(id);
+    }
+
+    /// Waits until some node's metadata lists `count` live brokers; panics with the nodes'
+    /// logs after `timeout`.
+    pub async fn wait_for_brokers(&self, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(client) = Client::connect(&self.bootstrap()).await
+                && let Ok((brokers, _)) = client.cluster().await
+                && brokers.len() == count
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{count} brokers not up within {timeout:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The tail of every node's log, for a failing test's message.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .keys()
+            .map(|id| {
+                let text = std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- node {id}\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

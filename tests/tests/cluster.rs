@@ -1,0 +1,104 @@
+//! Clusters of real `strata` processes on loopback ports (combined mode: each a controller
+//! voter and a broker), as users deploy three brokers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strata_client::{Client, NewRecord};
+use strata_tests::cluster::ProcessCluster;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strata-node"))
+}
+
+fn record(i: usize) -> NewRecord {
+    NewRecord {
+        key: Some(Bytes::from(format!("k{i}"))),
+        value: Some(Bytes::from(format!("v{i}"))),
+        ..NewRecord::default()
+    }
+}
+
+/// Every value of `topic`/`partition`, read from its leader.
+async fn values(client: &Client, topic: &str, partition: i32) -> Vec<Bytes> {
+    let (records, _) = client
+        .fetch(topic, partition, 0, 1 << 20, 100)
+        .await
+        .expect("fetch");
+    records.into_iter().filter_map(|r| r.value).collect()
+}
+
+#[tokio::test]
+async fn three_processes_form_one_cluster_and_a_stopped_one_comes_back_with_its_data() {
+    let mut cluster = ProcessCluster::start(binary(), 3).await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let (brokers, controller) = client.cluster().await.expect("metadata");
+    let ids: BTreeSet<i32> = brokers.iter().map(|b| b.id).collect();
+    assert_eq!(ids, BTreeSet::from([1, 2, 3]));
+    assert!(ids.contains(&controller), "controller {controller}");
+    for b in &brokers {
+        assert_eq!(
+            format!("{}:{}", b.host, b.port),
+            cluster.kafka_addr(b.id).to_string(),
+            "broker {} advertises its own listener",
+            b.id
+        );
+    }
+
+    client
+        .create_topic("spread", 6, 1, &BTreeMap::new())
+        .await
+        .expect("create");
+    let (info, _) = client.describe_topic("spread").await.expect("describe");
+    // Placement balances leadership over all topics (the offsets topic's 16 partitions too).
+    let all = client.topics().await.expect("topics");
+    let leaders: BTreeSet<i32> = all
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.leader)
+        .collect();
+    assert_eq!(leaders, ids, "every broker leads partitions: {all:?}");
+    // Each partition is produced to and read back through the one client, which follows
+    // the leaders.
+    for p in 0..6 {
+        let records: Vec<NewRecord> = (0..20).map(|i| record(p as usize * 100 + i)).collect();
+        client
+            .produce("spread", p, &records, -1)
+            .await
+            .expect("produce");
+        assert_eq!(values(&client, "spread", p).await.len(), 20);
+    }
+
+    // A SIGTERM stops a broker cleanly; its partitions have no other replica, so they wait
+    // for it, and it comes back leading them with everything acknowledged.
+    let stopped = info.partitions[0].leader;
+    assert_eq!(cluster.terminate(stopped).await, Some(0), "clean exit");
+    cluster.wait_for_brokers(2, Duration::from_secs(30)).await;
+    cluster.restart(stopped);
+    cluster.wait_for_brokers(3, Duration::from_secs(60)).await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    for p in 0..6 {
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            match client.fetch("spread", p, 0, 1 << 20, 100).await {
+                Ok((records, _)) => {
+                    got = records;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        assert_eq!(
+            got.len(),
+            20,
+            "partition {p} after the restart; {}",
+            cluster.logs()
+        );
+    }
+}
