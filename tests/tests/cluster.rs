@@ -102,3 +102,85 @@ async fn three_processes_form_one_cluster_and_a_stopped_one_comes_back_with_its_
         );
     }
 }
+
+/// kill -9 of a broker under acks=all load: its partition is unavailable until it returns
+/// (one replica), the others carry on, and every acknowledged record is there afterwards at
+/// the offset it was acknowledged with.
+#[tokio::test]
+async fn a_killed_broker_loses_nothing_it_acknowledged() {
+    let mut cluster = ProcessCluster::start(binary(), 3).await;
+    let client = std::sync::Arc::new(
+        Client::connect(&cluster.bootstrap())
+            .await
+            .expect("connect"),
+    );
+    client
+        .create_topic("durable", 3, 1, &BTreeMap::new())
+        .await
+        .expect("create");
+    let (info, _) = client.describe_topic("durable").await.expect("describe");
+    let victim = info.partitions[0].leader;
+
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (client, acked) = (client.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut failures = 0;
+            for i in 0..600usize {
+                let p = (i % 3) as i32;
+                match client.produce("durable", p, &[record(i)], -1).await {
+                    Ok(base) => acked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((p, base, i)),
+                    Err(_) => {
+                        failures += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            failures
+        })
+    };
+    while acked.lock().unwrap_or_else(|e| e.into_inner()).len() < 150 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.kill(victim).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.restart(victim);
+    let failures = load.await.expect("load");
+    cluster.wait_for_brokers(3, Duration::from_secs(60)).await;
+
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(
+        failures > 0,
+        "the killed broker's partition refused writes while it was down"
+    );
+    let on_victim = acked
+        .iter()
+        .filter(|(p, _, _)| info.partitions[*p as usize].leader == victim)
+        .count();
+    assert!(
+        on_victim > 50,
+        "{on_victim} acknowledged on the killed broker"
+    );
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    for (p, base, i) in &acked {
+        let mut found = None;
+        for _ in 0..100 {
+            if let Ok((records, _)) = client.fetch("durable", *p, *base, 4096, 100).await {
+                found = records.into_iter().find(|r| r.offset == *base);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let value = found.and_then(|r| r.value);
+        assert_eq!(
+            value,
+            Some(Bytes::from(format!("v{i}"))),
+            "record {i} acknowledged at {p}/{base}"
+        );
+    }
+}
