@@ -2,9 +2,11 @@
 //!
 //! Pure functions of the metadata, so every controller applying the same command computes the
 //! same assignment. Brokers are ordered so that consecutive positions alternate racks (Kafka's
-//! rack-alternated list); a partition's leader is the broker that leads fewest partitions so
-//! far (ties broken by rotating with the partition number), and its followers are the brokers
-//! after it in that order, shifted per round as Kafka does so followers spread too.
+//! rack-alternated list); a partition's leader is the broker that leads fewest of the topic's
+//! partitions so far (so every topic spreads over the brokers, as in Kafka), then fewest
+//! partitions of all topics (so the cluster balances too), then by rotating with the partition
+//! number; its followers are the brokers after it in that order, shifted per round as Kafka
+//! does so followers spread too.
 
 use std::collections::BTreeMap;
 
@@ -45,13 +47,15 @@ pub fn rack_alternated(candidates: &[Candidate]) -> Vec<BrokerId> {
 
 /// Assigns replicas to partitions `first..first + count` of a topic.
 ///
-/// `leader_load` counts partitions each broker leads already; it is updated with the new
+/// `topic_load` counts the partitions of this topic each broker leads already (for
+/// CreatePartitions), `leader_load` those of every topic; both are updated with the new
 /// leaders so one command's partitions balance against each other too.
 pub fn assign(
     candidates: &[Candidate],
     first: i32,
     count: i32,
     replication_factor: i16,
+    topic_load: &mut BTreeMap<BrokerId, usize>,
     leader_load: &mut BTreeMap<BrokerId, usize>,
 ) -> Result<Vec<Vec<BrokerId>>, CommandError> {
     let rf = usize::try_from(replication_factor)
@@ -72,8 +76,8 @@ pub fn assign(
         let start = p % n;
         let pos = (0..n)
             .min_by_key(|i| {
-                let load = leader_load.get(&ring[*i]).copied().unwrap_or(0);
-                (load, (i + n - start) % n)
+                let of = |m: &BTreeMap<BrokerId, usize>| m.get(&ring[*i]).copied().unwrap_or(0);
+                (of(topic_load), of(leader_load), (i + n - start) % n)
             })
             .unwrap_or(0);
         let mut replicas = Vec::with_capacity(rf);
@@ -85,6 +89,7 @@ pub fn assign(
             }
         }
         *leader_load.entry(ring[pos]).or_default() += 1;
+        *topic_load.entry(ring[pos]).or_default() += 1;
         out.push(replicas);
     }
     Ok(out)
@@ -109,7 +114,7 @@ mod tests {
     fn replicas_are_distinct_and_leaders_balanced() {
         let c = brokers(&[(1, None), (2, None), (3, None), (4, None)]);
         let mut load = BTreeMap::new();
-        let a = assign(&c, 0, 12, 3, &mut load).expect("assign");
+        let a = assign(&c, 0, 12, 3, &mut BTreeMap::new(), &mut load).expect("assign");
         for r in &a {
             assert_eq!(r.iter().collect::<BTreeSet<_>>().len(), 3, "{r:?}");
         }
@@ -133,7 +138,7 @@ mod tests {
         ]);
         assert_eq!(rack_alternated(&c), vec![1, 3, 5, 2, 4, 6]);
         let rack = |id: BrokerId| c.iter().find(|b| b.id == id).and_then(|b| b.rack.clone());
-        let a = assign(&c, 0, 6, 3, &mut BTreeMap::new()).expect("assign");
+        let a = assign(&c, 0, 6, 3, &mut BTreeMap::new(), &mut BTreeMap::new()).expect("assign");
         for r in &a {
             let racks: BTreeSet<_> = r.iter().map(|id| rack(*id)).collect();
             assert_eq!(racks.len(), 3, "{r:?} spans fewer than 3 racks");
@@ -144,24 +149,44 @@ mod tests {
     fn same_input_same_assignment_and_load_is_respected() {
         let c = brokers(&[(1, None), (2, None), (3, None)]);
         let mut load = BTreeMap::from([(1, 5), (2, 5)]);
-        let a = assign(&c, 0, 2, 1, &mut load.clone()).expect("assign");
-        let b = assign(&c, 0, 2, 1, &mut load).expect("assign");
+        let a = assign(&c, 0, 2, 1, &mut BTreeMap::new(), &mut load.clone()).expect("assign");
+        let b = assign(&c, 0, 2, 1, &mut BTreeMap::new(), &mut load).expect("assign");
         assert_eq!(a, b);
-        assert_eq!(a, vec![vec![3], vec![3]]);
+        // The least loaded broker first, then the topic spreads before piling onto it.
+        assert_eq!(a[0], vec![3]);
+        assert_ne!(a[1], vec![3]);
+    }
+
+    #[test]
+    fn a_topic_spreads_over_every_broker_whatever_the_others_lead() {
+        // Broker 3 joined late and leads nothing; a new topic still goes to all three.
+        let c = brokers(&[(1, None), (2, None), (3, None)]);
+        let mut load = BTreeMap::from([(1, 8), (2, 8)]);
+        let a = assign(&c, 0, 6, 1, &mut BTreeMap::new(), &mut load).expect("assign");
+        let mut per_broker: BTreeMap<BrokerId, usize> = BTreeMap::new();
+        for r in &a {
+            *per_broker.entry(r[0]).or_default() += 1;
+        }
+        assert_eq!(per_broker, BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+        // Growing it keeps the spread, counting what it has.
+        let mut topic = per_broker.clone();
+        let more = assign(&c, 6, 3, 1, &mut topic, &mut load).expect("assign");
+        let leaders: BTreeSet<BrokerId> = more.iter().map(|r| r[0]).collect();
+        assert_eq!(leaders, BTreeSet::from([1, 2, 3]));
     }
 
     #[test]
     fn too_few_brokers_or_bad_factor_are_refused() {
         let c = brokers(&[(1, None), (2, None)]);
         assert_eq!(
-            assign(&c, 0, 1, 3, &mut BTreeMap::new()),
+            assign(&c, 0, 1, 3, &mut BTreeMap::new(), &mut BTreeMap::new()),
             Err(CommandError::InsufficientBrokers {
                 required: 3,
                 available: 2
             })
         );
         assert_eq!(
-            assign(&c, 0, 1, 0, &mut BTreeMap::new()),
+            assign(&c, 0, 1, 0, &mut BTreeMap::new(), &mut BTreeMap::new()),
             Err(CommandError::InvalidReplicationFactor {
                 replication_factor: 0
             })

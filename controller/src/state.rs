@@ -218,7 +218,7 @@ impl MetadataState {
                         reason: "a leader epoch is never negative".into(),
                     });
                 }
-                let assignment = self.place(0, *partitions, *replication_factor)?;
+                let assignment = self.place(None, 0, *partitions, *replication_factor)?;
                 let partitions: Vec<PartitionRecord> = assignment
                     .into_iter()
                     .map(|replicas| PartitionRecord {
@@ -264,7 +264,7 @@ impl MetadataState {
                         reason: format!("topic already has {current} partitions"),
                     });
                 }
-                let assignment = self.place(current, count - current, rf)?;
+                let assignment = self.place(Some(topic), current, count - current, rf)?;
                 let t = self.topic_mut(topic)?;
                 t.partitions
                     .extend(assignment.into_iter().map(new_partition));
@@ -423,8 +423,10 @@ impl MetadataState {
         }
     }
 
+    /// Replicas for partitions `first..first + count` of a new topic or of `existing`.
     fn place(
         &self,
+        existing: Option<&str>,
         first: i32,
         count: i32,
         replication_factor: i16,
@@ -442,7 +444,21 @@ impl MetadataState {
                 *load.entry(l).or_default() += 1;
             }
         }
-        placement::assign(&candidates, first, count, replication_factor, &mut load)
+        let mut topic_load = BTreeMap::new();
+        let existing = existing.and_then(|name| self.image.topics.get(name));
+        for p in existing.iter().flat_map(|t| &t.partitions) {
+            if let Some(l) = p.leader {
+                *topic_load.entry(l).or_default() += 1;
+            }
+        }
+        placement::assign(
+            &candidates,
+            first,
+            count,
+            replication_factor,
+            &mut topic_load,
+            &mut load,
+        )
     }
 
     fn live_brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
