@@ -102,16 +102,24 @@ impl PeerClient {
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(Json { json });
         request.set_timeout(option.hard_ttl());
-        let reply = call(client, request).await.map_err(|status| {
-            if status.code() == tonic::Code::Unavailable {
-                RPCError::Unreachable(Unreachable::new(&status))
-            } else {
-                RPCError::Network(NetworkError::new(&status))
-            }
-        })?;
+        let reply = call(client, request).await.map_err(rpc_error)?;
         let decoded: Result<T, E> = serde_json::from_slice(&reply.into_inner().json)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// The Raft error for a failed call. A peer's own answers (refusals included) travel inside
+/// the reply, so a status is about the connection: a peer that is down or whose connection
+/// broke (unavailable, or hyper's "transport error" / "operation was canceled") is
+/// *unreachable*, which openraft retries after [`RaftNetwork::backoff`]; as a plain network
+/// error it would retry at once, and a leader spun replicating to a killed voter.
+fn rpc_error<E: Error>(status: tonic::Status) -> RPCError<NodeId, BasicNode, E> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
     }
 }
 
@@ -149,5 +157,25 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(self.retry_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_or_refused_connection_is_unreachable_and_so_backed_off() {
+        type E = RPCError<NodeId, BasicNode, RaftError<NodeId>>;
+        for status in [
+            tonic::Status::unavailable("connection refused"),
+            tonic::Status::unknown("transport error"),
+            tonic::Status::cancelled("operation was canceled"),
+        ] {
+            let e: E = rpc_error(status);
+            assert!(matches!(e, RPCError::Unreachable(_)), "{e:?}");
+        }
+        let e: E = rpc_error(tonic::Status::deadline_exceeded("slow"));
+        assert!(matches!(e, RPCError::Network(_)), "{e:?}");
     }
 }

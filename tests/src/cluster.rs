@@ -28,11 +28,54 @@ pub struct ProcessCluster {
     nodes: BTreeMap<i32, Node>,
 }
 
-/// A loopback address free right now (bound and released: the process binds it next).
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
+/// A loopback address for one of the cluster's listeners, kept for the cluster's life (a
+/// restarted node binds it again). Ports come from below Linux's ephemeral range
+/// (32768–60999), so no outgoing connection takes one while its node is down, and a marker
+/// file naming this test process reserves each against other tests running at the same
+/// time (ports released by `bind(0)` were handed to two clusters at once); markers of
+/// processes that are gone are taken over.
+fn reserve_addr() -> SocketAddr {
+    let dir = std::env::temp_dir().join("strata-test-ports");
+    std::fs::create_dir_all(&dir).expect("port markers dir");
+    let me = std::process::id();
+    let start = 20_000 + (me as usize * 7_919) % 12_000;
+    for port in (start..32_000).chain(20_000..start) {
+        let port = port as u16;
+        let marker = dir.join(port.to_string());
+        let claimed = |marker: &Path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(marker)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, me.to_string().as_bytes()))
+                .is_ok()
+        };
+        let owner_gone = || {
+            std::fs::read_to_string(&marker)
+                .ok()
+                .and_then(|pid| pid.trim().parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        };
+        let ours = claimed(&marker)
+            || (owner_gone() && std::fs::remove_file(&marker).is_ok() && claimed(&marker));
+        if !ours {
+            continue;
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+        let _ = std::fs::remove_file(&marker);
+    }
+    panic!("no free port below the ephemeral range")
+}
+
+/// Gives a port reserved by [`reserve_addr`] back.
+fn release_addr(addr: SocketAddr) {
+    let marker = std::env::temp_dir()
+        .join("strata-test-ports")
+        .join(addr.port().to_string());
+    let _ = std::fs::remove_file(marker);
 }
 
 impl ProcessCluster {
@@ -45,8 +88,8 @@ impl ProcessCluster {
             nodes: (1..=size)
                 .map(|id| {
                     let node = Node {
-                        kafka: free_addr(),
-                        controller: free_addr(),
+                        kafka: reserve_addr(),
+                        controller: reserve_addr(),
                         child: None,
                     };
                     (id, node)
@@ -148,24 +191,32 @@ impl ProcessCluster {
         self.spawn(id);
     }
 
-    /// Waits until some node's metadata lists `count` live brokers; panics with the nodes'
-    /// logs after `timeout`.
+    /// Waits until every running node's own metadata lists `count` live brokers; panics with
+    /// the nodes' logs after `timeout`.
     pub async fn wait_for_brokers(&self, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(client) = Client::connect(&self.bootstrap()).await
-                && let Ok((brokers, _)) = client.cluster().await
-                && brokers.len() == count
-            {
-                return;
+        let running: Vec<SocketAddr> = self
+            .nodes
+            .values()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.kafka)
+            .collect();
+        for addr in running {
+            loop {
+                if let Ok(client) = Client::connect(&addr.to_string()).await
+                    && let Ok((brokers, _)) = client.cluster().await
+                    && brokers.len() == count
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "{addr} does not see {count} brokers within {timeout:?}; logs:\n{}",
+                        self.logs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "{count} brokers not up within {timeout:?}; logs:\n{}",
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -182,5 +233,17 @@ impl ProcessCluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(child) = node.child.as_mut() {
+                let _ = child.start_kill();
+            }
+            release_addr(node.kafka);
+            release_addr(node.controller);
+        }
     }
 }

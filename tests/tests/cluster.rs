@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::DescribeClusterRequest;
 use strata_client::{Client, NewRecord};
+use strata_tests::RawClient;
 use strata_tests::cluster::ProcessCluster;
 
 fn binary() -> &'static Path {
@@ -47,6 +49,16 @@ async fn three_processes_form_one_cluster_and_a_stopped_one_comes_back_with_its_
             "broker {} advertises its own listener",
             b.id
         );
+    }
+
+    // DescribeCluster (what admin clients use) on every node lists every broker too.
+    for id in &ids {
+        let mut raw = RawClient::connect(cluster.kafka_addr(*id)).await;
+        let described = raw.call(0, &DescribeClusterRequest::default()).await;
+        assert_eq!(described.error_code, 0);
+        let listed: BTreeSet<i32> = described.brokers.iter().map(|b| b.broker_id.0).collect();
+        assert_eq!(listed, ids, "DescribeCluster on broker {id}");
+        assert!(ids.contains(&described.controller_id.0));
     }
 
     client
