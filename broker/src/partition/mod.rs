@@ -12,6 +12,9 @@ mod open;
 mod read;
 pub(crate) mod registry;
 pub(crate) mod remote;
+#[allow(dead_code)]
+// The leader side of replication, wired in with the follower fetcher (issue 16).
+pub(crate) mod replicas;
 pub(crate) mod role;
 #[cfg(test)]
 mod tests;
