@@ -22,6 +22,8 @@ pub(crate) struct TopicSettings {
     /// -2 means "as `retention.*`", never looser than the whole log's.
     pub(crate) local_retention_ms: Option<Duration>,
     pub(crate) local_retention_bytes: Option<u64>,
+    /// `min.insync.replicas`: an `acks=all` produce needs this many in-sync replicas.
+    pub(crate) min_insync_replicas: i64,
 }
 
 impl TopicSettings {
@@ -39,6 +41,7 @@ impl TopicSettings {
             v => Some(v as u64),
         };
         Self {
+            min_insync_replicas: c.min_insync_replicas,
             remote: c.remote_storage && !is_internal(topic),
             local_retention_ms: tighter(local_ms, log.retention_ms),
             local_retention_bytes: tighter(local_bytes, log.retention_bytes),

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use strata_controller::model::TopicRecord;
 use strata_storage::{AppendInfo, StorageError};
 
 use super::str_bytes;
@@ -44,7 +43,10 @@ pub(super) async fn produce(
                 }
                 (-1..=1, Some(t)) => match state.led_partition(t, index, -1) {
                     // acks=all needs min.insync.replicas copies in sync (Kafka's rule).
-                    Ok((_, meta)) if acks == -1 && meta.isr.len() < min_insync(t) => {
+                    Ok((part, meta))
+                        if acks == -1
+                            && (meta.isr.len() as i64) < part.settings().min_insync_replicas =>
+                    {
                         Err(ResponseError::NotEnoughReplicas)
                     }
                     Ok((part, meta)) => Ok((part, meta.leader_epoch)),
@@ -111,15 +113,6 @@ pub(super) async fn produce(
     frame
         .respond(&ProduceResponse::default().with_responses(responses))
         .map(Some)
-}
-
-/// The topic's `min.insync.replicas`.
-fn min_insync(topic: &TopicRecord) -> usize {
-    topic
-        .configs
-        .get("min.insync.replicas")
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(1)
 }
 
 /// Where a batch landed.
