@@ -218,7 +218,8 @@ impl Tiering {
             }
             e => e.to_string(),
         };
-        let uploaded = upload::upload_sealed(&log, objects, epoch)
+        let replicated = *part.high_watermark.borrow();
+        let uploaded = upload::upload_sealed_below(&log, objects, epoch, replicated)
             .await
             .map_err(fenced)?;
         remote.publish(uploaded.clone());

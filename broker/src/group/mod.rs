@@ -202,7 +202,7 @@ impl Coordinator {
                 path: part.log.dir().to_owned(),
                 source: std::io::Error::other(e),
             })??;
-        part.end.send_replace(part.log.log_end_offset());
+        part.appended();
         Ok(self.with_group(group, apply))
     }
 

@@ -29,6 +29,21 @@ struct Wanted {
     offset: i64,
     max_bytes: usize,
     target: Result<Arc<Partition>, ResponseError>,
+    /// A replica of the partition fetching to copy it (reads to the log end, not the high
+    /// watermark, and its fetch offset moves the high watermark).
+    follower: bool,
+}
+
+impl Wanted {
+    /// What the fetch waits on: the log end for a follower, the high watermark otherwise.
+    fn watch(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let part = self.target.as_ref().ok()?;
+        Some(if self.follower {
+            part.end.subscribe()
+        } else {
+            part.high_watermark.subscribe()
+        })
+    }
 }
 
 pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Reply, FrameError> {
@@ -36,6 +51,12 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
     let cap = state.config.kafka.fetch_max_bytes as usize;
     let image = state.image();
     let by_id = frame.version >= 13;
+    // Brokers copying partitions send their id (in `replica_state` from v15); consumers -1.
+    let replica = if frame.version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
     let mut wanted = Vec::new();
     for t in &req.topics {
@@ -57,12 +78,20 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                     .led_partition(r, p.partition, p.current_leader_epoch)
                     .map(|(part, _)| part),
             };
+            // A follower's fetch offset is its log end; one that is not a replica of the
+            // partition is read like a consumer.
+            let follower = replica >= 0
+                && target.as_ref().is_ok_and(|part| {
+                    u64::try_from(p.fetch_offset)
+                        .is_ok_and(|offset| part.follower_fetched(replica, offset))
+                });
             wanted.push(Wanted {
                 topic: topics.len() - 1,
                 index: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0).min(cap),
                 target,
+                follower,
             });
         }
     }
@@ -76,10 +105,7 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
     let wanted = Arc::new(wanted);
     loop {
         // Subscribe before reading so an append between the read and the wait wakes us.
-        let mut watchers: Vec<_> = wanted
-            .iter()
-            .filter_map(|w| w.target.as_ref().ok().map(|p| p.end.subscribe()))
-            .collect();
+        let mut watchers: Vec<_> = wanted.iter().filter_map(Wanted::watch).collect();
         // What the read may return is reserved in the broker's memory budget first; what
         // it did return stays reserved until the response is written.
         let mut held = state.admission.reserve(max_bytes).await;
@@ -173,10 +199,11 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
                 Ok(p) => p,
                 Err(e) => return Slot::Done(data.with_error_code(e.code())),
             };
-            let end = part.log.log_end_offset() as i64;
+            let end = part.log.log_end_offset();
+            let hw = (*part.high_watermark.borrow()).min(end);
             let data = data
-                .with_high_watermark(end)
-                .with_last_stable_offset(end)
+                .with_high_watermark(hw as i64)
+                .with_last_stable_offset(hw as i64)
                 .with_log_start_offset(part.log_start_offset() as i64);
             let Ok(offset) = u64::try_from(w.offset) else {
                 return Slot::Done(data.with_error_code(ResponseError::OffsetOutOfRange.code()));
@@ -185,7 +212,8 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
             if limit == 0 {
                 return Slot::Done(data.with_records(Some(Bytes::new())));
             }
-            match part.read(offset, limit) {
+            let upto = if w.follower { end } else { hw };
+            match part.read(offset, limit, upto) {
                 Ok(read) => {
                     let n = read.size_bound();
                     if n > 0 {

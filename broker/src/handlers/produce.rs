@@ -73,10 +73,20 @@ pub(super) async fn produce(
     }
     let appended = futures::future::join_all(futures).await;
     drop(turn);
+    let replication_wait = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0));
     let outcomes = if acks == -1 {
         futures::future::join_all(appended.into_iter().map(|r| async move {
             let (part, landed, last_offset) = r?;
-            sync(part, last_offset).await.map(|()| landed)
+            sync(part.clone(), last_offset).await?;
+            // Every in-sync replica has it (followers fetch only what they made durable).
+            if part.replicated(last_offset + 1, replication_wait).await {
+                Ok(landed)
+            } else {
+                Err((
+                    ResponseError::RequestTimedOut,
+                    Some("the in-sync replicas did not copy the batch in time".into()),
+                ))
+            }
         }))
         .await
     } else {
@@ -142,7 +152,7 @@ async fn append(
         tokio::task::spawn_blocking(move || append_blocking(&p, &records, leader_epoch))
             .await
             .map_err(|e| (ResponseError::UnknownServerError, Some(e.to_string())))??;
-    part.end.send_replace(part.log.log_end_offset());
+    part.appended();
     Ok((part, landed, last_offset))
 }
 

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 pub(crate) use self::read::Read;
 use self::remote::RemoteView;
+use self::replicas::Replicas;
 use self::role::Role;
 use crate::epochs::EpochCache;
 use crate::producer::{self, ProducerTable};
@@ -41,8 +42,18 @@ pub(crate) struct Partition {
     pub(crate) topic: String,
     pub(crate) index: i32,
     pub(crate) log: Arc<Log>,
-    /// The log end offset, for fetches waiting on new data.
+    /// The log end offset, for followers' fetches waiting on new data.
     pub(crate) end: watch::Sender<u64>,
+    /// The high watermark: the offset below which every in-sync replica holds the log.
+    /// Consumers read below it and `acks=all` waits for it; with one replica it is the log
+    /// end. Not checkpointed yet: a reopened partition starts it at its log end.
+    pub(crate) high_watermark: watch::Sender<u64>,
+    /// This broker's id.
+    broker: i32,
+    /// The replicas and in-sync replicas the metadata names.
+    assignment: RwLock<Assignment>,
+    /// As leader, what its followers have fetched.
+    replicas: Mutex<Replicas>,
     /// Idempotent producers' sequences; held across check and append.
     pub(crate) producers: Mutex<ProducerTable>,
     /// Where each leader epoch started; held across an append that starts a new epoch.
@@ -53,6 +64,13 @@ pub(crate) struct Partition {
     role: RwLock<Role>,
 }
 
+/// A partition's replicas and in-sync replicas, as the metadata last gave them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Assignment {
+    pub(crate) replicas: Vec<i32>,
+    pub(crate) isr: Vec<i32>,
+}
+
 impl Partition {
     /// The role this broker plays for it.
     pub(crate) fn role(&self) -> Role {
@@ -60,7 +78,76 @@ impl Partition {
     }
 
     fn set_role(&self, role: Role) {
-        *self.role.write().unwrap_or_else(|p| p.into_inner()) = role;
+        let mut current = self.role.write().unwrap_or_else(|p| p.into_inner());
+        if *current != role {
+            // A new term: followers are judged on what they fetch from now on.
+            self.lock_replicas().clear();
+        }
+        *current = role;
+    }
+
+    fn lock_replicas(&self) -> std::sync::MutexGuard<'_, Replicas> {
+        self.replicas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The replicas and ISR the metadata names.
+    pub(crate) fn assignment(&self) -> Assignment {
+        self.assignment
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_assignment(&self, assignment: Assignment) {
+        *self.assignment.write().unwrap_or_else(|p| p.into_inner()) = assignment;
+        self.advance_high_watermark();
+    }
+
+    /// Publishes a grown log: wakes followers' fetches and, as leader, moves the high
+    /// watermark (at once when no other replica is in sync).
+    pub(crate) fn appended(&self) {
+        self.end.send_replace(self.log.log_end_offset());
+        self.advance_high_watermark();
+    }
+
+    /// As leader, moves the high watermark to what every in-sync replica holds.
+    fn advance_high_watermark(&self) {
+        if self.role().leader_epoch().is_none() {
+            return;
+        }
+        let isr = self.assignment().isr;
+        let end = self.log.log_end_offset();
+        let current = *self.high_watermark.borrow();
+        let hw = self
+            .lock_replicas()
+            .high_watermark(self.broker, &isr, end, current);
+        if hw != current {
+            self.high_watermark.send_replace(hw);
+        }
+    }
+
+    /// Records a fetch by follower `replica` from `offset` (its log end), when this broker
+    /// leads and `replica` is one of the partition's replicas; whether it was recorded.
+    pub(crate) fn follower_fetched(&self, replica: i32, offset: u64) -> bool {
+        if replica == self.broker
+            || self.role().leader_epoch().is_none()
+            || !self.assignment().replicas.contains(&replica)
+        {
+            return false;
+        }
+        let end = self.log.log_end_offset();
+        self.lock_replicas()
+            .fetched(replica, offset.min(end), end, Instant::now());
+        self.advance_high_watermark();
+        true
+    }
+
+    /// Waits up to `timeout` for the high watermark to reach `offset`; whether it did.
+    pub(crate) async fn replicated(&self, offset: u64, timeout: Duration) -> bool {
+        let mut rx = self.high_watermark.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|hw| *hw >= offset))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Its topic's settings.

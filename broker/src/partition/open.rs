@@ -8,9 +8,10 @@ use strata_storage::Log;
 use strata_storage::tier::manifest::PartitionObjects;
 use tokio::sync::watch;
 
-use super::Partition;
 use super::remote::RemoteView;
+use super::replicas::Replicas;
 use super::role::Role;
+use super::{Assignment, Partition};
 use crate::epochs::EpochCache;
 use crate::error::BrokerError;
 use crate::producer::{self, ProducerBatch, ProducerTable};
@@ -21,13 +22,15 @@ use uuid::Uuid;
 const PARTITION_METADATA: &str = "partition.metadata";
 
 impl Partition {
-    /// Opens partition `index` of `topic` under `log_dir` as `role`. A tiered one starts
-    /// recovering: appends wait until its manifest has been read.
+    /// Opens partition `index` of `topic` under `log_dir` on broker `broker`, as `role`. A
+    /// tiered one starts recovering: appends wait until its manifest has been read.
     pub(super) fn open(
         log_dir: &Path,
         topic: &TopicRecord,
         index: i32,
+        broker: i32,
         role: Role,
+        assignment: Assignment,
         objects: PartitionObjects,
     ) -> Result<Arc<Self>, BrokerError> {
         let settings = TopicSettings::of(topic);
@@ -53,6 +56,10 @@ impl Partition {
             index,
             log: Arc::new(log),
             end: watch::channel(end).0,
+            high_watermark: watch::channel(end).0,
+            broker,
+            assignment: RwLock::new(assignment),
+            replicas: Mutex::new(Replicas::default()),
             producers: Mutex::new(producers),
             epochs: Mutex::new(epochs),
             remote,

@@ -59,13 +59,39 @@ impl Read {
     }
 }
 
+/// The whole batches of `bytes` that start below `upto` (batches never straddle a high
+/// watermark: replicas copy whole batches).
+fn below(bytes: Bytes, upto: u64) -> Bytes {
+    let mut at = 0;
+    while let Some(h) = strata_storage::BatchHeader::parse(&bytes[at..]) {
+        if u64::try_from(h.base_offset).map_or(true, |b| b >= upto) {
+            break;
+        }
+        at += h.total_len();
+    }
+    if at == bytes.len() {
+        bytes
+    } else {
+        bytes.slice(..at)
+    }
+}
+
 impl Partition {
-    /// Begins a read of up to `limit` bytes of batches from `offset`: from the local log when
-    /// it holds the offset, else from the object store when a manifest covers it. Blocking
-    /// (a local read touches the disk): call it off the async threads.
-    pub(crate) fn read(self: &Arc<Self>, offset: u64, limit: usize) -> Result<Read, ResponseError> {
+    /// Begins a read of up to `limit` bytes of batches from `offset` that start below
+    /// `upto` (the high watermark for consumers, the log end for followers): from the local
+    /// log when it holds the offset, else from the object store when a manifest covers it.
+    /// Blocking (a local read touches the disk): call it off the async threads.
+    pub(crate) fn read(
+        self: &Arc<Self>,
+        offset: u64,
+        limit: usize,
+        upto: u64,
+    ) -> Result<Read, ResponseError> {
         let log = &self.log;
         let end = log.log_end_offset();
+        if offset >= upto && offset <= end {
+            return Ok(Read(Source::Ready(Bytes::new())));
+        }
         // Locally first: local eviction only follows a published manifest, so an offset the
         // local log no longer has is found remotely.
         let local = if offset >= log.log_start_offset() {
@@ -78,7 +104,7 @@ impl Partition {
             })
         };
         match local {
-            Ok(bytes) => Ok(Read(Source::Ready(bytes))),
+            Ok(bytes) => Ok(Read(Source::Ready(below(bytes, upto)))),
             Err(StorageError::OffsetOutOfRange { .. }) if offset < end => {
                 match self.remote.manifest() {
                     // The manifest is not read yet: retriable.
@@ -145,7 +171,8 @@ impl Partition {
         };
         let as_answer = |found: Option<(u64, i64)>| found.map(|(off, ts)| (off as i64, ts));
         Ok(match timestamp {
-            -1 => Some((self.log.log_end_offset() as i64, -1)),
+            // A consumer's "latest" is the high watermark (Kafka's read_uncommitted).
+            -1 => Some((*self.high_watermark.borrow() as i64, -1)),
             -2 => Some((self.log_start_offset() as i64, -1)),
             -4 => Some((local_start as i64, -1)),
             -5 => Some((

@@ -14,9 +14,9 @@ use strata_storage::tier::manifest::PartitionObjects;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::Partition;
 use super::open::remove_dir;
 use super::role::{Change, Role, RoleChange};
+use super::{Assignment, Partition};
 use crate::topic::TopicSettings;
 
 /// Role changes in the order they happened, as a subscriber receives them.
@@ -164,6 +164,10 @@ impl Partitions {
                     continue;
                 };
                 let settings = settings.get_or_insert_with(|| TopicSettings::of(topic));
+                let assignment = Assignment {
+                    replicas: meta.replicas.clone(),
+                    isr: meta.isr.clone(),
+                };
                 if let Some(existing) = map.get(&(topic.id, index)) {
                     existing.set_settings(settings.clone());
                     if existing.role() != role {
@@ -173,11 +177,22 @@ impl Partitions {
                             change: Change::to(role, false),
                         });
                     }
+                    if existing.assignment() != assignment {
+                        existing.set_assignment(assignment);
+                    }
                     continue;
                 }
                 let objects =
                     PartitionObjects::new(self.store.clone(), &self.prefix, topic.id, index);
-                match Partition::open(&self.log_dir, topic, index, role, objects) {
+                match Partition::open(
+                    &self.log_dir,
+                    topic,
+                    index,
+                    self.me,
+                    role,
+                    assignment,
+                    objects,
+                ) {
                     Ok(part) => {
                         map.insert((topic.id, index), part.clone());
                         changes.push(RoleChange {

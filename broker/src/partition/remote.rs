@@ -119,6 +119,9 @@ impl Partition {
                     })?;
             }
             self.end.send_replace(end);
+            // Nothing below the remote end can be missing from another replica: it is in
+            // the object store.
+            self.high_watermark.send_replace(end);
         }
         self.remote.publish(manifest);
         self.remote.recovered.send_replace(true);

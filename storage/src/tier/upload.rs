@@ -26,8 +26,20 @@ pub async fn upload_sealed(
     objects: &PartitionObjects,
     epoch: i32,
 ) -> Result<Manifest, TierError> {
+    upload_sealed_below(log, objects, epoch, u64::MAX).await
+}
+
+/// [`upload_sealed`] of the segments that end at or below `upto`: a replicated partition's
+/// leader uploads only what every in-sync replica holds (its high watermark), so no uploaded
+/// batch can be cut away by a leader change.
+pub async fn upload_sealed_below(
+    log: &Log,
+    objects: &PartitionObjects,
+    epoch: i32,
+    upto: u64,
+) -> Result<Manifest, TierError> {
     let mut manifest = objects.latest().await?.unwrap_or_default();
-    let durable = log.durable_offset();
+    let durable = log.durable_offset().min(upto);
     let sealed: Vec<SegmentInfo> = log
         .segments()
         .into_iter()
