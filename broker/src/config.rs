@@ -202,6 +202,9 @@ pub struct TopicDefaults {
     /// `producer.id.expiration.ms`: an idempotent producer that has not written to a partition
     /// for this long is forgotten there (checked every `flush_check_interval_ms`).
     pub producer_id_expiration_ms: u64,
+    /// `replica.lag.time.max.ms`: a follower that has not caught up with its leader for this
+    /// long leaves the partition's in-sync replicas until it does.
+    pub replica_lag_time_max_ms: u64,
 }
 
 /// Consumer group coordination (Kafka's `group.*` and `offsets.*` settings).
@@ -287,6 +290,7 @@ impl Default for TopicDefaults {
             default_replication_factor: 1,
             flush_check_interval_ms: 1_000,
             producer_id_expiration_ms: 86_400_000,
+            replica_lag_time_max_ms: 30_000,
         }
     }
 }
@@ -424,12 +428,16 @@ impl BrokerConfig {
         if self.topics.default_partitions < 1 {
             return bad("topics.default_partitions", "must be at least 1".into());
         }
-        if self.topics.default_replication_factor != 1 {
+        if self.topics.default_replication_factor < 1 {
             return bad(
                 "topics.default_replication_factor",
-                "must be 1: each partition has one copy until replication between brokers \
-                 exists"
-                    .into(),
+                "must be at least 1".into(),
+            );
+        }
+        if self.topics.replica_lag_time_max_ms < 100 {
+            return bad(
+                "topics.replica_lag_time_max_ms",
+                "must be at least 100 ms".into(),
             );
         }
         let g = &self.groups;

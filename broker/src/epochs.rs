@@ -57,6 +57,16 @@ impl EpochCache {
         self.persist()
     }
 
+    /// Forgets epochs that started at or after `end` (the log was truncated there).
+    pub(crate) fn truncate(&mut self, end: u64) -> io::Result<()> {
+        let before = self.entries.len();
+        self.entries.retain(|(_, start)| *start < end);
+        if self.entries.len() == before {
+            return Ok(());
+        }
+        self.persist()
+    }
+
     /// Kafka's answer to "where did `requested` end": the largest epoch at or below it and the
     /// start of the next epoch (or `end` for the current one); `(-1, -1)` when the log has
     /// nothing from that epoch or earlier.

@@ -25,10 +25,12 @@ mod connection;
 mod epochs;
 mod error;
 mod flusher;
+mod follower;
 #[doc(hidden)]
 pub mod fuzzing;
 mod group;
 mod handlers;
+mod isr;
 mod metadata;
 mod partition;
 mod producer;

@@ -186,6 +186,19 @@ impl Broker {
             );
             supervisor::until_cancelled(run, cancel)
         });
+        let s = state.clone();
+        supervisor.service("replica fetcher", Backoff::default(), move |cancel| {
+            let roles = s.partitions.subscribe();
+            let run = crate::follower::run(s.id, s.metadata.clone(), roles, cancel.clone());
+            supervisor::until_cancelled(run, cancel)
+        });
+        let s = state.clone();
+        supervisor.every(
+            "isr",
+            Duration::from_millis((state.config.topics.replica_lag_time_max_ms / 4).max(100)),
+            Backoff::default(),
+            move || crate::isr::step(s.clone()),
+        );
         let (partitions, idle) = (
             state.partitions.clone(),
             Duration::from_millis(state.config.topics.producer_id_expiration_ms),

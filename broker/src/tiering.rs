@@ -25,6 +25,7 @@ use crate::config::{BrokerConfig, ObjectStoreSettings};
 use crate::error::BrokerError;
 use crate::partition::Partition;
 use crate::partition::registry::Partitions;
+use crate::partition::role::Role;
 
 /// How long start-up waits for the object store to answer the create-only check.
 const PROBE_WAIT: Duration = Duration::from_secs(10);
@@ -113,8 +114,9 @@ impl Tiering {
         PartitionObjects::new(self.store.clone(), &self.prefix, topic_id, partition)
     }
 
-    /// Every interval, runs a pass over the hosted partitions this broker leads, a bounded
-    /// number at once; a partition whose step failed waits out a doubling backoff.
+    /// Every interval, runs a pass over the hosted partitions, a bounded number at once: the
+    /// leaders' upload and retention, the followers' local retention; a partition whose step
+    /// failed waits out a doubling backoff.
     pub(crate) async fn run(
         self: Arc<Self>,
         partitions: Arc<Partitions>,
@@ -138,7 +140,12 @@ impl Tiering {
                 .hosted()
                 .into_iter()
                 .filter_map(|part| {
-                    let epoch = part.role().leader_epoch()?;
+                    // Followers keep their local retention too (`None`: not leading).
+                    let epoch = match part.role() {
+                        Role::Leader { epoch } => Some(epoch),
+                        Role::Follower { .. } => None,
+                        Role::Offline => return None,
+                    };
                     let h = health.get(&(part.topic_id, part.index));
                     if h.is_some_and(|h| h.retry_at > now) {
                         return None;
@@ -199,7 +206,7 @@ impl Tiering {
     async fn pass(
         &self,
         part: &Arc<Partition>,
-        epoch: i32,
+        epoch: Option<i32>,
         orphans_after: Option<Duration>,
     ) -> Result<(), String> {
         let settings = part.settings();
@@ -211,6 +218,25 @@ impl Tiering {
         if part.recovering() {
             part.recover().await.map_err(|e| e.to_string())?;
         }
+        let Some(epoch) = epoch else {
+            // A follower uploads nothing (its leader does) but keeps only its local tail:
+            // what the leader's manifest covers goes by `local.retention.*`.
+            let manifest = remote
+                .objects
+                .latest()
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            remote.publish(manifest.clone());
+            let (local_ms, local_bytes) =
+                (settings.local_retention_ms, settings.local_retention_bytes);
+            return blocking(move || {
+                log.evict_uploaded(manifest.log_start_offset, Some(Duration::ZERO), None)?;
+                log.evict_uploaded(manifest.end_offset(), local_ms, local_bytes)
+                    .map(drop)
+            })
+            .await;
+        };
         let objects = &remote.objects;
         let fenced = |e: TierError| match e {
             TierError::Fenced { ours, current } => {

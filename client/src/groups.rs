@@ -62,7 +62,7 @@ pub type GroupOffsets = BTreeMap<(String, i32), i64>;
 impl Client {
     /// The connection to `group`'s coordinator.
     async fn coordinator(&self, group: &str) -> Result<Arc<Connection>, ClientError> {
-        let conn = self.connection();
+        let conn = self.any_conn().await?;
         let req = FindCoordinatorRequest::default().with_key_type(0);
         let req = if conn.version_for::<FindCoordinatorRequest>()? >= 4 {
             req.with_coordinator_keys(vec![StrBytes::from_string(group.to_owned())])

@@ -152,11 +152,14 @@ pub struct ConfigEntry {
     pub explicit: bool,
 }
 
-/// A client of one cluster: a bootstrap connection for metadata and admin, and a connection
-/// per partition leader for data.
+/// A client of one cluster: a connection to some broker for metadata and admin (the first
+/// bootstrap address that answered, replaced by another broker when it closes), and a
+/// connection per partition leader for data.
 #[derive(Debug)]
 pub struct Client {
-    conn: Arc<Connection>,
+    conn: std::sync::Mutex<Arc<Connection>>,
+    /// The bootstrap list, for finding the cluster again.
+    bootstrap: String,
     /// Connections by broker id.
     brokers: tokio::sync::Mutex<HashMap<i32, Arc<Connection>>>,
     /// Leader id of each partition, by topic; dropped when a call to it fails.
@@ -177,7 +180,8 @@ impl Client {
             match Connection::connect(addr, "stratactl").await {
                 Ok(conn) => {
                     return Ok(Self {
-                        conn: Arc::new(conn),
+                        conn: std::sync::Mutex::new(Arc::new(conn)),
+                        bootstrap: bootstrap.to_owned(),
                         brokers: tokio::sync::Mutex::default(),
                         leaders: std::sync::Mutex::default(),
                         addresses: std::sync::Mutex::default(),
@@ -193,8 +197,53 @@ impl Client {
     }
 
     /// The connection (for requests this client has no helper for yet).
-    pub fn connection(&self) -> &Connection {
-        &self.conn
+    pub fn connection(&self) -> Arc<Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A live connection for cluster-wide requests: the current one, or (when its broker went
+    /// away) a new one to any broker the metadata named or the bootstrap list gives, as Kafka
+    /// clients re-bootstrap.
+    pub(crate) async fn any_conn(&self) -> Result<Arc<Connection>, ClientError> {
+        let current = self.connection();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let mut candidates: Vec<String> = self
+            .addresses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        candidates.extend(
+            self.bootstrap
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned),
+        );
+        let mut last = None;
+        for addr in candidates {
+            match Connection::connect(&addr, "stratactl").await {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    *self
+                        .conn
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = conn.clone();
+                    return Ok(conn);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unreachable {
+            addr: self.bootstrap.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotConnected, "no broker answers"),
+        }))
     }
 
     /// How many partitions `topic` has.
@@ -215,12 +264,11 @@ impl Client {
         let (m, info) = self.topic_metadata(topic).await?;
         let leaders: Vec<i32> = info.partitions.iter().map(|p| p.leader).collect();
         let mut known = self.brokers.lock().await;
-        // The bootstrap connection serves the broker it reached.
+        // The cluster-wide connection serves the broker it reached.
+        let conn = self.connection();
         for b in &m.brokers {
-            if format!("{}:{}", b.host, b.port) == self.conn.addr() {
-                known
-                    .entry(b.node_id.0)
-                    .or_insert_with(|| self.conn.clone());
+            if format!("{}:{}", b.host, b.port) == conn.addr() {
+                known.entry(b.node_id.0).or_insert_with(|| conn.clone());
             }
         }
         drop(known);
@@ -329,7 +377,7 @@ impl Client {
                     .map(|t| MetadataRequestTopic::default().with_name(Some(name(t))))
                     .collect()
             }));
-        self.conn.send(&req).await
+        self.any_conn().await?.send(&req).await
     }
 
     /// The brokers and the controller's id.
@@ -373,7 +421,7 @@ impl Client {
                 // Null asks for every key (the codec's default is an empty list: none).
                 .with_configuration_keys(None),
         ]);
-        let resp = self.conn.send(&req).await?;
+        let resp = self.any_conn().await?.send(&req).await?;
         let r = resp
             .results
             .first()
@@ -417,7 +465,7 @@ impl Client {
                             .collect(),
                     ),
             ]);
-        let resp = self.conn.send(&req).await?;
+        let resp = self.any_conn().await?.send(&req).await?;
         let t = resp
             .topics
             .first()
@@ -464,7 +512,7 @@ impl Client {
                 .with_resource_name(StrBytes::from_string(topic.to_owned()))
                 .with_configs(configs),
         ]);
-        let resp = self.conn.send(&req).await?;
+        let resp = self.any_conn().await?.send(&req).await?;
         let r = resp.responses.first().ok_or_else(|| {
             ClientError::Decode("IncrementalAlterConfigs answered nothing".into())
         })?;
@@ -482,14 +530,14 @@ impl Client {
     pub async fn delete_topic(&self, topic: &str) -> Result<(), ClientError> {
         let req = DeleteTopicsRequest::default().with_timeout_ms(30_000);
         // v6 names topics in `topics` (by name or id), older versions in `topic_names`.
-        let req = if self.conn.version_for::<DeleteTopicsRequest>()? >= 6 {
+        let req = if self.connection().version_for::<DeleteTopicsRequest>()? >= 6 {
             req.with_topics(vec![
                 DeleteTopicState::default().with_name(Some(name(topic))),
             ])
         } else {
             req.with_topic_names(vec![name(topic)])
         };
-        let resp = self.conn.send(&req).await?;
+        let resp = self.any_conn().await?.send(&req).await?;
         let r = resp
             .responses
             .first()

@@ -135,6 +135,9 @@ impl ProcessCluster {
             format!("controller.listen=\"{}\"", node.controller),
             format!("controller.voters=[{}]", voters.join(",")),
             format!("object_store.url=\"file://{}\"", objects.display()),
+            // A killed broker is fenced (and its partitions led elsewhere) within seconds.
+            "controller.session_timeout_ms=3000".to_owned(),
+            "controller.heartbeat_interval_ms=500".to_owned(),
         ];
         let mut command = Command::new(&self.binary);
         for s in settings {

@@ -835,11 +835,11 @@ fn batch_with(timestamp: i64, attributes: u8) -> Vec<u8> {
 async fn settings_kafka_clients_rely_on_are_honoured_or_refused() {
     let broker = TestBroker::start().await;
     let client = Client::connect(&broker.bootstrap()).await.expect("connect");
-    // A replication factor nobody replicates is refused, not accepted and ignored.
+    // A replication factor above the live brokers is refused, not accepted and ignored.
     let refused = client
         .create_topic("copies", 1, 3, &BTreeMap::new())
         .await
-        .expect_err("three copies cannot be kept yet");
+        .expect_err("one broker cannot keep three copies");
     assert_eq!(
         code(&refused),
         Some(38),

@@ -40,6 +40,9 @@ pub(crate) mod code {
     pub(crate) const GROUP_ID_NOT_FOUND: i16 = 69;
 }
 
+/// How long a commit waits for the in-sync replicas (Kafka's `offsets.commit.timeout.ms`).
+const COMMIT_REPLICATION_WAIT: Duration = Duration::from_secs(5);
+
 /// How often sessions and rebalance deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -203,6 +206,19 @@ impl Coordinator {
                 source: std::io::Error::other(e),
             })??;
         part.appended();
+        // As Kafka's coordinator writes with acks=all: acknowledged only once every in-sync
+        // replica has it, so a new leader of the partition has every acknowledged commit.
+        let end = part.log.log_end_offset();
+        if !part.replicated(end, COMMIT_REPLICATION_WAIT).await {
+            return Err(strata_storage::StorageError::Io {
+                op: "replicating group records",
+                path: part.log.dir().to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the in-sync replicas did not copy the records in time",
+                ),
+            });
+        }
         Ok(self.with_group(group, apply))
     }
 

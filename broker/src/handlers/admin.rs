@@ -85,15 +85,6 @@ fn refuse_client_command(command: &Command) -> Result<(), (ResponseError, String
         ))
     };
     match command {
-        Command::CreateTopic {
-            replication_factor, ..
-        } if *replication_factor > 1 => Err((
-            ResponseError::InvalidReplicationFactor,
-            format!(
-                "replication factor {replication_factor}: Strata keeps one copy of each \
-                 partition until replication between brokers exists; use 1"
-            ),
-        )),
         Command::CreateTopic { name, .. } if is_internal(name) => Err((
             ResponseError::InvalidRequest,
             format!("{name} is an internal topic; the broker creates it"),

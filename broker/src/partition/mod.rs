@@ -8,6 +8,7 @@
 //!   (topic, partition, leader epoch) for every API, and publishes role changes
 //!   ([`role::RoleChange`]) to their subscribers: the group coordinator, tiering's recovery.
 
+mod follow;
 mod open;
 mod read;
 pub(crate) mod registry;
@@ -81,7 +82,7 @@ impl Partition {
         let mut current = self.role.write().unwrap_or_else(|p| p.into_inner());
         if *current != role {
             // A new term: followers are judged on what they fetch from now on.
-            self.lock_replicas().clear();
+            self.lock_replicas().restart(Instant::now());
         }
         *current = role;
     }
@@ -124,6 +125,28 @@ impl Partition {
         if hw != current {
             self.high_watermark.send_replace(hw);
         }
+    }
+
+    /// As leader, the ISR the followers' fetches call for (lagging ones out, caught-up ones
+    /// in), when it differs from the metadata's.
+    pub(crate) fn wanted_isr(&self, max_lag: Duration) -> Option<Vec<i32>> {
+        self.role().leader_epoch()?;
+        let Assignment { replicas, isr } = self.assignment();
+        let hw = *self.high_watermark.borrow();
+        let r = self.lock_replicas();
+        let out = r.lagging(self.broker, &isr, max_lag, Instant::now());
+        let back = r.caught_up(&replicas, &isr, hw);
+        if out.is_empty() && back.is_empty() {
+            return None;
+        }
+        let wanted: Vec<i32> = replicas
+            .iter()
+            .copied()
+            .filter(|id| {
+                *id == self.broker || (isr.contains(id) && !out.contains(id)) || back.contains(id)
+            })
+            .collect();
+        (wanted != isr).then_some(wanted)
     }
 
     /// Records a fetch by follower `replica` from `offset` (its log end), when this broker

@@ -74,7 +74,7 @@ impl Partition {
 /// date from the batches after it. Without a usable snapshot (a first start, or a crash that
 /// cut the log below it) the last two segments are read instead; producers idle for longer
 /// are unknown, and as in Kafka an unknown producer may carry on from any sequence.
-fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError> {
+pub(super) fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError> {
     let end = log.log_end_offset();
     let (mut table, from) = match ProducerTable::load(log.dir(), end) {
         Some((table, offset)) => (table, offset),

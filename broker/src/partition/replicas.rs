@@ -25,6 +25,9 @@ pub(crate) struct Follower {
 #[derive(Debug, Default)]
 pub(crate) struct Replicas {
     followers: BTreeMap<i32, Follower>,
+    /// When this broker became leader: a follower that has not fetched since counts as
+    /// caught up then (Kafka starts every follower's clock at the leader change).
+    since: Option<Instant>,
 }
 
 impl Replicas {
@@ -94,9 +97,13 @@ impl Replicas {
             .copied()
             .filter(|id| *id != leader)
             .filter(|id| {
-                self.followers
+                let caught_up_at = self
+                    .followers
                     .get(id)
-                    .is_none_or(|f| now.saturating_duration_since(f.caught_up_at) > max_lag)
+                    .map(|f| f.caught_up_at)
+                    .or(self.since)
+                    .unwrap_or(now);
+                now.saturating_duration_since(caught_up_at) > max_lag
             })
             .collect()
     }
@@ -116,9 +123,10 @@ impl Replicas {
             .collect()
     }
 
-    /// Forgets every follower (this broker stopped leading; a new term starts afresh).
-    pub(crate) fn clear(&mut self) {
+    /// Starts a new term at `now`: followers are judged on what they fetch from now on.
+    pub(crate) fn restart(&mut self, now: Instant) {
         self.followers.clear();
+        self.since = Some(now);
     }
 }
 
@@ -152,6 +160,9 @@ mod tests {
         let t = Instant::now();
         let lag = Duration::from_secs(30);
         let mut r = Replicas::default();
+        r.restart(t);
+        // Followers get the lag time from the leader change before they count as lagging.
+        assert!(r.lagging(LEADER, &[1, 2, 3], lag, t + lag).is_empty());
         r.fetched(2, 100, 100, t);
         r.fetched(3, 100, 100, t);
         // Busy leader: follower 2 keeps fetching what the leader had at its previous fetch.
@@ -177,7 +188,7 @@ mod tests {
         assert!(r.caught_up(&[1, 2, 3], &[1, 2], hw).is_empty());
         r.fetched(3, hw, end, now);
         assert_eq!(r.caught_up(&[1, 2, 3], &[1, 2], hw), vec![3]);
-        r.clear();
+        r.restart(now);
         assert_eq!(r.get(2), None);
     }
 }

@@ -211,6 +211,9 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
             vec![partition(&[1, 2], Some(leader), epoch)],
         );
         t.configs.clear();
+        // The other replica is out of sync: commits need only the leader (an in-sync one
+        // would have to copy them first, which nothing here does).
+        t.partitions[0].isr = vec![leader];
         t
     };
     let publish = |version, leader, epoch| {

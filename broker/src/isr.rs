@@ -1,0 +1,50 @@
+//! The leader's half of ISR management: every few seconds, each partition this broker leads
+//! compares the in-sync replicas the metadata names with what its followers' fetches show
+//! (`Partition::wanted_isr`: out after `replica_lag_time_max_ms` without catching up, back in
+//! once caught up to the high watermark) and asks the controller for the change (AlterIsr,
+//! checked against the partition epoch, so a stale leader's request is refused).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use strata_controller::Command;
+
+use crate::state::BrokerState;
+use crate::supervisor::Outcome;
+
+/// One pass over the partitions this broker leads.
+pub(crate) async fn step(state: Arc<BrokerState>) -> Outcome {
+    let lag = Duration::from_millis(state.config.topics.replica_lag_time_max_ms);
+    let image = state.image();
+    for part in state.partitions.hosted() {
+        let Some(isr) = part.wanted_isr(lag) else {
+            continue;
+        };
+        let Some(meta) = image.topic_by_id(part.topic_id).and_then(|t| {
+            t.partitions
+                .get(usize::try_from(part.index).unwrap_or(usize::MAX))
+        }) else {
+            continue;
+        };
+        let command = Command::AlterIsr {
+            topic: part.topic.clone(),
+            partition: part.index,
+            broker_id: state.id,
+            broker_epoch: state.epoch(),
+            leader_epoch: meta.leader_epoch,
+            partition_epoch: meta.partition_epoch,
+            isr: isr.clone(),
+        };
+        match state.controller.submit(&command).await {
+            Ok(Ok(_)) => {
+                tracing::info!(topic = %part.topic, partition = part.index, from = ?meta.isr,
+                    to = ?isr, "in-sync replicas changed")
+            }
+            // A newer leader or partition epoch: the metadata on its way settles it.
+            Ok(Err(e)) => tracing::debug!(topic = %part.topic, partition = part.index,
+                error = %e, "ISR change refused"),
+            Err(e) => return Outcome::Retry(format!("the controller did not answer: {e}")),
+        }
+    }
+    Outcome::Ok
+}

@@ -1,0 +1,96 @@
+//! What a follower does to its copy of a partition: append the batches its leader sent,
+//! keeping their offsets and epochs and making them durable before it asks for more (its next
+//! fetch offset tells the leader what it holds), and cut back what its leader does not have.
+
+use strata_storage::BatchHeader;
+
+use super::Partition;
+use super::open::rebuild_producers;
+use crate::error::BrokerError;
+use crate::producer::{self, ProducerBatch};
+
+impl Partition {
+    /// Appends batches copied from the leader (whole batches, starting at this log's end),
+    /// fsyncs them, and records their leader epochs and idempotent producers, so this copy
+    /// can lead with the same history. Returns the new log end. Blocking.
+    pub(crate) fn append_copied(&self, records: &[u8]) -> Result<u64, BrokerError> {
+        if records.is_empty() {
+            return Ok(self.log.log_end_offset());
+        }
+        let headers = producer::headers(records);
+        {
+            // Held across the append, as the leader's append holds it.
+            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            for h in &headers {
+                let base = u64::try_from(h.base_offset).unwrap_or(0);
+                epochs
+                    .assign(h.partition_leader_epoch, base)
+                    .map_err(|source| self.io("recording leader epochs", source))?;
+            }
+            self.log.append_replica(records)?;
+            for h in &headers {
+                record_producer(&mut producers, h);
+            }
+        }
+        let end = self.log.log_end_offset();
+        self.log.sync_through(end)?;
+        self.appended();
+        Ok(end)
+    }
+
+    /// Cuts this copy back to `offset` (what the leader holds of the epochs this copy has),
+    /// with the epochs and producer state that went with the removed batches. Blocking.
+    pub(crate) fn truncate_copy(&self, offset: u64) -> Result<u64, BrokerError> {
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        let end = self.log.truncate_to(offset)?;
+        epochs
+            .truncate(end)
+            .map_err(|source| self.io("truncating leader epochs", source))?;
+        *producers = rebuild_producers(&self.log)?;
+        drop((producers, epochs));
+        self.end.send_replace(end);
+        let hw = (*self.high_watermark.borrow()).min(end);
+        self.high_watermark.send_replace(hw);
+        Ok(end)
+    }
+
+    /// Restarts this copy, empty, at `offset` (the leader no longer has anything below it).
+    pub(crate) fn restart_copy_at(&self, offset: u64) -> Result<(), BrokerError> {
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        self.log.reset_to(offset)?;
+        *producers = Default::default();
+        drop(producers);
+        self.end.send_replace(offset);
+        self.high_watermark.send_replace(offset);
+        Ok(())
+    }
+
+    /// As follower: the leader's high watermark, as far as this copy reaches.
+    pub(crate) fn follow_high_watermark(&self, leader_hw: u64) {
+        let hw = leader_hw.min(self.log.log_end_offset());
+        self.high_watermark.send_if_modified(|current| {
+            let changed = *current != hw;
+            *current = hw;
+            changed
+        });
+    }
+
+    fn io(&self, op: &'static str, source: std::io::Error) -> BrokerError {
+        BrokerError::Io {
+            op,
+            path: self.log.dir().to_owned(),
+            source,
+        }
+    }
+}
+
+fn record_producer(table: &mut crate::producer::ProducerTable, h: &BatchHeader) {
+    if let Some(b) = ProducerBatch::of(h) {
+        let first = u64::try_from(h.base_offset).unwrap_or(0);
+        let last = first + u64::try_from(h.last_offset_delta).unwrap_or(0);
+        let append_time = h.is_log_append_time().then_some(h.max_timestamp);
+        table.record(&b, first, last, append_time);
+    }
+}
