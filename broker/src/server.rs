@@ -233,10 +233,20 @@ impl Broker {
         self.controller.as_ref().map(ControllerNode::local_addr)
     }
 
-    /// In order: stops accepting and lets connections finish their in-flight requests, stops
-    /// the background work, hands back its leadership (controlled shutdown), flushes every
-    /// log and saves its producers, and stops the embedded controller.
+    /// In order: hands back its leadership (controlled shutdown) and waits until its own
+    /// metadata shows it, still serving meanwhile (followers keep copying, requests for moved
+    /// partitions are answered NOT_LEADER and retried at the new leaders); stops accepting
+    /// and lets connections finish their in-flight requests; stops the background work;
+    /// flushes every log and saves its producers; stops the embedded controller.
     pub async fn shutdown(mut self) {
+        self.state
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(version) = controlled_shutdown(&self.state).await
+            && !self.state.wait_for_version(version, HAND_BACK_WAIT).await
+        {
+            tracing::warn!("the leadership hand-back did not reach this broker in time");
+        }
         self.cancel.cancel();
         let drained = tokio::time::timeout(DRAIN, async {
             while self.tasks.join_next().await.is_some() {}
@@ -247,7 +257,6 @@ impl Broker {
             self.tasks.abort_all();
         }
         self.supervisor.stop().await;
-        controlled_shutdown(&self.state).await;
         let partitions = self.state.partitions.clone();
         let _ = tokio::task::spawn_blocking(move || partitions.flush_all()).await;
         if let Some(c) = self.controller.take() {
@@ -267,22 +276,25 @@ impl Drop for Broker {
 const HAND_BACK_WAIT: Duration = Duration::from_secs(5);
 
 /// Asks the controller to move this broker's leadership elsewhere now, rather than when its
-/// lease runs out: clients of partitions with other in-sync replicas move on at once. After
-/// the heartbeats stopped (a heartbeat would unfence it again); an unreachable controller
-/// only delays that to the lease's end.
-async fn controlled_shutdown(state: &BrokerState) {
+/// lease runs out: clients of partitions with other in-sync replicas move on at once. Once
+/// `stopping` is set (a heartbeat asking to be unfenced would undo it); an unreachable
+/// controller only delays that to the lease's end. Returns the metadata version that holds
+/// the change.
+async fn controlled_shutdown(state: &BrokerState) -> Option<u64> {
     let command = Command::ShutdownBroker {
         id: state.id,
         epoch: state.epoch(),
     };
     match tokio::time::timeout(HAND_BACK_WAIT, state.controller.submit(&command)).await {
         Ok(Ok(Ok(applied))) => {
-            tracing::info!(broker = state.id, outcome = ?applied.outcome, "leadership handed back")
+            tracing::info!(broker = state.id, outcome = ?applied.outcome, "leadership handed back");
+            return Some(applied.version);
         }
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the controller refused the shutdown"),
         Ok(Err(e)) => tracing::warn!(error = %e, "leadership not handed back"),
         Err(_) => tracing::warn!(wait = ?HAND_BACK_WAIT, "leadership not handed back in time"),
     }
+    None
 }
 
 async fn start_controller(config: &BrokerConfig) -> Result<Option<ControllerNode>, BrokerError> {
@@ -355,7 +367,9 @@ async fn keep_heartbeating(state: Arc<BrokerState>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = heartbeat(&state, true).await {
+        // A broker shutting down has handed its leadership back: not unfenced again.
+        let unfence = !state.stopping.load(std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = heartbeat(&state, unfence).await {
             tracing::warn!(error = %e, "heartbeat failed");
         }
     }

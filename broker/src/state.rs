@@ -26,6 +26,8 @@ pub(crate) struct BrokerState {
     pub(crate) id: i32,
     /// Registration epoch from the controller.
     pub(crate) epoch: AtomicU64,
+    /// Set when shutdown begins: heartbeats stop asking to be unfenced.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) controller: Arc<ControllerClient>,
     pub(crate) metadata: Arc<MetadataView>,
     pub(crate) partitions: Arc<Partitions>,
@@ -76,6 +78,7 @@ impl BrokerState {
             id: config.node_id,
             config,
             epoch: AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             controller,
             metadata,
             partitions,

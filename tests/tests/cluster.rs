@@ -297,3 +297,82 @@ async fn a_replicated_partition_loses_nothing_when_its_leader_is_killed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// SIGTERM of a partition's leader while librdkafka writes with acks=all: the broker hands its
+/// leadership over before it stops serving, so the producer sees no error at all (it retries
+/// what the old leader answers NOT_LEADER_OR_FOLLOWER, as Kafka clients do), and every record
+/// is there once.
+#[tokio::test]
+async fn a_sigterm_during_acks_all_writes_costs_the_producer_no_error() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let mut cluster = ProcessCluster::start(binary(), 3).await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let configs = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
+    client
+        .create_topic("rolling", 1, 3, &configs)
+        .await
+        .expect("create");
+    let (info, _) = client.describe_topic("rolling").await.expect("describe");
+    let leader = info.partitions[0].leader;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("producer");
+    const RECORDS: usize = 3_000;
+    let mut deliveries = Vec::with_capacity(RECORDS);
+    let mut stopped = None;
+    for i in 0..RECORDS {
+        let value = format!("v{i}");
+        let record = FutureRecord::<(), _>::to("rolling")
+            .partition(0)
+            .payload(&value);
+        deliveries.push(producer.send_result(record).expect("queued"));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if i == RECORDS / 3 {
+            stopped = Some(cluster.terminate(leader).await);
+        }
+    }
+    assert_eq!(stopped, Some(Some(0)), "clean exit on SIGTERM");
+    let mut errors = Vec::new();
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} delivery errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+
+    let mut values = BTreeSet::new();
+    let mut offset = 0;
+    let mut total = 0;
+    while total < RECORDS {
+        let (records, _) = client
+            .fetch("rolling", 0, offset, 1 << 20, 500)
+            .await
+            .expect("fetch");
+        assert!(!records.is_empty(), "stopped at {offset} of {RECORDS}");
+        for r in records {
+            offset = r.offset + 1;
+            total += 1;
+            values.insert(r.value);
+        }
+    }
+    assert_eq!(total, RECORDS, "no duplicates");
+    assert_eq!(values.len(), RECORDS);
+}

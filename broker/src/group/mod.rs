@@ -27,9 +27,9 @@ use uuid::Uuid;
 use self::machine::{Group, Limits, Phase};
 use self::store::{Committed, OFFSETS_TOPIC, Write};
 use crate::metadata::MetadataView;
-use crate::partition::Partition;
 use crate::partition::registry::RoleEvents;
 use crate::partition::role::{Change, RoleChange};
+use crate::partition::{Partition, Replicated};
 
 /// Kafka error codes of the coordinator's own.
 pub(crate) mod code {
@@ -209,7 +209,7 @@ impl Coordinator {
         // As Kafka's coordinator writes with acks=all: acknowledged only once every in-sync
         // replica has it, so a new leader of the partition has every acknowledged commit.
         let end = part.log.log_end_offset();
-        if !part.replicated(end, COMMIT_REPLICATION_WAIT).await {
+        if part.replicated(end, COMMIT_REPLICATION_WAIT).await != Replicated::Yes {
             return Err(strata_storage::StorageError::Io {
                 op: "replicating group records",
                 path: part.log.dir().to_owned(),

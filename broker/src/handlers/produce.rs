@@ -10,7 +10,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use strata_storage::{AppendInfo, StorageError};
 
 use super::str_bytes;
-use crate::partition::Partition;
+use crate::partition::{Partition, Replicated};
 use crate::producer::{self, ProducerBatch, Refusal, Verdict};
 use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::BrokerState;
@@ -79,13 +79,16 @@ pub(super) async fn produce(
             let (part, landed, last_offset) = r?;
             sync(part.clone(), last_offset).await?;
             // Every in-sync replica has it (followers fetch only what they made durable).
-            if part.replicated(last_offset + 1, replication_wait).await {
-                Ok(landed)
-            } else {
-                Err((
+            match part.replicated(last_offset + 1, replication_wait).await {
+                Replicated::Yes => Ok(landed),
+                Replicated::NotLeader => Err((
+                    ResponseError::NotLeaderOrFollower,
+                    Some("leadership moved before the in-sync replicas had the batch".into()),
+                )),
+                Replicated::TimedOut => Err((
                     ResponseError::RequestTimedOut,
                     Some("the in-sync replicas did not copy the batch in time".into()),
-                ))
+                )),
             }
         }))
         .await

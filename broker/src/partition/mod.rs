@@ -65,6 +65,15 @@ pub(crate) struct Partition {
     role: RwLock<Role>,
 }
 
+/// How a wait for the in-sync replicas ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Replicated {
+    Yes,
+    /// This broker stopped leading the partition meanwhile.
+    NotLeader,
+    TimedOut,
+}
+
 /// A partition's replicas and in-sync replicas, as the metadata last gave them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Assignment {
@@ -165,12 +174,28 @@ impl Partition {
         true
     }
 
-    /// Waits up to `timeout` for the high watermark to reach `offset`; whether it did.
-    pub(crate) async fn replicated(&self, offset: u64, timeout: Duration) -> bool {
+    /// Waits up to `timeout` for the high watermark to reach `offset`, as long as this broker
+    /// leads the partition (a leader that lost leadership answers at once: the new leader
+    /// may not have the batch, and the client retries there).
+    pub(crate) async fn replicated(&self, offset: u64, timeout: Duration) -> Replicated {
+        /// How often a wait checks that this broker still leads.
+        const CHECK_ROLE: Duration = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut rx = self.high_watermark.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|hw| *hw >= offset))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        loop {
+            if *rx.borrow_and_update() >= offset {
+                return Replicated::Yes;
+            }
+            if self.role().leader_epoch().is_none() {
+                return Replicated::NotLeader;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Replicated::TimedOut;
+            }
+            let slice = (deadline - now).min(CHECK_ROLE);
+            let _ = tokio::time::timeout(slice, rx.changed()).await;
+        }
     }
 
     /// Its topic's settings.
