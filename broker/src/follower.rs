@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::metadata::MetadataView;
 use crate::partition::Partition;
 use crate::partition::registry::RoleEvents;
-use crate::partition::role::Change;
+use crate::partition::role::{Change, Role};
 
 /// How long the leader may hold a follower's fetch waiting for data.
 const FETCH_WAIT_MS: i32 = 500;
@@ -252,11 +252,17 @@ async fn round(
                     let records = p.records.unwrap_or_default();
                     let hw = u64::try_from(p.high_watermark).unwrap_or(0);
                     let copy = part.clone();
-                    tokio::task::spawn_blocking(move || copy.append_copied(&records))
+                    let copying = Role::Follower {
+                        leader: Some(f.leader),
+                        epoch: f.epoch,
+                    };
+                    tokio::task::spawn_blocking(move || copy.append_copied(&records, copying))
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| e.to_string())?;
-                    part.follow_high_watermark(hw);
+                    if part.role() == copying {
+                        part.follow_high_watermark(hw);
+                    }
                 }
                 Some(ResponseError::OffsetOutOfRange) => {
                     // Behind the leader's log start (it deleted what this copy lacks): start

@@ -76,10 +76,14 @@ async fn three_processes_form_one_cluster_and_a_stopped_one_comes_back_with_its_
     // the leaders.
     for p in 0..6 {
         let records: Vec<NewRecord> = (0..20).map(|i| record(p as usize * 100 + i)).collect();
-        client
-            .produce("spread", p, &records, -1)
-            .await
-            .expect("produce");
+        // The leader's own metadata may not have the new topic yet (it can lag the broker
+        // that created it): retriable, as for any Kafka client.
+        let mut tries = 0;
+        while let Err(e) = client.produce("spread", p, &records, -1).await {
+            tries += 1;
+            assert!(tries < 100, "produce to {p}: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_eq!(values(&client, "spread", p).await.len(), 20);
     }
 

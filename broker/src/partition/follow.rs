@@ -6,15 +6,18 @@ use strata_storage::BatchHeader;
 
 use super::Partition;
 use super::open::rebuild_producers;
+use super::role::Role;
 use crate::error::BrokerError;
 use crate::producer::{self, ProducerBatch};
 
 impl Partition {
     /// Appends batches copied from the leader (whole batches, starting at this log's end),
     /// fsyncs them, and records their leader epochs and idempotent producers, so this copy
-    /// can lead with the same history. Returns the new log end. Blocking.
-    pub(crate) fn append_copied(&self, records: &[u8]) -> Result<u64, BrokerError> {
-        if records.is_empty() {
+    /// can lead with the same history. Nothing is appended unless this broker still follows
+    /// as `copying` says (a fetch answered after a leader change is stale). Returns the new
+    /// log end. Blocking.
+    pub(crate) fn append_copied(&self, records: &[u8], copying: Role) -> Result<u64, BrokerError> {
+        if records.is_empty() || self.role() != copying {
             return Ok(self.log.log_end_offset());
         }
         let headers = producer::headers(records);
