@@ -4,8 +4,8 @@
 //! `topics.flush_check_interval_ms` this task fsyncs each hosted log's sealed segments (so the
 //! uploader, which takes only durable segments, can tier them, and a crash does not validate
 //! them again) and flushes logs whose `flush.ms` has passed (Kafka's flush scheduler). The same
-//! pass forgets idempotent producers idle past `producer.id.expiration.ms` and saves the
-//! producer tables that are due.
+//! pass forgets idempotent producers idle past `producer.id.expiration.ms`, saves the
+//! producer tables that are due, and saves high watermarks that moved.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ fn flush_pass(partitions: &Partitions, idle: Duration) {
             .unwrap_or_else(|p| p.into_inner())
             .expire_idle(idle, now);
         part.save_producers(SAVE_PRODUCERS_EVERY, false);
+        part.save_high_watermark();
         let log = &part.log;
         match log.flush_sealed().and_then(|_| log.maybe_flush()) {
             // Reported once, when the log went offline.

@@ -47,8 +47,11 @@ pub(crate) struct Partition {
     pub(crate) end: watch::Sender<u64>,
     /// The high watermark: the offset below which every in-sync replica holds the log.
     /// Consumers read below it and `acks=all` waits for it; with one replica it is the log
-    /// end. Not checkpointed yet: a reopened partition starts it at its log end.
+    /// end. Saved in `high-watermark` by the flusher and at shutdown, and read back (capped
+    /// at the recovered log end) when the partition opens.
     pub(crate) high_watermark: watch::Sender<u64>,
+    /// The high watermark last saved.
+    saved_high_watermark: std::sync::atomic::AtomicU64,
     /// This broker's id.
     broker: i32,
     /// The replicas and in-sync replicas the metadata names.
@@ -63,6 +66,18 @@ pub(crate) struct Partition {
     pub(crate) remote: RemoteView,
     settings: RwLock<Arc<TopicSettings>>,
     role: RwLock<Role>,
+}
+
+/// File in a partition directory holding its high watermark.
+const HIGH_WATERMARK_FILE: &str = "high-watermark";
+
+/// The high watermark saved in `dir`, if any.
+fn saved_high_watermark(dir: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(dir.join(HIGH_WATERMARK_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// How a wait for the in-sync replicas ended.
@@ -88,12 +103,16 @@ impl Partition {
     }
 
     fn set_role(&self, role: Role) {
-        let mut current = self.role.write().unwrap_or_else(|p| p.into_inner());
-        if *current != role {
-            // A new term: followers are judged on what they fetch from now on.
-            self.lock_replicas().restart(Instant::now());
+        {
+            let mut current = self.role.write().unwrap_or_else(|p| p.into_inner());
+            if *current != role {
+                // A new term: followers are judged on what they fetch from now on.
+                self.lock_replicas().restart(Instant::now());
+            }
+            *current = role;
         }
-        *current = role;
+        // A new leader alone in the ISR is replicated to its log end at once.
+        self.advance_high_watermark();
     }
 
     fn lock_replicas(&self) -> std::sync::MutexGuard<'_, Replicas> {
@@ -120,8 +139,28 @@ impl Partition {
         self.advance_high_watermark();
     }
 
+    /// Saves the high watermark when it moved since the last save (Kafka's
+    /// `replication-offset-checkpoint`). Written by rename, not fsynced: one lost to a crash
+    /// leaves an older, lower value, which only makes consumers wait for the followers again.
+    pub(crate) fn save_high_watermark(&self) {
+        use std::sync::atomic::Ordering;
+        let hw = *self.high_watermark.borrow();
+        if self.saved_high_watermark.load(Ordering::SeqCst) == hw {
+            return;
+        }
+        let path = self.log.dir().join(HIGH_WATERMARK_FILE);
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, format!("{hw}\n")).and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => self.saved_high_watermark.store(hw, Ordering::SeqCst),
+            Err(e) => tracing::warn!(dir = %self.log.dir().display(), error = %e,
+                "saving the high watermark failed; a restart starts it lower"),
+        }
+    }
+
     /// As leader, moves the high watermark to what every in-sync replica holds.
-    fn advance_high_watermark(&self) {
+    pub(super) fn advance_high_watermark(&self) {
         if self.role().leader_epoch().is_none() {
             return;
         }

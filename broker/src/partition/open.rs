@@ -38,6 +38,7 @@ impl Partition {
         claim_dir(&dir, topic.id)?;
         let log = Log::open(&dir, settings.log.clone())?;
         let end = log.log_end_offset();
+        let saved = super::saved_high_watermark(&dir);
         let producers = rebuild_producers(&log)?;
         let epochs = EpochCache::open(&dir, &log).map_err(|source| BrokerError::Io {
             op: "opening leader epochs",
@@ -56,7 +57,10 @@ impl Partition {
             index,
             log: Arc::new(log),
             end: watch::channel(end).0,
-            high_watermark: watch::channel(end).0,
+            // Never above the recovered end; without a saved value (a first start, or a
+            // partition from before it was saved) the log end, as with one replica.
+            high_watermark: watch::channel(saved.map_or(end, |hw| hw.min(end))).0,
+            saved_high_watermark: std::sync::atomic::AtomicU64::new(saved.unwrap_or(u64::MAX)),
             broker,
             assignment: RwLock::new(assignment),
             replicas: Mutex::new(Replicas::default()),

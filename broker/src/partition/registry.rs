@@ -194,6 +194,8 @@ impl Partitions {
                     objects,
                 ) {
                     Ok(part) => {
+                        // A leader alone in the ISR is replicated to its log end.
+                        part.advance_high_watermark();
                         map.insert((topic.id, index), part.clone());
                         changes.push(RoleChange {
                             partition: part,
@@ -236,6 +238,7 @@ impl Partitions {
                 continue;
             }
             p.save_producers(Duration::ZERO, true);
+            p.save_high_watermark();
         }
     }
 }

@@ -268,3 +268,44 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
     });
     assert_eq!(offset, Some(Some(42)));
 }
+
+/// The high watermark survives a restart: a leader whose follower had copied only part of its
+/// log does not show consumers the rest after reopening; alone in the ISR it is the log end.
+#[test]
+fn the_high_watermark_is_saved_and_read_back_capped_at_the_log() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = Uuid::new_v4();
+    let replicated = |isr: &[i32]| {
+        let mut t = topic("t", id, vec![partition(&[1, 2], Some(ME), 0)]);
+        t.partitions[0].isr = isr.to_vec();
+        image(1, vec![t])
+    };
+    {
+        let parts = registry(&dir);
+        parts.apply(&replicated(&[1, 2]));
+        let p = parts.get(id, 0).expect("hosted");
+        for i in 0..3 {
+            let mut b = strata_storage::BatchBuilder::new()
+                .value(None, format!("v{i}").as_bytes(), 1_000)
+                .build();
+            p.log.append(&mut b, 0).expect("append");
+            p.appended();
+        }
+        assert_eq!(
+            *p.high_watermark.borrow(),
+            0,
+            "the follower has nothing yet"
+        );
+        assert!(p.follower_fetched(2, 2));
+        assert_eq!(*p.high_watermark.borrow(), 2);
+        parts.flush_all();
+    }
+    let parts = registry(&dir);
+    parts.apply(&replicated(&[1, 2]));
+    let p = parts.get(id, 0).expect("hosted");
+    assert_eq!(p.log.log_end_offset(), 3);
+    assert_eq!(*p.high_watermark.borrow(), 2, "read back, not the log end");
+    // The follower leaves the ISR: the leader alone holds everything.
+    parts.apply(&replicated(&[1]));
+    assert_eq!(*p.high_watermark.borrow(), 3);
+}
