@@ -24,6 +24,8 @@ struct Node {
 #[derive(Debug)]
 pub struct ProcessCluster {
     binary: PathBuf,
+    /// Extra settings every node gets.
+    settings: Vec<String>,
     dir: tempfile::TempDir,
     nodes: BTreeMap<i32, Node>,
 }
@@ -82,8 +84,14 @@ impl ProcessCluster {
     /// Starts `size` nodes of `binary` (the `strata` command line) with ids 1..=size and waits
     /// until every one serves Kafka clients and sees all the others.
     pub async fn start(binary: &Path, size: i32) -> Self {
+        Self::start_with(binary, size, &[]).await
+    }
+
+    /// Like [`ProcessCluster::start`], with extra `key=value` settings for every node.
+    pub async fn start_with(binary: &Path, size: i32, settings: &[&str]) -> Self {
         let mut cluster = Self {
             binary: binary.to_owned(),
+            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
             dir: tempfile::tempdir().expect("tempdir"),
             nodes: (1..=size)
                 .map(|id| {
@@ -140,7 +148,7 @@ impl ProcessCluster {
             "controller.heartbeat_interval_ms=500".to_owned(),
         ];
         let mut command = Command::new(&self.binary);
-        for s in settings {
+        for s in settings.iter().chain(&self.settings) {
             command.arg("--set").arg(s);
         }
         let child = command

@@ -380,3 +380,134 @@ async fn a_sigterm_during_acks_all_writes_costs_the_producer_no_error() {
     assert_eq!(total, RECORDS, "no duplicates");
     assert_eq!(values.len(), RECORDS);
 }
+
+/// Sum of the `.log` files in `dir`.
+fn log_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A follower whose disk is wiped starts from the object store: its copy begins at the end of
+/// what is uploaded, so it downloads only the tail from its leader, and it is back in the ISR
+/// within seconds.
+#[tokio::test]
+async fn a_wiped_follower_copies_only_the_tail_and_rejoins_the_isr() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let mut cluster = ProcessCluster::start_with(
+        binary(),
+        3,
+        &[
+            "object_store.upload_interval_ms=200",
+            "topics.flush_check_interval_ms=200",
+        ],
+    )
+    .await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let configs = BTreeMap::from([
+        ("min.insync.replicas".to_owned(), "2".to_owned()),
+        ("segment.bytes".to_owned(), (1 << 20).to_string()),
+        ("local.retention.bytes".to_owned(), (2 << 20).to_string()),
+    ]);
+    client
+        .create_topic("tiered", 1, 3, &configs)
+        .await
+        .expect("create");
+    let (info, _) = client.describe_topic("tiered").await.expect("describe");
+    let leader = info.partitions[0].leader;
+    let follower = *info.partitions[0]
+        .replicas
+        .iter()
+        .find(|r| **r != leader)
+        .expect("a follower");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    const RECORDS: usize = 16 * 1024;
+    let payload = vec![b'x'; 1024];
+    let mut deliveries = Vec::with_capacity(RECORDS);
+    for _ in 0..RECORDS {
+        let record = FutureRecord::<(), _>::to("tiered")
+            .partition(0)
+            .payload(&payload);
+        deliveries.push(producer.send_result(record).expect("queued"));
+    }
+    for d in deliveries {
+        d.await.expect("delivered").expect("acknowledged");
+    }
+    let end = client.list_offset("tiered", 0, -1).await.expect("end");
+    // Wait until all but the active segment and a little is in the object store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let uploaded = loop {
+        let last = client
+            .list_offset("tiered", 0, -5)
+            .await
+            .expect("remote end");
+        if last + 1 >= end - 2_000 {
+            break last + 1;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uploaded to {last} of {end}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    cluster.kill(follower).await;
+    // Fenced one session timeout later, it leaves the ISR.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (info, _) = client.describe_topic("tiered").await.expect("describe");
+        if !info.partitions[0].isr.contains(&follower) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still in the ISR: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The broker's partition data; its controller's Raft log (a voter in combined mode) is
+    // kept, as a voter that forgot its votes must not rejoin the quorum.
+    std::fs::remove_dir_all(cluster.data_dir(follower).join("logs")).expect("wipe");
+    let restarted = std::time::Instant::now();
+    cluster.restart(follower);
+    let deadline = restarted + Duration::from_secs(60);
+    loop {
+        let (info, _) = client.describe_topic("tiered").await.expect("describe");
+        if info.partitions[0].isr.contains(&follower) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not back in the ISR: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rejoined = restarted.elapsed();
+    let copied = log_bytes(&cluster.data_dir(follower).join("logs").join("tiered-0"));
+    let total = (RECORDS * 1024) as u64;
+    eprintln!(
+        "wiped follower back in the ISR after {rejoined:?}; local copy {copied} bytes of \
+         {total} produced ({uploaded} of {end} records uploaded)"
+    );
+    assert!(
+        copied < total / 4,
+        "the follower copied {copied} of {total} bytes: more than the tail"
+    );
+    assert!(rejoined < Duration::from_secs(30), "{rejoined:?}");
+}
