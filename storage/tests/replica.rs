@@ -35,6 +35,16 @@ fn leader(dir: &std::path::Path, n: usize) -> (Log, Vec<(i64, Vec<u8>)>) {
     (log, batches)
 }
 
+/// `batches` with every third one from the second gone, as compaction can leave a log.
+fn compacted(batches: &[(i64, Vec<u8>)]) -> Vec<&(i64, Vec<u8>)> {
+    batches
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 1)
+        .map(|(_, b)| b)
+        .collect()
+}
+
 #[test]
 fn a_replica_keeps_the_leaders_offsets_epochs_and_timestamps() {
     let (l, f) = (
@@ -118,12 +128,7 @@ fn a_copy_with_gaps_reads_across_them_and_recovers_them() {
     );
     let (_leader, batches) = leader(l.path(), 60);
     // What compaction leaves: some batches gone, so offsets jump.
-    let kept: Vec<&(i64, Vec<u8>)> = batches
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 3 != 1)
-        .map(|(_, b)| b)
-        .collect();
+    let kept = compacted(&batches);
     let follower = Log::open(f.path(), config(1024)).expect("open");
     // Chunks of three start after a missing batch, so rolled segments begin past a gap too.
     for chunk in kept.chunks(3) {
@@ -199,12 +204,7 @@ fn truncating_inside_a_gap_ends_the_log_after_the_last_kept_batch() {
     );
     let (_leader, batches) = leader(l.path(), 30);
     // Batch i holds offsets 2i and 2i+1; every third from the second is gone.
-    let kept: Vec<&(i64, Vec<u8>)> = batches
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 3 != 1)
-        .map(|(_, b)| b)
-        .collect();
+    let kept = compacted(&batches);
     let follower = Log::open(f.path(), config(700)).expect("open");
     for (_, b) in &kept {
         follower.append_replica(b).expect("replicated");

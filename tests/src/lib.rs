@@ -224,3 +224,39 @@ impl RawClient {
         .is_ok()
     }
 }
+
+/// A broker whose controller runs beside it as its own one-node quorum (`controller.mode =
+/// "remote"`), so a test can read and change the metadata while the broker runs and after it
+/// stops. Brokers are fenced after `session_timeout` without heartbeats.
+#[derive(Debug)]
+pub struct BrokerWithQuorum {
+    pub broker: TestBroker,
+    pub quorum: strata_controller::ControllerNode,
+    pub controller: strata_controller::ControllerClient,
+    _dir: tempfile::TempDir,
+}
+
+impl BrokerWithQuorum {
+    pub async fn start(session_timeout: Duration) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config =
+            strata_controller::ControllerConfig::single_node(dir.path(), "127.0.0.1:0");
+        config.session_timeout = session_timeout;
+        let quorum = strata_controller::ControllerNode::start(config)
+            .await
+            .expect("controller");
+        let addr = quorum.local_addr().to_string();
+        let voter = format!("1@{addr}");
+        let broker = TestBroker::start_with(move |c| {
+            c.controller.mode = strata_broker::config::ControllerMode::Remote;
+            c.controller.voters = vec![voter.clone()];
+        })
+        .await;
+        Self {
+            broker,
+            quorum,
+            controller: strata_controller::ControllerClient::new([addr]),
+            _dir: dir,
+        }
+    }
+}

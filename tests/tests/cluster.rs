@@ -225,23 +225,32 @@ async fn produce_acked(
     acked
 }
 
+/// A three-node cluster with topic `name` (one partition, three copies, min.insync.replicas
+/// 2, plus `configs`); returns the cluster, a client and the partition's leader.
+async fn three_copies(
+    name: &str,
+    settings: &[&str],
+    configs: &[(&str, String)],
+) -> (ProcessCluster, Client, i32) {
+    let cluster = ProcessCluster::start_with(binary(), 3, settings).await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let mut all = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
+    all.extend(configs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    client.create_topic(name, 1, 3, &all).await.expect("create");
+    let (info, _) = client.describe_topic(name).await.expect("describe");
+    assert_eq!(info.partitions[0].replicas.len(), 3);
+    let leader = info.partitions[0].leader;
+    (cluster, client, leader)
+}
+
 /// Three copies, min.insync.replicas=2: kill -9 the leader under acks=all writes; another
 /// replica leads within the session timeout plus a few seconds, writes carry on, and every
 /// acknowledged record is there; the killed broker comes back into the ISR.
 #[tokio::test]
 async fn a_replicated_partition_loses_nothing_when_its_leader_is_killed() {
-    let mut cluster = ProcessCluster::start(binary(), 3).await;
-    let client = Client::connect(&cluster.bootstrap())
-        .await
-        .expect("connect");
-    let configs = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
-    client
-        .create_topic("triple", 1, 3, &configs)
-        .await
-        .expect("create");
-    let (info, _) = client.describe_topic("triple").await.expect("describe");
-    assert_eq!(info.partitions[0].replicas.len(), 3);
-    let leader = info.partitions[0].leader;
+    let (mut cluster, client, leader) = three_copies("triple", &[], &[]).await;
     let mut acked = produce_acked(&client, "triple", 0..200).await;
 
     cluster.kill(leader).await;
@@ -311,17 +320,7 @@ async fn a_sigterm_during_acks_all_writes_costs_the_producer_no_error() {
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let mut cluster = ProcessCluster::start(binary(), 3).await;
-    let client = Client::connect(&cluster.bootstrap())
-        .await
-        .expect("connect");
-    let configs = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
-    client
-        .create_topic("rolling", 1, 3, &configs)
-        .await
-        .expect("create");
-    let (info, _) = client.describe_topic("rolling").await.expect("describe");
-    let leader = info.partitions[0].leader;
+    let (mut cluster, client, leader) = three_copies("rolling", &[], &[]).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
         .set("acks", "all")
@@ -403,34 +402,20 @@ async fn a_wiped_follower_copies_only_the_tail_and_rejoins_the_isr() {
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let mut cluster = ProcessCluster::start_with(
-        binary(),
-        3,
+    let (mut cluster, client, leader) = three_copies(
+        "tiered",
         &[
             "object_store.upload_interval_ms=200",
             "topics.flush_check_interval_ms=200",
         ],
+        &[
+            ("segment.bytes", (1 << 20).to_string()),
+            ("local.retention.bytes", (2 << 20).to_string()),
+        ],
     )
     .await;
-    let client = Client::connect(&cluster.bootstrap())
-        .await
-        .expect("connect");
-    let configs = BTreeMap::from([
-        ("min.insync.replicas".to_owned(), "2".to_owned()),
-        ("segment.bytes".to_owned(), (1 << 20).to_string()),
-        ("local.retention.bytes".to_owned(), (2 << 20).to_string()),
-    ]);
-    client
-        .create_topic("tiered", 1, 3, &configs)
-        .await
-        .expect("create");
-    let (info, _) = client.describe_topic("tiered").await.expect("describe");
-    let leader = info.partitions[0].leader;
-    let follower = *info.partitions[0]
-        .replicas
-        .iter()
-        .find(|r| **r != leader)
-        .expect("a follower");
+    // Any replica but the leader (three copies, ids 1..=3).
+    let follower = (1..=3).find(|r| *r != leader).expect("a follower");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
         .set("acks", "all")

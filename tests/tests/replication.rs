@@ -10,11 +10,10 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use strata_broker::config::ControllerMode;
 use strata_controller::model::Endpoint;
-use strata_controller::{Command, ControllerClient, ControllerConfig, ControllerNode, Outcome};
+use strata_controller::{Command, Outcome};
 use strata_storage::BatchBuilder;
-use strata_tests::{RawClient, TestBroker};
+use strata_tests::{BrokerWithQuorum, RawClient};
 use uuid::Uuid;
 
 const TOPIC: &str = "replicated";
@@ -55,22 +54,9 @@ async fn produce(
 /// A Fetch from `offset` by `replica` (-1: a consumer); returns the high watermark and the
 /// offset after the last batch returned.
 async fn fetch(raw: &mut RawClient, replica: i32, partition: i32, offset: i64) -> (i64, i64) {
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(replica))
-        .with_max_wait_ms(0)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(name())
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(partition)
-                        .with_fetch_offset(offset)
-                        .with_partition_max_bytes(1 << 20),
-                ]),
-        ]);
-    let resp = raw.call(12, &req).await;
+    let resp = raw
+        .call(12, &fetch_request(replica, partition, offset))
+        .await;
     let p = &resp.responses[0].partitions[0];
     assert_eq!(p.error_code, 0, "fetch by {replica} at {offset}");
     let mut next = offset;
@@ -85,20 +71,14 @@ async fn fetch(raw: &mut RawClient, replica: i32, partition: i32, offset: i64) -
 
 #[tokio::test]
 async fn consumers_read_to_the_high_watermark_and_acks_all_waits_for_the_in_sync_follower() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = ControllerConfig::single_node(dir.path(), "127.0.0.1:0");
-    config.session_timeout = Duration::from_secs(120);
-    let quorum = ControllerNode::start(config).await.expect("controller");
-    let addr = quorum.local_addr().to_string();
-    let voter = format!("1@{addr}");
-    let broker = TestBroker::start_with(move |c| {
-        c.controller.mode = ControllerMode::Remote;
-        c.controller.voters = vec![voter.clone()];
-    })
-    .await;
+    let BrokerWithQuorum {
+        broker,
+        quorum,
+        controller,
+        ..
+    } = BrokerWithQuorum::start(Duration::from_secs(120)).await;
     // The stand-in follower: broker 2, registered and unfenced, which never fetches unless
     // the test says so.
-    let controller = ControllerClient::new([addr]);
     let registered = controller
         .submit(&Command::RegisterBroker {
             id: 2,
@@ -198,18 +178,25 @@ async fn consumers_read_to_the_high_watermark_and_acks_all_waits_for_the_in_sync
 
 /// Whether the broker serves the partition yet (its metadata may lag the controller's).
 async fn fetch_ok(raw: &mut RawClient, partition: i32) -> bool {
-    let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
+    let resp = raw.call(12, &fetch_request(-1, partition, 0)).await;
+    resp.responses[0].partitions[0].error_code == 0
+}
+
+/// A Fetch of `partition` from `offset` by `replica` (-1: a consumer), without waiting.
+fn fetch_request(replica: i32, partition: i32, offset: i64) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(replica))
         .with_max_wait_ms(0)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
         .with_topics(vec![
             FetchTopic::default()
                 .with_topic(name())
                 .with_partitions(vec![
                     FetchPartition::default()
                         .with_partition(partition)
-                        .with_partition_max_bytes(1024),
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(1 << 20),
                 ]),
-        ]);
-    let resp = raw.call(12, &req).await;
-    resp.responses[0].partitions[0].error_code == 0
+        ])
 }

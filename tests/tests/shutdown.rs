@@ -5,26 +5,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use strata_broker::config::ControllerMode;
-use strata_controller::{Command, ControllerClient, ControllerConfig, ControllerNode};
-use strata_tests::TestBroker;
+use strata_controller::Command;
+use strata_tests::BrokerWithQuorum;
 use uuid::Uuid;
 
 #[tokio::test]
 async fn a_broker_that_shuts_down_hands_back_its_leadership_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = ControllerConfig::single_node(dir.path(), "127.0.0.1:0");
     // Far longer than the test: only the broker's own word can fence it in time.
-    config.session_timeout = Duration::from_secs(60);
-    let quorum = ControllerNode::start(config).await.expect("controller");
-    let addr = quorum.local_addr().to_string();
-    let voter = format!("1@{addr}");
-    let broker = TestBroker::start_with(move |c| {
-        c.controller.mode = ControllerMode::Remote;
-        c.controller.voters = vec![voter.clone()];
-    })
-    .await;
-    let controller = ControllerClient::new([addr]);
+    let BrokerWithQuorum {
+        broker,
+        quorum,
+        controller,
+        ..
+    } = BrokerWithQuorum::start(Duration::from_secs(60)).await;
     let created = controller
         .submit(&Command::CreateTopic {
             name: "t".into(),
