@@ -170,9 +170,15 @@ impl Partition {
         let hw = self
             .lock_replicas()
             .high_watermark(self.broker, &isr, end, current);
-        if hw != current {
-            self.high_watermark.send_replace(hw);
-        }
+        // Concurrent advances (an append, a follower's fetch) may finish in any order: the
+        // leader's high watermark only ever moves forward.
+        self.high_watermark.send_if_modified(|v| {
+            let forward = hw > *v;
+            if forward {
+                *v = hw;
+            }
+            forward
+        });
     }
 
     /// As leader, the ISR the followers' fetches call for (lagging ones out, caught-up ones
