@@ -25,10 +25,10 @@ use object_store::{ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use strata_controller::model::{MetadataImage, TopicRecord};
 use strata_controller::{Command, ControllerClient};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metadata::MetadataView;
+use crate::supervisor::Outcome;
 use crate::tiering::Tiering;
 use crate::topic::remote_enabled;
 
@@ -323,32 +323,25 @@ impl CatalogSync {
     }
 }
 
-/// Keeps the catalog in step with the metadata every `every` (see [`CatalogSync::pass`]), a
-/// pass cut off after `timeout`.
-pub(crate) async fn run(
+/// One pass keeping the catalog in step with the metadata (see [`CatalogSync::pass`]), cut
+/// off after `timeout`; the supervisor runs it every upload interval. A pass that fails or
+/// times out is retried by the next one.
+pub(crate) async fn step(
+    sync: Arc<tokio::sync::Mutex<CatalogSync>>,
     tiering: Arc<Tiering>,
     metadata: Arc<MetadataView>,
     me: i32,
-    every: Duration,
     timeout: Duration,
-    cancel: CancellationToken,
-) {
-    let mut sync = CatalogSync::default();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let image = metadata.image();
-        if tokio::time::timeout(timeout, sync.pass(&tiering, &image, me))
-            .await
-            .is_err()
-        {
-            tracing::warn!(?timeout, "catalog pass timed out; retried next pass");
-        }
+) -> Outcome {
+    let image = metadata.image();
+    let mut sync = sync.lock().await;
+    if tokio::time::timeout(timeout, sync.pass(&tiering, &image, me))
+        .await
+        .is_err()
+    {
+        tracing::warn!(?timeout, "catalog pass timed out; retried next pass");
     }
+    Outcome::Ok
 }
 
 /// When the metadata holds no topics of its own yet (a new or wiped quorum, or one whose

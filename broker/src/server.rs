@@ -173,19 +173,21 @@ impl Broker {
             );
             supervisor::until_cancelled(run, cancel)
         });
-        let s = state.clone();
-        supervisor.service("catalog", Backoff::default(), move |cancel| {
-            let o = &s.config.object_store;
-            let run = crate::catalog::run(
-                tiering.clone(),
-                s.metadata.clone(),
-                s.id,
-                Duration::from_millis(o.upload_interval_ms),
-                timeout,
-                cancel.clone(),
-            );
-            supervisor::until_cancelled(run, cancel)
-        });
+        let (s, sync) = (state.clone(), Arc::default());
+        supervisor.every(
+            "catalog",
+            Duration::from_millis(state.config.object_store.upload_interval_ms),
+            Backoff::default(),
+            move || {
+                crate::catalog::step(
+                    Arc::clone(&sync),
+                    tiering.clone(),
+                    s.metadata.clone(),
+                    s.id,
+                    timeout,
+                )
+            },
+        );
         let s = state.clone();
         supervisor.service("replica fetcher", Backoff::default(), move |cancel| {
             let roles = s.partitions.subscribe();

@@ -27,7 +27,7 @@ use kafka_protocol::messages::{
     CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, MetadataRequest,
     MetadataResponse, TopicName,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Request, StrBytes};
 use thiserror::Error;
 
 pub use conn::Connection;
@@ -212,6 +212,23 @@ impl Client {
         if !current.is_closed() {
             return Ok(current);
         }
+        self.rebootstrap(current.addr()).await
+    }
+
+    /// Sends a request that reads (and so may be repeated) for the whole cluster; when the
+    /// broker behind the connection went away under it (before this client noticed), once
+    /// more to another broker.
+    async fn cluster_read<R: Request>(&self, req: &R) -> Result<R::Response, ClientError> {
+        let conn = self.any_conn().await?;
+        match conn.send(req).await {
+            Err(ClientError::Closed(_)) => self.rebootstrap(conn.addr()).await?.send(req).await,
+            r => r,
+        }
+    }
+
+    /// A new cluster-wide connection to any broker but `gone`: one the metadata named, or
+    /// from the bootstrap list.
+    async fn rebootstrap(&self, gone: &str) -> Result<Arc<Connection>, ClientError> {
         let mut candidates: Vec<String> = self
             .addresses
             .lock()
@@ -227,7 +244,7 @@ impl Client {
                 .map(str::to_owned),
         );
         let mut last = None;
-        for addr in candidates {
+        for addr in candidates.into_iter().filter(|a| a != gone) {
             match Connection::connect(&addr, "stratactl").await {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
@@ -377,7 +394,7 @@ impl Client {
                     .map(|t| MetadataRequestTopic::default().with_name(Some(name(t))))
                     .collect()
             }));
-        self.any_conn().await?.send(&req).await
+        self.cluster_read(&req).await
     }
 
     /// The brokers and the controller's id.
@@ -421,7 +438,7 @@ impl Client {
                 // Null asks for every key (the codec's default is an empty list: none).
                 .with_configuration_keys(None),
         ]);
-        let resp = self.any_conn().await?.send(&req).await?;
+        let resp = self.cluster_read(&req).await?;
         let r = resp
             .results
             .first()

@@ -196,6 +196,27 @@ impl ProcessCluster {
         status.code()
     }
 
+    /// Freezes node `id` (SIGSTOP): it holds its connections but answers nothing, as a
+    /// stalled VM or a long GC pause does.
+    pub fn pause(&self, id: i32) {
+        self.signal(id, Signal::STOP);
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self, id: i32) {
+        self.signal(id, Signal::CONT);
+    }
+
+    fn signal(&self, id: i32, signal: Signal) {
+        let pid = self.nodes[&id]
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .and_then(|p| Pid::from_raw(p as i32))
+            .expect("node runs");
+        kill_process(pid, signal).expect("signal");
+    }
+
     /// Starts node `id` again on its ports and data.
     pub fn restart(&mut self, id: i32) {
         assert!(self.nodes[&id].child.is_none(), "node {id} still runs");

@@ -496,3 +496,62 @@ async fn a_wiped_follower_copies_only_the_tail_and_rejoins_the_isr() {
     );
     assert!(rejoined < Duration::from_secs(30), "{rejoined:?}");
 }
+
+/// A follower that stops copying (SIGSTOP: alive to the kernel, silent to everyone) leaves
+/// the ISR by its leader's decision after `replica_lag_time_max_ms`, well before the
+/// controller would fence it; acks=all writes carry on with the other two copies, and once
+/// it runs again and catches up the leader takes it back.
+#[tokio::test]
+async fn a_stalled_follower_leaves_the_isr_after_the_lag_time_and_comes_back() {
+    let (cluster, client, leader) =
+        three_copies("stalled", &["topics.replica_lag_time_max_ms=500"], &[]).await;
+    let follower = (1..=3).find(|r| *r != leader).expect("a follower");
+    // Talk to the leader only: a frozen broker holds connections open without answering,
+    // and strata-client has no request timeout yet.
+    drop(client);
+    let client = Client::connect(&cluster.kafka_addr(leader).to_string())
+        .await
+        .expect("connect");
+    produce_acked(&client, "stalled", 0..10).await;
+    let isr = |info: &strata_client::TopicInfo| info.partitions[0].isr.clone();
+
+    cluster.pause(follower);
+    let paused = std::time::Instant::now();
+    loop {
+        let (info, _) = client.describe_topic("stalled").await.expect("describe");
+        if !isr(&info).contains(&follower) {
+            break;
+        }
+        assert!(paused.elapsed() < Duration::from_secs(10), "{info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shrunk = paused.elapsed();
+    // The leader's doing, not the fencing after the 3 s session timeout: the broker is still
+    // registered and live.
+    let (brokers, _) = client.cluster().await.expect("metadata");
+    assert!(
+        brokers.iter().any(|b| b.id == follower),
+        "fenced rather than dropped by its leader after {shrunk:?}"
+    );
+    assert!(
+        shrunk < Duration::from_secs(3),
+        "ISR shrank after {shrunk:?}"
+    );
+    // Two copies in sync still meet min.insync.replicas=2.
+    produce_acked(&client, "stalled", 10..20).await;
+
+    cluster.resume(follower);
+    let resumed = std::time::Instant::now();
+    loop {
+        let (info, _) = client.describe_topic("stalled").await.expect("describe");
+        if isr(&info).contains(&follower) {
+            break;
+        }
+        assert!(resumed.elapsed() < Duration::from_secs(30), "{info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "stalled follower out of the ISR {shrunk:?} after SIGSTOP, back {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+}

@@ -164,12 +164,14 @@ impl Partition {
         if self.role().leader_epoch().is_none() {
             return;
         }
-        let isr = self.assignment().isr;
         let end = self.log.log_end_offset();
         let current = *self.high_watermark.borrow();
-        let hw = self
-            .lock_replicas()
-            .high_watermark(self.broker, &isr, end, current);
+        // Read in place: this runs on every append.
+        let hw = {
+            let assignment = self.assignment.read().unwrap_or_else(|p| p.into_inner());
+            self.lock_replicas()
+                .high_watermark(self.broker, &assignment.isr, end, current)
+        };
         // Concurrent advances (an append, a follower's fetch) may finish in any order: the
         // leader's high watermark only ever moves forward.
         self.high_watermark.send_if_modified(|v| {
