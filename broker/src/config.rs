@@ -193,8 +193,10 @@ pub struct TopicDefaults {
     pub auto_create: bool,
     /// `num.partitions` for auto-created topics and CreateTopics with -1.
     pub default_partitions: i32,
-    /// `default.replication.factor`.
-    pub default_replication_factor: i16,
+    /// `default.replication.factor` for auto-created topics, CreateTopics with -1 and
+    /// `__consumer_offsets`. Unset: 3 once the cluster has three live brokers, else as many
+    /// as are live (1 for a single node).
+    pub default_replication_factor: Option<i16>,
     /// `log.flush.scheduler.interval.ms`: how often hosted logs are checked for data to
     /// fsync: sealed segments (so they can be uploaded and need no recovery after a crash)
     /// and logs whose `flush.ms` has passed.
@@ -287,7 +289,7 @@ impl Default for TopicDefaults {
         Self {
             auto_create: true,
             default_partitions: 1,
-            default_replication_factor: 1,
+            default_replication_factor: None,
             flush_check_interval_ms: 1_000,
             producer_id_expiration_ms: 86_400_000,
             replica_lag_time_max_ms: 30_000,
@@ -428,7 +430,11 @@ impl BrokerConfig {
         if self.topics.default_partitions < 1 {
             return bad("topics.default_partitions", "must be at least 1".into());
         }
-        if self.topics.default_replication_factor < 1 {
+        if self
+            .topics
+            .default_replication_factor
+            .is_some_and(|rf| rf < 1)
+        {
             return bad(
                 "topics.default_replication_factor",
                 "must be at least 1".into(),

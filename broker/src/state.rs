@@ -42,6 +42,15 @@ pub(crate) struct BrokerState {
 }
 
 impl BrokerState {
+    /// The replication factor of a topic created without one (see
+    /// [`crate::topic::default_replication_factor`]).
+    pub(crate) fn default_replication_factor(&self) -> i16 {
+        crate::topic::default_replication_factor(
+            self.config.topics.default_replication_factor,
+            &self.image(),
+        )
+    }
+
     pub(crate) fn new(
         config: BrokerConfig,
         controller: ControllerClient,
@@ -68,6 +77,10 @@ impl BrokerState {
                 offsets_partitions: g.offsets_topic_partitions,
                 offsets_retention: Duration::from_secs(g.offsets_retention_minutes * 60),
                 offsets_replication_factor: config.topics.default_replication_factor,
+                expected_brokers: match config.controller.mode {
+                    crate::config::ControllerMode::Combined => config.controller.voters.len(),
+                    _ => 1,
+                },
             },
             config.node_id,
             metadata.clone(),

@@ -7,9 +7,20 @@
 
 use std::time::Duration;
 
+use strata_controller::MetadataImage;
 use strata_controller::model::TopicRecord;
 use strata_controller::topic_config::TopicConfig;
 use strata_storage::{FlushPolicy, HEADER_LEN, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
+
+/// `default.replication.factor` as it applies now: the configured value, or, unset, three
+/// copies once three brokers are live and as many as are live before that (a single node
+/// keeps one). Kafka's default is a fixed 1; three is what a cluster of three is run for.
+pub(crate) fn default_replication_factor(configured: Option<i16>, image: &MetadataImage) -> i16 {
+    configured.unwrap_or_else(|| {
+        let live = image.brokers.values().filter(|b| !b.fenced).count();
+        live.clamp(1, 3) as i16
+    })
+}
 
 /// What a topic's configs ask of each partition of it.
 #[derive(Clone, Debug, PartialEq)]

@@ -12,12 +12,37 @@ use rustix::process::{Pid, Signal, kill_process};
 use strata_client::Client;
 use tokio::process::{Child, Command};
 
+use crate::proxy::{Cut, Peer, Pids, Proxy};
+
 /// One process of the cluster.
 #[derive(Debug)]
 struct Node {
     kafka: SocketAddr,
     controller: SocketAddr,
     child: Option<Child>,
+}
+
+/// Proxies on every link of a cluster (see [`crate::proxy`]): one in front of each node's
+/// Kafka listener (the address it advertises, so clients and other brokers both come through
+/// it), one in front of each controller listener (other nodes' voter lists name it), and one
+/// in front of the object store when it is an S3 server.
+#[derive(Debug)]
+struct Links {
+    kafka: BTreeMap<i32, Proxy>,
+    controller: BTreeMap<i32, Proxy>,
+    store: Option<Proxy>,
+}
+
+/// How a cluster is started.
+#[derive(Debug, Default)]
+pub struct Options<'a> {
+    /// Extra `key=value` settings for every node.
+    pub settings: &'a [&'a str],
+    /// Put every link behind a proxy, so [`ProcessCluster::cut`] can partition the network.
+    pub proxied: bool,
+    /// Keep the object store in bucket `strata` of this S3 server (created beforehand)
+    /// rather than in a shared directory.
+    pub s3: Option<SocketAddr>,
 }
 
 /// `size` `strata` processes forming one cluster.
@@ -28,6 +53,8 @@ pub struct ProcessCluster {
     settings: Vec<String>,
     dir: tempfile::TempDir,
     nodes: BTreeMap<i32, Node>,
+    pids: Pids,
+    links: Option<Links>,
 }
 
 /// A loopback address for one of the cluster's listeners, kept for the cluster's life (a
@@ -89,20 +116,79 @@ impl ProcessCluster {
 
     /// Like [`ProcessCluster::start`], with extra `key=value` settings for every node.
     pub async fn start_with(binary: &Path, size: i32, settings: &[&str]) -> Self {
+        Self::start_opts(
+            binary,
+            size,
+            Options {
+                settings,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts `size` nodes as `options` say.
+    pub async fn start_opts(binary: &Path, size: i32, options: Options<'_>) -> Self {
+        let mut settings: Vec<String> = options.settings.iter().map(|s| (*s).to_owned()).collect();
+        let nodes: BTreeMap<i32, Node> = (1..=size)
+            .map(|id| {
+                let node = Node {
+                    kafka: reserve_addr(),
+                    controller: reserve_addr(),
+                    child: None,
+                };
+                (id, node)
+            })
+            .collect();
+        let pids = Pids::default();
+        let mut links = None;
+        if options.proxied {
+            let mut kafka = BTreeMap::new();
+            let mut controller = BTreeMap::new();
+            for (id, n) in &nodes {
+                kafka.insert(
+                    *id,
+                    Proxy::start(reserve_addr(), n.kafka, pids.clone()).await,
+                );
+                let c = Proxy::start(reserve_addr(), n.controller, pids.clone()).await;
+                controller.insert(*id, c);
+            }
+            links = Some(Links {
+                kafka,
+                controller,
+                store: None,
+            });
+        }
+        if let Some(s3) = options.s3 {
+            let endpoint = match links.as_mut() {
+                Some(links) => {
+                    let proxy = Proxy::start(reserve_addr(), s3, pids.clone()).await;
+                    let addr = proxy.addr();
+                    links.store = Some(proxy);
+                    addr
+                }
+                None => s3,
+            };
+            settings.extend([
+                "object_store.url=\"s3://strata/cluster\"".to_owned(),
+                format!("object_store.endpoint=\"http://{endpoint}\""),
+                format!("object_store.region=\"{}\"", crate::s3::REGION),
+                format!("object_store.access_key_id=\"{}\"", crate::s3::ACCESS_KEY),
+                format!(
+                    "object_store.secret_access_key=\"{}\"",
+                    crate::s3::SECRET_KEY
+                ),
+                "object_store.path_style=true".to_owned(),
+                "object_store.allow_http=true".to_owned(),
+            ]);
+        }
         let mut cluster = Self {
             binary: binary.to_owned(),
-            settings: settings.iter().map(|s| (*s).to_owned()).collect(),
+            settings,
             dir: tempfile::tempdir().expect("tempdir"),
-            nodes: (1..=size)
-                .map(|id| {
-                    let node = Node {
-                        kafka: reserve_addr(),
-                        controller: reserve_addr(),
-                        child: None,
-                    };
-                    (id, node)
-                })
-                .collect(),
+            nodes,
+            pids,
+            links,
         };
         let ids: Vec<i32> = cluster.nodes.keys().copied().collect();
         for id in &ids {
@@ -120,11 +206,19 @@ impl ProcessCluster {
     }
 
     fn spawn(&mut self, id: i32) {
+        // Other voters through their proxies; this node's own listener as it is.
         let voters: Vec<String> = self
             .nodes
             .iter()
-            .map(|(i, n)| format!("\"{i}@{}\"", n.controller))
+            .map(|(i, n)| {
+                let addr = match &self.links {
+                    Some(links) if *i != id => links.controller[i].addr(),
+                    _ => n.controller,
+                };
+                format!("\"{i}@{addr}\"")
+            })
             .collect();
+        let advertised = self.kafka_addr(id);
         let objects = self.dir.path().join("objects");
         std::fs::create_dir_all(&objects).expect("objects dir");
         let data = self.data_dir(id);
@@ -142,6 +236,7 @@ impl ProcessCluster {
             "controller.mode=\"combined\"".to_owned(),
             format!("controller.listen=\"{}\"", node.controller),
             format!("controller.voters=[{}]", voters.join(",")),
+            format!("kafka.advertised=\"{advertised}\""),
             format!("object_store.url=\"file://{}\"", objects.display()),
             // A killed broker is fenced (and its partitions led elsewhere) within seconds.
             "controller.session_timeout_ms=3000".to_owned(),
@@ -159,26 +254,91 @@ impl ProcessCluster {
             .kill_on_drop(true)
             .spawn()
             .expect("start a strata process");
+        if let Some(pid) = child.id() {
+            self.pids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pid, id);
+        }
         node.child = Some(child);
     }
 
-    /// Every node's Kafka listener, comma-separated (a client's bootstrap list).
+    /// Every node's Kafka address, comma-separated (a client's bootstrap list).
     pub fn bootstrap(&self) -> String {
         self.nodes
-            .values()
-            .map(|n| n.kafka.to_string())
+            .keys()
+            .map(|id| self.kafka_addr(*id).to_string())
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    /// Node `id`'s Kafka listener.
+    /// Node `id`'s Kafka address as it advertises it (its proxy's when proxied).
     pub fn kafka_addr(&self, id: i32) -> SocketAddr {
-        self.nodes[&id].kafka
+        match &self.links {
+            Some(links) => links.kafka[&id].addr(),
+            None => self.nodes[&id].kafka,
+        }
+    }
+
+    /// The ids of the nodes, running or not.
+    pub fn ids(&self) -> Vec<i32> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Whether node `id`'s process is running (not killed or terminated).
+    pub fn is_running(&self, id: i32) -> bool {
+        self.nodes[&id].child.is_some()
+    }
+
+    /// Cuts the links between `peer` and node `id`, both ways (Kafka and controller
+    /// traffic): `Peer::Client` cuts the test's clients off `id`. Panics unless the cluster
+    /// was started `proxied`.
+    pub fn cut(&self, peer: Peer, id: i32, how: Cut) {
+        let links = self.links.as_ref().expect("a proxied cluster");
+        links.kafka[&id].cut(peer, how);
+        links.controller[&id].cut(peer, how);
+        if let Peer::Node(other) = peer {
+            links.kafka[&other].cut(Peer::Node(id), how);
+            links.controller[&other].cut(Peer::Node(id), how);
+        }
+    }
+
+    /// Cuts node `id` off the object store. Panics unless the cluster was started `proxied`
+    /// on an S3 server.
+    pub fn cut_store(&self, id: i32, how: Cut) {
+        let links = self.links.as_ref().expect("a proxied cluster");
+        links
+            .store
+            .as_ref()
+            .expect("an S3 store")
+            .cut(Peer::Node(id), how);
+    }
+
+    /// Heals every cut link.
+    pub fn heal(&self) {
+        if let Some(links) = &self.links {
+            for p in links.kafka.values().chain(links.controller.values()) {
+                p.heal();
+            }
+            if let Some(store) = &links.store {
+                store.heal();
+            }
+        }
+    }
+
+    fn forget_pid(&self, child: &Child) {
+        if let Some(pid) = child.id() {
+            self.pids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&pid);
+        }
     }
 
     /// Kills node `id` at once (SIGKILL): no flush, no controlled shutdown.
     pub async fn kill(&mut self, id: i32) {
         if let Some(mut child) = self.nodes.get_mut(&id).and_then(|n| n.child.take()) {
+            self.forget_pid(&child);
             let _ = child.kill().await;
         }
     }
@@ -187,6 +347,7 @@ impl ProcessCluster {
     /// exit; returns its exit status code.
     pub async fn terminate(&mut self, id: i32) -> Option<i32> {
         let mut child = self.nodes.get_mut(&id).and_then(|n| n.child.take())?;
+        self.forget_pid(&child);
         let pid = child.id().and_then(|p| Pid::from_raw(p as i32))?;
         kill_process(pid, Signal::TERM).expect("SIGTERM");
         let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
@@ -229,9 +390,9 @@ impl ProcessCluster {
         let deadline = Instant::now() + timeout;
         let running: Vec<SocketAddr> = self
             .nodes
-            .values()
-            .filter(|n| n.child.is_some())
-            .map(|n| n.kafka)
+            .iter()
+            .filter(|(_, n)| n.child.is_some())
+            .map(|(id, _)| self.kafka_addr(*id))
             .collect();
         for addr in running {
             loop {
@@ -276,6 +437,12 @@ impl Drop for ProcessCluster {
             }
             release_addr(node.kafka);
             release_addr(node.controller);
+        }
+        if let Some(links) = &self.links {
+            let proxies = links.kafka.values().chain(links.controller.values());
+            for p in proxies.chain(links.store.as_ref()) {
+                release_addr(p.addr());
+            }
         }
     }
 }

@@ -5,6 +5,8 @@
 //! The tests live under `tests/tests/`; this library holds the helpers they share.
 
 pub mod cluster;
+pub mod faults;
+pub mod proxy;
 pub mod s3;
 
 use std::net::SocketAddr;

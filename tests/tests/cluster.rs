@@ -6,10 +6,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::DescribeClusterRequest;
+use kafka_protocol::messages::{DescribeClusterRequest, FindCoordinatorRequest};
+use kafka_protocol::protocol::StrBytes;
 use strata_client::{Client, NewRecord};
 use strata_tests::RawClient;
-use strata_tests::cluster::ProcessCluster;
+use strata_tests::cluster::{Options, ProcessCluster};
+use strata_tests::proxy::{Cut, Peer};
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_strata-node"))
@@ -61,6 +63,53 @@ async fn three_processes_form_one_cluster_and_a_stopped_one_comes_back_with_its_
         assert!(ids.contains(&described.controller_id.0));
     }
 
+    // Three live brokers: a topic created without a replication factor gets three copies, and
+    // so does the offsets topic the group coordinator made while the cluster started.
+    client
+        .create_topic("defaulted", 1, -1, &BTreeMap::new())
+        .await
+        .expect("create");
+    for topic in ["defaulted", "__consumer_offsets"] {
+        let mut tries = 0;
+        let info = loop {
+            match client.describe_topic(topic).await {
+                Ok((info, _)) => break info,
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 100, "{topic}: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        assert!(!info.partitions.is_empty(), "{topic}");
+        for p in &info.partitions {
+            assert_eq!(p.replicas.len(), 3, "{topic}: {p:?}");
+        }
+    }
+    // Every broker names the same coordinator for a group (the leader of its offsets
+    // partition), and what is committed through one is read through any other.
+    let mut coordinators = BTreeSet::new();
+    for id in &ids {
+        let mut raw = RawClient::connect(cluster.kafka_addr(*id)).await;
+        let found = raw
+            .call(
+                3,
+                &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g")),
+            )
+            .await;
+        assert_eq!(found.error_code, 0, "FindCoordinator on broker {id}");
+        coordinators.insert(found.node_id.0);
+    }
+    assert_eq!(coordinators.len(), 1, "{coordinators:?}");
+    let offsets = BTreeMap::from([(("defaulted".to_owned(), 0), 7)]);
+    client.commit_offsets("g", &offsets).await.expect("commit");
+    for id in &ids {
+        let one = Client::connect(&cluster.kafka_addr(*id).to_string())
+            .await
+            .expect("connect");
+        let committed = one.committed_offsets("g").await.expect("offsets");
+        assert_eq!(committed, offsets, "read through broker {id}");
+    }
     client
         .create_topic("spread", 6, 1, &BTreeMap::new())
         .await
@@ -553,5 +602,88 @@ async fn a_stalled_follower_leaves_the_isr_after_the_lag_time_and_comes_back() {
     eprintln!(
         "stalled follower out of the ISR {shrunk:?} after SIGSTOP, back {:?} after SIGCONT",
         resumed.elapsed()
+    );
+}
+
+/// A leader cut off from the other brokers (clients still reach it) is a minority: it cannot
+/// acknowledge an acks=all write, not while cut off and not once it learns it was replaced,
+/// while the majority elects a new leader and carries on; what the old leader took in is gone
+/// once it rejoins, and everything the majority acknowledged is there.
+#[tokio::test]
+async fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing() {
+    let cluster = ProcessCluster::start_opts(
+        binary(),
+        3,
+        Options {
+            proxied: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let configs = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
+    client
+        .create_topic("minority", 1, 3, &configs)
+        .await
+        .expect("create");
+    let mut acked = produce_acked(&client, "minority", 0..10).await;
+    let (info, _) = client.describe_topic("minority").await.expect("describe");
+    let old = info.partitions[0].leader;
+    let others: Vec<i32> = cluster.ids().into_iter().filter(|i| *i != old).collect();
+
+    let isolated = Client::connect(&cluster.kafka_addr(old).to_string())
+        .await
+        .expect("connect to the leader");
+    for other in &others {
+        cluster.cut(Peer::Node(*other), old, Cut::Hang);
+    }
+    let pending =
+        tokio::spawn(async move { isolated.produce("minority", 0, &[record(1_000)], -1).await });
+    let majority = others
+        .iter()
+        .map(|i| cluster.kafka_addr(*i).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let majority = Client::connect(&majority).await.expect("connect");
+    acked.extend(produce_acked(&majority, "minority", 10..20).await);
+    let (info, _) = majority.describe_topic("minority").await.expect("describe");
+    assert_ne!(info.partitions[0].leader, old, "a new leader was elected");
+
+    cluster.heal();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), pending)
+        .await
+        .expect("answered once healed")
+        .expect("task");
+    assert!(
+        outcome.is_err(),
+        "the cut-off leader acknowledged a write at {outcome:?}"
+    );
+    let mut seen = BTreeMap::new();
+    let mut offset = 0;
+    while seen.len() < acked.len() {
+        let (records, _) = majority
+            .fetch("minority", 0, offset, 1 << 20, 500)
+            .await
+            .expect("fetch");
+        assert!(!records.is_empty(), "stopped at {offset}");
+        for r in records {
+            offset = r.offset + 1;
+            seen.insert(r.offset, r.value);
+        }
+    }
+    for (base, i) in &acked {
+        assert_eq!(
+            seen.get(base).cloned().flatten(),
+            Some(Bytes::from(format!("v{i}"))),
+            "record {i} acknowledged at {base}"
+        );
+    }
+    assert!(
+        !seen
+            .values()
+            .any(|v| v.as_deref() == Some(b"v1000".as_slice())),
+        "the minority's write is in the log"
     );
 }

@@ -52,9 +52,18 @@ pub(crate) struct GroupConfig {
     pub(crate) limits: Limits,
     pub(crate) offsets_partitions: i32,
     pub(crate) offsets_retention: Duration,
-    /// Of `__consumer_offsets`, when this broker creates it.
-    pub(crate) offsets_replication_factor: i16,
+    /// Of `__consumer_offsets`, when this broker creates it (unset: the cluster's default,
+    /// see [`crate::topic::default_replication_factor`]).
+    pub(crate) offsets_replication_factor: Option<i16>,
+    /// Brokers this one expects to see (the voters of a combined quorum): with an unset
+    /// replication factor the offsets topic waits a little for them, so a cluster starting
+    /// together does not fix its offsets topic at the one copy of the first broker up.
+    pub(crate) expected_brokers: usize,
 }
+
+/// How long the offsets topic waits for the brokers a cluster expects before it is created
+/// with the copies there are.
+const OFFSETS_TOPIC_WAIT: Duration = Duration::from_secs(30);
 
 /// A group and its committed offsets.
 #[derive(Debug, Default)]
@@ -112,6 +121,23 @@ impl Coordinator {
 
     pub(crate) fn partition_of(&self, group: &str) -> i32 {
         store::partition_for(group, self.config.offsets_partitions)
+    }
+
+    /// The broker that coordinates `group` by the metadata: the live leader of its offsets
+    /// partition (what FindCoordinator answers on any broker), else the error code.
+    pub(crate) fn coordinator_of(&self, group: &str) -> Result<i32, i16> {
+        if group.is_empty() {
+            return Err(code::INVALID_GROUP_ID);
+        }
+        let p = self.partition_of(group);
+        let image = self.metadata.image();
+        image
+            .topics
+            .get(OFFSETS_TOPIC)
+            .and_then(|t| usize::try_from(p).ok().and_then(|i| t.partitions.get(i)))
+            .and_then(|meta| meta.leader)
+            .filter(|l| image.brokers.get(l).is_some_and(|b| !b.fenced))
+            .ok_or(code::COORDINATOR_NOT_AVAILABLE)
     }
 
     /// The offsets partition for `group` and its leader epoch if this broker coordinates
@@ -250,12 +276,29 @@ impl Coordinator {
     }
 
     async fn ensure_offsets_topic(&self, cancel: &CancellationToken) {
+        let waiting_since = tokio::time::Instant::now();
         while !self.metadata.image().topics.contains_key(OFFSETS_TOPIC) {
+            let image = self.metadata.image();
+            let live = image.brokers.values().filter(|b| !b.fenced).count();
+            let wanted = self.config.expected_brokers.min(3);
+            if self.config.offsets_replication_factor.is_none()
+                && live < wanted
+                && waiting_since.elapsed() < OFFSETS_TOPIC_WAIT
+            {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+            let replication_factor = crate::topic::default_replication_factor(
+                self.config.offsets_replication_factor,
+                &image,
+            );
             let command = Command::CreateTopic {
                 name: OFFSETS_TOPIC.into(),
                 id: Uuid::new_v4(),
                 partitions: self.config.offsets_partitions,
-                replication_factor: self.config.offsets_replication_factor,
+                replication_factor,
                 configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
                 first_leader_epoch: 0,
             };

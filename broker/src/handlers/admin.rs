@@ -181,7 +181,7 @@ fn new_topic_command(state: &BrokerState, name: &str) -> Command {
         name: name.to_owned(),
         id: Uuid::new_v4(),
         partitions: state.config.topics.default_partitions,
-        replication_factor: state.config.topics.default_replication_factor,
+        replication_factor: state.default_replication_factor(),
         configs: BTreeMap::new(),
         first_leader_epoch: 0,
     }
@@ -367,7 +367,7 @@ pub(super) async fn create_topics(
             t.num_partitions
         };
         let replication_factor = if t.replication_factor == -1 {
-            state.config.topics.default_replication_factor
+            state.default_replication_factor()
         } else {
             t.replication_factor
         };

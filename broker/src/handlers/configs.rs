@@ -133,7 +133,7 @@ fn broker_configs(state: &BrokerState) -> Vec<(&'static str, String, i8)> {
         ("num.partitions", t.default_partitions.to_string(), 3),
         (
             "default.replication.factor",
-            t.default_replication_factor.to_string(),
+            state.default_replication_factor().to_string(),
             4,
         ),
         ("log.dirs", state.config.log_dir().display().to_string(), 2),

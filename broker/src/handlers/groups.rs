@@ -49,17 +49,26 @@ pub(super) async fn find_coordinator(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: FindCoordinatorRequest = frame.decode()?;
-    let (host, port) = state.config.advertised();
-    let answer = |key: &str| -> (i16, Option<String>) {
+    let image = state.image();
+    // (error, message, coordinator id, host, port): the broker whose offsets partition holds
+    // the key, wherever the request came in.
+    let answer = |key: &str| -> (i16, Option<String>, i32, String, u16) {
+        let none = |code, message: Option<String>| (code, message, -1, String::new(), 0);
         if req.key_type != 0 {
-            return (
-                code::COORDINATOR_NOT_AVAILABLE,
-                Some("transactions are not supported".into()),
-            );
+            let message = Some("transactions are not supported".into());
+            return none(code::COORDINATOR_NOT_AVAILABLE, message);
         }
-        match state.groups.route(key) {
-            Ok(_) | Err(code::COORDINATOR_LOAD_IN_PROGRESS) => (0, None),
-            Err(e) => (e, None),
+        let id = match state.groups.coordinator_of(key) {
+            Ok(id) => id,
+            Err(e) => return none(e, None),
+        };
+        if id == state.id {
+            let (host, port) = state.config.advertised();
+            return (0, None, id, host, port);
+        }
+        match image.brokers.get(&id).and_then(|b| b.endpoints.first()) {
+            Some(e) => (0, None, id, e.host.clone(), e.port),
+            None => none(code::COORDINATOR_NOT_AVAILABLE, None),
         }
     };
     let resp = if frame.version >= 4 {
@@ -67,13 +76,13 @@ pub(super) async fn find_coordinator(
             .coordinator_keys
             .iter()
             .map(|k| {
-                let (error, message) = answer(k.as_str());
+                let (error, message, id, host, port) = answer(k.as_str());
                 let c = CoordinatorEntry::default()
                     .with_key(k.clone())
                     .with_error_code(error)
                     .with_error_message(message.as_deref().map(str_bytes));
                 if error == 0 {
-                    c.with_node_id(broker_id(state.id))
+                    c.with_node_id(broker_id(id))
                         .with_host(str_bytes(&host))
                         .with_port(i32::from(port))
                 } else {
@@ -83,12 +92,12 @@ pub(super) async fn find_coordinator(
             .collect();
         FindCoordinatorResponse::default().with_coordinators(coordinators)
     } else {
-        let (error, message) = answer(req.key.as_str());
+        let (error, message, id, host, port) = answer(req.key.as_str());
         let r = FindCoordinatorResponse::default()
             .with_error_code(error)
             .with_error_message(message.as_deref().map(str_bytes));
         if error == 0 {
-            r.with_node_id(broker_id(state.id))
+            r.with_node_id(broker_id(id))
                 .with_host(str_bytes(&host))
                 .with_port(i32::from(port))
         } else {

@@ -1,0 +1,884 @@
+//! The fault checker: a three-broker process cluster on an S3 server, every link behind a
+//! proxy, under idempotent `acks=all` writes of unique values, assign-based readers and a
+//! consumer group, while randomized faults come and go one at a time: kill -9 and restart,
+//! kill -9 and a wiped disk, SIGTERM, SIGSTOP/SIGCONT, a broker cut off from the others,
+//! the controller leader cut off, two brokers cut from each other, clients cut from a broker,
+//! and a broker cut from the object store or the store down for everyone. Links are cut
+//! either by resets or by hanging (nothing flows, nothing closes).
+//!
+//! After each fault is healed the checker waits for the cluster to be whole again (every
+//! broker live, every replica in sync); at the end it stops the writers and checks:
+//! - every acknowledged write is in the log at the offset it was acknowledged with;
+//! - no value is in the log twice, and nothing is there that was never written;
+//! - every offset any reader saw holds, in the final log, the record the reader saw;
+//! - a reader's offsets only move forward (and it is never told its offset is out of range);
+//! - the group's committed offsets never go backwards and reach the end;
+//! - writers never hit a fatal idempotence error, and readers reach the end of the log.
+//!
+//! It reports per fault how long produce and consume were unavailable: the longest time, on
+//! any partition, from the fault (or the last success before it) to the next acknowledgement
+//! or record read, while the fault held or the cluster recovered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use strata_client::Client;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cluster::{Options, ProcessCluster};
+use crate::proxy::{Cut, Peer};
+use crate::s3::S3Server;
+
+const TOPIC: &str = "checked";
+const PARTITIONS: i32 = 3;
+const GROUP: &str = "checker-group";
+const WRITERS: usize = 2;
+const GROUP_MEMBERS: usize = 2;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// How many faults, one after another.
+    pub faults: usize,
+    /// Seeds the choice of faults, targets and hold times (printed, to run a case again).
+    pub seed: u64,
+    /// Each fault holds for a random time in this range before it is healed.
+    pub hold: (Duration, Duration),
+    /// Records per second each of the writers offers.
+    pub rate: u32,
+    /// Every kind of fault once (in a seeded order) before any repeats.
+    pub each_kind_first: bool,
+}
+
+/// A fault, by kind and target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL, then start it again.
+    Kill(i32),
+    /// SIGKILL, delete its partition data, start it again.
+    KillAndWipe(i32),
+    /// SIGTERM (controlled shutdown), then start it again.
+    Terminate(i32),
+    /// SIGSTOP, then SIGCONT.
+    Pause(i32),
+    /// Cut from every other broker (Kafka and controller links); clients still reach it.
+    Isolate(i32, Cut),
+    /// The controller's Raft leader, cut from every other broker.
+    IsolateController(i32, Cut),
+    /// Two brokers cut from each other only.
+    Pair(i32, i32, Cut),
+    /// The test's clients cut from a broker.
+    ClientsOff(i32, Cut),
+    /// A broker cut from the object store.
+    StoreOff(i32, Cut),
+    /// The object store down for everyone (connections refused).
+    StoreDown,
+}
+
+impl Fault {
+    /// The kind, without its targets.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kill(_) => "kill -9 and restart",
+            Self::KillAndWipe(_) => "kill -9, wipe, restart",
+            Self::Terminate(_) => "SIGTERM and restart",
+            Self::Pause(_) => "SIGSTOP/SIGCONT",
+            Self::Isolate(..) => "broker isolated",
+            Self::IsolateController(..) => "controller leader isolated",
+            Self::Pair(..) => "two brokers cut apart",
+            Self::ClientsOff(..) => "clients cut from a broker",
+            Self::StoreOff(..) => "broker cut from the store",
+            Self::StoreDown => "object store down",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = |c: &Cut| match c {
+            Cut::Reset => "reset",
+            Cut::Hang => "hang",
+        };
+        match self {
+            Self::Kill(n) => write!(f, "kill -9 broker {n}"),
+            Self::KillAndWipe(n) => write!(f, "kill -9 broker {n}, wipe its disk"),
+            Self::Terminate(n) => write!(f, "SIGTERM broker {n}"),
+            Self::Pause(n) => write!(f, "SIGSTOP broker {n}"),
+            Self::Isolate(n, c) => write!(f, "isolate broker {n} ({})", how(c)),
+            Self::IsolateController(n, c) => {
+                write!(f, "isolate controller leader {n} ({})", how(c))
+            }
+            Self::Pair(a, b, c) => write!(f, "cut brokers {a}<->{b} ({})", how(c)),
+            Self::ClientsOff(n, c) => write!(f, "clients off broker {n} ({})", how(c)),
+            Self::StoreOff(n, c) => write!(f, "broker {n} off the store ({})", how(c)),
+            Self::StoreDown => write!(f, "object store down"),
+        }
+    }
+}
+
+/// What happened around one fault.
+#[derive(Clone, Debug)]
+pub struct FaultRecord {
+    /// The fault.
+    pub fault: Fault,
+    /// How long it held.
+    pub held: Duration,
+    /// From the heal until the cluster was whole again.
+    pub recovered: Duration,
+    /// Longest time without a produce acknowledgement on some partition.
+    pub produce_gap: Duration,
+    /// Longest time without a record read by the assign reader on some partition.
+    pub consume_gap: Duration,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The seed the run used.
+    pub seed: u64,
+    /// Every fault, in order.
+    pub faults: Vec<FaultRecord>,
+    /// Writes acknowledged.
+    pub acknowledged: usize,
+    /// Writes whose outcome the producer could not tell (they may or may not be there).
+    pub indeterminate: usize,
+    /// Records in the final log.
+    pub in_log: usize,
+    /// Records the readers saw, with repeats.
+    pub read: usize,
+    /// Everything that broke a guarantee.
+    pub anomalies: Vec<String>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "fault checker (seed {}): {} faults, {} writes acknowledged, {} indeterminate, \
+             {} records in the log, {} read; {} anomalies",
+            self.seed,
+            self.faults.len(),
+            self.acknowledged,
+            self.indeterminate,
+            self.in_log,
+            self.read,
+            self.anomalies.len()
+        )?;
+        writeln!(
+            f,
+            "{:<44} {:>8} {:>10} {:>12} {:>12}",
+            "fault", "held", "recovered", "produce gap", "consume gap"
+        )?;
+        for r in &self.faults {
+            writeln!(
+                f,
+                "{:<44} {:>7.1}s {:>9.1}s {:>11.2}s {:>11.2}s",
+                r.fault.to_string(),
+                r.held.as_secs_f64(),
+                r.recovered.as_secs_f64(),
+                r.produce_gap.as_secs_f64(),
+                r.consume_gap.as_secs_f64()
+            )?;
+        }
+        let mut by_kind: BTreeMap<String, Vec<&FaultRecord>> = BTreeMap::new();
+        for r in &self.faults {
+            by_kind
+                .entry(r.fault.kind().to_owned())
+                .or_default()
+                .push(r);
+        }
+        writeln!(
+            f,
+            "by kind (count, produce gap max/median, consume gap max):"
+        )?;
+        for (kind, rs) in by_kind {
+            let mut gaps: Vec<Duration> = rs.iter().map(|r| r.produce_gap).collect();
+            gaps.sort();
+            let consume = rs.iter().map(|r| r.consume_gap).max().unwrap_or_default();
+            writeln!(
+                f,
+                "  {kind:<36} {:>3}  {:>6.2}s / {:>6.2}s  {:>6.2}s",
+                rs.len(),
+                gaps.last().copied().unwrap_or_default().as_secs_f64(),
+                gaps[gaps.len() / 2].as_secs_f64(),
+                consume.as_secs_f64()
+            )?;
+        }
+        for a in &self.anomalies {
+            writeln!(f, "ANOMALY: {a}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What the workload saw, shared by its tasks.
+#[derive(Debug, Default)]
+struct Observed {
+    /// (partition, offset, value) of every acknowledged write.
+    acked: Vec<(i32, i64, String)>,
+    /// Values whose write failed (indeterminate).
+    failed: Vec<String>,
+    /// When acknowledgements came, per partition.
+    ack_times: BTreeMap<i32, Vec<Instant>>,
+    /// When the assign reader read records, per partition.
+    read_times: BTreeMap<i32, Vec<Instant>>,
+    /// offset → value as any reader saw it.
+    seen: HashMap<(i32, i64), String>,
+    /// The assign reader's last offset per partition.
+    reader_at: BTreeMap<i32, i64>,
+    /// Highest committed offsets of the group seen so far.
+    committed: BTreeMap<i32, i64>,
+    /// Records read, with repeats.
+    read: usize,
+    /// Values written per writer (the next sequence number).
+    sent: Vec<u64>,
+    /// The last thing each task had trouble with, to explain an anomaly.
+    troubles: BTreeMap<String, String>,
+    anomalies: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Observed>>;
+
+fn trouble(o: &Shared, who: &str, what: impl fmt::Display) {
+    let what = format!("{what} (at {:?})", Instant::now());
+    lock(o).troubles.insert(who.to_owned(), what);
+}
+
+fn lock(o: &Shared) -> std::sync::MutexGuard<'_, Observed> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `plan` against `binary` (the `strata` command line) and reports.
+pub async fn run(binary: &Path, plan: &Plan) -> Report {
+    let mut s3 = S3Server::start().await;
+    s3.create_bucket("strata").await;
+    let mut cluster = ProcessCluster::start_opts(
+        binary,
+        3,
+        Options {
+            settings: &[
+                "object_store.upload_interval_ms=500",
+                "topics.flush_check_interval_ms=200",
+                // A follower cut off from its leader holds acks=all back this long.
+                "topics.replica_lag_time_max_ms=3000",
+            ],
+            proxied: true,
+            s3: Some(s3.addr()),
+        },
+    )
+    .await;
+    let bootstrap = cluster.bootstrap();
+    let client = Client::connect(&bootstrap).await.expect("connect");
+    let configs = BTreeMap::from([
+        ("min.insync.replicas".to_owned(), "2".to_owned()),
+        ("segment.bytes".to_owned(), (256 << 10).to_string()),
+        ("local.retention.bytes".to_owned(), (1 << 20).to_string()),
+    ]);
+    client
+        .create_topic(TOPIC, PARTITIONS, 3, &configs)
+        .await
+        .expect("create the checked topic");
+    drop(client);
+
+    let observed: Shared = Arc::new(Mutex::new(Observed {
+        sent: vec![0; WRITERS],
+        ..Observed::default()
+    }));
+    let (stop_writers, writers_stopped) = watch::channel(false);
+    let mut writers = JoinSet::new();
+    for w in 0..WRITERS {
+        let stopped = writers_stopped.clone();
+        writers.spawn(write(
+            w,
+            bootstrap.clone(),
+            plan.rate,
+            observed.clone(),
+            stopped,
+        ));
+    }
+    let (stop_readers, readers_stopped) = watch::channel(false);
+    let mut readers = JoinSet::new();
+    readers.spawn(read(
+        bootstrap.clone(),
+        observed.clone(),
+        readers_stopped.clone(),
+    ));
+    for m in 0..GROUP_MEMBERS {
+        readers.spawn(consume(
+            m,
+            bootstrap.clone(),
+            observed.clone(),
+            readers_stopped.clone(),
+        ));
+    }
+    readers.spawn(watch_commits(
+        bootstrap.clone(),
+        observed.clone(),
+        readers_stopped,
+    ));
+
+    let mut rng = fastrand::Rng::with_seed(plan.seed);
+    let mut report = Report {
+        seed: plan.seed,
+        ..Report::default()
+    };
+    // Let the workload get going before the first fault.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut kinds: Vec<usize> = Vec::new();
+    for i in 0..plan.faults {
+        if kinds.is_empty() && plan.each_kind_first {
+            kinds = (0..KINDS).collect();
+            rng.shuffle(&mut kinds);
+        }
+        let kind = kinds.pop().unwrap_or_else(|| rng.usize(0..KINDS));
+        let hold = plan.hold.0 + (plan.hold.1 - plan.hold.0).mul_f64(rng.f64());
+        let fault = choose(kind, &mut rng, &cluster).await;
+        eprintln!("fault {}/{}: {fault} for {hold:.1?}", i + 1, plan.faults);
+        let started = Instant::now();
+        inject(fault, &mut cluster, &mut s3).await;
+        tokio::time::sleep(hold).await;
+        heal(fault, &mut cluster, &mut s3).await;
+        let healed = Instant::now();
+        let whole = whole_again(&cluster, Duration::from_secs(90)).await;
+        let recovered = healed.elapsed();
+        if let Err(e) = whole {
+            lock(&observed).anomalies.push(format!(
+                "after {fault}: the cluster was not whole again: {e}"
+            ));
+        }
+        // A moment of calm, so the gaps of this fault end before the next begins.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let o = lock(&observed);
+        report.faults.push(FaultRecord {
+            fault,
+            held: healed - started,
+            recovered,
+            produce_gap: longest_gap(&o.ack_times, started, Instant::now()),
+            consume_gap: longest_gap(&o.read_times, started, Instant::now()),
+        });
+    }
+
+    eprintln!("faults done; stopping the writers");
+    let _ = stop_writers.send(true);
+    while writers.join_next().await.is_some() {}
+    eprintln!("writers stopped; reading the log");
+    let log = final_log(&cluster, &mut report).await;
+    let ends: BTreeMap<i32, i64> = log.keys().map(|(p, o)| (*p, o + 1)).collect();
+    // The readers and the group read to the end of what was written.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let behind: Vec<String> = {
+            let o = lock(&observed);
+            ends.iter()
+                .filter_map(|(p, end)| {
+                    let read = o.reader_at.get(p).map_or(0, |o| o + 1);
+                    let committed = o.committed.get(p).copied().unwrap_or(0);
+                    (read < *end || committed < *end).then(|| {
+                        format!("partition {p}: read to {read}, committed {committed} of {end}")
+                    })
+                })
+                .collect()
+        };
+        if behind.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let troubles = format!("{:#?}", lock(&observed).troubles);
+            report.anomalies.push(format!(
+                "readers stopped short: {}; troubles: {troubles}",
+                behind.join("; ")
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("stopping the readers");
+    let _ = stop_readers.send(true);
+    while readers.join_next().await.is_some() {}
+    check(&log, &ends, &observed, &mut report);
+    report
+}
+
+/// How many kinds of fault [`choose`] picks from.
+const KINDS: usize = 10;
+
+async fn choose(kind: usize, rng: &mut fastrand::Rng, cluster: &ProcessCluster) -> Fault {
+    let ids = cluster.ids();
+    let node = ids[rng.usize(0..ids.len())];
+    let other = {
+        let others: Vec<i32> = ids.iter().copied().filter(|i| *i != node).collect();
+        others[rng.usize(0..others.len())]
+    };
+    let how = if rng.bool() { Cut::Reset } else { Cut::Hang };
+    match kind {
+        0 => Fault::Kill(node),
+        1 => Fault::KillAndWipe(node),
+        2 => Fault::Terminate(node),
+        3 => Fault::Pause(node),
+        4 => Fault::Isolate(node, how),
+        5 => {
+            let leader = controller_leader(cluster).await.unwrap_or(node);
+            Fault::IsolateController(leader, how)
+        }
+        6 => Fault::Pair(node, other, how),
+        7 => Fault::ClientsOff(node, how),
+        8 => Fault::StoreOff(node, how),
+        _ => Fault::StoreDown,
+    }
+}
+
+async fn controller_leader(cluster: &ProcessCluster) -> Option<i32> {
+    let ask = async {
+        let client = Client::connect(&cluster.bootstrap()).await.ok()?;
+        let (_, controller) = client.cluster().await.ok()?;
+        Some(controller)
+    };
+    tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .ok()
+        .flatten()
+        .filter(|c| cluster.ids().contains(c))
+}
+
+async fn inject(fault: Fault, cluster: &mut ProcessCluster, s3: &mut S3Server) {
+    match fault {
+        Fault::Kill(n) => cluster.kill(n).await,
+        Fault::KillAndWipe(n) => {
+            cluster.kill(n).await;
+            // The partition data only: a controller voter's Raft log must survive (a voter
+            // that forgot its votes could vote twice in one term).
+            let _ = std::fs::remove_dir_all(cluster.data_dir(n).join("logs"));
+        }
+        Fault::Terminate(n) => {
+            cluster.terminate(n).await;
+        }
+        Fault::Pause(n) => cluster.pause(n),
+        Fault::Isolate(n, how) | Fault::IsolateController(n, how) => {
+            for other in cluster.ids().into_iter().filter(|o| *o != n) {
+                cluster.cut(Peer::Node(other), n, how);
+            }
+        }
+        Fault::Pair(a, b, how) => cluster.cut(Peer::Node(a), b, how),
+        Fault::ClientsOff(n, how) => cluster.cut(Peer::Client, n, how),
+        Fault::StoreOff(n, how) => cluster.cut_store(n, how),
+        Fault::StoreDown => s3.stop().await,
+    }
+}
+
+async fn heal(fault: Fault, cluster: &mut ProcessCluster, s3: &mut S3Server) {
+    match fault {
+        Fault::Kill(n) | Fault::KillAndWipe(n) | Fault::Terminate(n) => cluster.restart(n),
+        Fault::Pause(n) => cluster.resume(n),
+        Fault::StoreDown => s3.resume().await,
+        _ => cluster.heal(),
+    }
+}
+
+/// Waits until every broker, asked on its own listener, sees every broker live and every
+/// replica of the checked topic in sync.
+async fn whole_again(cluster: &ProcessCluster, within: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    let mut waiting = cluster.ids();
+    let mut last = String::new();
+    while let Some(id) = waiting.first().copied() {
+        if Instant::now() > deadline {
+            return Err(format!("broker {id}: {last}\n{}", cluster.logs()));
+        }
+        let ask = async {
+            let client = Client::connect(&cluster.kafka_addr(id).to_string())
+                .await
+                .map_err(|e| e.to_string())?;
+            let (brokers, _) = client.cluster().await.map_err(|e| e.to_string())?;
+            let (info, _) = client
+                .describe_topic(TOPIC)
+                .await
+                .map_err(|e| e.to_string())?;
+            let whole = brokers.len() == 3
+                && info
+                    .partitions
+                    .iter()
+                    .all(|p| p.leader >= 0 && p.isr.len() == 3);
+            Ok::<_, String>((
+                whole,
+                format!("{} brokers, {:?}", brokers.len(), info.partitions),
+            ))
+        };
+        match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok((true, _))) => {
+                waiting.remove(0);
+                continue;
+            }
+            Ok(Ok((false, state))) => last = state,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = "metadata timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// The longest time on any partition from `from` (or the last event before it) to the next
+/// event, among gaps that began before `to`.
+fn longest_gap(times: &BTreeMap<i32, Vec<Instant>>, from: Instant, to: Instant) -> Duration {
+    let mut longest = Duration::ZERO;
+    for t in times.values() {
+        // Events are pushed as they happen, so each list is in order.
+        let first_after = t.partition_point(|x| *x <= from);
+        let mut prev = from;
+        for x in &t[first_after..] {
+            if prev >= to {
+                break;
+            }
+            longest = longest.max(x.saturating_duration_since(prev));
+            prev = *x;
+        }
+        if prev < to {
+            // Nothing since: unavailable until the end of the window at least.
+            longest = longest.max(to.saturating_duration_since(prev));
+        }
+    }
+    longest
+}
+
+fn producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .set("socket.timeout.ms", "10000")
+        .create()
+        .expect("producer")
+}
+
+/// Writes `w<w>-<seq>` values round-robin over the partitions at about `rate` per second.
+async fn write(
+    w: usize,
+    bootstrap: String,
+    rate: u32,
+    observed: Shared,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut producer = producer(&bootstrap);
+    let mut deliveries = JoinSet::new();
+    let per_tick = (rate / 100).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            _ = tick.tick() => {}
+        }
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            lock(&observed).anomalies.push(format!(
+                "writer {w}: fatal producer error {code:?}: {reason}"
+            ));
+            producer = self::producer(&bootstrap);
+        }
+        while deliveries.try_join_next().is_some() {}
+        if deliveries.len() > 20_000 {
+            continue;
+        }
+        for _ in 0..per_tick {
+            let value = format!("w{w}-{seq}");
+            let partition = (seq % PARTITIONS as u64) as i32;
+            let record = FutureRecord::<(), _>::to(TOPIC)
+                .partition(partition)
+                .payload(value.as_bytes());
+            let Ok(delivery) = producer.send_result(record) else {
+                break;
+            };
+            seq += 1;
+            lock(&observed).sent[w] = seq;
+            let observed = observed.clone();
+            deliveries.spawn(async move {
+                let outcome = delivery.await;
+                let mut o = lock(&observed);
+                match outcome {
+                    Ok(Ok(d)) => {
+                        o.acked.push((d.partition, d.offset, value));
+                        o.ack_times
+                            .entry(d.partition)
+                            .or_default()
+                            .push(Instant::now());
+                    }
+                    _ => o.failed.push(value),
+                }
+            });
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(120))).await;
+    while deliveries.join_next().await.is_some() {}
+}
+
+fn consumer(bootstrap: &str, group: &str, reset: &str) -> StreamConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", reset)
+        .set("fetch.wait.max.ms", "100")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("socket.timeout.ms", "10000")
+        .create()
+        .expect("consumer")
+}
+
+/// Notes that some reader saw `value` at `partition`/`offset`; an offset seen before with
+/// another value is an anomaly.
+fn saw(o: &mut Observed, who: &str, partition: i32, offset: i64, value: String) {
+    o.read += 1;
+    if let Some(before) = o.seen.get(&(partition, offset)) {
+        if *before != value {
+            let a = format!(
+                "{who}: offset {partition}/{offset} holds {value}, but {before} was read there"
+            );
+            o.anomalies.push(a);
+        }
+    } else {
+        o.seen.insert((partition, offset), value);
+    }
+}
+
+/// Reads every partition from the start with an assigned (group-less) consumer, checking
+/// that its offsets only move forward.
+async fn read(bootstrap: String, observed: Shared, mut stopped: watch::Receiver<bool>) {
+    let reader = consumer(&bootstrap, "checker-reader", "error");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .expect("partition");
+    }
+    reader.assign(&tpl).expect("assign");
+    loop {
+        let message = tokio::select! {
+            _ = stopped.changed() => break,
+            m = reader.recv() => m,
+        };
+        let mut o = lock(&observed);
+        match message {
+            Ok(m) => {
+                let (p, offset) = (m.partition(), m.offset());
+                let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                if let Some(last) = o.reader_at.get(&p)
+                    && offset <= *last
+                {
+                    let a = format!("reader went back on partition {p}: {offset} after {last}");
+                    o.anomalies.push(a);
+                }
+                o.reader_at.insert(p, offset);
+                o.read_times.entry(p).or_default().push(Instant::now());
+                saw(&mut o, "reader", p, offset, value);
+            }
+            Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                let a = "reader was told its offset is out of range".to_owned();
+                if !o.anomalies.contains(&a) {
+                    o.anomalies.push(a);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || drop(reader)).await;
+}
+
+/// A member of the checked group: reads what it is assigned and commits as it goes.
+async fn consume(
+    member: usize,
+    bootstrap: String,
+    observed: Shared,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let consumer = consumer(&bootstrap, GROUP, "earliest");
+    consumer.subscribe(&[TOPIC]).expect("subscribe");
+    let mut last_commit = Instant::now();
+    loop {
+        let message = tokio::select! {
+            _ = stopped.changed() => break,
+            m = tokio::time::timeout(Duration::from_millis(500), consumer.recv()) => m,
+        };
+        if let Ok(Ok(m)) = &message {
+            let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            let who = format!("group member {member}");
+            saw(&mut lock(&observed), &who, m.partition(), m.offset(), value);
+        }
+        if let Ok(Err(e)) = &message {
+            trouble(&observed, &format!("group member {member} reading"), e);
+        }
+        if last_commit.elapsed() > Duration::from_millis(500) {
+            let assigned = consumer.assignment().map_or(0, |a| a.count());
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+                let what = format!("{e} with {assigned} partitions assigned");
+                trouble(
+                    &observed,
+                    &format!("group member {member} committing"),
+                    what,
+                );
+            }
+            last_commit = Instant::now();
+        }
+    }
+    // Closing a group member waits for the group; not on the runtime's threads.
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+}
+
+/// Polls the group's committed offsets; one that goes backwards is an anomaly.
+async fn watch_commits(bootstrap: String, observed: Shared, mut stopped: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let ask = async {
+            let client = Client::connect(&bootstrap).await?;
+            client.committed_offsets(GROUP).await
+        };
+        // strata-client retries a coordinator that is moving or loading for 10 s.
+        match tokio::time::timeout(Duration::from_secs(15), ask).await {
+            Ok(Ok(offsets)) => record_commits(&observed, &offsets),
+            Ok(Err(e)) => trouble(&observed, "commit watcher", e),
+            Err(_) => trouble(&observed, "commit watcher", "timed out"),
+        }
+    }
+}
+
+fn record_commits(observed: &Shared, offsets: &BTreeMap<(String, i32), i64>) {
+    let mut o = lock(observed);
+    for ((topic, p), offset) in offsets {
+        if topic != TOPIC {
+            continue;
+        }
+        let before = o.committed.get(p).copied().unwrap_or(0);
+        if *offset < before {
+            let a = format!("group offset of partition {p} went back from {before} to {offset}");
+            o.anomalies.push(a);
+        }
+        o.committed.insert(*p, before.max(*offset));
+    }
+}
+
+/// The whole log of the checked topic, once the cluster is whole: (partition, offset) →
+/// value. What keeps it from being read is an anomaly.
+async fn final_log(cluster: &ProcessCluster, report: &mut Report) -> BTreeMap<(i32, i64), String> {
+    if let Err(e) = whole_again(cluster, Duration::from_secs(90)).await {
+        report
+            .anomalies
+            .push(format!("the cluster was not whole at the end: {e}"));
+    }
+    match tokio::time::timeout(Duration::from_secs(300), read_log(cluster)).await {
+        Ok(Ok(log)) => log,
+        Ok(Err(e)) => {
+            report.anomalies.push(format!("cannot read the log: {e}"));
+            BTreeMap::new()
+        }
+        Err(_) => {
+            report.anomalies.push("reading the log timed out".into());
+            BTreeMap::new()
+        }
+    }
+}
+
+async fn read_log(cluster: &ProcessCluster) -> Result<BTreeMap<(i32, i64), String>, String> {
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut log = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let end = client
+            .list_offset(TOPIC, p, -1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut offset = 0;
+        while offset < end {
+            let (records, _) = client
+                .fetch(TOPIC, p, offset, 4 << 20, 500)
+                .await
+                .map_err(|e| format!("reading {p} at {offset}: {e}"))?;
+            if records.is_empty() {
+                return Err(format!(
+                    "partition {p} returns nothing at {offset} of {end}"
+                ));
+            }
+            for r in records {
+                offset = r.offset + 1;
+                let value = String::from_utf8_lossy(r.value.as_deref().unwrap_or_default());
+                log.insert((p, r.offset), value.into_owned());
+            }
+        }
+    }
+    Ok(log)
+}
+
+/// The end-of-run checks (see the module's documentation) of the final `log`, whose
+/// partitions end at `ends`.
+fn check(
+    log: &BTreeMap<(i32, i64), String>,
+    ends: &BTreeMap<i32, i64>,
+    observed: &Shared,
+    report: &mut Report,
+) {
+    let o = lock(observed);
+    report.acknowledged = o.acked.len();
+    report.indeterminate = o.failed.len();
+    report.in_log = log.len();
+    report.read = o.read;
+    report.anomalies.extend(o.anomalies.iter().cloned());
+    for (p, offset, value) in &o.acked {
+        match log.get(&(*p, *offset)) {
+            Some(v) if v == value => {}
+            found => report.anomalies.push(format!(
+                "lost: {value} was acknowledged at {p}/{offset}; the log holds {found:?}"
+            )),
+        }
+    }
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for ((p, offset), value) in log {
+        *copies.entry(value.as_str()).or_default() += 1;
+        let written = value
+            .strip_prefix('w')
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(w, seq)| Some((w.parse::<usize>().ok()?, seq.parse::<u64>().ok()?)))
+            .is_some_and(|(w, seq)| o.sent.get(w).is_some_and(|sent| seq < *sent));
+        if !written {
+            report.anomalies.push(format!(
+                "{p}/{offset} holds {value:?}, which was never written"
+            ));
+        }
+    }
+    for (value, n) in copies {
+        if n > 1 {
+            report
+                .anomalies
+                .push(format!("duplicate: {value} is in the log {n} times"));
+        }
+    }
+    for ((p, offset), value) in &o.seen {
+        match log.get(&(*p, *offset)) {
+            Some(v) if v == value => {}
+            found => report.anomalies.push(format!(
+                "a reader saw {value} at {p}/{offset}; the log holds {found:?}"
+            )),
+        }
+    }
+    for (p, end) in ends {
+        let committed = o.committed.get(p).copied().unwrap_or(0);
+        if committed > *end {
+            report.anomalies.push(format!(
+                "group committed {committed} on partition {p}, past its end {end}"
+            ));
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The fault checker (`strata_tests::faults`) on a three-process cluster: a short run of
+//! every kind of fault once in the suite, and the long run as a command:
+//!
+//! ```sh
+//! FAULTS=100 cargo test --release -p strata-tests --test faults -- --ignored --nocapture
+//! ```
+//!
+//! (`FAULTS_SEED=<n>` runs one sequence again; the seed is printed with the report.)
+
+use std::path::Path;
+use std::time::Duration;
+
+use strata_tests::faults::{Plan, run};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_strata-node"))
+}
+
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+fn seed() -> u64 {
+    env("FAULTS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+async fn check(plan: Plan) {
+    // Generous: a hang is a failure with a message, not a stuck suite.
+    let within = Duration::from_secs(120) + plan.hold.1 * plan.faults as u32 * 10;
+    let report = tokio::time::timeout(within, run(binary(), &plan))
+        .await
+        .expect("the fault checker finishes");
+    eprintln!("{report}");
+    assert!(report.acknowledged > 0, "nothing was written");
+    assert!(report.read > 0, "nothing was read");
+    assert!(report.anomalies.is_empty(), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_kind_of_fault_once_loses_nothing() {
+    check(Plan {
+        faults: 10,
+        seed: seed(),
+        hold: (Duration::from_millis(1500), Duration::from_secs(3)),
+        rate: 100,
+        each_kind_first: true,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "the long run: FAULTS=100 cargo test --release -p strata-tests --test faults -- --ignored"]
+async fn a_long_run_of_random_faults_loses_nothing() {
+    check(Plan {
+        faults: env("FAULTS").unwrap_or(100),
+        seed: seed(),
+        hold: (Duration::from_secs(2), Duration::from_secs(8)),
+        rate: 200,
+        each_kind_first: false,
+    })
+    .await;
+}
