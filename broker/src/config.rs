@@ -183,6 +183,13 @@ pub struct ControllerSection {
     pub session_timeout_ms: u64,
     /// How often the broker heartbeats (`broker.heartbeat.interval.ms`).
     pub heartbeat_interval_ms: u64,
+    /// How often the controller leader moves partition leadership back to each partition's
+    /// preferred replica (`leader.imbalance.check.interval.seconds`, in ms); 0 turns it off
+    /// (`auto.leader.rebalance.enable=false`).
+    pub leader_imbalance_check_interval_ms: u64,
+    /// Share of a broker's preferred partitions led elsewhere, in percent, that triggers it
+    /// (`leader.imbalance.per.broker.percentage`).
+    pub leader_imbalance_per_broker_percentage: u32,
 }
 
 /// Topic defaults.
@@ -280,6 +287,8 @@ impl Default for ControllerSection {
             voters: Vec::new(),
             session_timeout_ms: 9_000,
             heartbeat_interval_ms: 2_000,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 }
@@ -517,6 +526,12 @@ impl BrokerConfig {
         }
         if self.controller.mode != ControllerMode::Embedded {
             self.voters()?;
+        }
+        if self.controller.leader_imbalance_per_broker_percentage > 100 {
+            return bad(
+                "controller.leader_imbalance_per_broker_percentage",
+                "must be at most 100".into(),
+            );
         }
         Ok(())
     }

@@ -54,6 +54,7 @@ fn decode_body(frame: &Frame) -> bool {
         ApiKey::DeleteTopics => frame.decode::<DeleteTopicsRequest>().map(drop),
         ApiKey::DeleteRecords => frame.decode::<DeleteRecordsRequest>().map(drop),
         ApiKey::CreatePartitions => frame.decode::<CreatePartitionsRequest>().map(drop),
+        ApiKey::ElectLeaders => frame.decode::<ElectLeadersRequest>().map(drop),
         ApiKey::DescribeConfigs => frame.decode::<DescribeConfigsRequest>().map(drop),
         ApiKey::AlterConfigs => frame.decode::<AlterConfigsRequest>().map(drop),
         ApiKey::IncrementalAlterConfigs => {

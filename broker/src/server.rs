@@ -304,6 +304,9 @@ async fn start_controller(config: &BrokerConfig) -> Result<Option<ControllerNode
         ControllerConfig::single_node(config.controller_dir(), config.controller.listen.clone());
     c.node_id = u64::try_from(config.node_id).unwrap_or(0);
     c.session_timeout = Duration::from_millis(config.controller.session_timeout_ms);
+    let every = config.controller.leader_imbalance_check_interval_ms;
+    c.leader_rebalance_interval = (every > 0).then(|| Duration::from_millis(every));
+    c.leader_imbalance_percentage = config.controller.leader_imbalance_per_broker_percentage;
     match config.controller.mode {
         ControllerMode::Remote => return Ok(None),
         ControllerMode::Embedded => {

@@ -24,8 +24,8 @@ use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, MetadataRequest,
-    MetadataResponse, TopicName,
+    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, ElectLeadersRequest,
+    MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use thiserror::Error;
@@ -563,6 +563,45 @@ impl Client {
             return Err(ClientError::UnknownTopic(topic.to_owned()));
         }
         check(format!("deleting {topic}"), r.error_code)
+    }
+
+    /// Moves leadership back to preferred replicas (ElectLeaders, preferred): of `partitions`,
+    /// or of every partition when `None`. Returns each partition answered with its error code
+    /// (0: elected; ELECTION_NOT_NEEDED and PREFERRED_LEADER_NOT_AVAILABLE say why not).
+    pub async fn elect_preferred_leaders(
+        &self,
+        partitions: Option<&[(String, i32)]>,
+    ) -> Result<Vec<(String, i32, i16)>, ClientError> {
+        use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+        let named = partitions.map(|ps| {
+            let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+            for (t, p) in ps {
+                by_topic.entry(t).or_default().push(*p);
+            }
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| {
+                    TopicPartitions::default()
+                        .with_topic(name(t))
+                        .with_partitions(ps)
+                })
+                .collect()
+        });
+        let req = ElectLeadersRequest::default()
+            .with_election_type(0)
+            .with_timeout_ms(30_000)
+            .with_topic_partitions(named);
+        let resp = self.any_conn().await?.send(&req).await?;
+        check("electing leaders".to_owned(), resp.error_code)?;
+        Ok(resp
+            .replica_election_results
+            .iter()
+            .flat_map(|t| {
+                t.partition_result
+                    .iter()
+                    .map(|p| (t.topic.0.to_string(), p.partition_id, p.error_code))
+            })
+            .collect())
     }
 }
 

@@ -120,8 +120,9 @@ pub enum Command {
         /// Its registration epoch.
         broker_epoch: u64,
     },
-    /// Moves leadership to each partition's preferred replica where it is live and in sync, and
-    /// elects a leader for leaderless partitions that have a live in-sync replica.
+    /// Moves leadership to each partition's preferred replica (its first) where that is live
+    /// and in sync, and elects a leader for leaderless partitions that have a live in-sync
+    /// replica.
     ElectLeaders {
         /// Partitions to consider; `None` means all.
         partitions: Option<Vec<(String, i32)>>,

@@ -27,6 +27,13 @@ pub struct ControllerConfig {
     pub snapshot_every: u64,
     /// Entries kept behind a snapshot, so a briefly lagging follower catches up from the log.
     pub keep_log_entries: u64,
+    /// How often the leader moves leadership back to preferred replicas
+    /// (`leader.imbalance.check.interval.seconds`); `None` turns it off
+    /// (`auto.leader.rebalance.enable=false`).
+    pub leader_rebalance_interval: Option<Duration>,
+    /// A broker's share of preferred partitions led elsewhere that triggers a rebalance
+    /// (`leader.imbalance.per.broker.percentage`).
+    pub leader_imbalance_percentage: u32,
 }
 
 impl ControllerConfig {
@@ -41,6 +48,8 @@ impl ControllerConfig {
             session_timeout: Duration::from_secs(9),
             snapshot_every: 10_000,
             keep_log_entries: 1_000,
+            leader_rebalance_interval: Some(Duration::from_secs(300)),
+            leader_imbalance_percentage: 10,
         }
     }
 

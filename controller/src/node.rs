@@ -21,6 +21,7 @@ use crate::error::ControllerError;
 use crate::lease::Leases;
 use crate::model::{MetadataImage, NodeId};
 use crate::network::{self, NetworkFactory};
+use crate::placement;
 use crate::proto::metadata_server::MetadataServer;
 use crate::proto::raft_server::RaftServer;
 use crate::raft_log::RaftLogStore;
@@ -174,7 +175,12 @@ impl ControllerNode {
             raft.clone(),
             metadata.clone(),
             leases,
-            (config.session_timeout / 4).max(Duration::from_millis(20)),
+            Timers {
+                period: (config.session_timeout / 4).max(Duration::from_millis(20)),
+                rebalance: config
+                    .leader_rebalance_interval
+                    .map(|every| (every, config.leader_imbalance_percentage)),
+            },
             cancel.clone(),
         ));
         tracing::info!(node = config.node_id, %local_addr, voters = config.voters.len(), "controller started");
@@ -244,16 +250,27 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// While this node leads: sets the cluster id once, and fences brokers whose lease ran out.
+/// What the leader's housekeeping runs on.
+struct Timers {
+    /// How often leases are checked.
+    period: Duration,
+    /// How often leaders are moved back to preferred replicas, and the imbalance that does.
+    rebalance: Option<(Duration, u32)>,
+}
+
+/// While this node leads: sets the cluster id once, fences brokers whose lease ran out, and
+/// now and then moves leadership back to preferred replicas.
 async fn keep_leases(
     id: NodeId,
     raft: Raft,
     metadata: SharedMetadata,
     leases: Arc<Leases>,
-    period: Duration,
+    Timers { period, rebalance }: Timers,
     cancel: CancellationToken,
 ) {
     let mut leading_term = None;
+    // A new leader waits a whole interval first: brokers may just be coming back.
+    let mut rebalanced = Instant::now();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -278,6 +295,7 @@ async fn keep_leases(
         if leading_term != Some(term) {
             leases.reset();
             leading_term = Some(term);
+            rebalanced = Instant::now();
         }
         let mut proposals = Vec::new();
         if metadata.with_state(|s| s.image().cluster_id.is_none()) {
@@ -289,6 +307,22 @@ async fn keep_leases(
         if !expired.is_empty() {
             tracing::warn!(brokers = ?expired, "broker leases expired; fencing");
             proposals.push(Command::FenceBrokers { ids: expired });
+        }
+        if let Some((every, percentage)) = rebalance
+            && rebalanced.elapsed() >= every
+        {
+            rebalanced = Instant::now();
+            let moves =
+                metadata.with_state(|s| placement::preferred_elections(s.image(), percentage));
+            if !moves.is_empty() {
+                tracing::info!(
+                    partitions = moves.len(),
+                    "moving leaders back to preferred replicas"
+                );
+                proposals.push(Command::ElectLeaders {
+                    partitions: Some(moves),
+                });
+            }
         }
         for command in proposals {
             tokio::select! {

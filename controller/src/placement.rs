@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::command::CommandError;
-use crate::model::BrokerId;
+use crate::model::{BrokerId, MetadataImage};
 
 /// A broker that may receive replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +93,34 @@ pub fn assign(
         out.push(replicas);
     }
     Ok(out)
+}
+
+/// The partitions a periodic leader rebalance moves back to their preferred replica (the
+/// first in the replica list, where placement put the leader), as Kafka's
+/// `auto.leader.rebalance.enable` does: for each broker whose share of preferred partitions
+/// led by someone else is above `percentage`, those of them whose preferred replica is live
+/// and in sync.
+pub fn preferred_elections(image: &MetadataImage, percentage: u32) -> Vec<(String, i32)> {
+    let live = |b: &BrokerId| image.brokers.get(b).is_some_and(|r| !r.fenced);
+    // Per preferred broker: partitions it should lead, and those it does not.
+    let mut preferred: BTreeMap<BrokerId, (usize, Vec<(String, i32)>)> = BTreeMap::new();
+    for t in image.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let Some(first) = p.replicas.first() else {
+                continue;
+            };
+            let entry = preferred.entry(*first).or_default();
+            entry.0 += 1;
+            if p.leader != Some(*first) && live(first) && p.isr.contains(first) {
+                entry.1.push((t.name.clone(), i as i32));
+            }
+        }
+    }
+    preferred
+        .into_values()
+        .filter(|(total, movable)| movable.len() * 100 > *total * percentage as usize)
+        .flat_map(|(_, movable)| movable)
+        .collect()
 }
 
 #[cfg(test)]
@@ -191,5 +219,59 @@ mod tests {
                 replication_factor: 0
             })
         );
+    }
+
+    #[test]
+    fn a_rebalance_moves_leaders_home_only_past_the_threshold_and_only_to_live_in_sync_replicas() {
+        use crate::model::{BrokerRecord, PartitionRecord, TopicRecord};
+        let broker = |id, fenced| BrokerRecord {
+            id,
+            endpoints: Vec::new(),
+            rack: None,
+            epoch: 1,
+            incarnation: uuid::Uuid::nil(),
+            fenced,
+        };
+        // (replicas, isr, leader)
+        let partition = |replicas: &[BrokerId], isr: &[BrokerId], leader| PartitionRecord {
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+            leader: Some(leader),
+            leader_epoch: 1,
+            partition_epoch: 1,
+        };
+        let image = |partitions: Vec<PartitionRecord>, fenced3: bool| MetadataImage {
+            brokers: [broker(1, false), broker(2, false), broker(3, fenced3)]
+                .into_iter()
+                .map(|b| (b.id, b))
+                .collect(),
+            topics: BTreeMap::from([(
+                "t".to_owned(),
+                TopicRecord {
+                    name: "t".into(),
+                    id: uuid::Uuid::nil(),
+                    replication_factor: 3,
+                    configs: BTreeMap::new(),
+                    partitions,
+                },
+            )]),
+            ..MetadataImage::default()
+        };
+        let home = |leader| partition(&[1, 2, 3], &[1, 2, 3], leader);
+        // Broker 1 prefers ten partitions and leads nine: 10% is not above 10%.
+        let mut ps: Vec<PartitionRecord> = (0..9).map(|_| home(1)).collect();
+        ps.push(home(2));
+        assert!(preferred_elections(&image(ps.clone(), false), 10).is_empty());
+        // Two of ten led elsewhere is: both go home.
+        ps[0] = home(3);
+        assert_eq!(
+            preferred_elections(&image(ps.clone(), false), 10),
+            vec![("t".to_owned(), 0), ("t".to_owned(), 9)]
+        );
+        // A preferred replica out of the ISR, or fenced, stays where it is.
+        ps[0] = partition(&[1, 2, 3], &[2, 3], 2);
+        ps.push(partition(&[3, 1, 2], &[3, 1, 2], 1));
+        let movable = preferred_elections(&image(ps, true), 0);
+        assert_eq!(movable, vec![("t".to_owned(), 9)]);
     }
 }

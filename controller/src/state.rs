@@ -401,11 +401,13 @@ impl MetadataState {
                         {
                             continue;
                         }
-                        let preferred = p
-                            .replicas
-                            .iter()
-                            .find(|r| p.isr.contains(r) && live.contains(r))
-                            .copied();
+                        let eligible = |r: &&BrokerId| p.isr.contains(r) && live.contains(r);
+                        // A led partition moves only to its preferred replica (as Kafka's
+                        // preferred election); a leaderless one takes any live in-sync one.
+                        let preferred = match p.leader {
+                            Some(_) => p.replicas.first().filter(eligible).copied(),
+                            None => p.replicas.iter().find(eligible).copied(),
+                        };
                         if let Some(leader) = preferred
                             && p.leader != Some(leader)
                         {

@@ -359,13 +359,21 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
         // A moment of calm, so the gaps of this fault end before the next begins.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let o = lock(&observed);
-        report.faults.push(FaultRecord {
+        let record = FaultRecord {
             fault,
             held: healed - started,
             recovered,
             produce_gap: longest_gap(&o.ack_times, started, Instant::now()),
             consume_gap: longest_gap(&o.read_times, started, Instant::now()),
-        });
+        };
+        eprintln!(
+            "  recovered {:.1?} after the heal; produce gap {:.2?}, consume gap {:.2?}; {} anomalies so far",
+            record.recovered,
+            record.produce_gap,
+            record.consume_gap,
+            o.anomalies.len()
+        );
+        report.faults.push(record);
     }
 
     eprintln!("faults done; stopping the writers");

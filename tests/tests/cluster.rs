@@ -91,12 +91,17 @@ async fn three_processes_form_one_cluster_and_a_stopped_one_comes_back_with_its_
     let mut coordinators = BTreeSet::new();
     for id in &ids {
         let mut raw = RawClient::connect(cluster.kafka_addr(*id)).await;
-        let found = raw
-            .call(
-                3,
-                &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g")),
-            )
-            .await;
+        let request = FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
+        // COORDINATOR_NOT_AVAILABLE until the broker sees the offsets topic's leaders.
+        let mut tries = 0;
+        let found = loop {
+            let found = raw.call(3, &request).await;
+            tries += 1;
+            if found.error_code == 0 || tries == 100 {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(found.error_code, 0, "FindCoordinator on broker {id}");
         coordinators.insert(found.node_id.0);
     }
@@ -686,4 +691,88 @@ async fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing() {
             .any(|v| v.as_deref() == Some(b"v1000".as_slice())),
         "the minority's write is in the log"
     );
+}
+
+/// Stops the leader of `topic`/0 with SIGTERM (its leadership moves to another replica),
+/// starts it again and waits until it is back in the ISR; returns the leader then.
+async fn displace_leader(
+    cluster: &mut ProcessCluster,
+    client: &Client,
+    topic: &str,
+    leader: i32,
+) -> i32 {
+    assert_eq!(cluster.terminate(leader).await, Some(0));
+    cluster.restart(leader);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((info, _)) = client.describe_topic(topic).await
+            && info.partitions[0].isr.contains(&leader)
+            && info.partitions[0].leader >= 0
+        {
+            return info.partitions[0].leader;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{leader} not back in sync"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// ElectLeaders (what `stratactl cluster elect-leaders` sends) moves a displaced leadership
+/// back to the preferred replica once it is in sync again, and says when there is nothing
+/// to do; with the periodic rebalance off, nothing moves it otherwise.
+#[tokio::test]
+async fn a_preferred_election_moves_leadership_home() {
+    let (mut cluster, client, preferred) = three_copies(
+        "home",
+        &["controller.leader_imbalance_check_interval_ms=0"],
+        &[],
+    )
+    .await;
+    produce_acked(&client, "home", 0..10).await;
+    let now = displace_leader(&mut cluster, &client, "home", preferred).await;
+    assert_ne!(now, preferred, "leadership moved off the stopped broker");
+    let wanted = [("home".to_owned(), 0)];
+    let results = client
+        .elect_preferred_leaders(Some(&wanted))
+        .await
+        .expect("elect");
+    assert_eq!(results, vec![("home".to_owned(), 0, 0)]);
+    let (info, _) = client.describe_topic("home").await.expect("describe");
+    assert_eq!(info.partitions[0].leader, preferred);
+    let again = client
+        .elect_preferred_leaders(Some(&wanted))
+        .await
+        .expect("elect");
+    assert_eq!(
+        again,
+        vec![("home".to_owned(), 0, 84)],
+        "ELECTION_NOT_NEEDED"
+    );
+    // Writes and reads carry on at the preferred leader with everything acknowledged.
+    produce_acked(&client, "home", 10..20).await;
+    assert_eq!(values(&client, "home", 0).await.len(), 20);
+}
+
+/// The controller's periodic rebalance (`leader.imbalance.check.interval`) brings a
+/// displaced leadership home on its own.
+#[tokio::test]
+async fn the_periodic_rebalance_moves_leadership_home() {
+    let (mut cluster, client, preferred) = three_copies(
+        "rebalanced",
+        &["controller.leader_imbalance_check_interval_ms=1000"],
+        &[],
+    )
+    .await;
+    displace_leader(&mut cluster, &client, "rebalanced", preferred).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (info, _) = client.describe_topic("rebalanced").await.expect("describe");
+        if info.partitions[0].leader == preferred {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{info:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -148,6 +148,23 @@ async fn cluster_info_names_the_brokers_and_the_controller() {
     let j = json(&ctl(&b, &["cluster", "info", "--json"]).await.expect("info"));
     assert_eq!(j["controller"], 1);
     assert_eq!(j["brokers"][0]["id"], 1);
+    // One broker leads everything already: a preferred election has nothing to do.
+    ctl(&b, &["topic", "create", "e", "-p", "2"])
+        .await
+        .expect("create");
+    let out = ctl(&b, &["cluster", "elect-leaders", "--topic", "e"])
+        .await
+        .expect("elect");
+    let lines: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines.iter().all(|l| l.contains("ElectionNotNeeded")),
+        "{out}"
+    );
+    let e = ctl(&b, &["cluster", "elect-leaders", "--partition", "0"])
+        .await
+        .expect_err("a partition needs its topic");
+    assert!(e.to_string().contains("--topic"), "{e}");
     broker.stop().await;
 }
 

@@ -60,6 +60,7 @@ pub(crate) async fn handle(
         ApiKey::InitProducerId => admin::init_producer_id(state, frame).await,
         ApiKey::DeleteTopics => topics::delete_topics(state, frame).await,
         ApiKey::CreatePartitions => topics::create_partitions(state, frame).await,
+        ApiKey::ElectLeaders => topics::elect_leaders(state, frame).await,
         ApiKey::DescribeConfigs => configs::describe_configs(state, frame).await,
         ApiKey::AlterConfigs => configs::alter_configs(state, frame).await,
         ApiKey::IncrementalAlterConfigs => configs::incremental_alter_configs(state, frame).await,

@@ -1,4 +1,4 @@
-//! DeleteTopics and CreatePartitions.
+//! DeleteTopics, CreatePartitions and ElectLeaders.
 
 use std::sync::Arc;
 
@@ -6,10 +6,13 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::{
     CreatePartitionsRequest, CreatePartitionsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    ElectLeadersRequest, ElectLeadersResponse,
 };
 use strata_controller::Command;
+use strata_controller::Outcome;
 use uuid::Uuid;
 
 use super::admin::{dry_run, submit_and_wait};
@@ -105,4 +108,107 @@ pub(super) async fn create_partitions(
         });
     }
     frame.respond(&CreatePartitionsResponse::default().with_results(results))
+}
+
+/// ElectLeaders: preferred elections (type 0, and v0) through the controller. Each named
+/// partition is answered with success when its preferred replica now leads by this
+/// election, ELECTION_NOT_NEEDED when it already did, PREFERRED_LEADER_NOT_AVAILABLE when
+/// that replica is down or out of sync; no partitions named means every partition, answered
+/// for those that moved. Unclean elections (type 1) are refused: Strata never elects a
+/// replica outside the ISR.
+pub(super) async fn elect_leaders(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: ElectLeadersRequest = frame.decode()?;
+    let image = state.image();
+    // (topic, partition, error, message) per answer; `wanted` goes to the controller.
+    let mut answers: Vec<(String, i32, i16, Option<String>)> = Vec::new();
+    let mut wanted = Vec::new();
+    let named = req.topic_partitions.is_some();
+    for t in req.topic_partitions.iter().flatten() {
+        let topic = t.topic.0.to_string();
+        for p in &t.partitions {
+            let exists = image
+                .topics
+                .get(&topic)
+                .is_some_and(|r| usize::try_from(*p).is_ok_and(|i| i < r.partitions.len()));
+            if req.election_type != 0 {
+                let message = "unclean elections are not supported: Strata elects only \
+                               in-sync replicas"
+                    .to_owned();
+                answers.push((
+                    topic.clone(),
+                    *p,
+                    ResponseError::InvalidRequest.code(),
+                    Some(message),
+                ));
+            } else if exists {
+                wanted.push((topic.clone(), *p));
+            } else {
+                let code = ResponseError::UnknownTopicOrPartition.code();
+                answers.push((topic.clone(), *p, code, None));
+            }
+        }
+    }
+    let mut elected = Vec::new();
+    if req.election_type == 0 && (!named || !wanted.is_empty()) {
+        let command = Command::ElectLeaders {
+            partitions: named.then(|| wanted.clone()),
+        };
+        match submit_and_wait(state, &command).await {
+            Ok(applied) => {
+                if let Outcome::LeadersElected { elected: e } = applied.outcome {
+                    elected = e;
+                }
+            }
+            Err((code, message)) => {
+                for (topic, p) in wanted.drain(..) {
+                    answers.push((topic, p, code.code(), Some(message.clone())));
+                }
+            }
+        }
+    }
+    let image = state.image();
+    for (topic, p, _) in &elected {
+        if !named {
+            answers.push((topic.clone(), *p, 0, None));
+        }
+    }
+    for (topic, p) in wanted {
+        let code = if elected.iter().any(|(t, i, _)| *t == topic && *i == p) {
+            0
+        } else {
+            let record = image
+                .topics
+                .get(&topic)
+                .and_then(|t| t.partitions.get(usize::try_from(p).unwrap_or(usize::MAX)));
+            match record {
+                Some(r) if r.leader.is_some() && r.leader == r.replicas.first().copied() => {
+                    ResponseError::ElectionNotNeeded.code()
+                }
+                _ => ResponseError::PreferredLeaderNotAvailable.code(),
+            }
+        };
+        answers.push((topic, p, code, None));
+    }
+    let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionResult>> =
+        std::collections::BTreeMap::new();
+    for (topic, p, code, message) in answers {
+        by_topic.entry(topic).or_default().push(
+            PartitionResult::default()
+                .with_partition_id(p)
+                .with_error_code(code)
+                .with_error_message(message.as_deref().map(str_bytes)),
+        );
+    }
+    let results = by_topic
+        .into_iter()
+        .map(|(topic, partitions)| {
+            ReplicaElectionResult::default()
+                .with_topic(topic_name(&topic))
+                .with_partition_result(partitions)
+        })
+        .collect();
+    frame.respond(&ElectLeadersResponse::default().with_replica_election_results(results))
 }

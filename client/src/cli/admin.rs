@@ -177,6 +177,33 @@ pub(super) async fn cluster(
     Ok(())
 }
 
+pub(super) async fn elect_leaders(
+    client: &Client,
+    only: Option<&[(String, i32)]>,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let results = client.elect_preferred_leaders(only).await?;
+    let outcome = |code: i16| match code {
+        0 => "elected".to_owned(),
+        c => crate::describe_code(c),
+    };
+    if as_json {
+        let list: Vec<_> = results
+            .iter()
+            .map(|(t, p, code)| json!({ "topic": t, "partition": p, "error_code": code }))
+            .collect();
+        writeln!(out, "{}", json!(list))?;
+    } else {
+        let rows: Vec<Vec<String>> = results
+            .iter()
+            .map(|(t, p, code)| vec![t.clone(), p.to_string(), outcome(*code)])
+            .collect();
+        table(out, &["TOPIC", "PARTITION", "RESULT"], &rows)?;
+    }
+    Ok(())
+}
+
 pub(super) async fn group(
     client: &Client,
     cmd: GroupCommand,

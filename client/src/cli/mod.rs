@@ -198,6 +198,16 @@ enum TopicCommand {
 enum ClusterCommand {
     /// Brokers and the controller.
     Info,
+    /// Move leadership back to each partition's preferred replica (its first), where that
+    /// replica is live and in sync: of one topic or partition, or of every partition.
+    ElectLeaders {
+        /// Only this topic's partitions.
+        #[arg(long, short)]
+        topic: Option<String>,
+        /// Only this partition of --topic.
+        #[arg(long, short, requires = "topic")]
+        partition: Option<i32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +327,19 @@ where
     match cli.command {
         Command::Topic(t) => admin::topic(&client, t, json, out).await,
         Command::Cluster(ClusterCommand::Info) => admin::cluster(&client, json, out).await,
+        Command::Cluster(ClusterCommand::ElectLeaders { topic, partition }) => {
+            let only = match &topic {
+                Some(t) => Some(
+                    partitions(&client, t, partition)
+                        .await?
+                        .into_iter()
+                        .map(|p| (t.clone(), p))
+                        .collect::<Vec<_>>(),
+                ),
+                None => None,
+            };
+            admin::elect_leaders(&client, only.as_deref(), json, out).await
+        }
         Command::Group(g) => admin::group(&client, g, json, out).await,
         Command::Tiering(TieringCommand::Status { topic }) => {
             admin::tiering(&client, &topic, json, out).await
