@@ -55,6 +55,12 @@ fn decode_body(frame: &Frame) -> bool {
         ApiKey::DeleteRecords => frame.decode::<DeleteRecordsRequest>().map(drop),
         ApiKey::CreatePartitions => frame.decode::<CreatePartitionsRequest>().map(drop),
         ApiKey::ElectLeaders => frame.decode::<ElectLeadersRequest>().map(drop),
+        ApiKey::AlterPartitionReassignments => frame
+            .decode::<AlterPartitionReassignmentsRequest>()
+            .map(drop),
+        ApiKey::ListPartitionReassignments => frame
+            .decode::<ListPartitionReassignmentsRequest>()
+            .map(drop),
         ApiKey::DescribeConfigs => frame.decode::<DescribeConfigsRequest>().map(drop),
         ApiKey::AlterConfigs => frame.decode::<AlterConfigsRequest>().map(drop),
         ApiKey::IncrementalAlterConfigs => {

@@ -21,6 +21,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
@@ -154,6 +156,8 @@ pub(crate) fn command_error_code(e: &CommandError) -> ResponseError {
         CommandError::StalePartitionEpoch { .. } => ResponseError::InvalidUpdateVersion,
         CommandError::InvalidIsr { .. } => ResponseError::InvalidRequest,
         CommandError::ProducerIdsExhausted => ResponseError::UnknownServerError,
+        CommandError::InvalidReplicaAssignment { .. } => ResponseError::InvalidReplicaAssignment,
+        CommandError::NoReassignmentInProgress { .. } => ResponseError::NoReassignmentInProgress,
     }
 }
 

@@ -24,7 +24,8 @@ use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, ElectLeadersRequest,
+    AlterPartitionReassignmentsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, ElectLeadersRequest, ListPartitionReassignmentsRequest,
     MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
@@ -126,6 +127,21 @@ pub struct PartitionInfo {
     pub replicas: Vec<i32>,
     /// In-sync replica ids.
     pub isr: Vec<i32>,
+}
+
+/// A partition reassignment in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reassignment {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// Its replicas now (the target's and the leaving ones).
+    pub replicas: Vec<i32>,
+    /// Replicas being added.
+    pub adding: Vec<i32>,
+    /// Replicas being removed.
+    pub removing: Vec<i32>,
 }
 
 /// A topic as Metadata reports it.
@@ -563,6 +579,80 @@ impl Client {
             return Err(ClientError::UnknownTopic(topic.to_owned()));
         }
         check(format!("deleting {topic}"), r.error_code)
+    }
+
+    /// Starts (`Some(replicas)`) or cancels (`None`) reassignments of partitions
+    /// (AlterPartitionReassignments); returns each partition's error code and message.
+    pub async fn reassign_partitions(
+        &self,
+        changes: &[(String, i32, Option<Vec<i32>>)],
+    ) -> Result<Vec<(String, i32, i16, Option<String>)>, ClientError> {
+        use kafka_protocol::messages::BrokerId;
+        use kafka_protocol::messages::alter_partition_reassignments_request::{
+            ReassignablePartition, ReassignableTopic,
+        };
+        let mut by_topic: BTreeMap<&str, Vec<ReassignablePartition>> = BTreeMap::new();
+        for (t, p, replicas) in changes {
+            by_topic.entry(t).or_default().push(
+                ReassignablePartition::default()
+                    .with_partition_index(*p)
+                    .with_replicas(
+                        replicas
+                            .as_ref()
+                            .map(|r| r.iter().map(|b| BrokerId(*b)).collect()),
+                    ),
+            );
+        }
+        let topics = by_topic
+            .into_iter()
+            .map(|(t, partitions)| {
+                ReassignableTopic::default()
+                    .with_name(name(t))
+                    .with_partitions(partitions)
+            })
+            .collect();
+        let req = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_allow_replication_factor_change(true)
+            .with_topics(topics);
+        let resp = self.any_conn().await?.send(&req).await?;
+        check("reassigning partitions".to_owned(), resp.error_code)?;
+        Ok(resp
+            .responses
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    let message = p.error_message.as_ref().map(|m| m.to_string());
+                    (
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        p.error_code,
+                        message,
+                    )
+                })
+            })
+            .collect())
+    }
+
+    /// Reassignments in progress: `(topic, partition, replicas, adding, removing)`.
+    pub async fn list_reassignments(&self) -> Result<Vec<Reassignment>, ClientError> {
+        let req = ListPartitionReassignmentsRequest::default().with_timeout_ms(30_000);
+        let resp = self.any_conn().await?.send(&req).await?;
+        check("listing reassignments".to_owned(), resp.error_code)?;
+        let ids = |v: &[kafka_protocol::messages::BrokerId]| v.iter().map(|b| b.0).collect();
+        Ok(resp
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| Reassignment {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                    replicas: ids(&p.replicas),
+                    adding: ids(&p.adding_replicas),
+                    removing: ids(&p.removing_replicas),
+                })
+            })
+            .collect())
     }
 
     /// Moves leadership back to preferred replicas (ElectLeaders, preferred): of `partitions`,

@@ -127,6 +127,15 @@ pub enum Command {
         /// Partitions to consider; `None` means all.
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// Moves partitions to new replica sets (KIP-455): each `(topic, partition, target)`
+    /// starts a reassignment to `target` (replacing one in progress), or with `None` cancels
+    /// the one in progress. The new replicas join as followers; once every replica of the
+    /// target is in sync the partition keeps only those, and leadership moves to the first of
+    /// them if its leader is leaving. Each partition succeeds or fails on its own.
+    AlterReassignments {
+        /// `(topic, partition, target replicas or None to cancel)`.
+        changes: Vec<(String, i32, Option<Vec<BrokerId>>)>,
+    },
 }
 
 /// Number of producer ids in one block.
@@ -181,6 +190,11 @@ pub enum Outcome {
         first: i64,
         /// Ids in the block.
         count: i32,
+    },
+    /// Reassignments started, replaced or cancelled; the partitions listed were refused.
+    ReassignmentsAltered {
+        /// `(topic, partition, why)` of each refused change.
+        refused: Vec<(String, i32, CommandError)>,
     },
     /// Partitions whose leader changed, with the new leader.
     LeadersElected {
@@ -333,4 +347,22 @@ pub enum CommandError {
     /// The producer-id space is exhausted.
     #[error("producer ids exhausted")]
     ProducerIdsExhausted,
+    /// A reassignment's target replicas are not acceptable.
+    #[error("invalid replicas for {topic}-{partition}: {reason}")]
+    InvalidReplicaAssignment {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: i32,
+        /// Why.
+        reason: String,
+    },
+    /// A cancellation found no reassignment in progress.
+    #[error("no reassignment of {topic}-{partition} is in progress")]
+    NoReassignmentInProgress {
+        /// Topic name.
+        topic: String,
+        /// Partition number.
+        partition: i32,
+    },
 }

@@ -57,6 +57,40 @@ pub struct PartitionRecord {
     pub leader_epoch: i32,
     /// Increases with every change to this record; guards ISR updates against lost races.
     pub partition_epoch: i32,
+    /// Replicas a reassignment in progress adds (KIP-455); they are in `replicas` too, and the
+    /// reassignment completes once every replica of its target is in sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adding: Vec<BrokerId>,
+    /// Replicas a reassignment in progress removes once it completes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removing: Vec<BrokerId>,
+}
+
+impl PartitionRecord {
+    /// Whether a reassignment is in progress.
+    pub fn reassigning(&self) -> bool {
+        !self.adding.is_empty() || !self.removing.is_empty()
+    }
+
+    /// The replica set a reassignment in progress moves to (the replicas when none is).
+    pub fn target_replicas(&self) -> Vec<BrokerId> {
+        let removing = &self.removing;
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !removing.contains(r))
+            .collect()
+    }
+
+    /// The replica set before the reassignment in progress (the replicas when none is).
+    pub fn original_replicas(&self) -> Vec<BrokerId> {
+        let adding = &self.adding;
+        self.replicas
+            .iter()
+            .copied()
+            .filter(|r| !adding.contains(r))
+            .collect()
+    }
 }
 
 /// A topic with its partitions.

@@ -239,6 +239,8 @@ mod tests {
             leader: Some(leader),
             leader_epoch: 1,
             partition_epoch: 1,
+            adding: Vec::new(),
+            removing: Vec::new(),
         };
         let image = |partitions: Vec<PartitionRecord>, fenced3: bool| MetadataImage {
             brokers: [broker(1, false), broker(2, false), broker(3, fenced3)]

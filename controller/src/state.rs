@@ -357,6 +357,8 @@ impl MetadataState {
                 }
                 p.isr = isr.clone();
                 p.partition_epoch += 1;
+                // A reassignment waiting for its new replicas completes once they are in sync.
+                complete_reassignment(p, &live);
                 let partition_record = p.clone();
                 let t = self.topic(topic)?.clone();
                 changes.push(Change::Topic(t));
@@ -421,6 +423,56 @@ impl MetadataState {
                     }
                 }
                 Ok(Outcome::LeadersElected { elected })
+            }
+            Command::AlterReassignments { changes: wanted } => {
+                let live: BTreeSet<BrokerId> = self.live_brokers().map(|b| b.id).collect();
+                let registered: BTreeSet<BrokerId> = self.image.brokers.keys().copied().collect();
+                let mut refused = Vec::new();
+                let mut touched = BTreeSet::new();
+                for (topic, partition, target) in wanted {
+                    let invalid = |reason: String| CommandError::InvalidReplicaAssignment {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        reason,
+                    };
+                    if let Some(target) = target {
+                        let unique: BTreeSet<BrokerId> = target.iter().copied().collect();
+                        let why = if target.is_empty() {
+                            Some("no replicas".to_owned())
+                        } else if unique.len() != target.len() {
+                            Some("a broker is named twice".to_owned())
+                        } else {
+                            target
+                                .iter()
+                                .find(|r| !registered.contains(r))
+                                .map(|r| format!("broker {r} is not registered"))
+                        };
+                        if let Some(why) = why {
+                            refused.push((topic.clone(), *partition, invalid(why)));
+                            continue;
+                        }
+                    }
+                    let p = match self.partition_mut(topic, *partition) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            refused.push((topic.clone(), *partition, e));
+                            continue;
+                        }
+                    };
+                    if !reassign(p, target.as_deref(), &live) {
+                        let e = CommandError::NoReassignmentInProgress {
+                            topic: topic.clone(),
+                            partition: *partition,
+                        };
+                        refused.push((topic.clone(), *partition, e));
+                        continue;
+                    }
+                    touched.insert(topic.clone());
+                }
+                for name in touched {
+                    changes.push(Change::Topic(self.topic(&name)?.clone()));
+                }
+                Ok(Outcome::ReassignmentsAltered { refused })
             }
         }
     }
@@ -622,6 +674,81 @@ fn new_partition(replicas: Vec<BrokerId>) -> PartitionRecord {
         replicas,
         leader_epoch: 0,
         partition_epoch: 0,
+        adding: Vec::new(),
+        removing: Vec::new(),
+    }
+}
+
+/// Starts a reassignment of `p` to `target`, or cancels the one in progress (`None`); then
+/// completes it at once if it can. False when there is nothing to cancel.
+fn reassign(
+    p: &mut PartitionRecord,
+    target: Option<&[BrokerId]>,
+    live: &BTreeSet<BrokerId>,
+) -> bool {
+    let original = p.original_replicas();
+    match target {
+        None => {
+            if !p.reassigning() {
+                return false;
+            }
+            p.replicas = original;
+        }
+        Some(target) => {
+            let mut replicas = target.to_vec();
+            replicas.extend(original.iter().filter(|r| !target.contains(r)));
+            p.adding = target
+                .iter()
+                .copied()
+                .filter(|r| !original.contains(r))
+                .collect();
+            p.removing = original
+                .iter()
+                .copied()
+                .filter(|r| !target.contains(r))
+                .collect();
+            p.replicas = replicas;
+        }
+    }
+    if target.is_none() {
+        p.adding.clear();
+        p.removing.clear();
+    }
+    p.partition_epoch += 1;
+    settle_replicas(p, live);
+    complete_reassignment(p, live);
+    true
+}
+
+/// Finishes `p`'s reassignment once every replica of its target is in sync: the partition
+/// keeps only those. Returns whether it did.
+fn complete_reassignment(p: &mut PartitionRecord, live: &BTreeSet<BrokerId>) -> bool {
+    if !p.reassigning() {
+        return false;
+    }
+    let target = p.target_replicas();
+    if !target.iter().all(|r| p.isr.contains(r)) {
+        return false;
+    }
+    p.replicas = target;
+    p.adding.clear();
+    p.removing.clear();
+    p.partition_epoch += 1;
+    settle_replicas(p, live);
+    true
+}
+
+/// Keeps the ISR within the replicas, and moves leadership to the first live in-sync replica
+/// when the leader is no longer one.
+fn settle_replicas(p: &mut PartitionRecord, live: &BTreeSet<BrokerId>) {
+    let replicas = p.replicas.clone();
+    p.isr.retain(|r| replicas.contains(r));
+    if p.leader.is_some_and(|l| !replicas.contains(&l)) {
+        let next = replicas
+            .iter()
+            .copied()
+            .find(|r| p.isr.contains(r) && live.contains(r));
+        set_leader(p, next);
     }
 }
 

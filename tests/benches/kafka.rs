@@ -11,25 +11,22 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 use strata_tests::TestBroker;
 
-const RECORD_BYTES: usize = 1024;
 const PRODUCE_RECORDS: usize = 200_000;
 const E2E_RATE: u64 = 2_000;
 const E2E_SECONDS: u64 = 5;
 
 mod common;
 
-use common::{BenchResult, create_topic, producer, send_all};
+use common::{
+    BenchResult, RECORD_BYTES, consumer, create_topic, end_to_end, print_latencies, producer,
+    send_all,
+};
 
 fn main() -> BenchResult<()> {
     common::block_on(run())
@@ -57,7 +54,7 @@ async fn run() -> BenchResult<()> {
     let run_id = std::process::id();
     for partitions in [1, 8] {
         let topic = format!("perf-{run_id}-{partitions}");
-        create_topic(&bootstrap, &topic, partitions, &[]).await?;
+        create_topic(&bootstrap, &topic, partitions, 1, &[]).await?;
         let (secs, bytes) = produce(&bootstrap, &topic, PRODUCE_RECORDS).await?;
         report(
             &format!("produce acks=all, {partitions} partition(s)"),
@@ -72,16 +69,11 @@ async fn run() -> BenchResult<()> {
         report(&format!("consume, {partitions} partition(s)"), bytes, secs);
     }
     let topic = format!("perf-{run_id}-e2e");
-    create_topic(&bootstrap, &topic, 1, &[]).await?;
-    let mut latencies = end_to_end(&bootstrap, &topic).await?;
-    latencies.sort_unstable();
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
-    println!(
-        "{:<36} {E2E_RATE} records/s for {E2E_SECONDS}s: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        "end-to-end latency, acks=all",
-        pct(0.50),
-        pct(0.99),
-        pct(1.0)
+    create_topic(&bootstrap, &topic, 1, 1, &[]).await?;
+    let latencies = end_to_end(&bootstrap, &topic, 1, E2E_RATE, E2E_SECONDS).await?;
+    print_latencies(
+        &format!("end-to-end latency, acks=all, {E2E_RATE} records/s for {E2E_SECONDS}s"),
+        latencies,
     );
     if let Some(b) = broker {
         b.stop().await;
@@ -105,15 +97,6 @@ async fn produce(bootstrap: &str, topic: &str, records: usize) -> BenchResult<(f
     })
     .await?;
     Ok((secs, records * RECORD_BYTES))
-}
-
-fn consumer(bootstrap: &str) -> BenchResult<BaseConsumer> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "strata-perf-unused")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()?)
 }
 
 fn consume(
@@ -140,59 +123,4 @@ fn consume(
         }
     }
     Ok((start.elapsed().as_secs_f64(), bytes))
-}
-
-/// Each record carries its send time (µs since `origin`); a consumer tailing the topic
-/// measures when it arrives.
-async fn end_to_end(bootstrap: &str, topic: &str) -> BenchResult<Vec<Duration>> {
-    let origin = Instant::now();
-    let total = (E2E_RATE * E2E_SECONDS) as usize;
-    let done = Arc::new(AtomicBool::new(false));
-    let c = consumer(bootstrap)?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::End)?;
-    c.assign(&tpl)?;
-    let d = done.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut lat = Vec::with_capacity(total);
-        let deadline = Instant::now() + Duration::from_secs(E2E_SECONDS + 30);
-        while lat.len() < total && Instant::now() < deadline && !d.load(Ordering::Relaxed) {
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                let sent = m
-                    .payload()
-                    .and_then(|p| p.get(..8))
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
-                let now = origin.elapsed().as_micros() as u64;
-                lat.push(Duration::from_micros(now.saturating_sub(sent)));
-            }
-        }
-        lat
-    });
-    // Let the consumer reach the end before producing.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let producer = producer(bootstrap, "0")?;
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / E2E_RATE));
-    let mut pending = Vec::with_capacity(total);
-    for _ in 0..total {
-        tick.tick().await;
-        let mut payload = vec![b'x'; RECORD_BYTES];
-        payload[..8].copy_from_slice(&(origin.elapsed().as_micros() as u64).to_be_bytes());
-        pending.push(
-            producer
-                .send_result(FutureRecord::<(), _>::to(topic).payload(&payload))
-                .map_err(|(e, _)| e)?,
-        );
-    }
-    for f in pending {
-        f.await?.map_err(|(e, _)| e)?;
-    }
-    producer.flush(Duration::from_secs(10))?;
-    let lat = reader.await?;
-    done.store(true, Ordering::Relaxed);
-    if lat.len() < total {
-        return Err(format!("received {} of {total} records", lat.len()).into());
-    }
-    Ok(lat)
 }

@@ -237,7 +237,7 @@ fn report(what: &str, bytes: u64, secs: f64) -> f64 {
 }
 
 async fn create_topic(bootstrap: &str, topic: &str, configs: &[(&str, String)]) -> BenchResult<()> {
-    common::create_topic(bootstrap, topic, PARTITIONS, configs).await
+    common::create_topic(bootstrap, topic, PARTITIONS, 1, configs).await
 }
 
 fn topic_id(broker: &TestBroker, topic: &str) -> BenchResult<Uuid> {

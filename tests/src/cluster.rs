@@ -413,6 +413,17 @@ impl ProcessCluster {
         }
     }
 
+    /// Copies every node's whole log into `to` (`node-<id>.log`), to read after the cluster
+    /// and its directory are gone.
+    pub fn save_logs(&self, to: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(to)?;
+        for id in self.nodes.keys() {
+            let name = format!("node-{id}.log");
+            std::fs::copy(self.dir.path().join(&name), to.join(&name))?;
+        }
+        Ok(())
+    }
+
     /// The tail of every node's log, for a failing test's message.
     pub fn logs(&self) -> String {
         self.nodes

@@ -249,6 +249,12 @@ struct Observed {
 
 type Shared = Arc<Mutex<Observed>>;
 
+/// Notes an anomaly, printing it at once (a long run shows it when it happens).
+fn anomaly(o: &mut Observed, what: String) {
+    eprintln!("  ANOMALY: {what}");
+    o.anomalies.push(what);
+}
+
 fn trouble(o: &Shared, who: &str, what: impl fmt::Display) {
     let what = format!("{what} (at {:?})", Instant::now());
     lock(o).troubles.insert(who.to_owned(), what);
@@ -352,9 +358,10 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
         let whole = whole_again(&cluster, Duration::from_secs(90)).await;
         let recovered = healed.elapsed();
         if let Err(e) = whole {
-            lock(&observed).anomalies.push(format!(
-                "after {fault}: the cluster was not whole again: {e}"
-            ));
+            anomaly(
+                &mut lock(&observed),
+                format!("after {fault}: the cluster was not whole again: {e}"),
+            );
         }
         // A moment of calm, so the gaps of this fault end before the next begins.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -414,6 +421,13 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
     let _ = stop_readers.send(true);
     while readers.join_next().await.is_some() {}
     check(&log, &ends, &observed, &mut report);
+    if !report.anomalies.is_empty() {
+        let to = std::env::temp_dir().join(format!("strata-faults-{}", plan.seed));
+        match cluster.save_logs(&to) {
+            Ok(()) => eprintln!("the brokers' logs are in {}", to.display()),
+            Err(e) => eprintln!("the brokers' logs could not be saved: {e}"),
+        }
+    }
     report
 }
 
@@ -590,9 +604,10 @@ async fn write(
             _ = tick.tick() => {}
         }
         if let Some((code, reason)) = producer.client().fatal_error() {
-            lock(&observed).anomalies.push(format!(
-                "writer {w}: fatal producer error {code:?}: {reason}"
-            ));
+            anomaly(
+                &mut lock(&observed),
+                format!("writer {w}: fatal producer error {code:?}: {reason}"),
+            );
             producer = self::producer(&bootstrap);
         }
         while deliveries.try_join_next().is_some() {}
@@ -654,7 +669,7 @@ fn saw(o: &mut Observed, who: &str, partition: i32, offset: i64, value: String) 
             let a = format!(
                 "{who}: offset {partition}/{offset} holds {value}, but {before} was read there"
             );
-            o.anomalies.push(a);
+            anomaly(o, a);
         }
     } else {
         o.seen.insert((partition, offset), value);
@@ -685,7 +700,7 @@ async fn read(bootstrap: String, observed: Shared, mut stopped: watch::Receiver<
                     && offset <= *last
                 {
                     let a = format!("reader went back on partition {p}: {offset} after {last}");
-                    o.anomalies.push(a);
+                    anomaly(&mut o, a);
                 }
                 o.reader_at.insert(p, offset);
                 o.read_times.entry(p).or_default().push(Instant::now());
@@ -694,7 +709,7 @@ async fn read(bootstrap: String, observed: Shared, mut stopped: watch::Receiver<
             Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
                 let a = "reader was told its offset is out of range".to_owned();
                 if !o.anomalies.contains(&a) {
-                    o.anomalies.push(a);
+                    anomaly(&mut o, a);
                 }
             }
             Err(_) => {}
@@ -772,7 +787,7 @@ fn record_commits(observed: &Shared, offsets: &BTreeMap<(String, i32), i64>) {
         let before = o.committed.get(p).copied().unwrap_or(0);
         if *offset < before {
             let a = format!("group offset of partition {p} went back from {before} to {offset}");
-            o.anomalies.push(a);
+            anomaly(&mut o, a);
         }
         o.committed.insert(*p, before.max(*offset));
     }

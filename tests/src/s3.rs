@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use object_store::ObjectStore;
@@ -150,7 +151,24 @@ pub fn serve(
     let fs = s3s_fs::FileSystem::new(root).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
     let mut b = S3ServiceBuilder::new(fs);
     b.set_auth(SimpleAuth::from_single(access_key, secret_key));
-    let service = b.build();
+    let s3 = b.build();
+    // s3s-fs checks a conditional put and then writes, so concurrent conditional puts of one
+    // key can all succeed (NOTES.md); S3 makes them atomic, and the brokers' manifest commits
+    // rely on that. Serialising the conditional requests gives them S3's semantics.
+    let conditional = Arc::new(tokio::sync::Mutex::new(()));
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let (s3, conditional) = (s3.clone(), conditional.clone());
+        async move {
+            let headers = req.headers();
+            let _serial =
+                if headers.contains_key("if-none-match") || headers.contains_key("if-match") {
+                    Some(conditional.lock_owned().await)
+                } else {
+                    None
+                };
+            s3.call(req.map(s3s::Body::from)).await
+        }
+    });
     Ok(async move {
         let http = ConnBuilder::new(TokioExecutor::new());
         // Owned here, so dropping this future drops every connection with it.

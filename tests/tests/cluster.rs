@@ -448,39 +448,39 @@ fn log_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A follower whose disk is wiped starts from the object store: its copy begins at the end of
-/// what is uploaded, so it downloads only the tail from its leader, and it is back in the ISR
-/// within seconds.
-#[tokio::test]
-async fn a_wiped_follower_copies_only_the_tail_and_rejoins_the_isr() {
+/// Records of 1 KiB [`fill_and_tier`] writes.
+const TIERED_RECORDS: usize = 16 * 1024;
+
+/// Settings and topic configs under which a partition tiers within a second or two.
+const TIERING_SETTINGS: [&str; 2] = [
+    "object_store.upload_interval_ms=200",
+    "topics.flush_check_interval_ms=200",
+];
+
+fn tiering_configs() -> [(&'static str, String); 2] {
+    [
+        ("segment.bytes", (1 << 20).to_string()),
+        ("local.retention.bytes", (2 << 20).to_string()),
+    ]
+}
+
+/// Writes [`TIERED_RECORDS`] records of 1 KiB to `topic`/0 with acks=all and waits until all
+/// but the active segment and a little is in the object store; returns the log end and the
+/// end of what is uploaded.
+async fn fill_and_tier(cluster: &ProcessCluster, client: &Client, topic: &str) -> (i64, i64) {
     use rdkafka::config::ClientConfig;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let (mut cluster, client, leader) = three_copies(
-        "tiered",
-        &[
-            "object_store.upload_interval_ms=200",
-            "topics.flush_check_interval_ms=200",
-        ],
-        &[
-            ("segment.bytes", (1 << 20).to_string()),
-            ("local.retention.bytes", (2 << 20).to_string()),
-        ],
-    )
-    .await;
-    // Any replica but the leader (three copies, ids 1..=3).
-    let follower = (1..=3).find(|r| *r != leader).expect("a follower");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", cluster.bootstrap())
         .set("acks", "all")
         .set("linger.ms", "5")
         .create()
         .expect("producer");
-    const RECORDS: usize = 16 * 1024;
     let payload = vec![b'x'; 1024];
-    let mut deliveries = Vec::with_capacity(RECORDS);
-    for _ in 0..RECORDS {
-        let record = FutureRecord::<(), _>::to("tiered")
+    let mut deliveries = Vec::with_capacity(TIERED_RECORDS);
+    for _ in 0..TIERED_RECORDS {
+        let record = FutureRecord::<(), _>::to(topic)
             .partition(0)
             .payload(&payload);
         deliveries.push(producer.send_result(record).expect("queued"));
@@ -488,23 +488,31 @@ async fn a_wiped_follower_copies_only_the_tail_and_rejoins_the_isr() {
     for d in deliveries {
         d.await.expect("delivered").expect("acknowledged");
     }
-    let end = client.list_offset("tiered", 0, -1).await.expect("end");
-    // Wait until all but the active segment and a little is in the object store.
+    let end = client.list_offset(topic, 0, -1).await.expect("end");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let uploaded = loop {
-        let last = client
-            .list_offset("tiered", 0, -5)
-            .await
-            .expect("remote end");
+    loop {
+        let last = client.list_offset(topic, 0, -5).await.expect("remote end");
         if last + 1 >= end - 2_000 {
-            break last + 1;
+            return (end, last + 1);
         }
         assert!(
             std::time::Instant::now() < deadline,
             "uploaded to {last} of {end}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
+
+/// A follower whose disk is wiped starts from the object store: its copy begins at the end of
+/// what is uploaded, so it downloads only the tail from its leader, and it is back in the ISR
+/// within seconds.
+#[tokio::test]
+async fn a_wiped_follower_copies_only_the_tail_and_rejoins_the_isr() {
+    let (mut cluster, client, leader) =
+        three_copies("tiered", &TIERING_SETTINGS, &tiering_configs()).await;
+    // Any replica but the leader (three copies, ids 1..=3).
+    let follower = (1..=3).find(|r| *r != leader).expect("a follower");
+    let (end, uploaded) = fill_and_tier(&cluster, &client, "tiered").await;
 
     cluster.kill(follower).await;
     // Fenced one session timeout later, it leaves the ISR.
@@ -539,7 +547,7 @@ async fn a_wiped_follower_copies_only_the_tail_and_rejoins_the_isr() {
     }
     let rejoined = restarted.elapsed();
     let copied = log_bytes(&cluster.data_dir(follower).join("logs").join("tiered-0"));
-    let total = (RECORDS * 1024) as u64;
+    let total = (TIERED_RECORDS * 1024) as u64;
     eprintln!(
         "wiped follower back in the ISR after {rejoined:?}; local copy {copied} bytes of \
          {total} produced ({uploaded} of {end} records uploaded)"
@@ -774,5 +782,87 @@ async fn the_periodic_rebalance_moves_leadership_home() {
         }
         assert!(std::time::Instant::now() < deadline, "{info:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reassigning a tiered partition, leader included, to a broker that holds none of it: the
+/// new replica starts at the end of what the object store holds and copies only the tail,
+/// joins the ISR within seconds, leadership moves to it, and the replica that left deletes
+/// its copy; every record is still served.
+#[tokio::test]
+async fn a_reassigned_partition_moves_only_its_tail() {
+    let cluster = ProcessCluster::start_with(binary(), 3, &TIERING_SETTINGS).await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let configs = tiering_configs()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    client
+        .create_topic("moved", 1, 2, &configs)
+        .await
+        .expect("create");
+    let (info, _) = client.describe_topic("moved").await.expect("describe");
+    let (leader, kept) = (
+        info.partitions[0].replicas[0],
+        info.partitions[0].replicas[1],
+    );
+    let new = (1..=3)
+        .find(|b| *b != leader && *b != kept)
+        .expect("a third broker");
+    let (end, uploaded) = fill_and_tier(&cluster, &client, "moved").await;
+
+    let started = std::time::Instant::now();
+    let results = client
+        .reassign_partitions(&[("moved".to_owned(), 0, Some(vec![new, kept]))])
+        .await
+        .expect("reassign");
+    assert_eq!(results, vec![("moved".to_owned(), 0, 0, None)]);
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        let (info, _) = client.describe_topic("moved").await.expect("describe");
+        let p = &info.partitions[0];
+        if p.replicas == [new, kept] && p.isr.contains(&new) && p.leader == new {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved = started.elapsed();
+    assert!(client.list_reassignments().await.expect("list").is_empty());
+    let copied = log_bytes(&cluster.data_dir(new).join("logs").join("moved-0"));
+    let total = (TIERED_RECORDS * 1024) as u64;
+    eprintln!(
+        "reassigned in {moved:?}; the new replica copied {copied} bytes of {total} written \
+         ({uploaded} of {end} records uploaded)"
+    );
+    assert!(copied < total / 4, "copied {copied} of {total} bytes");
+    assert!(moved < Duration::from_secs(30), "{moved:?}");
+    let old_copy = cluster.data_dir(leader).join("logs").join("moved-0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while old_copy.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old replica kept its copy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Everything, the uploaded part from the object store, through the new leader.
+    let mut offset = 0;
+    let mut tries = 0;
+    while offset < end {
+        // The client's metadata may still name the old leader once: retriable.
+        let records = match client.fetch("moved", 0, offset, 4 << 20, 500).await {
+            Ok((records, _)) => records,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 50, "fetch at {offset}: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        assert!(!records.is_empty(), "stopped at {offset} of {end}");
+        offset = records.last().map_or(offset, |r| r.offset + 1);
     }
 }

@@ -61,6 +61,12 @@ pub(crate) async fn handle(
         ApiKey::DeleteTopics => topics::delete_topics(state, frame).await,
         ApiKey::CreatePartitions => topics::create_partitions(state, frame).await,
         ApiKey::ElectLeaders => topics::elect_leaders(state, frame).await,
+        ApiKey::AlterPartitionReassignments => {
+            topics::alter_partition_reassignments(state, frame).await
+        }
+        ApiKey::ListPartitionReassignments => {
+            topics::list_partition_reassignments(state, frame).await
+        }
         ApiKey::DescribeConfigs => configs::describe_configs(state, frame).await,
         ApiKey::AlterConfigs => configs::alter_configs(state, frame).await,
         ApiKey::IncrementalAlterConfigs => configs::incremental_alter_configs(state, frame).await,

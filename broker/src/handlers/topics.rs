@@ -1,15 +1,23 @@
-//! DeleteTopics, CreatePartitions and ElectLeaders.
+//! DeleteTopics, CreatePartitions, ElectLeaders and partition reassignments.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::alter_partition_reassignments_response::{
+    ReassignablePartitionResponse, ReassignableTopicResponse,
+};
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::list_partition_reassignments_response::{
+    OngoingPartitionReassignment, OngoingTopicReassignment,
+};
 use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
     CreatePartitionsRequest, CreatePartitionsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    ElectLeadersRequest, ElectLeadersResponse,
+    ElectLeadersRequest, ElectLeadersResponse, ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse,
 };
 use strata_controller::Command;
 use strata_controller::Outcome;
@@ -211,4 +219,142 @@ pub(super) async fn elect_leaders(
         })
         .collect();
     frame.respond(&ElectLeadersResponse::default().with_replica_election_results(results))
+}
+
+/// AlterPartitionReassignments: starts, replaces or cancels (null replicas) reassignments
+/// through the controller (`Command::AlterReassignments`); each partition is answered on its
+/// own. With v1's `allow_replication_factor_change` false, a target of another size is
+/// refused.
+pub(super) async fn alter_partition_reassignments(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: AlterPartitionReassignmentsRequest = frame.decode()?;
+    let allow_resize = frame.version < 1 || req.allow_replication_factor_change;
+    let image = state.image();
+    // (topic, partition, error, message) of what is refused here.
+    let mut answers: Vec<(String, i32, i16, Option<String>)> = Vec::new();
+    let mut changes = Vec::new();
+    for t in &req.topics {
+        let topic = t.name.0.to_string();
+        for p in &t.partitions {
+            let target: Option<Vec<i32>> =
+                p.replicas.as_ref().map(|r| r.iter().map(|b| b.0).collect());
+            let current = image
+                .topics
+                .get(&topic)
+                .and_then(|r| r.partitions.get(usize::try_from(p.partition_index).ok()?));
+            let resized = match (&target, current) {
+                (Some(target), Some(c)) => target.len() != c.original_replicas().len(),
+                _ => false,
+            };
+            if resized && !allow_resize {
+                let message = "the target changes the replication factor".to_owned();
+                let code = ResponseError::InvalidReplicationFactor.code();
+                answers.push((topic.clone(), p.partition_index, code, Some(message)));
+            } else {
+                changes.push((topic.clone(), p.partition_index, target));
+            }
+        }
+    }
+    let command = Command::AlterReassignments {
+        changes: changes.clone(),
+    };
+    let refused = if changes.is_empty() {
+        Ok(Vec::new())
+    } else {
+        submit_and_wait(state, &command)
+            .await
+            .map(|a| match a.outcome {
+                Outcome::ReassignmentsAltered { refused } => refused,
+                _ => Vec::new(),
+            })
+    };
+    for (topic, p, _) in changes {
+        let (code, message) = match &refused {
+            Ok(refused) => refused
+                .iter()
+                .find(|(t, i, _)| *t == topic && *i == p)
+                .map_or((0, None), |(_, _, e)| {
+                    (
+                        crate::protocol::command_error_code(e).code(),
+                        Some(e.to_string()),
+                    )
+                }),
+            Err((code, message)) => (code.code(), Some(message.clone())),
+        };
+        answers.push((topic, p, code, message));
+    }
+    let mut by_topic: std::collections::BTreeMap<String, Vec<ReassignablePartitionResponse>> =
+        std::collections::BTreeMap::new();
+    for (topic, p, code, message) in answers {
+        by_topic.entry(topic).or_default().push(
+            ReassignablePartitionResponse::default()
+                .with_partition_index(p)
+                .with_error_code(code)
+                .with_error_message(message.as_deref().map(str_bytes)),
+        );
+    }
+    let responses = by_topic
+        .into_iter()
+        .map(|(topic, partitions)| {
+            ReassignableTopicResponse::default()
+                .with_name(topic_name(&topic))
+                .with_partitions(partitions)
+        })
+        .collect();
+    frame.respond(
+        &AlterPartitionReassignmentsResponse::default()
+            .with_allow_replication_factor_change(req.allow_replication_factor_change)
+            .with_responses(responses),
+    )
+}
+
+/// ListPartitionReassignments: the reassignments in progress, of the partitions named or of
+/// all, from this broker's metadata.
+pub(super) async fn list_partition_reassignments(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: ListPartitionReassignmentsRequest = frame.decode()?;
+    let image = state.image();
+    let wanted: Option<std::collections::BTreeSet<(String, i32)>> = req.topics.as_ref().map(|ts| {
+        ts.iter()
+            .flat_map(|t| {
+                let name = t.name.0.to_string();
+                t.partition_indexes.iter().map(move |p| (name.clone(), *p))
+            })
+            .collect()
+    });
+    let brokers = |ids: &[i32]| ids.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
+    let topics = image
+        .topics
+        .values()
+        .filter_map(|t| {
+            let partitions: Vec<OngoingPartitionReassignment> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(i, p)| {
+                    p.reassigning()
+                        && wanted
+                            .as_ref()
+                            .is_none_or(|w| w.contains(&(t.name.clone(), *i as i32)))
+                })
+                .map(|(i, p)| {
+                    OngoingPartitionReassignment::default()
+                        .with_partition_index(i as i32)
+                        .with_replicas(brokers(&p.replicas))
+                        .with_adding_replicas(brokers(&p.adding))
+                        .with_removing_replicas(brokers(&p.removing))
+                })
+                .collect();
+            (!partitions.is_empty()).then(|| {
+                OngoingTopicReassignment::default()
+                    .with_name(topic_name(&t.name))
+                    .with_partitions(partitions)
+            })
+        })
+        .collect();
+    frame.respond(&ListPartitionReassignmentsResponse::default().with_topics(topics))
 }

@@ -148,8 +148,11 @@ impl Partitions {
         for (key, deleted) in stopped {
             let Some(p) = map.remove(&key) else { continue };
             p.set_role(Role::Offline);
-            if deleted && let Err(e) = remove_dir(p.log.dir()) {
-                tracing::error!(error = %e, "removing a deleted topic's partition failed");
+            // A deleted topic's partition, or a replica reassigned away: the local copy goes
+            // (the other replicas and the object store hold the data; `deleted` alone tells
+            // subscribers to drop remote data too).
+            if let Err(e) = remove_dir(p.log.dir()) {
+                tracing::error!(error = %e, deleted, "removing a stopped partition's copy failed");
             }
             changes.push(RoleChange {
                 partition: p,

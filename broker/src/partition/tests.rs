@@ -15,6 +15,8 @@ const ME: i32 = 1;
 
 fn partition(replicas: &[i32], leader: Option<i32>, leader_epoch: i32) -> PartitionRecord {
     PartitionRecord {
+        adding: Vec::new(),
+        removing: Vec::new(),
         replicas: replicas.to_vec(),
         isr: replicas.to_vec(),
         leader,
@@ -144,7 +146,8 @@ fn role_changes_follow_leadership_epochs_reassignment_and_deletion() {
     assert_eq!(next(&mut early), expected);
     assert_eq!(next(&mut late), expected);
     assert_eq!(p0.role(), Role::Offline);
-    assert!(p0.log.dir().exists());
+    // Reassigned away: the local copy goes, as in Kafka.
+    assert!(!p0.log.dir().exists());
 
     // The topic is deleted: stopped, and its directory removed.
     let p1 = parts.get(id, 1).expect("hosted");

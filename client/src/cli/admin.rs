@@ -141,8 +141,140 @@ pub(super) async fn topic(
                 writeln!(out, "deleted topic {name}")?;
             }
         }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            cancel,
+        } => {
+            let target = (!cancel).then_some(replicas);
+            let results = client
+                .reassign_partitions(&[(name, partition, target)])
+                .await?;
+            reassigned(&results, as_json, out)?;
+        }
+        TopicCommand::Reassignments => {
+            let list = client.list_reassignments().await?;
+            let ids = |v: &[i32]| v.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+            if as_json {
+                let list: Vec<_> = list
+                    .iter()
+                    .map(|r| {
+                        json!({ "topic": r.topic, "partition": r.partition,
+                            "replicas": r.replicas, "adding": r.adding, "removing": r.removing })
+                    })
+                    .collect();
+                writeln!(out, "{}", json!(list))?;
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.topic.clone(),
+                            r.partition.to_string(),
+                            ids(&r.replicas),
+                            ids(&r.adding),
+                            ids(&r.removing),
+                        ]
+                    })
+                    .collect();
+                table(
+                    out,
+                    &["TOPIC", "PARTITION", "REPLICAS", "ADDING", "REMOVING"],
+                    &rows,
+                )?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Prints each reassigned partition's outcome.
+fn reassigned(
+    results: &[(String, i32, i16, Option<String>)],
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    if as_json {
+        let list: Vec<_> = results
+            .iter()
+            .map(|(t, p, code, message)| {
+                json!({ "topic": t, "partition": p, "error_code": code, "message": message })
+            })
+            .collect();
+        writeln!(out, "{}", json!(list))?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|(t, p, code, message)| {
+            let outcome = match (code, message) {
+                (0, _) => "started".to_owned(),
+                (c, Some(m)) => format!("{}: {m}", crate::describe_code(*c)),
+                (c, None) => crate::describe_code(*c),
+            };
+            vec![t.clone(), p.to_string(), outcome]
+        })
+        .collect();
+    table(out, &["TOPIC", "PARTITION", "RESULT"], &rows)?;
+    Ok(())
+}
+
+/// Reassigns every replica on `broker` to the live broker holding fewest replicas that does
+/// not hold one of that partition already.
+pub(super) async fn decommission(
+    client: &Client,
+    broker: i32,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let (brokers, _) = client.cluster().await?;
+    let mut load: BTreeMap<i32, usize> = brokers
+        .iter()
+        .filter(|b| b.id != broker)
+        .map(|b| (b.id, 0))
+        .collect();
+    let topics = client.topics().await?;
+    for t in &topics {
+        for p in &t.partitions {
+            for r in &p.replicas {
+                if let Some(n) = load.get_mut(r) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    let mut changes = Vec::new();
+    for t in &topics {
+        for p in &t.partitions {
+            if !p.replicas.contains(&broker) {
+                continue;
+            }
+            let Some((&to, _)) = load
+                .iter()
+                .filter(|(id, _)| !p.replicas.contains(id))
+                .min_by_key(|(id, n)| (**n, **id))
+            else {
+                return Err(CliError::Usage(format!(
+                    "no live broker can take {}-{}'s replica from broker {broker}",
+                    t.name, p.partition
+                )));
+            };
+            *load.entry(to).or_default() += 1;
+            let target = p
+                .replicas
+                .iter()
+                .map(|r| if *r == broker { to } else { *r })
+                .collect();
+            changes.push((t.name.clone(), p.partition, Some(target)));
+        }
+    }
+    if changes.is_empty() {
+        writeln!(out, "broker {broker} holds no replicas")?;
+        return Ok(());
+    }
+    let results = client.reassign_partitions(&changes).await?;
+    reassigned(&results, as_json, out)
 }
 
 pub(super) async fn cluster(

@@ -192,12 +192,35 @@ enum TopicCommand {
         /// Its name.
         name: String,
     },
+    /// Move a partition to other brokers: the new replicas copy it (a tiered topic's only
+    /// from the end of what object storage holds), then the old ones leave.
+    Reassign {
+        /// The topic.
+        name: String,
+        /// The partition.
+        #[arg(long, short)]
+        partition: i32,
+        /// The new replicas, comma-separated broker ids, the preferred leader first.
+        #[arg(long, short, value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Vec<i32>,
+        /// Cancel the reassignment in progress instead.
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+    },
+    /// Reassignments in progress.
+    Reassignments,
 }
 
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
     /// Brokers and the controller.
     Info,
+    /// Move every replica off a broker (to the live brokers holding fewest), so it can be
+    /// shut down for good.
+    Decommission {
+        /// The broker id.
+        broker: i32,
+    },
     /// Move leadership back to each partition's preferred replica (its first), where that
     /// replica is live and in sync: of one topic or partition, or of every partition.
     ElectLeaders {
@@ -327,6 +350,9 @@ where
     match cli.command {
         Command::Topic(t) => admin::topic(&client, t, json, out).await,
         Command::Cluster(ClusterCommand::Info) => admin::cluster(&client, json, out).await,
+        Command::Cluster(ClusterCommand::Decommission { broker }) => {
+            admin::decommission(&client, broker, json, out).await
+        }
         Command::Cluster(ClusterCommand::ElectLeaders { topic, partition }) => {
             let only = match &topic {
                 Some(t) => Some(

@@ -1,13 +1,21 @@
-//! What the librdkafka benchmarks share: the runtime, topic creation, the producer settings
-//! and a send loop that waits out a full local queue.
+//! What the librdkafka benchmarks share: the runtime, topic creation, the producer and
+//! consumer settings, a send loop that waits out a full local queue, and the end-to-end
+//! latency measurement. Each bench uses part of it.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -19,17 +27,21 @@ pub fn block_on(body: impl std::future::Future<Output = BenchResult<()>>) -> Ben
         .block_on(body)
 }
 
-/// Creates `topic` with `partitions`, one replica, and `configs`.
+/// Bytes per record value in the librdkafka benchmarks.
+pub const RECORD_BYTES: usize = 1024;
+
+/// Creates `topic` with `partitions`, `replicas` copies each, and `configs`.
 pub async fn create_topic(
     bootstrap: &str,
     topic: &str,
     partitions: i32,
+    replicas: i32,
     configs: &[(&str, String)],
 ) -> BenchResult<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
-    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas));
     for (k, v) in configs {
         t = t.set(k, v);
     }
@@ -91,4 +103,91 @@ pub async fn send_all(
         f.await?.map_err(|(e, _)| e)?;
     }
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// A group-less consumer for assigned reads.
+pub fn consumer(bootstrap: &str) -> BenchResult<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "strata-perf-unused")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()?)
+}
+
+/// Prints p50, p99, p99.9 and the maximum of `latencies`.
+pub fn print_latencies(what: &str, mut latencies: Vec<Duration>) {
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+    println!(
+        "{what}: p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
+    );
+}
+
+/// Sends `rate` records per second to `topic` (its `partitions`, as librdkafka's partitioner
+/// spreads them) for `seconds`; each record carries its send time (µs since `origin`) and a
+/// consumer tailing the topic measures when it arrives.
+pub async fn end_to_end(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    rate: u64,
+    seconds: u64,
+) -> BenchResult<Vec<Duration>> {
+    let origin = Instant::now();
+    let total = (rate * seconds) as usize;
+    let done = Arc::new(AtomicBool::new(false));
+    let c = consumer(bootstrap)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::End)?;
+    }
+    c.assign(&tpl)?;
+    let d = done.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut lat = Vec::with_capacity(total);
+        let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+        while lat.len() < total && Instant::now() < deadline && !d.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                let sent = m
+                    .payload()
+                    .and_then(|p| p.get(..8))
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let now = origin.elapsed().as_micros() as u64;
+                lat.push(Duration::from_micros(now.saturating_sub(sent)));
+            }
+        }
+        lat
+    });
+    // Let the consumer reach the end before producing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let producer = producer(bootstrap, "0")?;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut pending = Vec::with_capacity(total);
+    for _ in 0..total {
+        tick.tick().await;
+        let mut payload = vec![b'x'; RECORD_BYTES];
+        payload[..8].copy_from_slice(&(origin.elapsed().as_micros() as u64).to_be_bytes());
+        pending.push(
+            producer
+                .send_result(FutureRecord::<(), _>::to(topic).payload(&payload))
+                .map_err(|(e, _)| e)?,
+        );
+    }
+    for f in pending {
+        f.await?.map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(10))?;
+    let lat = reader.await?;
+    done.store(true, Ordering::Relaxed);
+    if lat.len() < total {
+        return Err(format!("received {} of {total} records", lat.len()).into());
+    }
+    Ok(lat)
 }
