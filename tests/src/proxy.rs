@@ -207,11 +207,14 @@ fn socket_inode(addr: SocketAddr) -> Option<u64> {
         v4.port()
     );
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    // An earlier connection from the same port may linger in TIME_WAIT; such sockets have no
+    // owner (inode 0), so they are skipped rather than taken for a client.
     table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         (fields.get(1) == Some(&local.as_str()))
             .then(|| fields.get(9)?.parse().ok())
             .flatten()
+            .filter(|inode| *inode != 0)
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::{DescribeClusterRequest, FindCoordinatorRequest};
 use kafka_protocol::protocol::StrBytes;
-use strata_client::{Client, NewRecord};
+use strata_client::{Client, NewRecord, PartitionInfo};
 use strata_tests::RawClient;
 use strata_tests::cluster::{Options, ProcessCluster};
 use strata_tests::proxy::{Cut, Peer};
@@ -22,6 +22,34 @@ fn record(i: usize) -> NewRecord {
         key: Some(Bytes::from(format!("k{i}"))),
         value: Some(Bytes::from(format!("v{i}"))),
         ..NewRecord::default()
+    }
+}
+
+/// Polls `topic`/0 as Metadata describes it every 50 ms until `done` holds, for up to
+/// `within`; returns it, or panics with the last description and `why`.
+async fn until_partition(
+    client: &Client,
+    topic: &str,
+    within: Duration,
+    why: &str,
+    done: impl Fn(&PartitionInfo) -> bool,
+) -> PartitionInfo {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let last = client
+            .describe_topic(topic)
+            .await
+            .map(|(info, _)| info.partitions[0].clone());
+        if let Ok(p) = &last
+            && done(p)
+        {
+            return p.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{why} within {within:?}: {topic} is {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -350,19 +378,11 @@ async fn a_replicated_partition_loses_nothing_when_its_leader_is_killed() {
 
     // The killed broker returns, copies what it missed, and is in sync again.
     cluster.restart(leader);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (info, _) = client.describe_topic("triple").await.expect("describe");
-        if info.partitions[0].isr.contains(&leader) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} not back in the ISR: {info:?}",
-            leader
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let back = "the killed broker back in the ISR";
+    until_partition(&client, "triple", Duration::from_secs(60), back, |p| {
+        p.isr.contains(&leader)
+    })
+    .await;
 }
 
 /// SIGTERM of a partition's leader while librdkafka writes with acks=all: the broker hands its
@@ -516,35 +536,21 @@ async fn a_wiped_follower_copies_only_the_tail_and_rejoins_the_isr() {
 
     cluster.kill(follower).await;
     // Fenced one session timeout later, it leaves the ISR.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (info, _) = client.describe_topic("tiered").await.expect("describe");
-        if !info.partitions[0].isr.contains(&follower) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still in the ISR: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let out = "out of the ISR";
+    until_partition(&client, "tiered", Duration::from_secs(30), out, |p| {
+        !p.isr.contains(&follower)
+    })
+    .await;
     // The broker's partition data; its controller's Raft log (a voter in combined mode) is
     // kept, as a voter that forgot its votes must not rejoin the quorum.
     std::fs::remove_dir_all(cluster.data_dir(follower).join("logs")).expect("wipe");
     let restarted = std::time::Instant::now();
     cluster.restart(follower);
-    let deadline = restarted + Duration::from_secs(60);
-    loop {
-        let (info, _) = client.describe_topic("tiered").await.expect("describe");
-        if info.partitions[0].isr.contains(&follower) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not back in the ISR: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = "back in the ISR";
+    until_partition(&client, "tiered", Duration::from_secs(60), back, |p| {
+        p.isr.contains(&follower)
+    })
+    .await;
     let rejoined = restarted.elapsed();
     let copied = log_bytes(&cluster.data_dir(follower).join("logs").join("tiered-0"));
     let total = (TIERED_RECORDS * 1024) as u64;
@@ -575,18 +581,14 @@ async fn a_stalled_follower_leaves_the_isr_after_the_lag_time_and_comes_back() {
         .await
         .expect("connect");
     produce_acked(&client, "stalled", 0..10).await;
-    let isr = |info: &strata_client::TopicInfo| info.partitions[0].isr.clone();
 
     cluster.pause(follower);
     let paused = std::time::Instant::now();
-    loop {
-        let (info, _) = client.describe_topic("stalled").await.expect("describe");
-        if !isr(&info).contains(&follower) {
-            break;
-        }
-        assert!(paused.elapsed() < Duration::from_secs(10), "{info:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let out = "out of the ISR";
+    until_partition(&client, "stalled", Duration::from_secs(10), out, |p| {
+        !p.isr.contains(&follower)
+    })
+    .await;
     let shrunk = paused.elapsed();
     // The leader's doing, not the fencing after the 3 s session timeout: the broker is still
     // registered and live.
@@ -604,14 +606,11 @@ async fn a_stalled_follower_leaves_the_isr_after_the_lag_time_and_comes_back() {
 
     cluster.resume(follower);
     let resumed = std::time::Instant::now();
-    loop {
-        let (info, _) = client.describe_topic("stalled").await.expect("describe");
-        if isr(&info).contains(&follower) {
-            break;
-        }
-        assert!(resumed.elapsed() < Duration::from_secs(30), "{info:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = "back in the ISR";
+    until_partition(&client, "stalled", Duration::from_secs(30), back, |p| {
+        p.isr.contains(&follower)
+    })
+    .await;
     eprintln!(
         "stalled follower out of the ISR {shrunk:?} after SIGSTOP, back {:?} after SIGCONT",
         resumed.elapsed()
@@ -711,20 +710,12 @@ async fn displace_leader(
 ) -> i32 {
     assert_eq!(cluster.terminate(leader).await, Some(0));
     cluster.restart(leader);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((info, _)) = client.describe_topic(topic).await
-            && info.partitions[0].isr.contains(&leader)
-            && info.partitions[0].leader >= 0
-        {
-            return info.partitions[0].leader;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{leader} not back in sync"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let back = "the stopped leader back in sync";
+    until_partition(client, topic, Duration::from_secs(60), back, |p| {
+        p.isr.contains(&leader) && p.leader >= 0
+    })
+    .await
+    .leader
 }
 
 /// ElectLeaders (what `stratactl cluster elect-leaders` sends) moves a displaced leadership
@@ -774,15 +765,11 @@ async fn the_periodic_rebalance_moves_leadership_home() {
     )
     .await;
     displace_leader(&mut cluster, &client, "rebalanced", preferred).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (info, _) = client.describe_topic("rebalanced").await.expect("describe");
-        if info.partitions[0].leader == preferred {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{info:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let home = "leadership back at the preferred replica";
+    until_partition(&client, "rebalanced", Duration::from_secs(30), home, |p| {
+        p.leader == preferred
+    })
+    .await;
 }
 
 /// Reassigning a tiered partition, leader included, to a broker that holds none of it: the
@@ -819,16 +806,11 @@ async fn a_reassigned_partition_moves_only_its_tail() {
         .await
         .expect("reassign");
     assert_eq!(results, vec![("moved".to_owned(), 0, 0, None)]);
-    let deadline = started + Duration::from_secs(60);
-    loop {
-        let (info, _) = client.describe_topic("moved").await.expect("describe");
-        let p = &info.partitions[0];
-        if p.replicas == [new, kept] && p.isr.contains(&new) && p.leader == new {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{p:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let done = "the reassignment complete";
+    until_partition(&client, "moved", Duration::from_secs(60), done, |p| {
+        p.replicas == [new, kept] && p.isr.contains(&new) && p.leader == new
+    })
+    .await;
     let moved = started.elapsed();
     assert!(client.list_reassignments().await.expect("list").is_empty());
     let copied = log_bytes(&cluster.data_dir(new).join("logs").join("moved-0"));

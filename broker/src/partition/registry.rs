@@ -149,8 +149,8 @@ impl Partitions {
             let Some(p) = map.remove(&key) else { continue };
             p.set_role(Role::Offline);
             // A deleted topic's partition, or a replica reassigned away: the local copy goes
-            // (the other replicas and the object store hold the data; `deleted` alone tells
-            // subscribers to drop remote data too).
+            // (for a move, the other replicas and the object store hold the data; remote
+            // data is only ever removed with its topic, by the catalog's cleanup).
             if let Err(e) = remove_dir(p.log.dir()) {
                 tracing::error!(error = %e, deleted, "removing a stopped partition's copy failed");
             }
