@@ -40,9 +40,10 @@ pub(crate) async fn step(state: Arc<BrokerState>) -> Outcome {
                 tracing::info!(topic = %part.topic, partition = part.index, from = ?meta.isr,
                     to = ?isr, "in-sync replicas changed")
             }
-            // A newer leader or partition epoch: the metadata on its way settles it.
-            Ok(Err(e)) => tracing::debug!(topic = %part.topic, partition = part.index,
-                error = %e, "ISR change refused"),
+            // Usually a newer leader or partition epoch, which the metadata on its way settles;
+            // at warn, as a refusal that repeats keeps a replica out of the ISR for good.
+            Ok(Err(e)) => tracing::warn!(topic = %part.topic, partition = part.index,
+                wanted = ?isr, error = %e, "ISR change refused"),
             Err(e) => return Outcome::Retry(format!("the controller did not answer: {e}")),
         }
     }
