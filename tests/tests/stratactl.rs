@@ -165,6 +165,25 @@ async fn cluster_info_names_the_brokers_and_the_controller() {
         .await
         .expect_err("a partition needs its topic");
     assert!(e.to_string().contains("--topic"), "{e}");
+    // A reassignment to an unknown broker is refused with Kafka's error; one to where the
+    // partition already is completes at once, so none is left in progress.
+    let out = ctl(&b, &["topic", "reassign", "e", "-p", "0", "-r", "7"])
+        .await
+        .expect("answered");
+    assert!(
+        out.contains("InvalidReplicaAssignment") && out.contains("broker 7 is not registered"),
+        "{out}"
+    );
+    let out = ctl(&b, &["topic", "reassign", "e", "-p", "0", "-r", "1"])
+        .await
+        .expect("reassign");
+    assert!(out.contains("started"), "{out}");
+    let out = ctl(&b, &["topic", "reassignments"]).await.expect("list");
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+    let out = ctl(&b, &["topic", "reassign", "e", "-p", "0", "--cancel"])
+        .await
+        .expect("answered");
+    assert!(out.contains("NoReassignmentInProgress"), "{out}");
     broker.stop().await;
 }
 
