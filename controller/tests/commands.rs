@@ -664,3 +664,91 @@ fn a_broker_shutting_down_hands_back_its_leadership_until_it_registers_again() {
         }
     }
 }
+
+fn reassign(target: Option<Vec<BrokerId>>) -> Command {
+    Command::AlterReassignments {
+        changes: vec![("t".into(), 0, target)],
+    }
+}
+
+#[test]
+fn a_reassignment_waits_for_its_new_replicas_then_moves_leadership_off_a_leaving_leader() {
+    let (mut state, epochs) = cluster(3);
+    state.apply(&create("t", 1, 2)).expect("create");
+    let p = state.image().topics["t"].partitions[0].clone();
+    let (leader, kept) = (p.replicas[0], p.replicas[1]);
+    let new = (1..=3)
+        .find(|b| !p.replicas.contains(b))
+        .expect("a third broker");
+
+    // Started: the new replica joins the set, nothing else moves until it is in sync.
+    state
+        .apply(&reassign(Some(vec![new, kept])))
+        .expect("start");
+    let p = state.image().topics["t"].partitions[0].clone();
+    assert_eq!(p.replicas, vec![new, kept, leader]);
+    assert_eq!(
+        (p.adding.clone(), p.removing.clone()),
+        (vec![new], vec![leader])
+    );
+    assert_eq!(p.leader, Some(leader));
+    assert!(p.reassigning());
+
+    // Cancelled: back to the same replicas (their order is not kept: the target went first,
+    // see the closing note of issue 16); a second cancel has nothing to cancel.
+    state.apply(&reassign(None)).expect("cancel");
+    let back = state.image().topics["t"].partitions[0].clone();
+    let mut replicas = back.replicas.clone();
+    replicas.sort_unstable();
+    let mut original = vec![leader, kept];
+    original.sort_unstable();
+    assert_eq!(replicas, original);
+    assert_eq!(back.leader, Some(leader));
+    assert!(!back.reassigning());
+    // Each partition is answered on its own: nothing to cancel, or a target naming an
+    // unknown broker, refuses that partition.
+    let refusal = |state: &mut MetadataState, target| {
+        let a = state.apply(&reassign(target)).expect("answered");
+        let Outcome::ReassignmentsAltered { refused } = a.outcome else {
+            panic!("{a:?}")
+        };
+        refused.into_iter().map(|(_, _, e)| e).collect::<Vec<_>>()
+    };
+    assert!(matches!(
+        refusal(&mut state, None).as_slice(),
+        [CommandError::NoReassignmentInProgress { .. }]
+    ));
+    assert!(matches!(
+        refusal(&mut state, Some(vec![9])).as_slice(),
+        [CommandError::InvalidReplicaAssignment { .. }]
+    ));
+    assert!(!state.image().topics["t"].partitions[0].reassigning());
+
+    // Again, and this time the leader reports the new replica in sync: the reassignment
+    // completes in that same command and leadership leaves the removed replica.
+    state
+        .apply(&reassign(Some(vec![new, kept])))
+        .expect("start");
+    let p = state.image().topics["t"].partitions[0].clone();
+    state
+        .apply(&Command::AlterIsr {
+            topic: "t".into(),
+            partition: 0,
+            broker_id: leader,
+            broker_epoch: epochs[&leader],
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![leader, kept, new],
+        })
+        .expect("expand");
+    let done = state.image().topics["t"].partitions[0].clone();
+    assert_eq!(done.replicas, vec![new, kept]);
+    let mut isr = done.isr.clone();
+    isr.sort_unstable();
+    let mut want = vec![kept, new];
+    want.sort_unstable();
+    assert_eq!(isr, want, "the leaving replica left the ISR");
+    assert_eq!(done.leader, Some(new));
+    assert_eq!(done.leader_epoch, p.leader_epoch + 1);
+    assert!(!done.reassigning());
+}

@@ -307,6 +307,36 @@ async fn produce_acked(
     acked
 }
 
+/// Reads `topic`/0 from offset 0 until it has as many records as `acked` and checks every
+/// `(offset, index)` there holds `v<index>`; returns offset → value as read.
+async fn assert_acknowledged(
+    client: &Client,
+    topic: &str,
+    acked: &[(i64, usize)],
+) -> BTreeMap<i64, Option<Bytes>> {
+    let mut seen = BTreeMap::new();
+    let mut offset = 0;
+    while seen.len() < acked.len() {
+        let (records, _) = client
+            .fetch(topic, 0, offset, 1 << 20, 500)
+            .await
+            .expect("fetch");
+        assert!(!records.is_empty(), "{topic} stopped at {offset}");
+        for r in records {
+            offset = r.offset + 1;
+            seen.insert(r.offset, r.value);
+        }
+    }
+    for (base, i) in acked {
+        assert_eq!(
+            seen.get(base).cloned().flatten(),
+            Some(Bytes::from(format!("v{i}"))),
+            "record {i} acknowledged at {topic}/{base}"
+        );
+    }
+    seen
+}
+
 /// A three-node cluster with topic `name` (one partition, three copies, min.insync.replicas
 /// 2, plus `configs`); returns the cluster, a client and the partition's leader.
 async fn three_copies(
@@ -351,30 +381,7 @@ async fn a_replicated_partition_loses_nothing_when_its_leader_is_killed() {
         .expect("connect");
     let (now, _) = client.describe_topic("triple").await.expect("describe");
     assert_ne!(now.partitions[0].leader, leader);
-    let mut seen = BTreeMap::new();
-    let mut offset = 0;
-    while seen.len() < acked.len() {
-        let (records, _) = client
-            .fetch("triple", 0, offset, 1 << 20, 500)
-            .await
-            .expect("fetch");
-        assert!(
-            !records.is_empty(),
-            "stopped at {offset}; {}",
-            cluster.logs()
-        );
-        for r in records {
-            offset = r.offset + 1;
-            seen.insert(r.offset, r.value);
-        }
-    }
-    for (base, i) in &acked {
-        assert_eq!(
-            seen.get(base).cloned().flatten(),
-            Some(Bytes::from(format!("v{i}"))),
-            "record {i} acknowledged at {base}"
-        );
-    }
+    assert_acknowledged(&client, "triple", &acked).await;
 
     // The killed broker returns, copies what it missed, and is in sync again.
     cluster.restart(leader);
@@ -672,26 +679,7 @@ async fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing() {
         outcome.is_err(),
         "the cut-off leader acknowledged a write at {outcome:?}"
     );
-    let mut seen = BTreeMap::new();
-    let mut offset = 0;
-    while seen.len() < acked.len() {
-        let (records, _) = majority
-            .fetch("minority", 0, offset, 1 << 20, 500)
-            .await
-            .expect("fetch");
-        assert!(!records.is_empty(), "stopped at {offset}");
-        for r in records {
-            offset = r.offset + 1;
-            seen.insert(r.offset, r.value);
-        }
-    }
-    for (base, i) in &acked {
-        assert_eq!(
-            seen.get(base).cloned().flatten(),
-            Some(Bytes::from(format!("v{i}"))),
-            "record {i} acknowledged at {base}"
-        );
-    }
+    let seen = assert_acknowledged(&majority, "minority", &acked).await;
     assert!(
         !seen
             .values()

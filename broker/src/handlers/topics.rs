@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::alter_partition_reassignments_response::{
     ReassignablePartitionResponse, ReassignableTopicResponse,
 };
@@ -19,6 +20,7 @@ use kafka_protocol::messages::{
     ElectLeadersRequest, ElectLeadersResponse, ListPartitionReassignmentsRequest,
     ListPartitionReassignmentsResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 use strata_controller::Command;
 use strata_controller::Outcome;
 use uuid::Uuid;
@@ -118,6 +120,27 @@ pub(super) async fn create_partitions(
     frame.respond(&CreatePartitionsResponse::default().with_results(results))
 }
 
+/// Per-partition answers `(topic, partition, error code, message)` as a response's topic
+/// entries, built by `partition` and `topic`, topics in name order.
+fn grouped<P, T>(
+    answers: Vec<(String, i32, i16, Option<String>)>,
+    partition: impl Fn(i32, i16, Option<StrBytes>) -> P,
+    topic: impl Fn(TopicName, Vec<P>) -> T,
+) -> Vec<T> {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<P>> = Default::default();
+    for (t, p, code, message) in answers {
+        let message = message.as_deref().map(str_bytes);
+        by_topic
+            .entry(t)
+            .or_default()
+            .push(partition(p, code, message));
+    }
+    by_topic
+        .into_iter()
+        .map(|(t, partitions)| topic(topic_name(&t), partitions))
+        .collect()
+}
+
 /// ElectLeaders: preferred elections (type 0, and v0) through the controller. Each named
 /// partition is answered with success when its preferred replica now leads by this
 /// election, ELECTION_NOT_NEEDED when it already did, PREFERRED_LEADER_NOT_AVAILABLE when
@@ -200,24 +223,20 @@ pub(super) async fn elect_leaders(
         };
         answers.push((topic, p, code, None));
     }
-    let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionResult>> =
-        std::collections::BTreeMap::new();
-    for (topic, p, code, message) in answers {
-        by_topic.entry(topic).or_default().push(
+    let results = grouped(
+        answers,
+        |p, code, message| {
             PartitionResult::default()
                 .with_partition_id(p)
                 .with_error_code(code)
-                .with_error_message(message.as_deref().map(str_bytes)),
-        );
-    }
-    let results = by_topic
-        .into_iter()
-        .map(|(topic, partitions)| {
+                .with_error_message(message)
+        },
+        |topic, partitions| {
             ReplicaElectionResult::default()
-                .with_topic(topic_name(&topic))
+                .with_topic(topic)
                 .with_partition_result(partitions)
-        })
-        .collect();
+        },
+    );
     frame.respond(&ElectLeadersResponse::default().with_replica_election_results(results))
 }
 
@@ -285,24 +304,20 @@ pub(super) async fn alter_partition_reassignments(
         };
         answers.push((topic, p, code, message));
     }
-    let mut by_topic: std::collections::BTreeMap<String, Vec<ReassignablePartitionResponse>> =
-        std::collections::BTreeMap::new();
-    for (topic, p, code, message) in answers {
-        by_topic.entry(topic).or_default().push(
+    let responses = grouped(
+        answers,
+        |p, code, message| {
             ReassignablePartitionResponse::default()
                 .with_partition_index(p)
                 .with_error_code(code)
-                .with_error_message(message.as_deref().map(str_bytes)),
-        );
-    }
-    let responses = by_topic
-        .into_iter()
-        .map(|(topic, partitions)| {
+                .with_error_message(message)
+        },
+        |topic, partitions| {
             ReassignableTopicResponse::default()
-                .with_name(topic_name(&topic))
+                .with_name(topic)
                 .with_partitions(partitions)
-        })
-        .collect();
+        },
+    );
     frame.respond(
         &AlterPartitionReassignmentsResponse::default()
             .with_allow_replication_factor_change(req.allow_replication_factor_change)
