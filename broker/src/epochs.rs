@@ -43,17 +43,36 @@ impl EpochCache {
         Ok(cache)
     }
 
+    /// A history that is never written to disk, for tests.
+    #[cfg(test)]
+    pub(crate) fn in_memory(entries: Vec<(i32, u64)>) -> Self {
+        Self {
+            path: PathBuf::new(),
+            entries,
+        }
+    }
+
     /// The latest epoch that wrote to the log.
     pub(crate) fn latest(&self) -> Option<i32> {
         self.entries.last().map(|(e, _)| *e)
     }
 
-    /// Records that `epoch` first wrote at `start`.
+    /// Records that `epoch` first wrote at `start`. An entry that would break the order (an
+    /// earlier epoch starting at or past `start`) describes history this log no longer has,
+    /// and goes (as Kafka's cache drops conflicting entries).
     pub(crate) fn assign(&mut self, epoch: i32, start: u64) -> io::Result<()> {
         if self.latest().is_some_and(|l| l >= epoch) {
             return Ok(());
         }
+        self.entries.retain(|(_, s)| *s < start);
         self.entries.push((epoch, start));
+        self.persist()
+    }
+
+    /// Replaces the whole history (the log was restarted elsewhere: `entries` is what is known
+    /// of the new one, in increasing epoch and offset order).
+    pub(crate) fn replace(&mut self, entries: Vec<(i32, u64)>) -> io::Result<()> {
+        self.entries = entries;
         self.persist()
     }
 
@@ -162,6 +181,28 @@ mod tests {
             entries: vec![(4, 0)],
         };
         assert_eq!(empty.end_offset_for(2, 4, 9), (-1, -1));
+    }
+
+    #[test]
+    fn an_epoch_that_starts_below_the_recorded_history_replaces_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut c = EpochCache {
+            path: dir.path().join(FILE),
+            entries: vec![(0, 0), (2, 5540)],
+        };
+        c.assign(1, 100).expect("assign");
+        assert_eq!(
+            c.entries,
+            vec![(0, 0), (2, 5540)],
+            "an older epoch adds nothing"
+        );
+        c.assign(3, 0).expect("assign");
+        assert_eq!(c.entries, vec![(3, 0)]);
+        c.assign(4, 10_372).expect("assign");
+        assert_eq!(c.entries, vec![(3, 0), (4, 10_372)]);
+        c.replace(vec![(5, 9_137)]).expect("replace");
+        let text = fs::read_to_string(dir.path().join(FILE)).expect("persisted");
+        assert_eq!(parse(&text), Some(vec![(5, 9_137)]));
     }
 
     #[test]

@@ -328,13 +328,13 @@ async fn truncate(conn: &Connection, f: &Followed) -> Result<bool, String> {
         return Ok(false);
     }
     let end = part.log.log_end_offset();
-    // (-1, -1): the leader has nothing of that epoch or earlier; keep nothing of ours above
-    // its log start... which the fetch then reports. Otherwise cut at the epoch's end there.
-    let cut = if answer.end_offset < 0 {
-        part.log.log_start_offset()
-    } else {
-        u64::try_from(answer.end_offset).unwrap_or(0)
-    };
+    let (cut, settled) = cut_point(
+        &part.epochs.lock().unwrap_or_else(|p| p.into_inner()),
+        latest,
+        (answer.leader_epoch, answer.end_offset),
+        part.log.log_start_offset(),
+        end,
+    );
     if cut < end {
         tracing::info!(topic = %part.topic, partition = part.index, from = end, to = cut,
             "cutting the copy back to the leader's");
@@ -344,5 +344,58 @@ async fn truncate(conn: &Connection, f: &Followed) -> Result<bool, String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
     }
-    Ok(true)
+    Ok(settled)
+}
+
+/// Where a copy whose latest epoch is `latest` is cut back to, given the leader's answer
+/// `(epoch, end)` for it (Kafka's KIP-101/KIP-279 rules), and whether that settles it:
+/// - `(-1, -1)`: the leader has nothing of that epoch or earlier: keep nothing above this
+///   copy's log start (the fetch then says where the leader's starts);
+/// - the same epoch: cut at the leader's end of it;
+/// - an older epoch (the leader never had ours): cut at the end of that epoch here or there,
+///   whichever is lower, and ask again with what is left, as this copy's history of that
+///   epoch may differ too.
+fn cut_point(
+    epochs: &crate::epochs::EpochCache,
+    latest: i32,
+    (epoch, leader_end): (i32, i64),
+    log_start: u64,
+    end: u64,
+) -> (u64, bool) {
+    let Ok(leader_end) = u64::try_from(leader_end) else {
+        return (log_start, true);
+    };
+    if epoch >= latest {
+        return (leader_end.min(end), true);
+    }
+    let (ours, our_end) = epochs.end_offset_for(epoch, latest, end);
+    let our_end = u64::try_from(our_end).unwrap_or(log_start);
+    (leader_end.min(our_end), ours == epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_point;
+    use crate::epochs::EpochCache;
+
+    #[test]
+    fn a_copy_is_cut_where_its_history_and_the_leaders_part() {
+        // Ours: epoch 1 from 0, epoch 3 from 100, log end 150.
+        let ours = EpochCache::in_memory(vec![(1, 0), (3, 100)]);
+        // The leader has epoch 3 up to 120: cut there, settled.
+        assert_eq!(cut_point(&ours, 3, (3, 120), 0, 150), (120, true));
+        // The leader has it all and more: nothing to cut.
+        assert_eq!(cut_point(&ours, 3, (3, 400), 0, 150), (150, true));
+        // The leader never had epoch 3; its epoch 2 ends at 120. Our epoch 1 ends at 100, and
+        // 90..100 may be epoch 2 there: cut at 100 and ask again about epoch 1.
+        assert_eq!(cut_point(&ours, 3, (2, 120), 0, 150), (100, false));
+        // The leader's epoch 1 ends at 90: below ours, settled.
+        let cut = EpochCache::in_memory(vec![(1, 0)]);
+        assert_eq!(cut_point(&cut, 1, (1, 90), 0, 100), (90, true));
+        // The leader has nothing of epoch 1 or before: keep nothing above the log start.
+        assert_eq!(cut_point(&cut, 1, (-1, -1), 40, 100), (40, true));
+        // Nothing of ours at or below the leader's epoch: down to the log start, ask again.
+        let late = EpochCache::in_memory(vec![(4, 50)]);
+        assert_eq!(cut_point(&late, 4, (2, 70), 50, 80), (50, false));
+    }
 }

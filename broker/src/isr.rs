@@ -26,6 +26,14 @@ pub(crate) async fn step(state: Arc<BrokerState>) -> Outcome {
         }) else {
             continue;
         };
+        // A fenced broker cannot join (the controller would refuse the whole change).
+        let isr: Vec<i32> = isr
+            .into_iter()
+            .filter(|id| meta.isr.contains(id) || image.brokers.get(id).is_some_and(|b| !b.fenced))
+            .collect();
+        if isr == meta.isr {
+            continue;
+        }
         let command = Command::AlterIsr {
             topic: part.topic.clone(),
             partition: part.index,

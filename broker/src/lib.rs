@@ -11,6 +11,7 @@
 //! - `metadata`, `topic`: the image this broker follows; topic configs as typed settings.
 //! - `group`: the consumer group coordinator. `producer`, `epochs`: idempotence, leader epochs.
 //! - `tiering`, `catalog`: uploads and retention in object storage; the bucket's topic catalog.
+//! - `lease`: how long this broker may lead without hearing from the controller.
 //! - `supervisor`, `flusher`: background work; `admission`, `turnstile`: connection limits and
 //!   Produce ordering.
 //!
@@ -31,6 +32,7 @@ pub mod fuzzing;
 mod group;
 mod handlers;
 mod isr;
+mod lease;
 mod metadata;
 mod partition;
 mod producer;

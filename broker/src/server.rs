@@ -343,15 +343,24 @@ async fn register(state: &BrokerState) -> Result<(), BrokerError> {
     }
 }
 
-/// One heartbeat, answering the metadata version it saw; a broker the controller no longer
-/// knows under this epoch registers again.
+/// One heartbeat, answering the metadata version it saw; an answer that this broker is live
+/// renews its lease. A broker the controller no longer knows under this epoch registers again.
 async fn heartbeat(state: &BrokerState, want_unfence: bool) -> Result<u64, BrokerError> {
+    let sent = tokio::time::Instant::now();
     match state
         .controller
         .heartbeat(state.id, state.epoch(), want_unfence)
         .await?
     {
-        Ok(ack) => Ok(ack.metadata_version),
+        Ok(ack) => {
+            if !ack.fenced {
+                state.lease.renew(sent);
+            }
+            state
+                .leader_version
+                .fetch_max(ack.metadata_version, std::sync::atomic::Ordering::SeqCst);
+            Ok(ack.metadata_version)
+        }
         Err(CommandError::StaleBrokerEpoch { .. } | CommandError::UnknownBroker { .. }) => {
             tracing::warn!(
                 broker = state.id,
@@ -413,8 +422,13 @@ async fn recover_partitions(roles: RoleEvents, timeout: Duration, cancel: Cancel
         .await;
 }
 
+/// How long the applied metadata may stay behind what the controller leader reported before
+/// the watch stream is taken for stale (its controller cut off from the quorum, or a
+/// connection that hangs) and opened again.
+const STALE_WATCH: Duration = Duration::from_secs(1);
+
 /// Follows the controller's metadata stream from the version applied last, reconnecting
-/// when it breaks.
+/// when it breaks or stalls.
 async fn follow_metadata(state: Arc<BrokerState>, cancel: CancellationToken) {
     loop {
         let version = state.image().version;
@@ -425,10 +439,26 @@ async fn follow_metadata(state: Arc<BrokerState>, cancel: CancellationToken) {
         match stream {
             Ok(stream) => {
                 let mut stream = Box::pin(stream.ready_chunks(256));
+                let mut check = tokio::time::interval(STALE_WATCH / 4);
+                let mut behind_since = None;
                 loop {
                     let batch = tokio::select! {
                         () = cancel.cancelled() => return,
                         b = stream.next() => b,
+                        now = check.tick() => {
+                            let leader = state.leader_version.load(std::sync::atomic::Ordering::SeqCst);
+                            if state.image().version >= leader {
+                                behind_since = None;
+                            } else if now - *behind_since.get_or_insert(now) >= STALE_WATCH {
+                                tracing::warn!(
+                                    applied = state.image().version,
+                                    leader,
+                                    "metadata stream stalled behind the controller leader; reconnecting"
+                                );
+                                break;
+                            }
+                            continue;
+                        }
                     };
                     let Some(batch) = batch else { break };
                     let mut updates = Vec::with_capacity(batch.len());

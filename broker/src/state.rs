@@ -14,6 +14,7 @@ use crate::admission::Admission;
 use crate::config::BrokerConfig;
 use crate::group::machine::Limits;
 use crate::group::{Coordinator, GroupConfig};
+use crate::lease::Lease;
 use crate::metadata::MetadataView;
 use crate::partition::Partition;
 use crate::partition::registry::Partitions;
@@ -29,6 +30,11 @@ pub(crate) struct BrokerState {
     /// Set when shutdown begins: heartbeats stop asking to be unfenced.
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) controller: Arc<ControllerClient>,
+    /// The newest metadata version the controller leader reported in a heartbeat answer: the
+    /// watch stream is stale while the applied image stays behind it.
+    pub(crate) leader_version: AtomicU64,
+    /// How long this broker may take writes as a leader without an answered heartbeat.
+    pub(crate) lease: Arc<Lease>,
     pub(crate) metadata: Arc<MetadataView>,
     pub(crate) partitions: Arc<Partitions>,
     /// The unused part of the producer-id block from the controller: `next..end`.
@@ -58,6 +64,9 @@ impl BrokerState {
         admission: Admission,
     ) -> Self {
         let controller = Arc::new(controller);
+        let lease = Arc::new(Lease::new(Duration::from_millis(
+            config.controller.session_timeout_ms,
+        )));
         let metadata = Arc::new(MetadataView::default());
         let partitions = Arc::new(Partitions::new(
             config.node_id,
@@ -85,6 +94,7 @@ impl BrokerState {
             config.node_id,
             metadata.clone(),
             controller.clone(),
+            lease.clone(),
         ));
         Self {
             groups,
@@ -93,6 +103,8 @@ impl BrokerState {
             epoch: AtomicU64::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
             controller,
+            leader_version: AtomicU64::new(0),
+            lease,
             metadata,
             partitions,
             producer_ids: tokio::sync::Mutex::new((0, 0)),

@@ -24,6 +24,21 @@ use crate::service::LEADER_ADDR_KEY;
 /// Pause between rounds over every controller when none answered.
 const ROUND_PAUSE: Duration = Duration::from_millis(50);
 
+/// How long one controller gets to answer a call that is safe to repeat (a heartbeat, a read,
+/// opening a watch) before the next one is asked. A deposed leader cut off from its quorum
+/// holds such calls open; without this bound a broker would keep asking it until its lease ran
+/// out everywhere else.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a call may be sent to another controller after one held it without answering.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Reads and heartbeats: asking twice does no harm.
+    Safe,
+    /// A proposal that timed out may still commit: not sent again.
+    Never,
+}
+
 /// A client of the controller quorum.
 #[derive(Debug)]
 pub struct ControllerClient {
@@ -63,8 +78,16 @@ impl ControllerClient {
         Ok(MetadataClient::new(c))
     }
 
+    /// Forgets `addr` as the leader, so that the next call starts from the other controllers.
+    fn forget_leader(&self, addr: &str) {
+        let mut leader = self.leader.lock().unwrap_or_else(|p| p.into_inner());
+        if leader.as_deref() == Some(addr) {
+            *leader = None;
+        }
+    }
+
     /// Calls the leader: the last known one first, then each controller, following hints.
-    async fn on_leader<T, F, Fut>(&self, call: F) -> Result<T, ControllerError>
+    async fn on_leader<T, F, Fut>(&self, repeat: Repeat, call: F) -> Result<T, ControllerError>
     where
         F: Fn(MetadataClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -84,13 +107,19 @@ impl ControllerClient {
                 let addr = candidates[i].clone();
                 i += 1;
                 let remaining = give_up.saturating_duration_since(tokio::time::Instant::now());
-                let reply = match tokio::time::timeout(remaining, call(self.client(&addr)?)).await {
+                let wait = match repeat {
+                    Repeat::Safe => remaining.min(ATTEMPT_TIMEOUT),
+                    Repeat::Never => remaining,
+                };
+                let reply = match tokio::time::timeout(wait, call(self.client(&addr)?)).await {
                     Ok(reply) => reply,
-                    // Not retried: a proposal that timed out may still commit.
                     Err(_) => {
-                        return Err(ControllerError::Unavailable {
-                            reason: format!("{addr}: no answer within {:?}", self.deadline),
-                        });
+                        self.forget_leader(&addr);
+                        last_error = format!("{addr}: no answer within {wait:?}");
+                        if repeat == Repeat::Never || wait == remaining {
+                            return Err(ControllerError::Unavailable { reason: last_error });
+                        }
+                        continue;
                     }
                 };
                 match reply {
@@ -105,6 +134,7 @@ impl ControllerClient {
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_owned);
                         last_error = format!("{addr}: {}", status.message());
+                        self.forget_leader(&addr);
                         if let Some(hint) = hint.filter(|h| *h != addr) {
                             candidates.insert(i, hint);
                         }
@@ -123,7 +153,7 @@ impl ControllerClient {
     pub async fn submit(&self, command: &Command) -> Result<CommandResult, ControllerError> {
         let json = serde_json::to_vec(command)?;
         let reply = self
-            .on_leader(|mut c| {
+            .on_leader(Repeat::Never, |mut c| {
                 let json = json.clone();
                 async move { c.submit(Json { json }).await }
             })
@@ -144,7 +174,7 @@ impl ControllerClient {
             want_unfence,
         };
         let reply = self
-            .on_leader(|mut c| async move { c.heartbeat(req).await })
+            .on_leader(Repeat::Safe, |mut c| async move { c.heartbeat(req).await })
             .await?;
         decode(reply.into_inner())
     }
@@ -152,7 +182,9 @@ impl ControllerClient {
     /// A linearizable read of the whole metadata image.
     pub async fn read_metadata(&self) -> Result<MetadataImage, ControllerError> {
         let reply = self
-            .on_leader(|mut c| async move { c.read_metadata(ReadRequest {}).await })
+            .on_leader(Repeat::Safe, |mut c| async move {
+                c.read_metadata(ReadRequest {}).await
+            })
             .await?;
         decode(reply.into_inner())
     }
@@ -165,7 +197,9 @@ impl ControllerClient {
     ) -> Result<impl Stream<Item = Result<MetadataUpdate, ControllerError>> + use<>, ControllerError>
     {
         let stream = self
-            .on_leader(|mut c| async move { c.watch_metadata(WatchRequest { from_version }).await })
+            .on_leader(Repeat::Safe, |mut c| async move {
+                c.watch_metadata(WatchRequest { from_version }).await
+            })
             .await?
             .into_inner();
         Ok(stream.map(|item| match item {

@@ -280,6 +280,28 @@ impl ProcessCluster {
         }
     }
 
+    /// The controller's Raft leader as the running nodes see it (asked on their own
+    /// controller listeners, past any proxy): the id most of them name, if any names one.
+    /// Kafka's DescribeCluster cannot tell: like KRaft, it names a broker, not the quorum's
+    /// leader.
+    pub async fn controller_leader(&self) -> Option<i32> {
+        let mut votes: BTreeMap<i32, usize> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            if !self.is_running(*id) {
+                continue;
+            }
+            let addr = node.controller.to_string();
+            let client = strata_controller::ControllerClient::new([addr.clone()]);
+            let status = tokio::time::timeout(Duration::from_secs(2), client.status(&addr)).await;
+            if let Ok(Ok(s)) = status
+                && let Some(leader) = s.leader_id.and_then(|l| i32::try_from(l).ok())
+            {
+                *votes.entry(leader).or_default() += 1;
+            }
+        }
+        votes.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id)
+    }
+
     /// The ids of the nodes, running or not.
     pub fn ids(&self) -> Vec<i32> {
         self.nodes.keys().copied().collect()

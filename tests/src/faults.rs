@@ -449,7 +449,7 @@ async fn choose(kind: usize, rng: &mut fastrand::Rng, cluster: &ProcessCluster) 
         3 => Fault::Pause(node),
         4 => Fault::Isolate(node, how),
         5 => {
-            let leader = controller_leader(cluster).await.unwrap_or(node);
+            let leader = cluster.controller_leader().await.unwrap_or(node);
             Fault::IsolateController(leader, how)
         }
         6 => Fault::Pair(node, other, how),
@@ -457,19 +457,6 @@ async fn choose(kind: usize, rng: &mut fastrand::Rng, cluster: &ProcessCluster) 
         8 => Fault::StoreOff(node, how),
         _ => Fault::StoreDown,
     }
-}
-
-async fn controller_leader(cluster: &ProcessCluster) -> Option<i32> {
-    let ask = async {
-        let client = Client::connect(&cluster.bootstrap()).await.ok()?;
-        let (_, controller) = client.cluster().await.ok()?;
-        Some(controller)
-    };
-    tokio::time::timeout(Duration::from_secs(5), ask)
-        .await
-        .ok()
-        .flatten()
-        .filter(|c| cluster.ids().contains(c))
 }
 
 async fn inject(fault: Fault, cluster: &mut ProcessCluster, s3: &mut S3Server) {

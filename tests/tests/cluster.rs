@@ -627,7 +627,9 @@ async fn a_stalled_follower_leaves_the_isr_after_the_lag_time_and_comes_back() {
 /// A leader cut off from the other brokers (clients still reach it) is a minority: it cannot
 /// acknowledge an acks=all write, not while cut off and not once it learns it was replaced,
 /// while the majority elects a new leader and carries on; what the old leader took in is gone
-/// once it rejoins, and everything the majority acknowledged is there.
+/// once it rejoins, and everything the majority acknowledged is there. The cut-off broker is
+/// also the controller leader and its links hang rather than close, the hardest case for the
+/// majority: it must stop waiting on a controller that never answers.
 #[tokio::test]
 async fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing() {
     let cluster = ProcessCluster::start_opts(
@@ -647,10 +649,38 @@ async fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing() {
         .create_topic("minority", 1, 3, &configs)
         .await
         .expect("create");
-    let mut acked = produce_acked(&client, "minority", 0..10).await;
-    let (info, _) = client.describe_topic("minority").await.expect("describe");
-    let old = info.partitions[0].leader;
+    let old = cluster
+        .controller_leader()
+        .await
+        .expect("a controller leader");
     let others: Vec<i32> = cluster.ids().into_iter().filter(|i| *i != old).collect();
+    let home = [old, others[0], others[1]];
+    client
+        .reassign_partitions(&[("minority".to_owned(), 0, Some(home.to_vec()))])
+        .await
+        .expect("reorder");
+    let wanted = [("minority".to_owned(), 0)];
+    until_partition(
+        &client,
+        "minority",
+        Duration::from_secs(30),
+        "led by the controller",
+        |p| p.replicas == home && p.isr.len() == 3,
+    )
+    .await;
+    client
+        .elect_preferred_leaders(Some(&wanted))
+        .await
+        .expect("elect");
+    until_partition(
+        &client,
+        "minority",
+        Duration::from_secs(30),
+        "led by the controller",
+        |p| p.leader == old,
+    )
+    .await;
+    let mut acked = produce_acked(&client, "minority", 0..10).await;
 
     let isolated = Client::connect(&cluster.kafka_addr(old).to_string())
         .await
@@ -666,10 +696,21 @@ async fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing() {
         .collect::<Vec<_>>()
         .join(",");
     let majority = Client::connect(&majority).await.expect("connect");
-    acked.extend(produce_acked(&majority, "minority", 10..20).await);
+    let cut_at = std::time::Instant::now();
+    acked.extend(produce_acked(&majority, "minority", 10..11).await);
+    // The controller fences the cut-off broker after its session timeout (3 s here) and the
+    // others' metadata follows: seconds, not a client's 30 s request timeout.
+    let failover = cut_at.elapsed();
+    eprintln!("the majority acknowledged {failover:?} after the cut");
+    assert!(failover < Duration::from_secs(20), "{failover:?}");
+    acked.extend(produce_acked(&majority, "minority", 11..20).await);
     let (info, _) = majority.describe_topic("minority").await.expect("describe");
     assert_ne!(info.partitions[0].leader, old, "a new leader was elected");
-
+    let controller = cluster.controller_leader().await;
+    assert!(
+        controller.is_some_and(|c| c != old),
+        "a new controller leader was elected: {controller:?}"
+    );
     cluster.heal();
     let outcome = tokio::time::timeout(Duration::from_secs(60), pending)
         .await

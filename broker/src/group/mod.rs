@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use self::machine::{Group, Limits, Phase};
 use self::store::{Committed, OFFSETS_TOPIC, Write};
+use crate::lease::Lease;
 use crate::metadata::MetadataView;
 use crate::partition::registry::RoleEvents;
 use crate::partition::role::{Change, RoleChange};
@@ -82,6 +83,8 @@ pub(crate) struct Coordinator {
     me: i32,
     metadata: Arc<MetadataView>,
     controller: Arc<ControllerClient>,
+    /// Commits wait for the in-sync replicas only while this broker may lead.
+    lease: Arc<Lease>,
     groups: Mutex<HashMap<String, Entry>>,
     /// The offsets partitions whose groups are loaded: those this broker leads.
     loaded: Mutex<HashMap<i32, Arc<Partition>>>,
@@ -101,12 +104,14 @@ impl Coordinator {
         me: i32,
         metadata: Arc<MetadataView>,
         controller: Arc<ControllerClient>,
+        lease: Arc<Lease>,
     ) -> Self {
         Self {
             config,
             me,
             metadata,
             controller,
+            lease,
             groups: Mutex::new(HashMap::new()),
             loaded: Mutex::new(HashMap::new()),
             write_locks: (0..config.offsets_partitions.max(1))
@@ -235,7 +240,11 @@ impl Coordinator {
         // As Kafka's coordinator writes with acks=all: acknowledged only once every in-sync
         // replica has it, so a new leader of the partition has every acknowledged commit.
         let end = part.log.log_end_offset();
-        if part.replicated(end, COMMIT_REPLICATION_WAIT).await != Replicated::Yes {
+        if part
+            .replicated(end, COMMIT_REPLICATION_WAIT, &self.lease)
+            .await
+            != Replicated::Yes
+        {
             return Err(strata_storage::StorageError::Io {
                 op: "replicating group records",
                 path: part.log.dir().to_owned(),

@@ -239,6 +239,7 @@ fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
         std::sync::Arc::new(strata_controller::ControllerClient::new(
             Vec::<String>::new(),
         )),
+        std::sync::Arc::new(crate::lease::Lease::new(Duration::from_secs(9))),
     );
     let c = Committed {
         offset: 5,

@@ -30,6 +30,8 @@ pub(super) async fn produce(
     let recovery_wait =
         Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0)).min(MAX_RECOVERY_WAIT);
     let image = state.image();
+    // A leader the controller may have fenced takes no writes (see `lease`).
+    let leading = state.lease.held();
     let mut pending = Vec::new();
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
@@ -41,6 +43,7 @@ pub(super) async fn produce(
                 (-1..=1, Some(t)) if super::admin::is_internal(&t.name) => {
                     Err(ResponseError::InvalidTopicException)
                 }
+                (-1..=1, Some(_)) if !leading => Err(ResponseError::NotLeaderOrFollower),
                 (-1..=1, Some(t)) => match state.led_partition(t, index, -1) {
                     // acks=all needs min.insync.replicas copies in sync (Kafka's rule).
                     Ok((part, meta))
@@ -79,7 +82,10 @@ pub(super) async fn produce(
             let (part, landed, last_offset) = r?;
             sync(part.clone(), last_offset).await?;
             // Every in-sync replica has it (followers fetch only what they made durable).
-            match part.replicated(last_offset + 1, replication_wait).await {
+            match part
+                .replicated(last_offset + 1, replication_wait, &state.lease)
+                .await
+            {
                 Replicated::Yes => Ok(landed),
                 Replicated::NotLeader => Err((
                     ResponseError::NotLeaderOrFollower,

@@ -59,12 +59,17 @@ impl Partition {
         Ok(end)
     }
 
-    /// Restarts this copy, empty, at `offset` (the leader no longer has anything below it).
+    /// Restarts this copy, empty, at `offset` (the leader no longer has anything below it),
+    /// forgetting the epochs of what it held: the leader's batches bring their own.
     pub(crate) fn restart_copy_at(&self, offset: u64) -> Result<(), BrokerError> {
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         self.log.reset_to(offset)?;
+        epochs
+            .replace(Vec::new())
+            .map_err(|source| self.io("forgetting leader epochs", source))?;
         *producers = Default::default();
-        drop(producers);
+        drop((producers, epochs));
         self.end.send_replace(offset);
         self.high_watermark.send_replace(offset);
         Ok(())

@@ -32,6 +32,7 @@ use self::remote::RemoteView;
 use self::replicas::Replicas;
 use self::role::Role;
 use crate::epochs::EpochCache;
+use crate::lease::Lease;
 use crate::producer::{self, ProducerTable};
 use crate::topic::TopicSettings;
 
@@ -190,8 +191,9 @@ impl Partition {
         let Assignment { replicas, isr } = self.assignment();
         let hw = *self.high_watermark.borrow();
         let r = self.lock_replicas();
-        let out = r.lagging(self.broker, &isr, max_lag, Instant::now());
-        let back = r.caught_up(&replicas, &isr, hw);
+        let now = Instant::now();
+        let out = r.lagging(self.broker, &isr, max_lag, now);
+        let back = r.caught_up(&replicas, &isr, hw, max_lag, now);
         if out.is_empty() && back.is_empty() {
             return None;
         }
@@ -222,9 +224,14 @@ impl Partition {
     }
 
     /// Waits up to `timeout` for the high watermark to reach `offset`, as long as this broker
-    /// leads the partition (a leader that lost leadership answers at once: the new leader
-    /// may not have the batch, and the client retries there).
-    pub(crate) async fn replicated(&self, offset: u64, timeout: Duration) -> Replicated {
+    /// leads the partition and holds its `lease` (a leader that lost leadership answers at
+    /// once: the new leader may not have the batch, and the client retries there).
+    pub(crate) async fn replicated(
+        &self,
+        offset: u64,
+        timeout: Duration,
+        lease: &Lease,
+    ) -> Replicated {
         /// How often a wait checks that this broker still leads.
         const CHECK_ROLE: Duration = Duration::from_millis(100);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -233,7 +240,7 @@ impl Partition {
             if *rx.borrow_and_update() >= offset {
                 return Replicated::Yes;
             }
-            if self.role().leader_epoch().is_none() {
+            if self.role().leader_epoch().is_none() || !lease.held() {
                 return Replicated::NotLeader;
             }
             let now = tokio::time::Instant::now();
@@ -241,7 +248,10 @@ impl Partition {
                 return Replicated::TimedOut;
             }
             let slice = (deadline - now).min(CHECK_ROLE);
-            let _ = tokio::time::timeout(slice, rx.changed()).await;
+            tokio::select! {
+                _ = tokio::time::timeout(slice, rx.changed()) => {}
+                () = lease.lost() => {}
+            }
         }
     }
 

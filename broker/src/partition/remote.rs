@@ -108,16 +108,18 @@ impl Partition {
                 "local log is behind the object store; continuing from the remote end"
             );
             log.reset_to(end)?;
-            let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
-            for s in &manifest.segments {
-                epochs
-                    .assign(s.leader_epoch, s.base_offset)
-                    .map_err(|source| BrokerError::Io {
-                        op: "recording leader epochs",
-                        path: log.dir().to_owned(),
-                        source,
-                    })?;
-            }
+            // The local history went with the local log: the remote segments' epochs are
+            // the history now (their uploaders' epochs are not: a segment uploaded under
+            // epoch 5 may hold batches of epochs 2 to 5).
+            self.epochs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace(manifest.leader_epochs())
+                .map_err(|source| BrokerError::Io {
+                    op: "recording leader epochs",
+                    path: log.dir().to_owned(),
+                    source,
+                })?;
             self.end.send_replace(end);
             // Nothing below the remote end can be missing from another replica: it is in
             // the object store.

@@ -108,17 +108,26 @@ impl Replicas {
             .collect()
     }
 
-    /// Replicas outside the ISR that have caught up to the high watermark: the leader asks the
-    /// controller to add them back.
-    pub(crate) fn caught_up(&self, replicas: &[i32], isr: &[i32], high_watermark: u64) -> Vec<i32> {
+    /// Replicas outside the ISR that have caught up to the high watermark and still fetch
+    /// (they fetched within `max_lag` of `now`; a follower's last fetch from before it was cut
+    /// off says nothing of it now): the leader asks the controller to add them back.
+    pub(crate) fn caught_up(
+        &self,
+        replicas: &[i32],
+        isr: &[i32],
+        high_watermark: u64,
+        max_lag: Duration,
+        now: Instant,
+    ) -> Vec<i32> {
         replicas
             .iter()
             .copied()
             .filter(|id| !isr.contains(id))
             .filter(|id| {
-                self.followers
-                    .get(id)
-                    .is_some_and(|f| f.log_end >= high_watermark)
+                self.followers.get(id).is_some_and(|f| {
+                    f.log_end >= high_watermark
+                        && now.saturating_duration_since(f.fetched_at) <= max_lag
+                })
             })
             .collect()
     }
@@ -185,9 +194,12 @@ mod tests {
         assert_eq!(r.lagging(LEADER, &[1, 4], lag, now), vec![4]);
         // Follower 3 catches up to the high watermark: it may rejoin.
         let hw = r.high_watermark(LEADER, &[1, 2], end, 0);
-        assert!(r.caught_up(&[1, 2, 3], &[1, 2], hw).is_empty());
+        assert!(r.caught_up(&[1, 2, 3], &[1, 2], hw, lag, now).is_empty());
         r.fetched(3, hw, end, now);
-        assert_eq!(r.caught_up(&[1, 2, 3], &[1, 2], hw), vec![3]);
+        assert_eq!(r.caught_up(&[1, 2, 3], &[1, 2], hw, lag, now), vec![3]);
+        // Caught up once but silent since (cut off, or gone): not back in.
+        let later = now + lag + Duration::from_secs(1);
+        assert!(r.caught_up(&[1, 2, 3], &[1, 2], hw, lag, later).is_empty());
         r.restart(now);
         assert_eq!(r.get(2), None);
     }

@@ -206,6 +206,7 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
         Arc::new(strata_controller::ControllerClient::new(
             Vec::<String>::new(),
         )),
+        std::sync::Arc::new(crate::lease::Lease::new(Duration::from_secs(9))),
     );
     let id = Uuid::new_v4();
     let offsets = |leader, epoch| {

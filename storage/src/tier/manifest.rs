@@ -35,8 +35,15 @@ pub struct RemoteSegment {
     pub max_timestamp: i64,
     /// Bytes of the `.log` object.
     pub size_bytes: u64,
-    /// Epoch of the leader that uploaded it (part of its object keys).
+    /// Epoch of the leader that uploaded it (part of its object keys). Not the epochs its
+    /// batches were written under: those are in `epochs`.
     pub leader_epoch: i32,
+    /// The leader epochs its batches carry, each with the first offset written under it in
+    /// this segment, in increasing order (Kafka's `segmentLeaderEpochs`): what a replica that
+    /// continues from the object store seeds its leader-epoch history with. Empty in manifests
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epochs: Vec<(i32, u64)>,
     /// CRC of its last batch: a later leader holding a segment of the same shape checks it
     /// to tell its own data from a diverged copy before skipping the upload.
     #[serde(default)]
@@ -72,6 +79,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The leader-epoch history of the remote segments: each epoch with the first remote
+    /// offset written under it, in increasing epoch and offset order. Segments from manifests
+    /// that did not record their epochs add nothing.
+    pub fn leader_epochs(&self) -> Vec<(i32, u64)> {
+        let mut history: Vec<(i32, u64)> = Vec::new();
+        for (epoch, start) in self.segments.iter().flat_map(|s| s.epochs.iter().copied()) {
+            if history.last().is_none_or(|(e, _)| epoch > *e) {
+                history.push((epoch, start));
+            }
+        }
+        history
+    }
+
     /// One past the last remote offset (the log start when nothing is remote).
     pub fn end_offset(&self) -> u64 {
         self.segments
@@ -259,9 +279,25 @@ mod tests {
             max_timestamp: 0,
             size_bytes: end - base,
             leader_epoch: epoch,
+            epochs: Vec::new(),
             last_batch_crc: 0,
             files: SegmentFile::ALL.to_vec(),
         }
+    }
+
+    #[test]
+    fn the_epoch_history_joins_the_segments_epochs_and_skips_what_older_manifests_lack() {
+        let mut legacy = seg(0, 10, 3);
+        legacy.epochs.clear();
+        let mut a = seg(10, 20, 3);
+        a.epochs = vec![(1, 10), (2, 15)];
+        let mut b = seg(20, 30, 5);
+        b.epochs = vec![(2, 20), (4, 25)];
+        let m = Manifest {
+            segments: vec![legacy, a, b],
+            ..Manifest::default()
+        };
+        assert_eq!(m.leader_epochs(), vec![(1, 10), (2, 15), (4, 25)]);
     }
 
     #[test]

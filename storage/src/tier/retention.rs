@@ -199,6 +199,7 @@ mod tests {
             max_timestamp: ts,
             size_bytes: 100,
             leader_epoch: 1,
+            epochs: Vec::new(),
             last_batch_crc: 0,
             files: SegmentFile::ALL.to_vec(),
         }

@@ -61,6 +61,7 @@ pub async fn upload_sealed_below(
         if held {
             continue;
         }
+        let epochs = segment_epochs(seg.log_path.clone(), seg.size_bytes).await?;
         let mut files = Vec::new();
         for (file, path) in seg.files() {
             upload_file(
@@ -77,6 +78,7 @@ pub async fn upload_sealed_below(
             max_timestamp: seg.retention_timestamp(),
             size_bytes: seg.size_bytes,
             leader_epoch: epoch,
+            epochs,
             last_batch_crc: crc,
             files,
         };
@@ -91,6 +93,56 @@ pub async fn upload_sealed_below(
         );
     }
     Ok(manifest)
+}
+
+/// The leader epochs the batches of the sealed segment file at `path` (its first `size`
+/// bytes) carry, each with its first offset there, read from the batch headers alone (one
+/// small read per batch).
+async fn segment_epochs(path: std::path::PathBuf, size: u64) -> Result<Vec<(i32, u64)>, TierError> {
+    tokio::task::spawn_blocking(move || {
+        let local = |source| TierError::Local {
+            path: path.clone(),
+            source,
+        };
+        read_epochs(&path, size).map_err(local)
+    })
+    .await
+    .map_err(|e| TierError::Local {
+        path: FsPath::new("segment epochs").to_owned(),
+        source: std::io::Error::other(e),
+    })?
+}
+
+fn read_epochs(path: &FsPath, size: u64) -> std::io::Result<Vec<(i32, u64)>> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len().min(size);
+    let mut epochs: Vec<(i32, u64)> = Vec::new();
+    let mut header = [0u8; crate::HEADER_LEN];
+    let mut at = 0u64;
+    while at + crate::HEADER_LEN as u64 <= len {
+        file.read_exact_at(&mut header, at)?;
+        let h = crate::BatchHeader::parse(&header).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "short batch header")
+        })?;
+        if h.batch_length <= 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("batch at byte {at} has length {}", h.batch_length),
+            ));
+        }
+        if epochs
+            .last()
+            .is_none_or(|(e, _)| h.partition_leader_epoch > *e)
+        {
+            epochs.push((
+                h.partition_leader_epoch,
+                u64::try_from(h.base_offset).unwrap_or(0),
+            ));
+        }
+        at += h.total_len() as u64;
+    }
+    Ok(epochs)
 }
 
 /// The CRC of a sealed segment's last batch.
@@ -192,14 +244,20 @@ mod tests {
         // Nothing new: no new version. New sealed data: only it goes up.
         let again = upload_sealed(&log, &objects, 1).await.expect("upload");
         assert_eq!(again.version, m.version);
+        // Written under a later leader epoch (still uploaded as 1): the segments record the
+        // epochs of their batches, not the uploader's.
         for i in 0..6 {
             let mut b = BatchBuilder::new().value(None, &value, 100 + i).build();
-            log.append(&mut b, 1).expect("append");
+            log.append(&mut b, 4).expect("append");
         }
+        log.roll().expect("roll");
         log.flush().expect("flush");
         let more = upload_sealed(&log, &objects, 1).await.expect("upload");
         assert!(more.segments.len() > m.segments.len());
         assert_eq!(&more.segments[..m.segments.len()], &m.segments[..]);
+        assert_eq!(m.segments[0].epochs, vec![(1, 0)]);
+        assert_eq!(more.leader_epochs(), vec![(1, 0), (4, 20)]);
+        assert!(more.segments.iter().all(|s| s.leader_epoch == 1));
     }
 
     #[tokio::test]
