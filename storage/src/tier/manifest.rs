@@ -44,8 +44,7 @@ pub struct RemoteSegment {
     /// written before it was recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub epochs: Vec<(i32, u64)>,
-    /// CRC of its last batch: a later leader holding a segment of the same shape checks it
-    /// to tell its own data from a diverged copy before skipping the upload.
+    /// CRC of its last batch, which tells two copies of a segment apart when diagnosing.
     #[serde(default)]
     pub last_batch_crc: u32,
     /// The segment's files in object storage (manifests written before this was recorded
@@ -99,19 +98,23 @@ impl Manifest {
             .map_or(self.log_start_offset, |s| s.end_offset)
     }
 
-    /// This manifest with `segment` added by a leader of `epoch`: remote segments it
-    /// overlaps that an older epoch wrote are dropped (the new leader's data wins), and a
-    /// segment already present is not added twice.
+    /// This manifest with `segment` added. Remote segments hold committed history (leaders
+    /// upload only below the high watermark), so where segments overlap they hold the same
+    /// records: one the new segment covers entirely is replaced, one that covers the new
+    /// segment entirely makes it redundant, and one that only overlaps it stays, as it holds
+    /// offsets no other segment does. Nothing is ever dropped for being older or from another
+    /// epoch: a leader whose local log starts late (a wiped disk, recovered at the remote end
+    /// of the time) would otherwise cut a hole in the history. No segment ends up inside
+    /// another, so segments sorted by base offset are sorted by end offset too.
     pub fn with_segment(&self, segment: RemoteSegment) -> Manifest {
         let mut next = self.clone();
-        if next.segments.contains(&segment) {
+        let covers = |outer: &RemoteSegment, inner: &RemoteSegment| {
+            outer.base_offset <= inner.base_offset && inner.end_offset <= outer.end_offset
+        };
+        if next.segments.iter().any(|s| covers(s, &segment)) {
             return next;
         }
-        next.segments.retain(|s| {
-            let overlaps = s.base_offset < segment.end_offset && segment.base_offset < s.end_offset;
-            let beyond = s.base_offset >= segment.end_offset;
-            !(overlaps || beyond) || s.leader_epoch > segment.leader_epoch
-        });
+        next.segments.retain(|s| !covers(&segment, s));
         next.segments.push(segment);
         next.segments.sort_by_key(|s| s.base_offset);
         next
@@ -339,12 +342,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stale_leader_is_fenced_and_the_new_leaders_data_wins() {
+    async fn a_stale_leader_is_fenced() {
         let o = objects();
         o.commit(3, |m| m.with_segment(seg(0, 10, 3)))
             .await
             .expect("old leader");
-        // The new leader (epoch 5) diverged at offset 10: it uploads 10..25.
+        // The new leader (epoch 5) uploads 10..25.
         o.commit(5, |m| m.with_segment(seg(10, 25, 5)))
             .await
             .expect("new leader");
@@ -395,18 +398,34 @@ mod tests {
     }
 
     #[test]
-    fn a_new_segment_replaces_overlapping_older_epochs_only() {
+    fn a_new_segment_replaces_what_it_covers_and_never_cuts_a_hole() {
         let m = Manifest {
             segments: vec![seg(0, 10, 1), seg(10, 20, 1), seg(20, 30, 2)],
             ..Manifest::default()
         };
-        let next = m.with_segment(seg(15, 40, 3));
-        assert_eq!(next.segments, vec![seg(0, 10, 1), seg(15, 40, 3)]);
-        let same = next.with_segment(seg(15, 40, 3));
+        // A leader whose log starts at 25 (its disk was wiped when the remote end was 25)
+        // uploads 25..40 under a newer epoch: 20..30 stays, or 20..25 would be gone (the
+        // fault checker lost 32,000 acknowledged records this way).
+        let next = m.with_segment(seg(25, 40, 3));
         assert_eq!(
-            same.segments.len(),
-            2,
-            "a re-committed segment is not duplicated"
+            next.segments,
+            vec![
+                seg(0, 10, 1),
+                seg(10, 20, 1),
+                seg(20, 30, 2),
+                seg(25, 40, 3)
+            ]
         );
+        // What a segment covers entirely goes; what only overlaps it stays.
+        let wide = next.with_segment(seg(15, 45, 4));
+        assert_eq!(
+            wide.segments,
+            vec![seg(0, 10, 1), seg(10, 20, 1), seg(15, 45, 4)]
+        );
+        // Nothing new: unchanged, and never duplicated.
+        assert_eq!(wide.with_segment(seg(16, 30, 5)), wide);
+        assert_eq!(wide.with_segment(seg(15, 45, 4)), wide);
+        let ends: Vec<u64> = wide.segments.iter().map(|s| s.end_offset).collect();
+        assert!(ends.is_sorted(), "sorted by end as by base: {ends:?}");
     }
 }
