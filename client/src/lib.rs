@@ -662,6 +662,18 @@ impl Client {
         &self,
         partitions: Option<&[(String, i32)]>,
     ) -> Result<Vec<(String, i32, i16)>, ClientError> {
+        self.elect_leaders(partitions, false).await
+    }
+
+    /// ElectLeaders of `partitions` (every partition when `None`): preferred, or with
+    /// `unclean` Kafka's unclean election, which gives a leaderless partition a live replica
+    /// from outside its ISR (acknowledged records it lacks, and the object store lacks, are
+    /// lost). Returns each partition answered with its error code.
+    pub async fn elect_leaders(
+        &self,
+        partitions: Option<&[(String, i32)]>,
+        unclean: bool,
+    ) -> Result<Vec<(String, i32, i16)>, ClientError> {
         use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
         let named = partitions.map(|ps| {
             let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
@@ -678,7 +690,7 @@ impl Client {
                 .collect()
         });
         let req = ElectLeadersRequest::default()
-            .with_election_type(0)
+            .with_election_type(i8::from(unclean))
             .with_timeout_ms(30_000)
             .with_topic_partitions(named);
         let resp = self.any_conn().await?.send(&req).await?;

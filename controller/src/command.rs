@@ -126,6 +126,11 @@ pub enum Command {
     ElectLeaders {
         /// Partitions to consider; `None` means all.
         partitions: Option<Vec<(String, i32)>>,
+        /// Kafka's unclean election: a leaderless partition with no live in-sync replica takes
+        /// its first live replica, in sync or not (an operator's explicit choice: acknowledged
+        /// records the new leader lacks are gone, except what the object store holds).
+        #[serde(default)]
+        unclean: bool,
     },
     /// Moves partitions to new replica sets (KIP-455): each `(topic, partition, target)`
     /// starts a reassignment to `target` (replacing one in progress), or with `None` cancels

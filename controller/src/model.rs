@@ -64,6 +64,11 @@ pub struct PartitionRecord {
     /// Replicas a reassignment in progress removes once it completes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removing: Vec<BrokerId>,
+    /// The leader was elected from outside the ISR (an unclean election): it may lack
+    /// acknowledged records, and continues from the object store's end when its log is
+    /// behind it. Cleared by the next leader change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unclean: bool,
 }
 
 impl PartitionRecord {

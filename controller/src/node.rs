@@ -321,6 +321,7 @@ async fn keep_leases(
                 );
                 proposals.push(Command::ElectLeaders {
                     partitions: Some(moves),
+                    unclean: false,
                 });
             }
         }

@@ -241,6 +241,7 @@ mod tests {
             partition_epoch: 1,
             adding: Vec::new(),
             removing: Vec::new(),
+            unclean: false,
         };
         let image = |partitions: Vec<PartitionRecord>, fenced3: bool| MetadataImage {
             brokers: [broker(1, false), broker(2, false), broker(3, fenced3)]

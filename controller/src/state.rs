@@ -382,7 +382,10 @@ impl MetadataState {
                     count: PRODUCER_ID_BLOCK,
                 })
             }
-            Command::ElectLeaders { partitions } => {
+            Command::ElectLeaders {
+                partitions,
+                unclean,
+            } => {
                 let wanted: Option<BTreeSet<(&str, i32)>> = partitions
                     .as_ref()
                     .map(|ps| ps.iter().map(|(t, p)| (t.as_str(), *p)).collect());
@@ -405,8 +408,10 @@ impl MetadataState {
                         }
                         let eligible = |r: &&BrokerId| p.isr.contains(r) && live.contains(r);
                         // A led partition moves only to its preferred replica (as Kafka's
-                        // preferred election); a leaderless one takes any live in-sync one.
+                        // preferred election); a leaderless one takes any live in-sync one,
+                        // or in an unclean election any live one.
                         let preferred = match p.leader {
+                            Some(_) if *unclean => None,
                             Some(_) => p.replicas.first().filter(eligible).copied(),
                             None => p.replicas.iter().find(eligible).copied(),
                         };
@@ -414,6 +419,12 @@ impl MetadataState {
                             && p.leader != Some(leader)
                         {
                             set_leader(p, Some(leader));
+                            elected.push((t.name.clone(), i, leader));
+                            touched = true;
+                        } else if *unclean
+                            && p.leader.is_none()
+                            && let Some(leader) = elect_unclean(p, &live, &t.name, i)
+                        {
                             elected.push((t.name.clone(), i, leader));
                             touched = true;
                         }
@@ -592,7 +603,8 @@ impl MetadataState {
         let mut leader_changes = 0;
         for t in self.image.topics.values_mut() {
             let mut touched = false;
-            for p in &mut t.partitions {
+            let unclean = TopicConfig::lenient(&t.configs).unclean_leader_election;
+            for (i, p) in t.partitions.iter_mut().enumerate() {
                 if !p.replicas.iter().any(|r| gone.contains(r)) {
                     continue;
                 }
@@ -616,6 +628,9 @@ impl MetadataState {
                         (None, None) => std::mem::take(&mut p.isr),
                     };
                     set_leader(p, next);
+                    if next.is_none() && unclean {
+                        elect_unclean(p, &live, &t.name, i as i32);
+                    }
                     leader_changes += 1;
                     touched = true;
                 } else if remaining.len() != p.isr.len() && !remaining.is_empty() {
@@ -631,12 +646,14 @@ impl MetadataState {
         leader_changes
     }
 
-    /// Gives a leader to every leaderless partition that has a live in-sync replica.
+    /// Gives a leader to every leaderless partition that has a live in-sync replica (or any
+    /// live replica, where its topic allows unclean elections).
     fn elect_leaderless(&mut self, changes: &mut Vec<Change>) {
         let live: BTreeSet<BrokerId> = self.live_brokers().map(|b| b.id).collect();
         for t in self.image.topics.values_mut() {
             let mut touched = false;
-            for p in &mut t.partitions {
+            let unclean = TopicConfig::lenient(&t.configs).unclean_leader_election;
+            for (i, p) in t.partitions.iter_mut().enumerate() {
                 if p.leader.is_some() {
                     continue;
                 }
@@ -647,6 +664,8 @@ impl MetadataState {
                     .find(|r| p.isr.contains(r) && live.contains(r));
                 if next.is_some() {
                     set_leader(p, next);
+                    touched = true;
+                } else if unclean && elect_unclean(p, &live, &t.name, i as i32).is_some() {
                     touched = true;
                 }
             }
@@ -676,6 +695,7 @@ fn new_partition(replicas: Vec<BrokerId>) -> PartitionRecord {
         partition_epoch: 0,
         adding: Vec::new(),
         removing: Vec::new(),
+        unclean: false,
     }
 }
 
@@ -756,4 +776,28 @@ fn set_leader(p: &mut PartitionRecord, leader: Option<BrokerId>) {
     p.leader = leader;
     p.leader_epoch += 1;
     p.partition_epoch += 1;
+    p.unclean = false;
+}
+
+/// Kafka's unclean election of a leaderless partition with no live in-sync replica: its first
+/// live replica leads, alone in the ISR, and is marked `unclean` (it continues from the object
+/// store's end when behind it). Logged, as acknowledged records it lacks are gone.
+fn elect_unclean(
+    p: &mut PartitionRecord,
+    live: &BTreeSet<BrokerId>,
+    topic: &str,
+    partition: i32,
+) -> Option<BrokerId> {
+    let leader = p.replicas.iter().copied().find(|r| live.contains(r))?;
+    tracing::warn!(
+        topic, partition, leader, last_isr = ?p.isr,
+        "unclean leader election: a replica outside the ISR leads; records only the last \
+         in-sync replicas had and the object store lacks are lost"
+    );
+    set_leader(p, Some(leader));
+    p.isr = vec![leader];
+    p.unclean = true;
+    // Re-homing: a reassignment onto live brokers waits for a leader, and may be complete now.
+    complete_reassignment(p, live);
+    Some(leader)
 }

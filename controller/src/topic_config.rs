@@ -194,6 +194,9 @@ pub struct TopicConfig {
     pub remote_storage: bool,
     /// `min.insync.replicas`.
     pub min_insync_replicas: i64,
+    /// `unclean.leader.election.enable`: a partition with no live in-sync replica takes any
+    /// live replica as leader.
+    pub unclean_leader_election: bool,
 }
 
 impl TopicConfig {
@@ -235,6 +238,8 @@ impl TopicConfig {
             timestamp_after_max_ms: num("message.timestamp.after.max.ms"),
             remote_storage: value("remote.storage.enable").eq_ignore_ascii_case("true"),
             min_insync_replicas: num("min.insync.replicas"),
+            unclean_leader_election: value("unclean.leader.election.enable")
+                .eq_ignore_ascii_case("true"),
         }
     }
 }

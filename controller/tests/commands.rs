@@ -362,6 +362,136 @@ fn fencing_moves_leaders_with_higher_epochs_and_keeps_the_last_leader() {
     }
 }
 
+/// An unclean election is an explicit choice (ElectLeaders, unclean) or the topic's
+/// `unclean.leader.election.enable`: a leaderless partition whose in-sync replicas are all
+/// gone takes a live replica from outside the ISR, alone in the ISR and marked `unclean`;
+/// never a partition that has a leader, and never without the choice.
+#[test]
+fn unclean_elections_take_a_live_replica_only_when_chosen() {
+    let (mut state, _) = cluster(2);
+    let mut configs = BTreeMap::new();
+    configs.insert(
+        "unclean.leader.election.enable".to_owned(),
+        "true".to_owned(),
+    );
+    for (name, configs) in [("strict", BTreeMap::new()), ("lenient", configs)] {
+        state
+            .apply(&Command::CreateTopic {
+                name: name.into(),
+                id: Uuid::new_v4(),
+                partitions: 1,
+                replication_factor: 2,
+                configs,
+                first_leader_epoch: 0,
+            })
+            .expect("create");
+    }
+    // Both led by broker 1.
+    for name in ["strict", "lenient"] {
+        state
+            .apply(&Command::AlterReassignments {
+                changes: vec![(name.into(), 0, Some(vec![1, 2]))],
+            })
+            .expect("order");
+    }
+    state
+        .apply(&Command::ElectLeaders {
+            partitions: None,
+            unclean: false,
+        })
+        .expect("preferred");
+    // Each leader's follower falls out of the ISR, then the leader dies.
+    for name in ["strict", "lenient"] {
+        let p = &state.image().topics[name].partitions[0];
+        let leader = p.leader.expect("leader");
+        let epoch = state.image().brokers[&leader].epoch;
+        let command = Command::AlterIsr {
+            topic: name.into(),
+            partition: 0,
+            broker_id: leader,
+            broker_epoch: epoch,
+            leader_epoch: p.leader_epoch,
+            partition_epoch: p.partition_epoch,
+            isr: vec![leader],
+        };
+        state.apply(&command).expect("shrink");
+    }
+    let (leader, other) = (1, 2);
+    state
+        .apply(&Command::FenceBrokers { ids: vec![1, 2] })
+        .expect("fence both");
+    let e = state.image().brokers[&other].epoch;
+    state
+        .apply(&Command::UnfenceBroker {
+            id: other,
+            epoch: e,
+        })
+        .expect("the out-of-sync one comes back");
+    let strict = state.image().topics["strict"].partitions[0].clone();
+    assert_eq!((strict.leader, strict.isr.clone()), (None, vec![leader]));
+    assert!(!strict.unclean);
+    // The lenient topic elected the live out-of-sync replica on its own.
+    let lenient = state.image().topics["lenient"].partitions[0].clone();
+    assert_eq!(
+        (lenient.leader, lenient.isr.clone()),
+        (Some(other), vec![other])
+    );
+    assert!(lenient.unclean);
+    // The strict one needs the operator's choice; a preferred election is not one.
+    let elect = |unclean| Command::ElectLeaders {
+        partitions: Some(vec![("strict".into(), 0)]),
+        unclean,
+    };
+    let a1 = state.apply(&elect(false)).expect("elect");
+    assert_eq!(a1.outcome, Outcome::LeadersElected { elected: vec![] });
+    let a2 = state.apply(&elect(true)).expect("elect");
+    assert_eq!(
+        a2.outcome,
+        Outcome::LeadersElected {
+            elected: vec![("strict".into(), 0, other)]
+        }
+    );
+    let now = state.image().topics["strict"].partitions[0].clone();
+    assert_eq!(
+        (now.leader, now.isr.clone(), now.unclean),
+        (Some(other), vec![other], true)
+    );
+    assert!(now.leader_epoch > strict.leader_epoch);
+    // Led now: another unclean election changes nothing, and the next leader change clears
+    // the mark.
+    let a3 = state.apply(&elect(true)).expect("elect");
+    assert_eq!(a3.outcome, Outcome::LeadersElected { elected: vec![] });
+    state
+        .apply(&Command::FenceBrokers { ids: vec![other] })
+        .expect("fence");
+    assert!(!state.image().topics["strict"].partitions[0].unclean);
+
+    // Re-homing: both replicas gone for good, the partition reassigned to a new broker (the
+    // reassignment waits, there is no leader to copy from), then an unclean election gives
+    // it to the new broker and completes the move.
+    register(&mut state, 3, None);
+    state
+        .apply(&Command::AlterReassignments {
+            changes: vec![("strict".into(), 0, Some(vec![3]))],
+        })
+        .expect("reassign");
+    let waiting = state.image().topics["strict"].partitions[0].clone();
+    assert_eq!((waiting.leader, waiting.adding.clone()), (None, vec![3]));
+    let a4 = state.apply(&elect(true)).expect("elect");
+    assert_eq!(
+        a4.outcome,
+        Outcome::LeadersElected {
+            elected: vec![("strict".into(), 0, 3)]
+        }
+    );
+    let homed = state.image().topics["strict"].partitions[0].clone();
+    assert_eq!(
+        (homed.leader, homed.replicas.clone(), homed.isr.clone()),
+        (Some(3), vec![3], vec![3])
+    );
+    assert!(homed.unclean && !homed.reassigning());
+}
+
 fn alter_isr(state: &MetadataState, broker: BrokerId, epoch: u64, isr: Vec<BrokerId>) -> Command {
     let p = &state.image().topics["t"].partitions[0];
     Command::AlterIsr {
@@ -539,7 +669,10 @@ fn elect_leaders_restores_preferred_leaders() {
             .expect("expand");
     }
     let a = state
-        .apply(&Command::ElectLeaders { partitions: None })
+        .apply(&Command::ElectLeaders {
+            partitions: None,
+            unclean: false,
+        })
         .expect("elect");
     let Outcome::LeadersElected { elected } = a.outcome else {
         panic!()
@@ -555,7 +688,8 @@ fn elect_leaders_restores_preferred_leaders() {
         refused(
             &mut state,
             Command::ElectLeaders {
-                partitions: Some(vec![("t".into(), 7)])
+                partitions: Some(vec![("t".into(), 7)]),
+                unclean: false,
             }
         ),
         CommandError::UnknownPartition {

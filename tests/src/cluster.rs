@@ -246,8 +246,13 @@ impl ProcessCluster {
         for s in settings.iter().chain(&self.settings) {
             command.arg("--set").arg(s);
         }
+        // The replica fetcher's refusals and retries too: a replica that does not come back
+        // into the ISR is explained by them.
         let child = command
-            .env("RUST_LOG", "info,openraft=warn")
+            .env(
+                "RUST_LOG",
+                "info,openraft=warn,strata_broker::follower=debug",
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)

@@ -727,6 +727,16 @@ async fn a_leader_cut_off_from_the_other_brokers_acknowledges_nothing() {
             .any(|v| v.as_deref() == Some(b"v1000".as_slice())),
         "the minority's write is in the log"
     );
+    // The deposed leader cuts its unreplicated tail, copies from the new leader and is back
+    // in the ISR well within the lag time.
+    until_partition(
+        &majority,
+        "minority",
+        Duration::from_secs(20),
+        "the old leader back in the ISR",
+        |p| p.isr.contains(&old),
+    )
+    .await;
 }
 
 /// Stops the leader of `topic`/0 with SIGTERM (its leadership moves to another replica),
@@ -876,4 +886,98 @@ async fn a_reassigned_partition_moves_only_its_tail() {
         assert!(!records.is_empty(), "stopped at {offset} of {end}");
         offset = records.last().map_or(offset, |r| r.offset + 1);
     }
+}
+
+/// A tiered partition whose only replica is gone for good is re-homed by an explicit, logged
+/// choice: reassigned to a live broker and given it by an unclean election (ElectLeaders,
+/// type 1). The new leader continues from the object store: every uploaded record is served,
+/// and writes carry on after them. Without the choice the partition stays leaderless.
+#[tokio::test]
+async fn a_tiered_partition_whose_replicas_are_gone_is_rehomed_from_object_storage() {
+    let mut cluster = ProcessCluster::start_with(binary(), 3, &TIERING_SETTINGS).await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let configs = tiering_configs()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    client
+        .create_topic("orphan", 1, 1, &configs)
+        .await
+        .expect("create");
+    let (_, uploaded) = fill_and_tier(&cluster, &client, "orphan").await;
+    let (info, _) = client.describe_topic("orphan").await.expect("describe");
+    let gone = info.partitions[0].leader;
+    let home = (1..=3).find(|b| *b != gone).expect("another broker");
+
+    cluster.kill(gone).await;
+    let survivors = (1..=3)
+        .filter(|b| *b != gone)
+        .map(|b| cluster.kafka_addr(b).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let client = Client::connect(&survivors).await.expect("connect");
+    let wanted = [("orphan".to_owned(), 0)];
+    until_partition(
+        &client,
+        "orphan",
+        Duration::from_secs(30),
+        "leaderless",
+        |p| p.leader < 0,
+    )
+    .await;
+    // A preferred election does nothing, nor does an unclean one while no replica is live.
+    let refused = client
+        .elect_leaders(Some(&wanted), true)
+        .await
+        .expect("elect");
+    assert_eq!(
+        refused,
+        vec![("orphan".to_owned(), 0, 83)],
+        "ELIGIBLE_LEADERS_NOT_AVAILABLE"
+    );
+
+    client
+        .reassign_partitions(&[("orphan".to_owned(), 0, Some(vec![home]))])
+        .await
+        .expect("reassign");
+    let elected = client
+        .elect_leaders(Some(&wanted), true)
+        .await
+        .expect("elect");
+    assert_eq!(elected, vec![("orphan".to_owned(), 0, 0)]);
+    until_partition(
+        &client,
+        "orphan",
+        Duration::from_secs(30),
+        "re-homed",
+        |p| p.leader == home && p.replicas == [home],
+    )
+    .await;
+
+    // Every uploaded record is served from the object store by the new leader.
+    for offset in [0, uploaded / 2, uploaded - 1] {
+        let (records, _) = client
+            .fetch("orphan", 0, offset, 64 << 10, 5_000)
+            .await
+            .expect("fetch");
+        let first = records.first().expect("a record");
+        assert_eq!(first.offset, offset);
+        assert_eq!(first.value.as_deref(), Some(&[b'x'; 1024][..]));
+    }
+    // New writes land after the uploaded history.
+    let acked = produce_acked(&client, "orphan", 0..10).await;
+    assert!(
+        acked.iter().all(|(o, _)| *o >= uploaded),
+        "{acked:?} vs {uploaded}"
+    );
+    let (records, _) = client
+        .fetch("orphan", 0, acked[0].0, 1 << 20, 5_000)
+        .await
+        .expect("fetch");
+    assert_eq!(
+        records.first().and_then(|r| r.value.clone()),
+        Some(Bytes::from("v0"))
+    );
 }

@@ -161,6 +161,26 @@ async fn cluster_info_names_the_brokers_and_the_controller() {
         lines.iter().all(|l| l.contains("ElectionNotNeeded")),
         "{out}"
     );
+    // An unclean election of a partition that has a leader has nothing to do either.
+    let out = ctl(
+        &b,
+        &[
+            "cluster",
+            "elect-leaders",
+            "--topic",
+            "e",
+            "-p",
+            "1",
+            "--unclean",
+        ],
+    )
+    .await
+    .expect("elect");
+    let lines: Vec<&str> = out.lines().skip(1).collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("ElectionNotNeeded"),
+        "{out}"
+    );
     let e = ctl(&b, &["cluster", "elect-leaders", "--partition", "0"])
         .await
         .expect_err("a partition needs its topic");

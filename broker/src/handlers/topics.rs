@@ -141,12 +141,13 @@ fn grouped<P, T>(
         .collect()
 }
 
-/// ElectLeaders: preferred elections (type 0, and v0) through the controller. Each named
+/// ElectLeaders through the controller. Preferred elections (type 0, and v0): each named
 /// partition is answered with success when its preferred replica now leads by this
 /// election, ELECTION_NOT_NEEDED when it already did, PREFERRED_LEADER_NOT_AVAILABLE when
-/// that replica is down or out of sync; no partitions named means every partition, answered
-/// for those that moved. Unclean elections (type 1) are refused: Strata never elects a
-/// replica outside the ISR.
+/// that replica is down or out of sync. Unclean elections (type 1, the operator's explicit
+/// choice) give a leaderless partition a live replica even from outside the ISR: success,
+/// ELECTION_NOT_NEEDED when it has a leader, ELIGIBLE_LEADERS_NOT_AVAILABLE when no replica is
+/// live. No partitions named means every partition, answered for those that moved.
 pub(super) async fn elect_leaders(
     state: &Arc<BrokerState>,
     frame: &Frame,
@@ -164,10 +165,8 @@ pub(super) async fn elect_leaders(
                 .topics
                 .get(&topic)
                 .is_some_and(|r| usize::try_from(*p).is_ok_and(|i| i < r.partitions.len()));
-            if req.election_type != 0 {
-                let message = "unclean elections are not supported: Strata elects only \
-                               in-sync replicas"
-                    .to_owned();
+            if !matches!(req.election_type, 0 | 1) {
+                let message = format!("unknown election type {}", req.election_type);
                 answers.push((
                     topic.clone(),
                     *p,
@@ -183,9 +182,11 @@ pub(super) async fn elect_leaders(
         }
     }
     let mut elected = Vec::new();
-    if req.election_type == 0 && (!named || !wanted.is_empty()) {
+    let unclean = req.election_type == 1;
+    if matches!(req.election_type, 0 | 1) && (!named || !wanted.is_empty()) {
         let command = Command::ElectLeaders {
             partitions: named.then(|| wanted.clone()),
+            unclean,
         };
         match submit_and_wait(state, &command).await {
             Ok(applied) => {
@@ -215,6 +216,8 @@ pub(super) async fn elect_leaders(
                 .get(&topic)
                 .and_then(|t| t.partitions.get(usize::try_from(p).unwrap_or(usize::MAX)));
             match record {
+                Some(r) if unclean && r.leader.is_some() => ResponseError::ElectionNotNeeded.code(),
+                Some(_) if unclean => ResponseError::EligibleLeadersNotAvailable.code(),
                 Some(r) if r.leader.is_some() && r.leader == r.replicas.first().copied() => {
                     ResponseError::ElectionNotNeeded.code()
                 }

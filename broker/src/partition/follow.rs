@@ -22,9 +22,9 @@ impl Partition {
         }
         let headers = producer::headers(records);
         {
-            // Held across the append, as the leader's append holds it.
-            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+            // Held across the append, as the leader's append holds them (epochs first).
             let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
             for h in &headers {
                 let base = u64::try_from(h.base_offset).unwrap_or(0);
                 epochs
@@ -45,8 +45,8 @@ impl Partition {
     /// Cuts this copy back to `offset` (what the leader holds of the epochs this copy has),
     /// with the epochs and producer state that went with the removed batches. Blocking.
     pub(crate) fn truncate_copy(&self, offset: u64) -> Result<u64, BrokerError> {
-        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         let end = self.log.truncate_to(offset)?;
         epochs
             .truncate(end)
@@ -62,8 +62,8 @@ impl Partition {
     /// Restarts this copy, empty, at `offset` (the leader no longer has anything below it),
     /// forgetting the epochs of what it held: the leader's batches bring their own.
     pub(crate) fn restart_copy_at(&self, offset: u64) -> Result<(), BrokerError> {
-        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         self.log.reset_to(offset)?;
         epochs
             .replace(Vec::new())

@@ -62,6 +62,9 @@ pub(crate) struct Partition {
     /// Idempotent producers' sequences; held across check and append.
     pub(crate) producers: Mutex<ProducerTable>,
     /// Where each leader epoch started; held across an append that starts a new epoch.
+    /// Taken before `producers` when both are held (a produce that starts an epoch holds it
+    /// into the idempotence check; a follower's copy holds both), or a leader losing its role
+    /// mid-append could deadlock with its own fetcher.
     pub(crate) epochs: Mutex<EpochCache>,
     /// Its segments in object storage.
     pub(crate) remote: RemoteView,

@@ -174,6 +174,11 @@ impl Partitions {
                 if let Some(existing) = map.get(&(topic.id, index)) {
                     existing.set_settings(settings.clone());
                     if existing.role() != role {
+                        // Elected from outside the ISR: its log may be behind the object
+                        // store, which it then continues from, before it takes appends.
+                        if meta.unclean && role.leader_epoch().is_some() && settings.remote {
+                            existing.remote.await_recovery();
+                        }
                         existing.set_role(role);
                         changes.push(RoleChange {
                             partition: existing.clone(),

@@ -17,6 +17,7 @@ fn partition(replicas: &[i32], leader: Option<i32>, leader_epoch: i32) -> Partit
     PartitionRecord {
         adding: Vec::new(),
         removing: Vec::new(),
+        unclean: false,
         replicas: replicas.to_vec(),
         isr: replicas.to_vec(),
         leader,
@@ -155,6 +156,38 @@ fn role_changes_follow_leadership_epochs_reassignment_and_deletion() {
     assert_eq!(next(&mut early), vec![(1, Change::Stop { deleted: true })]);
     assert!(!p1.log.dir().exists());
     assert!(parts.hosted().is_empty());
+}
+
+/// A tiered replica elected from outside the ISR (an `unclean` record) reads the manifest
+/// again before it takes appends, so a log behind the object store continues from there; a
+/// clean election does not wait.
+#[tokio::test]
+async fn an_uncleanly_elected_tiered_leader_waits_for_the_manifest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let id = Uuid::new_v4();
+    let tiered = |p: PartitionRecord| TopicRecord {
+        configs: BTreeMap::new(),
+        ..topic("t", id, vec![p])
+    };
+    parts.apply(&image(1, vec![tiered(partition(&[2, 1], Some(2), 0))]));
+    let part = parts.get(id, 0).expect("hosted");
+    part.recover().await.expect("recovered (no manifest yet)");
+    assert!(!part.recovering());
+    // A clean election: appends go ahead.
+    parts.apply(&image(2, vec![tiered(partition(&[2, 1], Some(1), 1))]));
+    assert!(!part.recovering());
+    // Back to following, then an unclean election.
+    parts.apply(&image(3, vec![tiered(partition(&[2, 1], Some(2), 2))]));
+    let unclean = PartitionRecord {
+        unclean: true,
+        isr: vec![1],
+        ..partition(&[2, 1], Some(1), 3)
+    };
+    parts.apply(&image(4, vec![tiered(unclean)]));
+    assert!(part.recovering(), "waits for the manifest");
+    part.recover().await.expect("recovered");
+    assert!(!part.recovering());
 }
 
 #[test]

@@ -312,10 +312,11 @@ pub(super) async fn cluster(
 pub(super) async fn elect_leaders(
     client: &Client,
     only: Option<&[(String, i32)]>,
+    unclean: bool,
     as_json: bool,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let results = client.elect_preferred_leaders(only).await?;
+    let results = client.elect_leaders(only, unclean).await?;
     let outcome = |code: i16| match code {
         0 => "elected".to_owned(),
         c => crate::describe_code(c),

@@ -230,6 +230,13 @@ enum ClusterCommand {
         /// Only this partition of --topic.
         #[arg(long, short, requires = "topic")]
         partition: Option<i32>,
+        /// Unclean election instead: a leaderless partition whose in-sync replicas are all
+        /// gone takes a live replica from outside the ISR. Acknowledged records that replica
+        /// lacks are lost unless the object store holds them (a tiered partition's new leader
+        /// continues from there). To re-home a partition whose replicas are all gone for good,
+        /// first `topic reassign` it to live brokers, then elect with --unclean.
+        #[arg(long)]
+        unclean: bool,
     },
 }
 
@@ -353,7 +360,11 @@ where
         Command::Cluster(ClusterCommand::Decommission { broker }) => {
             admin::decommission(&client, broker, json, out).await
         }
-        Command::Cluster(ClusterCommand::ElectLeaders { topic, partition }) => {
+        Command::Cluster(ClusterCommand::ElectLeaders {
+            topic,
+            partition,
+            unclean,
+        }) => {
             let only = match &topic {
                 Some(t) => Some(
                     partitions(&client, t, partition)
@@ -364,7 +375,7 @@ where
                 ),
                 None => None,
             };
-            admin::elect_leaders(&client, only.as_deref(), json, out).await
+            admin::elect_leaders(&client, only.as_deref(), unclean, json, out).await
         }
         Command::Group(g) => admin::group(&client, g, json, out).await,
         Command::Tiering(TieringCommand::Status { topic }) => {
