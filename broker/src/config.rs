@@ -17,6 +17,9 @@ use crate::error::BrokerError;
 pub struct BrokerConfig {
     /// This broker's id (`node.id`); also the controller's id when it runs embedded.
     pub node_id: i32,
+    /// The rack or zone this broker runs in (Kafka's `broker.rack`): replicas of a partition
+    /// go to different racks where there are enough of them. None: no rack.
+    pub rack: Option<String>,
     /// Where partition logs and the embedded controller's Raft state live.
     pub data_dir: PathBuf,
     /// The Kafka listener.
@@ -252,6 +255,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             node_id: 1,
+            rack: None,
             data_dir: PathBuf::from("./strata-data"),
             kafka: KafkaConfig::default(),
             controller: ControllerSection::default(),
@@ -308,8 +312,9 @@ impl Default for TopicDefaults {
 
 /// The top-level keys of [`BrokerConfig`]: an environment variable with [`ENV_PREFIX`] sets
 /// a setting only when its name starts with one of them.
-const CONFIG_KEYS: [&str; 8] = [
+const CONFIG_KEYS: [&str; 9] = [
     "node_id",
+    "rack",
     "data_dir",
     "kafka",
     "controller",
@@ -393,6 +398,11 @@ impl BrokerConfig {
         };
         if self.node_id < 0 {
             return bad("node_id", "must not be negative".into());
+        }
+        if let Some(rack) = &self.rack
+            && (rack.trim().is_empty() || rack.len() > 255)
+        {
+            return bad("rack", format!("{rack:?} must be 1 to 255 characters"));
         }
         if self.kafka.listen.parse::<SocketAddr>().is_err() {
             return bad(

@@ -327,7 +327,7 @@ async fn register(state: &BrokerState) -> Result<(), BrokerError> {
             host,
             port,
         }],
-        rack: None,
+        rack: state.config.rack.clone(),
         incarnation: Uuid::new_v4(),
     };
     match state.controller.submit(&command).await? {

@@ -98,5 +98,13 @@ fn bad_settings_name_their_key() {
         bad_key(load(&[], &["controller.mode=\"combined\""])),
         "controller.voters"
     );
+    assert_eq!(bad_key(load(&[], &["rack=\" \""])), "rack");
+    assert_eq!(
+        load(&[("STRATA_RACK", "eu-west-1a")], &[])
+            .expect("valid")
+            .rack
+            .as_deref(),
+        Some("eu-west-1a")
+    );
     assert_eq!(bad_key(load(&[], &["novalue"])), "novalue");
 }

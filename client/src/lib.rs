@@ -112,6 +112,8 @@ pub struct BrokerInfo {
     pub host: String,
     /// Its Kafka port.
     pub port: i32,
+    /// Its rack, when it has one.
+    pub rack: Option<String>,
 }
 
 /// A partition's placement.
@@ -423,6 +425,7 @@ impl Client {
                 id: b.node_id.0,
                 host: b.host.to_string(),
                 port: b.port,
+                rack: b.rack.as_ref().map(|r| r.to_string()),
             })
             .collect();
         Ok((brokers, m.controller_id.0))

@@ -30,6 +30,9 @@ const ROUND_PAUSE: Duration = Duration::from_millis(50);
 /// out everywhere else.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a controller that held a call without answering is asked last.
+const SILENT_FOR: Duration = Duration::from_secs(30);
+
 /// Whether a call may be sent to another controller after one held it without answering.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Repeat {
@@ -45,6 +48,9 @@ pub struct ControllerClient {
     addrs: Vec<String>,
     channels: Mutex<HashMap<String, Channel>>,
     leader: Mutex<Option<String>>,
+    /// Controllers that last held a call without answering, and when: asked last for a while,
+    /// so a deposed leader cut off from its quorum does not cost every call its timeout.
+    silent: Mutex<HashMap<String, tokio::time::Instant>>,
     deadline: Duration,
 }
 
@@ -55,6 +61,7 @@ impl ControllerClient {
             addrs: addrs.into_iter().map(Into::into).collect(),
             channels: Mutex::new(HashMap::new()),
             leader: Mutex::new(None),
+            silent: Mutex::new(HashMap::new()),
             deadline: Duration::from_secs(10),
         }
     }
@@ -86,6 +93,28 @@ impl ControllerClient {
         }
     }
 
+    /// The controllers to ask, in order: the known leader, then the others, each once, those
+    /// that recently held a call without answering last.
+    fn candidates(&self) -> Vec<String> {
+        let known = self
+            .leader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut all: Vec<String> = known.into_iter().collect();
+        for a in &self.addrs {
+            if !all.contains(a) {
+                all.push(a.clone());
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let mut silent = self.silent.lock().unwrap_or_else(|p| p.into_inner());
+        silent.retain(|_, at| now.duration_since(*at) < SILENT_FOR);
+        // Stable: the known leader stays first among those that answer.
+        all.sort_by_key(|a| silent.contains_key(a));
+        all
+    }
+
     /// Calls the leader: the last known one first, then each controller, following hints.
     async fn on_leader<T, F, Fut>(&self, repeat: Repeat, call: F) -> Result<T, ControllerError>
     where
@@ -95,13 +124,7 @@ impl ControllerClient {
         let give_up = tokio::time::Instant::now() + self.deadline;
         let mut last_error = String::from("no controller addresses configured");
         loop {
-            let known = self
-                .leader
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let mut candidates: Vec<String> = known.into_iter().collect();
-            candidates.extend(self.addrs.iter().cloned());
+            let mut candidates = self.candidates();
             let mut i = 0;
             while i < candidates.len() {
                 let addr = candidates[i].clone();
@@ -115,6 +138,10 @@ impl ControllerClient {
                     Ok(reply) => reply,
                     Err(_) => {
                         self.forget_leader(&addr);
+                        self.silent
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(addr.clone(), tokio::time::Instant::now());
                         last_error = format!("{addr}: no answer within {wait:?}");
                         if repeat == Repeat::Never || wait == remaining {
                             return Err(ControllerError::Unavailable { reason: last_error });
@@ -124,6 +151,10 @@ impl ControllerClient {
                 };
                 match reply {
                     Ok(v) => {
+                        self.silent
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&addr);
                         *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
                         return Ok(v);
                     }
@@ -227,4 +258,24 @@ fn worth_another_controller(status: &Status) -> bool {
 
 fn decode<T: DeserializeOwned>(json: Json) -> Result<T, ControllerError> {
     Ok(serde_json::from_slice(&json.json)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_known_leader_goes_first_and_a_silent_controller_last() {
+        let c = ControllerClient::new(["a:1", "b:1", "c:1"]);
+        assert_eq!(c.candidates(), ["a:1", "b:1", "c:1"]);
+        *c.leader.lock().expect("lock") = Some("c:1".to_owned());
+        assert_eq!(c.candidates(), ["c:1", "a:1", "b:1"], "each once");
+        c.silent
+            .lock()
+            .expect("lock")
+            .insert("a:1".to_owned(), tokio::time::Instant::now());
+        assert_eq!(c.candidates(), ["c:1", "b:1", "a:1"]);
+        c.forget_leader("c:1");
+        assert_eq!(c.candidates(), ["b:1", "c:1", "a:1"]);
+    }
 }

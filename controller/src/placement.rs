@@ -63,6 +63,12 @@ pub fn assign(
         .filter(|rf| *rf >= 1)
         .ok_or(CommandError::InvalidReplicationFactor { replication_factor })?;
     let ring = rack_alternated(candidates);
+    let rack_of = |id: BrokerId| {
+        candidates
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(|c| c.rack.as_deref())
+    };
     let n = ring.len();
     if rf > n {
         return Err(CommandError::InsufficientBrokers {
@@ -84,8 +90,23 @@ pub fn assign(
         replicas.push(ring[pos]);
         if n > 1 {
             let shift = (p / n) % (n - 1);
-            for j in 0..rf - 1 {
-                replicas.push(ring[(pos + 1 + (shift + j) % (n - 1)) % n]);
+            let order: Vec<BrokerId> = (0..n - 1)
+                .map(|j| ring[(pos + 1 + (shift + j) % (n - 1)) % n])
+                .collect();
+            // Followers in that order, first from racks that hold no replica yet (Kafka's
+            // rack-aware rule: the shift alone can land two replicas in one rack), then the
+            // rest. Without racks this is the order itself.
+            let mut racks_used = vec![rack_of(ring[pos])];
+            for id in &order {
+                if replicas.len() < rf && !racks_used.contains(&rack_of(*id)) {
+                    racks_used.push(rack_of(*id));
+                    replicas.push(*id);
+                }
+            }
+            for id in &order {
+                if replicas.len() < rf && !replicas.contains(id) {
+                    replicas.push(*id);
+                }
             }
         }
         *leader_load.entry(ring[pos]).or_default() += 1;
@@ -166,10 +187,31 @@ mod tests {
         ]);
         assert_eq!(rack_alternated(&c), vec![1, 3, 5, 2, 4, 6]);
         let rack = |id: BrokerId| c.iter().find(|b| b.id == id).and_then(|b| b.rack.clone());
-        let a = assign(&c, 0, 6, 3, &mut BTreeMap::new(), &mut BTreeMap::new()).expect("assign");
+        // Many partitions, so the follower shift comes into play (it once put two replicas
+        // of a partition in one rack from the seventh partition on).
+        let a = assign(&c, 0, 60, 3, &mut BTreeMap::new(), &mut BTreeMap::new()).expect("assign");
         for r in &a {
             let racks: BTreeSet<_> = r.iter().map(|id| rack(*id)).collect();
             assert_eq!(racks.len(), 3, "{r:?} spans fewer than 3 racks");
+        }
+        // Two racks, two copies: always one in each.
+        let two = brokers(&[
+            (1, Some("a")),
+            (2, Some("b")),
+            (3, Some("a")),
+            (4, Some("b")),
+        ]);
+        let rack = |id: BrokerId| two.iter().find(|b| b.id == id).and_then(|b| b.rack.clone());
+        let a = assign(&two, 0, 40, 2, &mut BTreeMap::new(), &mut BTreeMap::new()).expect("assign");
+        for r in &a {
+            assert_ne!(rack(r[0]), rack(r[1]), "{r:?} in one rack");
+        }
+        // More copies than racks: every rack, and distinct brokers.
+        let a = assign(&two, 0, 40, 3, &mut BTreeMap::new(), &mut BTreeMap::new()).expect("assign");
+        for r in &a {
+            let racks: BTreeSet<_> = r.iter().map(|id| rack(*id)).collect();
+            let ids: BTreeSet<_> = r.iter().collect();
+            assert_eq!((racks.len(), ids.len()), (2, 3), "{r:?}");
         }
     }
 

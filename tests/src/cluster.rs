@@ -43,6 +43,9 @@ pub struct Options<'a> {
     /// Keep the object store in bucket `strata` of this S3 server (created beforehand)
     /// rather than in a shared directory.
     pub s3: Option<SocketAddr>,
+    /// Spread the nodes over this many racks (`rack-0`, `rack-1`, ... in turn by id); 0: no
+    /// racks.
+    pub racks: i32,
 }
 
 /// `size` `strata` processes forming one cluster.
@@ -51,6 +54,8 @@ pub struct ProcessCluster {
     binary: PathBuf,
     /// Extra settings every node gets.
     settings: Vec<String>,
+    /// Racks the nodes are spread over (0: none).
+    racks: i32,
     dir: tempfile::TempDir,
     nodes: BTreeMap<i32, Node>,
     pids: Pids,
@@ -185,6 +190,7 @@ impl ProcessCluster {
         let mut cluster = Self {
             binary: binary.to_owned(),
             settings,
+            racks: options.racks,
             dir: tempfile::tempdir().expect("tempdir"),
             nodes,
             pids,
@@ -243,6 +249,11 @@ impl ProcessCluster {
             "controller.heartbeat_interval_ms=500".to_owned(),
         ];
         let mut command = Command::new(&self.binary);
+        if self.racks > 0 {
+            command
+                .arg("--set")
+                .arg(format!("rack=\"{}\"", Self::rack_of(id, self.racks)));
+        }
         for s in settings.iter().chain(&self.settings) {
             command.arg("--set").arg(s);
         }
@@ -305,6 +316,11 @@ impl ProcessCluster {
             }
         }
         votes.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id)
+    }
+
+    /// The rack node `id` runs in when the nodes are spread over `racks` racks.
+    pub fn rack_of(id: i32, racks: i32) -> String {
+        format!("rack-{}", (id - 1).rem_euclid(racks.max(1)))
     }
 
     /// The ids of the nodes, running or not.
@@ -458,7 +474,13 @@ impl ProcessCluster {
             .map(|id| {
                 let text = std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log")))
                     .unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                // Raft's retry noise would fill the tail of a node cut off from the others.
+                let tail: Vec<&str> = text
+                    .lines()
+                    .rev()
+                    .filter(|l| !l.contains("openraft::"))
+                    .take(40)
+                    .collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 format!("--- node {id}\n{}", tail.join("\n"))
             })
@@ -469,6 +491,18 @@ impl ProcessCluster {
 
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
+        // A failing test keeps the nodes' logs and shows their tails, so a failure seen once
+        // (in CI, say) explains itself.
+        if std::thread::panicking() {
+            let unique = self.dir.path().file_name().unwrap_or_default();
+            let to = std::env::temp_dir()
+                .join(format!("strata-cluster-logs{}", unique.to_string_lossy()));
+            match self.save_logs(&to) {
+                Ok(()) => eprintln!("the nodes' logs are in {}", to.display()),
+                Err(e) => eprintln!("the nodes' logs could not be saved: {e}"),
+            }
+            eprintln!("{}", self.logs());
+        }
         for node in self.nodes.values_mut() {
             if let Some(child) = node.child.as_mut() {
                 let _ = child.start_kill();

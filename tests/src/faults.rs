@@ -280,6 +280,7 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
             ],
             proxied: true,
             s3: Some(s3.addr()),
+            ..Options::default()
         },
     )
     .await;

@@ -981,3 +981,45 @@ async fn a_tiered_partition_whose_replicas_are_gone_is_rehomed_from_object_stora
         Some(Bytes::from("v0"))
     );
 }
+
+/// Brokers started with `rack` report it in Metadata (Kafka's `broker.rack`), and a topic's
+/// replicas go to different racks: four brokers in two racks, two copies of every partition,
+/// never both in one rack.
+#[tokio::test]
+async fn replicas_are_spread_over_racks() {
+    let cluster = ProcessCluster::start_opts(
+        binary(),
+        4,
+        Options {
+            racks: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let (brokers, _) = client.cluster().await.expect("metadata");
+    let rack: BTreeMap<i32, String> = brokers
+        .iter()
+        .map(|b| (b.id, b.rack.clone().expect("a rack")))
+        .collect();
+    for (id, r) in &rack {
+        assert_eq!(*r, ProcessCluster::rack_of(*id, 2));
+    }
+    client
+        .create_topic("spread", 8, 2, &BTreeMap::new())
+        .await
+        .expect("create");
+    let (info, _) = client.describe_topic("spread").await.expect("describe");
+    for p in &info.partitions {
+        let racks: BTreeSet<&String> = p.replicas.iter().map(|r| &rack[r]).collect();
+        assert_eq!(
+            racks.len(),
+            2,
+            "partition {} on {:?}",
+            p.partition,
+            p.replicas
+        );
+    }
+}

@@ -286,7 +286,7 @@ pub(super) async fn cluster(
     if as_json {
         let list: Vec<_> = brokers
             .iter()
-            .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port }))
+            .map(|b| json!({ "id": b.id, "host": b.host, "port": b.port, "rack": b.rack }))
             .collect();
         writeln!(
             out,
@@ -301,10 +301,11 @@ pub(super) async fn cluster(
                     b.id.to_string(),
                     format!("{}:{}", b.host, b.port),
                     if b.id == controller { "yes" } else { "" }.to_owned(),
+                    b.rack.clone().unwrap_or_default(),
                 ]
             })
             .collect();
-        table(out, &["BROKER", "ADDRESS", "CONTROLLER"], &rows)?;
+        table(out, &["BROKER", "ADDRESS", "CONTROLLER", "RACK"], &rows)?;
     }
     Ok(())
 }
