@@ -422,9 +422,9 @@ async fn recover_partitions(roles: RoleEvents, timeout: Duration, cancel: Cancel
         .await;
 }
 
-/// How long the applied metadata may stay behind what the controller leader reported before
-/// the watch stream is taken for stale (its controller cut off from the quorum, or a
-/// connection that hangs) and opened again.
+/// How long the applied metadata may stay behind what the controller leader reported, with
+/// no update arriving, before the watch stream is taken for stale (its controller cut off
+/// from the quorum, or a connection that hangs) and opened again.
 const STALE_WATCH: Duration = Duration::from_secs(1);
 
 /// Follows the controller's metadata stream from the version applied last, reconnecting
@@ -461,6 +461,8 @@ async fn follow_metadata(state: Arc<BrokerState>, cancel: CancellationToken) {
                         }
                     };
                     let Some(batch) = batch else { break };
+                    // Updates flow: a stream that is behind but moving is not stalled.
+                    behind_since = None;
                     let mut updates = Vec::with_capacity(batch.len());
                     let mut broken = false;
                     for u in batch {

@@ -1023,3 +1023,145 @@ async fn replicas_are_spread_over_racks() {
         );
     }
 }
+
+/// KIP-392: a consumer that says its rack is sent by the leader to an in-sync replica in that
+/// rack (`preferred_read_replica`, no records), which serves it up to the high watermark; one
+/// in the leader's rack, or an older client, reads from the leader. librdkafka with
+/// `client.rack` set reads everything.
+#[tokio::test]
+async fn consumers_read_from_the_replica_in_their_rack() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+
+    let cluster = ProcessCluster::start_opts(
+        binary(),
+        3,
+        Options {
+            racks: 3,
+            ..Options::default()
+        },
+    )
+    .await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let configs = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
+    client
+        .create_topic("racked", 1, 3, &configs)
+        .await
+        .expect("create");
+    let acked = produce_acked(&client, "racked", 0..100).await;
+    let p = until_partition(
+        &client,
+        "racked",
+        Duration::from_secs(30),
+        "all in sync",
+        |p| p.isr.len() == 3,
+    )
+    .await;
+    let leader = p.leader;
+    let follower = p
+        .replicas
+        .iter()
+        .copied()
+        .find(|r| *r != leader)
+        .expect("a follower");
+    let fetch = |rack: String| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_rack_id(StrBytes::from_string(rack))
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("racked")))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(0)
+                            .with_partition_max_bytes(1 << 20),
+                    ]),
+            ])
+    };
+    let answer = |resp: kafka_protocol::messages::FetchResponse| {
+        let p = resp.responses[0].partitions[0].clone();
+        (
+            p.error_code,
+            p.preferred_read_replica.0,
+            p.records.map_or(0, |r| r.len()),
+            p.high_watermark,
+        )
+    };
+    let mut at_leader = RawClient::connect(cluster.kafka_addr(leader)).await;
+    let follower_rack = ProcessCluster::rack_of(follower, 3);
+    let (code, preferred, bytes, _) =
+        answer(at_leader.call(12, &fetch(follower_rack.clone())).await);
+    assert_eq!(
+        (code, preferred, bytes),
+        (0, follower, 0),
+        "sent to the follower"
+    );
+    let mut at_follower = RawClient::connect(cluster.kafka_addr(follower)).await;
+    // The follower learns the high watermark from its next fetch; it serves up to it.
+    let end = acked.last().expect("acked").0 + 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, preferred, bytes, hw) =
+            answer(at_follower.call(12, &fetch(follower_rack.clone())).await);
+        assert_eq!((code, preferred), (0, -1));
+        assert!(bytes > 0, "the follower serves the records");
+        if hw == end {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "follower hw {hw} of {end}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // In the leader's rack, or before v11: the leader serves.
+    let (_, preferred, bytes, _) = answer(
+        at_leader
+            .call(12, &fetch(ProcessCluster::rack_of(leader, 3)))
+            .await,
+    );
+    assert_eq!(preferred, -1);
+    assert!(bytes > 0);
+    let (code, ..) = answer(at_follower.call(10, &fetch(follower_rack.clone())).await);
+    assert_eq!(code, 6, "NOT_LEADER_OR_FOLLOWER before v11");
+
+    // librdkafka follows the preferred replica and reads every record.
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", "racked-reader")
+        .set("client.rack", &follower_rack)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset("racked", 0, rdkafka::Offset::Beginning)
+        .expect("partition");
+    consumer.assign(&tpl).expect("assign");
+    let mut read = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read.len() < acked.len() && std::time::Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("message");
+            read.push((m.offset(), m.payload().map(<[u8]>::to_vec)));
+        }
+    }
+    assert_eq!(
+        read.len(),
+        acked.len(),
+        "read {} of {}",
+        read.len(),
+        acked.len()
+    );
+    for ((offset, value), (base, i)) in read.iter().zip(&acked) {
+        assert_eq!(*offset, *base);
+        assert_eq!(value.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
+}

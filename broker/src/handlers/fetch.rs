@@ -10,7 +10,7 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
 };
 use tokio::time::Instant;
 
@@ -32,6 +32,9 @@ struct Wanted {
     /// A replica of the partition fetching to copy it (reads to the log end, not the high
     /// watermark, and its fetch offset moves the high watermark).
     follower: bool,
+    /// For a consumer in another rack than this leader: an in-sync replica in its rack, which
+    /// it is told to read from instead (KIP-392), with no records.
+    preferred: Option<i32>,
 }
 
 impl Wanted {
@@ -57,6 +60,9 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
     } else {
         req.replica_id.0
     };
+    // Consumers from v11 on may read from any replica (KIP-392), and say their rack.
+    let closest = replica < 0 && frame.version >= 11;
+    let client_rack = req.rack_id.as_str();
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
     let mut wanted = Vec::new();
     for t in &req.topics {
@@ -74,9 +80,25 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
             let target = match record {
                 None if by_id => Err(ResponseError::UnknownTopicId),
                 None => Err(ResponseError::UnknownTopicOrPartition),
+                Some(r) if closest => state
+                    .partitions
+                    .replica(r, p.partition, p.current_leader_epoch)
+                    .map(|(part, _)| part),
                 Some(r) => state
                     .led_partition(r, p.partition, p.current_leader_epoch)
                     .map(|(part, _)| part),
+            };
+            let preferred = match (&target, record) {
+                (Ok(part), Some(r)) if closest && !client_rack.is_empty() => closest_replica(
+                    state,
+                    &image,
+                    part,
+                    r,
+                    p.partition,
+                    client_rack,
+                    p.fetch_offset,
+                ),
+                _ => None,
             };
             // A follower's fetch offset is its log end; one that is not a replica of the
             // partition is read like a consumer.
@@ -92,6 +114,7 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                 max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0).min(cap),
                 target,
                 follower,
+                preferred,
             });
         }
     }
@@ -125,7 +148,10 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
             .iter()
             .map(|r| r.records.as_ref().map_or(0, Bytes::len))
             .sum();
-        let errors = results.iter().any(|r| r.error_code != 0);
+        // An error, or a consumer sent to a closer replica, is answered at once.
+        let errors = results
+            .iter()
+            .any(|r| r.error_code != 0 || r.preferred_read_replica.0 >= 0);
         if bytes >= min_bytes || errors || Instant::now() >= deadline || watchers.is_empty() {
             let mut topics = topics;
             for (w, data) in wanted.iter().zip(results) {
@@ -156,6 +182,36 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
             }
         }
     }
+}
+
+/// KIP-392: the replica a consumer in `rack` should read partition `index` of `topic` from,
+/// when this broker leads it from another rack: a live in-sync follower in that rack that
+/// already holds `offset` (Kafka's rule), lowest id first. `None`: read here.
+fn closest_replica(
+    state: &BrokerState,
+    image: &strata_controller::MetadataImage,
+    part: &Partition,
+    topic: &strata_controller::model::TopicRecord,
+    index: i32,
+    rack: &str,
+    offset: i64,
+) -> Option<i32> {
+    let meta = topic.partitions.get(usize::try_from(index).ok()?)?;
+    if meta.leader != Some(state.id) || state.config.rack.as_deref() == Some(rack) {
+        return None;
+    }
+    let offset = u64::try_from(offset).ok()?;
+    meta.isr
+        .iter()
+        .copied()
+        .filter(|r| *r != state.id)
+        .filter(|r| {
+            image
+                .brokers
+                .get(r)
+                .is_some_and(|b| !b.fenced && b.rack.as_deref() == Some(rack))
+        })
+        .find(|r| part.follower_log_end(*r).is_some_and(|end| end >= offset))
 }
 
 /// The size of each wanted partition's log (0 where there is none).
@@ -205,6 +261,12 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
                 .with_high_watermark(hw as i64)
                 .with_last_stable_offset(hw as i64)
                 .with_log_start_offset(part.log_start_offset() as i64);
+            if let Some(id) = w.preferred {
+                return Slot::Done(
+                    data.with_preferred_read_replica(BrokerId(id))
+                        .with_records(Some(Bytes::new())),
+                );
+            }
             let Ok(offset) = u64::try_from(w.offset) else {
                 return Slot::Done(data.with_error_code(ResponseError::OffsetOutOfRange.code()));
             };

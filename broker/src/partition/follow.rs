@@ -21,6 +21,21 @@ impl Partition {
             return Ok(self.log.log_end_offset());
         }
         let headers = producer::headers(records);
+        // The leader answers a fetch from this copy's end with the batch holding that offset;
+        // one that starts below the end means this copy's last batches differ from the
+        // leader's there (truncation by epochs did not see it). The leader's history wins:
+        // cut back to its batch, or the copy would refuse it on every fetch and never catch
+        // up (seen in the fault checker: a replica kept out of the ISR for good).
+        let end = self.log.log_end_offset();
+        if let Some(base) = headers
+            .first()
+            .and_then(|h| u64::try_from(h.base_offset).ok())
+            .filter(|base| *base < end)
+        {
+            tracing::warn!(topic = %self.topic, partition = self.index, base, end,
+                "the leader's batch starts inside this copy's last batch; cutting back to it");
+            self.truncate_copy(base)?;
+        }
         {
             // Held across the append, as the leader's append holds them (epochs first).
             let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());

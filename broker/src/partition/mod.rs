@@ -210,6 +210,11 @@ impl Partition {
         (wanted != isr).then_some(wanted)
     }
 
+    /// As leader, follower `replica`'s log end as its last fetch reported it.
+    pub(crate) fn follower_log_end(&self, replica: i32) -> Option<u64> {
+        self.lock_replicas().get(replica).map(|f| f.log_end)
+    }
+
     /// Records a fetch by follower `replica` from `offset` (its log end), when this broker
     /// leads and `replica` is one of the partition's replicas; whether it was recorded.
     pub(crate) fn follower_fetched(&self, replica: i32, offset: u64) -> bool {

@@ -80,11 +80,37 @@ impl Partitions {
         index: i32,
         current_leader_epoch: i32,
     ) -> Result<(Arc<Partition>, &'t PartitionRecord), ResponseError> {
+        self.copy(topic, index, current_leader_epoch, true)
+    }
+
+    /// Like [`Partitions::led`], for a partition this broker leads or follows: a consumer
+    /// that reads from the closest replica (KIP-392) is served by a follower too.
+    pub(crate) fn replica<'t>(
+        &self,
+        topic: &'t TopicRecord,
+        index: i32,
+        current_leader_epoch: i32,
+    ) -> Result<(Arc<Partition>, &'t PartitionRecord), ResponseError> {
+        self.copy(topic, index, current_leader_epoch, false)
+    }
+
+    fn copy<'t>(
+        &self,
+        topic: &'t TopicRecord,
+        index: i32,
+        current_leader_epoch: i32,
+        leading: bool,
+    ) -> Result<(Arc<Partition>, &'t PartitionRecord), ResponseError> {
         let meta = usize::try_from(index)
             .ok()
             .and_then(|i| topic.partitions.get(i))
             .ok_or(ResponseError::UnknownTopicOrPartition)?;
-        if meta.leader != Some(self.me) {
+        let holds = if leading {
+            meta.leader == Some(self.me)
+        } else {
+            meta.leader.is_some() && meta.replicas.contains(&self.me)
+        };
+        if !holds {
             return Err(ResponseError::NotLeaderOrFollower);
         }
         // A client ahead of this broker's metadata retries; one behind refreshes its own.

@@ -347,3 +347,44 @@ fn the_high_watermark_is_saved_and_read_back_capped_at_the_log() {
     parts.apply(&replicated(&[1]));
     assert_eq!(*p.high_watermark.borrow(), 3);
 }
+
+/// A copy whose last batch differs from the leader's at the same offsets (its end falls
+/// inside a leader batch) is cut back to the leader's batch and takes it, instead of refusing
+/// it on every fetch.
+#[test]
+fn a_copy_that_ends_inside_a_leader_batch_takes_the_leaders_batch() {
+    use strata_storage::{BatchBuilder, Log, LogConfig};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let id = Uuid::new_v4();
+    parts.apply(&image(
+        1,
+        vec![topic("t", id, vec![partition(&[2, 1], Some(2), 0)])],
+    ));
+    let copy = parts.get(id, 0).expect("hosted");
+    let role = Role::Follower {
+        leader: Some(2),
+        epoch: 0,
+    };
+    let log_of = |name: &str, batches: &[&[&[u8]]]| {
+        let log = Log::open(dir.path().join(name), LogConfig::default()).expect("log");
+        for records in batches {
+            let mut b = BatchBuilder::new();
+            for r in *records {
+                b = b.value(None, r, 1);
+            }
+            log.append(&mut b.build(), 0).expect("append");
+        }
+        log
+    };
+    // The leader: offsets 0..=1 in one batch, 2..=4 in the next. This copy: 0..=2 in one.
+    let leader = log_of("leader", &[&[b"a", b"b"], &[b"c", b"d", b"e"]]);
+    let other = log_of("other", &[&[b"a", b"b", b"x"]]);
+    let ours = other.read(0, 1 << 20).expect("read");
+    assert_eq!(copy.append_copied(&ours, role).expect("copied"), 3);
+    // A fetch from 3 gets the leader's batch holding 3, which starts at 2.
+    let theirs = leader.read(3, 1 << 20).expect("read");
+    assert_eq!(copy.append_copied(&theirs, role).expect("copied"), 5);
+    let mine = copy.log.read(2, 1 << 20).expect("read");
+    assert_eq!(&mine[..], &theirs[..], "the leader's batch, byte for byte");
+}
