@@ -227,15 +227,38 @@ impl Coordinator {
             Some(l) => Some(l.lock().await),
             None => None,
         };
-        let log = part.log.clone();
         let now = now_ms();
-        tokio::task::spawn_blocking(move || store::append(&log, leader_epoch, &writes, now))
-            .await
-            .map_err(|e| strata_storage::StorageError::Io {
-                op: "persisting group records",
-                path: part.log.dir().to_owned(),
-                source: std::io::Error::other(e),
-            })??;
+        let writer = part.clone();
+        tokio::task::spawn_blocking(move || {
+            // The first write of a leader epoch records where it starts, as a produce does
+            // (held across the append): followers truncate by these epochs, and without them
+            // a follower of an offsets partition kept a diverged tail (seen in the fault
+            // checker as a copy ending inside one of the leader's batches).
+            let mut epochs = writer.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            if epochs.latest().is_some_and(|l| l > leader_epoch) {
+                return Err(strata_storage::StorageError::Io {
+                    op: "persisting group records",
+                    path: writer.log.dir().to_owned(),
+                    source: std::io::Error::other(format!(
+                        "leader epoch {leader_epoch} is older than the log's"
+                    )),
+                });
+            }
+            epochs
+                .assign(leader_epoch, writer.log.log_end_offset())
+                .map_err(|source| strata_storage::StorageError::Io {
+                    op: "recording leader epochs",
+                    path: writer.log.dir().to_owned(),
+                    source,
+                })?;
+            store::append(&writer.log, leader_epoch, &writes, now)
+        })
+        .await
+        .map_err(|e| strata_storage::StorageError::Io {
+            op: "persisting group records",
+            path: part.log.dir().to_owned(),
+            source: std::io::Error::other(e),
+        })??;
         part.appended();
         // As Kafka's coordinator writes with acks=all: acknowledged only once every in-sync
         // replica has it, so a new leader of the partition has every acknowledged commit.
