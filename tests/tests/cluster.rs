@@ -982,16 +982,13 @@ async fn a_tiered_partition_whose_replicas_are_gone_is_rehomed_from_object_stora
     );
 }
 
-/// Brokers started with `rack` report it in Metadata (Kafka's `broker.rack`), and a topic's
-/// replicas go to different racks: four brokers in two racks, two copies of every partition,
-/// never both in one rack.
-#[tokio::test]
-async fn replicas_are_spread_over_racks() {
+/// `size` nodes spread over `racks` racks, and a client of them.
+async fn racked(size: i32, racks: i32) -> (ProcessCluster, Client) {
     let cluster = ProcessCluster::start_opts(
         binary(),
-        4,
+        size,
         Options {
-            racks: 2,
+            racks,
             ..Options::default()
         },
     )
@@ -999,6 +996,15 @@ async fn replicas_are_spread_over_racks() {
     let client = Client::connect(&cluster.bootstrap())
         .await
         .expect("connect");
+    (cluster, client)
+}
+
+/// Brokers started with `rack` report it in Metadata (Kafka's `broker.rack`), and a topic's
+/// replicas go to different racks: four brokers in two racks, two copies of every partition,
+/// never both in one rack.
+#[tokio::test]
+async fn replicas_are_spread_over_racks() {
+    let (_cluster, client) = racked(4, 2).await;
     let (brokers, _) = client.cluster().await.expect("metadata");
     let rack: BTreeMap<i32, String> = brokers
         .iter()
@@ -1033,18 +1039,7 @@ async fn consumers_read_from_the_replica_in_their_rack() {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
 
-    let cluster = ProcessCluster::start_opts(
-        binary(),
-        3,
-        Options {
-            racks: 3,
-            ..Options::default()
-        },
-    )
-    .await;
-    let client = Client::connect(&cluster.bootstrap())
-        .await
-        .expect("connect");
+    let (cluster, client) = racked(3, 3).await;
     let configs = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
     client
         .create_topic("racked", 1, 3, &configs)
