@@ -305,6 +305,26 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
         e.offsets.get(&("orders".into(), 3)).map(|c| c.offset)
     });
     assert_eq!(offset, Some(Some(42)));
+    // Its writes record their leader epoch where they start, as a produce does: followers
+    // truncate by these epochs.
+    let (part, epoch) = coordinator.route("g").expect("coordinated here");
+    let start = part.log.log_end_offset();
+    let again = Write::Offset {
+        group: "g".into(),
+        topic: "orders".into(),
+        partition: 3,
+        value: Some(Committed {
+            offset: 43,
+            ..committed.clone()
+        }),
+    };
+    coordinator
+        .persist_then(part.clone(), epoch, "g", vec![again], |_| ())
+        .await
+        .expect("persisted");
+    let epochs = part.epochs.lock().expect("epochs");
+    assert_eq!(epochs.latest(), Some(2));
+    assert_eq!(epochs.end_offset_for(0, 2, start + 1), (0, start as i64));
 }
 
 /// The high watermark survives a restart: a leader whose follower had copied only part of its
