@@ -169,18 +169,22 @@ pub enum ControllerMode {
     Combined,
     /// The quorum runs elsewhere; this process is only a broker.
     Remote,
+    /// This process is only a member of the quorum listed in `voters` (Kafka's
+    /// `process.roles=controller`): it serves no Kafka clients and holds no partitions, so
+    /// brokers in `remote` mode can come and go beside a quorum of its own.
+    Dedicated,
 }
 
 /// Where the controller quorum is.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControllerSection {
-    /// Embedded, combined or remote.
+    /// Embedded, combined, remote or dedicated.
     pub mode: ControllerMode,
-    /// Controller gRPC address of this process (embedded and combined modes).
+    /// Controller gRPC address of this process (embedded, combined and dedicated modes).
     pub listen: String,
-    /// Quorum voters as `id@host:port` (Kafka's `controller.quorum.voters`); combined and
-    /// remote modes.
+    /// Quorum voters as `id@host:port` (Kafka's `controller.quorum.voters`); combined,
+    /// remote and dedicated modes.
     pub voters: Vec<String>,
     /// A broker without heartbeats for this long is fenced (`broker.session.timeout.ms`).
     pub session_timeout_ms: u64,
@@ -535,7 +539,22 @@ impl BrokerConfig {
             );
         }
         if self.controller.mode != ControllerMode::Embedded {
-            self.voters()?;
+            let voters = self.voters()?;
+            let member = matches!(
+                self.controller.mode,
+                ControllerMode::Combined | ControllerMode::Dedicated
+            );
+            let listed = u64::try_from(self.node_id).is_ok_and(|id| voters.contains_key(&id));
+            if member && !listed {
+                let mode = format!("{:?}", self.controller.mode).to_lowercase();
+                return bad(
+                    "controller.voters",
+                    format!(
+                        "must list this node (node_id {}) in {mode} mode",
+                        self.node_id
+                    ),
+                );
+            }
         }
         if self.controller.leader_imbalance_per_broker_percentage > 100 {
             return bad(

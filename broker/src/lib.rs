@@ -53,6 +53,16 @@ pub async fn run(config: BrokerConfig) -> Result<(), BrokerError> {
     // Listening starts before the broker does: a SIGTERM during start-up (a `docker stop`
     // right after `docker run`) is then kept for later instead of killing the process.
     let stop = ShutdownSignal::listen();
+    if config.controller.mode == config::ControllerMode::Dedicated {
+        let controller = server::start_controller(&config).await?;
+        tracing::info!(node = config.node_id, "serving as a dedicated controller");
+        stop.wait().await;
+        tracing::info!("shutdown requested");
+        if let Some(c) = controller {
+            c.shutdown().await;
+        }
+        return Ok(());
+    }
     let broker = Broker::start(config).await?;
     stop.wait().await;
     tracing::info!("shutdown requested");

@@ -84,6 +84,14 @@ impl Broker {
             config.kafka.advertised = Some(local_addr.to_string());
         }
         config.validate()?;
+        if config.controller.mode == ControllerMode::Dedicated {
+            return Err(BrokerError::Config {
+                key: "controller.mode".into(),
+                reason: "a dedicated controller serves no Kafka clients; start it with \
+                         strata_broker::run"
+                    .into(),
+            });
+        }
         std::fs::create_dir_all(config.log_dir()).map_err(|source| BrokerError::Io {
             op: "creating",
             path: config.log_dir(),
@@ -299,7 +307,10 @@ async fn controlled_shutdown(state: &BrokerState) -> Option<u64> {
     None
 }
 
-async fn start_controller(config: &BrokerConfig) -> Result<Option<ControllerNode>, BrokerError> {
+/// Starts this process's member of the controller quorum, if its mode has one.
+pub(crate) async fn start_controller(
+    config: &BrokerConfig,
+) -> Result<Option<ControllerNode>, BrokerError> {
     let mut c =
         ControllerConfig::single_node(config.controller_dir(), config.controller.listen.clone());
     c.node_id = u64::try_from(config.node_id).unwrap_or(0);
@@ -312,7 +323,7 @@ async fn start_controller(config: &BrokerConfig) -> Result<Option<ControllerNode
         ControllerMode::Embedded => {
             c.voters = [(c.node_id, config.controller.listen.clone())].into();
         }
-        ControllerMode::Combined => c.voters = config.voters()?,
+        ControllerMode::Combined | ControllerMode::Dedicated => c.voters = config.voters()?,
     }
     Ok(Some(ControllerNode::start(c).await?))
 }

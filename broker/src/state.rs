@@ -86,9 +86,12 @@ impl BrokerState {
                 offsets_partitions: g.offsets_topic_partitions,
                 offsets_retention: Duration::from_secs(g.offsets_retention_minutes * 60),
                 offsets_replication_factor: config.topics.default_replication_factor,
+                // A quorum of n voters is taken to serve at least n brokers (so a cluster of
+                // three brokers beside three controllers waits for the third before giving
+                // `__consumer_offsets` fewer copies).
                 expected_brokers: match config.controller.mode {
-                    crate::config::ControllerMode::Combined => config.controller.voters.len(),
-                    _ => 1,
+                    crate::config::ControllerMode::Embedded => 1,
+                    _ => config.controller.voters.len(),
                 },
             },
             config.node_id,

@@ -98,6 +98,25 @@ fn bad_settings_name_their_key() {
         bad_key(load(&[], &["controller.mode=\"combined\""])),
         "controller.voters"
     );
+    // A voter must be one of the voters it is given.
+    for mode in ["combined", "dedicated"] {
+        let set = [
+            format!("controller.mode=\"{mode}\""),
+            "node_id=4".to_owned(),
+            "controller.voters=[\"1@a:9093\",\"2@b:9093\",\"3@c:9093\"]".to_owned(),
+        ];
+        let set: Vec<&str> = set.iter().map(String::as_str).collect();
+        assert_eq!(bad_key(load(&[], &set)), "controller.voters", "{mode}");
+    }
+    load(
+        &[],
+        &[
+            "controller.mode=\"remote\"",
+            "node_id=4",
+            "controller.voters=[\"1@a:9093\"]",
+        ],
+    )
+    .expect("a remote broker is not a voter");
     assert_eq!(bad_key(load(&[], &["rack=\" \""])), "rack");
     assert_eq!(
         load(&[("STRATA_RACK", "eu-west-1a")], &[])

@@ -1,6 +1,7 @@
-//! A cluster of `strata` processes on loopback ports, each a controller voter and a broker
-//! (`controller.mode = "combined"`), sharing one object store directory, as users run three
-//! brokers on three VMs. Processes are killed when the cluster is dropped.
+//! A cluster of `strata` processes on loopback ports sharing one object store, as users run
+//! three brokers on three VMs: each a controller voter and a broker (`controller.mode =
+//! "combined"`), or brokers in `remote` mode beside a quorum of `dedicated` controllers.
+//! Processes are killed when the cluster is dropped.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -14,18 +15,40 @@ use tokio::process::{Child, Command};
 
 use crate::proxy::{Cut, Peer, Pids, Proxy};
 
+/// What a process of the cluster is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// A controller voter and a broker.
+    Combined,
+    /// A broker only (`remote` mode).
+    Broker,
+    /// A controller voter only (`dedicated` mode).
+    Controller,
+}
+
+impl Role {
+    fn brokers(self) -> bool {
+        self != Role::Controller
+    }
+
+    fn votes(self) -> bool {
+        self != Role::Broker
+    }
+}
+
 /// One process of the cluster.
 #[derive(Debug)]
 struct Node {
+    role: Role,
     kafka: SocketAddr,
     controller: SocketAddr,
     child: Option<Child>,
 }
 
-/// Proxies on every link of a cluster (see [`crate::proxy`]): one in front of each node's
+/// Proxies on every link of a cluster (see [`crate::proxy`]): one in front of each broker's
 /// Kafka listener (the address it advertises, so clients and other brokers both come through
-/// it), one in front of each controller listener (other nodes' voter lists name it), and one
-/// in front of the object store when it is an S3 server.
+/// it), one in front of each voter's controller listener (other nodes' voter lists name it),
+/// and one in front of the object store when it is an S3 server.
 #[derive(Debug)]
 struct Links {
     kafka: BTreeMap<i32, Proxy>,
@@ -46,9 +69,12 @@ pub struct Options<'a> {
     /// Spread the nodes over this many racks (`rack-0`, `rack-1`, ... in turn by id); 0: no
     /// racks.
     pub racks: i32,
+    /// Run this many dedicated controllers (ids after the brokers') as the quorum, and the
+    /// brokers in `remote` mode; 0: every node is both (`combined`).
+    pub controllers: i32,
 }
 
-/// `size` `strata` processes forming one cluster.
+/// `size` brokers (and any dedicated controllers), `strata` processes forming one cluster.
 #[derive(Debug)]
 pub struct ProcessCluster {
     binary: PathBuf,
@@ -132,12 +158,22 @@ impl ProcessCluster {
         .await
     }
 
-    /// Starts `size` nodes as `options` say.
+    /// Starts `size` brokers as `options` say.
     pub async fn start_opts(binary: &Path, size: i32, options: Options<'_>) -> Self {
         let mut settings: Vec<String> = options.settings.iter().map(|s| (*s).to_owned()).collect();
-        let nodes: BTreeMap<i32, Node> = (1..=size)
+        let broker_role = if options.controllers > 0 {
+            Role::Broker
+        } else {
+            Role::Combined
+        };
+        let nodes: BTreeMap<i32, Node> = (1..=size + options.controllers)
             .map(|id| {
                 let node = Node {
+                    role: if id <= size {
+                        broker_role
+                    } else {
+                        Role::Controller
+                    },
                     kafka: reserve_addr(),
                     controller: reserve_addr(),
                     child: None,
@@ -151,12 +187,14 @@ impl ProcessCluster {
             let mut kafka = BTreeMap::new();
             let mut controller = BTreeMap::new();
             for (id, n) in &nodes {
-                kafka.insert(
-                    *id,
-                    Proxy::start(reserve_addr(), n.kafka, pids.clone()).await,
-                );
-                let c = Proxy::start(reserve_addr(), n.controller, pids.clone()).await;
-                controller.insert(*id, c);
+                if n.role.brokers() {
+                    let k = Proxy::start(reserve_addr(), n.kafka, pids.clone()).await;
+                    kafka.insert(*id, k);
+                }
+                if n.role.votes() {
+                    let c = Proxy::start(reserve_addr(), n.controller, pids.clone()).await;
+                    controller.insert(*id, c);
+                }
             }
             links = Some(Links {
                 kafka,
@@ -196,12 +234,11 @@ impl ProcessCluster {
             pids,
             links,
         };
-        let ids: Vec<i32> = cluster.nodes.keys().copied().collect();
-        for id in &ids {
-            cluster.spawn(*id);
+        for id in cluster.processes() {
+            cluster.spawn(id);
         }
         cluster
-            .wait_for_brokers(ids.len(), Duration::from_secs(60))
+            .wait_for_brokers(size as usize, Duration::from_secs(60))
             .await;
         cluster
     }
@@ -216,6 +253,7 @@ impl ProcessCluster {
         let voters: Vec<String> = self
             .nodes
             .iter()
+            .filter(|(_, n)| n.role.votes())
             .map(|(i, n)| {
                 let addr = match &self.links {
                     Some(links) if *i != id => links.controller[i].addr(),
@@ -235,11 +273,16 @@ impl ProcessCluster {
             .open(self.dir.path().join(format!("node-{id}.log")))
             .expect("log file");
         let node = self.nodes.get_mut(&id).expect("known node");
+        let mode = match node.role {
+            Role::Combined => "combined",
+            Role::Broker => "remote",
+            Role::Controller => "dedicated",
+        };
         let settings = [
             format!("node_id={id}"),
             format!("data_dir=\"{}\"", data.display()),
             format!("kafka.listen=\"{}\"", node.kafka),
-            "controller.mode=\"combined\"".to_owned(),
+            format!("controller.mode=\"{mode}\""),
             format!("controller.listen=\"{}\"", node.controller),
             format!("controller.voters=[{}]", voters.join(",")),
             format!("kafka.advertised=\"{advertised}\""),
@@ -249,7 +292,7 @@ impl ProcessCluster {
             "controller.heartbeat_interval_ms=500".to_owned(),
         ];
         let mut command = Command::new(&self.binary);
-        if self.racks > 0 {
+        if self.racks > 0 && node.role.brokers() {
             command
                 .arg("--set")
                 .arg(format!("rack=\"{}\"", Self::rack_of(id, self.racks)));
@@ -279,19 +322,20 @@ impl ProcessCluster {
         node.child = Some(child);
     }
 
-    /// Every node's Kafka address, comma-separated (a client's bootstrap list).
+    /// Every broker's Kafka address, comma-separated (a client's bootstrap list).
     pub fn bootstrap(&self) -> String {
-        self.nodes
-            .keys()
-            .map(|id| self.kafka_addr(*id).to_string())
+        self.ids()
+            .into_iter()
+            .map(|id| self.kafka_addr(id).to_string())
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// Node `id`'s Kafka address as it advertises it (its proxy's when proxied).
     pub fn kafka_addr(&self, id: i32) -> SocketAddr {
-        match &self.links {
-            Some(links) => links.kafka[&id].addr(),
+        match self.links.as_ref().and_then(|l| l.kafka.get(&id)) {
+            Some(proxy) => proxy.addr(),
+            // A dedicated controller's is never listened on.
             None => self.nodes[&id].kafka,
         }
     }
@@ -303,7 +347,7 @@ impl ProcessCluster {
     pub async fn controller_leader(&self) -> Option<i32> {
         let mut votes: BTreeMap<i32, usize> = BTreeMap::new();
         for (id, node) in &self.nodes {
-            if !self.is_running(*id) {
+            if !self.is_running(*id) || !node.role.votes() {
                 continue;
             }
             let addr = node.controller.to_string();
@@ -323,9 +367,28 @@ impl ProcessCluster {
         format!("rack-{}", (id - 1).rem_euclid(racks.max(1)))
     }
 
-    /// The ids of the nodes, running or not.
+    /// The ids of the brokers, running or not.
     pub fn ids(&self) -> Vec<i32> {
-        self.nodes.keys().copied().collect()
+        self.ids_where(|r| r.brokers())
+    }
+
+    /// The ids of the dedicated controllers (none unless started with
+    /// [`Options::controllers`]).
+    pub fn controller_ids(&self) -> Vec<i32> {
+        self.ids_where(|r| r == Role::Controller)
+    }
+
+    /// The ids of every process: brokers and dedicated controllers.
+    pub fn processes(&self) -> Vec<i32> {
+        self.ids_where(|_| true)
+    }
+
+    fn ids_where(&self, keep: impl Fn(Role) -> bool) -> Vec<i32> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| keep(n.role))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Whether node `id`'s process is running (not killed or terminated).
@@ -338,11 +401,20 @@ impl ProcessCluster {
     /// was started `proxied`.
     pub fn cut(&self, peer: Peer, id: i32, how: Cut) {
         let links = self.links.as_ref().expect("a proxied cluster");
-        links.kafka[&id].cut(peer, how);
-        links.controller[&id].cut(peer, how);
+        let listeners = |id: i32| {
+            links
+                .kafka
+                .get(&id)
+                .into_iter()
+                .chain(links.controller.get(&id))
+        };
+        for proxy in listeners(id) {
+            proxy.cut(peer, how);
+        }
         if let Peer::Node(other) = peer {
-            links.kafka[&other].cut(Peer::Node(id), how);
-            links.controller[&other].cut(Peer::Node(id), how);
+            for proxy in listeners(other) {
+                proxy.cut(Peer::Node(id), how);
+            }
         }
     }
 
@@ -432,10 +504,10 @@ impl ProcessCluster {
     pub async fn wait_for_brokers(&self, count: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         let running: Vec<SocketAddr> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.child.is_some())
-            .map(|(id, _)| self.kafka_addr(*id))
+            .ids()
+            .into_iter()
+            .filter(|id| self.is_running(*id))
+            .map(|id| self.kafka_addr(id))
             .collect();
         for addr in running {
             loop {

@@ -1,10 +1,12 @@
-//! The fault checker: a three-broker process cluster on an S3 server, every link behind a
+//! The fault checker: a three-broker process cluster on an S3 server (each broker a controller
+//! voter too, or brokers beside a quorum of dedicated controllers), every link behind a
 //! proxy, under idempotent `acks=all` writes of unique values, assign-based readers and a
 //! consumer group, while randomized faults come and go one at a time: kill -9 and restart,
-//! kill -9 and a wiped disk, SIGTERM, SIGSTOP/SIGCONT, a broker cut off from the others,
-//! the controller leader cut off, two brokers cut from each other, clients cut from a broker,
-//! and a broker cut from the object store or the store down for everyone. Links are cut
-//! either by resets or by hanging (nothing flows, nothing closes).
+//! kill -9 and a wiped disk, SIGTERM, SIGSTOP/SIGCONT, a process cut off from the others,
+//! the controller leader cut off, two processes cut from each other, clients cut from a
+//! broker, and a broker cut from the object store or the store down for everyone. Links are
+//! cut either by resets or by hanging (nothing flows, nothing closes). Process faults hit
+//! brokers and dedicated controllers alike.
 //!
 //! After each fault is healed the checker waits for the cluster to be whole again (every
 //! broker live, every replica in sync); at the end it stops the writers and checks:
@@ -58,6 +60,9 @@ pub struct Plan {
     pub rate: u32,
     /// Every kind of fault once (in a seeded order) before any repeats.
     pub each_kind_first: bool,
+    /// Dedicated controllers forming the quorum, the brokers in `remote` mode beside them;
+    /// 0: each broker is a voter too.
+    pub controllers: i32,
 }
 
 /// A fault, by kind and target.
@@ -71,11 +76,11 @@ pub enum Fault {
     Terminate(i32),
     /// SIGSTOP, then SIGCONT.
     Pause(i32),
-    /// Cut from every other broker (Kafka and controller links); clients still reach it.
+    /// Cut from every other process (Kafka and controller links); clients still reach it.
     Isolate(i32, Cut),
-    /// The controller's Raft leader, cut from every other broker.
+    /// The controller's Raft leader, cut from every other process.
     IsolateController(i32, Cut),
-    /// Two brokers cut from each other only.
+    /// Two processes cut from each other only.
     Pair(i32, i32, Cut),
     /// The test's clients cut from a broker.
     ClientsOff(i32, Cut),
@@ -93,9 +98,9 @@ impl Fault {
             Self::KillAndWipe(_) => "kill -9, wipe, restart",
             Self::Terminate(_) => "SIGTERM and restart",
             Self::Pause(_) => "SIGSTOP/SIGCONT",
-            Self::Isolate(..) => "broker isolated",
+            Self::Isolate(..) => "node isolated",
             Self::IsolateController(..) => "controller leader isolated",
-            Self::Pair(..) => "two brokers cut apart",
+            Self::Pair(..) => "two nodes cut apart",
             Self::ClientsOff(..) => "clients cut from a broker",
             Self::StoreOff(..) => "broker cut from the store",
             Self::StoreDown => "object store down",
@@ -110,15 +115,15 @@ impl fmt::Display for Fault {
             Cut::Hang => "hang",
         };
         match self {
-            Self::Kill(n) => write!(f, "kill -9 broker {n}"),
-            Self::KillAndWipe(n) => write!(f, "kill -9 broker {n}, wipe its disk"),
-            Self::Terminate(n) => write!(f, "SIGTERM broker {n}"),
-            Self::Pause(n) => write!(f, "SIGSTOP broker {n}"),
-            Self::Isolate(n, c) => write!(f, "isolate broker {n} ({})", how(c)),
+            Self::Kill(n) => write!(f, "kill -9 node {n}"),
+            Self::KillAndWipe(n) => write!(f, "kill -9 node {n}, wipe its disk"),
+            Self::Terminate(n) => write!(f, "SIGTERM node {n}"),
+            Self::Pause(n) => write!(f, "SIGSTOP node {n}"),
+            Self::Isolate(n, c) => write!(f, "isolate node {n} ({})", how(c)),
             Self::IsolateController(n, c) => {
                 write!(f, "isolate controller leader {n} ({})", how(c))
             }
-            Self::Pair(a, b, c) => write!(f, "cut brokers {a}<->{b} ({})", how(c)),
+            Self::Pair(a, b, c) => write!(f, "cut nodes {a}<->{b} ({})", how(c)),
             Self::ClientsOff(n, c) => write!(f, "clients off broker {n} ({})", how(c)),
             Self::StoreOff(n, c) => write!(f, "broker {n} off the store ({})", how(c)),
             Self::StoreDown => write!(f, "object store down"),
@@ -280,6 +285,7 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
             ],
             proxied: true,
             s3: Some(s3.addr()),
+            controllers: plan.controllers,
             ..Options::default()
         },
     )
@@ -436,12 +442,17 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
 const KINDS: usize = 10;
 
 async fn choose(kind: usize, rng: &mut fastrand::Rng, cluster: &ProcessCluster) -> Fault {
-    let ids = cluster.ids();
-    let node = ids[rng.usize(0..ids.len())];
-    let other = {
-        let others: Vec<i32> = ids.iter().copied().filter(|i| *i != node).collect();
-        others[rng.usize(0..others.len())]
-    };
+    let pick = |ids: Vec<i32>, rng: &mut fastrand::Rng| ids[rng.usize(0..ids.len())];
+    let node = pick(cluster.processes(), rng);
+    let broker = pick(cluster.ids(), rng);
+    let other = pick(
+        cluster
+            .processes()
+            .into_iter()
+            .filter(|i| *i != node)
+            .collect(),
+        rng,
+    );
     let how = if rng.bool() { Cut::Reset } else { Cut::Hang };
     match kind {
         0 => Fault::Kill(node),
@@ -454,8 +465,8 @@ async fn choose(kind: usize, rng: &mut fastrand::Rng, cluster: &ProcessCluster) 
             Fault::IsolateController(leader, how)
         }
         6 => Fault::Pair(node, other, how),
-        7 => Fault::ClientsOff(node, how),
-        8 => Fault::StoreOff(node, how),
+        7 => Fault::ClientsOff(broker, how),
+        8 => Fault::StoreOff(broker, how),
         _ => Fault::StoreDown,
     }
 }
@@ -474,7 +485,7 @@ async fn inject(fault: Fault, cluster: &mut ProcessCluster, s3: &mut S3Server) {
         }
         Fault::Pause(n) => cluster.pause(n),
         Fault::Isolate(n, how) | Fault::IsolateController(n, how) => {
-            for other in cluster.ids().into_iter().filter(|o| *o != n) {
+            for other in cluster.processes().into_iter().filter(|o| *o != n) {
                 cluster.cut(Peer::Node(other), n, how);
             }
         }

@@ -1,5 +1,6 @@
 //! Clusters of real `strata` processes on loopback ports (combined mode: each a controller
-//! voter and a broker), as users deploy three brokers.
+//! voter and a broker; or brokers beside dedicated controllers), as users deploy three
+//! brokers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -390,6 +391,76 @@ async fn a_replicated_partition_loses_nothing_when_its_leader_is_killed() {
         p.isr.contains(&leader)
     })
     .await;
+}
+
+/// Three brokers in `remote` mode beside a quorum of three dedicated controllers: only the
+/// brokers are in Metadata, `__consumer_offsets` waits for all three, and losing the
+/// controller leader and then a partition's leader (kill -9 both) loses nothing acknowledged
+/// while the quorum and the partition carry on elsewhere.
+#[tokio::test]
+async fn brokers_beside_a_dedicated_quorum_survive_losing_its_leader_and_theirs() {
+    let options = Options {
+        controllers: 3,
+        ..Options::default()
+    };
+    let mut cluster = ProcessCluster::start_opts(binary(), 3, options).await;
+    assert_eq!(cluster.controller_ids(), [4, 5, 6]);
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    let (brokers, _) = client.cluster().await.expect("metadata");
+    let ids: BTreeSet<i32> = brokers.iter().map(|b| b.id).collect();
+    assert_eq!(ids, BTreeSet::from([1, 2, 3]), "only brokers are listed");
+    let configs = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
+    client
+        .create_topic("beside", 1, 3, &configs)
+        .await
+        .expect("create");
+    let mut acked = produce_acked(&client, "beside", 0..100).await;
+
+    let quorum_leader = cluster.controller_leader().await.expect("a quorum leader");
+    assert!(cluster.controller_ids().contains(&quorum_leader));
+    cluster.kill(quorum_leader).await;
+    acked.extend(produce_acked(&client, "beside", 100..200).await);
+    // The quorum's new leader takes metadata changes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = client.create_topic("later", 1, 3, &BTreeMap::new()).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "create after the loss: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (info, _) = client.describe_topic("beside").await.expect("describe");
+    let leader = info.partitions[0].leader;
+    cluster.kill(leader).await;
+    let killed_at = std::time::Instant::now();
+    acked.extend(produce_acked(&client, "beside", 200..300).await);
+    let failover = killed_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(20),
+        "writes resumed after {failover:?}"
+    );
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    assert_acknowledged(&client, "beside", &acked).await;
+
+    // Both come back; the broker rejoins the ISR.
+    cluster.restart(quorum_leader);
+    cluster.restart(leader);
+    let back = "the killed broker back in the ISR";
+    until_partition(&client, "beside", Duration::from_secs(60), back, |p| {
+        p.isr.contains(&leader)
+    })
+    .await;
+    // Three brokers were expected, so the offsets topic has three copies.
+    let (offsets, _) = client
+        .describe_topic("__consumer_offsets")
+        .await
+        .expect("the offsets topic");
+    assert!(offsets.partitions.iter().all(|p| p.replicas.len() == 3));
 }
 
 /// SIGTERM of a partition's leader while librdkafka writes with acks=all: the broker hands its

@@ -5,7 +5,8 @@
 //! FAULTS=100 cargo test --release -p strata-tests --test faults -- --ignored --nocapture
 //! ```
 //!
-//! (`FAULTS_SEED=<n>` runs one sequence again; the seed is printed with the report.)
+//! (`FAULTS_SEED=<n>` runs one sequence again; the seed is printed with the report;
+//! `FAULTS_CONTROLLERS=3` runs the brokers beside three dedicated controllers.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -48,6 +49,22 @@ async fn every_kind_of_fault_once_loses_nothing() {
         hold: (Duration::from_millis(1500), Duration::from_secs(3)),
         rate: 100,
         each_kind_first: true,
+        controllers: 0,
+    })
+    .await;
+}
+
+/// The same with the brokers in `remote` mode beside three dedicated controllers: process
+/// faults hit controllers as well as brokers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn brokers_beside_a_dedicated_quorum_lose_nothing() {
+    check(Plan {
+        faults: 10,
+        seed: seed(),
+        hold: (Duration::from_millis(1500), Duration::from_secs(3)),
+        rate: 100,
+        each_kind_first: true,
+        controllers: 3,
     })
     .await;
 }
@@ -61,6 +78,7 @@ async fn a_long_run_of_random_faults_loses_nothing() {
         hold: (Duration::from_secs(2), Duration::from_secs(8)),
         rate: 200,
         each_kind_first: false,
+        controllers: env("FAULTS_CONTROLLERS").unwrap_or(0),
     })
     .await;
 }
