@@ -338,6 +338,33 @@ async fn assert_acknowledged(
     seen
 }
 
+/// Kills `leader` (SIGKILL) and writes 200 more acks=all records to `topic`/0, which must
+/// resume within 20 s; then checks every record in `acked` (these included) is there at its
+/// offset. Returns a client connected afresh.
+async fn kill_leader_under_writes(
+    cluster: &mut ProcessCluster,
+    client: &Client,
+    topic: &str,
+    leader: i32,
+    acked: &mut Vec<(i64, usize)>,
+) -> Client {
+    let next = acked.len();
+    cluster.kill(leader).await;
+    let killed_at = std::time::Instant::now();
+    acked.extend(produce_acked(client, topic, next..next + 200).await);
+    let failover = killed_at.elapsed();
+    assert!(
+        failover < Duration::from_secs(20),
+        "writes resumed after {failover:?}"
+    );
+    // Every acknowledged record, at its offset, from whichever replica leads now.
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    assert_acknowledged(&client, topic, acked).await;
+    client
+}
+
 /// A three-node cluster with topic `name` (one partition, three copies, min.insync.replicas
 /// 2, plus `configs`); returns the cluster, a client and the partition's leader.
 async fn three_copies(
@@ -366,23 +393,10 @@ async fn a_replicated_partition_loses_nothing_when_its_leader_is_killed() {
     let (mut cluster, client, leader) = three_copies("triple", &[], &[]).await;
     let mut acked = produce_acked(&client, "triple", 0..200).await;
 
-    cluster.kill(leader).await;
-    let killed_at = std::time::Instant::now();
-    let after = produce_acked(&client, "triple", 200..400).await;
-    let failover = killed_at.elapsed();
-    acked.extend(after);
-    assert!(
-        failover < Duration::from_secs(20),
-        "writes resumed after {failover:?}"
-    );
-
-    // Every acknowledged record, at its offset, from whichever replica leads now.
-    let client = Client::connect(&cluster.bootstrap())
-        .await
-        .expect("connect");
+    let client =
+        kill_leader_under_writes(&mut cluster, &client, "triple", leader, &mut acked).await;
     let (now, _) = client.describe_topic("triple").await.expect("describe");
     assert_ne!(now.partitions[0].leader, leader);
-    assert_acknowledged(&client, "triple", &acked).await;
 
     // The killed broker returns, copies what it missed, and is in sync again.
     cluster.restart(leader);
@@ -434,18 +448,8 @@ async fn brokers_beside_a_dedicated_quorum_survive_losing_its_leader_and_theirs(
 
     let (info, _) = client.describe_topic("beside").await.expect("describe");
     let leader = info.partitions[0].leader;
-    cluster.kill(leader).await;
-    let killed_at = std::time::Instant::now();
-    acked.extend(produce_acked(&client, "beside", 200..300).await);
-    let failover = killed_at.elapsed();
-    assert!(
-        failover < Duration::from_secs(20),
-        "writes resumed after {failover:?}"
-    );
-    let client = Client::connect(&cluster.bootstrap())
-        .await
-        .expect("connect");
-    assert_acknowledged(&client, "beside", &acked).await;
+    let client =
+        kill_leader_under_writes(&mut cluster, &client, "beside", leader, &mut acked).await;
 
     // Both come back; the broker rejoins the ISR.
     cluster.restart(quorum_leader);

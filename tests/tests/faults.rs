@@ -41,32 +41,28 @@ async fn check(plan: Plan) {
     assert!(report.anomalies.is_empty(), "{report}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_kind_of_fault_once_loses_nothing() {
-    check(Plan {
+/// The CI-sized run: every kind of fault once, briefly.
+fn every_kind_once(controllers: i32) -> Plan {
+    Plan {
         faults: 10,
         seed: seed(),
         hold: (Duration::from_millis(1500), Duration::from_secs(3)),
         rate: 100,
         each_kind_first: true,
-        controllers: 0,
-    })
-    .await;
+        controllers,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_kind_of_fault_once_loses_nothing() {
+    check(every_kind_once(0)).await;
 }
 
 /// The same with the brokers in `remote` mode beside three dedicated controllers: process
 /// faults hit controllers as well as brokers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn brokers_beside_a_dedicated_quorum_lose_nothing() {
-    check(Plan {
-        faults: 10,
-        seed: seed(),
-        hold: (Duration::from_millis(1500), Duration::from_secs(3)),
-        rate: 100,
-        each_kind_first: true,
-        controllers: 3,
-    })
-    .await;
+    check(every_kind_once(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

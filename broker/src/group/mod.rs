@@ -235,13 +235,20 @@ impl Coordinator {
             // a follower of an offsets partition kept a diverged tail (seen in the fault
             // checker as a copy ending inside one of the leader's batches).
             let mut epochs = writer.epochs.lock().unwrap_or_else(|p| p.into_inner());
-            if epochs.latest().is_some_and(|l| l > leader_epoch) {
+            let refused = if !writer.leads_under(leader_epoch) {
+                Some(format!("no longer the leader under epoch {leader_epoch}"))
+            } else if epochs.latest().is_some_and(|l| l > leader_epoch) {
+                Some(format!(
+                    "leader epoch {leader_epoch} is older than the log's"
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = refused {
                 return Err(strata_storage::StorageError::Io {
                     op: "persisting group records",
                     path: writer.log.dir().to_owned(),
-                    source: std::io::Error::other(format!(
-                        "leader epoch {leader_epoch} is older than the log's"
-                    )),
+                    source: std::io::Error::other(why),
                 });
             }
             epochs

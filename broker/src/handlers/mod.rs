@@ -17,6 +17,19 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::protocol::{Frame, FrameError, supported};
+
+/// A Produce's append to `part` under `leader_epoch`, as the handler makes it: the offset
+/// after the batch, or the error the client would get.
+#[cfg(test)]
+pub(crate) fn produce_append(
+    part: &crate::partition::Partition,
+    records: &[u8],
+    leader_epoch: i32,
+) -> Result<u64, kafka_protocol::ResponseError> {
+    produce::append_blocking(part, records, leader_epoch)
+        .map(|(_, last)| last + 1)
+        .map_err(|(e, _)| e)
+}
 use crate::state::BrokerState;
 use crate::turnstile::Turn;
 

@@ -136,7 +136,7 @@ pub(super) async fn produce(
 
 /// Where a batch landed.
 #[derive(Clone, Copy, Debug)]
-struct Landed {
+pub(super) struct Landed {
     base_offset: u64,
     log_append_time: Option<i64>,
     log_start_offset: u64,
@@ -174,7 +174,7 @@ async fn sync(part: Arc<Partition>, last_offset: u64) -> Result<(), Failure> {
         .map_err(|e| (storage_error_code(&e), Some(e.to_string())))
 }
 
-fn append_blocking(
+pub(super) fn append_blocking(
     part: &Partition,
     records: &[u8],
     leader_epoch: i32,
@@ -188,6 +188,14 @@ fn append_blocking(
     // The first append of a new leader epoch records where the epoch starts; it holds the
     // epoch lock across the append so no later offset can claim the start.
     let mut epochs = part.epochs.lock().unwrap_or_else(|p| p.into_inner());
+    if !part.leads_under(leader_epoch) {
+        return Err((
+            ResponseError::NotLeaderOrFollower,
+            Some(format!(
+                "this broker no longer leads under epoch {leader_epoch}"
+            )),
+        ));
+    }
     match epochs.latest() {
         // This request's view of the leadership is older than the log's: stamping it would
         // make epochs go backwards in the log. The client retries with fresh metadata.

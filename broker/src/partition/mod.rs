@@ -106,6 +106,15 @@ impl Partition {
         *self.role.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether this broker leads the partition under `epoch` now. Appends check it while they
+    /// hold the epochs lock, which the follower's truncation and copying hold too: once the
+    /// role has changed, no append of the old term lands in the copy, where it would sit in
+    /// the middle of what the new leader sends (seen in the fault checker: a group commit in
+    /// flight when leadership moved, written just after the copy was cut back).
+    pub(crate) fn leads_under(&self, epoch: i32) -> bool {
+        self.role() == (Role::Leader { epoch })
+    }
+
     fn set_role(&self, role: Role) {
         {
             let mut current = self.role.write().unwrap_or_else(|p| p.into_inner());

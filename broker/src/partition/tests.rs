@@ -322,9 +322,28 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
         .persist_then(part.clone(), epoch, "g", vec![again], |_| ())
         .await
         .expect("persisted");
-    let epochs = part.epochs.lock().expect("epochs");
-    assert_eq!(epochs.latest(), Some(2));
-    assert_eq!(epochs.end_offset_for(0, 2, start + 1), (0, start as i64));
+    {
+        let epochs = part.epochs.lock().expect("epochs");
+        assert_eq!(epochs.latest(), Some(2));
+        assert_eq!(epochs.end_offset_for(0, 2, start + 1), (0, start as i64));
+    }
+
+    // A commit still in flight when leadership moves on is not written: this copy now
+    // follows, and the log's latest epoch (2) does not tell it (its follower was cut back
+    // and had not copied the new leader's first batch yet).
+    let end = part.log.log_end_offset();
+    publish(4, 2, 3);
+    let late = Write::Offset {
+        group: "g".into(),
+        topic: "orders".into(),
+        partition: 3,
+        value: Some(committed.clone()),
+    };
+    let refused = coordinator
+        .persist_then(part.clone(), epoch, "g", vec![late], |_| ())
+        .await;
+    assert!(refused.is_err(), "a follower wrote a group commit");
+    assert_eq!(part.log.log_end_offset(), end);
 }
 
 /// The high watermark survives a restart: a leader whose follower had copied only part of its
@@ -366,6 +385,39 @@ fn the_high_watermark_is_saved_and_read_back_capped_at_the_log() {
     // The follower leaves the ISR: the leader alone holds everything.
     parts.apply(&replicated(&[1]));
     assert_eq!(*p.high_watermark.borrow(), 3);
+}
+
+/// A Produce in flight when leadership moves on is refused once this broker follows, even
+/// though the log's latest epoch is still the one it was sent under (the copy was cut back
+/// and has not copied the new leader's first batch): it would land inside what the new
+/// leader sends.
+#[test]
+fn a_produce_of_an_old_term_is_refused_once_this_broker_follows() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let id = Uuid::new_v4();
+    let led_by = |version, leader, epoch| {
+        image(
+            version,
+            vec![topic(
+                "t",
+                id,
+                vec![partition(&[1, 2], Some(leader), epoch)],
+            )],
+        )
+    };
+    parts.apply(&led_by(1, ME, 0));
+    let p = parts.get(id, 0).expect("hosted");
+    let batch = strata_storage::BatchBuilder::new()
+        .value(None, b"a", 1)
+        .build();
+    assert_eq!(crate::handlers::produce_append(&p, &batch, 0), Ok(1));
+    parts.apply(&led_by(2, 2, 1));
+    assert_eq!(
+        crate::handlers::produce_append(&p, &batch, 0),
+        Err(kafka_protocol::ResponseError::NotLeaderOrFollower)
+    );
+    assert_eq!(p.log.log_end_offset(), 1, "nothing appended");
 }
 
 /// A copy whose last batch differs from the leader's at the same offsets (its end falls
