@@ -381,10 +381,11 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
             consume_gap: longest_gap(&o.read_times, started, Instant::now()),
         };
         eprintln!(
-            "  recovered {:.1?} after the heal; produce gap {:.2?}, consume gap {:.2?}; {} anomalies so far",
+            "  recovered {:.1?} after the heal; produce gap {:.2?}, consume gap {:.2?}; reader at {:?}; {} anomalies so far",
             record.recovered,
             record.produce_gap,
             record.consume_gap,
+            o.reader_at.values().collect::<Vec<_>>(),
             o.anomalies.len()
         );
         report.faults.push(record);
@@ -711,7 +712,13 @@ async fn read(bootstrap: String, observed: Shared, mut stopped: watch::Receiver<
                     anomaly(&mut o, a);
                 }
             }
-            Err(_) => {}
+            Err(e) => {
+                let at = o.reader_at.clone();
+                o.troubles.insert(
+                    "reader".into(),
+                    format!("{e} (at {:?}, positions {at:?})", Instant::now()),
+                );
+            }
         }
     }
     let _ = tokio::task::spawn_blocking(move || drop(reader)).await;
