@@ -10,6 +10,11 @@
 //! The table is saved to a snapshot file in the partition directory (after a segment rolls,
 //! every so often while the log grows, and at shutdown), so a restart reads the snapshot and
 //! replays only the batches after it instead of rescanning the log.
+//!
+//! Transactions: a producer's first transactional batch on the partition opens its
+//! transaction there (its offset is kept); the control batch the coordinator has appended
+//! ends it, committed or aborted. The smallest open first offset is the partition's first
+//! unstable offset, which bounds the last stable offset read_committed consumers read to.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -30,7 +35,8 @@ const MAX_PRODUCERS: usize = 10_000;
 
 /// The snapshot file in a partition directory.
 pub(crate) const SNAPSHOT_FILE: &str = "producers.snapshot";
-const SNAPSHOT_VERSION: u32 = 1;
+/// Version 2 adds each producer's open transaction; version 1 snapshots (none open) load.
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// The producer fields of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,18 +45,35 @@ pub(crate) struct ProducerBatch {
     pub(crate) epoch: i16,
     pub(crate) first_seq: i32,
     pub(crate) last_seq: i32,
+    /// Part of the producer's transaction.
+    pub(crate) transactional: bool,
 }
 
 impl ProducerBatch {
-    /// The producer fields of the batch header, if it comes from an idempotent producer.
+    /// The producer fields of the batch header, if it comes from an idempotent producer
+    /// (control batches carry no sequence and are not).
     pub(crate) fn of(header: &BatchHeader) -> Option<Self> {
-        (header.producer_id >= 0 && header.base_sequence >= 0).then(|| Self {
-            producer_id: header.producer_id,
-            epoch: header.producer_epoch,
-            first_seq: header.base_sequence,
-            last_seq: add_seq(header.base_sequence, header.last_offset_delta),
+        (header.producer_id >= 0 && header.base_sequence >= 0 && !header.is_control()).then(|| {
+            Self {
+                producer_id: header.producer_id,
+                epoch: header.producer_epoch,
+                first_seq: header.base_sequence,
+                last_seq: add_seq(header.base_sequence, header.last_offset_delta),
+                transactional: header.is_transactional(),
+            }
         })
     }
+}
+
+/// A transaction that ended on this partition: what the aborted-transaction index records
+/// for aborted ones (Kafka's `CompletedTxn`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CompletedTxn {
+    pub(crate) producer_id: i64,
+    pub(crate) first_offset: u64,
+    /// The marker's offset.
+    pub(crate) last_offset: u64,
+    pub(crate) aborted: bool,
 }
 
 fn add_seq(seq: i32, n: i32) -> i32 {
@@ -59,6 +82,12 @@ fn add_seq(seq: i32, n: i32) -> i32 {
 
 /// The headers of the batches in `records`, in order (stops at the first incomplete one).
 pub(crate) fn headers(records: &[u8]) -> Vec<BatchHeader> {
+    batches(records).into_iter().map(|(h, _)| h).collect()
+}
+
+/// The batches in `records` with their headers, in order (stops at the first incomplete
+/// one).
+pub(crate) fn batches(records: &[u8]) -> Vec<(BatchHeader, &[u8])> {
     let mut out = Vec::new();
     let mut pos = 0usize;
     while let Some(h) = records.get(pos..).and_then(BatchHeader::parse) {
@@ -68,13 +97,33 @@ pub(crate) fn headers(records: &[u8]) -> Vec<BatchHeader> {
         else {
             break;
         };
-        out.push(h);
-        pos = match pos.checked_add(len) {
+        let end = match pos.checked_add(len) {
             Some(p) if p <= records.len() => p,
             _ => break,
         };
+        out.push((h, &records[pos..end]));
+        pos = end;
     }
     out
+}
+
+/// Replays one batch of a log into `table` as its leader recorded it: an idempotent batch as
+/// appended at its offsets, a control batch as the end of its producer's transaction. For a
+/// follower's copy and for the log read back at start-up.
+pub(crate) fn replay(table: &mut ProducerTable, header: &BatchHeader, batch: &[u8]) {
+    let first = u64::try_from(header.base_offset).unwrap_or(0);
+    if let Some(b) = ProducerBatch::of(header) {
+        let last = first + u64::try_from(header.last_offset_delta).unwrap_or(0);
+        let append_time = header.is_log_append_time().then_some(header.max_timestamp);
+        table.record(&b, first, last, append_time);
+    } else if let Some(marker) = strata_storage::control_marker(batch) {
+        table.end_txn(
+            header.producer_id,
+            header.producer_epoch,
+            first,
+            marker.commit,
+        );
+    }
 }
 
 /// What to do with a batch.
@@ -116,6 +165,8 @@ struct Entry {
     recent: VecDeque<Appended>,
     /// When it last appended (or was rebuilt at start-up).
     last_seen: Instant,
+    /// The first offset of its transaction open on this partition.
+    txn_first_offset: Option<u64>,
 }
 
 /// Producer state of one partition.
@@ -190,8 +241,12 @@ impl ProducerTable {
                 epoch: batch.epoch,
                 recent: VecDeque::new(),
                 last_seen: Instant::now(),
+                txn_first_offset: None,
             });
         entry.last_seen = Instant::now();
+        if batch.transactional && entry.txn_first_offset.is_none() {
+            entry.txn_first_offset = Some(first_offset);
+        }
         if batch.epoch != entry.epoch {
             entry.epoch = batch.epoch;
             entry.recent.clear();
@@ -208,11 +263,51 @@ impl ProducerTable {
         });
     }
 
-    /// Forgets the `n` producers idle the longest.
+    /// Ends producer `id`'s transaction on this partition with the marker at `offset`
+    /// (epoch `epoch`); what ended, if one was open. A marker for a producer the table does
+    /// not know (its transaction wrote nothing here) still records its epoch.
+    pub(crate) fn end_txn(
+        &mut self,
+        id: i64,
+        epoch: i16,
+        offset: u64,
+        commit: bool,
+    ) -> Option<CompletedTxn> {
+        let entry = self.producers.entry(id).or_insert_with(|| Entry {
+            epoch,
+            recent: VecDeque::new(),
+            last_seen: Instant::now(),
+            txn_first_offset: None,
+        });
+        entry.last_seen = Instant::now();
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.recent.clear();
+        }
+        let first_offset = entry.txn_first_offset.take()?;
+        Some(CompletedTxn {
+            producer_id: id,
+            first_offset,
+            last_offset: offset,
+            aborted: !commit,
+        })
+    }
+
+    /// The first offset of the earliest transaction still open here: read_committed
+    /// consumers read no further.
+    pub(crate) fn first_unstable_offset(&self) -> Option<u64> {
+        self.producers
+            .values()
+            .filter_map(|e| e.txn_first_offset)
+            .min()
+    }
+
+    /// Forgets the `n` producers idle the longest (never one with a transaction open).
     fn forget_longest_idle(&mut self, n: usize) {
         let mut seen: Vec<(Instant, i64)> = self
             .producers
             .iter()
+            .filter(|(_, e)| e.txn_first_offset.is_none())
             .map(|(id, e)| (e.last_seen, *id))
             .collect();
         if n < seen.len() {
@@ -229,8 +324,11 @@ impl ProducerTable {
     /// `producer.id.expiration.ms`), so the table stays bounded whatever ids clients send. A
     /// forgotten producer that comes back must start a new epoch at sequence 0, as in Kafka.
     pub(crate) fn expire_idle(&mut self, idle: Duration, now: Instant) {
-        self.producers
-            .retain(|_, e| now.saturating_duration_since(e.last_seen) < idle);
+        // One with a transaction open stays until its marker (the coordinator aborts a
+        // transaction that outlives its timeout), as in Kafka.
+        self.producers.retain(|_, e| {
+            e.txn_first_offset.is_some() || now.saturating_duration_since(e.last_seen) < idle
+        });
     }
 
     /// How many producers are remembered.
@@ -253,6 +351,8 @@ struct SavedProducer {
     id: i64,
     epoch: i16,
     recent: Vec<Appended>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    txn_first_offset: Option<u64>,
 }
 
 impl ProducerTable {
@@ -290,6 +390,7 @@ impl ProducerTable {
                     id: *id,
                     epoch: e.epoch,
                     recent: e.recent.iter().copied().collect(),
+                    txn_first_offset: e.txn_first_offset,
                 })
                 .collect(),
         };
@@ -305,7 +406,7 @@ impl ProducerTable {
         let path = dir.join(SNAPSHOT_FILE);
         let bytes = std::fs::read(&path).ok()?;
         let snapshot = match serde_json::from_slice::<Snapshot>(&bytes) {
-            Ok(s) if s.version == SNAPSHOT_VERSION => s,
+            Ok(s) if (1..=SNAPSHOT_VERSION).contains(&s.version) => s,
             _ => {
                 tracing::warn!(path = %path.display(), "producer snapshot unreadable; replaying the log");
                 return None;
@@ -330,6 +431,7 @@ impl ProducerTable {
                     epoch: p.epoch,
                     recent: p.recent.into_iter().rev().take(REMEMBERED).rev().collect(),
                     last_seen: now,
+                    txn_first_offset: p.txn_first_offset,
                 };
                 (p.id, entry)
             })
@@ -362,6 +464,7 @@ mod tests {
             epoch: 0,
             first_seq: 0,
             last_seq: 0,
+            transactional: false,
         }
     }
 
@@ -392,6 +495,7 @@ mod tests {
             epoch,
             first_seq,
             last_seq: add_seq(first_seq, records - 1),
+            transactional: false,
         }
     }
 
@@ -454,6 +558,7 @@ mod tests {
             epoch: 0,
             first_seq: 1,
             last_seq: i32::MAX,
+            transactional: false,
         };
         t.record(&b, 1, 1, None);
         assert_eq!(t.check(&batch(0, 0, 1)), Ok(Verdict::Append));
@@ -540,5 +645,92 @@ mod tests {
         // Garbage is ignored.
         std::fs::write(dir.path().join(SNAPSHOT_FILE), b"{not json").expect("write");
         assert!(ProducerTable::load(dir.path(), 20).is_none());
+        // A version 1 snapshot (before transactions) still loads.
+        let v1 = r#"{"version":1,"offset":3,"producers":[{"id":7,"epoch":0,"recent":[]}]}"#;
+        std::fs::write(dir.path().join(SNAPSHOT_FILE), v1).expect("write");
+        let (old, _) = ProducerTable::load(dir.path(), 20).expect("a version 1 snapshot");
+        assert_eq!((old.len(), old.first_unstable_offset()), (1, None));
+    }
+
+    fn txn(id: i64, first_seq: i32) -> ProducerBatch {
+        ProducerBatch {
+            transactional: true,
+            first_seq,
+            last_seq: first_seq,
+            ..b(id)
+        }
+    }
+
+    /// A producer's first transactional batch opens its transaction at its offset; later ones
+    /// do not move it; its marker ends it. The first unstable offset is the earliest open
+    /// one, and an open transaction survives a snapshot, expiry and eviction.
+    #[test]
+    fn transactions_open_at_their_first_batch_and_end_at_their_marker() {
+        let mut t = ProducerTable::default();
+        t.record(&b(9), 0, 0, None);
+        assert_eq!(t.first_unstable_offset(), None, "not transactional");
+        t.record(&txn(1, 0), 1, 1, None);
+        t.record(&txn(2, 0), 2, 2, None);
+        t.record(&txn(1, 1), 3, 3, None);
+        assert_eq!(t.first_unstable_offset(), Some(1));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_snapshot(dir.path(), &t.encode(4, Instant::now())).expect("save");
+        let (mut t, _) = ProducerTable::load(dir.path(), 4).expect("load");
+        assert_eq!(t.first_unstable_offset(), Some(1), "kept by the snapshot");
+
+        let week = Duration::from_secs(7 * 86_400);
+        t.expire_idle(week, Instant::now() + week * 2);
+        assert_eq!(t.len(), 2, "only producers with open transactions stay");
+
+        let ended = t.end_txn(1, 0, 4, false);
+        assert_eq!(
+            ended,
+            Some(CompletedTxn {
+                producer_id: 1,
+                first_offset: 1,
+                last_offset: 4,
+                aborted: true,
+            })
+        );
+        assert_eq!(t.first_unstable_offset(), Some(2));
+        assert_eq!(t.end_txn(1, 0, 5, true), None, "nothing open any more");
+        assert!(t.end_txn(2, 0, 6, true).is_some_and(|c| !c.aborted));
+        assert_eq!(t.first_unstable_offset(), None);
+    }
+
+    /// What a follower and a restart replay: real batches, the control batch included.
+    #[test]
+    fn replayed_batches_open_and_end_transactions() {
+        use strata_storage::{BatchBuilder, ControlMarker};
+        let mut log = Vec::new();
+        let mut data = BatchBuilder::new()
+            .producer(5, 0, 0)
+            .transactional()
+            .value(None, b"v", 1)
+            .build();
+        data[..8].copy_from_slice(&10i64.to_be_bytes());
+        log.extend_from_slice(&data);
+        let marker = ControlMarker {
+            commit: false,
+            coordinator_epoch: 0,
+        };
+        let mut control = BatchBuilder::control(5, 0, marker, 2);
+        control[..8].copy_from_slice(&11i64.to_be_bytes());
+        let mut t = ProducerTable::default();
+        let parsed = batches(&log);
+        for (h, bytes) in &parsed {
+            replay(&mut t, h, bytes);
+        }
+        assert_eq!(t.first_unstable_offset(), Some(10));
+        for (h, bytes) in &batches(&control) {
+            replay(&mut t, h, bytes);
+        }
+        assert_eq!(t.first_unstable_offset(), None);
+        assert_eq!(
+            t.len(),
+            1,
+            "the control batch is no idempotent batch of its own"
+        );
     }
 }

@@ -190,6 +190,52 @@ impl BatchHeader {
     }
 }
 
+/// What a control batch says (Kafka's `EndTransactionMarker`): its producer's transaction on
+/// this partition ends here, committed or aborted, as written by the transaction
+/// coordinator of `coordinator_epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlMarker {
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// Control record key type of an abort marker (Kafka's `ControlRecordType.ABORT`).
+const CONTROL_ABORT: i16 = 0;
+/// Control record key type of a commit marker.
+const CONTROL_COMMIT: i16 = 1;
+
+/// The marker of the control batch at the start of `batch`: `None` when it is not a control
+/// batch, is compressed, or its first record is not a transaction marker Kafka defines
+/// (other control types, such as KRaft's, are not transaction markers).
+pub fn control_marker(batch: &[u8]) -> Option<ControlMarker> {
+    let header = BatchHeader::parse(batch)?;
+    if !header.is_control() || header.compression() != 0 || header.records_count < 1 {
+        return None;
+    }
+    let body = batch.get(HEADER_LEN..header.total_len().min(batch.len()))?;
+    let mut r = Reader::new(body);
+    r.varint()?; // record length
+    r.byte()?; // record attributes
+    r.varlong()?; // timestamp delta
+    r.varint()?; // offset delta
+    let key = r.field()?;
+    let value = r.field()?;
+    let kind = i16::from_be_bytes(key.get(2..4)?.try_into().ok()?);
+    let commit = match kind {
+        CONTROL_ABORT => false,
+        CONTROL_COMMIT => true,
+        _ => return None,
+    };
+    let coordinator_epoch = value
+        .get(2..6)
+        .and_then(|b| b.try_into().ok())
+        .map_or(-1, i32::from_be_bytes);
+    Some(ControlMarker {
+        commit,
+        coordinator_epoch,
+    })
+}
+
 /// What validation learned about one batch of an appended buffer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ValidBatch {
@@ -549,6 +595,18 @@ impl<'a> Reader<'a> {
             start_len: buf.len(),
         }
     }
+
+    /// A varint-length-prefixed field's bytes (a null one is empty).
+    fn field(&mut self) -> Option<&'a [u8]> {
+        let len = self.varint()?;
+        if len == -1 {
+            return Some(&[]);
+        }
+        let len = usize::try_from(len).ok()?;
+        let (field, rest) = (self.buf.get(..len)?, self.buf.get(len..)?);
+        self.buf = rest;
+        Some(field)
+    }
 }
 
 impl RecordBytes for Reader<'_> {
@@ -641,6 +699,7 @@ pub struct BatchBuilder {
     producer_id: i64,
     producer_epoch: i16,
     base_sequence: i32,
+    attributes: i16,
 }
 
 impl Default for BatchBuilder {
@@ -650,6 +709,7 @@ impl Default for BatchBuilder {
             producer_id: -1,
             producer_epoch: -1,
             base_sequence: -1,
+            attributes: 0,
         }
     }
 }
@@ -665,6 +725,34 @@ impl BatchBuilder {
         self.producer_epoch = epoch;
         self.base_sequence = base_sequence;
         self
+    }
+
+    /// Marks the batch as part of its producer's transaction.
+    pub fn transactional(mut self) -> Self {
+        self.attributes |= TRANSACTIONAL;
+        self
+    }
+
+    /// A control batch ending producer `id`'s transaction (epoch `epoch`) as `marker` says,
+    /// at `timestamp`: what the transaction coordinator has each partition leader append.
+    pub fn control(id: i64, epoch: i16, marker: ControlMarker, timestamp: i64) -> Vec<u8> {
+        let kind = if marker.commit {
+            CONTROL_COMMIT
+        } else {
+            CONTROL_ABORT
+        };
+        let mut key = 0i16.to_be_bytes().to_vec();
+        key.extend_from_slice(&kind.to_be_bytes());
+        let mut value = 0i16.to_be_bytes().to_vec();
+        value.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+        let mut builder = Self::new().producer(id, epoch, -1).record(Record {
+            key: Some(key),
+            value: Some(value),
+            headers: Vec::new(),
+            timestamp,
+        });
+        builder.attributes = TRANSACTIONAL | CONTROL;
+        builder.build()
     }
 
     pub fn record(mut self, record: Record) -> Self {
@@ -697,7 +785,7 @@ impl BatchBuilder {
         out.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch
         out.push(MAGIC_V2 as u8);
         out.extend_from_slice(&0u32.to_be_bytes()); // crc, patched below
-        out.extend_from_slice(&0i16.to_be_bytes()); // attributes
+        out.extend_from_slice(&self.attributes.to_be_bytes());
         let last_delta = self.records.len() as i32 - 1;
         out.extend_from_slice(&last_delta.to_be_bytes());
         out.extend_from_slice(&base_ts.to_be_bytes());
@@ -778,6 +866,34 @@ mod tests {
                 timestamp: 990,
             })
             .build()
+    }
+
+    #[test]
+    fn control_markers_round_trip_and_data_batches_are_not_markers() {
+        for commit in [true, false] {
+            let marker = ControlMarker {
+                commit,
+                coordinator_epoch: 7,
+            };
+            let batch = BatchBuilder::control(42, 3, marker, 1_000);
+            let h = BatchHeader::parse(&batch).expect("header");
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.base_sequence),
+                (42, 3, -1)
+            );
+            validate_batches(&batch, 1 << 20).expect("a valid batch");
+            assert_eq!(control_marker(&batch), Some(marker));
+        }
+        let data = BatchBuilder::new()
+            .producer(42, 3, 0)
+            .transactional()
+            .value(None, b"v", 1)
+            .build();
+        let h = BatchHeader::parse(&data).expect("header");
+        assert!(h.is_transactional() && !h.is_control());
+        assert_eq!(control_marker(&data), None);
+        assert_eq!(control_marker(&sample()), None);
     }
 
     #[test]

@@ -25,7 +25,8 @@ mod log;
 mod segment;
 
 pub use batch::{
-    BatchBuilder, BatchError, BatchHeader, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2, Record,
+    BatchBuilder, BatchError, BatchHeader, ControlMarker, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2,
+    Record, control_marker,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, TimestampType};

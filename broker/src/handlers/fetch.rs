@@ -35,6 +35,8 @@ struct Wanted {
     /// For a consumer in another rack than this leader: an in-sync replica in its rack, which
     /// it is told to read from instead (KIP-392), with no records.
     preferred: Option<i32>,
+    /// A read_committed consumer (isolation level 1): reads to the last stable offset.
+    read_committed: bool,
 }
 
 impl Wanted {
@@ -115,6 +117,7 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                 target,
                 follower,
                 preferred,
+                read_committed: req.isolation_level == 1,
             });
         }
     }
@@ -257,9 +260,10 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
             };
             let end = part.log.log_end_offset();
             let hw = (*part.high_watermark.borrow()).min(end);
+            let lso = part.last_stable_offset();
             let data = data
                 .with_high_watermark(hw as i64)
-                .with_last_stable_offset(hw as i64)
+                .with_last_stable_offset(lso as i64)
                 .with_log_start_offset(part.log_start_offset() as i64);
             if let Some(id) = w.preferred {
                 return Slot::Done(
@@ -274,7 +278,11 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
             if limit == 0 {
                 return Slot::Done(data.with_records(Some(Bytes::new())));
             }
-            let upto = if w.follower { end } else { hw };
+            let upto = match (w.follower, w.read_committed) {
+                (true, _) => end,
+                (false, true) => lso,
+                (false, false) => hw,
+            };
             match part.read(offset, limit, upto) {
                 Ok(read) => {
                     let n = read.size_bound();
@@ -349,9 +357,13 @@ pub(super) async fn list_offsets(
             let resp = match target {
                 Err(e) => resp.with_error_code(e.code()),
                 Ok((part, epoch)) => {
-                    let found = part
-                        .offset_for_time(&state.tiering.reader, p.timestamp)
-                        .await;
+                    // A read_committed consumer's "latest" is the last stable offset.
+                    let found = if p.timestamp == -1 && req.isolation_level == 1 {
+                        Ok(Some((part.last_stable_offset() as i64, -1)))
+                    } else {
+                        part.offset_for_time(&state.tiering.reader, p.timestamp)
+                            .await
+                    };
                     match found {
                         Ok(Some((offset, timestamp))) => resp
                             .with_offset(offset)

@@ -2,13 +2,11 @@
 //! keeping their offsets and epochs and making them durable before it asks for more (its next
 //! fetch offset tells the leader what it holds), and cut back what its leader does not have.
 
-use strata_storage::BatchHeader;
-
 use super::Partition;
 use super::open::rebuild_producers;
 use super::role::Role;
 use crate::error::BrokerError;
-use crate::producer::{self, ProducerBatch};
+use crate::producer;
 
 impl Partition {
     /// Appends batches copied from the leader (whole batches, starting at this log's end),
@@ -20,16 +18,16 @@ impl Partition {
         if records.is_empty() || self.role() != copying {
             return Ok(self.log.log_end_offset());
         }
-        let headers = producer::headers(records);
+        let batches = producer::batches(records);
         // The leader answers a fetch from this copy's end with the batch holding that offset;
         // one that starts below the end means this copy's last batches differ from the
         // leader's there (truncation by epochs did not see it). The leader's history wins:
         // cut back to its batch, or the copy would refuse it on every fetch and never catch
         // up (seen in the fault checker: a replica kept out of the ISR for good).
         let end = self.log.log_end_offset();
-        if let Some(base) = headers
+        if let Some(base) = batches
             .first()
-            .and_then(|h| u64::try_from(h.base_offset).ok())
+            .and_then(|(h, _)| u64::try_from(h.base_offset).ok())
             .filter(|base| *base < end)
         {
             tracing::warn!(topic = %self.topic, partition = self.index, base, end,
@@ -40,15 +38,15 @@ impl Partition {
             // Held across the append, as the leader's append holds them (epochs first).
             let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
             let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
-            for h in &headers {
+            for (h, _) in &batches {
                 let base = u64::try_from(h.base_offset).unwrap_or(0);
                 epochs
                     .assign(h.partition_leader_epoch, base)
                     .map_err(|source| self.io("recording leader epochs", source))?;
             }
             self.log.append_replica(records)?;
-            for h in &headers {
-                record_producer(&mut producers, h);
+            for (h, batch) in &batches {
+                producer::replay(&mut producers, h, batch);
             }
         }
         let end = self.log.log_end_offset();
@@ -106,14 +104,5 @@ impl Partition {
             path: self.log.dir().to_owned(),
             source,
         }
-    }
-}
-
-fn record_producer(table: &mut crate::producer::ProducerTable, h: &BatchHeader) {
-    if let Some(b) = ProducerBatch::of(h) {
-        let first = u64::try_from(h.base_offset).unwrap_or(0);
-        let last = first + u64::try_from(h.last_offset_delta).unwrap_or(0);
-        let append_time = h.is_log_append_time().then_some(h.max_timestamp);
-        table.record(&b, first, last, append_time);
     }
 }

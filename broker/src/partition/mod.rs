@@ -106,6 +106,18 @@ impl Partition {
         *self.role.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The last stable offset (Kafka's LSO): the high watermark, or the first offset of the
+    /// earliest transaction still open if that is lower. read_committed consumers read to it.
+    pub(crate) fn last_stable_offset(&self) -> u64 {
+        let hw = (*self.high_watermark.borrow()).min(self.log.log_end_offset());
+        let unstable = self
+            .producers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first_unstable_offset();
+        unstable.map_or(hw, |u| u.min(hw))
+    }
+
     /// Whether this broker leads the partition under `epoch` now. Appends check it while they
     /// hold the epochs lock, which the follower's truncation and copying hold too: once the
     /// role has changed, no append of the old term lands in the copy, where it would sit in

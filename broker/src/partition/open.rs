@@ -14,7 +14,7 @@ use super::role::Role;
 use super::{Assignment, Partition};
 use crate::epochs::EpochCache;
 use crate::error::BrokerError;
-use crate::producer::{self, ProducerBatch, ProducerTable};
+use crate::producer::{self, ProducerTable};
 use crate::topic::TopicSettings;
 use uuid::Uuid;
 
@@ -96,15 +96,12 @@ pub(super) fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError>
     let mut offset = from.max(log.log_start_offset());
     while offset < end {
         let bytes = log.read(offset, 1 << 20)?;
-        let headers = producer::headers(&bytes);
-        let Some(last) = headers.last() else { break };
-        for h in &headers {
-            if let Some(b) = ProducerBatch::of(h) {
-                let first = u64::try_from(h.base_offset).unwrap_or(0);
-                let last = first + u64::try_from(h.last_offset_delta).unwrap_or(0);
-                let append_time = h.is_log_append_time().then_some(h.max_timestamp);
-                table.record(&b, first, last, append_time);
-            }
+        let batches = producer::batches(&bytes);
+        let Some((last, _)) = batches.last().copied() else {
+            break;
+        };
+        for (h, batch) in &batches {
+            producer::replay(&mut table, h, batch);
         }
         offset =
             u64::try_from(last.base_offset + i64::from(last.last_offset_delta) + 1).unwrap_or(end);

@@ -387,6 +387,61 @@ fn the_high_watermark_is_saved_and_read_back_capped_at_the_log() {
     assert_eq!(*p.high_watermark.borrow(), 3);
 }
 
+/// A copy records the transactions its leader's batches open and their markers end, the
+/// last stable offset (what read_committed consumers read to) stops at the earliest open
+/// one, and a restart reads the open transaction back from the log.
+#[test]
+fn the_last_stable_offset_stops_at_an_open_transaction_across_a_restart() {
+    use strata_storage::{BatchBuilder, ControlMarker};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = Uuid::new_v4();
+    let followed = image(
+        1,
+        vec![topic("t", id, vec![partition(&[2, 1], Some(2), 0)])],
+    );
+    let role = Role::Follower {
+        leader: Some(2),
+        epoch: 0,
+    };
+    // As the leader sent them: its offset and leader epoch in each batch's header.
+    let at = |mut batch: Vec<u8>, offset: i64| {
+        batch[..8].copy_from_slice(&offset.to_be_bytes());
+        batch[12..16].copy_from_slice(&0i32.to_be_bytes());
+        batch
+    };
+    let plain = || BatchBuilder::new().value(None, b"p", 1).build();
+    let mut records = at(plain(), 0);
+    let txn = BatchBuilder::new()
+        .producer(5, 0, 0)
+        .transactional()
+        .value(None, b"t", 1)
+        .build();
+    records.extend(at(txn, 1));
+    records.extend(at(plain(), 2));
+    {
+        let parts = registry(&dir);
+        parts.apply(&followed);
+        let copy = parts.get(id, 0).expect("hosted");
+        assert_eq!(copy.append_copied(&records, role).expect("copied"), 3);
+        copy.follow_high_watermark(3);
+        assert_eq!(copy.last_stable_offset(), 1);
+        parts.flush_all();
+    }
+    let parts = registry(&dir);
+    parts.apply(&followed);
+    let copy = parts.get(id, 0).expect("hosted");
+    copy.follow_high_watermark(3);
+    assert_eq!(copy.last_stable_offset(), 1, "read back from the log");
+    let marker = ControlMarker {
+        commit: true,
+        coordinator_epoch: 0,
+    };
+    let control = at(BatchBuilder::control(5, 0, marker, 2), 3);
+    assert_eq!(copy.append_copied(&control, role).expect("copied"), 4);
+    copy.follow_high_watermark(4);
+    assert_eq!(copy.last_stable_offset(), 4);
+}
+
 /// A Produce in flight when leadership moves on is refused once this broker follows, even
 /// though the log's latest epoch is still the one it was sent under (the copy was cut back
 /// and has not copied the new leader's first batch): it would land inside what the new
