@@ -107,23 +107,33 @@ pub(crate) fn batches(records: &[u8]) -> Vec<(BatchHeader, &[u8])> {
     out
 }
 
-/// Replays one batch of a log into `table` as its leader recorded it: an idempotent batch as
-/// appended at its offsets, a control batch as the end of its producer's transaction. For a
+/// Replays one batch of `log` (appended there) into `table` as its leader recorded it: an
+/// idempotent batch as appended at its offsets, a control batch as the end of its producer's
+/// transaction, an aborted one entered in the log's aborted-transaction index. For a
 /// follower's copy and for the log read back at start-up.
-pub(crate) fn replay(table: &mut ProducerTable, header: &BatchHeader, batch: &[u8]) {
+pub(crate) fn replay(
+    table: &mut ProducerTable,
+    log: &strata_storage::Log,
+    header: &BatchHeader,
+    batch: &[u8],
+) -> Result<(), strata_storage::StorageError> {
     let first = u64::try_from(header.base_offset).unwrap_or(0);
     if let Some(b) = ProducerBatch::of(header) {
         let last = first + u64::try_from(header.last_offset_delta).unwrap_or(0);
         let append_time = header.is_log_append_time().then_some(header.max_timestamp);
         table.record(&b, first, last, append_time);
-    } else if let Some(marker) = strata_storage::control_marker(batch) {
-        table.end_txn(
+    } else if let Some(marker) = strata_storage::control_marker(batch)
+        && let Some(done) = table.end_txn(
             header.producer_id,
             header.producer_epoch,
             first,
             marker.commit,
-        );
+        )
+        && done.aborted
+    {
+        log.append_aborted(table.aborted_entry(&done))?;
     }
+    Ok(())
 }
 
 /// What to do with a batch.
@@ -291,6 +301,18 @@ impl ProducerTable {
             last_offset: offset,
             aborted: !commit,
         })
+    }
+
+    /// The aborted-transaction index entry for `done`, just ended: the last stable offset
+    /// after it is the earliest transaction still open, or the offset after its marker
+    /// (Kafka's `ProducerStateManager.lastStableOffset`).
+    pub(crate) fn aborted_entry(&self, done: &CompletedTxn) -> strata_storage::AbortedTxn {
+        strata_storage::AbortedTxn {
+            producer_id: done.producer_id,
+            first_offset: done.first_offset,
+            last_offset: done.last_offset,
+            last_stable_offset: self.first_unstable_offset().unwrap_or(done.last_offset + 1),
+        }
     }
 
     /// The first offset of the earliest transaction still open here: read_committed
@@ -717,20 +739,34 @@ mod tests {
         };
         let mut control = BatchBuilder::control(5, 0, marker, 2);
         control[..8].copy_from_slice(&11i64.to_be_bytes());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stored = strata_storage::Log::open(dir.path(), Default::default()).expect("log");
+        stored.reset_to(10).expect("start at 10");
+        stored.append_replica(&log).expect("copy");
+        stored.append_replica(&control).expect("copy");
         let mut t = ProducerTable::default();
-        let parsed = batches(&log);
-        for (h, bytes) in &parsed {
-            replay(&mut t, h, bytes);
+        for (h, bytes) in &batches(&log) {
+            replay(&mut t, &stored, h, bytes).expect("replay");
         }
         assert_eq!(t.first_unstable_offset(), Some(10));
         for (h, bytes) in &batches(&control) {
-            replay(&mut t, h, bytes);
+            replay(&mut t, &stored, h, bytes).expect("replay");
         }
         assert_eq!(t.first_unstable_offset(), None);
         assert_eq!(
             t.len(),
             1,
             "the control batch is no idempotent batch of its own"
+        );
+        // The abort is in the log's index, for read_committed fetches.
+        assert_eq!(
+            stored.aborted_txns(10, 12).expect("query"),
+            [strata_storage::AbortedTxn {
+                producer_id: 5,
+                first_offset: 10,
+                last_offset: 11,
+                last_stable_offset: 12,
+            }]
         );
     }
 }

@@ -23,6 +23,7 @@ pub mod fuzzing;
 mod index;
 mod log;
 mod segment;
+mod txn_index;
 
 pub use batch::{
     BatchBuilder, BatchError, BatchHeader, ControlMarker, HEADER_LEN, LOG_OVERHEAD, MAGIC_V2,
@@ -33,5 +34,6 @@ pub use config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 pub use error::StorageError;
 pub use log::{AppendInfo, Log, PreparedRewrite, SegmentRewrite};
 pub use segment::{SegmentFile, SegmentInfo};
+pub use txn_index::{AbortedTxn, TxnIndex, collect_aborted, decode_entries};
 
 pub mod tier;

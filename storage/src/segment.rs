@@ -15,6 +15,7 @@ use std::sync::Arc;
 use crate::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use crate::error::{IoContext, StorageError};
 use crate::index::{Entry, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use crate::txn_index::{AbortedTxn, TxnIndex};
 
 /// Kafka's "no timestamp".
 pub(crate) const NO_TIMESTAMP: i64 = -1;
@@ -39,11 +40,22 @@ pub enum SegmentFile {
     OffsetIndex = 1,
     /// The sparse time index (`.timeindex`).
     TimeIndex = 2,
+    /// The aborted-transaction index (`.txnindex`), only for segments where a transaction
+    /// was aborted.
+    TxnIndex = 3,
 }
 
 impl SegmentFile {
     /// Every kind of segment file there is.
-    pub const ALL: [Self; 3] = [Self::Log, Self::OffsetIndex, Self::TimeIndex];
+    pub const ALL: [Self; 4] = [
+        Self::Log,
+        Self::OffsetIndex,
+        Self::TimeIndex,
+        Self::TxnIndex,
+    ];
+    /// What every segment had before transactions: a manifest that names no files means
+    /// these.
+    pub const LEGACY: [Self; 3] = [Self::Log, Self::OffsetIndex, Self::TimeIndex];
 
     /// The file name extension, locally and in object keys.
     pub fn ext(self) -> &'static str {
@@ -51,6 +63,7 @@ impl SegmentFile {
             Self::Log => "log",
             Self::OffsetIndex => "index",
             Self::TimeIndex => "timeindex",
+            Self::TxnIndex => "txnindex",
         }
     }
 
@@ -78,16 +91,22 @@ pub struct SegmentInfo {
     pub log_path: PathBuf,
     pub offset_index_path: PathBuf,
     pub time_index_path: PathBuf,
+    /// Its aborted-transaction index, when a transaction was aborted in it.
+    pub txn_index_path: Option<PathBuf>,
 }
 
 impl SegmentInfo {
     /// The segment's files, by kind, in upload order.
     pub fn files(&self) -> Vec<(SegmentFile, &Path)> {
-        vec![
+        let mut files = vec![
             (SegmentFile::Log, self.log_path.as_path()),
             (SegmentFile::OffsetIndex, self.offset_index_path.as_path()),
             (SegmentFile::TimeIndex, self.time_index_path.as_path()),
-        ]
+        ];
+        if let Some(path) = &self.txn_index_path {
+            files.push((SegmentFile::TxnIndex, path.as_path()));
+        }
+        files
     }
 
     /// The time retention ages the segment by; see `Segment::retention_timestamp`.
@@ -119,6 +138,9 @@ pub(crate) struct Segment {
     time_index_file: Arc<File>,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
+    txn_index_path: PathBuf,
+    /// Opened when the segment has one (created by its first aborted transaction).
+    txn_index: Option<TxnIndex>,
     /// Bytes of whole batches in the log file.
     pub size: u64,
     /// One past the last offset in the segment.
@@ -168,6 +190,15 @@ impl Segment {
         let (log_path, log) = open("log")?;
         let (index_path, index_file) = open("index")?;
         let (time_index_path, time_index_file) = open("timeindex")?;
+        let txn_index_path = dir.join(file_name(base_offset, SegmentFile::TxnIndex.ext()));
+        let txn_index = if truncate {
+            remove_if_present(&txn_index_path)?;
+            None
+        } else if txn_index_path.exists() {
+            Some(TxnIndex::open(&txn_index_path)?)
+        } else {
+            None
+        };
         Ok(Self {
             base_offset,
             log_path: log_path.into(),
@@ -178,6 +209,8 @@ impl Segment {
             time_index_file: Arc::new(time_index_file),
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
+            txn_index_path,
+            txn_index,
             size: 0,
             next_offset: base_offset,
             max_timestamp: NO_TIMESTAMP,
@@ -461,7 +494,9 @@ impl Segment {
         self.offset_index.mark_unpersisted();
         self.time_index.mark_unpersisted();
         self.sealed = false;
-        Ok(self.next_offset)
+        let end = self.next_offset;
+        self.truncate_aborted(end)?;
+        Ok(end)
     }
 
     /// Where to start scanning for `offset`: the last indexed batch starting at or before it.
@@ -530,6 +565,37 @@ impl Segment {
             log_path: self.log_path.to_path_buf(),
             offset_index_path: self.index_path.clone(),
             time_index_path: self.time_index_path.clone(),
+            txn_index_path: self
+                .txn_index
+                .as_ref()
+                .filter(|t| !t.is_empty())
+                .map(|_| self.txn_index_path.clone()),
+        }
+    }
+
+    /// Records a transaction aborted by a marker in this segment, durably (the marker's
+    /// batch is fsynced by the append path; the entry is fsynced here, as aborts are rare).
+    pub fn append_aborted(&mut self, entry: AbortedTxn) -> Result<(), StorageError> {
+        if self.txn_index.is_none() {
+            self.txn_index = Some(TxnIndex::open(&self.txn_index_path)?);
+        }
+        let index = self.txn_index.as_mut().expect("opened above");
+        index.append(entry)?;
+        index.sync()
+    }
+
+    /// The transactions aborted in this segment, in marker order.
+    pub fn aborted(&self) -> Result<Vec<AbortedTxn>, StorageError> {
+        self.txn_index
+            .as_ref()
+            .map_or(Ok(Vec::new()), TxnIndex::entries)
+    }
+
+    /// Drops the entries of transactions aborted at or after `offset`.
+    pub fn truncate_aborted(&mut self, offset: u64) -> Result<(), StorageError> {
+        match self.txn_index.as_mut() {
+            Some(index) => index.truncate_to(offset),
+            None => Ok(()),
         }
     }
 
@@ -537,7 +603,12 @@ impl Segment {
     pub fn delete(self) -> Result<(), StorageError> {
         // The index files are removed after the log, so a crash in between leaves only orphan
         // indexes, which opening the log removes.
-        for path in [&*self.log_path, &self.index_path, &self.time_index_path] {
+        for path in [
+            &*self.log_path,
+            &self.index_path,
+            &self.time_index_path,
+            &self.txn_index_path,
+        ] {
             remove_if_present(path)?;
         }
         Ok(())
@@ -546,7 +617,7 @@ impl Segment {
 
 /// Deletes the files of the segment based at `base_offset` in `dir`, whether open or not.
 pub(crate) fn delete_files(dir: &Path, base_offset: u64) -> Result<(), StorageError> {
-    for ext in ["log", "index", "timeindex"] {
+    for ext in ["log", "index", "timeindex", "txnindex"] {
         remove_if_present(&dir.join(file_name(base_offset, ext)))?;
     }
     Ok(())

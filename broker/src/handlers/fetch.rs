@@ -5,18 +5,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProducerId,
 };
 use tokio::time::Instant;
 
 use super::Reply;
 use crate::partition::{Partition, Read};
-use crate::protocol::{Frame, FrameError};
+use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::BrokerState;
 
 /// Longest a fetch may wait for data, whatever the client asks.
@@ -282,6 +284,28 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
                 (true, _) => end,
                 (false, true) => lso,
                 (false, false) => hw,
+            };
+            // A read_committed consumer drops the records of the transactions aborted in
+            // what it reads; the local segments' indexes say which. (Remote segments' indexes
+            // are uploaded with them; reading them back is not built yet, and no client can
+            // write a transaction before the coordinator exists.)
+            let data = if w.read_committed && !w.follower && offset >= part.log.log_start_offset() {
+                match part.log.aborted_txns(offset, lso) {
+                    Ok(list) => data.with_aborted_transactions(Some(
+                        list.into_iter()
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(a.producer_id))
+                                    .with_first_offset(a.first_offset as i64)
+                            })
+                            .collect(),
+                    )),
+                    Err(e) => {
+                        return Slot::Done(data.with_error_code(storage_error_code(&e).code()));
+                    }
+                }
+            } else {
+                data
             };
             match part.read(offset, limit, upto) {
                 Ok(read) => {

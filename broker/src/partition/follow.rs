@@ -46,7 +46,7 @@ impl Partition {
             }
             self.log.append_replica(records)?;
             for (h, batch) in &batches {
-                producer::replay(&mut producers, h, batch);
+                producer::replay(&mut producers, &self.log, h, batch)?;
             }
         }
         let end = self.log.log_end_offset();

@@ -94,6 +94,8 @@ pub(super) fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError>
         }
     };
     let mut offset = from.max(log.log_start_offset());
+    // The replay records the aborts from here on again.
+    log.truncate_aborted(offset)?;
     while offset < end {
         let bytes = log.read(offset, 1 << 20)?;
         let batches = producer::batches(&bytes);
@@ -101,7 +103,7 @@ pub(super) fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError>
             break;
         };
         for (h, batch) in &batches {
-            producer::replay(&mut table, h, batch);
+            producer::replay(&mut table, log, h, batch)?;
         }
         offset =
             u64::try_from(last.base_offset + i64::from(last.last_offset_delta) + 1).unwrap_or(end);

@@ -389,7 +389,8 @@ fn the_high_watermark_is_saved_and_read_back_capped_at_the_log() {
 
 /// A copy records the transactions its leader's batches open and their markers end, the
 /// last stable offset (what read_committed consumers read to) stops at the earliest open
-/// one, and a restart reads the open transaction back from the log.
+/// one, a restart reads the open transaction back from the log, and an abort lands in the
+/// aborted-transaction index once.
 #[test]
 fn the_last_stable_offset_stops_at_an_open_transaction_across_a_restart() {
     use strata_storage::{BatchBuilder, ControlMarker};
@@ -427,19 +428,34 @@ fn the_last_stable_offset_stops_at_an_open_transaction_across_a_restart() {
         assert_eq!(copy.last_stable_offset(), 1);
         parts.flush_all();
     }
+    {
+        let parts = registry(&dir);
+        parts.apply(&followed);
+        let copy = parts.get(id, 0).expect("hosted");
+        copy.follow_high_watermark(3);
+        assert_eq!(copy.last_stable_offset(), 1, "read back from the log");
+        let marker = ControlMarker {
+            commit: false,
+            coordinator_epoch: 0,
+        };
+        let control = at(BatchBuilder::control(5, 0, marker, 2), 3);
+        assert_eq!(copy.append_copied(&control, role).expect("copied"), 4);
+        copy.follow_high_watermark(4);
+        assert_eq!(copy.last_stable_offset(), 4);
+        parts.flush_all();
+    }
+    // The abort is in the index read_committed fetches use, once, also after a restart
+    // replays the log.
     let parts = registry(&dir);
     parts.apply(&followed);
     let copy = parts.get(id, 0).expect("hosted");
-    copy.follow_high_watermark(3);
-    assert_eq!(copy.last_stable_offset(), 1, "read back from the log");
-    let marker = ControlMarker {
-        commit: true,
-        coordinator_epoch: 0,
+    let aborted = strata_storage::AbortedTxn {
+        producer_id: 5,
+        first_offset: 1,
+        last_offset: 3,
+        last_stable_offset: 4,
     };
-    let control = at(BatchBuilder::control(5, 0, marker, 2), 3);
-    assert_eq!(copy.append_copied(&control, role).expect("copied"), 4);
-    copy.follow_high_watermark(4);
-    assert_eq!(copy.last_stable_offset(), 4);
+    assert_eq!(copy.log.aborted_txns(0, 4).expect("query"), [aborted]);
 }
 
 /// A Produce in flight when leadership moves on is refused once this broker follows, even

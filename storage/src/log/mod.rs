@@ -18,6 +18,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{IoContext, StorageError};
 use crate::segment::{NO_TIMESTAMP, Recovered, Segment, SegmentInfo};
+use crate::txn_index::AbortedTxn;
 
 mod replica;
 mod swap;
@@ -491,6 +492,53 @@ impl Log {
         Ok(new_end)
     }
 
+    /// Records a transaction aborted by the marker at `entry.last_offset` in the
+    /// aborted-transaction index of the segment holding that marker.
+    pub fn append_aborted(&self, entry: AbortedTxn) -> Result<(), StorageError> {
+        self.check_online()?;
+        let mut inner = self.write_inner();
+        let end = inner.active.next_offset;
+        if entry.last_offset >= end || entry.last_offset < inner.log_start_offset {
+            return Err(StorageError::OffsetOutOfRange {
+                offset: entry.last_offset,
+                log_start: inner.log_start_offset,
+                log_end: end,
+            });
+        }
+        let i = inner.index_of(entry.last_offset);
+        match inner.sealed.get_mut(i) {
+            Some(seg) => seg.append_aborted(entry),
+            None => inner.active.append_aborted(entry),
+        }
+    }
+
+    /// The aborted transactions whose records may lie in `[from, upper)` (what a
+    /// read_committed fetch of that range returns), from the segment holding `from` on, until
+    /// an entry shows the partition was stable past `upper`.
+    pub fn aborted_txns(&self, from: u64, upper: u64) -> Result<Vec<AbortedTxn>, StorageError> {
+        let inner = self.read_inner();
+        let mut out = Vec::new();
+        for seg in inner.all().filter(|s| s.next_offset > from) {
+            if crate::txn_index::collect_aborted(&seg.aborted()?, from, upper, &mut out) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets the aborted transactions whose markers are at or after `offset` (a replay
+    /// from there records them again).
+    pub fn truncate_aborted(&self, offset: u64) -> Result<(), StorageError> {
+        let mut inner = self.write_inner();
+        let Inner { sealed, active, .. } = &mut *inner;
+        for seg in sealed.iter_mut().chain(std::iter::once(active)) {
+            if seg.next_offset > offset {
+                seg.truncate_aborted(offset)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Drops every segment and restarts the log, empty, at `offset` (a replica that starts from
     /// the object store's end, or one that fell behind the leader's log start).
     pub fn reset_to(&self, offset: u64) -> Result<(), StorageError> {
@@ -918,7 +966,7 @@ pub(super) fn list_segment_bases(dir: &Path) -> Result<Vec<u64>, StorageError> {
             .flatten();
         match (base, ext) {
             (Some(base), "log") => bases.push(base),
-            (Some(base), "index" | "timeindex") => orphans.push((base, path)),
+            (Some(base), "index" | "timeindex" | "txnindex") => orphans.push((base, path)),
             _ if ext == "tmp" => orphans.push((u64::MAX, path)),
             _ => {}
         }

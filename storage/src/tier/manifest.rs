@@ -54,7 +54,7 @@ pub struct RemoteSegment {
 }
 
 fn all_files() -> Vec<SegmentFile> {
-    SegmentFile::ALL.to_vec()
+    SegmentFile::LEGACY.to_vec()
 }
 
 impl RemoteSegment {
@@ -284,7 +284,7 @@ mod tests {
             leader_epoch: epoch,
             epochs: Vec::new(),
             last_batch_crc: 0,
-            files: SegmentFile::ALL.to_vec(),
+            files: SegmentFile::LEGACY.to_vec(),
         }
     }
 
@@ -304,7 +304,7 @@ mod tests {
     }
 
     #[test]
-    fn segments_name_their_files_and_older_manifests_mean_all_of_them() {
+    fn segments_name_their_files_and_older_manifests_mean_those_before_transactions() {
         let json = serde_json::to_string(&seg(0, 10, 1)).expect("encodes");
         assert!(
             json.contains(r#""files":["log","offset_index","time_index"]"#),
@@ -313,8 +313,9 @@ mod tests {
         let older = r#"{"base_offset":0,"end_offset":10,"max_timestamp":0,"size_bytes":10,
             "leader_epoch":1}"#;
         let parsed: RemoteSegment = serde_json::from_str(older).expect("parses");
-        assert_eq!(parsed.files, SegmentFile::ALL.to_vec());
+        assert_eq!(parsed.files, SegmentFile::LEGACY.to_vec());
         assert!(parsed.has(SegmentFile::TimeIndex));
+        assert!(!parsed.has(SegmentFile::TxnIndex));
     }
 
     fn objects() -> PartitionObjects {
