@@ -584,6 +584,11 @@ impl Segment {
         index.sync()
     }
 
+    /// Whether a transaction was aborted in this segment.
+    pub fn has_aborted(&self) -> bool {
+        self.txn_index.as_ref().is_some_and(|t| !t.is_empty())
+    }
+
     /// The transactions aborted in this segment, in marker order.
     pub fn aborted(&self) -> Result<Vec<AbortedTxn>, StorageError> {
         self.txn_index

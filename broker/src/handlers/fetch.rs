@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::Reply;
 use crate::partition::{Partition, Read};
-use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::protocol::{Frame, FrameError};
 use crate::state::BrokerState;
 
 /// Longest a fetch may wait for data, whatever the client asks.
@@ -158,6 +158,7 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
             .iter()
             .any(|r| r.error_code != 0 || r.preferred_read_replica.0 >= 0);
         if bytes >= min_bytes || errors || Instant::now() >= deadline || watchers.is_empty() {
+            let results = with_aborted(state, &wanted, results).await;
             let mut topics = topics;
             for (w, data) in wanted.iter().zip(results) {
                 topics[w.topic].partitions.push(data);
@@ -285,28 +286,6 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
                 (false, true) => lso,
                 (false, false) => hw,
             };
-            // A read_committed consumer drops the records of the transactions aborted in
-            // what it reads; the local segments' indexes say which. (Remote segments' indexes
-            // are uploaded with them; reading them back is not built yet, and no client can
-            // write a transaction before the coordinator exists.)
-            let data = if w.read_committed && !w.follower && offset >= part.log.log_start_offset() {
-                match part.log.aborted_txns(offset, lso) {
-                    Ok(list) => data.with_aborted_transactions(Some(
-                        list.into_iter()
-                            .map(|a| {
-                                AbortedTransaction::default()
-                                    .with_producer_id(ProducerId(a.producer_id))
-                                    .with_first_offset(a.first_offset as i64)
-                            })
-                            .collect(),
-                    )),
-                    Err(e) => {
-                        return Slot::Done(data.with_error_code(storage_error_code(&e).code()));
-                    }
-                }
-            } else {
-                data
-            };
             match part.read(offset, limit, upto) {
                 Ok(read) => {
                     let n = read.size_bound();
@@ -320,6 +299,44 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
             }
         })
         .collect()
+}
+
+/// Adds to each read_committed consumer's answer the transactions aborted in what it reads
+/// (up to the last stable offset), so it can drop their records: from the segments' indexes,
+/// local or in object storage.
+async fn with_aborted(
+    state: &BrokerState,
+    wanted: &[Wanted],
+    results: Vec<PartitionData>,
+) -> Vec<PartitionData> {
+    let answers = wanted.iter().zip(results).map(|(w, data)| async move {
+        let part = match &w.target {
+            Ok(p) if w.read_committed && !w.follower && data.error_code == 0 => p,
+            _ => return data,
+        };
+        if data.records.as_ref().is_none_or(Bytes::is_empty) {
+            return data.with_aborted_transactions(Some(Vec::new()));
+        }
+        let (Ok(from), Ok(upto)) = (
+            u64::try_from(w.offset),
+            u64::try_from(data.last_stable_offset),
+        ) else {
+            return data;
+        };
+        match part.aborted_txns(&state.tiering.reader, from, upto).await {
+            Ok(list) => data.with_aborted_transactions(Some(
+                list.into_iter()
+                    .map(|a| {
+                        AbortedTransaction::default()
+                            .with_producer_id(ProducerId(a.producer_id))
+                            .with_first_offset(a.first_offset as i64)
+                    })
+                    .collect(),
+            )),
+            Err(e) => data.with_records(None).with_error_code(e.code()),
+        }
+    });
+    futures::future::join_all(answers).await
 }
 
 /// Completes the reads of a fetch concurrently (those from object storage come from the

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use strata_storage::StorageError;
 use strata_storage::tier::manifest::Manifest;
 use strata_storage::tier::read::RemoteReader;
+use strata_storage::{AbortedTxn, StorageError};
 
 use super::Partition;
 use crate::protocol::storage_error_code;
@@ -122,6 +122,47 @@ impl Partition {
             }
             Err(e) => Err(storage_error_code(&e)),
         }
+    }
+
+    /// The transactions aborted whose records may lie in `[from, upto)`: from the remote
+    /// segments' indexes for what the local log no longer holds, then the local ones (a
+    /// segment both local and remote names its aborts once).
+    pub(crate) async fn aborted_txns(
+        self: &Arc<Self>,
+        reader: &RemoteReader,
+        from: u64,
+        upto: u64,
+    ) -> Result<Vec<AbortedTxn>, ResponseError> {
+        let local_start = self.log.log_start_offset();
+        let mut out = Vec::new();
+        if from < local_start
+            && let Some(m) = self.remote.manifest()
+        {
+            out = reader
+                .aborted_txns(&self.remote.objects, &m, from, upto)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(topic = %self.topic, partition = self.index, from,
+                        error = %e, "reading remote aborted transactions failed");
+                    ResponseError::KafkaStorageError
+                })?;
+        }
+        if !self.log.has_aborted() {
+            // The common case, checked without touching the disk.
+            return Ok(out);
+        }
+        let log = self.log.clone();
+        let local =
+            tokio::task::spawn_blocking(move || log.aborted_txns(from.max(local_start), upto))
+                .await
+                .map_err(|_| ResponseError::UnknownServerError)?
+                .map_err(|e| storage_error_code(&e))?;
+        for a in local {
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        Ok(out)
     }
 
     /// ListOffsets: the offset (and its record's timestamp) for `timestamp`, one of Kafka's

@@ -391,8 +391,8 @@ fn the_high_watermark_is_saved_and_read_back_capped_at_the_log() {
 /// last stable offset (what read_committed consumers read to) stops at the earliest open
 /// one, a restart reads the open transaction back from the log, and an abort lands in the
 /// aborted-transaction index once.
-#[test]
-fn the_last_stable_offset_stops_at_an_open_transaction_across_a_restart() {
+#[tokio::test]
+async fn the_last_stable_offset_stops_at_an_open_transaction_across_a_restart() {
     use strata_storage::{BatchBuilder, ControlMarker};
     let dir = tempfile::tempdir().expect("temp dir");
     let id = Uuid::new_v4();
@@ -456,6 +456,17 @@ fn the_last_stable_offset_stops_at_an_open_transaction_across_a_restart() {
         last_stable_offset: 4,
     };
     assert_eq!(copy.log.aborted_txns(0, 4).expect("query"), [aborted]);
+    // What a read_committed fetch of the range is told.
+    let reader =
+        strata_storage::tier::read::RemoteReader::open(strata_storage::tier::read::CacheConfig {
+            memory_bytes: 1 << 20,
+            chunk_bytes: 4096,
+            ..Default::default()
+        })
+        .await
+        .expect("cache");
+    assert_eq!(copy.aborted_txns(&reader, 0, 4).await, Ok(vec![aborted]));
+    assert_eq!(copy.aborted_txns(&reader, 0, 1).await, Ok(vec![]));
 }
 
 /// A Produce in flight when leadership moves on is refused once this broker follows, even

@@ -526,6 +526,12 @@ impl Log {
         Ok(out)
     }
 
+    /// Whether any segment has an aborted transaction (without one, a read_committed fetch
+    /// has nothing to look up).
+    pub fn has_aborted(&self) -> bool {
+        self.read_inner().all().any(Segment::has_aborted)
+    }
+
     /// Forgets the aborted transactions whose markers are at or after `offset` (a replay
     /// from there records them again).
     pub fn truncate_aborted(&self, offset: u64) -> Result<(), StorageError> {

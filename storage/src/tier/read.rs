@@ -26,6 +26,7 @@ use super::manifest::{Manifest, PartitionObjects, RemoteSegment};
 use crate::SegmentFile;
 use crate::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use crate::index::{OffsetEntry, SparseIndex, TimeEntry};
+use crate::txn_index::{AbortedTxn, collect_aborted, decode_entries};
 
 /// GET attempts for one chunk before the error surfaces to the reader.
 const GET_ATTEMPTS: u32 = 3;
@@ -246,6 +247,29 @@ impl RemoteReader {
         }
         let out = cursor.bytes(start..end).await?;
         self.after_read(objects, manifest, i, start, end);
+        Ok(out)
+    }
+
+    /// The aborted transactions whose records may lie in `[from, upper)` of the remote
+    /// segments, from their `.txnindex` objects (segments without one had no abort), as
+    /// [`crate::Log::aborted_txns`] answers for local ones.
+    pub async fn aborted_txns(
+        &self,
+        objects: &PartitionObjects,
+        manifest: &Manifest,
+        from: u64,
+        upper: u64,
+    ) -> Result<Vec<AbortedTxn>, TierError> {
+        let mut out = Vec::new();
+        for seg in manifest.segments.iter().filter(|s| s.end_offset > from) {
+            if !seg.has(SegmentFile::TxnIndex) {
+                continue;
+            }
+            let bytes = self.chunk(objects, seg, SegmentFile::TxnIndex, 0).await?;
+            if collect_aborted(&decode_entries(&bytes), from, upper, &mut out) {
+                break;
+            }
+        }
         Ok(out)
     }
 
@@ -616,6 +640,15 @@ mod tests {
     /// A log of `n` batches (two records each, timestamps 1000 + 10·i) with small segments,
     /// uploaded; returns it with its manifest.
     async fn uploaded(n: i64) -> (tempfile::TempDir, Log, PartitionObjects, Manifest) {
+        uploaded_with(n, |_| ()).await
+    }
+
+    /// As [`uploaded`], with `before` run on the log before its segments are sealed and
+    /// uploaded.
+    async fn uploaded_with(
+        n: i64,
+        before: impl FnOnce(&Log),
+    ) -> (tempfile::TempDir, Log, PartitionObjects, Manifest) {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Log::open(
             dir.path(),
@@ -635,6 +668,7 @@ mod tests {
                 .build();
             log.append(&mut b, 1).expect("append");
         }
+        before(&log);
         log.roll().expect("roll");
         log.flush().expect("flush");
         let objects =
@@ -651,6 +685,50 @@ mod tests {
             memory_bytes: 1 << 20,
             ..CacheConfig::default()
         }
+    }
+
+    /// Segments where transactions aborted upload their `.txnindex`, the others none, and
+    /// the remote answer for any range is the local one.
+    #[tokio::test]
+    async fn remote_aborted_transactions_answer_what_the_local_indexes_hold() {
+        let aborts = [(1, 3, 5, 10), (2, 40, 44, 45), (3, 46, 80, 81)];
+        let (_dir, log, objects, m) = uploaded_with(120, |log| {
+            for (producer_id, first, last, lso) in aborts {
+                log.append_aborted(crate::AbortedTxn {
+                    producer_id,
+                    first_offset: first,
+                    last_offset: last,
+                    last_stable_offset: lso,
+                })
+                .expect("abort");
+            }
+        })
+        .await;
+        let with_index = m
+            .segments
+            .iter()
+            .filter(|s| s.has(SegmentFile::TxnIndex))
+            .count();
+        assert!(
+            (2..=3).contains(&with_index) && with_index < m.segments.len(),
+            "{with_index} of {} segments have an index",
+            m.segments.len()
+        );
+        let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        for (from, upto) in [(0, 4), (0, 50), (6, 45), (45, 120), (81, 120), (0, 240)] {
+            let remote = reader
+                .aborted_txns(&objects, &m, from, upto)
+                .await
+                .expect("remote");
+            let local = log.aborted_txns(from, upto).expect("local");
+            assert_eq!(remote, local, "{from}..{upto}");
+        }
+        // 0..46 reads the first two transactions' records; the third starts at 46.
+        let first_two = reader
+            .aborted_txns(&objects, &m, 0, 46)
+            .await
+            .expect("remote");
+        assert_eq!(first_two.len(), 2);
     }
 
     #[tokio::test]
