@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -19,6 +20,10 @@ use crate::ClientError;
 
 /// Largest response accepted; checked before allocating.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// How long connecting, and then each request, may wait for an answer before the connection
+/// is given up (Kafka's `request.timeout.ms`, with room for a broker's own 30 s waits).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Waiter = oneshot::Sender<Result<Bytes, ClientError>>;
 
@@ -37,6 +42,7 @@ pub struct Connection {
     pending: Arc<Mutex<Pending>>,
     versions: HashMap<i16, (i16, i16)>,
     reader: tokio::task::JoinHandle<()>,
+    timeout: Duration,
 }
 
 impl Drop for Connection {
@@ -46,10 +52,25 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) and negotiates API versions.
+    /// Connects to `addr` (`host:port`) and negotiates API versions, with the
+    /// [`DEFAULT_REQUEST_TIMEOUT`].
     pub async fn connect(addr: &str, client_id: &str) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(addr)
+        Self::connect_with_timeout(addr, client_id, DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    /// Like [`connect`](Self::connect): connecting and every request answered within
+    /// `timeout`, or the connection is given up ([`ClientError::TimedOut`]).
+    pub async fn connect_with_timeout(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
+            .map_err(|_| ClientError::TimedOut {
+                what: format!("connecting to {addr}"),
+                after: timeout,
+            })?
             .map_err(|source| ClientError::Unreachable {
                 addr: addr.to_owned(),
                 source,
@@ -64,6 +85,7 @@ impl Connection {
             pending,
             versions: HashMap::new(),
             reader,
+            timeout,
         };
         // ApiVersions v3 is what current clients open with; a broker that cannot answer it
         // answers v0 with UNSUPPORTED_VERSION and its range, which decodes the same way.
@@ -184,6 +206,8 @@ impl Connection {
             .ok_or_else(|| ClientError::Closed(self.addr.clone()))?;
         Ok(Reply {
             rx,
+            pending: self.pending.clone(),
+            timeout: self.timeout,
             version,
             header_version: if key == ApiKey::ApiVersions {
                 0
@@ -246,6 +270,9 @@ impl Connection {
 #[derive(Debug)]
 pub struct Reply<R> {
     rx: oneshot::Receiver<Result<Bytes, ClientError>>,
+    /// The connection's requests, failed as a whole when this one times out.
+    pending: Arc<Mutex<Pending>>,
+    timeout: Duration,
     version: i16,
     header_version: i16,
     addr: String,
@@ -253,12 +280,25 @@ pub struct Reply<R> {
 }
 
 impl<R: Request> Reply<R> {
-    /// Waits for the response and decodes it.
+    /// Waits for the response and decodes it. A response that does not come within the
+    /// connection's timeout gives the connection up: responses come in request order, so
+    /// every later request on it would wait too.
     pub async fn response(self) -> Result<R::Response, ClientError> {
-        let mut frame = self
-            .rx
-            .await
-            .map_err(|_| ClientError::Closed(self.addr.clone()))??;
+        let answer = match tokio::time::timeout(self.timeout, self.rx).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                let what = format!("{} ({})", self.addr, api_name(R::KEY));
+                fail(
+                    &self.pending,
+                    format!("{what}: no answer within {:?}", self.timeout),
+                );
+                return Err(ClientError::TimedOut {
+                    what,
+                    after: self.timeout,
+                });
+            }
+        };
+        let mut frame = answer.map_err(|_| ClientError::Closed(self.addr.clone()))??;
         ResponseHeader::decode(&mut frame, self.header_version)
             .map_err(|e| ClientError::Decode(e.to_string()))?;
         R::Response::decode(&mut frame, self.version)
@@ -303,13 +343,19 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Arc<Mutex<Pending>>, addr: 
             None => break format!("{addr}: a response nobody asked for"),
         }
     };
-    let waiters = {
+    fail(&pending, failure);
+}
+
+/// Marks the connection broken for `why` (the first reason stays) and fails every request
+/// still waiting on it.
+fn fail(pending: &Mutex<Pending>, why: String) {
+    let (waiters, why) = {
         let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
-        p.failed = Some(failure.clone());
-        std::mem::take(&mut p.waiters)
+        let why = p.failed.get_or_insert(why).clone();
+        (std::mem::take(&mut p.waiters), why)
     };
     for (_, tx) in waiters {
-        let _ = tx.send(Err(ClientError::Closed(failure.clone())));
+        let _ = tx.send(Err(ClientError::Closed(why.clone())));
     }
 }
 
@@ -332,7 +378,8 @@ mod tests {
 
     use super::*;
 
-    /// A one-connection fake broker: answers the first request with `reply(correlation)`.
+    /// A one-connection fake broker: answers the first request with `reply(correlation)`,
+    /// and no other.
     async fn fake(reply: impl FnOnce(i32) -> Vec<u8> + Send + 'static) -> String {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
@@ -344,8 +391,9 @@ mod tests {
             s.read_exact(&mut req).await.expect("request");
             let correlation = i32::from_be_bytes([req[4], req[5], req[6], req[7]]);
             s.write_all(&reply(correlation)).await.expect("reply");
-            // Hold the connection open until the client is done.
-            let _ = s.read(&mut len).await;
+            // Hold the connection open, answering nothing more, until the client is done.
+            let mut rest = [0u8; 1024];
+            while s.read(&mut rest).await.is_ok_and(|n| n > 0) {}
         });
         addr
     }
@@ -377,6 +425,61 @@ mod tests {
             matches!(&e, ClientError::Unsupported { api, .. } if api == "Metadata"),
             "{e}"
         );
+    }
+
+    /// A broker that accepts but never answers: connecting gives up after the timeout, and
+    /// a request on a connection whose broker stops answering fails, as do the requests
+    /// behind it, and the connection reports itself closed.
+    #[tokio::test]
+    async fn a_silent_broker_times_requests_out_and_the_connection_is_given_up() {
+        let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = silent.local_addr().expect("addr").to_string();
+        let held = tokio::spawn(async move {
+            let accepted = silent.accept().await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(accepted);
+        });
+        let started = std::time::Instant::now();
+        let e = Connection::connect_with_timeout(&addr, "test", Duration::from_millis(300))
+            .await
+            .expect_err("no answer");
+        assert!(matches!(e, ClientError::TimedOut { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
+
+        // Answers ApiVersions, then nothing.
+        let addr = fake(|correlation| {
+            let resp = ApiVersionsResponse::default().with_api_keys(vec![
+                ApiVersion::default()
+                    .with_api_key(ApiKey::Metadata as i16)
+                    .with_min_version(0)
+                    .with_max_version(12),
+            ]);
+            let mut body = BytesMut::new();
+            body.put_u32(0);
+            body.put_i32(correlation);
+            resp.encode(&mut body, 3).expect("encode");
+            let len = (body.len() - 4) as u32;
+            body[..4].copy_from_slice(&len.to_be_bytes());
+            body.to_vec()
+        })
+        .await;
+        let conn = Connection::connect_with_timeout(&addr, "test", Duration::from_millis(300))
+            .await
+            .expect("connect");
+        let first = conn
+            .submit(&MetadataRequest::default(), 12)
+            .await
+            .expect("sent");
+        let second = conn
+            .submit(&MetadataRequest::default(), 12)
+            .await
+            .expect("sent");
+        let e = first.response().await.expect_err("timed out");
+        assert!(matches!(e, ClientError::TimedOut { .. }), "{e}");
+        assert!(conn.is_closed());
+        let e = second.response().await.expect_err("given up with it");
+        assert!(matches!(e, ClientError::Closed(_)), "{e}");
     }
 
     #[tokio::test]

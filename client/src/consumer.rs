@@ -225,7 +225,7 @@ async fn fetch_loop(
 fn code_of(e: &ClientError) -> i16 {
     match e {
         ClientError::Broker { code, .. } => *code,
-        ClientError::Closed(_) | ClientError::Unreachable { .. } => {
+        ClientError::Closed(_) | ClientError::Unreachable { .. } | ClientError::TimedOut { .. } => {
             ResponseError::NotLeaderOrFollower.code()
         }
         _ => ResponseError::UnknownServerError.code(),

@@ -50,6 +50,14 @@ pub enum ClientError {
     /// The connection broke or the broker answered out of order.
     #[error("connection lost: {0}")]
     Closed(String),
+    /// No answer in time; the connection was given up.
+    #[error("{what}: no answer within {after:?} (is the broker overloaded or cut off?)")]
+    TimedOut {
+        /// What was waiting: the broker and the request.
+        what: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
     /// The broker does not offer an API, or no version both sides speak.
     #[error("{api} is not supported: {reason}")]
     Unsupported {
@@ -184,18 +192,29 @@ pub struct Client {
     leaders: std::sync::Mutex<HashMap<String, Vec<i32>>>,
     /// Broker addresses by id, from the latest Metadata.
     addresses: std::sync::Mutex<HashMap<i32, String>>,
+    /// How long connecting and each request may take.
+    timeout: std::time::Duration,
 }
 
 impl Client {
     /// Connects to the first of `bootstrap` (comma-separated `host:port`s) that answers.
     pub async fn connect(bootstrap: &str) -> Result<Self, ClientError> {
+        Self::connect_with_timeout(bootstrap, conn::DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    /// Like [`connect`](Self::connect), with every connection's requests (and connecting)
+    /// answered within `timeout` or failed with [`ClientError::TimedOut`].
+    pub async fn connect_with_timeout(
+        bootstrap: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self, ClientError> {
         let mut last = None;
         for addr in bootstrap
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match Connection::connect(addr, "stratactl").await {
+            match Connection::connect_with_timeout(addr, "stratactl", timeout).await {
                 Ok(conn) => {
                     return Ok(Self {
                         conn: std::sync::Mutex::new(Arc::new(conn)),
@@ -203,6 +222,7 @@ impl Client {
                         brokers: tokio::sync::Mutex::default(),
                         leaders: std::sync::Mutex::default(),
                         addresses: std::sync::Mutex::default(),
+                        timeout,
                     });
                 }
                 Err(e) => last = Some(e),
@@ -239,7 +259,9 @@ impl Client {
     async fn cluster_read<R: Request>(&self, req: &R) -> Result<R::Response, ClientError> {
         let conn = self.any_conn().await?;
         match conn.send(req).await {
-            Err(ClientError::Closed(_)) => self.rebootstrap(conn.addr()).await?.send(req).await,
+            Err(ClientError::Closed(_) | ClientError::TimedOut { .. }) => {
+                self.rebootstrap(conn.addr()).await?.send(req).await
+            }
             r => r,
         }
     }
@@ -263,7 +285,7 @@ impl Client {
         );
         let mut last = None;
         for addr in candidates.into_iter().filter(|a| a != gone) {
-            match Connection::connect(&addr, "stratactl").await {
+            match Connection::connect_with_timeout(&addr, "stratactl", self.timeout).await {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     *self
@@ -364,7 +386,8 @@ impl Client {
                 what: format!("broker {id} is not in the cluster metadata; retry shortly"),
                 code: ResponseError::LeaderNotAvailable.code(),
             })?;
-        let c = Arc::new(Connection::connect(&addr, "strata-client").await?);
+        let c =
+            Arc::new(Connection::connect_with_timeout(&addr, "strata-client", self.timeout).await?);
         conns.insert(id, c.clone());
         Ok(c)
     }

@@ -233,6 +233,24 @@ async fn usage_errors_and_an_unreachable_broker_are_explained() {
         help.contains("create") && help.contains("describe"),
         "{help}"
     );
+    // A broker that accepts but never answers (a hung process, a half-open route) is given
+    // up after --timeout-ms, not waited on forever.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr").to_string();
+    let held = tokio::spawn(async move {
+        let accepted = silent.accept().await;
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        drop(accepted);
+    });
+    let started = std::time::Instant::now();
+    let e = ctl(&addr, &["--timeout-ms", "500", "topic", "list"])
+        .await
+        .expect_err("no answer");
+    assert!(e.to_string().contains("no answer within"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    held.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,10 @@ pub struct Cli {
     /// Print JSON instead of tables (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long connecting and each request may wait for the broker (ms) before stratactl
+    /// gives up on it (Kafka's `request.timeout.ms`).
+    #[arg(long, global = true, default_value_t = 60_000)]
+    pub timeout_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -352,7 +356,8 @@ where
         }
         Err(e) => return Err(CliError::Usage(e.render().to_string())),
     };
-    let client = Arc::new(Client::connect(&cli.bootstrap).await?);
+    let timeout = std::time::Duration::from_millis(cli.timeout_ms.max(1));
+    let client = Arc::new(Client::connect_with_timeout(&cli.bootstrap, timeout).await?);
     let json = cli.json;
     match cli.command {
         Command::Topic(t) => admin::topic(&client, t, json, out).await,
