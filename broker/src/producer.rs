@@ -82,29 +82,21 @@ fn add_seq(seq: i32, n: i32) -> i32 {
 
 /// The headers of the batches in `records`, in order (stops at the first incomplete one).
 pub(crate) fn headers(records: &[u8]) -> Vec<BatchHeader> {
-    batches(records).into_iter().map(|(h, _)| h).collect()
+    batches(records).map(|(h, _)| h).collect()
 }
 
 /// The batches in `records` with their headers, in order (stops at the first incomplete
 /// one).
-pub(crate) fn batches(records: &[u8]) -> Vec<(BatchHeader, &[u8])> {
-    let mut out = Vec::new();
+pub(crate) fn batches(records: &[u8]) -> impl Iterator<Item = (BatchHeader, &[u8])> {
     let mut pos = 0usize;
-    while let Some(h) = records.get(pos..).and_then(BatchHeader::parse) {
-        let Some(len) = usize::try_from(h.batch_length)
-            .ok()
-            .and_then(|l| l.checked_add(12))
-        else {
-            break;
-        };
-        let end = match pos.checked_add(len) {
-            Some(p) if p <= records.len() => p,
-            _ => break,
-        };
-        out.push((h, &records[pos..end]));
+    std::iter::from_fn(move || {
+        let h = records.get(pos..).and_then(BatchHeader::parse)?;
+        let len = usize::try_from(h.batch_length).ok()?.checked_add(12)?;
+        let end = pos.checked_add(len).filter(|e| *e <= records.len())?;
+        let batch = &records[pos..end];
         pos = end;
-    }
-    out
+        Some((h, batch))
+    })
 }
 
 /// Replays one batch of `log` (appended there) into `table` as its leader recorded it: an
@@ -745,12 +737,12 @@ mod tests {
         stored.append_replica(&log).expect("copy");
         stored.append_replica(&control).expect("copy");
         let mut t = ProducerTable::default();
-        for (h, bytes) in &batches(&log) {
-            replay(&mut t, &stored, h, bytes).expect("replay");
+        for (h, bytes) in batches(&log) {
+            replay(&mut t, &stored, &h, bytes).expect("replay");
         }
         assert_eq!(t.first_unstable_offset(), Some(10));
-        for (h, bytes) in &batches(&control) {
-            replay(&mut t, &stored, h, bytes).expect("replay");
+        for (h, bytes) in batches(&control) {
+            replay(&mut t, &stored, &h, bytes).expect("replay");
         }
         assert_eq!(t.first_unstable_offset(), None);
         assert_eq!(

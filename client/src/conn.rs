@@ -398,6 +398,17 @@ mod tests {
         addr
     }
 
+    /// An ApiVersions v3 response frame answering request `correlation`.
+    fn versions_frame(correlation: i32, resp: &ApiVersionsResponse) -> Vec<u8> {
+        let mut body = BytesMut::new();
+        body.put_u32(0);
+        body.put_i32(correlation);
+        resp.encode(&mut body, 3).expect("encode");
+        let len = (body.len() - 4) as u32;
+        body[..4].copy_from_slice(&len.to_be_bytes());
+        body.to_vec()
+    }
+
     #[tokio::test]
     async fn an_api_the_broker_does_not_offer_is_declined_before_sending() {
         let addr = fake(|correlation| {
@@ -407,13 +418,7 @@ mod tests {
                     .with_min_version(0)
                     .with_max_version(3),
             ]);
-            let mut body = BytesMut::new();
-            body.put_u32(0);
-            body.put_i32(correlation);
-            resp.encode(&mut body, 3).expect("encode");
-            let len = (body.len() - 4) as u32;
-            body[..4].copy_from_slice(&len.to_be_bytes());
-            body.to_vec()
+            versions_frame(correlation, &resp)
         })
         .await;
         let conn = Connection::connect(&addr, "test").await.expect("connect");
@@ -455,13 +460,7 @@ mod tests {
                     .with_min_version(0)
                     .with_max_version(12),
             ]);
-            let mut body = BytesMut::new();
-            body.put_u32(0);
-            body.put_i32(correlation);
-            resp.encode(&mut body, 3).expect("encode");
-            let len = (body.len() - 4) as u32;
-            body[..4].copy_from_slice(&len.to_be_bytes());
-            body.to_vec()
+            versions_frame(correlation, &resp)
         })
         .await;
         let conn = Connection::connect_with_timeout(&addr, "test", Duration::from_millis(300))

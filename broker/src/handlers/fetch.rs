@@ -474,3 +474,45 @@ pub(super) async fn offset_for_leader_epoch(
         .collect();
     frame.respond(&OffsetForLeaderEpochResponse::default().with_topics(topics))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::tests::{COPYING, followed_copy, with_open_txn};
+
+    /// A read_committed consumer reads to the last stable offset (the open transaction's
+    /// first offset) and is told it; a read_uncommitted one reads to the high watermark.
+    #[test]
+    fn read_committed_consumers_stop_at_the_last_stable_offset() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_parts, copy) = followed_copy(&dir, uuid::Uuid::new_v4());
+        copy.append_copied(&with_open_txn(), COPYING)
+            .expect("copied");
+        copy.follow_high_watermark(3);
+        let all = copy.log.read(0, 1 << 20).expect("read").len();
+        let first = copy.log.read(0, 1).expect("read").len();
+        assert!(first < all);
+        for (read_committed, expected) in [(true, first), (false, all)] {
+            let wanted = Wanted {
+                topic: 0,
+                index: 0,
+                offset: 0,
+                max_bytes: 1 << 20,
+                target: Ok(copy.clone()),
+                follower: false,
+                preferred: None,
+                read_committed,
+            };
+            let slots = read_local(&[wanted], 1 << 20);
+            let Some(Slot::Reading(data, read)) = slots.first() else {
+                panic!("a local read");
+            };
+            assert_eq!((data.high_watermark, data.last_stable_offset), (3, 1));
+            assert_eq!(
+                read.size_bound(),
+                expected,
+                "read_committed {read_committed}"
+            );
+        }
+    }
+}

@@ -18,7 +18,7 @@ impl Partition {
         if records.is_empty() || self.role() != copying {
             return Ok(self.log.log_end_offset());
         }
-        let batches = producer::batches(records);
+        let batches: Vec<_> = producer::batches(records).collect();
         // The leader answers a fetch from this copy's end with the batch holding that offset;
         // one that starts below the end means this copy's last batches differ from the
         // leader's there (truncation by epochs did not see it). The leader's history wins:

@@ -18,7 +18,7 @@ pub(crate) mod remote;
 pub(crate) mod replicas;
 pub(crate) mod role;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};

@@ -98,7 +98,7 @@ pub(super) fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError>
     log.truncate_aborted(offset)?;
     while offset < end {
         let bytes = log.read(offset, 1 << 20)?;
-        let batches = producer::batches(&bytes);
+        let batches: Vec<_> = producer::batches(&bytes).collect();
         let Some((last, _)) = batches.last().copied() else {
             break;
         };

@@ -387,6 +387,50 @@ fn the_high_watermark_is_saved_and_read_back_capped_at_the_log() {
     assert_eq!(*p.high_watermark.borrow(), 3);
 }
 
+/// How a follower of topic `t` (led by broker 2 under epoch 0) copies.
+pub(crate) const COPYING: Role = Role::Follower {
+    leader: Some(2),
+    epoch: 0,
+};
+
+/// This broker's copy of topic `id` (`t`, one partition led by broker 2), opened from `dir`
+/// (what is there already is read back); with the registry holding it.
+pub(crate) fn followed_copy(
+    dir: &tempfile::TempDir,
+    id: Uuid,
+) -> (Partitions, Arc<super::Partition>) {
+    let parts = registry(dir);
+    parts.apply(&image(
+        1,
+        vec![topic("t", id, vec![partition(&[2, 1], Some(2), 0)])],
+    ));
+    let copy = parts.get(id, 0).expect("hosted");
+    (parts, copy)
+}
+
+/// `batch` as the leader sent it: its offset and leader epoch (0) in the header.
+pub(crate) fn as_sent(mut batch: Vec<u8>, offset: i64) -> Vec<u8> {
+    batch[..8].copy_from_slice(&offset.to_be_bytes());
+    batch[12..16].copy_from_slice(&0i32.to_be_bytes());
+    batch
+}
+
+/// Offsets 0..3 as a leader sends them: a plain batch, producer 5's first transactional
+/// batch (its transaction stays open), a plain batch.
+pub(crate) fn with_open_txn() -> Vec<u8> {
+    use strata_storage::BatchBuilder;
+    let plain = || BatchBuilder::new().value(None, b"p", 1).build();
+    let txn = BatchBuilder::new()
+        .producer(5, 0, 0)
+        .transactional()
+        .value(None, b"t", 1)
+        .build();
+    let mut records = as_sent(plain(), 0);
+    records.extend(as_sent(txn, 1));
+    records.extend(as_sent(plain(), 2));
+    records
+}
+
 /// A copy records the transactions its leader's batches open and their markers end, the
 /// last stable offset (what read_committed consumers read to) stops at the earliest open
 /// one, a restart reads the open transaction back from the log, and an abort lands in the
@@ -396,59 +440,33 @@ async fn the_last_stable_offset_stops_at_an_open_transaction_across_a_restart() 
     use strata_storage::{BatchBuilder, ControlMarker};
     let dir = tempfile::tempdir().expect("temp dir");
     let id = Uuid::new_v4();
-    let followed = image(
-        1,
-        vec![topic("t", id, vec![partition(&[2, 1], Some(2), 0)])],
-    );
-    let role = Role::Follower {
-        leader: Some(2),
-        epoch: 0,
-    };
-    // As the leader sent them: its offset and leader epoch in each batch's header.
-    let at = |mut batch: Vec<u8>, offset: i64| {
-        batch[..8].copy_from_slice(&offset.to_be_bytes());
-        batch[12..16].copy_from_slice(&0i32.to_be_bytes());
-        batch
-    };
-    let plain = || BatchBuilder::new().value(None, b"p", 1).build();
-    let mut records = at(plain(), 0);
-    let txn = BatchBuilder::new()
-        .producer(5, 0, 0)
-        .transactional()
-        .value(None, b"t", 1)
-        .build();
-    records.extend(at(txn, 1));
-    records.extend(at(plain(), 2));
     {
-        let parts = registry(&dir);
-        parts.apply(&followed);
-        let copy = parts.get(id, 0).expect("hosted");
-        assert_eq!(copy.append_copied(&records, role).expect("copied"), 3);
+        let (parts, copy) = followed_copy(&dir, id);
+        let copied = copy
+            .append_copied(&with_open_txn(), COPYING)
+            .expect("copied");
+        assert_eq!(copied, 3);
         copy.follow_high_watermark(3);
         assert_eq!(copy.last_stable_offset(), 1);
         parts.flush_all();
     }
     {
-        let parts = registry(&dir);
-        parts.apply(&followed);
-        let copy = parts.get(id, 0).expect("hosted");
+        let (parts, copy) = followed_copy(&dir, id);
         copy.follow_high_watermark(3);
         assert_eq!(copy.last_stable_offset(), 1, "read back from the log");
         let marker = ControlMarker {
             commit: false,
             coordinator_epoch: 0,
         };
-        let control = at(BatchBuilder::control(5, 0, marker, 2), 3);
-        assert_eq!(copy.append_copied(&control, role).expect("copied"), 4);
+        let control = as_sent(BatchBuilder::control(5, 0, marker, 2), 3);
+        assert_eq!(copy.append_copied(&control, COPYING).expect("copied"), 4);
         copy.follow_high_watermark(4);
         assert_eq!(copy.last_stable_offset(), 4);
         parts.flush_all();
     }
     // The abort is in the index read_committed fetches use, once, also after a restart
     // replays the log.
-    let parts = registry(&dir);
-    parts.apply(&followed);
-    let copy = parts.get(id, 0).expect("hosted");
+    let (_parts, copy) = followed_copy(&dir, id);
     let aborted = strata_storage::AbortedTxn {
         producer_id: 5,
         first_offset: 1,
