@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     pub topics: TopicDefaults,
     /// Consumer group coordination.
     pub groups: GroupSettings,
+    /// Transaction coordination.
+    pub transactions: TransactionSettings,
     /// Where sealed segments are uploaded.
     pub object_store: ObjectStoreSettings,
     /// The cache remote reads go through.
@@ -242,6 +244,29 @@ pub struct GroupSettings {
     pub offsets_retention_minutes: u64,
 }
 
+/// Transaction coordination (Kafka's `transaction.*` settings).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransactionSettings {
+    /// Partitions of `__transaction_state` (`transaction.state.log.num.partitions`), fixed
+    /// once created (at the first transactional producer).
+    pub state_topic_partitions: i32,
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask.
+    pub max_timeout_ms: u64,
+    /// `transactional.id.expiration.ms`: a transactional id unused this long is forgotten.
+    pub id_expiration_ms: u64,
+}
+
+impl Default for TransactionSettings {
+    fn default() -> Self {
+        Self {
+            state_topic_partitions: 16,
+            max_timeout_ms: 900_000,
+            id_expiration_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
 impl Default for GroupSettings {
     fn default() -> Self {
         Self {
@@ -265,6 +290,7 @@ impl Default for BrokerConfig {
             controller: ControllerSection::default(),
             topics: TopicDefaults::default(),
             groups: GroupSettings::default(),
+            transactions: TransactionSettings::default(),
             object_store: ObjectStoreSettings::default(),
             cache: CacheSettings::default(),
         }
@@ -316,7 +342,7 @@ impl Default for TopicDefaults {
 
 /// The top-level keys of [`BrokerConfig`]: an environment variable with [`ENV_PREFIX`] sets
 /// a setting only when its name starts with one of them.
-const CONFIG_KEYS: [&str; 9] = [
+const CONFIG_KEYS: [&str; 10] = [
     "node_id",
     "rack",
     "data_dir",
@@ -324,6 +350,7 @@ const CONFIG_KEYS: [&str; 9] = [
     "controller",
     "topics",
     "groups",
+    "transactions",
     "object_store",
     "cache",
 ];
@@ -490,6 +517,22 @@ impl BrokerConfig {
                 "groups.offsets_retention_minutes",
                 "must be positive".into(),
             );
+        }
+        let t = &self.transactions;
+        if !(1..=1000).contains(&t.state_topic_partitions) {
+            return bad(
+                "transactions.state_topic_partitions",
+                "must be between 1 and 1000".into(),
+            );
+        }
+        if !(1..=i32::MAX as u64).contains(&t.max_timeout_ms) {
+            return bad(
+                "transactions.max_timeout_ms",
+                format!("must be between 1 and {}", i32::MAX),
+            );
+        }
+        if t.id_expiration_ms == 0 {
+            return bad("transactions.id_expiration_ms", "must be positive".into());
         }
         let o = &self.object_store;
         for (key, v) in [

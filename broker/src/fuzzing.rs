@@ -79,6 +79,13 @@ fn decode_body(frame: &Frame) -> bool {
         ApiKey::DescribeGroups => frame.decode::<DescribeGroupsRequest>().map(drop),
         ApiKey::DeleteGroups => frame.decode::<DeleteGroupsRequest>().map(drop),
         ApiKey::OffsetDelete => frame.decode::<OffsetDeleteRequest>().map(drop),
+        ApiKey::AddPartitionsToTxn => frame.decode::<AddPartitionsToTxnRequest>().map(drop),
+        ApiKey::AddOffsetsToTxn => frame.decode::<AddOffsetsToTxnRequest>().map(drop),
+        ApiKey::EndTxn => frame.decode::<EndTxnRequest>().map(drop),
+        ApiKey::TxnOffsetCommit => frame.decode::<TxnOffsetCommitRequest>().map(drop),
+        ApiKey::WriteTxnMarkers => frame.decode::<WriteTxnMarkersRequest>().map(drop),
+        ApiKey::DescribeTransactions => frame.decode::<DescribeTransactionsRequest>().map(drop),
+        ApiKey::ListTransactions => frame.decode::<ListTransactionsRequest>().map(drop),
         _ => return false,
     };
     drop(decoded);
@@ -93,6 +100,11 @@ pub fn decode_catalog_entry(json: &[u8]) {
 /// Replays bytes as a partition of `__consumer_offsets` (whatever batches they hold).
 pub fn load_group_records(batches: &[u8]) {
     crate::group::store::load_bytes(batches);
+}
+
+/// Replays bytes as a partition of `__transaction_state` (whatever batches they hold).
+pub fn load_txn_records(batches: &[u8]) {
+    crate::txn::store::load_bytes(batches);
 }
 
 #[cfg(test)]

@@ -35,14 +35,17 @@ mod isr;
 mod lease;
 mod metadata;
 mod partition;
+mod peers;
 mod producer;
 mod protocol;
 mod server;
 mod state;
+mod statelog;
 mod supervisor;
 mod tiering;
 mod topic;
 mod turnstile;
+mod txn;
 
 pub use config::BrokerConfig;
 pub use error::BrokerError;

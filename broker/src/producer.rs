@@ -175,6 +175,11 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(crate) struct ProducerTable {
     producers: HashMap<i64, Entry>,
+    /// KIP-890 verification guards: producers whose first transactional batch here is being
+    /// checked with the transaction coordinator, by token. A marker clears a producer's
+    /// guard, so a batch verified before its transaction ended cannot open a new one here.
+    verifying: HashMap<i64, u64>,
+    next_guard: u64,
     /// The offset and time of the last save to (or load from) the snapshot file.
     saved: Option<(u64, Instant)>,
 }
@@ -220,6 +225,41 @@ impl ProducerTable {
                 expected,
                 got: batch.first_seq,
             })
+        }
+    }
+
+    /// The epoch this partition last saw from producer `id`, if it knows the producer.
+    pub(crate) fn epoch_of(&self, id: i64) -> Option<i16> {
+        self.producers.get(&id).map(|e| e.epoch)
+    }
+
+    /// Whether producer `id` has a transaction open here under `epoch`: its batches join it
+    /// without asking the coordinator again.
+    pub(crate) fn in_txn(&self, id: i64, epoch: i16) -> bool {
+        self.producers
+            .get(&id)
+            .is_some_and(|e| e.epoch == epoch && e.txn_first_offset.is_some())
+    }
+
+    /// Starts verifying producer `id`'s first transactional batch here; the token is
+    /// presented at the append ([`Self::take_guard`]).
+    pub(crate) fn guard(&mut self, id: i64) -> u64 {
+        self.next_guard += 1;
+        if self.verifying.len() >= MAX_PRODUCERS {
+            self.verifying.clear();
+        }
+        self.verifying.insert(id, self.next_guard);
+        self.next_guard
+    }
+
+    /// Whether `token` is still producer `id`'s guard (no marker came in between); consumes
+    /// it.
+    pub(crate) fn take_guard(&mut self, id: i64, token: u64) -> bool {
+        if self.verifying.get(&id) == Some(&token) {
+            self.verifying.remove(&id);
+            true
+        } else {
+            false
         }
     }
 
@@ -286,6 +326,7 @@ impl ProducerTable {
             entry.epoch = epoch;
             entry.recent.clear();
         }
+        self.verifying.remove(&id);
         let first_offset = entry.txn_first_offset.take()?;
         Some(CompletedTxn {
             producer_id: id,
@@ -453,6 +494,7 @@ impl ProducerTable {
         let table = Self {
             producers,
             saved: Some((snapshot.offset, now)),
+            ..Self::default()
         };
         Some((table, snapshot.offset))
     }

@@ -172,6 +172,19 @@ impl Broker {
             supervisor::until_cancelled(s.groups.clone().run(roles, cancel.clone()), cancel)
         });
         let s = state.clone();
+        supervisor.service(
+            "transaction coordinator",
+            Backoff::default(),
+            move |cancel| {
+                let roles = s.partitions.subscribe();
+                let markers = crate::handlers::marker_writer(&s);
+                supervisor::until_cancelled(
+                    s.txns.clone().run(roles, markers, cancel.clone()),
+                    cancel,
+                )
+            },
+        );
+        let s = state.clone();
         let t = tiering.clone();
         supervisor.service("tiering", Backoff::default(), move |cancel| {
             let run = t.clone().run(

@@ -18,7 +18,9 @@ use crate::lease::Lease;
 use crate::metadata::MetadataView;
 use crate::partition::Partition;
 use crate::partition::registry::Partitions;
+use crate::peers::Peers;
 use crate::tiering::Tiering;
+use crate::txn::{TxnConfig, TxnCoordinator};
 
 /// The broker's shared state.
 #[derive(Debug)]
@@ -41,6 +43,10 @@ pub(crate) struct BrokerState {
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
     /// The consumer group coordinator.
     pub(crate) groups: Arc<Coordinator>,
+    /// The transaction coordinator.
+    pub(crate) txns: Arc<TxnCoordinator>,
+    /// Connections to the other brokers.
+    pub(crate) peers: Peers,
     /// The object store and remote read path.
     pub(crate) tiering: Arc<Tiering>,
     /// Connection and memory limits.
@@ -75,6 +81,13 @@ impl BrokerState {
             tiering.prefix().clone(),
         ));
         let g = &config.groups;
+        // A quorum of n voters is taken to serve at least n brokers (so a cluster of three
+        // brokers beside three controllers waits for the third before giving the internal
+        // topics fewer copies).
+        let expected_brokers = match config.controller.mode {
+            crate::config::ControllerMode::Embedded => 1,
+            _ => config.controller.voters.len(),
+        };
         let groups = Arc::new(Coordinator::new(
             GroupConfig {
                 limits: Limits {
@@ -86,13 +99,21 @@ impl BrokerState {
                 offsets_partitions: g.offsets_topic_partitions,
                 offsets_retention: Duration::from_secs(g.offsets_retention_minutes * 60),
                 offsets_replication_factor: config.topics.default_replication_factor,
-                // A quorum of n voters is taken to serve at least n brokers (so a cluster of
-                // three brokers beside three controllers waits for the third before giving
-                // `__consumer_offsets` fewer copies).
-                expected_brokers: match config.controller.mode {
-                    crate::config::ControllerMode::Embedded => 1,
-                    _ => config.controller.voters.len(),
-                },
+                expected_brokers,
+            },
+            config.node_id,
+            metadata.clone(),
+            controller.clone(),
+            lease.clone(),
+        ));
+        let t = &config.transactions;
+        let txns = Arc::new(TxnCoordinator::new(
+            TxnConfig {
+                state_partitions: t.state_topic_partitions,
+                replication_factor: config.topics.default_replication_factor,
+                expected_brokers,
+                max_timeout_ms: i32::try_from(t.max_timeout_ms).unwrap_or(i32::MAX),
+                id_expiration: Duration::from_millis(t.id_expiration_ms),
             },
             config.node_id,
             metadata.clone(),
@@ -101,6 +122,8 @@ impl BrokerState {
         ));
         Self {
             groups,
+            txns,
+            peers: Peers::new(config.node_id, metadata.clone()),
             id: config.node_id,
             config,
             epoch: AtomicU64::new(0),

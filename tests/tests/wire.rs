@@ -56,10 +56,16 @@ async fn api_versions_advertises_implemented_ranges_and_answers_unknown_versions
         .find(|k| k.api_key == ApiKey::Produce as i16)
         .expect("produce advertised");
     assert_eq!((produce.min_version, produce.max_version), (3, 12));
+    let end_txn = r
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::EndTxn as i16)
+        .expect("EndTxn advertised");
+    assert_eq!((end_txn.min_version, end_txn.max_version), (0, 5));
     assert!(
         !r.api_keys
             .iter()
-            .any(|k| k.api_key == ApiKey::EndTxn as i16),
+            .any(|k| k.api_key == ApiKey::ConsumerGroupHeartbeat as i16),
         "only implemented APIs are advertised"
     );
     // A version from the future: a v0 answer with UNSUPPORTED_VERSION and the ranges.

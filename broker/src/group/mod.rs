@@ -17,32 +17,29 @@ mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use strata_controller::{Command, ControllerClient};
+use strata_controller::ControllerClient;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use self::machine::{Group, Limits, Phase};
 use self::store::{Committed, OFFSETS_TOPIC, Write};
 use crate::lease::Lease;
 use crate::metadata::MetadataView;
+use crate::partition::Partition;
 use crate::partition::registry::RoleEvents;
 use crate::partition::role::{Change, RoleChange};
-use crate::partition::{Partition, Replicated};
+use crate::statelog::{self, InternalTopic, MarkerFailed, Routes};
 
 /// Kafka error codes of the coordinator's own.
 pub(crate) mod code {
-    pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-    pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub(crate) const NOT_COORDINATOR: i16 = 16;
+    #[cfg(test)]
+    pub(crate) use crate::statelog::COORDINATOR_LOAD_IN_PROGRESS;
+    pub(crate) use crate::statelog::{COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR};
     pub(crate) const INVALID_GROUP_ID: i16 = 24;
     pub(crate) const GROUP_ID_NOT_FOUND: i16 = 69;
 }
-
-/// How long a commit waits for the in-sync replicas (Kafka's `offsets.commit.timeout.ms`).
-const COMMIT_REPLICATION_WAIT: Duration = Duration::from_secs(5);
 
 /// How often sessions and rebalance deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -62,10 +59,6 @@ pub(crate) struct GroupConfig {
     pub(crate) expected_brokers: usize,
 }
 
-/// How long the offsets topic waits for the brokers a cluster expects before it is created
-/// with the copies there are.
-const OFFSETS_TOPIC_WAIT: Duration = Duration::from_secs(30);
-
 /// A group and its committed offsets.
 #[derive(Debug, Default)]
 pub(crate) struct Entry {
@@ -73,30 +66,27 @@ pub(crate) struct Entry {
     pub(crate) offsets: BTreeMap<(String, i32), Committed>,
     /// When the group last became empty (wall clock), for offset expiry.
     empty_since_ms: Option<i64>,
+    /// Offsets committed in transactions not ended yet, per producer id (TxnOffsetCommit):
+    /// they count when the commit marker reaches this group's offsets partition.
+    pub(crate) pending: BTreeMap<i64, BTreeMap<(String, i32), Committed>>,
 }
 
 /// The coordinator for the groups whose offsets partitions this broker leads.
 #[derive(Debug)]
 pub(crate) struct Coordinator {
     pub(crate) config: GroupConfig,
-    /// This broker's id.
-    me: i32,
     metadata: Arc<MetadataView>,
     controller: Arc<ControllerClient>,
     /// Commits wait for the in-sync replicas only while this broker may lead.
     lease: Arc<Lease>,
     groups: Mutex<HashMap<String, Entry>>,
-    /// The offsets partitions whose groups are loaded: those this broker leads.
-    loaded: Mutex<HashMap<i32, Arc<Partition>>>,
+    /// The offsets partitions, and those whose groups are loaded: those this broker leads.
+    routes: Routes,
     /// Serialises persisting and applying offset commits, per offsets partition.
     write_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use crate::statelog::now_ms;
 
 impl Coordinator {
     pub(crate) fn new(
@@ -108,12 +98,16 @@ impl Coordinator {
     ) -> Self {
         Self {
             config,
-            me,
-            metadata,
+            metadata: metadata.clone(),
             controller,
             lease,
             groups: Mutex::new(HashMap::new()),
-            loaded: Mutex::new(HashMap::new()),
+            routes: Routes::new(
+                OFFSETS_TOPIC,
+                config.offsets_partitions,
+                me,
+                metadata.clone(),
+            ),
             write_locks: (0..config.offsets_partitions.max(1))
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -125,7 +119,7 @@ impl Coordinator {
     }
 
     pub(crate) fn partition_of(&self, group: &str) -> i32 {
-        store::partition_for(group, self.config.offsets_partitions)
+        self.routes.partition_of(group)
     }
 
     /// The broker that coordinates `group` by the metadata: the live leader of its offsets
@@ -134,15 +128,9 @@ impl Coordinator {
         if group.is_empty() {
             return Err(code::INVALID_GROUP_ID);
         }
-        let p = self.partition_of(group);
-        let image = self.metadata.image();
-        image
-            .topics
-            .get(OFFSETS_TOPIC)
-            .and_then(|t| usize::try_from(p).ok().and_then(|i| t.partitions.get(i)))
-            .and_then(|meta| meta.leader)
-            .filter(|l| image.brokers.get(l).is_some_and(|b| !b.fenced))
-            .ok_or(code::COORDINATOR_NOT_AVAILABLE)
+        self.routes
+            .leader_of(group)
+            .unwrap_or(Err(code::COORDINATOR_NOT_AVAILABLE))
     }
 
     /// The offsets partition for `group` and its leader epoch if this broker coordinates
@@ -151,30 +139,7 @@ impl Coordinator {
         if group.is_empty() {
             return Err(code::INVALID_GROUP_ID);
         }
-        let p = self.partition_of(group);
-        let loaded = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&p)
-            .cloned();
-        if let Some(part) = loaded
-            && let Some(epoch) = part.role().leader_epoch()
-        {
-            return Ok((part, epoch));
-        }
-        let image = self.metadata.image();
-        let meta = image
-            .topics
-            .get(OFFSETS_TOPIC)
-            .and_then(|t| usize::try_from(p).ok().and_then(|i| t.partitions.get(i)))
-            .ok_or(code::COORDINATOR_NOT_AVAILABLE)?;
-        // Led here by the metadata but not loaded yet: the role change is on its way.
-        if meta.leader == Some(self.me) {
-            Err(code::COORDINATOR_LOAD_IN_PROGRESS)
-        } else {
-            Err(code::NOT_COORDINATOR)
-        }
+        self.routes.route(group)
     }
 
     /// Runs `f` on the group's entry (created empty if new), under the coordinator lock.
@@ -222,69 +187,79 @@ impl Coordinator {
         writes: Vec<Write>,
         apply: impl FnOnce(&mut Entry) -> T,
     ) -> Result<T, strata_storage::StorageError> {
-        let p = usize::try_from(self.partition_of(group)).unwrap_or(0);
-        let _order = match self.write_locks.get(p) {
+        let _order = self.write_lock(self.partition_of(group)).await;
+        let records = store::records(&writes)?;
+        statelog::write_records(&part, leader_epoch, &self.lease, records, now_ms(), None).await?;
+        Ok(self.with_group(group, apply))
+    }
+
+    /// TxnOffsetCommit: writes `offsets` for `group` in a transactional batch of producer
+    /// `producer` (id, epoch), pending until that transaction's marker.
+    pub(crate) async fn commit_in_txn(
+        &self,
+        part: Arc<Partition>,
+        leader_epoch: i32,
+        group: &str,
+        producer: (i64, i16),
+        offsets: Vec<((String, i32), Committed)>,
+    ) -> Result<(), strata_storage::StorageError> {
+        let _order = self.write_lock(part.index).await;
+        let writes: Vec<Write> = offsets
+            .iter()
+            .map(|((topic, partition), c)| Write::Offset {
+                group: group.to_owned(),
+                topic: topic.clone(),
+                partition: *partition,
+                value: Some(c.clone()),
+            })
+            .collect();
+        let records = store::records(&writes)?;
+        statelog::write_records(
+            &part,
+            leader_epoch,
+            &self.lease,
+            records,
+            now_ms(),
+            Some(producer),
+        )
+        .await?;
+        self.with_group(group, |e| {
+            e.pending.entry(producer.0).or_default().extend(offsets);
+        });
+        Ok(())
+    }
+
+    /// Appends a transaction marker to offsets partition `part` (as its leader under
+    /// `leader_epoch`) and applies it: the producer's pending offsets in the partition's
+    /// groups are committed or dropped.
+    pub(crate) async fn write_marker(
+        &self,
+        part: Arc<Partition>,
+        leader_epoch: i32,
+        producer: (i64, i16),
+        marker: strata_storage::ControlMarker,
+    ) -> Result<(), MarkerFailed> {
+        let _order = self.write_lock(part.index).await;
+        statelog::write_marker(&part, leader_epoch, &self.lease, producer, marker).await?;
+        let mut groups = self.lock();
+        for (id, e) in groups.iter_mut() {
+            if self.partition_of(id) != part.index {
+                continue;
+            }
+            if let Some(offsets) = e.pending.remove(&producer.0)
+                && marker.commit
+            {
+                e.offsets.extend(offsets);
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_lock(&self, index: i32) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.write_locks.get(usize::try_from(index).unwrap_or(0)) {
             Some(l) => Some(l.lock().await),
             None => None,
-        };
-        let now = now_ms();
-        let writer = part.clone();
-        tokio::task::spawn_blocking(move || {
-            // The first write of a leader epoch records where it starts, as a produce does
-            // (held across the append): followers truncate by these epochs, and without them
-            // a follower of an offsets partition kept a diverged tail (seen in the fault
-            // checker as a copy ending inside one of the leader's batches).
-            let mut epochs = writer.epochs.lock().unwrap_or_else(|p| p.into_inner());
-            let refused = if !writer.leads_under(leader_epoch) {
-                Some(format!("no longer the leader under epoch {leader_epoch}"))
-            } else if epochs.latest().is_some_and(|l| l > leader_epoch) {
-                Some(format!(
-                    "leader epoch {leader_epoch} is older than the log's"
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = refused {
-                return Err(strata_storage::StorageError::Io {
-                    op: "persisting group records",
-                    path: writer.log.dir().to_owned(),
-                    source: std::io::Error::other(why),
-                });
-            }
-            epochs
-                .assign(leader_epoch, writer.log.log_end_offset())
-                .map_err(|source| strata_storage::StorageError::Io {
-                    op: "recording leader epochs",
-                    path: writer.log.dir().to_owned(),
-                    source,
-                })?;
-            store::append(&writer.log, leader_epoch, &writes, now)
-        })
-        .await
-        .map_err(|e| strata_storage::StorageError::Io {
-            op: "persisting group records",
-            path: part.log.dir().to_owned(),
-            source: std::io::Error::other(e),
-        })??;
-        part.appended();
-        // As Kafka's coordinator writes with acks=all: acknowledged only once every in-sync
-        // replica has it, so a new leader of the partition has every acknowledged commit.
-        let end = part.log.log_end_offset();
-        if part
-            .replicated(end, COMMIT_REPLICATION_WAIT, &self.lease)
-            .await
-            != Replicated::Yes
-        {
-            return Err(strata_storage::StorageError::Io {
-                op: "replicating group records",
-                path: part.log.dir().to_owned(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the in-sync replicas did not copy the records in time",
-                ),
-            });
         }
-        Ok(self.with_group(group, apply))
     }
 
     /// Creates the offsets topic if need be, then follows `roles` (loading and dropping
@@ -315,49 +290,13 @@ impl Coordinator {
     }
 
     async fn ensure_offsets_topic(&self, cancel: &CancellationToken) {
-        let waiting_since = tokio::time::Instant::now();
-        while !self.metadata.image().topics.contains_key(OFFSETS_TOPIC) {
-            let image = self.metadata.image();
-            let live = image.brokers.values().filter(|b| !b.fenced).count();
-            let wanted = self.config.expected_brokers.min(3);
-            if self.config.offsets_replication_factor.is_none()
-                && live < wanted
-                && waiting_since.elapsed() < OFFSETS_TOPIC_WAIT
-            {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                }
-            }
-            let replication_factor = crate::topic::default_replication_factor(
-                self.config.offsets_replication_factor,
-                &image,
-            );
-            let command = Command::CreateTopic {
-                name: OFFSETS_TOPIC.into(),
-                id: Uuid::new_v4(),
-                partitions: self.config.offsets_partitions,
-                replication_factor,
-                configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
-                first_leader_epoch: 0,
-            };
-            match self.controller.submit(&command).await {
-                Ok(Ok(a)) => {
-                    self.metadata
-                        .wait_for_version(a.version, Duration::from_secs(10))
-                        .await;
-                }
-                Ok(Err(strata_controller::CommandError::TopicAlreadyExists { .. })) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot create {OFFSETS_TOPIC} yet"),
-                Err(e) => tracing::warn!(error = %e, "controller unavailable for {OFFSETS_TOPIC}"),
-            }
-            if !self.metadata.image().topics.contains_key(OFFSETS_TOPIC) {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+        let topic = InternalTopic {
+            name: OFFSETS_TOPIC,
+            partitions: self.config.offsets_partitions,
+            replication_factor: self.config.offsets_replication_factor,
+            expected_brokers: self.config.expected_brokers,
+        };
+        statelog::ensure_topic(&topic, &self.metadata, &self.controller, cancel).await;
     }
 
     /// Loads the groups of offsets partitions this broker starts leading and drops those of
@@ -384,13 +323,7 @@ impl Coordinator {
     /// (a new leader epoch of the same leader) keeps what it has.
     async fn load(&self, part: &Arc<Partition>) -> Result<(), crate::BrokerError> {
         let index = part.index;
-        let current = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&index)
-            .map(|c| Arc::ptr_eq(c, part));
-        match current {
+        match self.routes.is_loaded(part) {
             Some(true) => return Ok(()),
             // Another partition under this index (the topic was re-created): its groups go.
             Some(false) => self.unload(index),
@@ -413,11 +346,17 @@ impl Coordinator {
         for (id, offsets) in replayed.offsets {
             groups.entry(id).or_default().offsets = offsets;
         }
+        for (producer, by_group) in replayed.pending {
+            for (id, offsets) in by_group {
+                groups
+                    .entry(id)
+                    .or_default()
+                    .pending
+                    .insert(producer, offsets);
+            }
+        }
         drop(groups);
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(index, part.clone());
+        self.routes.set_loaded(part);
         tracing::info!(
             partition = index,
             groups = count,
@@ -429,13 +368,7 @@ impl Coordinator {
     /// Forgets the groups of an offsets partition this broker no longer leads; their members
     /// are answered NOT_COORDINATOR and find the new coordinator.
     fn unload(&self, index: i32) {
-        let was_loaded = self
-            .loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&index)
-            .is_some();
-        if !was_loaded {
+        if !self.routes.unload(index) {
             return;
         }
         let mut groups = self.lock();

@@ -1,33 +1,20 @@
 //! Group state in the `__consumer_offsets` topic: one record per committed offset and one per
 //! group's membership, keyed so the newest record for a key wins and a null value deletes it.
 //!
-//! Keys and values are JSON (documented in docs/architecture.md), written as ordinary v2
-//! batches through the partition log, so they are flushed, recovered — and, with tiering,
-//! uploaded and restored — like any other data.
+//! Keys and values are JSON (documented in docs/architecture.md), written and replayed through
+//! [`crate::statelog`]. Offsets committed in a transaction (TxnOffsetCommit) are written in a
+//! transactional batch of the producer and count once its commit marker follows.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
 use serde::{Deserialize, Serialize};
-use strata_storage::{BatchBuilder, BatchHeader, Log, Record, StorageError};
+use strata_storage::{Log, StorageError};
 
 use super::machine::GroupSnapshot;
+use crate::statelog::{self, Replayed, StateRecord};
 
 /// The internal topic.
 pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
-
-/// The `__consumer_offsets` partition holding `group` (Kafka's choice: Java's
-/// `String.hashCode`, absolute value with `MIN_VALUE` as 0, modulo the partition count).
-pub(crate) fn partition_for(group: &str, partitions: i32) -> i32 {
-    let mut h: i32 = 0;
-    for unit in group.encode_utf16() {
-        h = h.wrapping_mul(31).wrapping_add(i32::from(unit));
-    }
-    let abs = if h == i32::MIN { 0 } else { h.abs() };
-    abs % partitions.max(1)
-}
 
 /// A committed offset.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,14 +53,19 @@ pub(crate) enum Write {
     },
 }
 
+/// Offsets committed in a transaction, per group, until its marker.
+pub(crate) type PendingOffsets = BTreeMap<String, BTreeMap<(String, i32), Committed>>;
+
 /// What a partition of the offsets topic holds.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
     pub(crate) offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>>,
     pub(crate) groups: BTreeMap<String, GroupSnapshot>,
+    /// Transactional offset commits whose transaction has not ended, per producer id.
+    pub(crate) pending: BTreeMap<i64, PendingOffsets>,
 }
 
-fn encode(w: &Write) -> Result<(Vec<u8>, Option<Vec<u8>>), serde_json::Error> {
+fn encode(w: &Write) -> Result<StateRecord, serde_json::Error> {
     Ok(match w {
         Write::Offset {
             group,
@@ -97,86 +89,39 @@ fn encode(w: &Write) -> Result<(Vec<u8>, Option<Vec<u8>>), serde_json::Error> {
     })
 }
 
-/// Appends `writes` as one batch and waits until it is durable.
-pub(crate) fn append(
-    log: &Log,
-    leader_epoch: i32,
-    writes: &[Write],
-    now_ms: i64,
-) -> Result<(), StorageError> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    let mut batch = BatchBuilder::new();
-    for w in writes {
-        let (key, value) = encode(w).map_err(|e| StorageError::Io {
+/// The records for `writes`.
+pub(crate) fn records(writes: &[Write]) -> Result<Vec<StateRecord>, StorageError> {
+    writes
+        .iter()
+        .map(encode)
+        .collect::<Result<_, _>>()
+        .map_err(|e| StorageError::Io {
             op: "encoding group record",
-            path: log.dir().to_owned(),
+            path: "__consumer_offsets".into(),
             source: std::io::Error::other(e),
-        })?;
-        batch = batch.record(Record {
-            key: Some(key),
-            value,
-            headers: Vec::new(),
-            timestamp: now_ms,
-        });
-    }
-    let mut bytes = batch.build();
-    let info = log.append(&mut bytes, leader_epoch)?;
-    log.sync_through(info.last_offset + 1)
+        })
 }
 
-/// Replays a whole partition of the offsets topic, batch by batch. The coordinator writes
-/// only uncompressed batches, and clients cannot produce here; a batch that is compressed
-/// anyway (nothing decompresses it, so it cannot be a decompression bomb) or that does not
-/// decode is skipped with a warning, and the load carries on after it.
+/// Replays a whole partition of the offsets topic (see [`statelog::replay`]): the newest
+/// record per key wins; transactional offset commits wait for their producer's marker.
 pub(crate) fn load(log: &Log) -> Result<Loaded, StorageError> {
     let mut loaded = Loaded::default();
-    let end = log.log_end_offset();
-    let mut offset = log.log_start_offset();
-    while offset < end {
-        let bytes = log.read(offset, 4 << 20)?;
-        let next = load_batches(&mut loaded, &bytes, log.dir());
-        if next.is_none_or(|n| n <= offset) {
-            break;
-        }
-        offset = next.unwrap_or(end);
-    }
+    statelog::replay(log, |r| loaded.apply(r))?;
     Ok(loaded)
 }
 
 /// Replays raw batches, as read from a log (the fuzz target's entry).
 pub(crate) fn load_bytes(bytes: &[u8]) -> Loaded {
     let mut loaded = Loaded::default();
-    load_batches(
-        &mut loaded,
-        &Bytes::copy_from_slice(bytes),
-        Path::new("fuzz"),
-    );
+    statelog::replay_bytes(bytes, |r| loaded.apply(r));
     loaded
 }
 
-/// Applies the whole batches at the start of `bytes`; returns the offset after the last.
-fn load_batches(loaded: &mut Loaded, bytes: &Bytes, dir: &Path) -> Option<u64> {
-    let mut pos = 0;
-    let mut next = None;
-    while let Some(h) = bytes.get(pos..).and_then(BatchHeader::parse) {
-        let Some(len) = Some(h.total_len()).filter(|l| pos + l <= bytes.len()) else {
-            break;
-        };
-        let batch = bytes.slice(pos..pos + len);
-        pos += len;
-        next = u64::try_from(h.last_offset().saturating_add(1))
-            .ok()
-            .max(next);
-        if h.compression() != 0 {
-            tracing::warn!(dir = %dir.display(), base_offset = h.base_offset,
-                "skipping a compressed batch the group coordinator did not write");
-            continue;
-        }
-        match RecordBatchDecoder::decode_all(&mut batch.clone()) {
-            Ok(sets) => {
-                for r in sets.into_iter().flat_map(|s| s.records) {
+impl Loaded {
+    fn apply(&mut self, replayed: Replayed) {
+        match replayed {
+            Replayed::Records { records, producer } => {
+                for r in records {
                     let Some(key) = r
                         .key
                         .as_ref()
@@ -184,42 +129,74 @@ fn load_batches(loaded: &mut Loaded, bytes: &Bytes, dir: &Path) -> Option<u64> {
                     else {
                         continue;
                     };
-                    apply(loaded, key, r.value.as_deref());
+                    match producer {
+                        Some((id, _)) => self.apply_pending(id, key, r.value.as_deref()),
+                        None => self.apply_record(key, r.value.as_deref()),
+                    }
                 }
             }
-            Err(e) => tracing::warn!(dir = %dir.display(), base_offset = h.base_offset,
-                error = %e, "skipping an unreadable batch of group records"),
+            Replayed::Marker {
+                producer_id,
+                marker,
+            } => {
+                let Some(pending) = self.pending.remove(&producer_id) else {
+                    return;
+                };
+                if marker.commit {
+                    for (group, offsets) in pending {
+                        self.offsets.entry(group).or_default().extend(offsets);
+                    }
+                }
+            }
         }
     }
-    next
-}
 
-fn apply(loaded: &mut Loaded, key: Key, value: Option<&[u8]>) {
-    match key {
-        Key::Offset {
+    fn apply_pending(&mut self, producer_id: i64, key: Key, value: Option<&[u8]>) {
+        let Key::Offset {
             group,
             topic,
             partition,
-        } => {
-            let offsets = loaded.offsets.entry(group).or_default();
-            match value.and_then(|v| serde_json::from_slice::<Committed>(v).ok()) {
-                Some(c) => {
-                    offsets.insert((topic, partition), c);
+        } = key
+        else {
+            return;
+        };
+        if let Some(c) = value.and_then(|v| serde_json::from_slice::<Committed>(v).ok()) {
+            self.pending
+                .entry(producer_id)
+                .or_default()
+                .entry(group)
+                .or_default()
+                .insert((topic, partition), c);
+        }
+    }
+
+    fn apply_record(&mut self, key: Key, value: Option<&[u8]>) {
+        match key {
+            Key::Offset {
+                group,
+                topic,
+                partition,
+            } => {
+                let offsets = self.offsets.entry(group).or_default();
+                match value.and_then(|v| serde_json::from_slice::<Committed>(v).ok()) {
+                    Some(c) => {
+                        offsets.insert((topic, partition), c);
+                    }
+                    None => {
+                        offsets.remove(&(topic, partition));
+                    }
+                }
+            }
+            Key::Group { group } => match value.and_then(|v| serde_json::from_slice(v).ok()) {
+                Some(s) => {
+                    self.groups.insert(group, s);
                 }
                 None => {
-                    offsets.remove(&(topic, partition));
+                    self.groups.remove(&group);
+                    self.offsets.remove(&group);
                 }
-            }
+            },
         }
-        Key::Group { group } => match value.and_then(|v| serde_json::from_slice(v).ok()) {
-            Some(s) => {
-                loaded.groups.insert(group, s);
-            }
-            None => {
-                loaded.groups.remove(&group);
-                loaded.offsets.remove(&group);
-            }
-        },
     }
 }
 
@@ -227,11 +204,21 @@ fn apply(loaded: &mut Loaded, key: Key, value: Option<&[u8]>) {
 mod tests {
     use super::*;
 
+    fn append(
+        log: &Log,
+        leader_epoch: i32,
+        writes: &[Write],
+        now: i64,
+    ) -> Result<(), StorageError> {
+        let mut bytes = statelog::batch(&records(writes)?, now, None);
+        log.append(&mut bytes, leader_epoch).map(|_| ())
+    }
+
     #[test]
     fn partitions_match_kafka() {
         // Java: "my-group".hashCode() == -1906497762, so Utils.abs(..) % 50 == 12.
-        assert_eq!(partition_for("my-group", 50), 12);
-        assert_eq!(partition_for("", 50), 0);
+        assert_eq!(statelog::partition_for("my-group", 50), 12);
+        assert_eq!(statelog::partition_for("", 50), 0);
     }
 
     #[test]

@@ -409,7 +409,7 @@ pub(super) async fn init_producer_id(
     let req: InitProducerIdRequest = frame.decode()?;
     let reply = InitProducerIdResponse::default();
     if req.transactional_id.is_some() {
-        return frame.respond(&reply.with_error_code(ResponseError::InvalidRequest.code()));
+        return super::txn::init_producer_id(state, frame, req).await;
     }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 {
         return match req.producer_epoch.checked_add(1).filter(|e| *e < i16::MAX) {
@@ -429,6 +429,19 @@ async fn new_producer_id(
     frame: &Frame,
     reply: InitProducerIdResponse,
 ) -> Result<Bytes, FrameError> {
+    match allocate_producer_id(state).await {
+        Ok(id) => frame.respond(
+            &reply
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(0),
+        ),
+        Err(e) => frame.respond(&reply.with_error_code(e.code())),
+    }
+}
+
+/// A producer id never handed out before, from the block this broker took from the
+/// controller (a new block of 1,000 when it is used up).
+pub(super) async fn allocate_producer_id(state: &BrokerState) -> Result<i64, ResponseError> {
     let mut block = state.producer_ids.lock().await;
     if block.0 >= block.1 {
         let command = Command::AllocateProducerIds {
@@ -443,26 +456,20 @@ async fn new_producer_id(
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "producer id block refused");
-                return frame.respond(&reply.with_error_code(command_error_code(&e).code()));
+                return Err(command_error_code(&e));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "controller unreachable for producer ids");
-                return frame.respond(
-                    &reply.with_error_code(ResponseError::CoordinatorNotAvailable.code()),
-                );
+                return Err(ResponseError::CoordinatorNotAvailable);
             }
         }
     }
     if block.0 >= block.1 {
-        return frame.respond(&reply.with_error_code(ResponseError::UnknownServerError.code()));
+        return Err(ResponseError::UnknownServerError);
     }
     let id = block.0;
     block.0 += 1;
-    frame.respond(
-        &reply
-            .with_producer_id(ProducerId(id))
-            .with_producer_epoch(0),
-    )
+    Ok(id)
 }
 
 pub(super) async fn describe_cluster(

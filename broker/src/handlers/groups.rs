@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::leave_group_response::MemberResponse;
@@ -37,8 +38,11 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 
 /// Per topic, per partition: the offset to commit, or why not.
 type CommitPlan = Vec<(String, Vec<(i32, Result<Committed, i16>)>)>;
-/// Per topic, per partition: the committed offset, if any.
-type Fetched = Vec<(String, Vec<(i32, Option<Committed>)>)>;
+/// Per topic, per partition: the committed offset, if any, and the partition's error.
+type Fetched = Vec<(String, Vec<(i32, Option<Committed>, i16)>)>;
+
+/// KIP-447: a transaction has an offset pending for the partition.
+const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 
 fn opt(s: &Option<StrBytes>) -> Option<&str> {
     s.as_ref().map(StrBytes::as_str)
@@ -54,11 +58,16 @@ pub(super) async fn find_coordinator(
     // the key, wherever the request came in.
     let answer = |key: &str| -> (i16, Option<String>, i32, String, u16) {
         let none = |code, message: Option<String>| (code, message, -1, String::new(), 0);
-        if req.key_type != 0 {
-            let message = Some("transactions are not supported".into());
-            return none(code::COORDINATOR_NOT_AVAILABLE, message);
-        }
-        let id = match state.groups.coordinator_of(key) {
+        let found = match req.key_type {
+            0 => state.groups.coordinator_of(key),
+            1 if !key.is_empty() => state.txns.coordinator_of(key),
+            1 => Err(ResponseError::InvalidRequest.code()),
+            _ => {
+                let message = Some("share groups are not supported".into());
+                return none(ResponseError::InvalidRequest.code(), message);
+            }
+        };
+        let id = match found {
             Ok(id) => id,
             Err(e) => return none(e, None),
         };
@@ -423,23 +432,37 @@ pub(super) async fn offset_commit(
 }
 
 /// One group's committed offsets for the asked partitions (all when `topics` is `None`).
+/// With `require_stable` (KIP-447), a partition with a transactional commit pending answers
+/// UNSTABLE_OFFSET_COMMIT, and the consumer asks again once the transaction ended.
 fn fetch_offsets(
     state: &BrokerState,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<Fetched, i16> {
     state.groups.route(group)?;
-    let offsets = state
+    let (offsets, unstable) = state
         .groups
-        .with_existing(group, |e| e.offsets.clone())
+        .with_existing(group, |e| {
+            let unstable: std::collections::BTreeSet<(String, i32)> =
+                e.pending.values().flat_map(|p| p.keys().cloned()).collect();
+            (e.offsets.clone(), unstable)
+        })
         .unwrap_or_default();
+    let answer = |t: &str, p: i32, c: Option<Committed>| {
+        if require_stable && unstable.contains(&(t.to_owned(), p)) {
+            (p, None, UNSTABLE_OFFSET_COMMIT)
+        } else {
+            (p, c, 0)
+        }
+    };
     Ok(match topics {
         Some(ts) => ts
             .into_iter()
             .map(|(t, ps)| {
                 let found = ps
                     .into_iter()
-                    .map(|p| (p, offsets.get(&(t.clone(), p)).cloned()))
+                    .map(|p| answer(&t, p, offsets.get(&(t.clone(), p)).cloned()))
                     .collect();
                 (t, found)
             })
@@ -447,9 +470,10 @@ fn fetch_offsets(
         None => {
             let mut by_topic: Fetched = Vec::new();
             for ((t, p), c) in offsets {
+                let found = answer(&t, p, Some(c));
                 match by_topic.last_mut() {
-                    Some((name, ps)) if *name == t => ps.push((p, Some(c))),
-                    _ => by_topic.push((t, vec![(p, Some(c))])),
+                    Some((name, ps)) if *name == t => ps.push(found),
+                    _ => by_topic.push((t, vec![found])),
                 }
             }
             by_topic
@@ -478,7 +502,7 @@ pub(super) async fn offset_fetch(
                         .collect()
                 });
                 let resp = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                match fetch_offsets(state, g.group_id.0.as_str(), topics) {
+                match fetch_offsets(state, g.group_id.0.as_str(), topics, req.require_stable) {
                     Err(e) => resp.with_error_code(e),
                     Ok(found) => resp.with_topics(
                         found
@@ -488,10 +512,11 @@ pub(super) async fn offset_fetch(
                                     .with_name(topic_name(&t))
                                     .with_partitions(
                                         ps.iter()
-                                            .map(|(p, c)| {
+                                            .map(|(p, c, error)| {
                                                 let (o, e, m) = value(c);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(*p)
+                                                    .with_error_code(*error)
                                                     .with_committed_offset(o)
                                                     .with_committed_leader_epoch(e)
                                                     .with_metadata(m.as_deref().map(str_bytes))
@@ -511,7 +536,7 @@ pub(super) async fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let resp = match fetch_offsets(state, req.group_id.0.as_str(), topics) {
+    let resp = match fetch_offsets(state, req.group_id.0.as_str(), topics, req.require_stable) {
         // v1 has no top-level error: it is repeated on every partition asked for.
         Err(e) if frame.version < 2 => OffsetFetchResponse::default().with_topics(
             req.topics
@@ -543,10 +568,11 @@ pub(super) async fn offset_fetch(
                         .with_name(topic_name(&t))
                         .with_partitions(
                             ps.iter()
-                                .map(|(p, c)| {
+                                .map(|(p, c, error)| {
                                     let (o, e, m) = value(c);
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(*p)
+                                        .with_error_code(*error)
                                         .with_committed_offset(o)
                                         .with_committed_leader_epoch(e)
                                         .with_metadata(m.as_deref().map(str_bytes))

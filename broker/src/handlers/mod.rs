@@ -8,6 +8,9 @@ mod groups_admin;
 mod produce;
 mod records;
 mod topics;
+mod txn;
+
+pub(crate) use txn::marker_writer;
 
 use std::sync::Arc;
 
@@ -26,7 +29,7 @@ pub(crate) fn produce_append(
     records: &[u8],
     leader_epoch: i32,
 ) -> Result<u64, kafka_protocol::ResponseError> {
-    produce::append_blocking(part, records, leader_epoch)
+    produce::append_blocking(part, records, leader_epoch, None)
         .map(|(_, last)| last + 1)
         .map_err(|(e, _)| e)
 }
@@ -98,6 +101,13 @@ pub(crate) async fn handle(
         ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(state, frame).await,
         ApiKey::ListOffsets => fetch::list_offsets(state, frame).await,
         ApiKey::DeleteRecords => records::delete_records(state, frame).await,
+        ApiKey::AddPartitionsToTxn => txn::add_partitions_to_txn(state, frame).await,
+        ApiKey::AddOffsetsToTxn => txn::add_offsets_to_txn(state, frame).await,
+        ApiKey::EndTxn => txn::end_txn(state, frame).await,
+        ApiKey::TxnOffsetCommit => txn::txn_offset_commit(state, frame).await,
+        ApiKey::WriteTxnMarkers => txn::write_txn_markers(state, frame).await,
+        ApiKey::DescribeTransactions => txn::describe_transactions(state, frame).await,
+        ApiKey::ListTransactions => txn::list_transactions(state, frame).await,
         api => Err(FrameError::Unsupported {
             api,
             version: frame.version,

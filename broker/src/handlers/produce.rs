@@ -10,11 +10,13 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use strata_storage::{AppendInfo, StorageError};
 
 use super::str_bytes;
+use crate::partition::lead::NotWritten;
 use crate::partition::{Partition, Replicated};
 use crate::producer::{self, ProducerBatch, Refusal, Verdict};
 use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::BrokerState;
 use crate::turnstile::Turn;
+use crate::txn::machine::code;
 
 /// The longest a produce waits for a partition to read its object-store manifest.
 const MAX_RECOVERY_WAIT: Duration = Duration::from_secs(10);
@@ -26,6 +28,10 @@ pub(super) async fn produce(
 ) -> Result<Option<Bytes>, FrameError> {
     let req: ProduceRequest = frame.decode()?;
     let acks = req.acks;
+    let txn_id = req.transactional_id.as_ref().map(|s| s.0.to_string());
+    let txn_id = txn_id.as_deref();
+    // Transaction version 2 producers (v12+) leave adding partitions to the leaders.
+    let implicit_add = frame.version >= 12;
     // A partition still reading its manifest is waited for, within the request's timeout.
     let recovery_wait =
         Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0)).min(MAX_RECOVERY_WAIT);
@@ -62,7 +68,9 @@ pub(super) async fn produce(
             pending.push((name.clone(), index, async move {
                 let (part, leader_epoch) = target.map_err(|e| (e, None))?;
                 let records = records.ok_or((ResponseError::CorruptMessage, None))?;
-                append(part, records, leader_epoch, recovery_wait).await
+                let guard =
+                    verify_transactional(state, txn_id, &part, &records, implicit_add).await?;
+                append(part, records, leader_epoch, recovery_wait, guard).await
             }));
         }
     }
@@ -144,13 +152,67 @@ pub(super) struct Landed {
 
 type Failure = (ResponseError, Option<String>);
 
+/// KIP-890 part 1: a transactional batch that would open its producer's transaction on this
+/// partition is checked with the transaction coordinator first (or, from a transaction
+/// version 2 producer, added to the transaction there). Returns the guard the append must
+/// present: a marker arriving meanwhile voids it, so a batch verified just before its
+/// transaction ended cannot open a transaction nobody will end.
+async fn verify_transactional(
+    state: &Arc<BrokerState>,
+    txn_id: Option<&str>,
+    part: &Partition,
+    records: &[u8],
+    add: bool,
+) -> Result<Option<u64>, Failure> {
+    let Some(batch) = producer::batches(records)
+        .next()
+        .and_then(|(h, _)| ProducerBatch::of(&h))
+        .filter(|b| b.transactional)
+    else {
+        return Ok(None);
+    };
+    let Some(id) = txn_id.filter(|id| !id.is_empty()) else {
+        return Err((
+            ResponseError::InvalidRequest,
+            Some("transactional batches need the producer's transactional id".into()),
+        ));
+    };
+    let token = {
+        let mut producers = part.producers.lock().unwrap_or_else(|p| p.into_inner());
+        if producers.in_txn(batch.producer_id, batch.epoch) {
+            return Ok(None);
+        }
+        producers.guard(batch.producer_id)
+    };
+    let partition = (part.topic.clone(), part.index);
+    super::txn::verify(state, id, batch.producer_id, batch.epoch, partition, add)
+        .await
+        .map_err(|code| {
+            let error = match code {
+                code::PRODUCER_FENCED | code::INVALID_PRODUCER_EPOCH => {
+                    ResponseError::InvalidProducerEpoch
+                }
+                code::INVALID_TXN_STATE | code::INVALID_PRODUCER_ID_MAPPING => {
+                    ResponseError::InvalidTxnState
+                }
+                // The coordinator is moving or busy: retriable for every client version.
+                _ => ResponseError::NotEnoughReplicas,
+            };
+            let message = format!("the transaction coordinator refused the batch (error {code})");
+            (error, Some(message))
+        })?;
+    Ok(Some(token))
+}
+
 /// Appends off the async threads. Batches from idempotent producers are checked against the
-/// partition's producer state first, under its lock.
+/// partition's producer state first, under its lock; `guard` is a transactional batch's
+/// verification ([`verify_transactional`]).
 async fn append(
     part: Arc<Partition>,
     records: Bytes,
     leader_epoch: i32,
     recovery_wait: Duration,
+    guard: Option<u64>,
 ) -> Result<(Arc<Partition>, Landed, u64), Failure> {
     if part.remote.recovering() {
         // Answered below (retriable) if the manifest is still not read.
@@ -158,7 +220,7 @@ async fn append(
     }
     let p = part.clone();
     let (landed, last_offset) =
-        tokio::task::spawn_blocking(move || append_blocking(&p, &records, leader_epoch))
+        tokio::task::spawn_blocking(move || append_blocking(&p, &records, leader_epoch, guard))
             .await
             .map_err(|e| (ResponseError::UnknownServerError, Some(e.to_string())))??;
     part.appended();
@@ -178,6 +240,7 @@ pub(super) fn append_blocking(
     part: &Partition,
     records: &[u8],
     leader_epoch: i32,
+    guard: Option<u64>,
 ) -> Result<(Landed, u64), Failure> {
     if part.remote.recovering() {
         return Err((
@@ -185,48 +248,24 @@ pub(super) fn append_blocking(
             Some("the partition is still reading its object-store manifest".into()),
         ));
     }
-    // The first append of a new leader epoch records where the epoch starts; it holds the
-    // epoch lock across the append so no later offset can claim the start.
-    let mut epochs = part.epochs.lock().unwrap_or_else(|p| p.into_inner());
-    if !part.leads_under(leader_epoch) {
-        return Err((
-            ResponseError::NotLeaderOrFollower,
-            Some(format!(
-                "this broker no longer leads under epoch {leader_epoch}"
-            )),
-        ));
-    }
-    match epochs.latest() {
-        // This request's view of the leadership is older than the log's: stamping it would
-        // make epochs go backwards in the log. The client retries with fresh metadata.
-        Some(latest) if latest > leader_epoch => {
-            return Err((
-                ResponseError::NotLeaderOrFollower,
-                Some(format!(
-                    "leader epoch {leader_epoch} is older than the log's {latest}"
-                )),
-            ));
+    match part.append_as_leader(leader_epoch, || {
+        append_checked(part, records, leader_epoch, guard)
+    }) {
+        Ok(appended) => appended,
+        // The client retries with fresh metadata.
+        Err(NotWritten::NotLeader(why)) => Err((ResponseError::NotLeaderOrFollower, Some(why))),
+        Err(NotWritten::EpochUnrecorded(e)) => {
+            tracing::error!(topic_id = %part.topic_id, error = %e, "recording leader epoch failed");
+            Err((ResponseError::KafkaStorageError, Some(e.to_string())))
         }
-        Some(latest) if latest == leader_epoch => {
-            drop(epochs);
-            return append_checked(part, records, leader_epoch);
-        }
-        _ => {}
     }
-    // Recorded before the append: if recording fails nothing was appended, so the error is
-    // true and a retry cannot duplicate. An epoch recorded without data after it is harmless.
-    let start = part.log.log_end_offset();
-    if let Err(e) = epochs.assign(leader_epoch, start) {
-        tracing::error!(topic_id = %part.topic_id, error = %e, "recording leader epoch failed");
-        return Err((ResponseError::KafkaStorageError, Some(e.to_string())));
-    }
-    append_checked(part, records, leader_epoch)
 }
 
 fn append_checked(
     part: &Partition,
     records: &[u8],
     leader_epoch: i32,
+    guard: Option<u64>,
 ) -> Result<(Landed, u64), Failure> {
     let log = &part.log;
     let storage = |e: StorageError| {
@@ -240,13 +279,13 @@ fn append_checked(
             Some("clients may not write control batches".into()),
         ));
     }
-    if headers.iter().any(|h| h.is_transactional()) {
+    let idempotent = headers.first().and_then(ProducerBatch::of);
+    if idempotent.is_none() && headers.iter().any(|h| h.is_transactional()) {
         return Err((
             ResponseError::InvalidRecord,
-            Some("transactional batches are not supported yet".into()),
+            Some("a transactional batch needs a producer id and sequence".into()),
         ));
     }
-    let idempotent = headers.first().and_then(ProducerBatch::of);
     let mut buf = records.to_vec();
     let (landed, last_offset) = match idempotent {
         None => {
@@ -275,6 +314,17 @@ fn append_checked(
                     last_offset,
                 ),
                 Ok(Verdict::Append) => {
+                    // The first batch of a transaction here must carry a verification no
+                    // marker has voided since.
+                    if batch.transactional
+                        && !producers.in_txn(batch.producer_id, batch.epoch)
+                        && !guard.is_some_and(|t| producers.take_guard(batch.producer_id, t))
+                    {
+                        return Err((
+                            ResponseError::InvalidTxnState,
+                            Some("the transaction ended before this batch could join it".into()),
+                        ));
+                    }
                     let info = log.append(&mut buf, leader_epoch).map_err(storage)?;
                     producers.record(
                         &batch,

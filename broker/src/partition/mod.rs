@@ -9,6 +9,7 @@
 //!   ([`role::RoleChange`]) to their subscribers: the group coordinator, tiering's recovery.
 
 mod follow;
+pub(crate) mod lead;
 mod open;
 mod read;
 pub(crate) mod registry;

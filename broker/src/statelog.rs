@@ -1,0 +1,411 @@
+//! Coordinator state as records in an internal topic's partitions: the group coordinator's
+//! `__consumer_offsets` and the transaction coordinator's `__transaction_state`.
+//!
+//! Both write small batches of keyed records (JSON keys and values; a null value deletes
+//! the key) through the partition log, so they are flushed, replicated, recovered — and,
+//! with tiering, uploaded and restored — like any other data; both replay a partition when
+//! this broker starts leading it. This module holds what they share: writing as the leader
+//! with acks=all, replaying batch by batch, and creating the topic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::records::{Record as Decoded, RecordBatchDecoder};
+use strata_controller::{Command, ControllerClient};
+use strata_storage::{BatchBuilder, BatchHeader, ControlMarker, Log, Record, StorageError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::lease::Lease;
+use crate::metadata::MetadataView;
+use crate::partition::lead::MarkerRefusal;
+use crate::partition::{Partition, Replicated};
+
+/// How long a write waits for the in-sync replicas (Kafka's `offsets.commit.timeout.ms`).
+const REPLICATION_WAIT: Duration = Duration::from_secs(5);
+
+/// The partition of an internal topic holding `key`, a group or transactional id (Kafka's choice: Java's
+/// `String.hashCode`, absolute value with `MIN_VALUE` as 0, modulo the partition count).
+pub(crate) fn partition_for(key: &str, partitions: i32) -> i32 {
+    let mut h: i32 = 0;
+    for unit in key.encode_utf16() {
+        h = h.wrapping_mul(31).wrapping_add(i32::from(unit));
+    }
+    let abs = if h == i32::MIN { 0 } else { h.abs() };
+    abs % partitions.max(1)
+}
+
+/// The wall clock in milliseconds since the epoch, as the coordinators stamp records.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One record to write: a key and its new value, or `None` to delete it.
+pub(crate) type StateRecord = (Vec<u8>, Option<Vec<u8>>);
+
+fn io(op: &'static str, path: &Path, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Io {
+        op,
+        path: path.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Encodes `records` as one uncompressed batch stamped `now_ms`; transactional for
+/// `producer` (id, epoch) when given (the group coordinator's TxnOffsetCommit records).
+pub(crate) fn batch(records: &[StateRecord], now_ms: i64, producer: Option<(i64, i16)>) -> Vec<u8> {
+    let mut batch = BatchBuilder::new();
+    if let Some((id, epoch)) = producer {
+        batch = batch.producer(id, epoch, -1).transactional();
+    }
+    for (key, value) in records {
+        batch = batch.record(Record {
+            key: Some(key.clone()),
+            value: value.clone(),
+            headers: Vec::new(),
+            timestamp: now_ms,
+        });
+    }
+    batch.build()
+}
+
+/// Writes as `part`'s leader under `leader_epoch`: `append` runs off the async threads with
+/// leadership held (see [`Partition::append_as_leader`]) and returns what it wants answered
+/// and the log end it needs durable; then waits until every in-sync replica has it, as
+/// Kafka's coordinators write with acks=all, so a new leader of the partition has every
+/// acknowledged write.
+pub(crate) async fn write<T: Send + 'static>(
+    part: &Arc<Partition>,
+    leader_epoch: i32,
+    lease: &Lease,
+    append: impl FnOnce(&Partition) -> Result<(T, u64), StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let writer = part.clone();
+    let (answer, end) = tokio::task::spawn_blocking(move || {
+        let (answer, end) = writer
+            .append_as_leader(leader_epoch, || append(&writer))
+            .map_err(|e| io("writing coordinator records", writer.log.dir(), e))??;
+        writer.log.sync_through(end)?;
+        Ok::<_, StorageError>((answer, end))
+    })
+    .await
+    .map_err(|e| io("writing coordinator records", part.log.dir(), e))??;
+    part.appended();
+    match part.replicated(end, REPLICATION_WAIT, lease).await {
+        Replicated::Yes => Ok(answer),
+        outcome => Err(StorageError::Io {
+            op: "replicating coordinator records",
+            path: part.log.dir().to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the in-sync replicas did not copy the records ({outcome:?})"),
+            ),
+        }),
+    }
+}
+
+/// Appends `records` as one batch to `part`'s log (as leader under `leader_epoch`), durable
+/// on every in-sync replica before it returns.
+pub(crate) async fn write_records(
+    part: &Arc<Partition>,
+    leader_epoch: i32,
+    lease: &Lease,
+    records: Vec<StateRecord>,
+    now_ms: i64,
+    producer: Option<(i64, i16)>,
+) -> Result<(), StorageError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    write(part, leader_epoch, lease, move |p| {
+        let mut bytes = batch(&records, now_ms, producer);
+        let info = p.log.append(&mut bytes, leader_epoch)?;
+        Ok(((), info.last_offset + 1))
+    })
+    .await
+}
+
+/// Why a transaction marker was not written.
+#[derive(Debug)]
+pub(crate) enum MarkerFailed {
+    Refused(MarkerRefusal),
+    Storage(StorageError),
+}
+
+/// Appends a transaction marker of `producer` (id, epoch) to `part` as its leader under
+/// `leader_epoch` (see [`Partition::append_marker`]), durable on every in-sync replica
+/// before it returns, as Kafka's leaders append markers with acks=all.
+pub(crate) async fn write_marker(
+    part: &Arc<Partition>,
+    leader_epoch: i32,
+    lease: &Lease,
+    producer: (i64, i16),
+    marker: ControlMarker,
+) -> Result<(), MarkerFailed> {
+    let now = now_ms();
+    let written = write(part, leader_epoch, lease, move |p| {
+        Ok(
+            match p.append_marker(producer.0, producer.1, marker, leader_epoch, now)? {
+                Ok(offset) => (Ok(()), offset + 1),
+                // Nothing appended: nothing to wait for.
+                Err(refusal) => (Err(refusal), 0),
+            },
+        )
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(refusal)) => Err(MarkerFailed::Refused(refusal)),
+        Err(e) => Err(MarkerFailed::Storage(e)),
+    }
+}
+
+/// What a replay hands its reader for each batch.
+pub(crate) enum Replayed {
+    /// A batch of records (decoded), from `producer` (id, epoch) if transactional.
+    Records {
+        records: Vec<Decoded>,
+        producer: Option<(i64, i16)>,
+    },
+    /// A transaction marker of producer `producer_id`.
+    Marker {
+        producer_id: i64,
+        marker: ControlMarker,
+    },
+}
+
+/// Replays a whole partition, batch by batch, into `apply`. The coordinators write only
+/// uncompressed batches, and clients cannot produce here; a batch that is compressed anyway
+/// (nothing decompresses it, so it cannot be a decompression bomb) or does not decode is
+/// skipped with a warning, and the replay carries on after it.
+pub(crate) fn replay(log: &Log, mut apply: impl FnMut(Replayed)) -> Result<(), StorageError> {
+    let end = log.log_end_offset();
+    let mut offset = log.log_start_offset();
+    while offset < end {
+        let bytes = log.read(offset, 4 << 20)?;
+        let next = replay_batches(&bytes, log.dir(), &mut apply);
+        if next.is_none_or(|n| n <= offset) {
+            break;
+        }
+        offset = next.unwrap_or(end);
+    }
+    Ok(())
+}
+
+/// Replays raw batches, as read from a log (the fuzz targets' entry).
+pub(crate) fn replay_bytes(bytes: &[u8], apply: impl FnMut(Replayed)) {
+    let mut apply = apply;
+    replay_batches(
+        &Bytes::copy_from_slice(bytes),
+        Path::new("fuzz"),
+        &mut apply,
+    );
+}
+
+/// Applies the whole batches at the start of `bytes`; returns the offset after the last.
+fn replay_batches(bytes: &Bytes, dir: &Path, apply: &mut impl FnMut(Replayed)) -> Option<u64> {
+    let mut pos = 0;
+    let mut next = None;
+    while let Some(h) = bytes.get(pos..).and_then(BatchHeader::parse) {
+        let Some(len) = Some(h.total_len()).filter(|l| pos + l <= bytes.len()) else {
+            break;
+        };
+        let batch = bytes.slice(pos..pos + len);
+        pos += len;
+        next = u64::try_from(h.last_offset().saturating_add(1))
+            .ok()
+            .max(next);
+        if h.is_control() {
+            if let Some(marker) = strata_storage::control_marker(&batch) {
+                apply(Replayed::Marker {
+                    producer_id: h.producer_id,
+                    marker,
+                });
+            }
+            continue;
+        }
+        if h.compression() != 0 {
+            tracing::warn!(dir = %dir.display(), base_offset = h.base_offset,
+                "skipping a compressed batch the coordinator did not write");
+            continue;
+        }
+        match RecordBatchDecoder::decode_all(&mut batch.clone()) {
+            Ok(sets) => apply(Replayed::Records {
+                records: sets.into_iter().flat_map(|s| s.records).collect(),
+                producer: h
+                    .is_transactional()
+                    .then_some((h.producer_id, h.producer_epoch)),
+            }),
+            Err(e) => tracing::warn!(dir = %dir.display(), base_offset = h.base_offset,
+                error = %e, "skipping an unreadable batch of coordinator records"),
+        }
+    }
+    next
+}
+
+/// Where a coordinator's keys live: the internal topic's partition for a key, the broker
+/// leading it by the metadata, and the partitions this broker leads and has loaded.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    topic: &'static str,
+    partitions: i32,
+    me: i32,
+    metadata: Arc<MetadataView>,
+    loaded: std::sync::Mutex<std::collections::HashMap<i32, Arc<Partition>>>,
+}
+
+/// Kafka's coordinator error codes.
+pub(crate) const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub(crate) const NOT_COORDINATOR: i16 = 16;
+
+impl Routes {
+    pub(crate) fn new(
+        topic: &'static str,
+        partitions: i32,
+        me: i32,
+        metadata: Arc<MetadataView>,
+    ) -> Self {
+        Self {
+            topic,
+            partitions,
+            me,
+            metadata,
+            loaded: std::sync::Mutex::default(),
+        }
+    }
+
+    fn loaded(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i32, Arc<Partition>>> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The partition holding `key`.
+    pub(crate) fn partition_of(&self, key: &str) -> i32 {
+        partition_for(key, self.partitions)
+    }
+
+    /// The live broker leading `key`'s partition by the metadata (what FindCoordinator
+    /// answers on any broker); None when the topic does not exist yet.
+    pub(crate) fn leader_of(&self, key: &str) -> Option<Result<i32, i16>> {
+        let image = self.metadata.image();
+        let topic = image.topics.get(self.topic)?;
+        let p = self.partition_of(key);
+        Some(
+            usize::try_from(p)
+                .ok()
+                .and_then(|i| topic.partitions.get(i))
+                .and_then(|meta| meta.leader)
+                .filter(|l| image.brokers.get(l).is_some_and(|b| !b.fenced))
+                .ok_or(COORDINATOR_NOT_AVAILABLE),
+        )
+    }
+
+    /// `key`'s partition and its leader epoch if this broker leads it and has loaded it;
+    /// else COORDINATOR_LOAD_IN_PROGRESS (led here, the role change on its way),
+    /// NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE.
+    pub(crate) fn route(&self, key: &str) -> Result<(Arc<Partition>, i32), i16> {
+        let p = self.partition_of(key);
+        if let Some(part) = self.loaded().get(&p).cloned()
+            && let Some(epoch) = part.role().leader_epoch()
+        {
+            return Ok((part, epoch));
+        }
+        let image = self.metadata.image();
+        let meta = image
+            .topics
+            .get(self.topic)
+            .and_then(|t| usize::try_from(p).ok().and_then(|i| t.partitions.get(i)))
+            .ok_or(COORDINATOR_NOT_AVAILABLE)?;
+        if meta.leader == Some(self.me) {
+            Err(COORDINATOR_LOAD_IN_PROGRESS)
+        } else {
+            Err(NOT_COORDINATOR)
+        }
+    }
+
+    /// Whether `part` is the partition loaded under its index: Some(false) when another
+    /// partition under that index is (the topic was re-created), None when none is.
+    pub(crate) fn is_loaded(&self, part: &Arc<Partition>) -> Option<bool> {
+        self.loaded().get(&part.index).map(|l| Arc::ptr_eq(l, part))
+    }
+
+    pub(crate) fn set_loaded(&self, part: &Arc<Partition>) {
+        self.loaded().insert(part.index, part.clone());
+    }
+
+    /// Forgets partition `index`; whether it was loaded.
+    pub(crate) fn unload(&self, index: i32) -> bool {
+        self.loaded().remove(&index).is_some()
+    }
+}
+
+/// An internal topic a coordinator creates at first need.
+pub(crate) struct InternalTopic {
+    pub(crate) name: &'static str,
+    pub(crate) partitions: i32,
+    /// Unset: the cluster's default (see [`crate::topic::default_replication_factor`]).
+    pub(crate) replication_factor: Option<i16>,
+    /// Brokers this one expects to see (the voters of a combined quorum): with an unset
+    /// replication factor the topic waits a little for them, so a cluster starting together
+    /// does not fix the topic at the one copy of the first broker up.
+    pub(crate) expected_brokers: usize,
+}
+
+/// How long an internal topic waits for the brokers a cluster expects before it is created
+/// with the copies there are.
+const TOPIC_WAIT: Duration = Duration::from_secs(30);
+
+/// Creates `topic` (compacted) unless it exists, retrying until it does or `cancel` fires.
+pub(crate) async fn ensure_topic(
+    topic: &InternalTopic,
+    metadata: &MetadataView,
+    controller: &ControllerClient,
+    cancel: &CancellationToken,
+) {
+    let waiting_since = tokio::time::Instant::now();
+    while !metadata.image().topics.contains_key(topic.name) {
+        let image = metadata.image();
+        let live = image.brokers.values().filter(|b| !b.fenced).count();
+        let wanted = topic.expected_brokers.min(3);
+        if topic.replication_factor.is_none()
+            && live < wanted
+            && waiting_since.elapsed() < TOPIC_WAIT
+        {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            }
+        }
+        let replication_factor =
+            crate::topic::default_replication_factor(topic.replication_factor, &image);
+        let command = Command::CreateTopic {
+            name: topic.name.into(),
+            id: Uuid::new_v4(),
+            partitions: topic.partitions,
+            replication_factor,
+            configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+            first_leader_epoch: 0,
+        };
+        match controller.submit(&command).await {
+            Ok(Ok(a)) => {
+                metadata
+                    .wait_for_version(a.version, Duration::from_secs(10))
+                    .await;
+            }
+            Ok(Err(strata_controller::CommandError::TopicAlreadyExists { .. })) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot create {} yet", topic.name),
+            Err(e) => tracing::warn!(error = %e, "controller unavailable for {}", topic.name),
+        }
+        if !metadata.image().topics.contains_key(topic.name) {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}

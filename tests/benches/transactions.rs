@@ -1,0 +1,134 @@
+//! Transactional produce with librdkafka next to plain idempotent produce: MB/s of 1 KiB
+//! records in transactions of 100 and 1,000 records, and the latency of each commit (the
+//! `commit_transaction` call: flushing what is unacknowledged, EndTxn, and the markers'
+//! durability before the next transaction can add partitions) against the same flush of an
+//! idempotent producer.
+//!
+//! Against an in-process Strata broker by default, or any Kafka-compatible broker:
+//! `STRATA_BOOTSTRAP=host:9092 cargo bench -p strata-tests --bench transactions`.
+//! `TXN_RECORDS=100000` sets how many records each run sends (default 50,000).
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use strata_tests::TestBroker;
+
+mod common;
+
+use common::{BenchResult, RECORD_BYTES, create_topic, print_latencies};
+
+fn main() -> BenchResult<()> {
+    common::block_on(run())
+}
+
+async fn run() -> BenchResult<()> {
+    let (broker, bootstrap) = match std::env::var("STRATA_BOOTSTRAP") {
+        Ok(b) => (None, b),
+        Err(_) => {
+            let broker = TestBroker::start().await;
+            let b = broker.bootstrap();
+            (Some(broker), b)
+        }
+    };
+    let records: u64 = std::env::var("TXN_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    println!(
+        "librdkafka {} against {}, {RECORD_BYTES}-byte records, {records} per run, one partition",
+        rdkafka::util::get_rdkafka_version().1,
+        bootstrap,
+    );
+    let run_id = std::process::id();
+    for per_txn in [100u64, 1_000] {
+        for transactional in [false, true] {
+            let topic = format!("txn-perf-{run_id}-{per_txn}-{transactional}");
+            create_topic(&bootstrap, &topic, 1, 1, &[]).await?;
+            let b = bootstrap.clone();
+            let id = format!("txn-perf-{run_id}-{per_txn}");
+            let (secs, commits) = tokio::task::spawn_blocking(move || {
+                send_in_groups(&b, &topic, &id, records, per_txn, transactional)
+            })
+            .await??;
+            let what = if transactional {
+                format!("transactions of {per_txn}")
+            } else {
+                format!("idempotent, flush per {per_txn}")
+            };
+            println!(
+                "{what:<28} {:>8.1} MB/s  ({:.0} records/s)",
+                (records as usize * RECORD_BYTES) as f64 / secs / 1e6,
+                records as f64 / secs
+            );
+            let end = if transactional { "commit" } else { "flush" };
+            print_latencies(&format!("  {end} latency"), commits);
+        }
+    }
+    if let Some(b) = broker {
+        b.stop().await;
+    }
+    Ok(())
+}
+
+/// Sends `records` to `topic` in groups of `per_group`, each a transaction (with
+/// transactional id `id`) or, without `transactional`, followed by a flush of an idempotent
+/// producer. Returns the seconds taken and each commit's (or flush's) latency.
+fn send_in_groups(
+    bootstrap: &str,
+    topic: &str,
+    id: &str,
+    records: u64,
+    per_group: u64,
+    transactional: bool,
+) -> BenchResult<(f64, Vec<Duration>)> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.kbytes", "262144");
+    if transactional {
+        config.set("transactional.id", id);
+    }
+    let producer: BaseProducer = config.create()?;
+    let wait = Duration::from_secs(60);
+    if transactional {
+        producer.init_transactions(wait)?;
+    }
+    let payload = vec![b'x'; RECORD_BYTES];
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < records {
+        if transactional {
+            producer.begin_transaction()?;
+        }
+        for i in 0..per_group.min(records - sent) {
+            let key = (i % 1024).to_string();
+            loop {
+                match producer.send(BaseRecord::to(topic).key(&key).payload(&payload)) {
+                    Ok(()) => break,
+                    Err((e, _)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) => {
+                        producer.poll(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => return Err(e.into()),
+                }
+            }
+        }
+        sent += per_group.min(records - sent);
+        let commit = Instant::now();
+        if transactional {
+            producer.commit_transaction(wait)?;
+        } else {
+            producer.flush(wait)?;
+        }
+        latencies.push(commit.elapsed());
+    }
+    Ok((start.elapsed().as_secs_f64(), latencies))
+}
