@@ -60,17 +60,23 @@ pub struct GroupDescription {
 pub type GroupOffsets = BTreeMap<(String, i32), i64>;
 
 impl Client {
-    /// The connection to `group`'s coordinator.
-    async fn coordinator(&self, group: &str) -> Result<Arc<Connection>, ClientError> {
+    /// The connection to the coordinator of `key`: a group (key type 0) or a transactional
+    /// id (key type 1).
+    async fn coordinator(&self, key: &str, key_type: i8) -> Result<Arc<Connection>, ClientError> {
         let conn = self.any_conn().await?;
-        let req = FindCoordinatorRequest::default().with_key_type(0);
+        let req = FindCoordinatorRequest::default().with_key_type(key_type);
         let req = if conn.version_for::<FindCoordinatorRequest>()? >= 4 {
-            req.with_coordinator_keys(vec![StrBytes::from_string(group.to_owned())])
+            req.with_coordinator_keys(vec![StrBytes::from_string(key.to_owned())])
         } else {
-            req.with_key(StrBytes::from_string(group.to_owned()))
+            req.with_key(StrBytes::from_string(key.to_owned()))
         };
         let resp = conn.send(&req).await?;
-        let what = format!("finding the coordinator of group {group}");
+        let kind = if key_type == 0 {
+            "group"
+        } else {
+            "transactional id"
+        };
+        let what = format!("finding the coordinator of {kind} {key}");
         let (id, host, port) = match resp.coordinators.first() {
             Some(c) => {
                 check(what, c.error_code)?;
@@ -84,11 +90,25 @@ impl Client {
         self.node(id, &format!("{host}:{port}")).await
     }
 
-    /// Runs `op` against `group`'s coordinator, looking the coordinator up again for up to
-    /// 10 s while it is loading the group's partition or has moved
-    /// (COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR), as Kafka's
-    /// admin clients do.
+    /// Runs `op` against `group`'s coordinator (see [`Self::at_coordinator_of`]).
     async fn at_coordinator<T, F, Fut>(&self, group: &str, op: F) -> Result<T, ClientError>
+    where
+        F: Fn(Arc<Connection>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        self.at_coordinator_of(group, 0, op).await
+    }
+
+    /// Runs `op` against the coordinator of `key` (of `key_type`, as FindCoordinator takes
+    /// it), looking the coordinator up again for up to 10 s while it is loading the key's
+    /// partition or has moved (COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE,
+    /// NOT_COORDINATOR), as Kafka's admin clients do.
+    pub(crate) async fn at_coordinator_of<T, F, Fut>(
+        &self,
+        key: &str,
+        key_type: i8,
+        op: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(Arc<Connection>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
@@ -96,7 +116,7 @@ impl Client {
         use kafka_protocol::ResponseError as E;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let result = match self.coordinator(group).await {
+            let result = match self.coordinator(key, key_type).await {
                 Ok(conn) => op(conn).await,
                 Err(e) => Err(e),
             };

@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod data;
 pub mod groups;
 pub mod producer;
+pub mod transactions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -86,6 +87,9 @@ pub enum ClientError {
     /// The topic does not exist.
     #[error("topic {0:?} does not exist (list topics with `stratactl topic list`)")]
     UnknownTopic(String),
+    /// What was asked does not apply to what the cluster holds (the text says why).
+    #[error("{0}")]
+    NotApplicable(String),
 }
 
 /// A Kafka error code as its name and meaning.

@@ -15,7 +15,9 @@
 //! - every offset any reader saw holds, in the final log, the record the reader saw;
 //! - a reader's offsets only move forward (and it is never told its offset is out of range);
 //! - the group's committed offsets never go backwards and reach the end;
-//! - writers never hit a fatal idempotence error, and readers reach the end of the log.
+//! - writers never hit a fatal idempotence error, and readers reach the end of the log;
+//! - beside them, transactions on a topic of their own are atomic, committed ones are all
+//!   there, aborted ones never read by a read_committed reader ([`txns`]).
 //!
 //! It reports per fault how long produce and consume were unavailable: the longest time, on
 //! any partition, from the fault (or the last success before it) to the next acknowledgement
@@ -36,6 +38,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use strata_client::Client;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+mod txns;
 
 use crate::cluster::{Options, ProcessCluster};
 use crate::proxy::{Cut, Peer};
@@ -161,6 +165,8 @@ pub struct Report {
     pub in_log: usize,
     /// Records the readers saw, with repeats.
     pub read: usize,
+    /// How the transactional workload's transactions ended.
+    pub transactions: TxnCounts,
     /// Everything that broke a guarantee.
     pub anomalies: Vec<String>,
 }
@@ -178,6 +184,11 @@ impl fmt::Display for Report {
             self.in_log,
             self.read,
             self.anomalies.len()
+        )?;
+        writeln!(
+            f,
+            "transactions: {} committed, {} aborted, {} in doubt (checked all or nothing)",
+            self.transactions.committed, self.transactions.aborted, self.transactions.unknown
         )?;
         writeln!(
             f,
@@ -224,6 +235,15 @@ impl fmt::Display for Report {
         }
         Ok(())
     }
+}
+
+/// How the transactional workload's transactions ended, as its producer was told.
+#[derive(Debug, Default)]
+pub struct TxnCounts {
+    pub committed: usize,
+    pub aborted: usize,
+    /// The commit or abort failed: either may have happened (all or nothing, checked).
+    pub unknown: usize,
 }
 
 /// What the workload saw, shared by its tasks.
@@ -301,6 +321,10 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
         .create_topic(TOPIC, PARTITIONS, 3, &configs)
         .await
         .expect("create the checked topic");
+    client
+        .create_topic(txns::TOPIC, txns::PARTITIONS, 3, &configs)
+        .await
+        .expect("create the transactions' topic");
     drop(client);
 
     let observed: Shared = Arc::new(Mutex::new(Observed {
@@ -339,6 +363,7 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
         observed.clone(),
         readers_stopped,
     ));
+    let transactions = txns::Workload::start(&bootstrap);
 
     let mut rng = fastrand::Rng::with_seed(plan.seed);
     let mut report = Report {
@@ -428,6 +453,8 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
     eprintln!("stopping the readers");
     let _ = stop_readers.send(true);
     while readers.join_next().await.is_some() {}
+    eprintln!("checking the transactions");
+    report.transactions = transactions.finish(&mut report.anomalies).await;
     check(&log, &ends, &observed, &mut report);
     if !report.anomalies.is_empty() {
         let to = std::env::temp_dir().join(format!("strata-faults-{}", plan.seed));

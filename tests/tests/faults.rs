@@ -38,6 +38,10 @@ async fn check(plan: Plan) {
     eprintln!("{report}");
     assert!(report.acknowledged > 0, "nothing was written");
     assert!(report.read > 0, "nothing was read");
+    assert!(
+        report.transactions.committed > 0 && report.transactions.aborted > 0,
+        "the transactional workload did not run: {report}"
+    );
     assert!(report.anomalies.is_empty(), "{report}");
 }
 

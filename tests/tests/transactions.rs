@@ -713,3 +713,77 @@ async fn transactions_span_brokers_and_survive_the_coordinators_death() {
             .await;
     assert_eq!(all.len(), 120, "the aborted round is in the log, unread");
 }
+
+/// Runs stratactl with `args` against `bootstrap`; returns what it printed.
+async fn ctl(bootstrap: &str, args: &[&str]) -> Result<String, strata_client::cli::CliError> {
+    let mut out = Vec::new();
+    let argv = ["stratactl", "--bootstrap", bootstrap]
+        .into_iter()
+        .chain(args.iter().copied());
+    strata_client::cli::run(argv, &mut "".as_bytes(), &mut out).await?;
+    Ok(String::from_utf8(out).expect("utf-8 output"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stratactl_lists_describes_and_aborts_transactions() {
+    let broker = TestBroker::start_with(tweak).await;
+    let b = broker.bootstrap();
+    create_topic(&b, "ops", 2, &[]).await;
+    let bootstrap = b.clone();
+    let p = blocking(move || {
+        let p = txn_producer(&bootstrap, "ops-writer", &[]);
+        p.begin_transaction().expect("begin");
+        send(&p, "ops", 0, &values("a", 3));
+        send(&p, "ops", 1, &values("b", 2));
+        p
+    })
+    .await;
+
+    let out = ctl(&b, &["transaction", "list"]).await.expect("list");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("TRANSACTIONAL ID"), "{out}");
+    assert!(
+        lines[1].starts_with("ops-writer") && lines[1].ends_with("Ongoing"),
+        "{out}"
+    );
+    let out = ctl(&b, &["--json", "transaction", "describe", "ops-writer"])
+        .await
+        .expect("describe");
+    let d: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(d["state"], "Ongoing");
+    assert_eq!(d["partitions"]["ops"], serde_json::json!([0, 1]));
+    assert!(d["start_ms"].as_i64().is_some_and(|t| t > 0), "{d}");
+
+    let out = ctl(&b, &["transaction", "abort", "ops-writer"])
+        .await
+        .expect("abort");
+    assert!(out.contains("CompleteAbort"), "{out}");
+    let again = ctl(&b, &["transaction", "abort", "ops-writer"])
+        .await
+        .expect_err("nothing open to abort");
+    assert!(again.to_string().contains("no open transaction"), "{again}");
+    let unknown = ctl(&b, &["transaction", "describe", "nobody"])
+        .await
+        .expect_err("unknown id");
+    assert!(
+        unknown.to_string().contains("TransactionalIdNotFound"),
+        "{unknown}"
+    );
+
+    let bootstrap = b.clone();
+    let (commit, read) = blocking(move || {
+        let commit = p.commit_transaction(WAIT);
+        let read = read_all(
+            &bootstrap,
+            "ops",
+            2,
+            "read_committed",
+            Duration::from_secs(2),
+        );
+        (commit, read)
+    })
+    .await;
+    assert!(commit.is_err(), "the aborted transaction cannot commit");
+    assert!(read.is_empty(), "aborted records were read: {read:?}");
+    broker.stop().await;
+}

@@ -40,6 +40,9 @@ use crate::statelog::{self, InternalTopic, Routes, now_ms};
 
 /// How often timeouts and expiry are checked.
 const TICK: Duration = Duration::from_secs(1);
+/// How long EndTxn (and an InitProducerId that aborts) waits for the markers before
+/// answering anyway.
+const COMPLETION_WAIT: Duration = Duration::from_secs(5);
 /// The longest wait between attempts to write a transaction's markers.
 const MAX_MARKER_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -93,6 +96,8 @@ pub(crate) struct TxnCoordinator {
     write_locks: Vec<tokio::sync::Mutex<()>>,
     /// Transactions whose markers are being written.
     completing: Mutex<HashSet<String>>,
+    /// Notified whenever a transaction's Complete state is written.
+    completed: tokio::sync::Notify,
     /// Set once the topic has been asked for.
     topic_wanted: AtomicBool,
     wanted: tokio::sync::Notify,
@@ -119,6 +124,7 @@ impl TxnCoordinator {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             completing: Mutex::new(HashSet::new()),
+            completed: tokio::sync::Notify::new(),
             topic_wanted: AtomicBool::new(false),
             wanted: tokio::sync::Notify::new(),
             markers: OnceLock::new(),
@@ -228,6 +234,23 @@ impl TxnCoordinator {
         if timeout_ms <= 0 || timeout_ms > self.config.max_timeout_ms {
             return Err(code::INVALID_TRANSACTION_TIMEOUT);
         }
+        let first = self.init_once(id, timeout_ms, expected, new_id).await;
+        if first != Err(code::CONCURRENT_TRANSACTIONS) {
+            return first;
+        }
+        // An open transaction is being aborted (by this request, or before it): answered
+        // once that is done rather than have the producer retry after its backoff.
+        self.await_completion(id).await;
+        self.init_once(id, timeout_ms, expected, None).await
+    }
+
+    async fn init_once(
+        self: &Arc<Self>,
+        id: &str,
+        timeout_ms: i32,
+        expected: Option<(i64, i16)>,
+        new_id: Option<i64>,
+    ) -> Result<(i64, i16), i16> {
         let now = now_ms();
         self.transition(id, |m| {
             Ok(match machine::init(m, timeout_ms, expected, new_id, now)? {
@@ -299,19 +322,42 @@ impl TxnCoordinator {
         new_id: Option<i64>,
     ) -> Result<(i64, i16), i16> {
         let now = now_ms();
-        self.transition(id, |m| {
-            let m = m.ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
-            Ok(
-                match machine::end(m, producer_id, epoch, commit, v2, new_id, now)? {
-                    End::Prepare(n) | End::Complete(n) => {
-                        let answer = (n.producer_id, n.epoch);
-                        (Put::State(n), answer)
-                    }
-                    End::Current => (Put::Nothing, (m.producer_id, m.epoch)),
-                },
-            )
-        })
-        .await
+        let answer = self
+            .transition(id, |m| {
+                let m = m.ok_or(code::INVALID_PRODUCER_ID_MAPPING)?;
+                Ok(
+                    match machine::end(m, producer_id, epoch, commit, v2, new_id, now)? {
+                        End::Prepare(n) | End::Complete(n) => {
+                            let answer = (n.producer_id, n.epoch);
+                            (Put::State(n), answer)
+                        }
+                        End::Current => (Put::Nothing, (m.producer_id, m.epoch)),
+                    },
+                )
+            })
+            .await?;
+        // The outcome is decided once the Prepare state is durable, and Kafka answers then;
+        // but a producer whose next transaction starts before the markers are written is
+        // told CONCURRENT_TRANSACTIONS and backs off (librdkafka for 100 ms), so the answer
+        // waits a little for the markers.
+        self.await_completion(id).await;
+        Ok(answer)
+    }
+
+    /// Waits (at most [`COMPLETION_WAIT`]) until `id` has no transaction preparing.
+    async fn await_completion(&self, id: &str) {
+        let deadline = tokio::time::Instant::now() + COMPLETION_WAIT;
+        loop {
+            let completed = self.completed.notified();
+            tokio::pin!(completed);
+            completed.as_mut().enable();
+            if self.lock().get(id).is_none_or(|m| m.markers.is_none()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, completed).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Writes `id`'s markers in the background, unless that is under way already.
@@ -429,6 +475,7 @@ impl TxnCoordinator {
                 "completing the transaction failed"
             );
         }
+        self.completed.notify_waiters();
     }
 
     /// Follows `roles` (loading and dropping state partitions as leadership moves), creates
@@ -441,6 +488,10 @@ impl TxnCoordinator {
     ) {
         let _ = self.markers.set(markers);
         let _ = self.cancel.set(cancel.clone());
+        // Asked for before a restart of this service: ask again.
+        if self.topic_wanted.load(Ordering::SeqCst) {
+            self.wanted.notify_one();
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let creating = CancellationToken::new();

@@ -5,7 +5,9 @@ use std::io::Write;
 
 use serde_json::json;
 
-use super::{CliError, GroupCommand, ResetArgs, TopicCommand, partitions, table};
+use super::{
+    CliError, GroupCommand, ResetArgs, TopicCommand, TransactionCommand, partitions, table,
+};
 use crate::Client;
 use crate::groups::GroupOffsets;
 
@@ -365,6 +367,86 @@ pub(super) async fn group(
         GroupCommand::Describe { group } => describe_group(client, &group, as_json, out).await,
         GroupCommand::ResetOffsets(args) => reset_offsets(client, args, as_json, out).await,
     }
+}
+
+pub(super) async fn transaction(
+    client: &Client,
+    cmd: TransactionCommand,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let described = match cmd {
+        TransactionCommand::List => {
+            let txns = client.list_transactions().await?;
+            if as_json {
+                let list: Vec<_> = txns
+                    .iter()
+                    .map(|t| json!({ "transactional_id": t.id, "producer_id": t.producer_id, "state": t.state }))
+                    .collect();
+                writeln!(out, "{}", serde_json::Value::Array(list))?;
+            } else {
+                let rows: Vec<Vec<String>> = txns
+                    .iter()
+                    .map(|t| vec![t.id.clone(), t.producer_id.to_string(), t.state.clone()])
+                    .collect();
+                table(out, &["TRANSACTIONAL ID", "PRODUCER ID", "STATE"], &rows)?;
+            }
+            return Ok(());
+        }
+        TransactionCommand::Describe { id } => client.describe_transaction(&id).await?,
+        TransactionCommand::Abort { id } => {
+            client
+                .abort_transaction(&id, std::time::Duration::from_secs(30))
+                .await?
+        }
+    };
+    let d = described;
+    let partitions: Vec<String> = d
+        .partitions
+        .iter()
+        .flat_map(|(t, ps)| ps.iter().map(move |p| format!("{t}-{p}")))
+        .collect();
+    if as_json {
+        let value = json!({
+            "transactional_id": d.id,
+            "state": d.state,
+            "producer_id": d.producer_id,
+            "producer_epoch": d.producer_epoch,
+            "timeout_ms": d.timeout_ms,
+            "start_ms": d.start_ms,
+            "partitions": d.partitions,
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        let started = if d.start_ms < 0 {
+            "-".to_owned()
+        } else {
+            d.start_ms.to_string()
+        };
+        let rows = vec![vec![
+            d.id.clone(),
+            d.state.clone(),
+            d.producer_id.to_string(),
+            d.producer_epoch.to_string(),
+            d.timeout_ms.to_string(),
+            started,
+            partitions.join(","),
+        ]];
+        table(
+            out,
+            &[
+                "TRANSACTIONAL ID",
+                "STATE",
+                "PRODUCER ID",
+                "EPOCH",
+                "TIMEOUT MS",
+                "STARTED MS",
+                "PARTITIONS",
+            ],
+            &rows,
+        )?;
+    }
+    Ok(())
 }
 
 /// A partition of a described group: its committed offset and the member it is assigned to.

@@ -49,6 +49,9 @@ enum Command {
     /// Consumer groups: list, describe (with lag), reset offsets.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Transactions: list transactional ids, describe one, abort an open transaction.
+    #[command(subcommand)]
+    Transaction(TransactionCommand),
     /// Tiered storage: what each partition holds locally and in object storage.
     #[command(subcommand)]
     Tiering(TieringCommand),
@@ -296,6 +299,23 @@ struct ResetTo {
 }
 
 #[derive(Debug, Subcommand)]
+enum TransactionCommand {
+    /// Transactional ids on every broker, with their producer id and state.
+    List,
+    /// A transactional id's state, producer, timeout and open partitions.
+    Describe {
+        /// The transactional id.
+        id: String,
+    },
+    /// Abort the id's open transaction, as its timeout would: its producer is fenced (it
+    /// may initialise again) and read_committed consumers move past its records.
+    Abort {
+        /// The transactional id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TieringCommand {
     /// Per partition: the offsets in object storage and on the leader's disk, and how far
     /// uploads lag the log's end.
@@ -383,6 +403,7 @@ where
             admin::elect_leaders(&client, only.as_deref(), unclean, json, out).await
         }
         Command::Group(g) => admin::group(&client, g, json, out).await,
+        Command::Transaction(t) => admin::transaction(&client, t, json, out).await,
         Command::Tiering(TieringCommand::Status { topic }) => {
             admin::tiering(&client, &topic, json, out).await
         }
