@@ -171,6 +171,13 @@ struct Entry {
     txn_first_offset: Option<u64>,
 }
 
+/// A transaction that ended at `marker_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Ended {
+    txn: strata_storage::tier::manifest::OpenTxn,
+    marker_offset: u64,
+}
+
 /// Producer state of one partition.
 #[derive(Debug, Default)]
 pub(crate) struct ProducerTable {
@@ -180,6 +187,9 @@ pub(crate) struct ProducerTable {
     /// guard, so a batch verified before its transaction ended cannot open a new one here.
     verifying: HashMap<i64, u64>,
     next_guard: u64,
+    /// Transactions ended here whose markers are above what is uploaded, oldest first:
+    /// [`Self::open_at`] the end of a segment still to upload includes them.
+    ended: VecDeque<Ended>,
     /// The offset and time of the last save to (or load from) the snapshot file.
     saved: Option<(u64, Instant)>,
 }
@@ -242,8 +252,12 @@ impl ProducerTable {
     }
 
     /// Starts verifying producer `id`'s first transactional batch here; the token is
-    /// presented at the append ([`Self::take_guard`]).
+    /// presented at the append ([`Self::take_guard`]). Batches verified at the same time
+    /// share the guard: the first appended opens the transaction, which the others join.
     pub(crate) fn guard(&mut self, id: i64) -> u64 {
+        if let Some(token) = self.verifying.get(&id) {
+            return *token;
+        }
         self.next_guard += 1;
         if self.verifying.len() >= MAX_PRODUCERS {
             self.verifying.clear();
@@ -322,18 +336,88 @@ impl ProducerTable {
             txn_first_offset: None,
         });
         entry.last_seen = Instant::now();
+        let txn_epoch = entry.epoch;
         if epoch > entry.epoch {
             entry.epoch = epoch;
             entry.recent.clear();
         }
         self.verifying.remove(&id);
         let first_offset = entry.txn_first_offset.take()?;
+        if self.ended.len() >= MAX_PRODUCERS {
+            self.ended.pop_front();
+        }
+        self.ended.push_back(Ended {
+            txn: strata_storage::tier::manifest::OpenTxn {
+                producer_id: id,
+                producer_epoch: txn_epoch,
+                first_offset,
+            },
+            marker_offset: offset,
+        });
         Some(CompletedTxn {
             producer_id: id,
             first_offset,
             last_offset: offset,
             aborted: !commit,
         })
+    }
+
+    /// The transactions open at offset `end` (begun below it, not ended below it): those
+    /// open now, and those that ended since (remembered until uploads pass their markers,
+    /// [`Self::forget_ended_below`]). What an uploaded segment ending at `end` records.
+    pub(crate) fn open_at(&self, end: u64) -> Vec<strata_storage::tier::manifest::OpenTxn> {
+        let open = self.producers.iter().filter_map(|(id, e)| {
+            e.txn_first_offset
+                .filter(|first| *first < end)
+                .map(|first| strata_storage::tier::manifest::OpenTxn {
+                    producer_id: *id,
+                    producer_epoch: e.epoch,
+                    first_offset: first,
+                })
+        });
+        let ended = self
+            .ended
+            .iter()
+            .filter(|x| x.txn.first_offset < end && x.marker_offset >= end)
+            .map(|x| x.txn);
+        let mut all: Vec<_> = open.chain(ended).collect();
+        all.sort_by_key(|t| (t.first_offset, t.producer_id));
+        all
+    }
+
+    /// Forgets ended transactions whose markers are below `offset` (uploaded: no segment
+    /// still to upload ends before them).
+    pub(crate) fn forget_ended_below(&mut self, offset: u64) {
+        self.ended.retain(|x| x.marker_offset >= offset);
+    }
+
+    /// Keeps only the ended transactions that span one of `boundaries` (segment base
+    /// offsets): only a segment end inside a transaction makes [`Self::open_at`] need it.
+    pub(crate) fn keep_ended_spanning(&mut self, boundaries: &[u64]) {
+        self.ended.retain(|x| {
+            boundaries
+                .iter()
+                .any(|b| x.txn.first_offset < *b && *b <= x.marker_offset)
+        });
+    }
+
+    /// A table for a log that starts at an uploaded segment's end: nothing known but the
+    /// transactions open there.
+    pub(crate) fn starting_with(open: &[strata_storage::tier::manifest::OpenTxn]) -> Self {
+        let mut table = Self::default();
+        let now = Instant::now();
+        for t in open {
+            table.producers.insert(
+                t.producer_id,
+                Entry {
+                    epoch: t.producer_epoch,
+                    recent: VecDeque::new(),
+                    last_seen: now,
+                    txn_first_offset: Some(t.first_offset),
+                },
+            );
+        }
+        table
     }
 
     /// The aborted-transaction index entry for `done`, just ended: the last stable offset
@@ -399,6 +483,9 @@ struct Snapshot {
     /// The table holds every idempotent batch below this offset that it remembers.
     offset: u64,
     producers: Vec<SavedProducer>,
+    /// Transactions ended but not yet passed by uploads (see [`ProducerTable::open_at`]).
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    ended: VecDeque<Ended>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -448,6 +535,7 @@ impl ProducerTable {
                     txn_first_offset: e.txn_first_offset,
                 })
                 .collect(),
+            ended: self.ended.clone(),
         };
         // Plain data with string-free fields: serializing cannot fail.
         serde_json::to_vec(&snapshot).unwrap_or_default()
@@ -494,6 +582,7 @@ impl ProducerTable {
         let table = Self {
             producers,
             saved: Some((snapshot.offset, now)),
+            ended: snapshot.ended,
             ..Self::default()
         };
         Some((table, snapshot.offset))
@@ -756,6 +845,60 @@ mod tests {
     }
 
     /// What a follower and a restart replay: real batches, the control batch included.
+    #[test]
+    fn transactions_open_at_a_segment_end_include_those_ended_since() {
+        let mut t = ProducerTable::default();
+        // Producer 1: offsets 10..=11 then its marker at 30; producer 2 opens at 20, still open.
+        t.record(&txn(1, 0), 10, 11, None);
+        t.record(&txn(2, 0), 20, 20, None);
+        t.end_txn(1, 0, 30, false);
+        let open = |t: &ProducerTable, end| -> Vec<(i64, u64)> {
+            t.open_at(end)
+                .iter()
+                .map(|x| (x.producer_id, x.first_offset))
+                .collect()
+        };
+        assert_eq!(open(&t, 10), Vec::<(i64, u64)>::new());
+        assert_eq!(open(&t, 15), vec![(1, 10)]);
+        assert_eq!(open(&t, 25), vec![(1, 10), (2, 20)]);
+        assert_eq!(open(&t, 31), vec![(2, 20)], "ended by then");
+        // Uploads past the marker forget it; so does pruning to boundaries it does not span.
+        let mut pruned = ProducerTable::default();
+        pruned.record(&txn(1, 0), 10, 11, None);
+        pruned.end_txn(1, 0, 30, true);
+        pruned.keep_ended_spanning(&[0, 12]);
+        assert_eq!(open(&pruned, 12), vec![(1, 10)], "spans the boundary at 12");
+        pruned.keep_ended_spanning(&[40]);
+        assert!(open(&pruned, 12).is_empty());
+        t.forget_ended_below(31);
+        assert_eq!(open(&t, 25), vec![(2, 20)]);
+        // A replica starting at 25 knows the open one, and indexes its abort correctly.
+        let mut replica = ProducerTable::starting_with(&t.open_at(25));
+        assert!(replica.in_txn(2, 0));
+        let done = replica.end_txn(2, 0, 40, false).expect("ended");
+        assert_eq!((done.first_offset, done.last_offset), (20, 40));
+    }
+
+    #[test]
+    fn a_marker_voids_a_verification_guard() {
+        let mut t = ProducerTable::default();
+        let first = t.guard(7);
+        assert_eq!(
+            t.guard(7),
+            first,
+            "concurrent verifications share the guard"
+        );
+        assert!(t.take_guard(7, first));
+        assert!(!t.take_guard(7, first), "a guard opens one transaction");
+        let second = t.guard(7);
+        assert_ne!(second, first);
+        t.end_txn(7, 0, 10, false);
+        assert!(
+            !t.take_guard(7, second),
+            "the marker came between verify and append"
+        );
+    }
+
     #[test]
     fn replayed_batches_open_and_end_transactions() {
         use strata_storage::{BatchBuilder, ControlMarker};

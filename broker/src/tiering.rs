@@ -245,9 +245,21 @@ impl Tiering {
             e => e.to_string(),
         };
         let replicated = *part.high_watermark.borrow();
-        let uploaded = upload::upload_sealed_below(&log, objects, epoch, replicated)
+        // Each segment records the transactions open at its end, for replicas that start
+        // there (see `Partition::recover`).
+        let open_at = |end| {
+            part.producers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .open_at(end)
+        };
+        let uploaded = upload::upload_sealed_below(&log, objects, epoch, replicated, &open_at)
             .await
             .map_err(fenced)?;
+        part.producers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget_ended_below(uploaded.end_offset());
         remote.publish(uploaded.clone());
         let local_beyond: u64 = log
             .segments()

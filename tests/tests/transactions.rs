@@ -618,27 +618,7 @@ fn binary() -> &'static std::path::Path {
 
 /// The broker coordinating transactional id `id`, asked of broker `via`.
 async fn txn_coordinator(cluster: &ProcessCluster, via: i32, id: &str) -> i32 {
-    let mut raw = RawClient::connect(cluster.kafka_addr(via)).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let resp = raw
-            .call(
-                3,
-                &FindCoordinatorRequest::default()
-                    .with_key(StrBytes::from_string(id.to_owned()))
-                    .with_key_type(1),
-            )
-            .await;
-        if resp.error_code == 0 {
-            return resp.node_id.0;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no coordinator: {}",
-            resp.error_code
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    find_txn_coordinator(cluster.kafka_addr(via), id).await
 }
 
 /// Three brokers: a transaction's partitions are led by several of them (so verification and
@@ -785,5 +765,268 @@ async fn stratactl_lists_describes_and_aborts_transactions() {
     .await;
     assert!(commit.is_err(), "the aborted transaction cannot commit");
     assert!(read.is_empty(), "aborted records were read: {read:?}");
+    broker.stop().await;
+}
+
+/// A transactional Produce of one record (producer `id`/`epoch`, sequence `seq`) to
+/// `topic`/0 at `version`; the partition's error code.
+async fn produce_txn(
+    raw: &mut RawClient,
+    version: i16,
+    txn: &str,
+    topic: &str,
+    (id, epoch, seq): (i64, i16, i32),
+) -> i16 {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    let batch = strata_storage::BatchBuilder::new()
+        .producer(id, epoch, seq)
+        .transactional()
+        .value(None, format!("{epoch}-{seq}").as_bytes(), 1_750_000_000_000)
+        .build();
+    let resp = raw
+        .call(
+            version,
+            &ProduceRequest::default()
+                .with_transactional_id(Some(TransactionalId(StrBytes::from_string(txn.to_owned()))))
+                .with_acks(-1)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(bytes::Bytes::from(batch))),
+                        ]),
+                ]),
+        )
+        .await;
+    resp.responses[0].partition_responses[0].error_code
+}
+
+/// EndTxn at `version`: the error code, producer id and epoch answered.
+async fn end_txn(
+    raw: &mut RawClient,
+    version: i16,
+    txn: &str,
+    (id, epoch): (i64, i16),
+    commit: bool,
+) -> (i16, i64, i16) {
+    use kafka_protocol::messages::{EndTxnRequest, ProducerId};
+    let resp = raw
+        .call(
+            version,
+            &EndTxnRequest::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_string(txn.to_owned())))
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch)
+                .with_committed(commit),
+        )
+        .await;
+    (resp.error_code, resp.producer_id.0, resp.producer_epoch)
+}
+
+/// KIP-890 on the wire. Part 1: a transactional batch for a partition the transaction does
+/// not hold is refused (the leader asks the coordinator). Part 2 (transaction version 2, the
+/// Java client's default from Kafka 4.0): Produce v12 adds the partition itself, EndTxn v5
+/// bumps the epoch at every end, so a late write of the ended transaction is refused, and a
+/// retried EndTxn gets the bumped epoch again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip_890_verifies_first_writes_and_transaction_version_2_bumps_every_end() {
+    use kafka_protocol::messages::{InitProducerIdRequest, ProducerId};
+    let broker = TestBroker::start_with(tweak).await;
+    create_topic(&broker.bootstrap(), "tv2", 1, &[]).await;
+    let txn = "tv2-writer";
+    find_txn_coordinator(broker.addr(), txn).await;
+    let mut raw = RawClient::connect(broker.addr()).await;
+    let deadline = Instant::now() + WAIT;
+    let (id, epoch) = loop {
+        let resp = raw
+            .call(
+                5,
+                &InitProducerIdRequest::default()
+                    .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(txn))))
+                    .with_transaction_timeout_ms(60_000)
+                    .with_producer_id(ProducerId(-1))
+                    .with_producer_epoch(-1),
+            )
+            .await;
+        if resp.error_code == 0 {
+            break (resp.producer_id.0, resp.producer_epoch);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "InitProducerId: {}",
+            resp.error_code
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(epoch, 0);
+
+    // Part 1: v11 does not add partitions; this one was never added.
+    assert_eq!(
+        produce_txn(&mut raw, 11, txn, "tv2", (id, 0, 0)).await,
+        48,
+        "INVALID_TXN_STATE"
+    );
+    // Part 2: v12 adds it.
+    assert_eq!(produce_txn(&mut raw, 12, txn, "tv2", (id, 0, 0)).await, 0);
+    let (state, topics) = describe(&broker, txn).await;
+    assert_eq!(state, "Ongoing");
+    assert_eq!(topics, vec![("tv2".to_string(), vec![0])]);
+    assert_eq!(end_txn(&mut raw, 5, txn, (id, 0), true).await, (0, id, 1));
+    // A late write of the committed transaction, at its old epoch.
+    assert_eq!(
+        produce_txn(&mut raw, 12, txn, "tv2", (id, 0, 1)).await,
+        47,
+        "INVALID_PRODUCER_EPOCH"
+    );
+    // The retried EndTxn is answered with the bumped epoch; an abort of it is refused.
+    assert_eq!(end_txn(&mut raw, 5, txn, (id, 0), true).await, (0, id, 1));
+    let (refused, _, _) = end_txn(&mut raw, 5, txn, (id, 0), false).await;
+    assert_eq!(refused, 48, "aborting what committed: INVALID_TXN_STATE");
+    // The next transaction at epoch 1, aborted: epoch 2.
+    assert_eq!(produce_txn(&mut raw, 12, txn, "tv2", (id, 1, 0)).await, 0);
+    assert_eq!(end_txn(&mut raw, 5, txn, (id, 1), false).await, (0, id, 2));
+    // An empty transaction may be aborted too, bumping the epoch.
+    assert_eq!(end_txn(&mut raw, 5, txn, (id, 2), false).await, (0, id, 3));
+
+    let b = broker.bootstrap();
+    let (committed, all) = blocking(move || {
+        let committed = read_all(&b, "tv2", 1, "read_committed", Duration::from_secs(2));
+        let all = read_all(&b, "tv2", 1, "read_uncommitted", Duration::from_secs(1));
+        (committed, all)
+    })
+    .await;
+    let committed: Vec<String> = committed.into_iter().map(|r| r.2).collect();
+    assert_eq!(committed, vec!["0-0".to_string()]);
+    assert_eq!(all.len(), 2, "the aborted record is in the log");
+    broker.stop().await;
+}
+
+/// Asks `addr` for `id`'s coordinator until there is one (the first ask creates the topic).
+async fn find_txn_coordinator(addr: std::net::SocketAddr, id: &str) -> i32 {
+    let mut raw = RawClient::connect(addr).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resp = raw
+            .call(
+                3,
+                &FindCoordinatorRequest::default()
+                    .with_key(StrBytes::from_string(id.to_owned()))
+                    .with_key_type(1),
+            )
+            .await;
+        if resp.error_code == 0 {
+            return resp.node_id.0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no coordinator: {}",
+            resp.error_code
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A replica whose log starts at the object store's end (a wiped disk here; a new or wiped
+/// follower in a cluster) learns from the manifest which transactions are open there: it
+/// holds read_committed consumers at one begun below its log, and indexes its abort, so a
+/// replay from object storage still skips the aborted records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_restarted_from_object_storage_keeps_the_transactions_open_across_it() {
+    let mut broker = TestBroker::start_with(|c| {
+        tweak(c);
+        c.object_store.upload_interval_ms = 100;
+    })
+    .await;
+    let bootstrap = broker.bootstrap();
+    let configs = [
+        ("segment.bytes", "4096"),
+        ("local.retention.bytes", "0"),
+        ("retention.ms", "-1"),
+    ];
+    create_topic(&bootstrap, "span", 1, &configs).await;
+    let b = bootstrap.clone();
+    let p = blocking(move || {
+        let p = txn_producer(&b, "spanner", &[]);
+        p.begin_transaction().expect("begin");
+        let open: Vec<String> = (0..30)
+            .map(|i| format!("open-{i:02}-{}", "o".repeat(80)))
+            .collect();
+        send(&p, "span", 0, &open);
+        let plain = plain_producer(&b);
+        let filler: Vec<String> = (0..100)
+            .map(|i| format!("z-{i:03}-{}", "y".repeat(80)))
+            .collect();
+        send(&plain, "span", 0, &filler);
+        // Padding rolls the filler out of the active segment, which is never uploaded: a
+        // single broker's wiped disk loses what is not in the bucket (in a cluster the
+        // leader has it).
+        let padding: Vec<String> = (0..60)
+            .map(|i| format!("pad-{i:03}-{}", "p".repeat(80)))
+            .collect();
+        send(&plain, "span", 0, &padding);
+        p
+    })
+    .await;
+    // The transaction's and the filler's records are uploaded and gone from the local disk.
+    let dir = broker.data_dir().join("logs/span-0");
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")
+                .and_then(|b| b.parse::<u64>().ok())
+        })
+        .min()
+        .is_none_or(|base| base < 130)
+    {
+        assert!(Instant::now() < deadline, "the segments were not uploaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker
+        .restart_after(|d| std::fs::remove_dir_all(d.join("logs/span-0")).expect("wipe"))
+        .await;
+
+    let b = bootstrap.clone();
+    let (held, lso, p) = blocking(move || {
+        let held = read_all(&b, "span", 1, "read_committed", Duration::from_secs(2));
+        let c = consumer(&b, "read_committed");
+        let (_, lso) = c.fetch_watermarks("span", 0, WAIT).expect("watermarks");
+        (held, lso, p)
+    })
+    .await;
+    assert!(
+        held.is_empty(),
+        "read past the open transaction: {} records",
+        held.len()
+    );
+    assert_eq!(
+        lso, 0,
+        "the open transaction's first offset is still the last stable offset"
+    );
+
+    let b = bootstrap.clone();
+    let (committed, all) = blocking(move || {
+        p.abort_transaction(WAIT).expect("abort after the restart");
+        let committed = read_all(&b, "span", 1, "read_committed", Duration::from_secs(2));
+        let all = read_all(&b, "span", 1, "read_uncommitted", Duration::from_secs(2));
+        (committed, all)
+    })
+    .await;
+    let count = |records: &[(i32, i64, String)], prefix: &str| {
+        records.iter().filter(|r| r.2.starts_with(prefix)).count()
+    };
+    assert_eq!((count(&all, "open-"), count(&all, "z-")), (30, 100));
+    assert_eq!(
+        count(&committed, "open-"),
+        0,
+        "the aborted records are skipped"
+    );
+    assert_eq!(count(&committed, "z-"), 100);
     broker.stop().await;
 }

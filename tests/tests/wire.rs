@@ -62,6 +62,13 @@ async fn api_versions_advertises_implemented_ranges_and_answers_unknown_versions
         .find(|k| k.api_key == ApiKey::EndTxn as i16)
         .expect("EndTxn advertised");
     assert_eq!((end_txn.min_version, end_txn.max_version), (0, 5));
+    // Transaction version 2 is finalized, so clients that gate KIP-890 part 2 on it use it.
+    let tv = r
+        .finalized_features
+        .iter()
+        .find(|f| f.name.as_str() == "transaction.version")
+        .expect("transaction.version finalized");
+    assert_eq!((tv.min_version_level, tv.max_version_level), (2, 2));
     assert!(
         !r.api_keys
             .iter()

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::api_versions_response::{
+    ApiVersion, FinalizedFeatureKey, SupportedFeatureKey,
+};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::metadata_response::{
@@ -61,7 +63,27 @@ pub(super) fn api_versions(frame: &Frame) -> Result<Bytes, FrameError> {
                 .with_api_keys(api_keys),
         );
     }
-    frame.respond(&ApiVersionsResponse::default().with_api_keys(api_keys))
+    // Transaction version 2 (KIP-890 part 2): clients that gate it on the finalized feature
+    // (the Java client from Kafka 4.0) then bump the epoch at every end and leave adding
+    // partitions to the leaders.
+    let feature = kafka_protocol::protocol::StrBytes::from_static_str("transaction.version");
+    frame.respond(
+        &ApiVersionsResponse::default()
+            .with_api_keys(api_keys)
+            .with_supported_features(vec![
+                SupportedFeatureKey::default()
+                    .with_name(feature.clone())
+                    .with_min_version(0)
+                    .with_max_version(2),
+            ])
+            .with_finalized_features_epoch(1)
+            .with_finalized_features(vec![
+                FinalizedFeatureKey::default()
+                    .with_name(feature)
+                    .with_min_version_level(2)
+                    .with_max_version_level(2),
+            ]),
+    )
 }
 
 /// Topics the broker itself owns. Clients may read them, but not write, delete, re-create or

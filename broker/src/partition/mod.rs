@@ -324,6 +324,13 @@ impl Partition {
             if !force && !producers.save_due(self.log.active_base_offset(), end, every, now) {
                 return;
             }
+            // Ended transactions matter to uploads only where they span a segment end.
+            let boundaries: Vec<u64> = if self.settings().remote {
+                self.log.segments().iter().map(|s| s.base_offset).collect()
+            } else {
+                Vec::new()
+            };
+            producers.keep_ended_spanning(&boundaries);
             producers.encode(end, now)
         };
         if let Err(e) = producer::write_snapshot(self.log.dir(), &bytes) {

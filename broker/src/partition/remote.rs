@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use super::Partition;
 use crate::error::BrokerError;
+use crate::producer::{self, ProducerTable};
 
 /// A partition's view of its remote segments.
 #[derive(Debug)]
@@ -120,6 +121,21 @@ impl Partition {
                     path: log.dir().to_owned(),
                     source,
                 })?;
+            // So did the producer state: what continues here are the transactions open at
+            // the remote end (the last uploaded segment recorded them). Without them a
+            // transaction begun below it would not hold read_committed consumers, and its
+            // abort would not be indexed. Saved at once, so a restart cannot take an older
+            // snapshot's state for this log's.
+            let table = ProducerTable::starting_with(manifest.open_txns_at_end());
+            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+            *producers = table;
+            let bytes = producers.encode(end, std::time::Instant::now());
+            drop(producers);
+            producer::write_snapshot(log.dir(), &bytes).map_err(|source| BrokerError::Io {
+                op: "saving producer state",
+                path: log.dir().to_owned(),
+                source,
+            })?;
             self.end.send_replace(end);
             // Nothing below the remote end can be missing from another replica: it is in
             // the object store.

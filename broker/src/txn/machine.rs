@@ -294,7 +294,8 @@ pub(crate) fn end(
                 TxnState::CompleteAbort | TxnState::PrepareAbort => {
                     Err(code::INVALID_PRODUCER_EPOCH)
                 }
-                _ => Err(code::PRODUCER_FENCED),
+                // Ended the other way (Kafka's answer).
+                _ => Err(code::INVALID_TXN_STATE),
             };
         }
     }

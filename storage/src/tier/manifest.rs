@@ -51,6 +51,21 @@ pub struct RemoteSegment {
     /// name none: they hold the batches and both indexes).
     #[serde(default = "all_files")]
     pub files: Vec<SegmentFile>,
+    /// The transactions open at the segment's end (started in it or before, ended after):
+    /// what a replica that starts its log there, copying only the tail, must know to hold
+    /// read_committed consumers at them and to index their aborts. Empty in manifests
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_txns: Vec<OpenTxn>,
+}
+
+/// A transaction open at some offset: its producer, the epoch of its batches and its first
+/// offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenTxn {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub first_offset: u64,
 }
 
 fn all_files() -> Vec<SegmentFile> {
@@ -89,6 +104,11 @@ impl Manifest {
             }
         }
         history
+    }
+
+    /// The transactions open at [`Self::end_offset`] (see [`RemoteSegment::open_txns`]).
+    pub fn open_txns_at_end(&self) -> &[OpenTxn] {
+        self.segments.last().map_or(&[], |s| &s.open_txns)
     }
 
     /// One past the last remote offset (the log start when nothing is remote).
@@ -285,6 +305,7 @@ mod tests {
             epochs: Vec::new(),
             last_batch_crc: 0,
             files: SegmentFile::LEGACY.to_vec(),
+            open_txns: Vec::new(),
         }
     }
 

@@ -202,6 +202,7 @@ mod tests {
             epochs: Vec::new(),
             last_batch_crc: 0,
             files: SegmentFile::ALL.to_vec(),
+            open_txns: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
 use super::TierError;
-use super::manifest::{Manifest, PartitionObjects, RemoteSegment};
+use super::manifest::{Manifest, OpenTxn, PartitionObjects, RemoteSegment};
 use crate::{Log, SegmentInfo};
 
 /// Files above this size go up as multipart uploads of this part size.
@@ -26,17 +26,19 @@ pub async fn upload_sealed(
     objects: &PartitionObjects,
     epoch: i32,
 ) -> Result<Manifest, TierError> {
-    upload_sealed_below(log, objects, epoch, u64::MAX).await
+    upload_sealed_below(log, objects, epoch, u64::MAX, &|_| Vec::new()).await
 }
 
 /// [`upload_sealed`] of the segments that end at or below `upto`: a replicated partition's
 /// leader uploads only what every in-sync replica holds (its high watermark), so no uploaded
-/// batch can be cut away by a leader change.
+/// batch can be cut away by a leader change. `open_at(end)` answers the transactions open at
+/// a segment's end (the broker's producer state knows them), recorded with the segment.
 pub async fn upload_sealed_below(
     log: &Log,
     objects: &PartitionObjects,
     epoch: i32,
     upto: u64,
+    open_at: &(dyn Fn(u64) -> Vec<OpenTxn> + Send + Sync),
 ) -> Result<Manifest, TierError> {
     let mut manifest = objects.latest().await?.unwrap_or_default();
     let durable = log.durable_offset().min(upto);
@@ -72,6 +74,7 @@ pub async fn upload_sealed_below(
             epochs,
             last_batch_crc: crc,
             files,
+            open_txns: open_at(seg.next_offset),
         };
         manifest = objects
             .commit(epoch, |m| m.with_segment(remote.clone()))
