@@ -184,6 +184,35 @@ async fn await_state(broker: &TestBroker, id: &str, state: &str) {
     }
 }
 
+/// A broker uploading every 100 ms, with `topic`: one partition of 4 KiB segments, each
+/// evicted from the local disk once uploaded, kept forever in the bucket.
+async fn tiered_broker_with(topic: &str) -> TestBroker {
+    let broker = TestBroker::start_with(|c| {
+        tweak(c);
+        c.object_store.upload_interval_ms = 100;
+    })
+    .await;
+    let configs = [
+        ("segment.bytes", "4096"),
+        ("local.retention.bytes", "0"),
+        ("retention.ms", "-1"),
+    ];
+    create_topic(&broker.bootstrap(), topic, 1, &configs).await;
+    broker
+}
+
+/// The base offsets of the segments in partition directory `dir`.
+fn local_bases(dir: &std::path::Path) -> Vec<u64> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log").and_then(|b| b.parse().ok())
+        })
+        .collect()
+}
+
 fn tweak(c: &mut strata_broker::config::BrokerConfig) {
     c.groups.initial_rebalance_delay_ms = 0;
     c.transactions.state_topic_partitions = 4;
@@ -530,18 +559,8 @@ async fn transactions_survive_a_broker_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_from_object_storage_skips_aborted_transactions() {
-    let broker = TestBroker::start_with(|c| {
-        tweak(c);
-        c.object_store.upload_interval_ms = 100;
-    })
-    .await;
+    let broker = tiered_broker_with("archive").await;
     let bootstrap = broker.bootstrap();
-    let configs = [
-        ("segment.bytes", "4096"),
-        ("local.retention.bytes", "0"),
-        ("retention.ms", "-1"),
-    ];
-    create_topic(&bootstrap, "archive", 1, &configs).await;
     let b = bootstrap.clone();
     let expected = blocking(move || {
         let p = txn_producer(&b, "archiver", &[]);
@@ -573,14 +592,7 @@ async fn a_replay_from_object_storage_skips_aborted_transactions() {
     let dir = broker.data_dir().join("logs/archive-0");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let bases: Vec<u64> = std::fs::read_dir(&dir)
-            .expect("dir")
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".log").and_then(|b| b.parse().ok())
-            })
-            .collect();
+        let bases = local_bases(&dir);
         // 12 transactions of 20 records plus their markers end at offset 252.
         if bases.len() == 1 && bases[0] >= 252 {
             break;
@@ -936,18 +948,8 @@ async fn find_txn_coordinator(addr: std::net::SocketAddr, id: &str) -> i32 {
 /// replay from object storage still skips the aborted records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_restarted_from_object_storage_keeps_the_transactions_open_across_it() {
-    let mut broker = TestBroker::start_with(|c| {
-        tweak(c);
-        c.object_store.upload_interval_ms = 100;
-    })
-    .await;
+    let mut broker = tiered_broker_with("span").await;
     let bootstrap = broker.bootstrap();
-    let configs = [
-        ("segment.bytes", "4096"),
-        ("local.retention.bytes", "0"),
-        ("retention.ms", "-1"),
-    ];
-    create_topic(&bootstrap, "span", 1, &configs).await;
     let b = bootstrap.clone();
     let p = blocking(move || {
         let p = txn_producer(&b, "spanner", &[]);
@@ -974,14 +976,8 @@ async fn a_log_restarted_from_object_storage_keeps_the_transactions_open_across_
     // The transaction's and the filler's records are uploaded and gone from the local disk.
     let dir = broker.data_dir().join("logs/span-0");
     let deadline = Instant::now() + WAIT;
-    while std::fs::read_dir(&dir)
-        .expect("dir")
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".log")
-                .and_then(|b| b.parse::<u64>().ok())
-        })
+    while local_bases(&dir)
+        .into_iter()
         .min()
         .is_none_or(|base| base < 130)
     {

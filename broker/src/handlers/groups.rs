@@ -32,9 +32,9 @@ use crate::protocol::{Frame, FrameError, storage_error_code};
 use crate::state::BrokerState;
 
 /// Kafka's `offset.metadata.max.bytes`.
-const MAX_METADATA: usize = 4096;
-const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+pub(super) const MAX_METADATA: usize = 4096;
+pub(super) const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+pub(super) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 
 /// Per topic, per partition: the offset to commit, or why not.
 type CommitPlan = Vec<(String, Vec<(i32, Result<Committed, i16>)>)>;

@@ -49,11 +49,9 @@ use crate::statelog::{self, MarkerFailed};
 use crate::txn::machine::code;
 use crate::txn::{MarkerWriter, Markers};
 
-const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+use super::groups::{MAX_METADATA, OFFSET_METADATA_TOO_LARGE, UNKNOWN_TOPIC_OR_PARTITION};
+
 const OPERATION_NOT_ATTEMPTED: i16 = 55;
-const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-/// Kafka's `offset.metadata.max.bytes`.
-const MAX_METADATA: usize = 4096;
 
 /// A topic partition.
 type Tp = (String, i32);
