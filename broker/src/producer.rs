@@ -33,8 +33,41 @@ const REMEMBERED: usize = 5;
 /// producer that was idle anyway).
 const MAX_PRODUCERS: usize = 10_000;
 
-/// The snapshot file in a partition directory.
-pub(crate) const SNAPSHOT_FILE: &str = "producers.snapshot";
+/// The snapshot file of versions before snapshots were kept by offset; still read.
+const LEGACY_SNAPSHOT_FILE: &str = "producers.snapshot";
+/// Snapshots kept per partition. One is written at the log end, which need not be durable
+/// yet: a crash that cuts the log below the newest falls back to an older one rather than
+/// to replaying only the last segments (which would miss a transaction begun before them).
+const SNAPSHOTS_KEPT: usize = 3;
+
+/// The snapshot of the table as of `offset` in partition directory `dir`.
+fn snapshot_path(dir: &Path, offset: u64) -> std::path::PathBuf {
+    dir.join(format!("producers-{offset:020}.snapshot"))
+}
+
+/// The snapshot files in `dir` by offset, newest first (the legacy file last).
+fn snapshot_files(dir: &Path) -> Vec<(Option<u64>, std::path::PathBuf)> {
+    let mut files: Vec<(Option<u64>, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let offset = name
+                .strip_prefix("producers-")?
+                .strip_suffix(".snapshot")?
+                .parse::<u64>()
+                .ok()?;
+            Some((Some(offset), e.path()))
+        })
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    let legacy = dir.join(LEGACY_SNAPSHOT_FILE);
+    if legacy.exists() {
+        files.push((None, legacy));
+    }
+    files
+}
 /// Version 2 adds each producer's open transaction; version 1 snapshots (none open) load.
 const SNAPSHOT_VERSION: u32 = 2;
 
@@ -541,30 +574,33 @@ impl ProducerTable {
         serde_json::to_vec(&snapshot).unwrap_or_default()
     }
 
-    /// The table saved in `dir` and the offset it was saved at, if there is a readable one
-    /// that the log still holds: a snapshot past `log_end` describes batches a crash took
-    /// away, and is deleted so it can never be mistaken for the log's state later, when
-    /// new batches have filled those offsets again.
+    /// The newest table saved in `dir` that the log still holds, and the offset it was
+    /// saved at: a snapshot past `log_end` describes batches a crash took away, and is
+    /// deleted so it can never be mistaken for the log's state later, when new batches have
+    /// filled those offsets again; an unreadable one is skipped for the next older.
     pub(crate) fn load(dir: &Path, log_end: u64) -> Option<(Self, u64)> {
-        let path = dir.join(SNAPSHOT_FILE);
-        let bytes = std::fs::read(&path).ok()?;
-        let snapshot = match serde_json::from_slice::<Snapshot>(&bytes) {
-            Ok(s) if (1..=SNAPSHOT_VERSION).contains(&s.version) => s,
-            _ => {
-                tracing::warn!(path = %path.display(), "producer snapshot unreadable; replaying the log");
-                return None;
+        let mut found = None;
+        for (named, path) in snapshot_files(dir) {
+            if named.is_some_and(|o| o > log_end) {
+                remove_stale(dir, &path, log_end);
+                continue;
             }
-        };
-        if snapshot.offset > log_end {
-            tracing::info!(path = %path.display(), snapshot = snapshot.offset, log_end,
-                "producer snapshot is past the recovered log end; replaying the log");
-            let removed =
-                std::fs::remove_file(&path).and_then(|()| std::fs::File::open(dir)?.sync_all());
-            if let Err(e) = removed {
-                tracing::warn!(path = %path.display(), error = %e, "removing a stale producer snapshot failed");
+            let snapshot = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Snapshot>(&bytes).ok())
+                .filter(|s| (1..=SNAPSHOT_VERSION).contains(&s.version));
+            match snapshot {
+                Some(s) if s.offset > log_end => remove_stale(dir, &path, log_end),
+                Some(s) => {
+                    found = Some(s);
+                    break;
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), "producer snapshot unreadable; trying an older one");
+                }
             }
-            return None;
         }
+        let snapshot = found?;
         let now = Instant::now();
         let producers = snapshot
             .producers
@@ -589,13 +625,28 @@ impl ProducerTable {
     }
 }
 
-/// Writes an encoded table to a temporary file and renames it over the old snapshot, so a
-/// crash leaves one or the other. It is not fsynced: a snapshot lost or torn by a power
-/// failure only means more of the log is replayed (see [`ProducerTable::load`]).
-pub(crate) fn write_snapshot(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+/// Deletes a snapshot past the recovered log end.
+fn remove_stale(dir: &Path, path: &Path, log_end: u64) {
+    tracing::info!(path = %path.display(), log_end,
+        "producer snapshot is past the recovered log end; using an older one");
+    let removed = std::fs::remove_file(path).and_then(|()| std::fs::File::open(dir)?.sync_all());
+    if let Err(e) = removed {
+        tracing::warn!(path = %path.display(), error = %e, "removing a stale producer snapshot failed");
+    }
+}
+
+/// Writes a table encoded as of `offset` to a temporary file renamed into place, so a crash
+/// leaves whole files only, then deletes all but the newest [`SNAPSHOTS_KEPT`]. Not
+/// fsynced: a snapshot lost or torn by a power failure only means an older one is used and
+/// more of the log is replayed (see [`ProducerTable::load`]).
+pub(crate) fn write_snapshot(dir: &Path, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join("producers.snapshot.tmp");
     std::fs::File::create(&tmp)?.write_all(bytes)?;
-    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))
+    std::fs::rename(&tmp, snapshot_path(dir, offset))?;
+    for (_, old) in snapshot_files(dir).into_iter().skip(SNAPSHOTS_KEPT) {
+        std::fs::remove_file(old)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -759,7 +810,7 @@ mod tests {
             t.record(&batch(0, i * 2, 2), i as u64 * 2, i as u64 * 2 + 1, None);
         }
         t.record(&batch(3, 0, 1), 14, 14, Some(5));
-        write_snapshot(dir.path(), &t.encode(15, Instant::now())).expect("save");
+        write_snapshot(dir.path(), 15, &t.encode(15, Instant::now())).expect("save");
         let (loaded, offset) = ProducerTable::load(dir.path(), 20).expect("load");
         assert_eq!(offset, 15);
         assert_eq!(loaded.len(), 1);
@@ -786,15 +837,38 @@ mod tests {
         );
         // A crash left the log shorter than the snapshot: it is not used, and it is gone.
         assert!(ProducerTable::load(dir.path(), 14).is_none());
-        assert!(!dir.path().join(SNAPSHOT_FILE).exists());
+        assert!(!snapshot_path(dir.path(), 15).exists());
         // Garbage is ignored.
-        std::fs::write(dir.path().join(SNAPSHOT_FILE), b"{not json").expect("write");
+        let legacy = dir.path().join(LEGACY_SNAPSHOT_FILE);
+        std::fs::write(&legacy, b"{not json").expect("write");
         assert!(ProducerTable::load(dir.path(), 20).is_none());
-        // A version 1 snapshot (before transactions) still loads.
+        // A version 1 snapshot (before transactions, in the file named before offsets) loads.
         let v1 = r#"{"version":1,"offset":3,"producers":[{"id":7,"epoch":0,"recent":[]}]}"#;
-        std::fs::write(dir.path().join(SNAPSHOT_FILE), v1).expect("write");
+        std::fs::write(&legacy, v1).expect("write");
         let (old, _) = ProducerTable::load(dir.path(), 20).expect("a version 1 snapshot");
         assert_eq!((old.len(), old.first_unstable_offset()), (1, None));
+    }
+
+    /// Snapshots are kept by offset: a crash that cuts the log below the newest falls back to
+    /// the newest one the log still holds, which still knows a transaction opened long before.
+    #[test]
+    fn a_log_cut_below_the_newest_snapshot_falls_back_to_an_older_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut t = ProducerTable::default();
+        t.record(&txn(1, 0), 2, 2, None);
+        for (i, offset) in [10u64, 20, 30, 40].into_iter().enumerate() {
+            t.record(&b(9 + i as i64), offset - 1, offset - 1, None);
+            write_snapshot(dir.path(), offset, &t.encode(offset, Instant::now())).expect("save");
+        }
+        let kept: Vec<Option<u64>> = snapshot_files(dir.path()).iter().map(|f| f.0).collect();
+        assert_eq!(kept, vec![Some(40), Some(30), Some(20)], "the newest three");
+        // The log's tail from 25 on was lost: 40 and 30 are past it, 20 is used.
+        let (loaded, offset) = ProducerTable::load(dir.path(), 25).expect("an older snapshot");
+        assert_eq!(offset, 20);
+        assert_eq!(loaded.first_unstable_offset(), Some(2));
+        assert_eq!(loaded.len(), 3);
+        let left: Vec<Option<u64>> = snapshot_files(dir.path()).iter().map(|f| f.0).collect();
+        assert_eq!(left, vec![Some(20)], "those past the log end are deleted");
     }
 
     fn txn(id: i64, first_seq: i32) -> ProducerBatch {
@@ -820,7 +894,7 @@ mod tests {
         assert_eq!(t.first_unstable_offset(), Some(1));
 
         let dir = tempfile::tempdir().expect("tempdir");
-        write_snapshot(dir.path(), &t.encode(4, Instant::now())).expect("save");
+        write_snapshot(dir.path(), 4, &t.encode(4, Instant::now())).expect("save");
         let (mut t, _) = ProducerTable::load(dir.path(), 4).expect("load");
         assert_eq!(t.first_unstable_offset(), Some(1), "kept by the snapshot");
 

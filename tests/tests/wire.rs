@@ -557,8 +557,19 @@ async fn idempotent_producers_are_remembered_across_restarts_however_old_their_l
     // carry on from its next sequence.
     broker
         .restart_after(|dir| {
-            let snapshot = dir.join("logs/snap-0/producers.snapshot");
-            std::fs::remove_file(&snapshot).expect("the shutdown saved a producer snapshot");
+            let snapshots: Vec<_> = std::fs::read_dir(dir.join("logs/snap-0"))
+                .expect("partition dir")
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "snapshot"))
+                .collect();
+            assert!(
+                !snapshots.is_empty(),
+                "the shutdown saved a producer snapshot"
+            );
+            for s in snapshots {
+                std::fs::remove_file(s).expect("remove");
+            }
         })
         .await;
     let mut c = RawClient::connect(broker.addr()).await;

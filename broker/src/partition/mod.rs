@@ -331,9 +331,10 @@ impl Partition {
                 Vec::new()
             };
             producers.keep_ended_spanning(&boundaries);
-            producers.encode(end, now)
+            (end, producers.encode(end, now))
         };
-        if let Err(e) = producer::write_snapshot(self.log.dir(), &bytes) {
+        let (end, bytes) = bytes;
+        if let Err(e) = producer::write_snapshot(self.log.dir(), end, &bytes) {
             tracing::warn!(dir = %self.log.dir().display(), error = %e,
                 "saving the producer snapshot failed; a restart replays more of the log");
         }

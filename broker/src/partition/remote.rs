@@ -131,7 +131,7 @@ impl Partition {
             *producers = table;
             let bytes = producers.encode(end, std::time::Instant::now());
             drop(producers);
-            producer::write_snapshot(log.dir(), &bytes).map_err(|source| BrokerError::Io {
+            producer::write_snapshot(log.dir(), end, &bytes).map_err(|source| BrokerError::Io {
                 op: "saving producer state",
                 path: log.dir().to_owned(),
                 source,
