@@ -175,9 +175,9 @@ pub(crate) fn storage_error_code(e: &StorageError) -> ResponseError {
         StorageError::InvalidBatch(BatchError::TimestampOutOfRange { .. }) => {
             ResponseError::InvalidTimestamp
         }
-        StorageError::InvalidBatch(BatchError::TooManyRecords { .. }) => {
-            ResponseError::InvalidRecord
-        }
+        StorageError::InvalidBatch(
+            BatchError::TooManyRecords { .. } | BatchError::KeylessRecord { .. },
+        ) => ResponseError::InvalidRecord,
         StorageError::InvalidBatch(_) => ResponseError::CorruptMessage,
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::Config { .. } => ResponseError::InvalidConfig,

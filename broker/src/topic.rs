@@ -103,6 +103,8 @@ fn log_config(t: &TopicConfig) -> LogConfig {
         timestamp_before_max: bound(t.timestamp_before_max_ms),
         timestamp_after_max: bound(t.timestamp_after_max_ms),
         flush: FlushPolicy::Os,
+        // Kafka refuses keyless records on a compacted topic (INVALID_RECORD).
+        keys_required: t.compact,
         ..LogConfig::default()
     };
     // `flush.ms` and `flush.messages` default to "never" (Long.MAX): the OS decides, and the

@@ -109,6 +109,10 @@ pub enum BatchError {
     #[error("{count} records in one append; a segment holds at most {max}")]
     TooManyRecords { count: u64, max: u64 },
     #[error(
+        "batch at byte {at}, record {index}: no key, and a compacted topic keeps the latest          value per key (cleanup.policy=compact)"
+    )]
+    KeylessRecord { at: usize, index: i32 },
+    #[error(
         "batch at byte {at}: base offset {offset} is below {expected}, where the log continues"
     )]
     OffsetBehind {
@@ -260,7 +264,19 @@ pub(crate) fn validate_batches(
     buf: &[u8],
     max_batch_bytes: usize,
 ) -> Result<Vec<ValidBatch>, BatchError> {
-    validate_each(buf, |b, at| validate_one(b, at, max_batch_bytes))
+    validate_keyed_batches(buf, max_batch_bytes, false)
+}
+
+/// As [`validate_batches`]; with `keys_required` (a compacted topic, Kafka's rule) a record
+/// without a key outside control batches is refused.
+pub(crate) fn validate_keyed_batches(
+    buf: &[u8],
+    max_batch_bytes: usize,
+    keys_required: bool,
+) -> Result<Vec<ValidBatch>, BatchError> {
+    validate_each(buf, |b, at| {
+        validate_one(b, at, max_batch_bytes, keys_required)
+    })
 }
 
 /// Checks that `buf` is one or more complete v2 batches whose frames, CRCs and record counts
@@ -297,7 +313,12 @@ fn validate_each(
     Ok(batches)
 }
 
-fn validate_one(buf: &[u8], at: usize, max_batch_bytes: usize) -> Result<ValidBatch, BatchError> {
+fn validate_one(
+    buf: &[u8],
+    at: usize,
+    max_batch_bytes: usize,
+    keys_required: bool,
+) -> Result<ValidBatch, BatchError> {
     let header = check_frame(buf, at)?;
     let size = header.total_len();
     if size > max_batch_bytes {
@@ -317,9 +338,15 @@ fn validate_one(buf: &[u8], at: usize, max_batch_bytes: usize) -> Result<ValidBa
     // Compressed records are counted and checked too (as Kafka does), or a client could claim
     // 2^31 offsets with one record; the stream stops at `decompressed_max` bytes.
     let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
-    let visit = |_, ts: i64| {
+    let keys_required = keys_required && !header.is_control();
+    let mut keyless = None;
+    let visit = |index: i32, ts: i64, has_key: bool| {
         max_ts = max_ts.max(ts);
         min_ts = min_ts.min(ts);
+        if keys_required && !has_key {
+            keyless = Some(index);
+            return std::ops::ControlFlow::Break(());
+        }
         std::ops::ControlFlow::Continue(())
     };
     let records = &batch[HEADER_LEN..];
@@ -335,6 +362,9 @@ fn validate_one(buf: &[u8], at: usize, max_batch_bytes: usize) -> Result<ValidBa
             return Err(bad(reason));
         }
         walked?;
+    }
+    if let Some(index) = keyless {
+        return Err(BatchError::KeylessRecord { at, index });
     }
     let (records_max_timestamp, min_timestamp) = (Some(max_ts), min_ts);
     Ok(ValidBatch {
@@ -464,7 +494,7 @@ pub(crate) fn first_record_where(
         &mut Reader::new(&batch[HEADER_LEN..]),
         header,
         0,
-        |delta, ts| {
+        |delta, ts, _| {
             let offset = header.base_offset + i64::from(delta);
             if pred(offset, ts) {
                 found = Some((offset, ts));
@@ -479,13 +509,13 @@ pub(crate) fn first_record_where(
 
 /// Walks the records of a batch (its bytes after the header, or their decompressed stream),
 /// checking every length against the bytes, that offset deltas run 0, 1, 2, … and that there
-/// are exactly `records_count` records; calls `visit(offset_delta, timestamp)` for each record
-/// until it breaks.
+/// are exactly `records_count` records; calls `visit(offset_delta, timestamp, has_key)` for
+/// each record until it breaks.
 fn walk_records(
     r: &mut impl RecordBytes,
     header: &BatchHeader,
     at: usize,
-    mut visit: impl FnMut(i32, i64) -> std::ops::ControlFlow<()>,
+    mut visit: impl FnMut(i32, i64, bool) -> std::ops::ControlFlow<()>,
 ) -> Result<(), BatchError> {
     let count = header.records_count;
     for index in 0..count {
@@ -504,7 +534,8 @@ fn walk_records(
         if offset_delta != index {
             return Err(bad("offset deltas are not consecutive from 0"));
         }
-        r.bytes_field(true)
+        let has_key = !r
+            .bytes_field(true)
             .ok_or(bad("key length runs past the record"))?;
         r.bytes_field(true)
             .ok_or(bad("value length runs past the record"))?;
@@ -522,7 +553,7 @@ fn walk_records(
             return Err(bad("record length disagrees with its fields"));
         }
         let ts = header.base_timestamp.saturating_add(ts_delta);
-        if visit(offset_delta, ts).is_break() {
+        if visit(offset_delta, ts, has_key).is_break() {
             return Ok(());
         }
     }
@@ -573,12 +604,14 @@ trait RecordBytes {
     }
 
     /// A varint length followed by that many bytes; -1 (null) allowed when `nullable`.
-    fn bytes_field(&mut self, nullable: bool) -> Option<()> {
+    /// Skips a length-prefixed field; whether it was null.
+    fn bytes_field(&mut self, nullable: bool) -> Option<bool> {
         let len = self.varint()?;
         if len == -1 && nullable {
-            return Some(());
+            return Some(true);
         }
-        self.skip(usize::try_from(len).ok()?)
+        self.skip(usize::try_from(len).ok()?)?;
+        Some(false)
     }
 }
 
@@ -866,6 +899,27 @@ mod tests {
                 timestamp: 990,
             })
             .build()
+    }
+
+    #[test]
+    fn a_compacted_log_refuses_keyless_records_but_not_control_batches() {
+        let keyed = BatchBuilder::new().value(Some(b"k"), b"v", 1).build();
+        let keyless = BatchBuilder::new()
+            .value(Some(b"k"), b"v", 1)
+            .value(None, b"v", 2)
+            .build();
+        assert!(validate_keyed_batches(&keyed, 1 << 20, true).is_ok());
+        assert!(validate_keyed_batches(&keyless, 1 << 20, false).is_ok());
+        assert!(matches!(
+            validate_keyed_batches(&keyless, 1 << 20, true),
+            Err(BatchError::KeylessRecord { index: 1, .. })
+        ));
+        let marker = ControlMarker {
+            commit: true,
+            coordinator_epoch: 0,
+        };
+        let control = BatchBuilder::control(7, 0, marker, 1);
+        assert!(validate_keyed_batches(&control, 1 << 20, true).is_ok());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct LogConfig {
     pub timestamp_before_max: Option<Duration>,
     pub timestamp_after_max: Option<Duration>,
     pub timestamp_type: TimestampType,
+    /// `cleanup.policy` holds `compact`: every record an append takes needs a key.
+    pub keys_required: bool,
 }
 
 impl Default for LogConfig {
@@ -66,6 +68,7 @@ impl Default for LogConfig {
             timestamp_before_max: None,
             timestamp_after_max: None,
             timestamp_type: TimestampType::CreateTime,
+            keys_required: false,
         }
     }
 }

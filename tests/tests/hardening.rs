@@ -890,6 +890,29 @@ async fn settings_kafka_clients_rely_on_are_honoured_or_refused() {
         0,
         "no timestamp is not checked"
     );
+    // A compacted topic keeps the latest value per key: a record without one is refused
+    // (INVALID_RECORD), as Kafka does.
+    client
+        .create_topic(
+            "compacted",
+            1,
+            -1,
+            &configs(&[("cleanup.policy", "compact")]),
+        )
+        .await
+        .expect("create");
+    let keyless = strata_storage::BatchBuilder::new()
+        .value(None, b"v", now)
+        .build();
+    assert_eq!(
+        produce_raw(&broker, "compacted", keyless.clone(), -1).await,
+        87
+    );
+    assert_eq!(produce_raw(&broker, "times", keyless, -1).await, 0);
+    assert_eq!(
+        produce_raw(&broker, "compacted", batch_with(now, 0), -1).await,
+        0
+    );
     // Control and transactional batches do not come from clients.
     assert_eq!(
         produce_raw(&broker, "times", batch_with(now, 0x20), -1).await,

@@ -183,8 +183,11 @@ impl Log {
         leader_epoch: i32,
     ) -> Result<AppendInfo, StorageError> {
         self.check_online()?;
-        let max_batch = self.read_inner().config.max_batch_bytes;
-        let batches = batch::validate_batches(records, max_batch)?;
+        let (max_batch, keys_required) = {
+            let inner = self.read_inner();
+            (inner.config.max_batch_bytes, inner.config.keys_required)
+        };
+        let batches = batch::validate_keyed_batches(records, max_batch, keys_required)?;
         let record_count: u64 = batches.iter().map(|b| b.header.records_count as u64).sum();
         // Offsets within a segment are 32-bit: an append starting a fresh segment must fit.
         let max = u64::from(u32::MAX) + 1;
