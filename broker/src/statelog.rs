@@ -22,6 +22,7 @@ use uuid::Uuid;
 use crate::lease::Lease;
 use crate::metadata::MetadataView;
 use crate::partition::lead::MarkerRefusal;
+use crate::partition::role::{Change, RoleChange};
 use crate::partition::{Partition, Replicated};
 
 /// How long a write waits for the in-sync replicas (Kafka's `offsets.commit.timeout.ms`).
@@ -342,6 +343,44 @@ impl Routes {
     pub(crate) fn unload(&self, index: i32) -> bool {
         self.loaded().remove(&index).is_some()
     }
+
+    /// What `changes` mean for this coordinator: partitions of its topic this broker starts
+    /// leading (to load) and those it stops leading (to drop), in order.
+    pub(crate) fn leadership<'a>(
+        &self,
+        changes: &'a [RoleChange],
+    ) -> impl Iterator<Item = Leadership<'a>> + 'a {
+        let topic = self.topic;
+        changes
+            .iter()
+            .filter(move |c| c.partition.topic == topic)
+            .map(|c| match c.change {
+                Change::BecomeLeader { .. } => Leadership::Gained(&c.partition),
+                Change::BecomeFollower { .. } | Change::Stop { .. } => Leadership::Lost(c.index()),
+            })
+    }
+}
+
+/// A coordinator's part of a role change (see [`Routes::leadership`]).
+pub(crate) enum Leadership<'a> {
+    Gained(&'a Arc<Partition>),
+    Lost(i32),
+}
+
+/// Replays `part`'s whole log with `load`, off the async threads.
+pub(crate) async fn replay_partition<T: Send + 'static>(
+    part: &Arc<Partition>,
+    load: fn(&Log) -> Result<T, StorageError>,
+) -> Result<T, crate::BrokerError> {
+    let log = part.log.clone();
+    tokio::task::spawn_blocking(move || load(&log))
+        .await
+        .map_err(|e| crate::BrokerError::Io {
+            op: "replaying a coordinator partition",
+            path: part.log.dir().to_owned(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(Into::into)
 }
 
 /// An internal topic a coordinator creates at first need.

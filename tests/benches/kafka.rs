@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
-use strata_tests::TestBroker;
 
 const PRODUCE_RECORDS: usize = 200_000;
 const E2E_RATE: u64 = 2_000;
@@ -33,14 +32,7 @@ fn main() -> BenchResult<()> {
 }
 
 async fn run() -> BenchResult<()> {
-    let (broker, bootstrap) = match std::env::var("STRATA_BOOTSTRAP") {
-        Ok(b) => (None, b),
-        Err(_) => {
-            let broker = TestBroker::start().await;
-            let b = broker.bootstrap();
-            (Some(broker), b)
-        }
-    };
+    let (broker, bootstrap) = common::target().await;
     println!(
         "librdkafka {} against {} ({}), {RECORD_BYTES}-byte records",
         rdkafka::util::get_rdkafka_version().1,

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
-use strata_tests::TestBroker;
 
 mod common;
 
@@ -26,14 +25,7 @@ fn main() -> BenchResult<()> {
 }
 
 async fn run() -> BenchResult<()> {
-    let (broker, bootstrap) = match std::env::var("STRATA_BOOTSTRAP") {
-        Ok(b) => (None, b),
-        Err(_) => {
-            let broker = TestBroker::start().await;
-            let b = broker.bootstrap();
-            (Some(broker), b)
-        }
-    };
+    let (broker, bootstrap) = common::target().await;
     let records: u64 = std::env::var("TXN_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1026,3 +1026,51 @@ async fn a_log_restarted_from_object_storage_keeps_the_transactions_open_across_
     assert_eq!(count(&committed, "z-"), 100);
     broker.stop().await;
 }
+
+/// A transactional id nobody uses for `transactions.id_expiration_ms` is forgotten (Kafka's
+/// `transactional.id.expiration.ms`); one with a transaction open is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transactional_ids_expire_but_open_ones_stay() {
+    let broker = TestBroker::start_with(|c| {
+        tweak(c);
+        c.transactions.id_expiration_ms = 1_000;
+    })
+    .await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap, "expiring", 1, &[]).await;
+    let b = bootstrap.clone();
+    let open = blocking(move || {
+        let done = txn_producer(&b, "finished", &[]);
+        done.begin_transaction().expect("begin");
+        send(&done, "expiring", 0, &values("done", 1));
+        done.commit_transaction(WAIT).expect("commit");
+        let open = txn_producer(&b, "still-open", &[]);
+        open.begin_transaction().expect("begin");
+        send(&open, "expiring", 0, &values("open", 1));
+        open
+    })
+    .await;
+    await_state(&broker, "finished", "CompleteCommit").await;
+    let mut raw = RawClient::connect(broker.addr()).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resp = raw
+            .call(
+                0,
+                &DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                    TransactionalId(StrBytes::from_static_str("finished")),
+                ]),
+            )
+            .await;
+        // TRANSACTIONAL_ID_NOT_FOUND once it expired.
+        if resp.transaction_states[0].error_code == 105 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the finished id never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (state, _) = describe(&broker, "still-open").await;
+    assert_eq!(state, "Ongoing", "an open transaction keeps its id");
+    blocking(move || open.commit_transaction(WAIT).expect("commit")).await;
+    broker.stop().await;
+}

@@ -29,8 +29,8 @@ use crate::lease::Lease;
 use crate::metadata::MetadataView;
 use crate::partition::Partition;
 use crate::partition::registry::RoleEvents;
-use crate::partition::role::{Change, RoleChange};
-use crate::statelog::{self, InternalTopic, MarkerFailed, Routes};
+use crate::partition::role::RoleChange;
+use crate::statelog::{self, InternalTopic, Leadership, MarkerFailed, Routes};
 
 /// Kafka error codes of the coordinator's own.
 pub(crate) mod code {
@@ -302,19 +302,15 @@ impl Coordinator {
     /// Loads the groups of offsets partitions this broker starts leading and drops those of
     /// partitions it stops leading.
     pub(crate) async fn follow(&self, changes: &[RoleChange]) {
-        for c in changes {
-            if c.partition.topic != OFFSETS_TOPIC {
-                continue;
-            }
-            let index = c.index();
-            match c.change {
-                Change::BecomeLeader { .. } => {
-                    if let Err(e) = self.load(&c.partition).await {
-                        tracing::error!(partition = index, error = %e,
+        for change in self.routes.leadership(changes) {
+            match change {
+                Leadership::Gained(part) => {
+                    if let Err(e) = self.load(part).await {
+                        tracing::error!(partition = part.index, error = %e,
                             "loading groups failed; they stay unavailable");
                     }
                 }
-                Change::BecomeFollower { .. } | Change::Stop { .. } => self.unload(index),
+                Leadership::Lost(index) => self.unload(index),
             }
         }
     }
@@ -329,14 +325,7 @@ impl Coordinator {
             Some(false) => self.unload(index),
             None => {}
         }
-        let log = part.log.clone();
-        let replayed = tokio::task::spawn_blocking(move || store::load(&log))
-            .await
-            .map_err(|e| crate::BrokerError::Io {
-                op: "loading groups",
-                path: part.log.dir().to_owned(),
-                source: std::io::Error::other(e),
-            })??;
+        let replayed = statelog::replay_partition(part, store::load).await?;
         let now = Instant::now();
         let mut groups = self.lock();
         let count = replayed.groups.len();

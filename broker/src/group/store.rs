@@ -271,6 +271,51 @@ mod tests {
         );
     }
 
+    /// Offsets committed in a transaction count once a commit marker follows, never after
+    /// an abort, and stay pending while the transaction is open.
+    #[test]
+    fn transactional_offsets_wait_for_their_marker() {
+        use strata_storage::{BatchBuilder, ControlMarker};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = Log::open(dir.path(), strata_storage::LogConfig::default()).expect("open");
+        let commit = |offset| Write::Offset {
+            group: "g".into(),
+            topic: "t".into(),
+            partition: offset as i32 % 3,
+            value: Some(Committed {
+                offset,
+                leader_epoch: 0,
+                metadata: None,
+                commit_ms: 1,
+            }),
+        };
+        let in_txn = |producer: i64, offset| {
+            let records = records(&[commit(offset)]).expect("records");
+            let mut bytes = statelog::batch(&records, 1, Some((producer, 0)));
+            log.append(&mut bytes, 0).expect("append");
+        };
+        let marker = |producer: i64, commit: bool| {
+            let m = ControlMarker {
+                commit,
+                coordinator_epoch: 0,
+            };
+            let mut bytes = BatchBuilder::control(producer, 0, m, 1);
+            log.append(&mut bytes, 0).expect("append");
+        };
+        in_txn(5, 10);
+        in_txn(6, 11);
+        in_txn(7, 12);
+        marker(5, true);
+        marker(6, false);
+        let loaded = load(&log).expect("load");
+        let offsets = &loaded.offsets["g"];
+        assert_eq!(offsets[&("t".to_string(), 1)].offset, 10, "committed");
+        assert!(!offsets.contains_key(&("t".to_string(), 2)), "aborted");
+        assert!(!offsets.contains_key(&("t".to_string(), 0)), "still open");
+        assert_eq!(loaded.pending[&7]["g"][&("t".to_string(), 0)].offset, 12);
+        assert!(!loaded.pending.contains_key(&5) && !loaded.pending.contains_key(&6));
+    }
+
     #[test]
     fn a_batch_the_coordinator_did_not_write_is_skipped_and_the_load_carries_on() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -21,15 +21,17 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::protocol::{Frame, FrameError, supported};
 
-/// A Produce's append to `part` under `leader_epoch`, as the handler makes it: the offset
+/// A Produce's append to `part` under `leader_epoch`, as the handler makes it (`guard`: a
+/// transactional batch's verification, see `produce::verify_transactional`): the offset
 /// after the batch, or the error the client would get.
 #[cfg(test)]
 pub(crate) fn produce_append(
     part: &crate::partition::Partition,
     records: &[u8],
     leader_epoch: i32,
+    guard: Option<u64>,
 ) -> Result<u64, kafka_protocol::ResponseError> {
-    produce::append_blocking(part, records, leader_epoch, None)
+    produce::append_blocking(part, records, leader_epoch, guard)
         .map(|(_, last)| last + 1)
         .map_err(|(e, _)| e)
 }

@@ -511,10 +511,10 @@ fn a_produce_of_an_old_term_is_refused_once_this_broker_follows() {
     let batch = strata_storage::BatchBuilder::new()
         .value(None, b"a", 1)
         .build();
-    assert_eq!(crate::handlers::produce_append(&p, &batch, 0), Ok(1));
+    assert_eq!(crate::handlers::produce_append(&p, &batch, 0, None), Ok(1));
     parts.apply(&led_by(2, 2, 1));
     assert_eq!(
-        crate::handlers::produce_append(&p, &batch, 0),
+        crate::handlers::produce_append(&p, &batch, 0, None),
         Err(kafka_protocol::ResponseError::NotLeaderOrFollower)
     );
     assert_eq!(p.log.log_end_offset(), 1, "nothing appended");
@@ -559,4 +559,81 @@ fn a_copy_that_ends_inside_a_leader_batch_takes_the_leaders_batch() {
     assert_eq!(copy.append_copied(&theirs, role).expect("copied"), 5);
     let mine = copy.log.read(2, 1 << 20).expect("read");
     assert_eq!(&mine[..], &theirs[..], "the leader's batch, byte for byte");
+}
+
+/// The leader's side of a transaction's end on a partition: the first transactional batch
+/// needs a verification no marker has voided (KIP-890: a batch verified just before its
+/// transaction ended cannot open one nobody will end), a marker older than the producer's
+/// epoch is refused, and an abort lands in the index with the transaction's first offset.
+#[test]
+fn markers_end_transactions_and_void_verifications_made_before_them() {
+    use kafka_protocol::ResponseError;
+    use strata_storage::{BatchBuilder, ControlMarker};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let id = Uuid::new_v4();
+    parts.apply(&image(
+        1,
+        vec![topic("t", id, vec![partition(&[ME], Some(ME), 0)])],
+    ));
+    let p = parts.get(id, 0).expect("hosted");
+    let txn = |epoch: i16, seq: i32| {
+        BatchBuilder::new()
+            .producer(5, epoch, seq)
+            .transactional()
+            .value(Some(b"k"), b"t", 1)
+            .build()
+    };
+    let append = |records: &[u8], guard| crate::handlers::produce_append(&p, records, 0, guard);
+    let guard = |p: &super::Partition| {
+        p.producers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .guard(5)
+    };
+    assert_eq!(
+        append(&txn(1, 0), None),
+        Err(ResponseError::InvalidTxnState),
+        "unverified"
+    );
+    let verified = guard(&p);
+    assert_eq!(append(&txn(1, 0), Some(verified)), Ok(1));
+    assert_eq!(
+        append(&txn(1, 1), None),
+        Ok(2),
+        "the open transaction takes more"
+    );
+    assert_eq!(p.last_stable_offset(), 0);
+
+    let abort = ControlMarker {
+        commit: false,
+        coordinator_epoch: 0,
+    };
+    let marker = |epoch| {
+        p.append_as_leader(0, || p.append_marker(5, epoch, abort, 0, 1))
+            .expect("leading")
+            .expect("appended")
+    };
+    assert_eq!(
+        marker(0),
+        Err(super::lead::MarkerRefusal::StaleEpoch { current: 1, got: 0 })
+    );
+    // Verified for the next transaction, but the marker comes first.
+    let late = guard(&p);
+    assert_eq!(marker(1), Ok(2));
+    p.appended();
+    assert_eq!(p.last_stable_offset(), 3);
+    assert_eq!(
+        append(&txn(1, 2), Some(late)),
+        Err(ResponseError::InvalidTxnState),
+        "a verification from before the marker opens nothing"
+    );
+    assert_eq!(p.log.log_end_offset(), 3, "nothing appended");
+    let aborted = strata_storage::AbortedTxn {
+        producer_id: 5,
+        first_offset: 0,
+        last_offset: 2,
+        last_stable_offset: 3,
+    };
+    assert_eq!(p.log.aborted_txns(0, 3).expect("query"), [aborted]);
 }

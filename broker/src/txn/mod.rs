@@ -35,8 +35,8 @@ use crate::lease::Lease;
 use crate::metadata::MetadataView;
 use crate::partition::Partition;
 use crate::partition::registry::RoleEvents;
-use crate::partition::role::{Change, RoleChange};
-use crate::statelog::{self, InternalTopic, Routes, now_ms};
+use crate::partition::role::RoleChange;
+use crate::statelog::{self, InternalTopic, Leadership, Routes, now_ms};
 
 /// How often timeouts and expiry are checked.
 const TICK: Duration = Duration::from_secs(1);
@@ -523,19 +523,15 @@ impl TxnCoordinator {
     }
 
     async fn follow(self: &Arc<Self>, changes: &[RoleChange]) {
-        for c in changes {
-            if c.partition.topic != TXN_TOPIC {
-                continue;
-            }
-            let index = c.index();
-            match c.change {
-                Change::BecomeLeader { .. } => {
-                    if let Err(e) = self.load(&c.partition).await {
-                        tracing::error!(partition = index, error = %e,
+        for change in self.routes.leadership(changes) {
+            match change {
+                Leadership::Gained(part) => {
+                    if let Err(e) = self.load(part).await {
+                        tracing::error!(partition = part.index, error = %e,
                             "loading transactions failed; they stay unavailable");
                     }
                 }
-                Change::BecomeFollower { .. } | Change::Stop { .. } => self.unload(index),
+                Leadership::Lost(index) => self.unload(index),
             }
         }
     }
@@ -548,14 +544,7 @@ impl TxnCoordinator {
             Some(false) => self.unload(index),
             None => {}
         }
-        let log = part.log.clone();
-        let replayed = tokio::task::spawn_blocking(move || store::load(&log))
-            .await
-            .map_err(|e| crate::BrokerError::Io {
-                op: "loading transactions",
-                path: part.log.dir().to_owned(),
-                source: std::io::Error::other(e),
-            })??;
+        let replayed = statelog::replay_partition(part, store::load).await?;
         let prepared: Vec<String> = replayed
             .iter()
             .filter(|(_, m)| m.markers.is_some())

@@ -27,6 +27,19 @@ pub fn block_on(body: impl std::future::Future<Output = BenchResult<()>>) -> Ben
         .block_on(body)
 }
 
+/// The broker to measure: the one at `STRATA_BOOTSTRAP` if set (any Kafka-compatible
+/// broker), else an in-process Strata broker (returned, to stop at the end).
+pub async fn target() -> (Option<strata_tests::TestBroker>, String) {
+    match std::env::var("STRATA_BOOTSTRAP") {
+        Ok(b) => (None, b),
+        Err(_) => {
+            let broker = strata_tests::TestBroker::start().await;
+            let b = broker.bootstrap();
+            (Some(broker), b)
+        }
+    }
+}
+
 /// Bytes per record value in the librdkafka benchmarks.
 pub const RECORD_BYTES: usize = 1024;
 
