@@ -4,7 +4,8 @@
 //! really is a sequence of well-formed v2 batches (magic, CRC-32C, declared lengths, record
 //! count against the bytes) and patches the few header fields the broker owns: the base offset,
 //! the partition leader epoch and, for `LogAppendTime` topics, the timestamp type and max
-//! timestamp. Nothing is ever re-encoded.
+//! timestamp. Only the cleaner re-encodes a batch ([`rebuild`]), keeping its offsets and
+//! producer fields and dropping the records a newer value of their key replaced.
 //!
 //! Layout of the 61-byte header (all big-endian):
 //!
@@ -286,7 +287,7 @@ pub(crate) fn check_replicated_batches(buf: &[u8]) -> Result<Vec<ValidBatch>, Ba
     validate_each(buf, |b, at| {
         let header = check_frame(b, at)?;
         check_crc(&b[..header.total_len()], &header, at)?;
-        check_counts(&header, at)?;
+        check_stored_counts(&header, at)?;
         Ok(ValidBatch {
             pos: at,
             header,
@@ -380,6 +381,23 @@ fn validate_one(
 /// `batch.size` is 1 MB of uncompressed records), and a bound on the time a bomb costs.
 fn decompressed_max(max_batch_bytes: usize) -> u64 {
     (max_batch_bytes.max(1 << 20) as u64).saturating_mul(64)
+}
+
+/// A stored batch holds records and no more than its offsets span: a producer's batch has
+/// one record per offset, a compacted one (which keeps its base offset and last offset delta,
+/// as Kafka's cleaner does) may have fewer.
+fn check_stored_counts(header: &BatchHeader, at: usize) -> Result<(), BatchError> {
+    if header.records_count <= 0 {
+        return Err(BatchError::NoRecords { at });
+    }
+    if header.last_offset_delta < 0 || header.records_count - 1 > header.last_offset_delta {
+        return Err(BatchError::CountMismatch {
+            at,
+            count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    Ok(())
 }
 
 /// A batch holds records, and its count agrees with its last offset delta.
@@ -490,10 +508,11 @@ pub(crate) fn first_record_where(
             .map(|off| (off, ts));
     }
     let mut found = None;
-    let walked = walk_records(
+    let walked = walk_records_with(
         &mut Reader::new(&batch[HEADER_LEN..]),
         header,
         0,
+        false,
         |delta, ts, _| {
             let offset = header.base_offset + i64::from(delta);
             if pred(offset, ts) {
@@ -515,9 +534,22 @@ fn walk_records(
     r: &mut impl RecordBytes,
     header: &BatchHeader,
     at: usize,
+    visit: impl FnMut(i32, i64, bool) -> std::ops::ControlFlow<()>,
+) -> Result<(), BatchError> {
+    walk_records_with(r, header, at, true, visit)
+}
+
+/// As [`walk_records`]; unless `dense`, offset deltas only have to rise within the batch's
+/// span (a compacted batch).
+fn walk_records_with(
+    r: &mut impl RecordBytes,
+    header: &BatchHeader,
+    at: usize,
+    dense: bool,
     mut visit: impl FnMut(i32, i64, bool) -> std::ops::ControlFlow<()>,
 ) -> Result<(), BatchError> {
     let count = header.records_count;
+    let mut previous = -1;
     for index in 0..count {
         let bad = |reason| BatchError::BadRecord { at, index, reason };
         let len = r
@@ -531,9 +563,13 @@ fn walk_records(
         r.byte().ok_or(bad("record too short for attributes"))?;
         let ts_delta = r.varlong().ok_or(bad("bad timestamp delta"))?;
         let offset_delta = r.varint().ok_or(bad("bad offset delta"))?;
-        if offset_delta != index {
+        if dense && offset_delta != index {
             return Err(bad("offset deltas are not consecutive from 0"));
         }
+        if offset_delta <= previous || offset_delta > header.last_offset_delta {
+            return Err(bad("offset deltas do not rise within the batch"));
+        }
+        previous = offset_delta;
         let has_key = !r
             .bytes_field(true)
             .ok_or(bad("key length runs past the record"))?;
@@ -565,6 +601,124 @@ fn walk_records(
         });
     }
     Ok(())
+}
+
+/// One record of a stored batch, as the cleaner sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredRecord<'a> {
+    pub offset_delta: i32,
+    pub timestamp: i64,
+    /// `None` for a null key.
+    pub key: Option<&'a [u8]>,
+    /// `None` for a null value: a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// The record's encoding, its length prefix included: what a rebuilt batch copies.
+    pub bytes: &'a [u8],
+}
+
+/// The records of a complete stored batch. Compressed records are first decompressed into
+/// `scratch` (at most `budget` bytes), and the records then borrow from it.
+pub(crate) fn stored_records<'a>(
+    batch: &'a [u8],
+    header: &BatchHeader,
+    scratch: &'a mut Vec<u8>,
+    budget: u64,
+) -> Result<Vec<StoredRecord<'a>>, BatchError> {
+    let at = 0;
+    let body = batch
+        .get(HEADER_LEN..header.total_len())
+        .ok_or(BatchError::Truncated {
+            at,
+            available: batch.len(),
+        })?;
+    let records: &'a [u8] = match header.compression() {
+        0 => body,
+        codec => {
+            *scratch = crate::codec::decompress_all(codec, body, budget).map_err(|e| {
+                BatchError::BadCompressedRecords {
+                    at,
+                    reason: e.to_string(),
+                }
+            })?;
+            scratch
+        }
+    };
+    let mut out = Vec::with_capacity(header.records_count.max(0) as usize);
+    let mut r = Reader::new(records);
+    let mut previous = -1;
+    for index in 0..header.records_count {
+        let bad = |reason| BatchError::BadRecord { at, index, reason };
+        let start = r.buf;
+        let len = r
+            .varint()
+            .ok_or(bad("record length is not a valid varint"))?;
+        let len = usize::try_from(len).map_err(|_| bad("negative record length"))?;
+        let prefix = start.len() - r.buf.len();
+        let bytes = start
+            .get(..prefix + len)
+            .ok_or(bad("record length runs past the batch"))?;
+        let mut f = Reader::new(&bytes[prefix..]);
+        f.byte().ok_or(bad("record too short for attributes"))?;
+        let ts_delta = f.varlong().ok_or(bad("bad timestamp delta"))?;
+        let offset_delta = f.varint().ok_or(bad("bad offset delta"))?;
+        if offset_delta <= previous || offset_delta > header.last_offset_delta {
+            return Err(bad("offset deltas do not rise within the batch"));
+        }
+        previous = offset_delta;
+        let key = f
+            .nullable_field()
+            .ok_or(bad("key length runs past the record"))?;
+        let value = f
+            .nullable_field()
+            .ok_or(bad("value length runs past the record"))?;
+        out.push(StoredRecord {
+            offset_delta,
+            timestamp: header.base_timestamp.saturating_add(ts_delta),
+            key,
+            value,
+            bytes,
+        });
+        r.buf = &start[prefix + len..];
+    }
+    if !r.buf.is_empty() {
+        return Err(BatchError::TrailingBytes {
+            at,
+            count: header.records_count,
+            extra: r.buf.len(),
+        });
+    }
+    Ok(out)
+}
+
+/// `batch` with only the records `kept` (a non-empty subset of its own, in order): the same
+/// base offset, last offset delta, producer fields and codec, the max timestamp of what is
+/// left (for create-time batches), and a new CRC. What the cleaner writes.
+pub(crate) fn rebuild(
+    batch: &[u8],
+    header: &BatchHeader,
+    kept: &[StoredRecord<'_>],
+) -> std::io::Result<Vec<u8>> {
+    let raw: Vec<u8> = kept.iter().flat_map(|r| r.bytes.iter().copied()).collect();
+    let body = match header.compression() {
+        0 => raw,
+        codec => crate::codec::compress(codec, &raw)?,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&batch[..HEADER_LEN]);
+    out.extend_from_slice(&body);
+    let length = (out.len() - LOG_OVERHEAD) as i32;
+    out[LENGTH..PARTITION_LEADER_EPOCH].copy_from_slice(&length.to_be_bytes());
+    out[RECORDS_COUNT..HEADER_LEN].copy_from_slice(&(kept.len() as i32).to_be_bytes());
+    let max_timestamp = match header.is_log_append_time() {
+        true => header.max_timestamp,
+        false => kept
+            .iter()
+            .map(|r| r.timestamp)
+            .max()
+            .unwrap_or(header.max_timestamp),
+    };
+    set_max_timestamp(&mut out, max_timestamp, false);
+    Ok(out)
 }
 
 /// Bytes read in order, with Kafka's zigzag varints and length-prefixed fields on top: a
@@ -627,6 +781,18 @@ impl<'a> Reader<'a> {
             buf,
             start_len: buf.len(),
         }
+    }
+
+    /// A varint-length-prefixed field's bytes, `None` inside when null.
+    fn nullable_field(&mut self) -> Option<Option<&'a [u8]>> {
+        let len = self.varint()?;
+        if len == -1 {
+            return Some(None);
+        }
+        let len = usize::try_from(len).ok()?;
+        let (field, rest) = (self.buf.get(..len)?, self.buf.get(len..)?);
+        self.buf = rest;
+        Some(Some(field))
     }
 
     /// A varint-length-prefixed field's bytes (a null one is empty).

@@ -130,6 +130,54 @@ impl<'a> Stream<'a> {
     }
 }
 
+/// The records of a compressed batch, decompressed whole (at most `budget` bytes): what the
+/// cleaner reads before it drops some of them.
+pub(crate) fn decompress_all(codec: i16, data: &[u8], budget: u64) -> io::Result<Vec<u8>> {
+    let mut stream = Stream::open(codec, data, budget)?;
+    let mut out = Vec::with_capacity(data.len().saturating_mul(2));
+    loop {
+        let chunk = stream.buffered();
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        out.extend_from_slice(chunk);
+        stream.consume(n);
+    }
+    match stream.failure {
+        Some(reason) => Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+        None => Ok(out),
+    }
+}
+
+/// `data` compressed with codec `codec` as Kafka's clients write it: gzip, one raw snappy
+/// block (as librdkafka writes it; the Java client reads both forms), an LZ4 frame, or a
+/// zstd frame.
+pub(crate) fn compress(codec: i16, data: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    match codec {
+        1 => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data)?;
+            e.finish()
+        }
+        2 => snap::raw::Encoder::new()
+            .compress_vec(data)
+            .map_err(io::Error::other),
+        3 => {
+            let mut e = lz4::EncoderBuilder::new().build(Vec::new())?;
+            e.write_all(data)?;
+            let (out, result) = e.finish();
+            result.map(|()| out)
+        }
+        4 => zstd::bulk::compress(data, 3),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("codec {other} is not a compression codec"),
+        )),
+    }
+}
+
 /// Kafka's snappy: xerial frames (a 16-byte header, then blocks each prefixed by its
 /// compressed length) or, without the header, one raw snappy block.
 struct Snappy<'a> {

@@ -20,9 +20,11 @@ use crate::error::{IoContext, StorageError};
 use crate::segment::{NO_TIMESTAMP, Recovered, Segment, SegmentInfo};
 use crate::txn_index::AbortedTxn;
 
+mod clean;
 mod replica;
 mod swap;
 
+pub use clean::LocalClean;
 pub use swap::{PreparedRewrite, SegmentRewrite};
 
 /// What an append assigned.

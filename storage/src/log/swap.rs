@@ -18,15 +18,19 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{Log, replica};
+use super::{Inner, Log, replica};
 use crate::batch::{self, BatchError};
 use crate::checkpoint;
 use crate::error::{IoContext, StorageError};
 use crate::segment::{self, Segment};
+use crate::txn_index::{AbortedTxn, TxnIndex};
 
 const CLEANED: &str = "cleaned";
 const MARKER: &str = "swap";
 const SWAPPED: &str = "swapped";
+/// The kinds of segment file a rewrite writes; the other indexes are rebuilt from the batches.
+const LOG: &str = "log";
+const TXN_INDEX: &str = "txnindex";
 
 /// New segments for the sealed segments whose base offsets are in `from..to`, being written.
 #[derive(Debug)]
@@ -39,6 +43,8 @@ pub struct SegmentRewrite {
     bases: Vec<u64>,
     current: Option<(File, u64)>,
     next: u64,
+    /// The segments being replaced, as they were when the rewrite started.
+    replaced: Vec<u64>,
 }
 
 /// A rewrite past its commit point: applied now, or by the next open after a crash.
@@ -77,31 +83,65 @@ impl Log {
             bases: Vec::new(),
             current: None,
             next: from,
+            replaced: bases_in(&inner, from, to),
         })
+    }
+
+    /// Prepares and applies `rewrite` unless the segments it replaces changed since it
+    /// started (retention or a truncation removed some): then its files are discarded and
+    /// the answer is false. Appends wait while the swap is committed and applied.
+    pub fn commit_rewrite(&self, mut rewrite: SegmentRewrite) -> Result<bool, StorageError> {
+        rewrite.finish_file()?;
+        let mut inner = self.write_inner();
+        let (from, to) = (rewrite.from, rewrite.to);
+        if bases_in(&inner, from, to) != rewrite.replaced || inner.log_start_offset > from {
+            drop(inner);
+            discard_cleaned(&self.dir)?;
+            return Ok(false);
+        }
+        let prepared = rewrite.prepare()?;
+        apply_locked(&self.dir, &mut inner, prepared)?;
+        Ok(true)
     }
 
     /// Completes a prepared rewrite: the old segments go, the new ones take their place. Reads
     /// already holding the old segments finish on them (their files stay open).
     pub fn apply_rewrite(&self, prepared: PreparedRewrite) -> Result<(), StorageError> {
-        let (from, to) = (prepared.from, prepared.to);
-        let mut inner = self.write_inner();
-        let bases = cleaned_bases_in(&self.dir, from, to)?;
-        complete(&self.dir, from, to)?;
-        let interval = inner.config.index_interval_bytes;
-        inner
-            .sealed
-            .retain(|s| !(from..to).contains(&s.base_offset));
-        for base in bases {
-            let (mut seg, _) = Segment::open_recovering(&self.dir, base, interval, true)?;
-            seg.seal(true)?;
-            inner.sealed.push_back(seg);
-        }
-        inner
-            .sealed
-            .make_contiguous()
-            .sort_by_key(|s| s.base_offset);
-        Ok(())
+        apply_locked(&self.dir, &mut self.write_inner(), prepared)
     }
+}
+
+fn apply_locked(
+    dir: &Path,
+    inner: &mut Inner,
+    prepared: PreparedRewrite,
+) -> Result<(), StorageError> {
+    let (from, to) = (prepared.from, prepared.to);
+    let bases = cleaned_bases_in(dir, from, to)?;
+    complete(dir, from, to)?;
+    let interval = inner.config.index_interval_bytes;
+    inner
+        .sealed
+        .retain(|s| !(from..to).contains(&s.base_offset));
+    for base in bases {
+        let (mut seg, _) = Segment::open_recovering(dir, base, interval, true)?;
+        seg.seal(true)?;
+        inner.sealed.push_back(seg);
+    }
+    inner
+        .sealed
+        .make_contiguous()
+        .sort_by_key(|s| s.base_offset);
+    Ok(())
+}
+
+/// Base offsets of the log's segments in `from..to`.
+fn bases_in(inner: &Inner, from: u64, to: u64) -> Vec<u64> {
+    inner
+        .all()
+        .map(|s| s.base_offset)
+        .filter(|b| (from..to).contains(b))
+        .collect()
 }
 
 impl SegmentRewrite {
@@ -127,11 +167,7 @@ impl SegmentRewrite {
                 .last()
                 .is_some_and(|&start| last as u64 - start > u64::from(u32::MAX));
             if self.current.is_none() || full || far {
-                self.finish_file()?;
-                let path = cleaned_path(&self.dir, base as u64);
-                let file = File::create(&path).io_ctx("create", &path)?;
-                self.bases.push(base as u64);
-                self.current = Some((file, 0));
+                self.start_file()?;
             }
             if let Some((file, size)) = &mut self.current {
                 let path = cleaned_path(&self.dir, self.bases.last().copied().unwrap_or(0));
@@ -140,6 +176,30 @@ impl SegmentRewrite {
             }
             self.next = last as u64 + 1;
         }
+        Ok(())
+    }
+
+    /// Records an aborted transaction whose marker the rewrite kept, in the index of the
+    /// new segment holding the marker (the last one written so far).
+    pub fn append_aborted(&mut self, entry: AbortedTxn) -> Result<(), StorageError> {
+        let Some(&base) = self.bases.last() else {
+            return Ok(());
+        };
+        let path = cleaned_file(&self.dir, base, TXN_INDEX);
+        let mut index = TxnIndex::open(&path)?;
+        index.append(entry)?;
+        index.sync()
+    }
+
+    /// Starts the next file where the previous one ended (at `from` for the first), as
+    /// Kafka names a cleaned segment after the first it replaces: the log start offset and
+    /// the segments' ranges stay as they were, with the gaps inside segments.
+    fn start_file(&mut self) -> Result<(), StorageError> {
+        self.finish_file()?;
+        let path = cleaned_path(&self.dir, self.next);
+        let file = File::create(&path).io_ctx("create", &path)?;
+        self.bases.push(self.next);
+        self.current = Some((file, 0));
         Ok(())
     }
 
@@ -153,6 +213,10 @@ impl SegmentRewrite {
 
     /// Makes the new segments durable and passes the commit point (see the module docs).
     pub fn prepare(mut self) -> Result<PreparedRewrite, StorageError> {
+        if self.bases.is_empty() {
+            // Nothing stays: an empty segment keeps the range's start.
+            self.start_file()?;
+        }
         self.finish_file()?;
         // Compaction leaves gaps; the log must accept them before any recovery sees them.
         replica::mark_gaps(&self.dir)?;
@@ -217,10 +281,11 @@ fn complete(dir: &Path, from: u64, to: u64) -> Result<(), StorageError> {
             reason: format!("no prepared swap of {from}..{to}"),
         });
     }
-    for base in cleaned_bases_in(dir, from, to)? {
-        let from_path = cleaned_path(dir, base);
-        let to_path = dir.join(segment::file_name(base, "log"));
-        std::fs::rename(&from_path, &to_path).io_ctx("rename", &from_path)?;
+    for (base, ext, from_path) in cleaned_files(dir)? {
+        if (from..to).contains(&base) {
+            let to_path = dir.join(segment::file_name(base, ext));
+            std::fs::rename(&from_path, &to_path).io_ctx("rename", &from_path)?;
+        }
     }
     checkpoint::sync_dir(dir)?;
     std::fs::remove_file(&swapped).io_ctx("delete", &swapped)?;
@@ -231,8 +296,8 @@ fn complete(dir: &Path, from: u64, to: u64) -> Result<(), StorageError> {
 fn cleaned_bases_in(dir: &Path, from: u64, to: u64) -> Result<Vec<u64>, StorageError> {
     let mut bases: Vec<u64> = cleaned_files(dir)?
         .into_iter()
-        .map(|(base, _)| base)
-        .filter(|b| (from..to).contains(b))
+        .filter(|(base, ext, _)| *ext == LOG && (from..to).contains(base))
+        .map(|(base, _, _)| base)
         .collect();
     bases.sort_unstable();
     Ok(bases)
@@ -251,30 +316,37 @@ fn pending(dir: &Path) -> Result<bool, StorageError> {
 }
 
 fn discard_cleaned(dir: &Path) -> Result<(), StorageError> {
-    for (_, path) in cleaned_files(dir)? {
+    for (_, _, path) in cleaned_files(dir)? {
         std::fs::remove_file(&path).io_ctx("delete", &path)?;
     }
     Ok(())
 }
 
-fn cleaned_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+/// The `.cleaned` files in `dir`: base offset, kind (extension) and path.
+fn cleaned_files(dir: &Path) -> Result<Vec<(u64, &'static str, PathBuf)>, StorageError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).io_ctx("list", dir)? {
         let path = entry.io_ctx("list", dir)?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if let Some(base) = name
-            .strip_suffix(&format!(".log.{CLEANED}"))
-            .filter(|b| b.len() == 20)
-            .and_then(|b| b.parse::<u64>().ok())
-        {
-            out.push((base, path));
+        for ext in [LOG, TXN_INDEX] {
+            if let Some(base) = name
+                .strip_suffix(&format!(".{ext}.{CLEANED}"))
+                .filter(|b| b.len() == 20)
+                .and_then(|b| b.parse::<u64>().ok())
+            {
+                out.push((base, ext, path.clone()));
+            }
         }
     }
     Ok(out)
 }
 
 fn cleaned_path(dir: &Path, base: u64) -> PathBuf {
-    dir.join(format!("{}.{CLEANED}", segment::file_name(base, "log")))
+    cleaned_file(dir, base, LOG)
+}
+
+fn cleaned_file(dir: &Path, base: u64, ext: &str) -> PathBuf {
+    dir.join(format!("{}.{CLEANED}", segment::file_name(base, ext)))
 }
 
 fn marker_path(dir: &Path, from: u64, to: u64, phase: &str) -> PathBuf {
