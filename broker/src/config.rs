@@ -32,6 +32,8 @@ pub struct BrokerConfig {
     pub groups: GroupSettings,
     /// Transaction coordination.
     pub transactions: TransactionSettings,
+    /// The log cleaner of compacted topics.
+    pub cleaner: CleanerSettings,
     /// Where sealed segments are uploaded.
     pub object_store: ObjectStoreSettings,
     /// The cache remote reads go through.
@@ -257,6 +259,35 @@ pub struct TransactionSettings {
     pub id_expiration_ms: u64,
 }
 
+/// The log cleaner (Kafka's `log.cleaner.*` settings).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CleanerSettings {
+    /// `log.cleaner.enable`: without it, compacted topics keep every record.
+    pub enable: bool,
+    /// `log.cleaner.threads`: partitions cleaned at once.
+    pub threads: usize,
+    /// `log.cleaner.dedupe.buffer.size`: memory for the key maps, shared by the threads.
+    pub dedupe_buffer_bytes: u64,
+    /// `log.cleaner.io.max.bytes.per.second`: what the cleaner reads and writes, all threads
+    /// together; 0 for no limit.
+    pub io_max_bytes_per_second: u64,
+    /// `log.cleaner.backoff.ms`: how often partitions are checked for cleaning.
+    pub backoff_ms: u64,
+}
+
+impl Default for CleanerSettings {
+    fn default() -> Self {
+        Self {
+            enable: true,
+            threads: 1,
+            dedupe_buffer_bytes: 128 << 20,
+            io_max_bytes_per_second: 0,
+            backoff_ms: 15_000,
+        }
+    }
+}
+
 impl Default for TransactionSettings {
     fn default() -> Self {
         Self {
@@ -291,6 +322,7 @@ impl Default for BrokerConfig {
             topics: TopicDefaults::default(),
             groups: GroupSettings::default(),
             transactions: TransactionSettings::default(),
+            cleaner: CleanerSettings::default(),
             object_store: ObjectStoreSettings::default(),
             cache: CacheSettings::default(),
         }
@@ -342,7 +374,7 @@ impl Default for TopicDefaults {
 
 /// The top-level keys of [`BrokerConfig`]: an environment variable with [`ENV_PREFIX`] sets
 /// a setting only when its name starts with one of them.
-const CONFIG_KEYS: [&str; 10] = [
+const CONFIG_KEYS: [&str; 11] = [
     "node_id",
     "rack",
     "data_dir",
@@ -351,6 +383,7 @@ const CONFIG_KEYS: [&str; 10] = [
     "topics",
     "groups",
     "transactions",
+    "cleaner",
     "object_store",
     "cache",
 ];
@@ -533,6 +566,20 @@ impl BrokerConfig {
         }
         if t.id_expiration_ms == 0 {
             return bad("transactions.id_expiration_ms", "must be positive".into());
+        }
+        let c = &self.cleaner;
+        if !(1..=64).contains(&c.threads) {
+            return bad("cleaner.threads", "must be between 1 and 64".into());
+        }
+        // Each thread's map needs room for a useful number of keys (Kafka's floor is 1 MiB).
+        if c.dedupe_buffer_bytes < (c.threads as u64) << 20 {
+            return bad(
+                "cleaner.dedupe_buffer_bytes",
+                "must give each cleaner thread at least 1 MiB".into(),
+            );
+        }
+        if c.backoff_ms == 0 {
+            return bad("cleaner.backoff_ms", "must be positive".into());
         }
         let o = &self.object_store;
         for (key, v) in [

@@ -19,6 +19,7 @@
 
 mod admission;
 mod catalog;
+mod cleaner;
 pub mod cli;
 pub mod config;
 

@@ -68,6 +68,14 @@ fn snapshot_files(dir: &Path) -> Vec<(Option<u64>, std::path::PathBuf)> {
     }
     files
 }
+/// The offset of the newest producer snapshot in partition directory `dir`: every batch
+/// below it is accounted for in a saved table.
+pub(crate) fn newest_snapshot_offset(dir: &Path) -> Option<u64> {
+    snapshot_files(dir)
+        .into_iter()
+        .find_map(|(offset, _)| offset)
+}
+
 /// Version 2 adds each producer's open transaction; version 1 snapshots (none open) load.
 const SNAPSHOT_VERSION: u32 = 2;
 

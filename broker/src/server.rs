@@ -232,6 +232,15 @@ impl Broker {
             Backoff::default(),
             move || crate::flusher::step(partitions.clone(), idle),
         );
+        if state.config.cleaner.enable {
+            let cleaner = state.cleaner.clone();
+            supervisor.every(
+                "log cleaner",
+                Duration::from_millis(state.config.cleaner.backoff_ms),
+                Backoff::default(),
+                move || cleaner.clone().step(),
+            );
+        }
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         tasks.spawn(accept(state.clone(), listener, cancel.clone()));

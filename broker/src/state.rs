@@ -51,6 +51,8 @@ pub(crate) struct BrokerState {
     pub(crate) tiering: Arc<Tiering>,
     /// Connection and memory limits.
     pub(crate) admission: Arc<Admission>,
+    /// The log cleaner of compacted topics.
+    pub(crate) cleaner: Arc<crate::cleaner::Cleaner>,
 }
 
 impl BrokerState {
@@ -120,7 +122,12 @@ impl BrokerState {
             controller.clone(),
             lease.clone(),
         ));
+        let cleaner = Arc::new(crate::cleaner::Cleaner::new(
+            partitions.clone(),
+            config.cleaner.clone(),
+        ));
         Self {
+            cleaner,
             groups,
             txns,
             peers: Peers::new(config.node_id, metadata.clone()),

@@ -35,6 +35,21 @@ pub(crate) struct TopicSettings {
     pub(crate) local_retention_bytes: Option<u64>,
     /// `min.insync.replicas`: an `acks=all` produce needs this many in-sync replicas.
     pub(crate) min_insync_replicas: i64,
+    /// How the cleaner treats the topic, when `cleanup.policy` holds `compact`.
+    pub(crate) compaction: Option<Compaction>,
+}
+
+/// A compacted topic's cleaning settings (Kafka's names).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Compaction {
+    /// `min.cleanable.dirty.ratio`: clean once this share of the log is dirty.
+    pub(crate) min_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: records younger than this are not cleaned.
+    pub(crate) min_lag: Duration,
+    /// `max.compaction.lag.ms`: a record older than this is cleaned whatever the ratio.
+    pub(crate) max_lag: Option<Duration>,
+    /// `delete.retention.ms`: how long a tombstone outlives the pass that cleaned it.
+    pub(crate) delete_retention: Duration,
 }
 
 impl TopicSettings {
@@ -51,7 +66,14 @@ impl TopicSettings {
             v if v < 0 => None,
             v => Some(v as u64),
         };
+        let compaction = c.compact.then(|| Compaction {
+            min_dirty_ratio: c.min_cleanable_dirty_ratio,
+            min_lag: Duration::from_millis(c.min_compaction_lag_ms.max(0) as u64),
+            max_lag: bound(c.max_compaction_lag_ms),
+            delete_retention: Duration::from_millis(c.delete_retention_ms.max(0) as u64),
+        });
         Self {
+            compaction,
             min_insync_replicas: c.min_insync_replicas,
             remote: c.remote_storage && !is_internal(topic),
             local_retention_ms: tighter(local_ms, log.retention_ms),
@@ -87,9 +109,18 @@ fn bound(ms: i64) -> Option<Duration> {
 fn log_config(t: &TopicConfig) -> LogConfig {
     let mut c = LogConfig {
         segment_bytes: t.segment_bytes.clamp(14, MAX_SEGMENT_BYTES as i64) as u64,
-        segment_ms: Some(Duration::from_millis(t.segment_ms.max(1) as u64)),
-        // Kafka never deletes a compact-only topic by time or size. Until the cleaner exists,
-        // such a topic keeps everything.
+        // Only sealed segments are cleaned, so a compacted topic's active segment rolls by
+        // `max.compaction.lag.ms` too (as Kafka does), or a quiet partition's updates would
+        // wait for `segment.ms`.
+        segment_ms: Some(Duration::from_millis(
+            match t.compact {
+                true => t.segment_ms.min(t.max_compaction_lag_ms),
+                false => t.segment_ms,
+            }
+            .max(1) as u64,
+        )),
+        // Kafka never deletes a compact-only topic by time or size: the cleaner keeps the
+        // latest value of every key.
         retention_ms: (t.delete && t.retention_ms >= 0)
             .then(|| Duration::from_millis(t.retention_ms as u64)),
         retention_bytes: (t.delete && t.retention_bytes >= 0).then_some(t.retention_bytes as u64),

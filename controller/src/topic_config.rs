@@ -158,7 +158,7 @@ pub fn validate_topic_config(key: &str, value: &str) -> Result<(), CommandError>
 /// A topic's configs as typed values, unset keys at their defaults. Numbers keep Kafka's
 /// sentinels: -1 for "unlimited" retention, -2 for "as `retention.*`" local retention,
 /// `i64::MAX` for "never" (`flush.*`, `message.timestamp.before.max.ms`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TopicConfig {
     /// `cleanup.policy` holds `compact`.
     pub compact: bool,
@@ -197,6 +197,14 @@ pub struct TopicConfig {
     /// `unclean.leader.election.enable`: a partition with no live in-sync replica takes any
     /// live replica as leader.
     pub unclean_leader_election: bool,
+    /// `min.cleanable.dirty.ratio`.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`.
+    pub max_compaction_lag_ms: i64,
+    /// `delete.retention.ms`.
+    pub delete_retention_ms: i64,
 }
 
 impl TopicConfig {
@@ -240,6 +248,10 @@ impl TopicConfig {
             min_insync_replicas: num("min.insync.replicas"),
             unclean_leader_election: value("unclean.leader.election.enable")
                 .eq_ignore_ascii_case("true"),
+            min_cleanable_dirty_ratio: value("min.cleanable.dirty.ratio").parse().unwrap_or(0.5),
+            min_compaction_lag_ms: num("min.compaction.lag.ms"),
+            max_compaction_lag_ms: num("max.compaction.lag.ms"),
+            delete_retention_ms: num("delete.retention.ms"),
         }
     }
 }

@@ -173,6 +173,10 @@ pub struct FilterStats {
     pub records_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// The oldest timestamp of a tombstone or transaction marker that stayed only because
+    /// it was too young or not yet clean: a later pass may drop it once
+    /// `delete.retention.ms` has passed since.
+    pub oldest_delete_ms: Option<i64>,
 }
 
 impl<'a> Filter<'a> {
@@ -220,12 +224,15 @@ impl<'a> Filter<'a> {
         let pid = header.producer_id;
         if header.is_control() {
             let stays = self.open.remove(&pid).unwrap_or(true);
-            let expired = self.clean_below > header.last_offset() as u64
-                && self.expired(header.max_timestamp);
-            return Ok(match stays || !expired {
-                true => Verdict::Keep,
-                false => Verdict::Drop,
-            });
+            if stays {
+                return Ok(Verdict::Keep);
+            }
+            let clean = self.clean_below > header.last_offset() as u64;
+            if clean && self.expired(header.max_timestamp) {
+                return Ok(Verdict::Drop);
+            }
+            self.note_delete(header.max_timestamp);
+            return Ok(Verdict::Keep);
         }
         if self.aborted.holds(header) {
             self.open.entry(pid).or_insert(false);
@@ -233,11 +240,15 @@ impl<'a> Filter<'a> {
         }
         let mut scratch = Vec::new();
         let records = batch::stored_records(batch, header, &mut scratch, DECOMPRESS_BUDGET)?;
-        let kept: Vec<StoredRecord<'_>> = records
-            .iter()
-            .filter(|r| self.keeps(header, r))
-            .copied()
-            .collect();
+        let mut kept: Vec<StoredRecord<'_>> = Vec::with_capacity(records.len());
+        for r in &records {
+            if self.keeps(header, r) {
+                if r.key.is_some() && r.value.is_none() {
+                    self.note_delete(r.timestamp);
+                }
+                kept.push(*r);
+            }
+        }
         if header.is_transactional() {
             *self.open.entry(pid).or_insert(false) |= !kept.is_empty();
         }
@@ -266,6 +277,11 @@ impl<'a> Filter<'a> {
             return false;
         }
         !(r.value.is_none() && offset < self.clean_below && self.expired(r.timestamp))
+    }
+
+    fn note_delete(&mut self, timestamp: i64) {
+        let oldest = &mut self.stats.oldest_delete_ms;
+        *oldest = Some(oldest.map_or(timestamp, |t| t.min(timestamp)));
     }
 
     fn expired(&self, timestamp: i64) -> bool {

@@ -30,7 +30,46 @@ pub struct LocalClean {
     pub applied: bool,
 }
 
+/// File in a log directory holding the offset below which a completed pass cleaned the log.
+const CLEANED_FILE: &str = "cleaner-offset";
+
 impl Log {
+    /// The offset below which a completed pass cleaned the log (the dirty section starts
+    /// there): 0 when none has, never past the log end (a truncation may have cut it).
+    /// Losing the file costs only work: a pass that maps from lower cleans the same way.
+    pub fn cleaned_offset(&self) -> u64 {
+        self.cleaner_checkpoint().0.min(self.log_end_offset())
+    }
+
+    /// The time (Unix ms) from which the last pass's oldest kept tombstone or marker may go
+    /// (see [`crate::compact::FilterStats::oldest_delete_ms`]): a pass is due then even if
+    /// little is dirty.
+    pub fn deletes_due_ms(&self) -> Option<i64> {
+        self.cleaner_checkpoint().1
+    }
+
+    fn cleaner_checkpoint(&self) -> (u64, Option<i64>) {
+        let text = std::fs::read_to_string(self.dir.join(CLEANED_FILE)).unwrap_or_default();
+        let mut fields = text.split_whitespace();
+        let offset = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        (offset, fields.next().and_then(|s| s.parse().ok()))
+    }
+
+    /// Records that a pass cleaned everything below `offset`, and when what it kept of
+    /// deletes may go; written after its swap is durable, atomically (a crash leaves the old
+    /// value).
+    pub fn set_cleaned_offset(
+        &self,
+        offset: u64,
+        deletes_due_ms: Option<i64>,
+    ) -> Result<(), StorageError> {
+        let path = self.dir.join(CLEANED_FILE);
+        let tmp = self.dir.join(format!("{CLEANED_FILE}.tmp"));
+        let due = deletes_due_ms.map_or(String::new(), |t| format!(" {t}"));
+        std::fs::write(&tmp, format!("{offset}{due}\n")).io_ctx("write", &tmp)?;
+        std::fs::rename(&tmp, &path).io_ctx("rename", &tmp)
+    }
+
     /// Where a clean that must not reach `limit` ends: the base offset of the first segment
     /// holding an offset at or past `limit` (the active one at most). Everything below it is
     /// in sealed segments.
@@ -84,8 +123,8 @@ impl Log {
         Ok(Aborted::new(self.aborted_txns(0, to)?))
     }
 
-    /// Rewrites the sealed segments below `to` (a [`Self::clean_bound`]) keeping what `map` says stays, and swaps them
-    /// in. `clean_below` is where this pass's dirty section started; tombstones and empty
+    /// Rewrites the sealed segments below `to` (a [`Self::clean_bound`]) keeping what `map`
+    /// says stays, and swaps them in; `io(bytes)` is called after each read and write. `clean_below` is where this pass's dirty section started; tombstones and empty
     /// transactions' markers older than `delete_horizon_ms` below it go. `None` when there is
     /// nothing below `to`.
     pub fn clean_with(
@@ -104,6 +143,7 @@ impl Log {
         let mut rewrite = self.rewrite_segments(from, to)?;
         let mut filter = Filter::new(map, aborted, clean_below, delete_horizon_ms);
         for seg in &segments {
+            let written = filter.stats.bytes_out;
             each_batch(seg, 0, io, &mut |batch| {
                 let verdict = filter.judge(batch)?;
                 let kept: &[u8] = match &verdict {
@@ -120,6 +160,7 @@ impl Log {
                 }
                 Ok(true)
             })?;
+            io(filter.stats.bytes_out - written);
         }
         let applied = self.commit_rewrite(rewrite)?;
         Ok(Some(LocalClean {

@@ -44,7 +44,7 @@ pub struct SegmentRewrite {
     current: Option<(File, u64)>,
     next: u64,
     /// The segments being replaced, as they were when the rewrite started.
-    replaced: Vec<u64>,
+    replaced: Vec<(u64, u64, u64)>,
 }
 
 /// A rewrite past its commit point: applied now, or by the next open after a crash.
@@ -135,12 +135,13 @@ fn apply_locked(
     Ok(())
 }
 
-/// Base offsets of the log's segments in `from..to`.
-fn bases_in(inner: &Inner, from: u64, to: u64) -> Vec<u64> {
+/// The log's segments in `from..to` (base offset, end offset, size): a truncation inside
+/// one changes it as surely as retention removing one does.
+fn bases_in(inner: &Inner, from: u64, to: u64) -> Vec<(u64, u64, u64)> {
     inner
         .all()
-        .map(|s| s.base_offset)
-        .filter(|b| (from..to).contains(b))
+        .filter(|s| (from..to).contains(&s.base_offset))
+        .map(|s| (s.base_offset, s.next_offset, s.size))
         .collect()
 }
 

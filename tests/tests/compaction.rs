@@ -1,0 +1,202 @@
+//! Compacted topics as librdkafka users meet them: updates and deletes of many keys, then a
+//! consumer from offset 0 sees the latest value of every key, offsets rising with gaps.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use strata_broker::config::BrokerConfig;
+use strata_tests::TestBroker;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The key → latest value (None: deleted) a workload leaves.
+type Latest = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+fn fast_cleaner(c: &mut BrokerConfig) {
+    c.cleaner.backoff_ms = 200;
+    c.topics.flush_check_interval_ms = 200;
+    c.object_store.upload_interval_ms = 200;
+}
+
+async fn create(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin");
+    let mut t = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    for r in admin
+        .create_topics(&[t], &AdminOptions::new())
+        .await
+        .expect("create")
+    {
+        r.expect("created");
+    }
+}
+
+/// Produces `n` updates over `keys` keys (every 5th a delete), compressed with lz4 in
+/// batches of many records; returns what each key ends as.
+async fn produce(bootstrap: &str, topic: &str, n: usize, keys: usize, value_len: usize) -> Latest {
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    let mut latest = Latest::new();
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let key = format!("key-{:05}", (i * 7919) % keys).into_bytes();
+        let value = (i % 5 != 4).then(|| {
+            let mut v = format!("v{i}-").into_bytes();
+            v.resize(value_len.max(v.len()), b'x');
+            v
+        });
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(&key);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        pending.push(p.send_result(record).map_err(|(e, _)| e).expect("queued"));
+        latest.insert(key, value);
+        if pending.len() >= 5_000 || i + 1 == n {
+            for f in pending.drain(..) {
+                f.await
+                    .expect("delivered")
+                    .map_err(|(e, _)| e)
+                    .expect("acked");
+            }
+        }
+    }
+    latest
+}
+
+/// Everything a consumer from offset 0 reads up to the end: (offset, key, value).
+fn read_all(bootstrap: &str, topic: &str) -> Vec<(i64, Vec<u8>, Option<Vec<u8>>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "compaction-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let (_, end) = c.fetch_watermarks(topic, 0, WAIT).expect("watermarks");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition");
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while out.last().is_none_or(|(o, _, _)| o + 1 < end) {
+        assert!(
+            Instant::now() < deadline,
+            "read {} records, not to {end}",
+            out.len()
+        );
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m.expect("no consumer error");
+            let key = m.key().expect("keyed").to_vec();
+            out.push((m.offset(), key, m.payload().map(<[u8]>::to_vec)));
+        }
+    }
+    out
+}
+
+/// Waits until the topic reads as `latest` says (deleted keys gone when `tombstones_gone`),
+/// one record per key; returns the records.
+fn wait_compacted(
+    bootstrap: &str,
+    topic: &str,
+    latest: &Latest,
+    tombstones_gone: bool,
+) -> Vec<(i64, Vec<u8>, Option<Vec<u8>>)> {
+    let want: Latest = latest
+        .iter()
+        .filter(|(_, v)| !tombstones_gone || v.is_some())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = read_all(bootstrap, topic);
+        let as_map: Latest = got.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
+        if got.len() == want.len() && as_map == want {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not compacted: {} records for {} keys (want {}), same latest values: {}",
+            got.len(),
+            as_map.len(),
+            want.len(),
+            as_map == want
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Seals what was written: after `segment.ms` an append rolls the active segment (only
+/// sealed segments are cleaned). The record it appends has a key of its own.
+async fn seal(bootstrap: &str, topic: &str, latest: &mut Latest) {
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("producer");
+    let key = format!("seal-{}", latest.len()).into_bytes();
+    p.send(
+        FutureRecord::<[u8], [u8]>::to(topic)
+            .key(&key)
+            .payload(b"seal"),
+        WAIT,
+    )
+    .await
+    .map_err(|(e, _)| e)
+    .expect("sealed");
+    latest.insert(key, Some(b"seal".to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_topic_keeps_the_latest_value_per_key_with_gaps_across_a_restart() {
+    let mut broker = TestBroker::start_with(fast_cleaner).await;
+    let bootstrap = broker.bootstrap();
+    create(
+        &bootstrap,
+        "table",
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "65536"),
+            ("segment.ms", "1000"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "2000"),
+            ("remote.storage.enable", "false"),
+        ],
+    )
+    .await;
+    let mut latest = produce(&bootstrap, "table", 30_000, 1_000, 100).await;
+    seal(&bootstrap, "table", &mut latest).await;
+    // First the updates go and the deletes stay (a consumer must get to see them).
+    let got = wait_compacted(&bootstrap, "table", &latest, false);
+    let offsets: Vec<i64> = got.iter().map(|(o, _, _)| *o).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets rise");
+    assert!(
+        *offsets.last().expect("records") >= 30_000,
+        "the offsets keep their places"
+    );
+    // A restart reads the cleaned segments back, and after delete.retention.ms a later
+    // pass drops the tombstones.
+    broker.restart().await;
+    let bootstrap = broker.bootstrap();
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    seal(&bootstrap, "table", &mut latest).await;
+    let got = wait_compacted(&bootstrap, "table", &latest, true);
+    assert!(got.iter().all(|(_, _, v)| v.is_some()));
+    broker.stop().await;
+}
