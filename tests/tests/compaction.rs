@@ -18,6 +18,8 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// The key → latest value (None: deleted) a workload leaves.
 type Latest = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// A record as a consumer reads it: offset, key, value.
+type Read = (i64, Vec<u8>, Option<Vec<u8>>);
 
 fn fast_cleaner(c: &mut BrokerConfig) {
     c.cleaner.backoff_ms = 200;
@@ -81,7 +83,7 @@ async fn produce(bootstrap: &str, topic: &str, n: usize, keys: usize, value_len:
 }
 
 /// Everything a consumer from offset 0 reads up to the end: (offset, key, value).
-fn read_all(bootstrap: &str, topic: &str) -> Vec<(i64, Vec<u8>, Option<Vec<u8>>)> {
+fn read_all(bootstrap: &str, topic: &str) -> Vec<Read> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "compaction-reader")
@@ -117,7 +119,7 @@ fn wait_compacted(
     topic: &str,
     latest: &Latest,
     tombstones_gone: bool,
-) -> Vec<(i64, Vec<u8>, Option<Vec<u8>>)> {
+) -> Vec<Read> {
     let want: Latest = latest
         .iter()
         .filter(|(_, v)| !tombstones_gone || v.is_some())

@@ -57,6 +57,18 @@ pub struct RemoteSegment {
     /// written before it was recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open_txns: Vec<OpenTxn>,
+    /// How many times compaction rewrote it (0: as uploaded): part of its object keys, so a
+    /// rewrite never overwrites an object a reader of an older manifest may be reading.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A transaction open at some offset: its producer, the epoch of its batches and its first
@@ -77,6 +89,16 @@ impl RemoteSegment {
     pub fn has(&self, file: SegmentFile) -> bool {
         self.files.contains(&file)
     }
+
+    /// The key of one of its files.
+    pub fn key(&self, objects: &PartitionObjects, file: SegmentFile) -> Path {
+        objects.object_key(self.base_offset, self.leader_epoch, self.generation, file)
+    }
+
+    /// Whether this is the segment whose objects are named by `(base, epoch, generation)`.
+    pub fn named(&self, base: u64, epoch: i32, generation: u32) -> bool {
+        (self.base_offset, self.leader_epoch, self.generation) == (base, epoch, generation)
+    }
 }
 
 /// One version of a partition's manifest.
@@ -88,6 +110,11 @@ pub struct Manifest {
     pub leader_epoch: i32,
     /// First offset still retained remotely.
     pub log_start_offset: u64,
+    /// Below this offset a completed compaction pass cleaned the partition (its dirty
+    /// section starts here); 0 when none has or the topic is not compacted. A broker with an
+    /// empty disk continues cleaning from it.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub cleaned_offset: u64,
     /// Remote segments in offset order.
     pub segments: Vec<RemoteSegment>,
 }
@@ -186,12 +213,26 @@ impl PartitionObjects {
         &self.store
     }
 
-    /// The key of a segment file: `<base-offset>-<epoch>.<ext>`.
+    /// The key of a segment file as uploaded: `<base-offset>-<epoch>.<ext>`.
     pub fn segment_key(&self, base_offset: u64, leader_epoch: i32, file: SegmentFile) -> Path {
+        self.object_key(base_offset, leader_epoch, 0, file)
+    }
+
+    /// The key of a segment file of a generation: as uploaded for 0, and
+    /// `<base-offset>-<epoch>-<generation>.<ext>` for the rewrites compaction made.
+    pub fn object_key(
+        &self,
+        base_offset: u64,
+        leader_epoch: i32,
+        generation: u32,
+        file: SegmentFile,
+    ) -> Path {
         let ext = file.ext();
-        self.root
-            .clone()
-            .join(format!("{base_offset:020}-{leader_epoch}.{ext}"))
+        let name = match generation {
+            0 => format!("{base_offset:020}-{leader_epoch}.{ext}"),
+            g => format!("{base_offset:020}-{leader_epoch}-{g}.{ext}"),
+        };
+        self.root.clone().join(name)
     }
 
     fn manifest_key(&self, version: u64) -> Path {
@@ -306,6 +347,7 @@ mod tests {
             last_batch_crc: 0,
             files: SegmentFile::LEGACY.to_vec(),
             open_txns: Vec::new(),
+            generation: 0,
         }
     }
 

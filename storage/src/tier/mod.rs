@@ -16,6 +16,7 @@
 //! `<prefix>/topics/<topic-id>/<partition>/<base-offset>-<epoch>.{log,index,timeindex}` and
 //! `<prefix>/topics/<topic-id>/<partition>/manifest/<version>.json`.
 
+pub mod compact;
 pub mod fault;
 pub mod manifest;
 pub mod read;

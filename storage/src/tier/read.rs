@@ -120,7 +120,7 @@ impl foyer::Code for ChunkKey {
     }
 }
 
-type IndexKey = (Uuid, i32, u64, i32);
+type IndexKey = (Uuid, i32, u64, i32, u32);
 
 /// Reads remote segments through the chunk cache. One per broker, shared by all partitions.
 pub struct RemoteReader {
@@ -204,9 +204,38 @@ impl RemoteReader {
         from: u64,
         max_bytes: usize,
     ) -> Result<Bytes, TierError> {
-        let Some((i, seg)) = segment_of(manifest, from) else {
+        let Some((mut i, _)) = segment_of(manifest, from) else {
             return Err(TierError::NotRemote { offset: from });
         };
+        let mut from = from;
+        loop {
+            let seg = &manifest.segments[i];
+            if let Some(bytes) = self
+                .read_in(objects, manifest, i, seg, from, max_bytes)
+                .await?
+            {
+                return Ok(bytes);
+            }
+            // Nothing at or after `from` in this segment (compaction left a gap at its end):
+            // the next one's first batch.
+            i += 1;
+            let Some(next) = manifest.segments.get(i) else {
+                return Ok(Bytes::new());
+            };
+            from = next.base_offset;
+        }
+    }
+
+    /// [`Self::read`] within segment `i`; `None` when no batch there reaches `from`.
+    async fn read_in(
+        &self,
+        objects: &PartitionObjects,
+        manifest: &Manifest,
+        i: usize,
+        seg: &RemoteSegment,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Bytes>, TierError> {
         let mut cursor = Cursor::new(self, objects, seg);
         let index = self.offset_index(objects, seg).await?;
         let rel = from
@@ -226,7 +255,7 @@ impl RemoteReader {
         // Find the batch holding `from`.
         loop {
             let Some(h) = cursor.header(pos).await? else {
-                return Ok(Bytes::new());
+                return Ok(None);
             };
             if h.last_offset() >= from as i64 {
                 break;
@@ -247,7 +276,7 @@ impl RemoteReader {
         }
         let out = cursor.bytes(start..end).await?;
         self.after_read(objects, manifest, i, start, end);
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// The aborted transactions whose records may lie in `[from, upper)` of the remote
@@ -393,9 +422,11 @@ impl RemoteReader {
             base_offset: seg.base_offset,
             epoch: seg.leader_epoch,
             kind: kind as u8,
-            chunk,
+            // Chunk numbers stay far below 2^40 (a segment is at most 4 GiB); the generation
+            // of a compacted rewrite goes above, so the key's encoding is unchanged.
+            chunk: chunk | (u64::from(seg.generation) << 40),
         };
-        let path = objects.segment_key(seg.base_offset, seg.leader_epoch, kind);
+        let path = seg.key(objects, kind);
         let size = seg.size_bytes;
         let range =
             chunk * self.config.chunk_bytes..((chunk + 1) * self.config.chunk_bytes).min(size);
@@ -504,6 +535,7 @@ impl RemoteReader {
             objects.partition(),
             seg.base_offset,
             seg.leader_epoch,
+            seg.generation,
         );
         if let Some(i) = kept
             .lock()
@@ -615,14 +647,7 @@ impl<'a> Cursor<'a> {
 
     fn corrupt(&self, pos: u64, what: &'static str) -> TierError {
         TierError::Corrupt {
-            key: self
-                .objects
-                .segment_key(
-                    self.seg.base_offset,
-                    self.seg.leader_epoch,
-                    SegmentFile::Log,
-                )
-                .to_string(),
+            key: self.seg.key(self.objects, SegmentFile::Log).to_string(),
             position: pos,
             reason: what,
         }

@@ -85,7 +85,7 @@ pub async fn apply_remote_retention(
     let next = objects.commit(epoch, |m| m.without(&gone)).await?;
     publish(&next);
     for s in &gone {
-        delete_segment(objects, s.base_offset, s.leader_epoch).await?;
+        delete_segment(objects, s).await?;
     }
     tracing::debug!(
         segments = gone.len(),
@@ -111,22 +111,17 @@ pub async fn delete_records_before(
     let next = objects.commit(epoch, |m| m.starting_at(offset)).await?;
     publish(&next);
     for s in current.segments.iter().filter(|s| s.end_offset <= offset) {
-        delete_segment(objects, s.base_offset, s.leader_epoch).await?;
+        delete_segment(objects, s).await?;
     }
     Ok(next)
 }
 
 async fn delete_segment(
     objects: &PartitionObjects,
-    base_offset: u64,
-    epoch: i32,
+    segment: &RemoteSegment,
 ) -> Result<(), TierError> {
     for file in SegmentFile::ALL {
-        match objects
-            .store()
-            .delete(&objects.segment_key(base_offset, epoch, file))
-            .await
-        {
+        match objects.store().delete(&segment.key(objects, file)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -152,13 +147,13 @@ pub async fn clean_orphans(
         let Some(name) = meta.location.filename() else {
             continue;
         };
-        let Some((base, epoch)) = parse_segment_name(name) else {
+        let Some((base, epoch, generation)) = parse_segment_name(name) else {
             continue;
         };
         let named = manifest
             .segments
             .iter()
-            .any(|s| s.base_offset == base && s.leader_epoch == epoch);
+            .any(|s| s.named(base, epoch, generation));
         if named || meta.last_modified > cutoff {
             continue;
         }
@@ -173,12 +168,16 @@ pub async fn clean_orphans(
     Ok(deleted)
 }
 
-/// `<base>-<epoch>.<ext>` of a segment object.
-fn parse_segment_name(name: &str) -> Option<(u64, i32)> {
+/// `<base>-<epoch>.<ext>` or `<base>-<epoch>-<generation>.<ext>` of a segment object.
+fn parse_segment_name(name: &str) -> Option<(u64, i32, u32)> {
     let (stem, ext) = name.rsplit_once('.')?;
     SegmentFile::from_ext(ext)?;
-    let (base, epoch) = stem.split_once('-')?;
-    Some((base.parse().ok()?, epoch.parse().ok()?))
+    let (base, rest) = stem.split_once('-')?;
+    let (epoch, generation) = match rest.split_once('-') {
+        Some((epoch, generation)) => (epoch, generation.parse().ok()?),
+        None => (rest, 0),
+    };
+    Some((base.parse().ok()?, epoch.parse().ok()?, generation))
 }
 
 #[cfg(test)]
@@ -203,6 +202,7 @@ mod tests {
             last_batch_crc: 0,
             files: SegmentFile::ALL.to_vec(),
             open_txns: Vec::new(),
+            generation: 0,
         }
     }
 

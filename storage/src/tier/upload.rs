@@ -75,6 +75,7 @@ pub async fn upload_sealed_below(
             last_batch_crc: crc,
             files,
             open_txns: open_at(seg.next_offset),
+            generation: 0,
         };
         manifest = objects
             .commit(epoch, |m| m.with_segment(remote.clone()))
@@ -152,7 +153,7 @@ fn last_batch_crc(log: &Log, seg: &SegmentInfo) -> Result<u32, TierError> {
 
 /// Puts one local file, multipart when it is large. File reads are async (tokio) so a large
 /// segment does not hold a runtime thread.
-async fn upload_file(
+pub(super) async fn upload_file(
     objects: &PartitionObjects,
     key: Path,
     path: &FsPath,

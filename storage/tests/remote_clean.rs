@@ -1,0 +1,216 @@
+//! Compaction in object storage: uploaded segments are rewritten under new object keys and
+//! replaced in one manifest version; a replay from offset 0 reads the latest value per key,
+//! readers of the old manifest keep working until orphan cleanup, and a crash before the
+//! commit leaves the old manifest intact.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::ObjectStoreExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use strata_storage::compact::{Aborted, OffsetMap, decode};
+use strata_storage::tier::compact::{RemotePass, compact_remote, map_remote};
+use strata_storage::tier::manifest::{Manifest, PartitionObjects};
+use strata_storage::tier::read::{CacheConfig, RemoteReader};
+use strata_storage::tier::retention::clean_orphans;
+use strata_storage::tier::upload::upload_sealed;
+use strata_storage::{BatchBuilder, Log, LogConfig, Record};
+use uuid::Uuid;
+
+type Latest = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// A record as a replay returns it: offset, key, value.
+type Replayed = (u64, Vec<u8>, Option<Vec<u8>>);
+
+/// A log of `n` updates over `keys` keys (every 5th a delete) in small segments, all sealed
+/// and uploaded.
+async fn uploaded(
+    dir: &std::path::Path,
+    n: usize,
+    keys: usize,
+) -> (Log, PartitionObjects, Manifest, Latest) {
+    let log = Log::open(
+        dir,
+        LogConfig {
+            segment_bytes: 4096,
+            segment_ms: None,
+            retention_ms: None,
+            ..LogConfig::default()
+        },
+    )
+    .expect("open");
+    let mut latest = Latest::new();
+    for i in 0..n {
+        let key = format!("k{}", (i * 31) % keys).into_bytes();
+        let value = (i % 5 != 4).then(|| format!("value-{i}").into_bytes());
+        latest.insert(key.clone(), value.clone());
+        let mut b = BatchBuilder::new()
+            .record(Record {
+                key: Some(key),
+                value,
+                headers: Vec::new(),
+                timestamp: 1_000 + i as i64,
+            })
+            .build();
+        log.append(&mut b, 1).expect("append");
+    }
+    log.roll().expect("roll");
+    log.flush().expect("flush");
+    let objects =
+        PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
+    let m = upload_sealed(&log, &objects, 1).await.expect("upload");
+    (log, objects, m, latest)
+}
+
+async fn reader() -> RemoteReader {
+    RemoteReader::open(CacheConfig {
+        chunk_bytes: 2048,
+        memory_bytes: 1 << 20,
+        ..CacheConfig::default()
+    })
+    .await
+    .expect("reader")
+}
+
+/// Every record a replay of the remote segments from offset 0 returns.
+async fn replay(reader: &RemoteReader, objects: &PartitionObjects, m: &Manifest) -> Vec<Replayed> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < m.end_offset() {
+        let bytes = reader
+            .read(objects, m, offset, 1 << 16)
+            .await
+            .expect("read");
+        if bytes.is_empty() {
+            break;
+        }
+        for (_, b) in common::split(&bytes) {
+            for r in decode(&b).expect("decodes") {
+                offset = r.offset + 1;
+                out.push((r.offset, r.key.expect("keyed"), r.value));
+            }
+        }
+    }
+    out
+}
+
+async fn pass(
+    reader: &RemoteReader,
+    objects: &PartitionObjects,
+    m: &Manifest,
+    first_dirty: u64,
+    horizon: i64,
+    scratch: &std::path::Path,
+) -> Manifest {
+    let mut map = OffsetMap::with_memory(1 << 20, first_dirty);
+    let aborted = Aborted::default();
+    let to = m.end_offset();
+    map_remote(reader, objects, m, &mut map, to, &aborted, &mut |_| {})
+        .await
+        .expect("map");
+    let done = compact_remote(
+        reader,
+        objects,
+        &RemotePass {
+            map: &map,
+            aborted: &aborted,
+            clean_below: first_dirty,
+            delete_horizon_ms: horizon,
+            to,
+            segment_bytes: 16 * 1024,
+            epoch: 1,
+            scratch,
+        },
+        map.end(),
+        &mut |_| {},
+        |_| {},
+    )
+    .await
+    .expect("compact")
+    .expect("something to clean");
+    assert!(done.segments_out < done.segments_in, "runs merge");
+    done.manifest
+}
+
+fn as_map(records: &[Replayed]) -> Latest {
+    records
+        .iter()
+        .map(|(_, k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_remote_clean_leaves_the_latest_value_per_key_and_old_readers_keep_reading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scratch = dir.path().join("scratch");
+    let (_log, objects, before, latest) = uploaded(&dir.path().join("log"), 2_000, 50).await;
+    assert!(before.segments.len() > 20);
+    let reader = reader().await;
+    let old = replay(&reader, &objects, &before).await;
+    assert_eq!(old.len(), 2_000);
+
+    let after = pass(&reader, &objects, &before, 0, 0, &scratch).await;
+    assert_eq!(after.cleaned_offset, 2_000);
+    assert_eq!(after.end_offset(), before.end_offset(), "the range stays");
+    let got = replay(&reader, &objects, &after).await;
+    assert_eq!(
+        got.len(),
+        latest.len(),
+        "one record per key, tombstones included"
+    );
+    assert_eq!(as_map(&got), latest);
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "offsets rise");
+    assert!(after.segments.iter().all(|s| s.generation == 1));
+
+    // A reader that still holds the old manifest reads the old objects until they are
+    // orphans past the grace period.
+    assert_eq!(replay(&reader, &objects, &before).await.len(), 2_000);
+    let removed = clean_orphans(&objects, &after, Duration::ZERO)
+        .await
+        .expect("orphans");
+    assert!(
+        removed >= before.segments.len(),
+        "{removed} objects removed"
+    );
+    for s in &after.segments {
+        objects
+            .store()
+            .head(&s.key(&objects, strata_storage::SegmentFile::Log))
+            .await
+            .expect("the new objects stay");
+    }
+
+    // A later pass, once the tombstones are clean and old, drops them.
+    let last = pass(&reader, &objects, &after, 2_000, i64::MAX, &scratch).await;
+    let got = replay(&reader, &objects, &last).await;
+    let live: Latest = latest.into_iter().filter(|(_, v)| v.is_some()).collect();
+    assert_eq!(as_map(&got), live);
+    assert!(last.segments.iter().all(|s| s.generation == 2));
+}
+
+#[tokio::test]
+async fn a_remote_clean_that_dies_before_its_commit_leaves_the_manifest_as_it_was() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, objects, before, _) = uploaded(&dir.path().join("log"), 600, 20).await;
+    // Objects of a new generation uploaded, the commit never made: what a crash leaves.
+    let store = objects.store().clone();
+    for s in &before.segments {
+        let mut next = s.clone();
+        next.generation = 1;
+        let key = next.key(&objects, strata_storage::SegmentFile::Log);
+        store
+            .put(&key, b"half-written".to_vec().into())
+            .await
+            .expect("put");
+    }
+    let reader = reader().await;
+    let current = objects.latest().await.expect("latest").expect("a manifest");
+    assert_eq!(current, before);
+    assert_eq!(replay(&reader, &objects, &current).await.len(), 600);
+    // The next pass overwrites the leftovers and commits.
+    let after = pass(&reader, &objects, &current, 0, 0, &dir.path().join("s")).await;
+    assert_eq!(as_map(&replay(&reader, &objects, &after).await).len(), 20);
+}
