@@ -22,18 +22,22 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use strata_storage::compact::OffsetMap;
+use strata_storage::compact::{Aborted, FilterStats, OffsetMap};
+use strata_storage::tier::compact::{RemotePass, compact_remote, map_remote};
+use strata_storage::tier::manifest::Manifest;
 
 use crate::config::CleanerSettings;
 use crate::partition::Partition;
 use crate::partition::registry::Partitions;
 use crate::supervisor::Outcome;
+use crate::tiering::Tiering;
 use crate::topic::Compaction;
 
 /// The cleaner: what it is allowed, and the partitions it looks at.
 #[derive(Debug)]
 pub(crate) struct Cleaner {
     partitions: Arc<Partitions>,
+    tiering: Arc<Tiering>,
     settings: CleanerSettings,
     limiter: RateLimiter,
 }
@@ -43,30 +47,43 @@ pub(crate) struct Cleaner {
 struct Plan {
     part: Arc<Partition>,
     compaction: Compaction,
+    /// Where the dirty section starts: below it, a completed pass cleaned this replica's
+    /// log and, for a tiered topic, the remote segments too (the smaller of the two marks),
+    /// so a tombstone below it has no older value left anywhere.
     first_dirty: u64,
-    /// A segment base: everything below is cleaned.
+    /// A local segment base: everything below is cleaned, remote segments starting below
+    /// it too.
     to: u64,
+    /// As leader of a tiered partition: the manifest and the epoch to commit under.
+    remote: Option<(Arc<Manifest>, i32)>,
     ratio: f64,
 }
 
 impl Cleaner {
-    pub(crate) fn new(partitions: Arc<Partitions>, settings: CleanerSettings) -> Self {
+    pub(crate) fn new(
+        partitions: Arc<Partitions>,
+        tiering: Arc<Tiering>,
+        settings: CleanerSettings,
+    ) -> Self {
         Self {
             partitions,
+            tiering,
             limiter: RateLimiter::new(settings.io_max_bytes_per_second),
             settings,
         }
     }
 
-    /// One pass, off the async threads.
+    /// One pass, off the async threads (remote segments are read and written from them
+    /// through the runtime's handle).
     pub(crate) async fn step(self: Arc<Self>) -> Outcome {
-        match tokio::task::spawn_blocking(move || self.pass()).await {
+        let runtime = tokio::runtime::Handle::current();
+        match tokio::task::spawn_blocking(move || self.pass(&runtime)).await {
             Ok(()) => Outcome::Ok,
             Err(e) => Outcome::Retry(e.to_string()),
         }
     }
 
-    fn pass(&self) {
+    fn pass(&self, runtime: &tokio::runtime::Handle) {
         let now = crate::statelog::now_ms();
         let mut due: Vec<Plan> = self
             .partitions
@@ -81,7 +98,7 @@ impl Cleaner {
             for _ in 0..self.settings.threads {
                 scope.spawn(|| {
                     while let Some(plan) = next(&queue) {
-                        self.clean(plan, map_bytes);
+                        self.clean(plan, map_bytes, runtime);
                     }
                 });
             }
@@ -95,7 +112,17 @@ impl Cleaner {
             return None;
         }
         let log = &part.log;
-        let first_dirty = log.cleaned_offset();
+        // The published manifest (a follower's tiering pass keeps it current too).
+        let manifest = part
+            .settings()
+            .remote
+            .then(|| part.remote.manifest())
+            .flatten()
+            .filter(|m| !m.segments.is_empty());
+        let first_dirty = match &manifest {
+            Some(m) => log.cleaned_offset().min(m.cleaned_offset),
+            None => log.cleaned_offset(),
+        };
         let snapshot = crate::producer::newest_snapshot_offset(log.dir()).unwrap_or(0);
         let young = now.saturating_sub(compaction.min_lag.as_millis() as i64);
         let settled = match compaction.min_lag.is_zero() {
@@ -108,7 +135,16 @@ impl Cleaner {
         };
         let limit = part.last_stable_offset().min(snapshot).min(settled);
         let to = log.clean_bound(limit);
-        let (clean, dirty) = log.clean_and_dirty_bytes(first_dirty, to);
+        let (mut clean, mut dirty) = log.clean_and_dirty_bytes(first_dirty, to);
+        let local_start = log.log_start_offset();
+        for s in manifest.iter().flat_map(|m| &m.segments) {
+            if s.base_offset < to.min(local_start) {
+                match s.end_offset <= first_dirty {
+                    true => clean += s.size_bytes,
+                    false => dirty += s.size_bytes,
+                }
+            }
+        }
         let ratio = match clean + dirty {
             0 => 0.0,
             total => dirty as f64 / total as f64,
@@ -125,56 +161,152 @@ impl Cleaner {
                 .and_then(|s| s.first_timestamp)
                 .is_some_and(|t| t >= 0 && t < horizon)
         });
+        let remote = manifest.zip(part.role().leader_epoch());
         (ratio >= compaction.min_dirty_ratio || overdue || deletes_due).then_some(Plan {
             part,
             compaction,
             first_dirty,
             to,
+            remote,
             ratio,
         })
     }
 
     /// Runs one pass over a partition; a failure is logged and the next pass tries again.
-    fn clean(&self, plan: Plan, map_bytes: usize) {
+    /// Order: the local segments, then (as leader of a tiered partition) the remote ones with
+    /// a manifest that records the map's end, then the local record of it; a pass cut short
+    /// anywhere is redone whole from the same start, which changes nothing already clean.
+    fn clean(&self, plan: Plan, map_bytes: usize, runtime: &tokio::runtime::Handle) {
         let part = &plan.part;
         let started = Instant::now();
-        let mut io = |bytes: u64| self.limiter.take(bytes);
         let retention = plan.compaction.delete_retention.as_millis() as i64;
         let horizon = crate::statelog::now_ms() - retention;
-        let result = (|| {
-            let log = &part.log;
-            let aborted = log.aborted_below(plan.to)?;
-            let mut map = OffsetMap::with_memory(map_bytes, plan.first_dirty);
-            log.map_dirty(&mut map, plan.to, &aborted, &mut io)?;
-            let done =
-                log.clean_with(&map, &aborted, plan.first_dirty, horizon, plan.to, &mut io)?;
-            if let Some(done) = done
-                && done.applied
-            {
+        let result = self.run(&plan, map_bytes, horizon, runtime);
+        match result {
+            Ok(Some(done)) => {
                 let due = done
                     .stats
                     .oldest_delete_ms
                     .map(|t| t.saturating_add(retention));
-                log.set_cleaned_offset(map.end(), due)?;
-            }
-            Ok::<_, strata_storage::StorageError>((done, map.end()))
-        })();
-        match result {
-            Ok((Some(done), cleaned)) if done.applied => {
-                let took = started.elapsed();
-                tracing::info!(topic = %part.topic, partition = part.index, from = done.from,
-                    to = done.to, cleaned, bytes_in = done.stats.bytes_in,
-                    bytes_out = done.stats.bytes_out, records_in = done.stats.records_in,
-                    records_out = done.stats.records_out, ms = took.as_millis() as u64,
+                if let Err(e) = part.log.set_cleaned_offset(done.cleaned, due) {
+                    tracing::warn!(topic = %part.topic, partition = part.index, error = %e,
+                        "recording the clean failed; the next pass redoes it");
+                    return;
+                }
+                let s = done.stats;
+                tracing::info!(topic = %part.topic, partition = part.index,
+                    cleaned = done.cleaned, remote_segments = done.remote_segments,
+                    bytes_in = s.bytes_in, bytes_out = s.bytes_out, records_in = s.records_in,
+                    records_out = s.records_out, ms = started.elapsed().as_millis() as u64,
                     "cleaned");
             }
-            Ok(_) => tracing::debug!(topic = %part.topic, partition = part.index,
+            Ok(None) => tracing::debug!(topic = %part.topic, partition = part.index,
                 "the log changed under the clean; the next pass tries again"),
             Err(e) => tracing::warn!(topic = %part.topic, partition = part.index, error = %e,
                 "cleaning failed; the next pass tries again"),
         }
     }
+
+    /// The pass itself; `None` when it was given up because the log changed under it.
+    fn run(
+        &self,
+        plan: &Plan,
+        map_bytes: usize,
+        horizon: i64,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Option<Cleaned>, String> {
+        let part = &plan.part;
+        let log = &part.log;
+        let mut io = |bytes: u64| self.limiter.take(bytes);
+        let objects = &part.remote.objects;
+        let reader = &self.tiering.reader;
+        let local_start = log.log_start_offset();
+        let mut entries = log.aborted_txns(0, plan.to).map_err(|e| e.to_string())?;
+        // Only the leader reads remote segments; a follower maps its own log.
+        let start = match plan.remote {
+            Some(_) => plan.first_dirty,
+            None => plan.first_dirty.max(local_start),
+        };
+        let mut map = OffsetMap::with_memory(map_bytes, start);
+        if let Some((manifest, _)) = &plan.remote {
+            let remote = runtime.block_on(reader.aborted_txns(objects, manifest, 0, plan.to));
+            entries.extend(remote.map_err(|e| e.to_string())?);
+        }
+        let aborted = Aborted::new(entries);
+        if let Some((manifest, _)) = &plan.remote {
+            let below = plan.to.min(local_start);
+            runtime
+                .block_on(map_remote(
+                    reader, objects, manifest, &mut map, below, &aborted, &mut io,
+                ))
+                .map_err(|e| e.to_string())?;
+        }
+        if map.end() >= local_start {
+            log.map_dirty(&mut map, plan.to, &aborted, &mut io)
+                .map_err(|e| e.to_string())?;
+        }
+        let local = log
+            .clean_with(&map, &aborted, plan.first_dirty, horizon, plan.to, &mut io)
+            .map_err(|e| e.to_string())?;
+        if local.is_some_and(|l| !l.applied) {
+            return Ok(None);
+        }
+        let mut stats = local.map(|l| l.stats).unwrap_or_default();
+        let mut remote_segments = 0;
+        if let Some((_, epoch)) = plan.remote {
+            let scratch = log.dir().join(REMOTE_SCRATCH);
+            let pass = RemotePass {
+                map: &map,
+                aborted: &aborted,
+                clean_below: plan.first_dirty,
+                delete_horizon_ms: horizon,
+                to: plan.to,
+                segment_bytes: part.settings().log.segment_bytes,
+                epoch,
+                scratch: &scratch,
+            };
+            let publish = |m: &Manifest| part.remote.publish(m.clone());
+            let done = runtime
+                .block_on(compact_remote(
+                    reader,
+                    objects,
+                    &pass,
+                    map.end(),
+                    &mut io,
+                    publish,
+                ))
+                .map_err(|e| e.to_string())?;
+            if let Some(r) = done {
+                remote_segments = r.segments_in;
+                stats.bytes_in += r.stats.bytes_in;
+                stats.bytes_out += r.stats.bytes_out;
+                stats.records_in += r.stats.records_in;
+                stats.records_out += r.stats.records_out;
+                stats.oldest_delete_ms = match (stats.oldest_delete_ms, r.stats.oldest_delete_ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(Some(Cleaned {
+            cleaned: map.end(),
+            remote_segments,
+            stats,
+        }))
+    }
 }
+
+/// What a completed pass did.
+#[derive(Debug)]
+struct Cleaned {
+    /// Where the next pass's dirty section starts.
+    cleaned: u64,
+    remote_segments: usize,
+    stats: FilterStats,
+}
+
+/// Directory in a partition's log directory where remote segments are rebuilt.
+const REMOTE_SCRATCH: &str = "remote-clean";
 
 fn next(queue: &Mutex<Vec<Plan>>) -> Option<Plan> {
     let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());

@@ -124,6 +124,7 @@ impl BrokerState {
         ));
         let cleaner = Arc::new(crate::cleaner::Cleaner::new(
             partitions.clone(),
+            tiering.clone(),
             config.cleaner.clone(),
         ));
         Self {

@@ -91,6 +91,12 @@ impl OffsetMap {
         Ok(true)
     }
 
+    /// Records that every batch below `offset` was given to the map (the rest of the range
+    /// was gaps).
+    pub fn covered_to(&mut self, offset: u64) {
+        self.end = self.end.max(offset);
+    }
+
     /// The last offset of `key` in the mapped range.
     pub fn latest(&self, key: &[u8]) -> Option<u64> {
         self.map.get(&key_hash(key)).copied()

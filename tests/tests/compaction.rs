@@ -202,3 +202,81 @@ async fn a_compacted_topic_keeps_the_latest_value_per_key_with_gaps_across_a_res
     assert!(got.iter().all(|(_, _, v)| v.is_some()));
     broker.stop().await;
 }
+
+/// The records the segments of the newest manifest of `topic`/0 hold in the bucket (the
+/// broker's local-directory object store).
+async fn records_in_bucket(broker: &TestBroker) -> usize {
+    use object_store::local::LocalFileSystem;
+    use strata_storage::tier::manifest::PartitionObjects;
+    let root = broker.data_dir().join("objects");
+    let topics: Vec<_> = std::fs::read_dir(root.join("topics"))
+        .expect("topics in the bucket")
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(topics.len(), 1, "one tiered topic");
+    let id: uuid::Uuid = topics[0]
+        .file_name()
+        .to_string_lossy()
+        .parse()
+        .expect("a topic id");
+    let store = std::sync::Arc::new(LocalFileSystem::new_with_prefix(&root).expect("store"));
+    let objects = PartitionObjects::new(store, &object_store::path::Path::default(), id, 0);
+    let manifest = objects.latest().await.expect("read").expect("a manifest");
+    let mut n = 0;
+    for s in &manifest.segments {
+        let path = root.join(s.key(&objects, strata_storage::SegmentFile::Log).as_ref());
+        let bytes = std::fs::read(&path).expect("segment object");
+        let mut at = 0;
+        while at < bytes.len() {
+            let h = strata_storage::BatchHeader::parse(&bytes[at..]).expect("batch");
+            n += strata_storage::compact::decode(&bytes[at..at + h.total_len()])
+                .expect("records")
+                .len();
+            at += h.total_len();
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_tiered_topic_is_compacted_in_the_bucket_too() {
+    let broker = TestBroker::start_with(fast_cleaner).await;
+    let bootstrap = broker.bootstrap();
+    create(
+        &bootstrap,
+        "tiered-table",
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.bytes", "65536"),
+            ("segment.ms", "1000"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("delete.retention.ms", "2000"),
+            // Uploaded segments leave the local disk at once: reads come from the bucket.
+            ("local.retention.ms", "0"),
+        ],
+    )
+    .await;
+    let mut latest = produce(&bootstrap, "tiered-table", 30_000, 1_000, 100).await;
+    seal(&bootstrap, "tiered-table", &mut latest).await;
+    wait_compacted(&bootstrap, "tiered-table", &latest, false);
+    // Later passes drop the tombstones, in the bucket too; the bucket then holds about one
+    // value per live key (the last segments may not be cleaned yet).
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    seal(&bootstrap, "tiered-table", &mut latest).await;
+    wait_compacted(&bootstrap, "tiered-table", &latest, true);
+    let live = latest.values().filter(|v| v.is_some()).count();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = records_in_bucket(&broker).await;
+        eprintln!("{n} records in the bucket for {live} live keys");
+        if n <= live + live / 10 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} records in the bucket for {live} keys"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    broker.stop().await;
+}

@@ -112,9 +112,10 @@ impl Log {
                 Ok(!full)
             })?;
             if full {
-                break;
+                return Ok(());
             }
         }
+        map.covered_to(to);
         Ok(())
     }
 

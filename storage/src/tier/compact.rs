@@ -82,9 +82,10 @@ pub async fn map_remote(
         })
         .await?;
         if full {
-            break;
+            return Ok(());
         }
     }
+    map.covered_to(to);
     Ok(())
 }
 
