@@ -244,6 +244,9 @@ pub struct GroupSettings {
     pub max_size: usize,
     /// `offsets.retention.minutes`: offsets of a group empty this long are deleted.
     pub offsets_retention_minutes: u64,
+    /// `offsets.topic.segment.bytes`: segments of `__consumer_offsets` (set when this
+    /// broker creates it). Smaller segments are sealed, cleaned and uploaded sooner.
+    pub offsets_topic_segment_bytes: u64,
 }
 
 /// Transaction coordination (Kafka's `transaction.*` settings).
@@ -257,6 +260,8 @@ pub struct TransactionSettings {
     pub max_timeout_ms: u64,
     /// `transactional.id.expiration.ms`: a transactional id unused this long is forgotten.
     pub id_expiration_ms: u64,
+    /// `transaction.state.log.segment.bytes`: segments of `__transaction_state`.
+    pub state_topic_segment_bytes: u64,
 }
 
 /// The log cleaner (Kafka's `log.cleaner.*` settings).
@@ -294,6 +299,7 @@ impl Default for TransactionSettings {
             state_topic_partitions: 16,
             max_timeout_ms: 900_000,
             id_expiration_ms: 7 * 24 * 3_600_000,
+            state_topic_segment_bytes: 100 << 20,
         }
     }
 }
@@ -307,6 +313,7 @@ impl Default for GroupSettings {
             initial_rebalance_delay_ms: 3_000,
             max_size: 10_000,
             offsets_retention_minutes: 7 * 24 * 60,
+            offsets_topic_segment_bytes: 100 << 20,
         }
     }
 }
@@ -566,6 +573,26 @@ impl BrokerConfig {
         }
         if t.id_expiration_ms == 0 {
             return bad("transactions.id_expiration_ms", "must be positive".into());
+        }
+        for (key, v) in [
+            (
+                "groups.offsets_topic_segment_bytes",
+                g.offsets_topic_segment_bytes,
+            ),
+            (
+                "transactions.state_topic_segment_bytes",
+                t.state_topic_segment_bytes,
+            ),
+        ] {
+            if !(1024..=strata_storage::MAX_SEGMENT_BYTES).contains(&v) {
+                return bad(
+                    key,
+                    format!(
+                        "must be between 1024 and {}",
+                        strata_storage::MAX_SEGMENT_BYTES
+                    ),
+                );
+            }
         }
         let c = &self.cleaner;
         if !(1..=64).contains(&c.threads) {

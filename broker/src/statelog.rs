@@ -367,11 +367,24 @@ pub(crate) enum Leadership<'a> {
     Lost(i32),
 }
 
-/// Replays `part`'s whole log with `load`, off the async threads.
+/// Replays `part`'s whole log with `load`, off the async threads. A tiered partition first
+/// finishes its recovery (a broker with an empty disk restores an internal topic's log from
+/// the bucket), retried while this broker still leads it.
 pub(crate) async fn replay_partition<T: Send + 'static>(
     part: &Arc<Partition>,
     load: fn(&Log) -> Result<T, StorageError>,
 ) -> Result<T, crate::BrokerError> {
+    while part.recovering() {
+        match part.recover().await {
+            Ok(()) => {}
+            Err(e) if part.role().leader_epoch().is_some() => {
+                tracing::warn!(topic = %part.topic, partition = part.index, error = %e,
+                    "recovering a coordinator partition from the object store failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let log = part.log.clone();
     tokio::task::spawn_blocking(move || load(&log))
         .await
@@ -393,6 +406,8 @@ pub(crate) struct InternalTopic {
     /// replication factor the topic waits a little for them, so a cluster starting together
     /// does not fix the topic at the one copy of the first broker up.
     pub(crate) expected_brokers: usize,
+    /// Its `segment.bytes`.
+    pub(crate) segment_bytes: u64,
 }
 
 /// How long an internal topic waits for the brokers a cluster expects before it is created
@@ -427,7 +442,10 @@ pub(crate) async fn ensure_topic(
             id: Uuid::new_v4(),
             partitions: topic.partitions,
             replication_factor,
-            configs: BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]),
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("segment.bytes".to_string(), topic.segment_bytes.to_string()),
+            ]),
             first_leader_epoch: 0,
         };
         match controller.submit(&command).await {

@@ -26,8 +26,9 @@ pub(crate) fn default_replication_factor(configured: Option<i16>, image: &Metada
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct TopicSettings {
     pub(crate) log: LogConfig,
-    /// Sealed segments go to the object store (`remote.storage.enable`; internal topics
-    /// never: their coordinators replay them from the local log).
+    /// Sealed segments go to the object store (`remote.storage.enable`). Internal topics
+    /// keep their whole log locally too (their coordinators replay it), so for them the
+    /// bucket is the copy a broker with an empty disk restores from.
     pub(crate) remote: bool,
     /// Retention of the local tail once uploaded: Kafka's `local.retention.ms/bytes`, where
     /// -2 means "as `retention.*`", never looser than the whole log's.
@@ -72,12 +73,13 @@ impl TopicSettings {
             max_lag: bound(c.max_compaction_lag_ms),
             delete_retention: Duration::from_millis(c.delete_retention_ms.max(0) as u64),
         });
+        let internal = is_internal(&topic.name);
         Self {
             compaction,
             min_insync_replicas: c.min_insync_replicas,
-            remote: c.remote_storage && !is_internal(topic),
-            local_retention_ms: tighter(local_ms, log.retention_ms),
-            local_retention_bytes: tighter(local_bytes, log.retention_bytes),
+            remote: c.remote_storage,
+            local_retention_ms: tighter(local_ms, log.retention_ms).filter(|_| !internal),
+            local_retention_bytes: tighter(local_bytes, log.retention_bytes).filter(|_| !internal),
             log,
         }
     }
@@ -88,8 +90,14 @@ pub(crate) fn remote_enabled(topic: &TopicRecord) -> bool {
     TopicSettings::of(topic).remote
 }
 
-fn is_internal(topic: &TopicRecord) -> bool {
-    topic.name.starts_with("__")
+/// Topics the broker itself owns. Clients may read them, but not write, delete, re-create or
+/// re-partition them, nor change how long they are kept: their coordinators depend on their
+/// layout and on every record in them.
+const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state"];
+
+/// Whether `topic` is one of [`INTERNAL_TOPICS`].
+pub(crate) fn is_internal(topic: &str) -> bool {
+    INTERNAL_TOPICS.contains(&topic)
 }
 
 /// The smaller of two optional limits (`None` = unlimited).
@@ -228,7 +236,17 @@ mod tests {
             (s.local_retention_ms, s.local_retention_bytes),
             (s.log.retention_ms, None)
         );
-        assert!(!TopicSettings::of(&topic("__consumer_offsets")).remote);
+        // Internal topics are tiered too, and keep their whole log locally.
+        let mut offsets = topic("__consumer_offsets");
+        offsets
+            .configs
+            .insert("local.retention.ms".to_owned(), "0".to_owned());
+        let internal = TopicSettings::of(&offsets);
+        assert!(internal.remote);
+        assert_eq!(
+            (internal.local_retention_ms, internal.local_retention_bytes),
+            (None, None)
+        );
     }
 
     #[test]

@@ -205,16 +205,19 @@ async fn a_compacted_topic_keeps_the_latest_value_per_key_with_gaps_across_a_res
 
 /// The records the segments of the newest manifest of `topic`/0 hold in the bucket (the
 /// broker's local-directory object store).
-async fn records_in_bucket(broker: &TestBroker) -> usize {
+async fn records_in_bucket(broker: &TestBroker, topic: &str) -> usize {
     use object_store::local::LocalFileSystem;
     use strata_storage::tier::manifest::PartitionObjects;
     let root = broker.data_dir().join("objects");
-    let topics: Vec<_> = std::fs::read_dir(root.join("topics"))
+    // The catalog entry next to each tiered topic's objects names it.
+    let id: uuid::Uuid = std::fs::read_dir(root.join("topics"))
         .expect("topics in the bucket")
         .filter_map(|e| e.ok())
-        .collect();
-    assert_eq!(topics.len(), 1, "one tiered topic");
-    let id: uuid::Uuid = topics[0]
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("topic.json"))
+                .is_ok_and(|s| s.contains(&format!("\"name\":\"{topic}\"")))
+        })
+        .expect("the topic's catalog entry")
         .file_name()
         .to_string_lossy()
         .parse()
@@ -267,7 +270,7 @@ async fn a_compacted_tiered_topic_is_compacted_in_the_bucket_too() {
     let live = latest.values().filter(|v| v.is_some()).count();
     let deadline = Instant::now() + WAIT;
     loop {
-        let n = records_in_bucket(&broker).await;
+        let n = records_in_bucket(&broker, "tiered-table").await;
         eprintln!("{n} records in the bucket for {live} live keys");
         if n <= live + live / 10 {
             break;
@@ -279,4 +282,87 @@ async fn a_compacted_tiered_topic_is_compacted_in_the_bucket_too() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     broker.stop().await;
+}
+
+/// `__consumer_offsets` is compacted and tiered: a broker that starts with an empty disk
+/// (and an empty controller) on the same bucket recreates it from the catalog, restores its
+/// log from the bucket and answers every group's committed offsets as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_a_wiped_disk_through_the_bucket() {
+    use std::sync::Arc;
+
+    use object_store::ObjectStore;
+    use strata_client::Client;
+
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let tweak = |c: &mut BrokerConfig| {
+        fast_cleaner(c);
+        c.groups.offsets_topic_partitions = 1;
+        c.groups.offsets_topic_segment_bytes = 2048;
+    };
+    let first = TestBroker::start_on_store(Some(store.clone()), tweak).await;
+    let client = Client::connect(&first.bootstrap()).await.expect("connect");
+    client
+        .create_topic("orders", 4, -1, &BTreeMap::new())
+        .await
+        .expect("create");
+    // Rounds of commits by 20 groups: only the last round's offsets stand, and the cleaner
+    // removes the older ones.
+    let mut expected = BTreeMap::new();
+    for round in 0..5i64 {
+        for g in 0..20i64 {
+            let offsets = (0..4)
+                .map(|p| {
+                    (
+                        ("orders".to_owned(), p),
+                        round * 1000 + g * 10 + i64::from(p),
+                    )
+                })
+                .collect();
+            let group = format!("group-{g}");
+            client
+                .commit_offsets(&group, &offsets)
+                .await
+                .expect("commit");
+            expected.insert(group, offsets);
+        }
+    }
+    // Until what the groups committed is in a sealed, uploaded segment, other commits move
+    // the offsets topic on.
+    let mark = client
+        .list_offset("__consumer_offsets", 0, -1)
+        .await
+        .expect("end");
+    let deadline = Instant::now() + WAIT;
+    let mut filler = 0i64;
+    while client
+        .list_offset("__consumer_offsets", 0, -5)
+        .await
+        .expect("tiered")
+        < mark
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the offsets topic is not uploaded"
+        );
+        filler += 1;
+        let offsets = BTreeMap::from([(("orders".to_owned(), 0), filler)]);
+        client
+            .commit_offsets("filler", &offsets)
+            .await
+            .expect("commit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(client);
+    first.stop().await;
+
+    // New data directory, new controller, same bucket.
+    let second = TestBroker::start_on_store(Some(store.clone()), tweak).await;
+    let client = Client::connect(&second.bootstrap()).await.expect("connect");
+    for (group, offsets) in &expected {
+        let got = client.committed_offsets(group).await.expect("fetch");
+        assert_eq!(&got, offsets, "{group}");
+    }
+    drop(client);
+    second.stop().await;
 }

@@ -57,6 +57,8 @@ pub(crate) struct GroupConfig {
     /// replication factor the offsets topic waits a little for them, so a cluster starting
     /// together does not fix its offsets topic at the one copy of the first broker up.
     pub(crate) expected_brokers: usize,
+    /// `segment.bytes` of `__consumer_offsets` when this broker creates it.
+    pub(crate) offsets_segment_bytes: u64,
 }
 
 /// A group and its committed offsets.
@@ -295,6 +297,7 @@ impl Coordinator {
             partitions: self.config.offsets_partitions,
             replication_factor: self.config.offsets_replication_factor,
             expected_brokers: self.config.expected_brokers,
+            segment_bytes: self.config.offsets_segment_bytes,
         };
         statelog::ensure_topic(&topic, &self.metadata, &self.controller, cancel).await;
     }

@@ -86,14 +86,7 @@ pub(super) fn api_versions(frame: &Frame) -> Result<Bytes, FrameError> {
     )
 }
 
-/// Topics the broker itself owns. Clients may read them, but not write, delete, re-create or
-/// re-partition them, nor change how long they are kept: their coordinators depend on their
-/// layout and on every record in them.
-const INTERNAL_TOPICS: &[&str] = &["__consumer_offsets", "__transaction_state"];
-
-pub(super) fn is_internal(topic: &str) -> bool {
-    INTERNAL_TOPICS.contains(&topic)
-}
+pub(super) use crate::topic::is_internal;
 
 /// Refuses what a client may not ask for: more than one copy of a partition (replication is
 /// not built yet, and accepting a factor nobody replicates would promise what is not kept),

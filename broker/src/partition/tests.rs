@@ -233,6 +233,7 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
             offsets_retention: Duration::from_secs(3600),
             offsets_replication_factor: Some(2),
             expected_brokers: 1,
+            offsets_segment_bytes: 1 << 20,
         },
         ME,
         metadata.clone(),

@@ -57,6 +57,8 @@ pub(crate) struct TxnConfig {
     pub(crate) max_timeout_ms: i32,
     /// Kafka's `transactional.id.expiration.ms`.
     pub(crate) id_expiration: Duration,
+    /// `segment.bytes` of `__transaction_state` when this broker creates it.
+    pub(crate) segment_bytes: u64,
 }
 
 /// The markers ending one transaction, for the partitions still without one.
@@ -512,6 +514,7 @@ impl TxnCoordinator {
                             partitions: this.config.state_partitions,
                             replication_factor: this.config.replication_factor,
                             expected_brokers: this.config.expected_brokers,
+                            segment_bytes: this.config.segment_bytes,
                         };
                         statelog::ensure_topic(&topic, &this.metadata, &this.controller, &creating)
                             .await;

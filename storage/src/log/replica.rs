@@ -98,6 +98,34 @@ impl Log {
     }
 }
 
+impl Log {
+    /// Moves the log end up to `offset`, past a gap: the next append starts there. What
+    /// follows a copy that ends in a gap (a compacted log restored from object storage ends
+    /// where its manifest does, after its last batch).
+    pub fn skip_to(&self, offset: u64) -> Result<(), StorageError> {
+        self.check_online()?;
+        {
+            let mut inner = self.write_inner();
+            if offset <= inner.active.next_offset {
+                return Ok(());
+            }
+            mark_gaps(&self.dir)?;
+            if inner.active.is_empty() {
+                let old = std::mem::replace(
+                    &mut inner.active,
+                    crate::segment::Segment::create(&self.dir, offset)?,
+                );
+                old.delete()?;
+                inner.active_since = self.clock.now_ms();
+                self.lock_sync().dir_synced_base = u64::MAX;
+            } else {
+                self.roll_locked_at(&mut inner, offset)?;
+            }
+        }
+        self.flush()
+    }
+}
+
 /// Marks the log in `dir` as one with gaps, durably, before the first gap is written.
 pub(super) fn mark_gaps(dir: &Path) -> Result<(), StorageError> {
     if allows_gaps(dir) {
