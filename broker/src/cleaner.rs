@@ -22,6 +22,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use strata_storage::compact::{Aborted, FilterStats, OffsetMap};
 use strata_storage::tier::compact::{RemotePass, compact_remote, map_remote};
 use strata_storage::tier::manifest::Manifest;
@@ -32,6 +34,7 @@ use crate::partition::registry::Partitions;
 use crate::supervisor::Outcome;
 use crate::tiering::Tiering;
 use crate::topic::Compaction;
+use uuid::Uuid;
 
 /// The cleaner: what it is allowed, and the partitions it looks at.
 #[derive(Debug)]
@@ -40,6 +43,16 @@ pub(crate) struct Cleaner {
     tiering: Arc<Tiering>,
     settings: CleanerSettings,
     limiter: RateLimiter,
+    status: Mutex<HashMap<(Uuid, i32), CleanStatus>>,
+}
+
+/// What the cleaner last knew of a partition, for operators (DescribeLogDirs).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct CleanStatus {
+    /// The dirty share of the cleanable log at the last check.
+    pub(crate) dirty_ratio: f64,
+    /// When a pass last completed here (Unix ms).
+    pub(crate) last_clean_ms: Option<i64>,
 }
 
 /// One partition's next pass.
@@ -70,7 +83,20 @@ impl Cleaner {
             tiering,
             limiter: RateLimiter::new(settings.io_max_bytes_per_second),
             settings,
+            status: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// What the cleaner last knew of a partition (defaults before its first check).
+    pub(crate) fn status(&self, topic_id: Uuid, partition: i32) -> CleanStatus {
+        self.lock_status()
+            .get(&(topic_id, partition))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, i32), CleanStatus>> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One pass, off the async threads (remote segments are read and written from them
@@ -149,6 +175,10 @@ impl Cleaner {
             0 => 0.0,
             total => dirty as f64 / total as f64,
         };
+        self.lock_status()
+            .entry((part.topic_id, part.index))
+            .or_default()
+            .dirty_ratio = ratio;
         let deletes_due = log.deletes_due_ms().is_some_and(|t| t <= now);
         if dirty == 0 && !deletes_due {
             return None;
@@ -193,6 +223,12 @@ impl Cleaner {
                         "recording the clean failed; the next pass redoes it");
                     return;
                 }
+                let now = crate::statelog::now_ms();
+                let mut status = self.lock_status();
+                let entry = status.entry((part.topic_id, part.index)).or_default();
+                entry.last_clean_ms = Some(now);
+                entry.dirty_ratio = 0.0;
+                drop(status);
                 let s = done.stats;
                 tracing::info!(topic = %part.topic, partition = part.index,
                     cleaned = done.cleaned, remote_segments = done.remote_segments,

@@ -53,6 +53,7 @@ fn decode_body(frame: &Frame) -> bool {
         ApiKey::InitProducerId => frame.decode::<InitProducerIdRequest>().map(drop),
         ApiKey::DeleteTopics => frame.decode::<DeleteTopicsRequest>().map(drop),
         ApiKey::DeleteRecords => frame.decode::<DeleteRecordsRequest>().map(drop),
+        ApiKey::DescribeLogDirs => frame.decode::<DescribeLogDirsRequest>().map(drop),
         ApiKey::CreatePartitions => frame.decode::<CreatePartitionsRequest>().map(drop),
         ApiKey::ElectLeaders => frame.decode::<ElectLeadersRequest>().map(drop),
         ApiKey::AlterPartitionReassignments => frame

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod consumer;
 pub mod data;
 pub mod groups;
+pub mod logdirs;
 pub mod producer;
 pub mod transactions;
 

@@ -45,13 +45,20 @@ async fn create(bootstrap: &str, topic: &str, configs: &[(&str, &str)]) {
     }
 }
 
-/// Produces `n` updates over `keys` keys (every 5th a delete), compressed with lz4 in
+/// Produces `n` updates over `keys` keys (every 5th a delete), compressed with `codec` in
 /// batches of many records; returns what each key ends as.
-async fn produce(bootstrap: &str, topic: &str, n: usize, keys: usize, value_len: usize) -> Latest {
+async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    keys: usize,
+    value_len: usize,
+    codec: &str,
+) -> Latest {
     let p: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
-        .set("compression.type", "lz4")
+        .set("compression.type", codec)
         .set("linger.ms", "5")
         .create()
         .expect("producer");
@@ -144,6 +151,24 @@ fn wait_compacted(
     }
 }
 
+/// `stratactl --json topic describe <topic>`.
+async fn describe(bootstrap: &str, topic: &str) -> serde_json::Value {
+    let mut out = Vec::new();
+    let argv = [
+        "stratactl",
+        "--bootstrap",
+        bootstrap,
+        "--json",
+        "topic",
+        "describe",
+        topic,
+    ];
+    strata_client::cli::run(argv, &mut "".as_bytes(), &mut out)
+        .await
+        .expect("describe");
+    serde_json::from_slice(&out).expect("JSON")
+}
+
 /// Seals what was written: after `segment.ms` an append rolls the active segment (only
 /// sealed segments are cleaned). The record it appends has a key of its own.
 async fn seal(bootstrap: &str, topic: &str, latest: &mut Latest) {
@@ -182,7 +207,7 @@ async fn a_compacted_topic_keeps_the_latest_value_per_key_with_gaps_across_a_res
         ],
     )
     .await;
-    let mut latest = produce(&bootstrap, "table", 30_000, 1_000, 100).await;
+    let mut latest = produce(&bootstrap, "table", 30_000, 1_000, 100, "lz4").await;
     seal(&bootstrap, "table", &mut latest).await;
     // First the updates go and the deletes stay (a consumer must get to see them).
     let got = wait_compacted(&bootstrap, "table", &latest, false);
@@ -191,6 +216,35 @@ async fn a_compacted_topic_keeps_the_latest_value_per_key_with_gaps_across_a_res
     assert!(
         *offsets.last().expect("records") >= 30_000,
         "the offsets keep their places"
+    );
+    // stratactl shows where the cleaned part ends, the dirty share and the last pass.
+    let described = describe(&bootstrap, "table").await;
+    let cleaner = &described["partitions"][0]["cleaner"];
+    assert!(
+        cleaner["cleaned_offset"].as_i64().expect("cleaned offset") >= 30_000,
+        "{described}"
+    );
+    assert!(cleaner["last_clean_ms"].as_i64().is_some(), "{described}");
+    assert!(
+        cleaner["dirty_ratio"].as_f64().expect("ratio") < 0.5,
+        "{described}"
+    );
+    let mut text = Vec::new();
+    let argv = [
+        "stratactl",
+        "--bootstrap",
+        &bootstrap,
+        "topic",
+        "describe",
+        "table",
+    ];
+    strata_client::cli::run(argv, &mut "".as_bytes(), &mut text)
+        .await
+        .expect("describe");
+    let text = String::from_utf8(text).expect("utf-8");
+    assert!(
+        text.contains("DIRTY") && text.contains("LAST-CLEAN") && text.contains("s ago"),
+        "{text}"
     );
     // A restart reads the cleaned segments back, and after delete.retention.ms a later
     // pass drops the tombstones.
@@ -214,8 +268,10 @@ async fn records_in_bucket(broker: &TestBroker, topic: &str) -> usize {
         .expect("topics in the bucket")
         .filter_map(|e| e.ok())
         .find(|e| {
-            std::fs::read_to_string(e.path().join("topic.json"))
-                .is_ok_and(|s| s.contains(&format!("\"name\":\"{topic}\"")))
+            std::fs::read(e.path().join("topic.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .is_some_and(|entry| entry["name"] == topic)
         })
         .expect("the topic's catalog entry")
         .file_name()
@@ -259,7 +315,7 @@ async fn a_compacted_tiered_topic_is_compacted_in_the_bucket_too() {
         ],
     )
     .await;
-    let mut latest = produce(&bootstrap, "tiered-table", 30_000, 1_000, 100).await;
+    let mut latest = produce(&bootstrap, "tiered-table", 30_000, 1_000, 100, "zstd").await;
     seal(&bootstrap, "tiered-table", &mut latest).await;
     wait_compacted(&bootstrap, "tiered-table", &latest, false);
     // Later passes drop the tombstones, in the bucket too; the bucket then holds about one
@@ -365,4 +421,142 @@ async fn committed_offsets_survive_a_wiped_disk_through_the_bucket() {
     }
     drop(client);
     second.stop().await;
+}
+
+/// The `strata-node` binary these process tests run.
+fn binary() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_strata-node"))
+}
+
+/// Whether some file under `dir` (recursively) has a name for which `pred` holds.
+fn any_file(dir: &std::path::Path, pred: &dyn Fn(&str) -> bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(|e| e.ok()).any(|e| {
+        let path = e.path();
+        match path.is_dir() {
+            true => any_file(&path, pred),
+            false => pred(&e.file_name().to_string_lossy()),
+        }
+    })
+}
+
+/// Asserts that a consumer from offset 0 reads, for every key, the latest value last (an
+/// older one may still precede it while cleaning is unfinished), offsets rising.
+fn nothing_lost(bootstrap: &str, topic: &str, latest: &Latest) {
+    let got = read_all(bootstrap, topic);
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "offsets rise");
+    let last: Latest = got.into_iter().map(|(_, k, v)| (k, v)).collect();
+    for (key, value) in latest {
+        if value.is_some() {
+            assert_eq!(
+                last.get(key),
+                Some(value),
+                "{}: the latest value is lost",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+}
+
+/// Kills the broker (`kill -9`) once `in_progress` sees a clean half done on its disk or in
+/// its bucket, restarts it, and checks that nothing that should survive was lost and that
+/// cleaning then completes.
+async fn crash_mid_clean(
+    topic: &str,
+    tiered: bool,
+    in_progress: &dyn Fn(&std::path::Path) -> bool,
+) {
+    use strata_tests::cluster::ProcessCluster;
+    let mut cluster = ProcessCluster::start_with(
+        binary(),
+        1,
+        &[
+            "cleaner.backoff_ms=200",
+            // Slow enough that the pass is caught in the middle.
+            "cleaner.io_max_bytes_per_second=1000000",
+            "topics.flush_check_interval_ms=200",
+            "object_store.upload_interval_ms=200",
+        ],
+    )
+    .await;
+    let bootstrap = cluster.bootstrap();
+    let remote = if tiered { "true" } else { "false" };
+    // Written while the topic only keeps everything; for the remote case, all of it is
+    // uploaded and gone from the local disk before compaction is switched on.
+    create(
+        &bootstrap,
+        topic,
+        &[
+            ("retention.ms", "-1"),
+            ("segment.bytes", "65536"),
+            ("segment.ms", "1000"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("remote.storage.enable", remote),
+            ("local.retention.ms", if tiered { "0" } else { "-2" }),
+        ],
+    )
+    .await;
+    let mut latest = produce(&bootstrap, topic, 20_000, 500, 200, "none").await;
+    seal(&bootstrap, topic, &mut latest).await;
+    let client = strata_client::Client::connect(&bootstrap)
+        .await
+        .expect("connect");
+    if tiered {
+        let end = client.list_offset(topic, 0, -1).await.expect("end");
+        let deadline = Instant::now() + WAIT;
+        while client.list_offset(topic, 0, -4).await.expect("local start") < end - 1 {
+            assert!(Instant::now() < deadline, "not uploaded and evicted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let compact = BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]);
+    client
+        .alter_topic_config(topic, &compact, &[])
+        .await
+        .expect("compact");
+    let node = cluster.data_dir(1);
+    let deadline = Instant::now() + WAIT;
+    while !in_progress(&node) {
+        if Instant::now() > deadline {
+            let logs = cluster.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            panic!(
+                "no clean was seen in progress; the broker's log ends:\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.kill(1).await;
+    cluster.restart(1);
+    cluster.wait_for_brokers(1, WAIT).await;
+    nothing_lost(&bootstrap, topic, &latest);
+    wait_compacted(&bootstrap, topic, &latest, false);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_local_clean_loses_nothing() {
+    crash_mid_clean("local-crash", false, &|node| {
+        any_file(&node.join("logs"), &|name| name.ends_with(".cleaned"))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_remote_clean_loses_nothing() {
+    // Objects of a rewritten generation are `<base>-<epoch>-<generation>.<ext>`, in the
+    // bucket the cluster's nodes share beside their data directories.
+    crash_mid_clean("remote-crash", true, &|node| {
+        let bucket = node
+            .parent()
+            .expect("the cluster's directory")
+            .join("objects");
+        any_file(&bucket, &|name| {
+            name.ends_with(".log") && name.matches('-').count() == 2
+        })
+    })
+    .await;
 }

@@ -5,6 +5,7 @@ mod configs;
 mod fetch;
 mod groups;
 mod groups_admin;
+mod logdirs;
 mod produce;
 mod records;
 mod topics;
@@ -103,6 +104,7 @@ pub(crate) async fn handle(
         ApiKey::OffsetForLeaderEpoch => fetch::offset_for_leader_epoch(state, frame).await,
         ApiKey::ListOffsets => fetch::list_offsets(state, frame).await,
         ApiKey::DeleteRecords => records::delete_records(state, frame).await,
+        ApiKey::DescribeLogDirs => logdirs::describe_log_dirs(state, frame).await,
         ApiKey::AddPartitionsToTxn => txn::add_partitions_to_txn(state, frame).await,
         ApiKey::AddOffsetsToTxn => txn::add_offsets_to_txn(state, frame).await,
         ApiKey::EndTxn => txn::end_txn(state, frame).await,

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::Client;
 use crate::groups::GroupOffsets;
+use crate::logdirs::CleanerView;
 
 pub(super) async fn topic(
     client: &Client,
@@ -57,6 +58,22 @@ pub(super) async fn topic(
         }
         TopicCommand::Describe { name, all_configs } => {
             let (info, configs) = client.describe_topic(&name).await?;
+            let compacted = configs.iter().any(|c| {
+                c.name == "cleanup.policy"
+                    && c.value.as_deref().is_some_and(|v| v.contains("compact"))
+            });
+            // The cleaner's view, from each partition's leader (a broker that does not give
+            // one, such as Kafka's, leaves it out).
+            let cleaner: BTreeMap<i32, CleanerView> = match compacted {
+                true => client
+                    .log_dirs(&name)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|d| Some((d.partition, d.cleaner?)))
+                    .collect(),
+                false => BTreeMap::new(),
+            };
             let configs: Vec<_> = configs
                 .into_iter()
                 .filter(|c| all_configs || c.explicit)
@@ -65,7 +82,13 @@ pub(super) async fn topic(
                 let parts: Vec<_> = info
                     .partitions
                     .iter()
-                    .map(|p| json!({ "partition": p.partition, "leader": p.leader, "leader_epoch": p.leader_epoch, "replicas": p.replicas, "isr": p.isr }))
+                    .map(|p| {
+                        let mut v = json!({ "partition": p.partition, "leader": p.leader, "leader_epoch": p.leader_epoch, "replicas": p.replicas, "isr": p.isr });
+                        if let Some(c) = cleaner.get(&p.partition) {
+                            v["cleaner"] = json!({ "dirty_ratio": c.dirty_ratio, "cleaned_offset": c.cleaned_offset, "last_clean_ms": c.last_clean_ms });
+                        }
+                        v
+                    })
                     .collect();
                 let cfg: serde_json::Map<String, serde_json::Value> = configs
                     .iter()
@@ -88,20 +111,24 @@ pub(super) async fn topic(
                     .partitions
                     .iter()
                     .map(|p| {
-                        vec![
+                        let mut row = vec![
                             p.partition.to_string(),
                             p.leader.to_string(),
                             p.leader_epoch.to_string(),
                             ids(&p.replicas),
                             ids(&p.isr),
-                        ]
+                        ];
+                        if compacted {
+                            row.extend(cleaner_columns(cleaner.get(&p.partition)));
+                        }
+                        row
                     })
                     .collect();
-                table(
-                    out,
-                    &["PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR"],
-                    &rows,
-                )?;
+                let mut header = vec!["PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR"];
+                if compacted {
+                    header.extend(["DIRTY", "CLEANED-TO", "LAST-CLEAN"]);
+                }
+                table(out, &header, &rows)?;
                 if !configs.is_empty() {
                     writeln!(out)?;
                     let rows: Vec<Vec<String>> = configs
@@ -656,6 +683,26 @@ async fn reset_offsets(
         writeln!(out, "not committed: add --execute to apply")?;
     }
     Ok(())
+}
+
+/// The cleaner's columns of a compacted topic's partition: its dirty share, where the
+/// cleaned part ends, and how long ago the last pass completed.
+fn cleaner_columns(view: Option<&CleanerView>) -> [String; 3] {
+    let Some(v) = view else {
+        return ["-".into(), "-".into(), "-".into()];
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let last = v.last_clean_ms.map_or_else(
+        || "never".to_owned(),
+        |t| format!("{}s ago", (now_ms - t).max(0) / 1000),
+    );
+    [
+        format!("{:.1}%", v.dirty_ratio * 100.0),
+        v.cleaned_offset.to_string(),
+        last,
+    ]
 }
 
 pub(super) async fn tiering(
