@@ -367,6 +367,9 @@ pub(crate) enum Leadership<'a> {
     Lost(i32),
 }
 
+/// How long one attempt at a coordinator partition's recovery may take.
+const RECOVERY_ATTEMPT: Duration = Duration::from_secs(10);
+
 /// Replays `part`'s whole log with `load`, off the async threads. A tiered partition first
 /// finishes its recovery (a broker with an empty disk restores an internal topic's log from
 /// the bucket), retried while this broker still leads it.
@@ -375,15 +378,22 @@ pub(crate) async fn replay_partition<T: Send + 'static>(
     load: fn(&Log) -> Result<T, StorageError>,
 ) -> Result<T, crate::BrokerError> {
     while part.recovering() {
-        match part.recover().await {
-            Ok(()) => {}
-            Err(e) if part.role().leader_epoch().is_some() => {
-                tracing::warn!(topic = %part.topic, partition = part.index, error = %e,
-                    "recovering a coordinator partition from the object store failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => return Err(e),
+        // Bounded, so the recovery's lock is let go of while the store does not answer.
+        let error = match tokio::time::timeout(RECOVERY_ATTEMPT, part.recover()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {RECOVERY_ATTEMPT:?}"),
+        };
+        if part.role().leader_epoch().is_none() {
+            return Err(crate::BrokerError::Io {
+                op: "recovering a coordinator partition",
+                path: part.log.dir().to_owned(),
+                source: std::io::Error::other(error),
+            });
         }
+        tracing::warn!(topic = %part.topic, partition = part.index, %error,
+            "recovering a coordinator partition from the object store failed; retrying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let log = part.log.clone();
     tokio::task::spawn_blocking(move || load(&log))

@@ -66,9 +66,16 @@ async fn produce(
     let mut pending = Vec::new();
     for i in 0..n {
         let key = format!("key-{:05}", (i * 7919) % keys).into_bytes();
+        // Values that do not compress, so the log is as large as what was produced.
         let value = (i % 5 != 4).then(|| {
             let mut v = format!("v{i}-").into_bytes();
-            v.resize(value_len.max(v.len()), b'x');
+            let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            while v.len() < value_len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                v.push((x % 251) as u8);
+            }
             v
         });
         let mut record = FutureRecord::<[u8], [u8]>::to(topic).key(&key);
@@ -127,12 +134,23 @@ fn wait_compacted(
     latest: &Latest,
     tombstones_gone: bool,
 ) -> Vec<Read> {
+    wait_compacted_within(bootstrap, topic, latest, tombstones_gone, WAIT)
+}
+
+/// [`wait_compacted`], for at most `wait`.
+fn wait_compacted_within(
+    bootstrap: &str,
+    topic: &str,
+    latest: &Latest,
+    tombstones_gone: bool,
+    wait: Duration,
+) -> Vec<Read> {
     let want: Latest = latest
         .iter()
         .filter(|(_, v)| !tombstones_gone || v.is_some())
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait;
     loop {
         let got = read_all(bootstrap, topic);
         let as_map: Latest = got.iter().map(|(_, k, v)| (k.clone(), v.clone())).collect();
@@ -297,38 +315,91 @@ async fn records_in_bucket(broker: &TestBroker, topic: &str) -> usize {
     n
 }
 
+/// The size of the tiered workload: `COMPACTION_MIB` MiB of 1 KiB values over 10,000 keys
+/// (the 1 GiB run: `COMPACTION_MIB=1024`), or by default 30,000 records of 100
+/// bytes over 1,000 keys. Returns (records, keys, value bytes, how long to wait).
+fn tiered_workload() -> (usize, usize, usize, Duration) {
+    match std::env::var("COMPACTION_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(mib) => ((mib << 20) / 1024, 10_000, 1024, Duration::from_secs(1800)),
+        None => (30_000, 1_000, 100, WAIT),
+    }
+}
+
+/// Waits until `topic`/0 keeps nothing but its active segment locally: every sealed
+/// segment is uploaded and evicted.
+async fn evicted(bootstrap: &str, topic: &str, wait: Duration) {
+    let client = strata_client::Client::connect(bootstrap)
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + wait;
+    loop {
+        let end = client.list_offset(topic, 0, -1).await.expect("end");
+        let local = client.list_offset(topic, 0, -4).await.expect("local start");
+        if local >= end - 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "local log starts at {local} of {end}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compacted_tiered_topic_is_compacted_in_the_bucket_too() {
     let broker = TestBroker::start_with(fast_cleaner).await;
     let bootstrap = broker.bootstrap();
+    let topic = "tiered-table";
     create(
         &bootstrap,
-        "tiered-table",
+        topic,
         &[
             ("cleanup.policy", "compact"),
             ("segment.bytes", "65536"),
             ("segment.ms", "1000"),
             ("min.cleanable.dirty.ratio", "0.01"),
             ("delete.retention.ms", "2000"),
-            // Uploaded segments leave the local disk at once: reads come from the bucket.
-            ("local.retention.ms", "0"),
         ],
     )
     .await;
-    let mut latest = produce(&bootstrap, "tiered-table", 30_000, 1_000, 100, "zstd").await;
-    seal(&bootstrap, "tiered-table", &mut latest).await;
-    wait_compacted(&bootstrap, "tiered-table", &latest, false);
+    let (records, keys, value_len, wait) = tiered_workload();
+    let mut latest = produce(&bootstrap, topic, records, keys, value_len, "zstd").await;
+    seal(&bootstrap, topic, &mut latest).await;
+    // Cleaned while the segments are local (and uploaded meanwhile).
+    wait_compacted_within(&bootstrap, topic, &latest, false, wait);
+    // Then only in the bucket: uploaded segments leave the local disk, reads come from the
+    // object store, and they read the same.
+    let client = strata_client::Client::connect(&bootstrap)
+        .await
+        .expect("connect");
+    let evict = BTreeMap::from([("local.retention.ms".to_owned(), "0".to_owned())]);
+    client
+        .alter_topic_config(topic, &evict, &[])
+        .await
+        .expect("evict");
+    evicted(&bootstrap, topic, wait).await;
+    wait_compacted_within(&bootstrap, topic, &latest, false, wait);
     // Later passes drop the tombstones, in the bucket too; the bucket then holds about one
     // value per live key (the last segments may not be cleaned yet).
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    seal(&bootstrap, "tiered-table", &mut latest).await;
-    wait_compacted(&bootstrap, "tiered-table", &latest, true);
+    seal(&bootstrap, topic, &mut latest).await;
+    let got = wait_compacted_within(&bootstrap, topic, &latest, true, wait);
+    let offsets: Vec<i64> = got.iter().map(|(o, _, _)| *o).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "offsets rise");
+    assert!(
+        offsets.windows(2).any(|w| w[1] > w[0] + 1),
+        "offsets keep their places, with gaps"
+    );
     let live = latest.values().filter(|v| v.is_some()).count();
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait;
     loop {
-        let n = records_in_bucket(&broker, "tiered-table").await;
-        eprintln!("{n} records in the bucket for {live} live keys");
+        let n = records_in_bucket(&broker, topic).await;
         if n <= live + live / 10 {
+            eprintln!("{n} records in the bucket for {live} live keys");
             break;
         }
         assert!(
