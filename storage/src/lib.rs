@@ -33,7 +33,7 @@ pub use batch::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 pub use error::StorageError;
-pub use log::{AppendInfo, LocalClean, Log, PreparedRewrite, SegmentRewrite};
+pub use log::{AppendInfo, LocalClean, Log, OpenSegment, PreparedRewrite, SegmentRewrite};
 pub use segment::{SegmentFile, SegmentInfo};
 pub use txn_index::{AbortedTxn, TxnIndex, collect_aborted, decode_entries};
 

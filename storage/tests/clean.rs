@@ -193,3 +193,45 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .filter(|n| n.ends_with(".cleaned") || n.ends_with(".swap") || n.ends_with(".swapped"))
         .collect()
 }
+
+/// What an upload reads of a segment is one version of it: files opened together before a
+/// swap keep the old bytes of every file, log and indexes alike, after it.
+#[test]
+fn files_opened_before_a_swap_read_the_old_version_of_every_file() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), config()).expect("open");
+    let mut latest = BTreeMap::new();
+    fill(&log, 600, 20, 1_000, &mut latest);
+    log.roll().expect("roll");
+    let first = log.segments()[0].clone();
+    let before: Vec<Vec<u8>> = first
+        .files()
+        .iter()
+        .map(|(_, p)| std::fs::read(p).expect("read"))
+        .collect();
+    let open = log
+        .open_segment(first.base_offset)
+        .expect("open")
+        .expect("the segment");
+    assert_eq!(open.info, first);
+    clean(&log, 0, 1 << 20, 0);
+    assert_ne!(
+        std::fs::read(&first.log_path).expect("read the new file"),
+        before[0],
+        "the swap replaced the file under its name"
+    );
+    for ((_, mut file), old) in open.files.into_iter().zip(&before) {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).expect("read");
+        assert_eq!(&bytes, old);
+    }
+    assert_ne!(
+        log.open_segment(first.base_offset)
+            .expect("open")
+            .expect("the segment")
+            .info,
+        first,
+        "an upload that listed the old segment sees that it changed"
+    );
+}

@@ -6,9 +6,10 @@
 //!    broker's default map (128 MiB bound) and with a small one (256 KiB: several passes);
 //!    then the same log uploaded to an S3 server (s3s-fs, in-process, loopback) and cleaned
 //!    there by `map_remote` + `compact_remote`. MB/s is of the log read.
-//! 2. An in-process broker: a producer sends 1 KiB records at 5,000/s (acks=all) while
-//!    nothing else runs, then while the cleaner compacts a `COMPACT_MIB` MiB topic written
-//!    just before; end-to-end latency p50/p99 of both windows.
+//! 2. An in-process broker: a producer sends 1 KiB records at 5,000/s (acks=all) for 4 s
+//!    while nothing else runs, then while the cleaner (held to 64 MB/s, so it spans the
+//!    window) compacts a `COMPACT_MIB` MiB topic written just before; end-to-end latency of
+//!    both windows.
 //!
 //! `cargo bench -p strata-tests --bench compaction` (`COMPACT_MIB=1024` for 1 GiB).
 
@@ -31,6 +32,8 @@ use common::{BenchResult, RECORD_BYTES, create_topic, print_latencies};
 
 const KEYS: usize = 10_000;
 const SEGMENT_BYTES: u64 = 16 << 20;
+/// `cleaner.io_max_bytes_per_second` of the broker part.
+const CLEAN_RATE: u64 = 64_000_000;
 
 fn main() -> BenchResult<()> {
     common::block_on(run())
@@ -173,8 +176,10 @@ async fn remote(dir: &std::path::Path, mib: u64) -> BenchResult<()> {
 
 /// Producer latency alone, then while a clean of a `mib` MiB topic runs.
 async fn produce_during_clean(mib: u64) -> BenchResult<()> {
+    // Held to 64 MB/s, the clean spans the measured window.
     let broker = strata_tests::TestBroker::start_with(|c| {
         c.cleaner.backoff_ms = 200;
+        c.cleaner.io_max_bytes_per_second = CLEAN_RATE;
     })
     .await;
     let bootstrap = broker.bootstrap();
@@ -225,15 +230,19 @@ async fn produce_during_clean(mib: u64) -> BenchResult<()> {
         )
         .await
         .map_err(|(e, _)| e)?;
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let (rate, seconds) = (5_000, 8);
+    // The table's writes settle (the flusher's fsyncs, the page cache's writeback) first.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rate, seconds) = (5_000, 4);
     let alone = common::end_to_end(&bootstrap, "load", 1, rate, seconds).await?;
-    print_latencies("produce e2e, no clean running  ", alone);
+    print_latencies("produce e2e, no clean", alone);
     let compact = BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]);
     client.alter_topic_config("table", &compact, &[]).await?;
     let started = Instant::now();
     let during = common::end_to_end(&bootstrap, "load", 1, rate, seconds).await?;
-    print_latencies("produce e2e, clean running     ", during);
+    print_latencies(
+        &format!("produce e2e, clean at {} MB/s", CLEAN_RATE / 1_000_000),
+        during,
+    );
     let dirs = client.log_dirs("table").await?;
     let view = dirs
         .first()

@@ -40,6 +40,13 @@ pub struct AppendInfo {
     pub log_start_offset: u64,
 }
 
+/// A segment's description and its files, opened at one moment (see [`Log::open_segment`]).
+#[derive(Debug)]
+pub struct OpenSegment {
+    pub info: SegmentInfo,
+    pub files: Vec<(crate::SegmentFile, std::fs::File)>,
+}
+
 /// A partition log in one directory. See the crate documentation.
 #[derive(Debug)]
 pub struct Log {
@@ -409,6 +416,23 @@ impl Log {
     /// All local segments, oldest first; every one but the last is sealed.
     pub fn segments(&self) -> Vec<SegmentInfo> {
         self.read_inner().all().map(Segment::info).collect()
+    }
+
+    /// The segment at `base_offset` with its files opened together, so they are all of one
+    /// version of it: a compaction swap replaces a segment's files under the same names, and
+    /// a reader opening them one by one could pair a new index with an old log. Files stay
+    /// readable through these handles after a swap or a deletion removes their names.
+    pub fn open_segment(&self, base_offset: u64) -> Result<Option<OpenSegment>, StorageError> {
+        let inner = self.read_inner();
+        let Some(seg) = inner.all().find(|s| s.base_offset == base_offset) else {
+            return Ok(None);
+        };
+        let info = seg.info();
+        let mut files = Vec::new();
+        for (kind, path) in info.files() {
+            files.push((kind, std::fs::File::open(path).io_ctx("open", path)?));
+        }
+        Ok(Some(OpenSegment { info, files }))
     }
 
     /// Seals the active segment (if it holds anything) and starts a new one.

@@ -267,7 +267,11 @@ async fn rewrite_run(
         generation,
     };
     for (file, path) in info.files() {
-        upload_file(objects, new.key(objects, file), path).await?;
+        let handle = std::fs::File::open(path).map_err(|source| TierError::Local {
+            path: path.to_owned(),
+            source,
+        })?;
+        upload_file(objects, new.key(objects, file), handle, path).await?;
     }
     out.delete().map_err(local)?;
     Ok(Some(new))

@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 
 use super::TierError;
 use super::manifest::{Manifest, OpenTxn, PartitionObjects, RemoteSegment};
-use crate::{Log, SegmentInfo};
+use crate::{Log, SegmentFile, SegmentInfo};
 
 /// Files above this size go up as multipart uploads of this part size.
 pub const MULTIPART_PART: usize = 8 << 20;
@@ -52,15 +52,41 @@ pub async fn upload_sealed_below(
                 && s.next_offset > manifest.end_offset()
         })
         .collect();
-    for seg in sealed {
-        let crc = last_batch_crc(log, &seg)?;
-        let epochs = segment_epochs(seg.log_path.clone(), seg.size_bytes).await?;
+    for listed in sealed {
+        // Its files as one version: the cleaner may have swapped the segment since it was
+        // listed (then the next pass lists it again).
+        let local = |source| TierError::Local {
+            path: listed.log_path.clone(),
+            source,
+        };
+        let open = log
+            .open_segment(listed.base_offset)
+            .map_err(|e| local(std::io::Error::other(e.to_string())))?;
+        let Some(open) = open.filter(|o| o.info == listed) else {
+            break;
+        };
+        let seg = open.info;
+        let mut handles = open.files;
+        let log_file = handles
+            .iter()
+            .find(|(kind, _)| *kind == SegmentFile::Log)
+            .map(|(_, f)| f.try_clone())
+            .transpose()
+            .map_err(local)?
+            .ok_or_else(|| local(std::io::Error::other("a segment without its log")))?;
+        let (epochs, crc) = segment_epochs(log_file, seg.log_path.clone(), seg.size_bytes).await?;
         let mut files = Vec::new();
-        for (file, path) in seg.files() {
+        for (file, handle) in handles.drain(..) {
+            let path = seg
+                .files()
+                .into_iter()
+                .find(|(kind, _)| *kind == file)
+                .map_or_else(|| seg.log_path.clone(), |(_, p)| p.to_owned());
             upload_file(
                 objects,
                 objects.segment_key(seg.base_offset, epoch, file),
-                path,
+                handle,
+                &path,
             )
             .await?;
             files.push(file);
@@ -90,16 +116,20 @@ pub async fn upload_sealed_below(
     Ok(manifest)
 }
 
-/// The leader epochs the batches of the sealed segment file at `path` (its first `size`
-/// bytes) carry, each with its first offset there, read from the batch headers alone (one
-/// small read per batch).
-async fn segment_epochs(path: std::path::PathBuf, size: u64) -> Result<Vec<(i32, u64)>, TierError> {
+/// The leader epochs the batches of the sealed segment `file` (at `path`; its first `size`
+/// bytes) carry, each with its first offset there, and its last batch's CRC, read from the
+/// batch headers alone (one small read per batch).
+async fn segment_epochs(
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    size: u64,
+) -> Result<(Vec<(i32, u64)>, u32), TierError> {
     tokio::task::spawn_blocking(move || {
         let local = |source| TierError::Local {
             path: path.clone(),
             source,
         };
-        read_epochs(&path, size).map_err(local)
+        read_epochs(&file, size).map_err(local)
     })
     .await
     .map_err(|e| TierError::Local {
@@ -108,11 +138,11 @@ async fn segment_epochs(path: std::path::PathBuf, size: u64) -> Result<Vec<(i32,
     })?
 }
 
-fn read_epochs(path: &FsPath, size: u64) -> std::io::Result<Vec<(i32, u64)>> {
+fn read_epochs(file: &std::fs::File, size: u64) -> std::io::Result<(Vec<(i32, u64)>, u32)> {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path)?;
     let len = file.metadata()?.len().min(size);
     let mut epochs: Vec<(i32, u64)> = Vec::new();
+    let mut crc = 0;
     let mut header = [0u8; crate::HEADER_LEN];
     let mut at = 0u64;
     while at + crate::HEADER_LEN as u64 <= len {
@@ -135,34 +165,25 @@ fn read_epochs(path: &FsPath, size: u64) -> std::io::Result<Vec<(i32, u64)>> {
                 u64::try_from(h.base_offset).unwrap_or(0),
             ));
         }
+        crc = h.crc;
         at += h.total_len() as u64;
     }
-    Ok(epochs)
+    Ok((epochs, crc))
 }
 
-/// The CRC of a sealed segment's last batch.
-fn last_batch_crc(log: &Log, seg: &SegmentInfo) -> Result<u32, TierError> {
-    let bytes = log
-        .read(seg.next_offset - 1, 1)
-        .map_err(|e| TierError::Local {
-            path: seg.log_path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-    Ok(crate::BatchHeader::parse(&bytes).map_or(0, |h| h.crc))
-}
-
-/// Puts one local file, multipart when it is large. File reads are async (tokio) so a large
-/// segment does not hold a runtime thread.
+/// Puts one local file (open as `file`; `path` names it in errors), multipart when it is
+/// large. File reads are async (tokio) so a large segment does not hold a runtime thread.
 pub(super) async fn upload_file(
     objects: &PartitionObjects,
     key: Path,
+    file: std::fs::File,
     path: &FsPath,
 ) -> Result<(), TierError> {
     let local = |source| TierError::Local {
         path: path.to_owned(),
         source,
     };
-    let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+    let mut file = tokio::fs::File::from_std(file);
     let len = file.metadata().await.map_err(local)?.len() as usize;
     let store = objects.store();
     if len <= MULTIPART_PART {
@@ -266,7 +287,8 @@ mod tests {
         let store = Arc::new(InMemory::new());
         let objects = PartitionObjects::new(store.clone(), &Path::from("t"), Uuid::nil(), 0);
         let key = objects.segment_key(0, 1, SegmentFile::Log);
-        upload_file(&objects, key.clone(), &path)
+        let file = std::fs::File::open(&path).expect("open");
+        upload_file(&objects, key.clone(), file, &path)
             .await
             .expect("upload");
         let got = store
