@@ -235,3 +235,25 @@ fn files_opened_before_a_swap_read_the_old_version_of_every_file() {
         "an upload that listed the old segment sees that it changed"
     );
 }
+
+/// DeleteRecords may leave the log start inside the first segment; cleaning goes on, and
+/// nothing below the log start comes back, before or after a reopen.
+#[test]
+fn a_log_start_inside_the_first_segment_does_not_stop_cleaning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path(), config()).expect("open");
+    let mut latest = BTreeMap::new();
+    fill(&log, 600, 50, 1_000, &mut latest);
+    log.roll().expect("roll");
+    let first = log.segments()[0].clone();
+    // A batch boundary (batches hold three records): reads start at a whole batch.
+    let inside = first.base_offset + (first.next_offset - first.base_offset) / 6 * 3;
+    assert_eq!(log.delete_before(inside).expect("delete records"), inside);
+    clean(&log, 0, 1 << 20, 0);
+    assert_eq!(log.log_start_offset(), inside);
+    assert!(records(&log).iter().all(|r| r.offset >= inside));
+    drop(log);
+    let log = Log::open(dir.path(), config()).expect("reopen");
+    assert_eq!(log.log_start_offset(), inside);
+    assert!(records(&log).iter().all(|r| r.offset >= inside));
+}

@@ -88,13 +88,15 @@ impl Log {
     }
 
     /// Prepares and applies `rewrite` unless the segments it replaces changed since it
-    /// started (retention or a truncation removed some): then its files are discarded and
-    /// the answer is false. Appends wait while the swap is committed and applied.
+    /// started (retention, DeleteRecords or a truncation removed or cut some): then its files
+    /// are discarded and the answer is false. Appends wait while the swap is committed and
+    /// applied. (A log start moved inside the first segment leaves it as it was; what the
+    /// rewrite keeps below the log start stays unread, as it was before.)
     pub fn commit_rewrite(&self, mut rewrite: SegmentRewrite) -> Result<bool, StorageError> {
         rewrite.finish_file()?;
         let mut inner = self.write_inner();
         let (from, to) = (rewrite.from, rewrite.to);
-        if bases_in(&inner, from, to) != rewrite.replaced || inner.log_start_offset > from {
+        if bases_in(&inner, from, to) != rewrite.replaced {
             drop(inner);
             discard_cleaned(&self.dir)?;
             return Ok(false);
