@@ -418,6 +418,8 @@ pub(crate) struct InternalTopic {
     pub(crate) expected_brokers: usize,
     /// Its `segment.bytes`.
     pub(crate) segment_bytes: u64,
+    /// Its `remote.storage.enable` (`object_store.tier_internal_topics`).
+    pub(crate) tiered: bool,
 }
 
 /// How long an internal topic waits for the brokers a cluster expects before it is created
@@ -455,6 +457,10 @@ pub(crate) async fn ensure_topic(
             configs: BTreeMap::from([
                 ("cleanup.policy".to_string(), "compact".to_string()),
                 ("segment.bytes".to_string(), topic.segment_bytes.to_string()),
+                (
+                    "remote.storage.enable".to_string(),
+                    topic.tiered.to_string(),
+                ),
             ]),
             first_leader_epoch: 0,
         };

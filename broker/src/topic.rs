@@ -74,10 +74,19 @@ impl TopicSettings {
             delete_retention: Duration::from_millis(c.delete_retention_ms.max(0) as u64),
         });
         let internal = is_internal(&topic.name);
+        // An internal topic is tiered only when created so (`object_store.
+        // tier_internal_topics`); ones created before that existed name no such config.
+        let remote = match internal {
+            true => topic
+                .configs
+                .get("remote.storage.enable")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            false => c.remote_storage,
+        };
         Self {
             compaction,
             min_insync_replicas: c.min_insync_replicas,
-            remote: c.remote_storage,
+            remote,
             local_retention_ms: tighter(local_ms, log.retention_ms).filter(|_| !internal),
             local_retention_bytes: tighter(local_bytes, log.retention_bytes).filter(|_| !internal),
             log,
@@ -236,11 +245,13 @@ mod tests {
             (s.local_retention_ms, s.local_retention_bytes),
             (s.log.retention_ms, None)
         );
-        // Internal topics are tiered too, and keep their whole log locally.
+        // Internal topics are tiered only when created so, and keep their whole log locally.
         let mut offsets = topic("__consumer_offsets");
-        offsets
-            .configs
-            .insert("local.retention.ms".to_owned(), "0".to_owned());
+        assert!(!TopicSettings::of(&offsets).remote);
+        offsets.configs.extend([
+            ("local.retention.ms".to_owned(), "0".to_owned()),
+            ("remote.storage.enable".to_owned(), "true".to_owned()),
+        ]);
         let internal = TopicSettings::of(&offsets);
         assert!(internal.remote);
         assert_eq!(

@@ -424,6 +424,7 @@ async fn committed_offsets_survive_a_wiped_disk_through_the_bucket() {
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
     let tweak = |c: &mut BrokerConfig| {
         fast_cleaner(c);
+        c.object_store.tier_internal_topics = true;
         c.groups.offsets_topic_partitions = 1;
         c.groups.offsets_topic_segment_bytes = 2048;
     };

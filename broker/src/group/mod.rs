@@ -59,6 +59,8 @@ pub(crate) struct GroupConfig {
     pub(crate) expected_brokers: usize,
     /// `segment.bytes` of `__consumer_offsets` when this broker creates it.
     pub(crate) offsets_segment_bytes: u64,
+    /// Whether it is created tiered.
+    pub(crate) offsets_tiered: bool,
 }
 
 /// A group and its committed offsets.
@@ -298,6 +300,7 @@ impl Coordinator {
             replication_factor: self.config.offsets_replication_factor,
             expected_brokers: self.config.expected_brokers,
             segment_bytes: self.config.offsets_segment_bytes,
+            tiered: self.config.offsets_tiered,
         };
         statelog::ensure_topic(&topic, &self.metadata, &self.controller, cancel).await;
     }

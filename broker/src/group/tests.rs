@@ -234,6 +234,7 @@ fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
             offsets_replication_factor: Some(1),
             expected_brokers: 1,
             offsets_segment_bytes: 1 << 20,
+            offsets_tiered: false,
         },
         0,
         Default::default(),

@@ -234,6 +234,7 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
             offsets_replication_factor: Some(2),
             expected_brokers: 1,
             offsets_segment_bytes: 1 << 20,
+            offsets_tiered: false,
         },
         ME,
         metadata.clone(),

@@ -59,6 +59,8 @@ pub(crate) struct TxnConfig {
     pub(crate) id_expiration: Duration,
     /// `segment.bytes` of `__transaction_state` when this broker creates it.
     pub(crate) segment_bytes: u64,
+    /// Whether it is created tiered.
+    pub(crate) tiered: bool,
 }
 
 /// The markers ending one transaction, for the partitions still without one.
@@ -515,6 +517,7 @@ impl TxnCoordinator {
                             replication_factor: this.config.replication_factor,
                             expected_brokers: this.config.expected_brokers,
                             segment_bytes: this.config.segment_bytes,
+                            tiered: this.config.tiered,
                         };
                         statelog::ensure_topic(&topic, &this.metadata, &this.controller, &creating)
                             .await;
