@@ -27,8 +27,9 @@ pub(crate) fn default_replication_factor(configured: Option<i16>, image: &Metada
 pub(crate) struct TopicSettings {
     pub(crate) log: LogConfig,
     /// Sealed segments go to the object store (`remote.storage.enable`). Internal topics
-    /// keep their whole log locally too (their coordinators replay it), so for them the
-    /// bucket is the copy a broker with an empty disk restores from.
+    /// are tiered only when created so (`object_store.tier_internal_topics`); they keep their
+    /// whole log locally too (their coordinators replay it), so for them the bucket is the
+    /// copy a broker with an empty disk restores from.
     pub(crate) remote: bool,
     /// Retention of the local tail once uploaded: Kafka's `local.retention.ms/bytes`, where
     /// -2 means "as `retention.*`", never looser than the whole log's.
