@@ -133,28 +133,29 @@ impl Cleaner {
 
     /// The partition's next pass if one is due.
     fn plan(&self, part: Arc<Partition>, now: i64) -> Option<Plan> {
-        let compaction = part.settings().compaction?;
+        let settings = part.settings();
+        let compaction = settings.compaction?;
         if part.recovering() {
             return None;
         }
         let log = &part.log;
         // The published manifest (a follower's tiering pass keeps it current too).
-        let manifest = part
-            .settings()
+        let manifest = settings
             .remote
             .then(|| part.remote.manifest())
             .flatten()
             .filter(|m| !m.segments.is_empty());
+        let (cleaned, deletes_due_ms) = log.cleaner_state();
         let first_dirty = match &manifest {
-            Some(m) => log.cleaned_offset().min(m.cleaned_offset),
-            None => log.cleaned_offset(),
+            Some(m) => cleaned.min(m.cleaned_offset),
+            None => cleaned,
         };
+        let segments = log.segments();
         let snapshot = crate::producer::newest_snapshot_offset(log.dir()).unwrap_or(0);
         let young = now.saturating_sub(compaction.min_lag.as_millis() as i64);
         let settled = match compaction.min_lag.is_zero() {
             true => u64::MAX,
-            false => log
-                .segments()
+            false => segments
                 .iter()
                 .find(|s| s.max_timestamp.is_none_or(|t| t > young))
                 .map_or(u64::MAX, |s| s.base_offset),
@@ -179,13 +180,13 @@ impl Cleaner {
             .entry((part.topic_id, part.index))
             .or_default()
             .dirty_ratio = ratio;
-        let deletes_due = log.deletes_due_ms().is_some_and(|t| t <= now);
+        let deletes_due = deletes_due_ms.is_some_and(|t| t <= now);
         if dirty == 0 && !deletes_due {
             return None;
         }
         let overdue = compaction.max_lag.is_some_and(|lag| {
             let horizon = now.saturating_sub(lag.as_millis() as i64);
-            log.segments()
+            segments
                 .iter()
                 .find(|s| s.next_offset > first_dirty)
                 .and_then(|s| s.first_timestamp)
@@ -384,5 +385,34 @@ impl RateLimiter {
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limiter_holds_its_threads_to_the_rate() {
+        // 1 MB/s: 400 KB in 40 KB steps from two threads takes about 0.4 s less the burst.
+        let limiter = RateLimiter::new(1_000_000);
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..5 {
+                        limiter.take(40_000);
+                    }
+                });
+            }
+        });
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(290), "took {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        // No limit: no wait.
+        let free = RateLimiter::new(0);
+        let started = Instant::now();
+        free.take(u64::MAX / 2);
+        assert!(started.elapsed() < Duration::from_millis(50));
     }
 }

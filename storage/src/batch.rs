@@ -287,7 +287,7 @@ pub(crate) fn check_replicated_batches(buf: &[u8]) -> Result<Vec<ValidBatch>, Ba
     validate_each(buf, |b, at| {
         let header = check_frame(b, at)?;
         check_crc(&b[..header.total_len()], &header, at)?;
-        check_stored_counts(&header, at)?;
+        check_counts(&header, at, false)?;
         Ok(ValidBatch {
             pos: at,
             header,
@@ -335,7 +335,7 @@ fn validate_one(
     if codec > MAX_COMPRESSION_CODEC {
         return Err(BatchError::BadCompression { at, codec });
     }
-    check_counts(&header, at)?;
+    check_counts(&header, at, true)?;
     // Compressed records are counted and checked too (as Kafka does), or a client could claim
     // 2^31 offsets with one record; the stream stops at `decompressed_max` bytes.
     let (mut max_ts, mut min_ts) = (i64::MIN, i64::MAX);
@@ -383,29 +383,20 @@ fn decompressed_max(max_batch_bytes: usize) -> u64 {
     (max_batch_bytes.max(1 << 20) as u64).saturating_mul(64)
 }
 
-/// A stored batch holds records and no more than its offsets span: a producer's batch has
-/// one record per offset, a compacted one (which keeps its base offset and last offset delta,
-/// as Kafka's cleaner does) may have fewer.
-fn check_stored_counts(header: &BatchHeader, at: usize) -> Result<(), BatchError> {
+/// A batch holds records, and its count agrees with its last offset delta: one record per
+/// offset for a producer's batch (`dense`); for a stored one no more than its offsets span,
+/// since a compacted batch keeps its base offset and last offset delta, as Kafka's cleaner
+/// does, with fewer records.
+fn check_counts(header: &BatchHeader, at: usize, dense: bool) -> Result<(), BatchError> {
     if header.records_count <= 0 {
         return Err(BatchError::NoRecords { at });
     }
-    if header.last_offset_delta < 0 || header.records_count - 1 > header.last_offset_delta {
-        return Err(BatchError::CountMismatch {
-            at,
-            count: header.records_count,
-            last_offset_delta: header.last_offset_delta,
-        });
-    }
-    Ok(())
-}
-
-/// A batch holds records, and its count agrees with its last offset delta.
-fn check_counts(header: &BatchHeader, at: usize) -> Result<(), BatchError> {
-    if header.records_count <= 0 {
-        return Err(BatchError::NoRecords { at });
-    }
-    if header.last_offset_delta < 0 || header.records_count - 1 != header.last_offset_delta {
+    let spanned = header.last_offset_delta.saturating_add(1);
+    let fits = match dense {
+        true => header.records_count == spanned,
+        false => header.records_count <= spanned,
+    };
+    if header.last_offset_delta < 0 || !fits {
         return Err(BatchError::CountMismatch {
             at,
             count: header.records_count,

@@ -488,7 +488,17 @@ async fn committed_offsets_survive_a_wiped_disk_through_the_bucket() {
     let second = TestBroker::start_on_store(Some(store.clone()), tweak).await;
     let client = Client::connect(&second.bootstrap()).await.expect("connect");
     for (group, offsets) in &expected {
-        let got = client.committed_offsets(group).await.expect("fetch");
+        // The coordinator loads the restored partition first (COORDINATOR_LOAD_IN_PROGRESS,
+        // which the client retries for 10 s; longer on a busy machine).
+        let deadline = Instant::now() + WAIT;
+        let got = loop {
+            match client.committed_offsets(group).await {
+                Ok(got) => break got,
+                Err(e) if Instant::now() < deadline => eprintln!("{group}: {e}; retrying"),
+                Err(e) => panic!("{group}: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
         assert_eq!(&got, offsets, "{group}");
     }
     drop(client);

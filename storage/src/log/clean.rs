@@ -41,11 +41,12 @@ impl Log {
         self.cleaner_checkpoint().0.min(self.log_end_offset())
     }
 
-    /// The time (Unix ms) from which the last pass's oldest kept tombstone or marker may go
-    /// (see [`crate::compact::FilterStats::oldest_delete_ms`]): a pass is due then even if
-    /// little is dirty.
-    pub fn deletes_due_ms(&self) -> Option<i64> {
-        self.cleaner_checkpoint().1
+    /// [`Self::cleaned_offset`], and the time (Unix ms) from which the last pass's oldest kept
+    /// tombstone or marker may go (see [`crate::compact::FilterStats::oldest_delete_ms`]): a
+    /// pass is due then even if little is dirty. One read of the file.
+    pub fn cleaner_state(&self) -> (u64, Option<i64>) {
+        let (offset, due) = self.cleaner_checkpoint();
+        (offset.min(self.log_end_offset()), due)
     }
 
     fn cleaner_checkpoint(&self) -> (u64, Option<i64>) {

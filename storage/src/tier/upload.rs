@@ -42,15 +42,24 @@ pub async fn upload_sealed_below(
 ) -> Result<Manifest, TierError> {
     let mut manifest = objects.latest().await?.unwrap_or_default();
     let durable = log.durable_offset().min(upto);
-    let sealed: Vec<SegmentInfo> = log
-        .segments()
-        .into_iter()
+    let all = log.segments();
+    // A segment's range runs to the next one's base: past its last batch when compaction
+    // left a gap at its end, which the remote copy must cover too, or an offset in that gap
+    // would be neither remote nor local once the segment is evicted.
+    let range_end = |seg: &SegmentInfo| {
+        all.windows(2)
+            .find(|w| w[0].base_offset == seg.base_offset)
+            .map_or(seg.next_offset, |w| w[1].base_offset.max(seg.next_offset))
+    };
+    let sealed: Vec<SegmentInfo> = all
+        .iter()
         .filter(|s| {
             s.sealed
                 && s.next_offset > s.base_offset
                 && s.next_offset <= durable
                 && s.next_offset > manifest.end_offset()
         })
+        .cloned()
         .collect();
     for listed in sealed {
         // Its files as one version: the cleaner may have swapped the segment since it was
@@ -93,14 +102,14 @@ pub async fn upload_sealed_below(
         }
         let remote = RemoteSegment {
             base_offset: seg.base_offset,
-            end_offset: seg.next_offset,
+            end_offset: range_end(&seg),
             max_timestamp: seg.retention_timestamp(),
             size_bytes: seg.size_bytes,
             leader_epoch: epoch,
             epochs,
             last_batch_crc: crc,
             files,
-            open_txns: open_at(seg.next_offset),
+            open_txns: open_at(range_end(&seg)),
             generation: 0,
         };
         manifest = objects
