@@ -145,7 +145,7 @@ impl Cleaner {
             .then(|| part.remote.manifest())
             .flatten()
             .filter(|m| !m.segments.is_empty());
-        let (cleaned, deletes_due_ms) = log.cleaner_state();
+        let (cleaned, oldest_delete_ms) = log.cleaner_state();
         let first_dirty = match &manifest {
             Some(m) => cleaned.min(m.cleaned_offset),
             None => cleaned,
@@ -180,7 +180,8 @@ impl Cleaner {
             .entry((part.topic_id, part.index))
             .or_default()
             .dirty_ratio = ratio;
-        let deletes_due = deletes_due_ms.is_some_and(|t| t <= now);
+        let retention = compaction.delete_retention.as_millis() as i64;
+        let deletes_due = oldest_delete_ms.is_some_and(|t| t.saturating_add(retention) <= now);
         if dirty == 0 && !deletes_due {
             return None;
         }
@@ -215,11 +216,8 @@ impl Cleaner {
         let result = self.run(&plan, map_bytes, horizon, runtime);
         match result {
             Ok(Some(done)) => {
-                let due = done
-                    .stats
-                    .oldest_delete_ms
-                    .map(|t| t.saturating_add(retention));
-                if let Err(e) = part.log.set_cleaned_offset(done.cleaned, due) {
+                let oldest = done.stats.oldest_delete_ms;
+                if let Err(e) = part.log.set_cleaned_offset(done.cleaned, oldest) {
                     tracing::warn!(topic = %part.topic, partition = part.index, error = %e,
                         "recording the clean failed; the next pass redoes it");
                     return;

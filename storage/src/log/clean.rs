@@ -41,9 +41,10 @@ impl Log {
         self.cleaner_checkpoint().0.min(self.log_end_offset())
     }
 
-    /// [`Self::cleaned_offset`], and the time (Unix ms) from which the last pass's oldest kept
-    /// tombstone or marker may go (see [`crate::compact::FilterStats::oldest_delete_ms`]): a
-    /// pass is due then even if little is dirty. One read of the file.
+    /// [`Self::cleaned_offset`], and the timestamp (Unix ms) of the oldest tombstone or marker
+    /// the last pass kept (see [`crate::compact::FilterStats::oldest_delete_ms`]): a pass is
+    /// due once that is older than the topic's `delete.retention.ms` (as it is then, so a
+    /// lowered setting applies at once) even if little is dirty. One read of the file.
     pub fn cleaner_state(&self) -> (u64, Option<i64>) {
         let (offset, due) = self.cleaner_checkpoint();
         (offset.min(self.log_end_offset()), due)
@@ -56,18 +57,18 @@ impl Log {
         (offset, fields.next().and_then(|s| s.parse().ok()))
     }
 
-    /// Records that a pass cleaned everything below `offset`, and when what it kept of
-    /// deletes may go; written after its swap is durable, atomically (a crash leaves the old
+    /// Records that a pass cleaned everything below `offset`, and the timestamp of the oldest
+    /// delete it kept; written after its swap is durable, atomically (a crash leaves the old
     /// value).
     pub fn set_cleaned_offset(
         &self,
         offset: u64,
-        deletes_due_ms: Option<i64>,
+        oldest_delete_ms: Option<i64>,
     ) -> Result<(), StorageError> {
         let path = self.dir.join(CLEANED_FILE);
         let tmp = self.dir.join(format!("{CLEANED_FILE}.tmp"));
-        let due = deletes_due_ms.map_or(String::new(), |t| format!(" {t}"));
-        std::fs::write(&tmp, format!("{offset}{due}\n")).io_ctx("write", &tmp)?;
+        let oldest = oldest_delete_ms.map_or(String::new(), |t| format!(" {t}"));
+        std::fs::write(&tmp, format!("{offset}{oldest}\n")).io_ctx("write", &tmp)?;
         std::fs::rename(&tmp, &path).io_ctx("rename", &tmp)
     }
 
