@@ -387,7 +387,7 @@ async fn heartbeat(state: &BrokerState, want_unfence: bool) -> Result<u64, Broke
     {
         Ok(ack) => {
             if !ack.fenced {
-                state.lease.renew(sent);
+                state.lease.renew(sent, ack.metadata_version);
             }
             state
                 .leader_version

@@ -257,6 +257,7 @@ pub(crate) struct Routes {
     partitions: i32,
     me: i32,
     metadata: Arc<MetadataView>,
+    lease: Arc<Lease>,
     loaded: std::sync::Mutex<std::collections::HashMap<i32, Arc<Partition>>>,
 }
 
@@ -271,12 +272,14 @@ impl Routes {
         partitions: i32,
         me: i32,
         metadata: Arc<MetadataView>,
+        lease: Arc<Lease>,
     ) -> Self {
         Self {
             topic,
             partitions,
             me,
             metadata,
+            lease,
             loaded: std::sync::Mutex::default(),
         }
     }
@@ -306,17 +309,21 @@ impl Routes {
         )
     }
 
-    /// `key`'s partition and its leader epoch if this broker leads it and has loaded it;
-    /// else COORDINATOR_LOAD_IN_PROGRESS (led here, the role change on its way),
-    /// NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE.
+    /// `key`'s partition and its leader epoch if this broker leads it, has loaded it and
+    /// holds a current lease (a broker back from a pause answers nothing from its cache
+    /// until its metadata says whether it still leads); else COORDINATOR_LOAD_IN_PROGRESS
+    /// (led here, the role change on its way), NOT_COORDINATOR or COORDINATOR_NOT_AVAILABLE.
     pub(crate) fn route(&self, key: &str) -> Result<(Arc<Partition>, i32), i16> {
         let p = self.partition_of(key);
+        let image = self.metadata.image();
         if let Some(part) = self.loaded().get(&p).cloned()
             && let Some(epoch) = part.role().leader_epoch()
         {
+            if !self.lease.current(image.version) {
+                return Err(NOT_COORDINATOR);
+            }
             return Ok((part, epoch));
         }
-        let image = self.metadata.image();
         let meta = image
             .topics
             .get(self.topic)

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::{DescribeClusterRequest, FindCoordinatorRequest};
+use kafka_protocol::messages::{
+    DescribeClusterRequest, FindCoordinatorRequest, GroupId, OffsetFetchRequest,
+};
 use kafka_protocol::protocol::StrBytes;
 use strata_client::{Client, NewRecord, PartitionInfo};
 use strata_tests::RawClient;
@@ -1239,5 +1241,108 @@ async fn consumers_read_from_the_replica_in_their_rack() {
     for ((offset, value), (base, i)) in read.iter().zip(&acked) {
         assert_eq!(*offset, *base);
         assert_eq!(value.as_deref(), Some(format!("v{i}").as_bytes()));
+    }
+}
+
+/// The node that `id`'s broker names as `group`'s coordinator, once it names one.
+async fn coordinator_seen_by(cluster: &ProcessCluster, id: i32, group: &str) -> i32 {
+    let mut raw = RawClient::connect(cluster.kafka_addr(id)).await;
+    let request = FindCoordinatorRequest::default().with_key(StrBytes::from(group.to_owned()));
+    for _ in 0..200 {
+        let found = raw.call(3, &request).await;
+        if found.error_code == 0 {
+            return found.node_id.0;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("broker {id} names no coordinator for {group}");
+}
+
+/// A group coordinator frozen (SIGSTOP) for longer than the session timeout loses the group
+/// to another broker, where commits go on. Once it runs again it must not answer OffsetFetch
+/// from its stale cache: until its metadata shows whether it still coordinates, it answers
+/// NOT_COORDINATOR, and never an offset older than one already committed.
+#[tokio::test]
+async fn a_paused_coordinator_never_answers_offsets_older_than_committed() {
+    let cluster = ProcessCluster::start(binary(), 3).await;
+    let client = Client::connect(&cluster.bootstrap())
+        .await
+        .expect("connect");
+    client
+        .create_topic("orders", 1, 3, &BTreeMap::new())
+        .await
+        .expect("create");
+    // A group whose coordinator is not the controller's leader, so the pause tests the
+    // coordinator alone.
+    let controller = cluster.controller_leader().await;
+    let mut chosen = None;
+    for i in 0..50 {
+        let group = format!("paused-{i}");
+        let coordinator = coordinator_seen_by(&cluster, 1, &group).await;
+        if Some(coordinator) != controller {
+            chosen = Some((group, coordinator));
+            break;
+        }
+    }
+    let (group, old) = chosen.expect("a group away from the controller leader");
+    let other = (1..=3).find(|id| *id != old).expect("another broker");
+    let committed = |offset: i64| BTreeMap::from([(("orders".to_owned(), 0), offset)]);
+    client
+        .commit_offsets(&group, &committed(1))
+        .await
+        .expect("commit");
+    let mut stale = RawClient::connect(cluster.kafka_addr(old)).await;
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from(group.clone())))
+        .with_topics(None);
+    assert_eq!(stale.call(7, &fetch).await.error_code, 0);
+
+    cluster.pause(old);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while coordinator_seen_by(&cluster, other, &group).await == old {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elsewhere = Client::connect(&cluster.kafka_addr(other).to_string())
+        .await
+        .expect("connect");
+    let mut tries = 0;
+    while let Err(e) = elsewhere.commit_offsets(&group, &committed(2)).await {
+        tries += 1;
+        assert!(tries < 100, "commit on the new coordinator: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Sent while the old coordinator is frozen, answered as soon as it runs; then asked
+    // again and again while it catches up.
+    let asking = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for _ in 0..60 {
+            let answer = stale.call(7, &fetch).await;
+            let offset = answer
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.committed_offset)
+                .next();
+            answers.push((answer.error_code, offset));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answers
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.resume(old);
+    let answers = tokio::time::timeout(Duration::from_secs(30), asking)
+        .await
+        .expect("answers")
+        .expect("asked");
+    const NOT_COORDINATOR: i16 = 16;
+    for (code, offset) in &answers {
+        assert!(
+            *code == NOT_COORDINATOR || (*code == 0 && *offset == Some(2)),
+            "the resumed coordinator answered {code} with {offset:?}: {answers:?}"
+        );
     }
 }

@@ -104,13 +104,14 @@ impl Coordinator {
             config,
             metadata: metadata.clone(),
             controller,
-            lease,
+            lease: lease.clone(),
             groups: Mutex::new(HashMap::new()),
             routes: Routes::new(
                 OFFSETS_TOPIC,
                 config.offsets_partitions,
                 me,
                 metadata.clone(),
+                lease.clone(),
             ),
             write_locks: (0..config.offsets_partitions.max(1))
                 .map(|_| tokio::sync::Mutex::new(()))

@@ -221,6 +221,9 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
     let dir = tempfile::tempdir().expect("temp dir");
     let parts = registry(&dir);
     let metadata = Arc::new(MetadataView::default());
+    // The controller answered a heartbeat: this broker's lease is held.
+    let lease = Arc::new(crate::lease::Lease::new(Duration::from_secs(9)));
+    lease.renew(tokio::time::Instant::now(), 0);
     let coordinator = Coordinator::new(
         GroupConfig {
             limits: crate::group::machine::Limits {
@@ -241,7 +244,7 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
         Arc::new(strata_controller::ControllerClient::new(
             Vec::<String>::new(),
         )),
-        std::sync::Arc::new(crate::lease::Lease::new(Duration::from_secs(9))),
+        lease.clone(),
     );
     let id = Uuid::new_v4();
     let offsets = |leader, epoch| {

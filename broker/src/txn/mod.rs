@@ -121,9 +121,15 @@ impl TxnCoordinator {
             config,
             metadata: metadata.clone(),
             controller,
-            lease,
+            lease: lease.clone(),
             txns: Mutex::new(HashMap::new()),
-            routes: Routes::new(TXN_TOPIC, config.state_partitions, me, metadata.clone()),
+            routes: Routes::new(
+                TXN_TOPIC,
+                config.state_partitions,
+                me,
+                metadata.clone(),
+                lease.clone(),
+            ),
             write_locks: (0..config.state_partitions.max(1))
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
