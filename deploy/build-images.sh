@@ -3,7 +3,8 @@
 # a binary of this repository plus exactly the shared libraries `ldd` lists for it, imported
 # with `docker import` (no base image, no registry).
 #
-#   strata:local      the broker (`strata`) and `stratactl`; data in /data, Kafka on 9092
+#   strata:local      the broker (`strata`) and `stratactl`; data in /data, Kafka on 9092,
+#                     metrics and probes on 9644
 #   strata-s3:local   `strata-s3`, an S3-compatible server (the s3s-fs crate); data in /data,
 #                     S3 on 9000, credentials S3_ACCESS_KEY / S3_SECRET_KEY
 #
@@ -57,8 +58,8 @@ build() {
 dir=target/$profile
 build strata:local \
   'ENTRYPOINT ["/usr/local/bin/strata"]' \
-  'ENV STRATA_DATA_DIR=/data STRATA_KAFKA__LISTEN=0.0.0.0:9092' \
-  'WORKDIR /data' 'EXPOSE 9092' \
+  'ENV STRATA_DATA_DIR=/data STRATA_KAFKA__LISTEN=0.0.0.0:9092 STRATA_HTTP__LISTEN=0.0.0.0:9644' \
+  'WORKDIR /data' 'EXPOSE 9092' 'EXPOSE 9644' \
   -- "$dir/strata" "$dir/stratactl"
 build strata-s3:local \
   'ENTRYPOINT ["/usr/local/bin/strata-s3", "--listen", "0.0.0.0:9000", "--root", "/data"]' \

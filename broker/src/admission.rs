@@ -53,7 +53,7 @@ impl Admission {
     /// The limits `config` asks for. An explicit `max_connections` the open-file limit
     /// cannot serve (with room for the logs) is refused.
     pub(crate) fn new(config: &KafkaConfig) -> Result<Self, BrokerError> {
-        let files = open_file_limit();
+        let files = crate::process::open_file_limit();
         let max_connections = match (config.max_connections, files) {
             (0, Some(files)) => (files / 2).max(1),
             (0, None) => FALLBACK_MAX_CONNECTIONS,
@@ -125,18 +125,6 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// The soft limit on open files, from `/proc/self/limits` (Linux); `None` elsewhere or when
-/// unlimited.
-fn open_file_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,11 +157,11 @@ mod tests {
     #[test]
     fn the_default_follows_the_open_file_limit() {
         let a = admission(0, 0);
-        match open_file_limit() {
+        match crate::process::open_file_limit() {
             Some(files) => assert_eq!(a.max_connections, files / 2),
             None => assert_eq!(a.max_connections, FALLBACK_MAX_CONNECTIONS),
         }
-        if let Some(files) = open_file_limit() {
+        if let Some(files) = crate::process::open_file_limit() {
             let refused = Admission::new(&KafkaConfig {
                 max_connections: files,
                 ..KafkaConfig::default()

@@ -26,20 +26,35 @@ struct Args {
     /// Any key as `key=value`, e.g. `--set topics.default_partitions=3`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+    /// Log lines as plain text, or one JSON object per line (for log collectors).
+    #[arg(long, env = "STRATA_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Runs the `strata` command line: parses arguments, environment and config file, runs a
 /// broker until SIGTERM or SIGINT. The `strata` binary is this; tests run it as a process.
 pub fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        // Colours only on a terminal: container and journal logs stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        .init();
     let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,openraft=warn".into());
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            // Colours only on a terminal: container and journal logs stay plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
     let mut overrides = Vec::new();
     if let Some(d) = &args.data_dir {
         overrides.push(format!(

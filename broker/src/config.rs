@@ -38,6 +38,32 @@ pub struct BrokerConfig {
     pub object_store: ObjectStoreSettings,
     /// The cache remote reads go through.
     pub cache: CacheSettings,
+    /// The HTTP listener: metrics and probes.
+    pub http: HttpSettings,
+}
+
+/// The HTTP listener serving `/metrics`, `/healthz` and `/readyz`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address to listen on; empty turns the listener off.
+    pub listen: String,
+    /// Per-partition series (offsets, upload lag, group lag) in `/metrics`.
+    pub partition_metrics: bool,
+    /// At most this many per-partition series; the rest are counted in
+    /// `strata_partition_series_omitted` instead, so a broker with many partitions keeps
+    /// its scrapes small.
+    pub partition_metrics_limit: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9644".into(),
+            partition_metrics: true,
+            partition_metrics_limit: 2000,
+        }
+    }
 }
 
 /// The foyer cache of remote segment chunks.
@@ -232,6 +258,12 @@ pub struct TopicDefaults {
     /// `replica.lag.time.max.ms`: a follower that has not caught up with its leader for this
     /// long leaves the partition's in-sync replicas until it does.
     pub replica_lag_time_max_ms: u64,
+    /// Partition replicas a broker may host, on average over the live brokers: CreateTopics
+    /// and CreatePartitions past it are refused (POLICY_VIOLATION), since each hosted
+    /// partition keeps its active segment's three files open. 0 means a sixth of the
+    /// process's open-file limit (the other half is for connections); no limit where that
+    /// is unknown.
+    pub max_partitions_per_broker: usize,
 }
 
 /// Consumer group coordination (Kafka's `group.*` and `offsets.*` settings).
@@ -339,6 +371,7 @@ impl Default for BrokerConfig {
             cleaner: CleanerSettings::default(),
             object_store: ObjectStoreSettings::default(),
             cache: CacheSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -382,13 +415,14 @@ impl Default for TopicDefaults {
             flush_check_interval_ms: 1_000,
             producer_id_expiration_ms: 86_400_000,
             replica_lag_time_max_ms: 30_000,
+            max_partitions_per_broker: 0,
         }
     }
 }
 
 /// The top-level keys of [`BrokerConfig`]: an environment variable with [`ENV_PREFIX`] sets
 /// a setting only when its name starts with one of them.
-const CONFIG_KEYS: [&str; 11] = [
+const CONFIG_KEYS: [&str; 12] = [
     "node_id",
     "rack",
     "data_dir",
@@ -400,6 +434,7 @@ const CONFIG_KEYS: [&str; 11] = [
     "cleaner",
     "object_store",
     "cache",
+    "http",
 ];
 
 /// Prefix of environment variables that set config keys: `STRATA_KAFKA__LISTEN` sets
@@ -441,6 +476,10 @@ impl BrokerConfig {
                 // Other tools share the prefix (`STRATA_BOOTSTRAP` for stratactl,
                 // `STRATA_REQUIRE_DOCKER` for the tests): only names of a section or key
                 // of this file count; the rest are named in a warning, not an error.
+                // The command line's own variables.
+                if name == "STRATA_LOG_FORMAT" {
+                    continue;
+                }
                 if !CONFIG_KEYS.contains(&top) {
                     tracing::warn!(variable = %name, "not a broker setting; ignored");
                     continue;
@@ -486,6 +525,15 @@ impl BrokerConfig {
             return bad(
                 "kafka.listen",
                 format!("{:?} is not ip:port", self.kafka.listen),
+            );
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "http.listen",
+                format!(
+                    "{:?} is not ip:port (or empty, for no listener)",
+                    self.http.listen
+                ),
             );
         }
         if let Some(a) = &self.kafka.advertised
@@ -727,6 +775,15 @@ impl BrokerConfig {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.kafka.idle_timeout_ms)
+    }
+
+    /// `topics.max_partitions_per_broker`, or for 0 a sixth of the open-file limit (None
+    /// when that is unknown: no limit).
+    pub fn max_partitions_per_broker(&self) -> Option<usize> {
+        match self.topics.max_partitions_per_broker {
+            0 => crate::process::open_file_limit().map(|fds| (fds / 6).max(1)),
+            n => Some(n),
+        }
     }
 
     /// Directory of partition logs.

@@ -45,6 +45,7 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) {
     let _slot = slot;
+    let _open = OpenConnection::new(&state.metrics.connections);
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
     let max_in_flight = state.config.kafka.max_in_flight_requests;
@@ -134,9 +135,14 @@ pub(crate) async fn serve(
                         version = frame.version,
                         client = frame.header.client_id.as_deref().unwrap_or(""),
                     );
+                    let (api, started) = (frame.api, std::time::Instant::now());
                     let answer =
                         tracing::Instrument::instrument(handlers::handle(&state, frame, turn), span)
                             .await;
+                    match &answer {
+                        Ok(_) => state.metrics.request(api, started.elapsed()),
+                        Err(_) => state.metrics.error(api, "protocol"),
+                    }
                     (answer, held, fetch_turn)
                 });
             }
@@ -158,6 +164,22 @@ pub(crate) async fn serve(
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// Counts a connection in the open-connections gauge while it lives.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Reads size-prefixed frames into `frames` until the client closes or sends a frame that

@@ -12,6 +12,8 @@
 //! - `group`: the consumer group coordinator. `producer`, `epochs`: idempotence, leader epochs.
 //! - `tiering`, `catalog`: uploads and retention in object storage; the bucket's topic catalog.
 //! - `lease`: how long this broker may lead without hearing from the controller.
+//! - `http`, `metrics`, `scrape`, `process`, `console`: the HTTP listener with `/metrics`, the
+//!   probes and the web console.
 //! - `supervisor`, `flusher`: background work; `admission`, `turnstile`: connection limits and
 //!   Produce ordering.
 //!
@@ -22,6 +24,7 @@ mod catalog;
 mod cleaner;
 pub mod cli;
 pub mod config;
+mod console;
 
 mod connection;
 mod epochs;
@@ -32,13 +35,17 @@ mod follower;
 pub mod fuzzing;
 mod group;
 mod handlers;
+mod http;
 mod isr;
 mod lease;
 mod metadata;
+mod metrics;
 mod partition;
 mod peers;
+mod process;
 mod producer;
 mod protocol;
+mod scrape;
 mod server;
 mod state;
 mod statelog;

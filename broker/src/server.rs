@@ -40,8 +40,11 @@ const STARTUP_WAIT: Duration = Duration::from_secs(10);
 pub struct Broker {
     state: Arc<BrokerState>,
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
+    http_cancel: CancellationToken,
+    http_task: JoinSet<()>,
     supervisor: Supervisor,
     controller: Option<ControllerNode>,
 }
@@ -97,8 +100,11 @@ impl Broker {
             path: config.log_dir(),
             source,
         })?;
+        let http = crate::http::bind(&config.http.listen).await?;
+        let http_addr = crate::http::local_addr(&http);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         // The object store first: when it is unusable, nothing else has started yet.
-        let tiering = Arc::new(Tiering::open(&config, store).await?);
+        let tiering = Arc::new(Tiering::open(&config, store, metrics.clone()).await?);
         let controller = start_controller(&config).await?;
         let addrs: Vec<String> = match &controller {
             Some(node) => vec![node.local_addr().to_string()],
@@ -110,7 +116,27 @@ impl Broker {
             ControllerClient::new(addrs),
             tiering.clone(),
             admission,
+            metrics,
         ));
+        // Probes answer from the start, saying what is not ready yet.
+        let http_cancel = CancellationToken::new();
+        let mut http_task = JoinSet::new();
+        if let Some(listener) = http {
+            let quorum = controller.as_ref().map(|c| crate::scrape::QuorumMember {
+                raft: c.raft_metrics(),
+                commit_latency: c.commit_latency(),
+            });
+            let serve = crate::http::serve(
+                listener,
+                state.clone(),
+                quorum,
+                local_addr,
+                http_cancel.clone(),
+            );
+            http_task.spawn(serve);
+            http_task.spawn(crate::http::probe_store(state.clone(), http_cancel.clone()));
+            tracing::info!(addr = ?http_addr, "serving /metrics, /healthz and /readyz");
+        }
 
         register(&state).await?;
         let image = state.controller.read_metadata().await?;
@@ -248,8 +274,11 @@ impl Broker {
         Ok(Self {
             state,
             local_addr,
+            http_addr,
             cancel,
             tasks,
+            http_cancel,
+            http_task,
             supervisor,
             controller,
         })
@@ -258,6 +287,11 @@ impl Broker {
     /// The Kafka listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The HTTP listener's address (`/metrics`, `/healthz`, `/readyz`), if it runs.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The embedded controller's gRPC address, if one runs in this process.
@@ -294,6 +328,8 @@ impl Broker {
         if let Some(c) = self.controller.take() {
             c.shutdown().await;
         }
+        self.http_cancel.cancel();
+        while self.http_task.join_next().await.is_some() {}
         tracing::info!(broker = self.state.id, "strata broker stopped");
     }
 }
@@ -301,6 +337,7 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.http_cancel.cancel();
     }
 }
 
@@ -527,15 +564,20 @@ async fn follow_metadata(state: Arc<BrokerState>, cancel: CancellationToken) {
 
 async fn accept(state: Arc<BrokerState>, listener: TcpListener, cancel: CancellationToken) {
     let mut connections = JoinSet::new();
+    state
+        .serving
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match state.admission.admit(peer.ip()) {
                     Ok(slot) => {
+                        state.metrics.connection(true);
                         connections.spawn(connection::serve(state.clone(), stream, peer, slot, cancel.clone()));
                     }
                     Err(full) => {
+                        state.metrics.connection(false);
                         // Closed at once, as Kafka does past max.connections.
                         tracing::debug!(%peer, ?full, "connection refused: too many connections");
                         drop(stream);
@@ -550,6 +592,9 @@ async fn accept(state: Arc<BrokerState>, listener: TcpListener, cancel: Cancella
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    state
+        .serving
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     drop(listener);
     while connections.join_next().await.is_some() {}
 }

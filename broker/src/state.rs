@@ -53,6 +53,10 @@ pub(crate) struct BrokerState {
     pub(crate) admission: Arc<Admission>,
     /// The log cleaner of compacted topics.
     pub(crate) cleaner: Arc<crate::cleaner::Cleaner>,
+    /// Counters and histograms for `/metrics`.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Whether the Kafka listener accepts connections.
+    pub(crate) serving: std::sync::atomic::AtomicBool,
 }
 
 impl BrokerState {
@@ -70,6 +74,7 @@ impl BrokerState {
         controller: ControllerClient,
         tiering: Arc<Tiering>,
         admission: Admission,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let controller = Arc::new(controller);
         let lease = Arc::new(Lease::new(Duration::from_millis(
@@ -148,7 +153,14 @@ impl BrokerState {
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             tiering,
             admission: Arc::new(admission),
+            metrics,
+            serving: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the Kafka listener accepts connections.
+    pub(crate) fn serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
     }
 
     /// The current metadata image.

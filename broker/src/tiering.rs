@@ -21,8 +21,11 @@ use strata_storage::tier::{TierError, retention, store, upload};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use strata_storage::tier::metered::MeteredStore;
+
 use crate::config::{BrokerConfig, ObjectStoreSettings};
 use crate::error::BrokerError;
+use crate::metrics::Metrics;
 use crate::partition::Partition;
 use crate::partition::registry::Partitions;
 use crate::partition::role::Role;
@@ -35,6 +38,7 @@ pub(crate) struct Tiering {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     pub(crate) reader: RemoteReader,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Tiering {
@@ -47,10 +51,12 @@ impl std::fmt::Debug for Tiering {
 
 impl Tiering {
     /// Opens the configured store (or uses `injected`, at the root) and the read cache, and
-    /// checks the store answers (a listing of the prefix).
+    /// checks the store answers (a listing of the prefix). Requests to the store are counted
+    /// in `metrics`.
     pub(crate) async fn open(
         config: &BrokerConfig,
         injected: Option<Arc<dyn ObjectStore>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, BrokerError> {
         let (store, prefix) = match injected {
             Some(store) => (store, Path::default()),
@@ -94,10 +100,12 @@ impl Tiering {
             }
         }
         let reader = RemoteReader::open(config.cache_config()).await?;
+        let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(store, metrics.store.clone()));
         Ok(Self {
             store,
             prefix,
             reader,
+            metrics,
         })
     }
 
@@ -240,10 +248,12 @@ impl Tiering {
         let objects = &remote.objects;
         let fenced = |e: TierError| match e {
             TierError::Fenced { ours, current } => {
+                self.metrics.fenced.inc();
                 format!("a newer leader (epoch {current}) owns the manifest; ours is {ours}")
             }
             e => e.to_string(),
         };
+        let before = remote.manifest().unwrap_or_default();
         let replicated = *part.high_watermark.borrow();
         // Each segment records the transactions open at its end, for replicas that start
         // there (see `Partition::recover`).
@@ -256,6 +266,15 @@ impl Tiering {
         let uploaded = upload::upload_sealed_below(&log, objects, epoch, replicated, &open_at)
             .await
             .map_err(fenced)?;
+        let new: Vec<_> = uploaded
+            .segments
+            .iter()
+            .filter(|s| s.base_offset >= before.end_offset())
+            .collect();
+        self.metrics.uploaded_segments.inc_by(new.len() as u64);
+        self.metrics
+            .uploaded_bytes
+            .inc_by(new.iter().map(|s| s.size_bytes).sum());
         part.producers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -279,6 +298,9 @@ impl Tiering {
         )
         .await
         .map_err(fenced)?;
+        self.metrics
+            .manifest_commits
+            .inc_by(manifest.version.saturating_sub(before.version));
         let (local_ms, local_bytes) = (settings.local_retention_ms, settings.local_retention_bytes);
         let covered = manifest.end_offset();
         blocking(move || {

@@ -24,6 +24,31 @@ fn a_bad_setting_stops_start_up_naming_the_key() {
 }
 
 #[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(STRATA)
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(["--log-format", "json", "--set", "kafka.listen=\"nowhere\""])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run strata");
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("kafka.listen"))),
+        "{text}"
+    );
+}
+
+#[test]
 fn sigterm_shuts_the_broker_down_gracefully() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(STRATA)
@@ -34,6 +59,8 @@ fn sigterm_shuts_the_broker_down_gracefully() {
             "127.0.0.1:0",
             "--set",
             "controller.listen=\"127.0.0.1:0\"",
+            "--set",
+            "http.listen=\"127.0.0.1:0\"",
         ])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")

@@ -15,6 +15,7 @@ pub mod data;
 pub mod groups;
 pub mod logdirs;
 pub mod producer;
+pub mod tiering;
 pub mod transactions;
 
 use std::collections::{BTreeMap, HashMap};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use openraft::error::{InitializeError, RaftError};
 use openraft::{BasicNode, RaftMetrics, SnapshotPolicy};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -41,6 +42,14 @@ pub struct ControllerNode {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
+    commit_latency: Histogram,
+}
+
+/// Commit latency buckets: 100 µs to ~3 s (a commit is a quorum's fsync and round trip).
+fn commit_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 15,
+    ))
 }
 
 impl std::fmt::Debug for ControllerNode {
@@ -149,6 +158,7 @@ impl ControllerNode {
         let cancel = CancellationToken::new();
         let leases = Arc::new(Leases::new(config.session_timeout));
         let mut tasks = JoinSet::new();
+        let commit_latency = commit_histogram();
 
         let metadata_service = MetadataService {
             id: config.node_id,
@@ -157,6 +167,7 @@ impl ControllerNode {
             leases: leases.clone(),
             voters: Arc::new(config.voters.clone()),
             cancel: cancel.clone(),
+            commit_latency: commit_latency.clone(),
         };
         let server = Server::builder()
             .add_service(RaftServer::new(RaftService { raft: raft.clone() }))
@@ -191,7 +202,14 @@ impl ControllerNode {
             local_addr,
             cancel,
             tasks,
+            commit_latency,
         })
+    }
+
+    /// How long this node took to commit commands while it led the quorum (proposed to
+    /// applied, in seconds); shared, so it keeps counting.
+    pub fn commit_latency(&self) -> Histogram {
+        self.commit_latency.clone()
     }
 
     /// This controller's id.

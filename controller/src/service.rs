@@ -79,6 +79,8 @@ pub(crate) struct MetadataService {
     /// This controller's address book, for leader hints.
     pub(crate) voters: Arc<BTreeMap<NodeId, String>>,
     pub(crate) cancel: CancellationToken,
+    /// How long committing a command took here as leader (proposed to applied).
+    pub(crate) commit_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl std::fmt::Debug for MetadataService {
@@ -110,8 +112,12 @@ impl MetadataService {
 
     /// Proposes `command` and waits until it is committed and applied.
     async fn propose(&self, command: Command) -> Result<CommandResult, Status> {
+        let started = Instant::now();
         match self.raft.client_write(command).await {
-            Ok(reply) => Ok(reply.data),
+            Ok(reply) => {
+                self.commit_latency.observe(started.elapsed().as_secs_f64());
+                Ok(reply.data)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(self.not_leader(&f))
             }

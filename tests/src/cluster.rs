@@ -289,6 +289,8 @@ impl ProcessCluster {
             format!("object_store.url=\"file://{}\"", objects.display()),
             // A killed broker is fenced (and its partitions led elsewhere) within seconds.
             "controller.session_timeout_ms=3000".to_owned(),
+            // Metrics and probes on a port of its own (nodes share the host).
+            "http.listen=\"127.0.0.1:0\"".to_owned(),
             "controller.heartbeat_interval_ms=500".to_owned(),
         ];
         let mut command = Command::new(&self.binary);

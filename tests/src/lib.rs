@@ -28,6 +28,7 @@ pub struct TestBroker {
     broker: Option<Broker>,
     dir: tempfile::TempDir,
     addr: SocketAddr,
+    http: Option<SocketAddr>,
     tweak: Box<dyn Fn(&mut BrokerConfig) + Send + Sync>,
     store: Option<Arc<dyn ObjectStore>>,
 }
@@ -70,6 +71,7 @@ impl TestBroker {
             broker: None,
             dir,
             addr: "127.0.0.1:0".parse().expect("addr"),
+            http: None,
             tweak: Box::new(tweak),
             store,
         };
@@ -84,6 +86,7 @@ impl TestBroker {
         };
         c.kafka.listen = self.addr.to_string();
         c.controller.listen = "127.0.0.1:0".into();
+        c.http.listen = "127.0.0.1:0".into();
         (self.tweak)(&mut c);
         c
     }
@@ -96,7 +99,14 @@ impl TestBroker {
             .await
             .expect("broker starts");
         self.addr = broker.local_addr();
+        self.http = broker.http_addr();
         self.broker = Some(broker);
+    }
+
+    /// The HTTP listener (`/metrics`, `/healthz`, `/readyz`), unless a tweak turned it off.
+    /// It moves to a new port at each restart.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// The Kafka listener, as `host:port`.
@@ -260,5 +270,50 @@ impl BrokerWithQuorum {
             controller: strata_controller::ControllerClient::new([addr]),
             _dir: dir,
         }
+    }
+}
+
+/// One HTTP/1.1 GET of `path` from `addr` (the broker's `/metrics` and probes): the status
+/// code and the body. Enough HTTP for these tests; not a general client.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let bad = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_owned());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of headers"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut body = raw[split + 4..].to_vec();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = unchunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    Ok((status, String::from_utf8_lossy(&body).to_string()))
+}
+
+/// The body of a chunked transfer.
+fn unchunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
     }
 }

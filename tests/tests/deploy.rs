@@ -376,6 +376,24 @@ fn the_kubernetes_statefulset_gives_each_pod_the_node_id_its_voters_name() {
         "voters must find each other before any pod is ready"
     );
     let container = &set["spec"]["template"]["spec"]["containers"][0];
+    // Probes ask the broker itself: ready by /readyz, alive by /healthz, on the HTTP port
+    // its config listens on.
+    let http = container["ports"]
+        .as_sequence()
+        .and_then(|ports| ports.iter().find(|p| p["name"].as_str() == Some("http")))
+        .and_then(|p| p["containerPort"].as_u64())
+        .expect("an http port");
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(get["port"].as_str(), Some("http"), "{probe}");
+    }
+    let annotations = &set["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"].as_str(), Some("true"));
+    assert_eq!(
+        annotations["prometheus.io/port"].as_str(),
+        Some(http.to_string().as_str())
+    );
     let command = strings(&container["command"]);
     let args = strings(&container["args"]);
     assert_eq!(command[..2], ["/bin/sh", "-c"]);
@@ -416,6 +434,7 @@ fn the_kubernetes_statefulset_gives_each_pod_the_node_id_its_voters_name() {
             overrides: Vec::new(),
         })
         .unwrap_or_else(|e| panic!("{pod} (node {id}): {e}"));
+        assert_eq!(loaded.http.listen, format!("0.0.0.0:{http}"), "{pod}");
         let voters = loaded.voters().expect("voters");
         assert_eq!(voters.len() as u64, replicas, "one voter per pod");
         let own = &voters[&(id as u64)];

@@ -1082,3 +1082,47 @@ async fn delete_records_moves_the_log_start_locally_and_in_object_storage() {
     drop(client);
     broker.stop().await;
 }
+
+/// Partitions beyond `topics.max_partitions_per_broker` (each keeps files open) are refused
+/// with POLICY_VIOLATION, by CreateTopics and CreatePartitions alike, and the broker serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_past_the_per_broker_budget_are_refused() {
+    let broker = TestBroker::start_with(|c| c.topics.max_partitions_per_broker = 55).await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic("first", 30, 1, &BTreeMap::new())
+        .await
+        .expect("within the budget");
+    let refused = client
+        .create_topic("second", 30, 1, &BTreeMap::new())
+        .await
+        .expect_err("past the budget");
+    assert_eq!(code(&refused), Some(44), "POLICY_VIOLATION: {refused}");
+    assert!(
+        refused.to_string().contains("max_partitions_per_broker"),
+        "{refused}"
+    );
+    let mut raw = strata_tests::RawClient::connect(broker.addr()).await;
+    let grow = kafka_protocol::messages::CreatePartitionsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(kafka_protocol::messages::TopicName(
+                    kafka_protocol::protocol::StrBytes::from_static_str("first"),
+                ))
+                .with_count(60)
+                .with_assignments(None),
+        ]);
+    let grown = raw.call(3, &grow).await;
+    assert_eq!(grown.results[0].error_code, 44, "{grown:?}");
+    // Within it, both still work.
+    client
+        .create_topic("small", 5, 1, &BTreeMap::new())
+        .await
+        .expect("a small topic fits");
+    client
+        .produce("small", 4, &[record("k", b"v")], -1)
+        .await
+        .expect("the broker serves on");
+    broker.stop().await;
+}

@@ -177,6 +177,7 @@ async fn a_store_that_ignores_create_only_puts_stops_start_up_naming_the_setting
         };
         c.kafka.listen = "127.0.0.1:0".into();
         c.controller.listen = "127.0.0.1:0".into();
+        c.http.listen = "127.0.0.1:0".into();
         c.object_store.verify_create_only = verify;
         c
     };

@@ -75,6 +75,9 @@ pub(crate) struct Entry {
     pub(crate) pending: BTreeMap<i64, BTreeMap<(String, i32), Committed>>,
 }
 
+/// A partition (topic, index) and the offset a group committed for it.
+pub(crate) type CommittedOffset = ((String, i32), i64);
+
 /// The coordinator for the groups whose offsets partitions this broker leads.
 #[derive(Debug)]
 pub(crate) struct Coordinator {
@@ -172,6 +175,21 @@ impl Coordinator {
                     e.group.phase(),
                     e.group.protocol_type().map(str::to_owned),
                 )
+            })
+            .collect()
+    }
+
+    /// Every group's committed offsets (for `/metrics`' group lag).
+    pub(crate) fn committed(&self) -> Vec<(String, Vec<CommittedOffset>)> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| {
+                let offsets = e
+                    .offsets
+                    .iter()
+                    .map(|(tp, c)| (tp.clone(), c.offset))
+                    .collect();
+                (id.clone(), offsets)
             })
             .collect()
     }

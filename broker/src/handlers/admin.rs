@@ -128,12 +128,61 @@ fn refuse_client_command(command: &Command) -> Result<(), (ResponseError, String
     }
 }
 
+/// Refuses new partitions past `topics.max_partitions_per_broker` times the live brokers:
+/// every hosted partition keeps its active segment's files open, so a topic of a hundred
+/// thousand partitions would take the file descriptors every connection and log needs.
+fn within_partition_budget(
+    state: &BrokerState,
+    command: &Command,
+) -> Result<(), (ResponseError, String)> {
+    let (added, rf) = match command {
+        Command::CreateTopic {
+            partitions,
+            replication_factor,
+            ..
+        } => (i64::from(*partitions), i64::from(*replication_factor)),
+        Command::CreatePartitions { topic, count } => {
+            let image = state.image();
+            let Some(t) = image.topics.get(topic) else {
+                return Ok(());
+            };
+            let current = t.partitions.len() as i64;
+            (i64::from(*count) - current, i64::from(t.replication_factor))
+        }
+        _ => return Ok(()),
+    };
+    let Some(per_broker) = state.config.max_partitions_per_broker() else {
+        return Ok(());
+    };
+    let image = state.image();
+    let brokers = image.brokers.values().filter(|b| !b.fenced).count().max(1) as i64;
+    let held: i64 = image
+        .topics
+        .values()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.replicas.len() as i64)
+        .sum();
+    let wanted = held + added.max(0) * rf.max(1);
+    let budget = per_broker as i64 * brokers;
+    if wanted > budget {
+        return Err((
+            ResponseError::PolicyViolation,
+            format!(
+                "the cluster would hold {wanted} partition replicas, over \
+                 topics.max_partitions_per_broker ({per_broker}) times {brokers} live brokers"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Proposes a client's `command` and waits until this broker's metadata reflects it.
 pub(super) async fn submit_and_wait(
     state: &BrokerState,
     command: &Command,
 ) -> Result<Applied, (ResponseError, String)> {
     refuse_client_command(command)?;
+    within_partition_budget(state, command)?;
     match state.controller.submit(command).await {
         Ok(Ok(applied)) => {
             if !state
@@ -159,6 +208,7 @@ pub(super) fn dry_run(
     command: &Command,
 ) -> Result<Applied, (ResponseError, String)> {
     refuse_client_command(command)?;
+    within_partition_budget(state, command)?;
     MetadataState::from_image((*state.image()).clone())
         .apply(command)
         .map_err(|e| (command_error_code(&e), e.to_string()))

@@ -161,6 +161,7 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
             let results = with_aborted(state, &wanted, results).await;
             let mut topics = topics;
             for (w, data) in wanted.iter().zip(results) {
+                count(state, w, &data);
                 topics[w.topic].partitions.push(data);
             }
             let kept = held
@@ -188,6 +189,31 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
             }
         }
     }
+}
+
+/// Counts what one partition's answer carries for `/metrics`.
+fn count(state: &BrokerState, w: &Wanted, data: &PartitionData) {
+    state
+        .metrics
+        .error_code(kafka_protocol::messages::ApiKey::Fetch, data.error_code);
+    let (Ok(part), Some(records)) = (&w.target, &data.records) else {
+        return;
+    };
+    if records.is_empty() {
+        return;
+    }
+    // Whole batches: their headers say how many records each holds.
+    let mut count = 0u64;
+    let mut at = 0;
+    while let Some(h) = records
+        .get(at..)
+        .and_then(strata_storage::BatchHeader::parse)
+    {
+        count += u64::try_from(h.records_count).unwrap_or(0);
+        at += h.total_len();
+    }
+    let bytes = records.len() as u64;
+    state.metrics.fetched(&part.topic, count, bytes, w.follower);
 }
 
 /// KIP-392: the replica a consumer in `rack` should read partition `index` of `topic` from,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use strata_storage::{AppendInfo, StorageError};
 
 use super::str_bytes;
@@ -70,7 +70,12 @@ pub(super) async fn produce(
                 let records = records.ok_or((ResponseError::CorruptMessage, None))?;
                 let guard =
                     verify_transactional(state, txn_id, &part, &records, implicit_add).await?;
-                append(part, records, leader_epoch, recovery_wait, guard).await
+                let bytes = records.len() as u64;
+                let appended = append(part, records, leader_epoch, recovery_wait, guard).await?;
+                let (part, landed, last_offset) = &appended;
+                let count = (last_offset + 1).saturating_sub(landed.base_offset);
+                state.metrics.produced(&part.topic, count, bytes);
+                Ok(appended)
             }));
         }
     }
@@ -120,13 +125,16 @@ pub(super) async fn produce(
                 .with_base_offset(info.base_offset as i64)
                 .with_log_append_time_ms(info.log_append_time.unwrap_or(-1))
                 .with_log_start_offset(info.log_start_offset as i64),
-            Err((code, message)) => PartitionProduceResponse::default()
-                .with_index(index)
-                .with_error_code(code.code())
-                .with_base_offset(-1)
-                .with_log_append_time_ms(-1)
-                .with_log_start_offset(-1)
-                .with_error_message(message.map(|m| str_bytes(&m))),
+            Err((code, message)) => {
+                state.metrics.error_code(ApiKey::Produce, code.code());
+                PartitionProduceResponse::default()
+                    .with_index(index)
+                    .with_error_code(code.code())
+                    .with_base_offset(-1)
+                    .with_log_append_time_ms(-1)
+                    .with_log_start_offset(-1)
+                    .with_error_message(message.map(|m| str_bytes(&m)))
+            }
         };
         match responses.last_mut() {
             Some(t) if t.name.0.as_str() == name => t.partition_responses.push(resp),

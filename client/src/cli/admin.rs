@@ -711,35 +711,10 @@ pub(super) async fn tiering(
     as_json: bool,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    use kafka_protocol::messages::ListOffsetsRequest;
-    if client.connection().version_for::<ListOffsetsRequest>()? < 9 {
-        return Err(CliError::Client(crate::ClientError::Unsupported {
-            api: "ListOffsets v9 (the last tiered offset, KIP-1005)".into(),
-            reason: format!(
-                "{} does not report what it holds in object storage",
-                client.connection().addr()
-            ),
-        }));
-    }
-    let (info, configs) = client.describe_topic(topic).await?;
-    let tiered_topic = !configs
-        .iter()
-        .any(|c| c.name == "remote.storage.enable" && c.value.as_deref() == Some("false"));
-    let parts: Vec<i32> = info.partitions.iter().map(|p| p.partition).collect();
-    let start = client.list_offsets(topic, &parts, -2).await?;
-    let local = client.list_offsets(topic, &parts, -4).await?;
-    let tiered = client.list_offsets(topic, &parts, -5).await?;
-    let end = client.list_offsets(topic, &parts, -1).await?;
+    let status = client.tiering_status(topic).await?;
     let mut rows = Vec::new();
     let mut list = Vec::new();
-    for p in parts {
-        let (start, local, end) = (start[&p], local[&p], end[&p]);
-        // -5 answers the last offset uploaded, -1 when none is.
-        let remote_end = match tiered[&p] {
-            -1 => None,
-            last => Some(last + 1),
-        };
-        let lag = tiered_topic.then(|| end - remote_end.unwrap_or(start).max(start));
+    for p in &status.partitions {
         let range = |a: i64, b: i64| {
             if a < b {
                 format!("{a}..{b}")
@@ -748,17 +723,19 @@ pub(super) async fn tiering(
             }
         };
         rows.push(vec![
-            p.to_string(),
-            remote_end.map_or_else(|| "-".to_owned(), |r| range(start, r)),
-            range(local, end),
-            end.to_string(),
-            lag.map_or_else(|| "not tiered".to_owned(), |l| l.to_string()),
+            p.partition.to_string(),
+            p.remote_end
+                .map_or_else(|| "-".to_owned(), |r| range(p.log_start, r)),
+            range(p.local_start, p.log_end),
+            p.log_end.to_string(),
+            p.upload_lag
+                .map_or_else(|| "not tiered".to_owned(), |l| l.to_string()),
         ]);
-        list.push(
-            json!({ "partition": p, "log_start": start, "local_start": local,
-                          "remote_end": remote_end, "log_end": end, "upload_lag": lag }),
-        );
+        list.push(json!({ "partition": p.partition, "log_start": p.log_start,
+            "local_start": p.local_start, "remote_end": p.remote_end, "log_end": p.log_end,
+            "upload_lag": p.upload_lag }));
     }
+    let tiered_topic = status.tiered;
     if as_json {
         writeln!(
             out,

@@ -5,6 +5,7 @@
 //! - [`read`] serves remote segments through a foyer chunk cache with read-ahead.
 //! - [`upload`] puts sealed, durable segments and commits them to the manifest.
 //! - [`fault`] wraps a store to fail, hang, slow down or ignore conditional puts (tests).
+//! - [`metered`] wraps a store to count its requests, errors, latency and bytes.
 //! - [`retention`] drops remote segments outside `retention.ms/bytes` and objects no manifest
 //!   names.
 //! - [`manifest`] keeps each partition's list of remote segments as immutable, numbered
@@ -19,6 +20,7 @@
 pub mod compact;
 pub mod fault;
 pub mod manifest;
+pub mod metered;
 pub mod read;
 pub mod retention;
 pub mod store;

@@ -18,6 +18,8 @@ use bytes::{Bytes, BytesMut};
 use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -122,6 +124,57 @@ impl foyer::Code for ChunkKey {
 
 type IndexKey = (Uuid, i32, u64, i32, u32);
 
+/// How the chunk cache serves reads, for the broker's `/metrics`; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct CacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    hit_bytes: Counter,
+    miss_bytes: Counter,
+    readahead: Counter,
+}
+
+impl CacheMetrics {
+    /// Adds the metrics to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "remote_cache_hits",
+                "Remote chunk reads the cache answered (including ones a read-ahead was already fetching)",
+                &self.hits,
+            ),
+            (
+                "remote_cache_misses",
+                "Remote chunk reads that waited for a GET from the object store",
+                &self.misses,
+            ),
+            (
+                "remote_cache_hit_bytes",
+                "Bytes of remote chunks the cache answered",
+                &self.hit_bytes,
+            ),
+            (
+                "remote_cache_miss_bytes",
+                "Bytes of remote chunks fetched for a waiting read",
+                &self.miss_bytes,
+            ),
+            (
+                "remote_readahead_chunks",
+                "Chunks fetched ahead of sequential remote reads",
+                &self.readahead,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+    }
+
+    /// Cache hits and misses so far.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (self.hits.get(), self.misses.get())
+    }
+}
+
 /// Reads remote segments through the chunk cache. One per broker, shared by all partitions.
 pub struct RemoteReader {
     cache: HybridCache<ChunkKey, Bytes>,
@@ -132,6 +185,7 @@ pub struct RemoteReader {
     /// Where each partition's last read ended: (segment base, byte position). A read that
     /// starts there is sequential and triggers read-ahead.
     last_read: Mutex<HashMap<(Uuid, i32), (u64, u64)>>,
+    metrics: CacheMetrics,
 }
 
 impl std::fmt::Debug for RemoteReader {
@@ -191,7 +245,13 @@ impl RemoteReader {
             offset_indexes: Mutex::new(HashMap::new()),
             time_indexes: Mutex::new(HashMap::new()),
             last_read: Mutex::new(HashMap::new()),
+            metrics: CacheMetrics::default(),
         })
+    }
+
+    /// How the cache has served reads.
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.metrics
     }
 
     /// Whole batches from the remote segment holding `from`, starting with the batch that
@@ -394,6 +454,7 @@ impl RemoteReader {
                 let (key, path, range) = self.locate(objects, s, SegmentFile::Log, next);
                 let fetch = self.fetcher(objects.store().clone(), path, range);
                 let cache = self.cache.clone();
+                self.metrics.readahead.inc();
                 tokio::spawn(async move {
                     if let Err(e) = cache.get_or_fetch(&key, fetch).await {
                         tracing::debug!(error = %e, "read-ahead failed; the reader will retry");
@@ -494,13 +555,33 @@ impl RemoteReader {
             0..0
         };
         let fetch = self.fetcher(objects.store().clone(), path, range);
+        // Whether this read's own fetch ran (was polled; foyer may make the future and drop
+        // it unpolled on a hit): a miss.
+        let missed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fetch = {
+            let missed = missed.clone();
+            move || -> futures::future::BoxFuture<'static, Result<Bytes, TierError>> {
+                let fetching = fetch();
+                Box::pin(async move {
+                    missed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    fetching.await
+                })
+            }
+        };
         let entry = self.cache.get_or_fetch(&key, fetch).await.map_err(|e| {
             TierError::Cache(
                 e.downcast_ref::<TierError>()
                     .map_or_else(|| e.to_string(), ToString::to_string),
             )
         })?;
-        Ok(entry.value().clone())
+        let bytes = entry.value().clone();
+        let (count, size) = match missed.load(std::sync::atomic::Ordering::Relaxed) {
+            true => (&self.metrics.misses, &self.metrics.miss_bytes),
+            false => (&self.metrics.hits, &self.metrics.hit_bytes),
+        };
+        count.inc();
+        size.inc_by(bytes.len() as u64);
+        Ok(bytes)
     }
 
     async fn offset_index(
@@ -871,6 +952,20 @@ mod tests {
         // A read elsewhere needs the store, and says so.
         let far = m.segments[m.segments.len() - 1].base_offset;
         assert!(reader.read(&objects, &m, far, 700).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_second_read_of_the_same_bytes_is_a_cache_hit() {
+        let (_dir, _log, objects, m) = uploaded(120).await;
+        let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        let first = reader.read(&objects, &m, 0, 700).await.expect("read");
+        let (hits, misses) = reader.metrics().hits_and_misses();
+        assert!(misses >= 1, "a cold read misses");
+        let again = reader.read(&objects, &m, 0, 700).await.expect("read");
+        assert_eq!(first, again);
+        let (hits_after, misses_after) = reader.metrics().hits_and_misses();
+        assert_eq!(misses_after, misses, "nothing missed the second time");
+        assert!(hits_after > hits, "the second read hit");
     }
 
     #[tokio::test]
