@@ -23,12 +23,12 @@ fn request_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
-/// A request counter and latency histogram of one API, looked up without allocating.
-#[derive(Debug, Clone)]
+/// One API's name and, once it has been asked for, its request counter and latency
+/// histogram: looked up without allocating, and an API nobody calls adds no series.
+#[derive(Debug)]
 struct ApiHandles {
     name: &'static str,
-    requests: Counter,
-    latency: Histogram,
+    counted: std::sync::OnceLock<(Counter, Histogram)>,
 }
 
 /// The broker's counters and histograms; cheap to share.
@@ -61,12 +61,9 @@ impl Default for Metrics {
         let apis = crate::protocol::SUPPORTED
             .iter()
             .map(|(api, _, _)| {
-                let name = api_name(*api);
-                let label = [("api", name.to_owned())];
                 let handles = ApiHandles {
-                    name,
-                    requests: requests.get_or_create_owned(&label),
-                    latency: request_latency.get_or_create_owned(&label),
+                    name: api_name(*api),
+                    counted: std::sync::OnceLock::new(),
                 };
                 (*api as i16, handles)
             })
@@ -103,8 +100,15 @@ impl Metrics {
     /// Counts one answered request of `api` that took `took`.
     pub(crate) fn request(&self, api: ApiKey, took: Duration) {
         if let Some(h) = self.apis.get(&(api as i16)) {
-            h.requests.inc();
-            h.latency.observe(took.as_secs_f64());
+            let (requests, latency) = h.counted.get_or_init(|| {
+                let label = [("api", h.name.to_owned())];
+                (
+                    self.requests.get_or_create_owned(&label),
+                    self.request_latency.get_or_create_owned(&label),
+                )
+            });
+            requests.inc();
+            latency.observe(took.as_secs_f64());
         }
     }
 

@@ -67,6 +67,8 @@ pub struct Plan {
     /// Dedicated controllers forming the quorum, the brokers in `remote` mode beside them;
     /// 0: each broker is a voter too.
     pub controllers: i32,
+    /// Broker settings (`key=value`) on top of the checker's own, to check a configuration.
+    pub settings: Vec<String>,
 }
 
 /// A fault, by kind and target.
@@ -291,18 +293,20 @@ fn lock(o: &Shared) -> std::sync::MutexGuard<'_, Observed> {
 
 /// Runs `plan` against `binary` (the `strata` command line) and reports.
 pub async fn run(binary: &Path, plan: &Plan) -> Report {
+    let mut settings = vec![
+        "object_store.upload_interval_ms=500",
+        "topics.flush_check_interval_ms=200",
+        // A follower cut off from its leader holds acks=all back this long.
+        "topics.replica_lag_time_max_ms=3000",
+    ];
+    settings.extend(plan.settings.iter().map(String::as_str));
     let mut s3 = S3Server::start().await;
     s3.create_bucket("strata").await;
     let mut cluster = ProcessCluster::start_opts(
         binary,
         3,
         Options {
-            settings: &[
-                "object_store.upload_interval_ms=500",
-                "topics.flush_check_interval_ms=200",
-                // A follower cut off from its leader holds acks=all back this long.
-                "topics.replica_lag_time_max_ms=3000",
-            ],
+            settings: &settings,
             proxied: true,
             s3: Some(s3.addr()),
             controllers: plan.controllers,

@@ -6,7 +6,9 @@
 //! ```
 //!
 //! (`FAULTS_SEED=<n>` runs one sequence again; the seed is printed with the report;
-//! `FAULTS_CONTROLLERS=3` runs the brokers beside three dedicated controllers.)
+//! `FAULTS_CONTROLLERS=3` runs the brokers beside three dedicated controllers;
+//! `FAULTS_SETTINGS="key=value key=value"` adds broker settings, to check a configuration,
+//! e.g. `object_store.tier_internal_topics=true groups.offsets_topic_segment_bytes=65536`.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -54,6 +56,7 @@ fn every_kind_once(controllers: i32) -> Plan {
         rate: 100,
         each_kind_first: true,
         controllers,
+        settings: Vec::new(),
     }
 }
 
@@ -79,6 +82,11 @@ async fn a_long_run_of_random_faults_loses_nothing() {
         rate: 200,
         each_kind_first: false,
         controllers: env("FAULTS_CONTROLLERS").unwrap_or(0),
+        settings: std::env::var("FAULTS_SETTINGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
     })
     .await;
 }
