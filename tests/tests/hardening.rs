@@ -795,28 +795,9 @@ async fn connections_past_the_limits_are_closed_and_the_broker_keeps_serving() {
 
 /// Produces raw `batch` bytes to `topic`/0 with `acks` and returns the error code.
 async fn produce_raw(broker: &TestBroker, topic: &str, batch: Vec<u8>, acks: i16) -> i16 {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    use kafka_protocol::messages::{ProduceRequest, TopicName};
-    use kafka_protocol::protocol::StrBytes;
-
     let mut c = strata_tests::RawClient::connect(broker.addr()).await;
-    let r = c
-        .call(
-            9,
-            &ProduceRequest::default()
-                .with_acks(acks)
-                .with_timeout_ms(5000)
-                .with_topic_data(vec![
-                    TopicProduceData::default()
-                        .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                        .with_partition_data(vec![
-                            PartitionProduceData::default()
-                                .with_index(0)
-                                .with_records(Some(Bytes::from(batch))),
-                        ]),
-                ]),
-        )
-        .await;
+    let request = strata_tests::produce_request(topic, 0, batch).with_acks(acks);
+    let r = c.call(9, &request).await;
     r.responses[0].partition_responses[0].error_code
 }
 

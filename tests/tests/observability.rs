@@ -7,16 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, TopicName};
-use kafka_protocol::protocol::StrBytes;
 use object_store::ObjectStore;
 use prometheus_parse::{Scrape, Value};
 use strata_broker::config::BrokerConfig;
 use strata_storage::BatchBuilder;
 use strata_storage::tier::fault::{Fault, FaultyStore};
-use strata_tests::{RawClient, TestBroker, http_get};
+use strata_tests::{RawClient, TestBroker, http_get, produce_request as produce};
 
 const WAIT: Duration = Duration::from_secs(60);
 const SEGMENT: usize = 64 << 10;
@@ -62,22 +58,6 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
             Value::Summary(_) => 0.0,
         })
         .sum()
-}
-
-/// An acks=all Produce of one batch to `topic`/`partition`.
-fn produce(topic: &str, partition: i32, batch: Vec<u8>) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(partition)
-                        .with_records(Some(Bytes::from(batch))),
-                ]),
-        ])
 }
 
 /// Consumes the whole partition from offset 0; returns how many records came.

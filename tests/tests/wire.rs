@@ -7,13 +7,13 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, FetchRequest,
-    ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
+    ListOffsetsRequest, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use strata_storage::BatchBuilder;
+use strata_tests::produce_request as produce;
 use strata_tests::{RawClient, TestBroker};
 
 fn name(s: &str) -> TopicName {
@@ -194,21 +194,6 @@ async fn pipelined_requests_are_answered_in_order() {
         assert_eq!(&r[..4], &(100 + i).to_be_bytes());
     }
     broker.stop().await;
-}
-
-fn produce(topic: &str, partition: i32, records: Vec<u8>) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(name(topic))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(partition)
-                        .with_records(Some(Bytes::from(records))),
-                ]),
-        ])
 }
 
 fn fetch(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
