@@ -110,6 +110,7 @@ mod tests {
         assert!(!lease.held());
         assert_eq!(Instant::now(), sent + Duration::from_secs(9));
     }
+
     #[tokio::test(start_paused = true)]
     async fn a_lease_renewed_after_a_lapse_is_current_once_the_metadata_caught_up() {
         let lease = Lease::new(Duration::from_secs(9));
