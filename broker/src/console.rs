@@ -489,27 +489,25 @@ fn render(b: &[u8], format: Format) -> String {
         true => (&b[..SHOWN_BYTES], format!(" … ({} bytes)", b.len())),
         false => (b, String::new()),
     };
-    let text = match format {
-        Format::Hex => shown
-            .chunks(32)
-            .map(|line| {
-                line.iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect::<Vec<_>>()
-            .join("\n"),
+    match format {
+        Format::Hex => {
+            let lines: Vec<String> = shown
+                .chunks(32)
+                .map(|line| {
+                    line.iter()
+                        .map(|x| format!("{x:02x}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
+            lines.join("\n") + &cut
+        }
+        // A JSON document is shown whole, pretty-printed; anything else as text.
         Format::Json => match serde_json::from_slice::<serde_json::Value>(b) {
             Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
-            Err(_) => String::from_utf8_lossy(shown).into_owned(),
+            Err(_) => String::from_utf8_lossy(shown).into_owned() + &cut,
         },
-        Format::Text => String::from_utf8_lossy(shown).into_owned(),
-    };
-    match format {
-        // A pretty-printed document is shown whole.
-        Format::Json if serde_json::from_slice::<serde_json::Value>(b).is_ok() => text,
-        _ => text + &cut,
+        Format::Text => String::from_utf8_lossy(shown).into_owned() + &cut,
     }
 }
 

@@ -27,7 +27,7 @@ fn request_histogram() -> Histogram {
 /// histogram: looked up without allocating, and an API nobody calls adds no series.
 #[derive(Debug)]
 struct ApiHandles {
-    name: &'static str,
+    name: String,
     counted: std::sync::OnceLock<(Counter, Histogram)>,
 }
 
@@ -62,7 +62,8 @@ impl Default for Metrics {
             .iter()
             .map(|(api, _, _)| {
                 let handles = ApiHandles {
-                    name: api_name(*api),
+                    // The Debug form of the key is its Kafka name.
+                    name: format!("{api:?}"),
                     counted: std::sync::OnceLock::new(),
                 };
                 (*api as i16, handles)
@@ -90,18 +91,12 @@ impl Default for Metrics {
     }
 }
 
-/// Kafka's name of an API (`Produce`, `Fetch`, ...).
-fn api_name(api: ApiKey) -> &'static str {
-    // The Debug form of the key is its Kafka name; computed once per API at start.
-    Box::leak(format!("{api:?}").into_boxed_str())
-}
-
 impl Metrics {
     /// Counts one answered request of `api` that took `took`.
     pub(crate) fn request(&self, api: ApiKey, took: Duration) {
         if let Some(h) = self.apis.get(&(api as i16)) {
             let (requests, latency) = h.counted.get_or_init(|| {
-                let label = [("api", h.name.to_owned())];
+                let label = [("api", h.name.clone())];
                 (
                     self.requests.get_or_create_owned(&label),
                     self.request_latency.get_or_create_owned(&label),
@@ -115,7 +110,10 @@ impl Metrics {
     /// Counts an error answered (or, as `protocol`, a request the connection closed over)
     /// for `api`.
     pub(crate) fn error(&self, api: ApiKey, error: &str) {
-        let name = self.apis.get(&(api as i16)).map_or("unknown", |h| h.name);
+        let name = self
+            .apis
+            .get(&(api as i16))
+            .map_or("unknown", |h| h.name.as_str());
         self.request_errors
             .get_or_create(&[("api", name.to_owned()), ("error", error.to_owned())])
             .inc();

@@ -385,3 +385,50 @@ async fn readyz_is_not_ready_while_the_store_fails_or_partitions_recover() {
     );
     broker.stop().await;
 }
+
+/// Per-partition series stop at `http.partition_metrics_limit`, the rest counted as omitted,
+/// and `http.partition_metrics = false` leaves them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_partition_series_are_bounded_and_can_be_switched_off() {
+    let series = |s: &Scrape| {
+        s.samples
+            .iter()
+            .filter(|x| x.metric == "strata_partition_offset")
+            .filter_map(|x| {
+                Some((
+                    x.labels.get("topic")?.to_owned(),
+                    x.labels.get("partition")?.to_owned(),
+                ))
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    for (on, limit) in [(true, 3usize), (false, 2000)] {
+        let broker = TestBroker::start_with(move |c| {
+            c.http.partition_metrics = on;
+            c.http.partition_metrics_limit = limit;
+        })
+        .await;
+        let client = strata_client::Client::connect(&broker.bootstrap())
+            .await
+            .expect("connect");
+        client
+            .create_topic("many", 8, 1, &BTreeMap::new())
+            .await
+            .expect("create");
+        let s = scrape(broker.http_addr().expect("http")).await;
+        let omitted = value(&s, "strata_partition_series_omitted", &[]);
+        let hosted = value(&s, "strata_partitions", &[("state", "leader")]);
+        match on {
+            true => {
+                assert_eq!(series(&s).len(), limit, "{:?}", series(&s));
+                assert_eq!(omitted, hosted - limit as f64);
+            }
+            false => {
+                assert!(series(&s).is_empty(), "{:?}", series(&s));
+                assert_eq!(omitted, hosted);
+            }
+        }
+        assert!(hosted >= 8.0, "{hosted} partitions led");
+        broker.stop().await;
+    }
+}
