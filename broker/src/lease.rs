@@ -78,7 +78,11 @@ impl Lease {
     /// new as the controller's was when the lease was renewed after a lapse: what this
     /// broker's image says it leads, it leads.
     pub(crate) fn current(&self, applied_version: u64) -> bool {
-        self.held() && applied_version >= self.renewed().need_version
+        let renewed = self.renewed();
+        renewed
+            .sent
+            .is_some_and(|t| Instant::now() < t + self.timeout)
+            && applied_version >= renewed.need_version
     }
 
     /// Resolves once the lease has run out.
