@@ -32,10 +32,20 @@ async fn uploaded(
     n: usize,
     keys: usize,
 ) -> (Log, PartitionObjects, Manifest, Latest) {
+    let (log, latest) = written(dir, n, keys, 4096);
+    let objects =
+        PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
+    let m = upload_sealed(&log, &objects, 1).await.expect("upload");
+    (log, objects, m, latest)
+}
+
+/// The first `n` of one sequence of updates over `keys` keys (every 5th a delete), rolled
+/// every `segment_bytes` and sealed, with the latest value per key.
+fn written(dir: &std::path::Path, n: usize, keys: usize, segment_bytes: u64) -> (Log, Latest) {
     let log = Log::open(
         dir,
         LogConfig {
-            segment_bytes: 4096,
+            segment_bytes,
             segment_ms: None,
             retention_ms: None,
             ..LogConfig::default()
@@ -59,10 +69,7 @@ async fn uploaded(
     }
     log.roll().expect("roll");
     log.flush().expect("flush");
-    let objects =
-        PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
-    let m = upload_sealed(&log, &objects, 1).await.expect("upload");
-    (log, objects, m, latest)
+    (log, latest)
 }
 
 async fn reader() -> RemoteReader {
@@ -105,6 +112,19 @@ async fn pass(
     horizon: i64,
     scratch: &std::path::Path,
 ) -> Manifest {
+    pass_merging(reader, objects, m, first_dirty, horizon, scratch, 16 * 1024).await
+}
+
+/// [`pass`] merging runs of segments up to `segment_bytes`.
+async fn pass_merging(
+    reader: &RemoteReader,
+    objects: &PartitionObjects,
+    m: &Manifest,
+    first_dirty: u64,
+    horizon: i64,
+    scratch: &std::path::Path,
+    segment_bytes: u64,
+) -> Manifest {
     let mut map = OffsetMap::with_memory(1 << 20, first_dirty);
     let aborted = Aborted::default();
     let to = m.end_offset();
@@ -120,8 +140,8 @@ async fn pass(
             clean_below: first_dirty,
             delete_horizon_ms: horizon,
             to,
-            segment_bytes: 16 * 1024,
-            epoch: 1,
+            segment_bytes,
+            epoch: m.leader_epoch,
             scratch,
         },
         map.end(),
@@ -213,4 +233,39 @@ async fn a_remote_clean_that_dies_before_its_commit_leaves_the_manifest_as_it_wa
     // The next pass overwrites the leftovers and commits.
     let after = pass(&reader, &objects, &current, 0, 0, &dir.path().join("s")).await;
     assert_eq!(as_map(&replay(&reader, &objects, &after).await).len(), 20);
+}
+
+/// Two replicas cut one history into segments at different points, and each uploaded as
+/// leader: the second's first new segment overlaps the first's last. A clean reads the
+/// overlapped batches once (before, it wrote them twice into the merged segment).
+#[tokio::test]
+async fn a_remote_clean_of_overlapping_segments_keeps_each_offset_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, _) = written(&dir.path().join("a"), 600, 700, 4096);
+    let (second, latest) = written(&dir.path().join("b"), 1_000, 700, 2500);
+    let objects =
+        PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
+    upload_sealed(&first, &objects, 1).await.expect("first");
+    let before = upload_sealed(&second, &objects, 2).await.expect("second");
+    assert!(
+        before
+            .segments
+            .windows(2)
+            .any(|w| w[1].base_offset < w[0].end_offset),
+        "the segments overlap: {:?}",
+        before.segments
+    );
+    let reader = reader().await;
+    let all = replay(&reader, &objects, &before).await;
+    assert_eq!(all.len(), 1_000);
+
+    // Into segments of about the same size, and into one.
+    for merge in [16 * 1024, 1 << 30] {
+        let scratch = dir.path().join("s");
+        let after = pass_merging(&reader, &objects, &before, 0, 0, &scratch, merge).await;
+        let got = replay(&reader, &objects, &after).await;
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "offsets rise");
+        assert_eq!(got.len(), latest.len(), "one record per key");
+        assert_eq!(as_map(&got), latest);
+    }
 }

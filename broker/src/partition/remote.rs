@@ -3,10 +3,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use object_store::ObjectStoreExt;
-use strata_storage::SegmentFile;
-use strata_storage::tier::TierError;
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
+use strata_storage::tier::restore::restore_log;
 use tokio::sync::watch;
 
 use super::Partition;
@@ -112,7 +110,11 @@ impl Partition {
                 "local log is behind the object store; continuing from the remote end"
             );
             if crate::topic::is_internal(&self.topic) {
-                self.restore(&manifest).await?;
+                restore_log(&self.log, &self.remote.objects, &manifest).await?;
+                tracing::info!(topic = %self.topic, partition = self.index,
+                    start = manifest.log_start_offset, end,
+                    segments = manifest.segments.len(),
+                    "local log restored from the object store");
             } else {
                 log.reset_to(end)?;
             }
@@ -152,64 +154,4 @@ impl Partition {
         self.remote.recovered.send_replace(true);
         Ok(())
     }
-
-    /// Refills the local log from the remote segments: an internal topic's coordinator
-    /// replays its whole log (committed offsets, transactions), and the topic is compacted,
-    /// so the copy is small. The log then ends where the manifest does.
-    async fn restore(&self, manifest: &Manifest) -> Result<(), BrokerError> {
-        let objects = &self.remote.objects;
-        let mut segments = Vec::with_capacity(manifest.segments.len());
-        for s in &manifest.segments {
-            let key = s.key(objects, SegmentFile::Log);
-            let get = async { objects.store().get(&key).await?.bytes().await };
-            segments.push(get.await.map_err(TierError::from)?);
-        }
-        let log = self.log.clone();
-        let (start, end) = (manifest.log_start_offset, manifest.end_offset());
-        tokio::task::spawn_blocking(move || {
-            log.reset_to(start)?;
-            for bytes in segments {
-                let mut at = 0;
-                while at < bytes.len() {
-                    let len = whole_batches(&bytes[at..], RESTORE_CHUNK);
-                    if len == 0 {
-                        return Err(strata_storage::BatchError::Truncated {
-                            at,
-                            available: bytes.len() - at,
-                        }
-                        .into());
-                    }
-                    log.append_replica(&bytes[at..at + len])?;
-                    at += len;
-                }
-            }
-            log.skip_to(end)
-        })
-        .await
-        .map_err(|e| BrokerError::Io {
-            op: "restoring a log from the object store",
-            path: self.log.dir().to_owned(),
-            source: std::io::Error::other(e),
-        })??;
-        tracing::info!(topic = %self.topic, partition = self.index, start, end,
-            segments = manifest.segments.len(), "local log restored from the object store");
-        Ok(())
-    }
-}
-
-/// Bytes appended at a time while restoring a log.
-const RESTORE_CHUNK: usize = 1 << 20;
-
-/// The length of the whole batches at the start of `bytes`, about `limit` of them (at least
-/// one when there is one).
-fn whole_batches(bytes: &[u8], limit: usize) -> usize {
-    let mut len = 0;
-    while let Some(h) = strata_storage::BatchHeader::parse(&bytes[len..]) {
-        let next = len + h.total_len();
-        if h.batch_length < 0 || next > bytes.len() || (len > 0 && next > limit) {
-            break;
-        }
-        len = next;
-    }
-    len
 }

@@ -284,7 +284,8 @@ const INDEX_INTERVAL: u64 = 4096;
 type Visit<'a> = dyn FnMut(&[u8], &BatchHeader) -> Result<bool, batch::BatchError> + Send + 'a;
 
 /// Calls `f` with each batch of remote segment `seg` whose last offset is at or past `from`,
-/// in order, until it answers false.
+/// in order, until it answers false. Batches where `seg` overlaps the segment before it are
+/// that one's ([`Manifest::spans`]).
 async fn each_batch(
     reader: &RemoteReader,
     objects: &PartitionObjects,
@@ -294,7 +295,8 @@ async fn each_batch(
     io: &mut (dyn FnMut(u64) + Send),
     f: &mut Visit<'_>,
 ) -> Result<(), TierError> {
-    let mut offset = seg.base_offset.max(from);
+    let from = from.max(manifest.span_start(seg));
+    let mut offset = from;
     while offset < seg.end_offset {
         let bytes = reader.read(objects, manifest, offset, READ_CHUNK).await?;
         io(bytes.len() as u64);

@@ -145,6 +145,26 @@ impl Manifest {
             .map_or(self.log_start_offset, |s| s.end_offset)
     }
 
+    /// Each segment with the first offset it adds to those before it: its base, or where it
+    /// overlaps the previous segment (see [`Self::with_segment`]), that one's end. Read from
+    /// there, the segments hold every remote offset once, in order; reading each segment
+    /// whole would read the overlapped batches twice.
+    pub fn spans(&self) -> impl Iterator<Item = (&RemoteSegment, u64)> {
+        let previous_ends = std::iter::once(0).chain(self.segments.iter().map(|s| s.end_offset));
+        self.segments
+            .iter()
+            .zip(previous_ends)
+            .map(|(s, end)| (s, s.base_offset.max(end)))
+    }
+
+    /// The first offset segment `seg` adds (see [`Self::spans`]); its base when it is not
+    /// in this manifest.
+    pub fn span_start(&self, seg: &RemoteSegment) -> u64 {
+        self.spans()
+            .find(|(s, _)| *s == seg)
+            .map_or(seg.base_offset, |(_, start)| start)
+    }
+
     /// This manifest with `segment` added. Remote segments hold committed history (leaders
     /// upload only below the high watermark), so where segments overlap they hold the same
     /// records: one the new segment covers entirely is replaced, one that covers the new
@@ -152,7 +172,8 @@ impl Manifest {
     /// offsets no other segment does. Nothing is ever dropped for being older or from another
     /// epoch: a leader whose local log starts late (a wiped disk, recovered at the remote end
     /// of the time) would otherwise cut a hole in the history. No segment ends up inside
-    /// another, so segments sorted by base offset are sorted by end offset too.
+    /// another, so segments sorted by base offset are sorted by end offset too, and each adds
+    /// the offsets from the previous one's end ([`Self::spans`]).
     pub fn with_segment(&self, segment: RemoteSegment) -> Manifest {
         let mut next = self.clone();
         let covers = |outer: &RemoteSegment, inner: &RemoteSegment| {
@@ -491,5 +512,13 @@ mod tests {
         assert_eq!(wide.with_segment(seg(15, 45, 4)), wide);
         let ends: Vec<u64> = wide.segments.iter().map(|s| s.end_offset).collect();
         assert!(ends.is_sorted(), "sorted by end as by base: {ends:?}");
+        // Read by spans, every offset once: 15..45 adds from 20 on.
+        let spans = |m: &Manifest| -> Vec<(u64, u64)> {
+            m.spans().map(|(s, from)| (from, s.end_offset)).collect()
+        };
+        assert_eq!(spans(&wide), vec![(0, 10), (10, 20), (20, 45)]);
+        assert_eq!(spans(&next), vec![(0, 10), (10, 20), (20, 30), (30, 40)]);
+        assert_eq!(next.span_start(&seg(25, 40, 3)), 30);
+        assert_eq!(next.span_start(&seg(10, 20, 1)), 10);
     }
 }

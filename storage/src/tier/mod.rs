@@ -22,6 +22,7 @@ pub mod fault;
 pub mod manifest;
 pub mod metered;
 pub mod read;
+pub mod restore;
 pub mod retention;
 pub mod store;
 pub mod upload;
@@ -95,6 +96,9 @@ pub enum TierError {
         /// What was wrong.
         reason: &'static str,
     },
+    /// The local log refused what was read back from object storage.
+    #[error("local log: {0}")]
+    Log(#[from] crate::StorageError),
     /// The reader is shutting down.
     #[error("remote reader closed")]
     Closed,

@@ -282,7 +282,8 @@ impl RemoteReader {
             let Some(next) = manifest.segments.get(i) else {
                 return Ok(Bytes::new());
             };
-            from = next.base_offset;
+            // Where it overlaps this one, it holds the same batches: `from` still.
+            from = next.base_offset.max(from);
         }
     }
 
@@ -350,12 +351,16 @@ impl RemoteReader {
         upper: u64,
     ) -> Result<Vec<AbortedTxn>, TierError> {
         let mut out = Vec::new();
-        for seg in manifest.segments.iter().filter(|s| s.end_offset > from) {
+        for (seg, start) in manifest.spans().filter(|(s, _)| s.end_offset > from) {
             if !seg.has(SegmentFile::TxnIndex) {
                 continue;
             }
             let bytes = self.chunk(objects, seg, SegmentFile::TxnIndex, 0).await?;
-            if collect_aborted(&decode_entries(&bytes), from, upper, &mut out) {
+            // An abort in the overlap with the previous segment is that one's: listed twice,
+            // a client would take a later transaction of the producer for aborted too.
+            let mut entries = decode_entries(&bytes);
+            entries.retain(|e| e.last_offset >= start);
+            if collect_aborted(&entries, from, upper, &mut out) {
                 break;
             }
         }
@@ -835,6 +840,75 @@ mod tests {
             .await
             .expect("remote");
         assert_eq!(first_two.len(), 2);
+    }
+
+    /// A replica whose segments were cut elsewhere uploaded after the first leader, so its
+    /// first new segment overlaps that one's last: an abort recorded in both is listed once
+    /// (twice, a client would take the producer's next transaction for aborted too), and
+    /// every offset reads as the log holds it.
+    #[tokio::test]
+    async fn overlapping_remote_segments_list_each_abort_once() {
+        let aborts = |log: &Log| {
+            for k in 0..60 {
+                let first = 2 * k as u64;
+                log.append_aborted(crate::AbortedTxn {
+                    producer_id: k,
+                    first_offset: first,
+                    last_offset: first + 1,
+                    last_stable_offset: first + 2,
+                })
+                .expect("abort");
+            }
+        };
+        let (_dir, log, _, _) = uploaded_with(120, aborts).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let replica = Log::open(
+            dir.path(),
+            LogConfig {
+                segment_bytes: 3 * 1024,
+                index_interval_bytes: 512,
+                segment_ms: None,
+                ..LogConfig::default()
+            },
+        )
+        .expect("open");
+        let all = log.read(0, usize::MAX / 2).expect("read");
+        let mut at = 0;
+        while let Some(h) = BatchHeader::parse(&all[at..]) {
+            let len = h.total_len();
+            replica.append_replica(&all[at..at + len]).expect("replica");
+            at += len;
+        }
+        aborts(&replica);
+        replica.roll().expect("roll");
+        replica.flush().expect("flush");
+        let objects =
+            PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("o"), Uuid::nil(), 0);
+        let upto = log.segments()[3].base_offset;
+        crate::tier::upload::upload_sealed_below(&log, &objects, 1, upto, &|_| Vec::new())
+            .await
+            .expect("first leader");
+        let m = upload_sealed(&replica, &objects, 2).await.expect("replica");
+        assert!(
+            m.segments
+                .windows(2)
+                .any(|w| w[1].base_offset < w[0].end_offset),
+            "the segments overlap: {:?}",
+            m.segments
+        );
+        let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        for (from, upto) in [(0, 120), (upto - 10, upto + 10), (upto, 120)] {
+            let remote = reader
+                .aborted_txns(&objects, &m, from, upto)
+                .await
+                .expect("remote");
+            assert_eq!(remote, log.aborted_txns(from, upto).expect("local"));
+        }
+        for from in 0..m.end_offset() {
+            let remote = reader.read(&objects, &m, from, 700).await.expect("remote");
+            let local = log.read(from, remote.len()).expect("local");
+            assert_eq!(&local[..], &remote[..], "offset {from}");
+        }
     }
 
     #[tokio::test]

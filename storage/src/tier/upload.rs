@@ -313,7 +313,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod two_leaders {
+pub(crate) mod two_leaders {
     use std::sync::Arc;
 
     use object_store::memory::InMemory;
@@ -326,7 +326,7 @@ mod two_leaders {
     /// A replica's copy of one history (batch `i` is offset `i`, written under epoch 3):
     /// offsets `from..to`, rolled every `segment_bytes`, so replicas differ only in where
     /// their segments start.
-    fn copy(dir: &std::path::Path, from: i64, to: i64, segment_bytes: u64) -> Log {
+    pub(crate) fn copy(dir: &std::path::Path, from: i64, to: i64, segment_bytes: u64) -> Log {
         let log = Log::open(
             dir,
             LogConfig {
