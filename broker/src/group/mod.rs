@@ -15,7 +15,7 @@ pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,6 +73,46 @@ pub(crate) struct Entry {
     /// Offsets committed in transactions not ended yet, per producer id (TxnOffsetCommit):
     /// they count when the commit marker reaches this group's offsets partition.
     pub(crate) pending: BTreeMap<i64, BTreeMap<(String, i32), Committed>>,
+    /// Partitions with an OffsetCommit being written, and how many (see [`Committing`]).
+    committing: BTreeMap<(String, i32), u32>,
+}
+
+impl Entry {
+    /// The partitions whose committed offset is about to change: a transactional commit
+    /// waits for its marker, or a commit is being written. A fetch that requires stable
+    /// offsets (KIP-447) is answered UNSTABLE_OFFSET_COMMIT for them.
+    pub(crate) fn unstable(&self) -> BTreeSet<(String, i32)> {
+        let pending = self.pending.values().flat_map(|p| p.keys());
+        pending.chain(self.committing.keys()).cloned().collect()
+    }
+}
+
+/// An OffsetCommit of a group's partitions being written, until dropped. Kafka's coordinator
+/// keeps such commits pending, and a consumer that requires stable offsets (librdkafka's
+/// read_committed default) is told to ask again: without that, a member that takes a
+/// partition over in a rebalance reads the offset from before a commit still waiting for
+/// the in-sync replicas, and commits its position from there, so the group's committed
+/// offset goes back (the fault checker saw it when the offsets partition was slow to
+/// replicate).
+pub(crate) struct Committing<'a> {
+    coordinator: &'a Coordinator,
+    group: String,
+    partitions: Vec<(String, i32)>,
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.coordinator.with_existing(&self.group, |e| {
+            for p in &self.partitions {
+                if let Some(n) = e.committing.get_mut(p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        e.committing.remove(p);
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// A partition (topic, index) and the offset a group committed for it.
@@ -154,6 +194,20 @@ impl Coordinator {
     pub(crate) fn with_group<T>(&self, group: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut groups = self.lock();
         f(groups.entry(group.to_owned()).or_default())
+    }
+
+    /// Marks `partitions` of `group` as being committed until the guard is dropped.
+    pub(crate) fn committing(&self, group: &str, partitions: Vec<(String, i32)>) -> Committing<'_> {
+        self.with_group(group, |e| {
+            for p in &partitions {
+                *e.committing.entry(p.clone()).or_default() += 1;
+            }
+        });
+        Committing {
+            coordinator: self,
+            group: group.to_owned(),
+            partitions,
+        }
     }
 
     /// Runs `f` on the group's entry if it exists.

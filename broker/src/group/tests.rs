@@ -222,11 +222,9 @@ fn leaving_empties_the_group_and_bad_joins_are_refused() {
     assert_eq!(g.generation(), 2);
 }
 
-#[test]
-fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
-    use super::store::{Committed, Write};
+fn coordinator() -> super::Coordinator {
     use super::{Coordinator, GroupConfig};
-    let coordinator = Coordinator::new(
+    Coordinator::new(
         GroupConfig {
             limits: LIMITS,
             offsets_partitions: 4,
@@ -242,7 +240,13 @@ fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
             Vec::<String>::new(),
         )),
         std::sync::Arc::new(crate::lease::Lease::new(Duration::from_secs(9))),
-    );
+    )
+}
+
+#[test]
+fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
+    use super::store::{Committed, Write};
+    let coordinator = coordinator();
     let c = Committed {
         offset: 5,
         leader_epoch: 0,
@@ -278,4 +282,26 @@ fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
     });
     let due = coordinator.advance(t, 10_000_000);
     assert!(due.get("busy").is_none_or(|(_, expire)| !expire));
+}
+
+/// A partition stays unstable (KIP-447's UNSTABLE_OFFSET_COMMIT) while any commit of it is
+/// being written, and only those partitions.
+#[test]
+fn partitions_being_committed_are_unstable_until_every_commit_ends() {
+    let coordinator = coordinator();
+    let unstable = || coordinator.with_group("g", |e| e.unstable());
+    let p0 = ("t".to_owned(), 0);
+    let p1 = ("t".to_owned(), 1);
+    let first = coordinator.committing("g", vec![p0.clone(), p1.clone()]);
+    let second = coordinator.committing("g", vec![p0.clone()]);
+    assert_eq!(unstable(), [p0.clone(), p1.clone()].into());
+    drop(first);
+    assert_eq!(unstable(), [p0.clone()].into());
+    drop(second);
+    assert!(unstable().is_empty());
+    // A group removed meanwhile (DeleteGroups) is not brought back by the guard.
+    let late = coordinator.committing("gone", vec![p0]);
+    coordinator.remove("gone");
+    drop(late);
+    assert!(coordinator.with_existing("gone", |_| ()).is_none());
 }

@@ -396,6 +396,8 @@ pub(super) async fn offset_commit(
             })
             .collect();
         if !writes.is_empty() {
+            let keys = applied.iter().map(|(k, _)| k.clone()).collect();
+            let _committing = state.groups.committing(&group, keys);
             let persisted = state
                 .groups
                 .persist_then(part, epoch, &group, writes, |e| e.offsets.extend(applied))
@@ -432,8 +434,9 @@ pub(super) async fn offset_commit(
 }
 
 /// One group's committed offsets for the asked partitions (all when `topics` is `None`).
-/// With `require_stable` (KIP-447), a partition with a transactional commit pending answers
-/// UNSTABLE_OFFSET_COMMIT, and the consumer asks again once the transaction ended.
+/// With `require_stable` (KIP-447), a partition with a commit pending (a transaction not
+/// ended, or a commit being written) answers UNSTABLE_OFFSET_COMMIT, and the consumer asks
+/// again.
 fn fetch_offsets(
     state: &BrokerState,
     group: &str,
@@ -443,11 +446,7 @@ fn fetch_offsets(
     state.groups.route(group)?;
     let (offsets, unstable) = state
         .groups
-        .with_existing(group, |e| {
-            let unstable: std::collections::BTreeSet<(String, i32)> =
-                e.pending.values().flat_map(|p| p.keys().cloned()).collect();
-            (e.offsets.clone(), unstable)
-        })
+        .with_existing(group, |e| (e.offsets.clone(), e.unstable()))
         .unwrap_or_default();
     let answer = |t: &str, p: i32, c: Option<Committed>| {
         if require_stable && unstable.contains(&(t.to_owned(), p)) {
