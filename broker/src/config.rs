@@ -40,6 +40,37 @@ pub struct BrokerConfig {
     pub cache: CacheSettings,
     /// The HTTP listener: metrics and probes.
     pub http: HttpSettings,
+    /// What clients are asked to push as telemetry (KIP-714).
+    pub telemetry: TelemetrySettings,
+}
+
+/// KIP-714 client telemetry, the same for every client (Kafka keeps it per client-metrics
+/// config resource). Pushed numbers are exported on `/metrics` as `strata_client_metric`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// Names (prefixes) of the metrics clients are asked to push, as Kafka's client-metrics
+    /// `metrics`: `["*"]` for all; empty (the default) asks for none, and clients push
+    /// nothing.
+    pub metrics: Vec<String>,
+    /// How often clients push (Kafka's client-metrics `interval.ms`).
+    pub push_interval_ms: u64,
+    /// The largest push taken (Kafka's `telemetry.max.bytes`).
+    pub max_bytes: u32,
+    /// At most this many clients are remembered and this many series exported; past it,
+    /// values of new series are dropped.
+    pub max_series: usize,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            metrics: Vec::new(),
+            push_interval_ms: 300_000,
+            max_bytes: 1 << 20,
+            max_series: 10_000,
+        }
+    }
 }
 
 /// The HTTP listener serving `/metrics`, `/healthz` and `/readyz`.
@@ -372,6 +403,7 @@ impl Default for BrokerConfig {
             object_store: ObjectStoreSettings::default(),
             cache: CacheSettings::default(),
             http: HttpSettings::default(),
+            telemetry: TelemetrySettings::default(),
         }
     }
 }
@@ -422,7 +454,7 @@ impl Default for TopicDefaults {
 
 /// The top-level keys of [`BrokerConfig`]: an environment variable with [`ENV_PREFIX`] sets
 /// a setting only when its name starts with one of them.
-const CONFIG_KEYS: [&str; 12] = [
+const CONFIG_KEYS: [&str; 13] = [
     "node_id",
     "rack",
     "data_dir",
@@ -435,6 +467,7 @@ const CONFIG_KEYS: [&str; 12] = [
     "object_store",
     "cache",
     "http",
+    "telemetry",
 ];
 
 /// Prefix of environment variables that set config keys: `STRATA_KAFKA__LISTEN` sets
@@ -570,6 +603,25 @@ impl BrokerConfig {
                     "must hold at least one largest request or response ({largest} bytes: \
                      kafka.max_request_bytes / kafka.fetch_max_bytes)"
                 ),
+            );
+        }
+        let t = &self.telemetry;
+        if !(100..=3_600_000).contains(&t.push_interval_ms) {
+            return bad(
+                "telemetry.push_interval_ms",
+                "must be between 100 ms and one hour".into(),
+            );
+        }
+        if !(1024..=64 << 20).contains(&t.max_bytes) {
+            return bad(
+                "telemetry.max_bytes",
+                "must be between 1 KiB and 64 MiB".into(),
+            );
+        }
+        if let Some(m) = t.metrics.iter().find(|m| m.trim().is_empty()) {
+            return bad(
+                "telemetry.metrics",
+                format!("{m:?}: a name prefix, or \"*\" for all"),
             );
         }
         if self.topics.default_partitions < 1 {

@@ -50,6 +50,7 @@ mod server;
 mod state;
 mod statelog;
 mod supervisor;
+mod telemetry;
 mod tiering;
 mod topic;
 mod turnstile;

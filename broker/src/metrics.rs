@@ -52,6 +52,8 @@ pub(crate) struct Metrics {
     pub(crate) uploaded_bytes: Counter,
     pub(crate) manifest_commits: Counter,
     pub(crate) fenced: Counter,
+    /// Bytes of client telemetry pushes received (KIP-714).
+    pub(crate) telemetry_bytes: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +89,7 @@ impl Default for Metrics {
             uploaded_bytes: Counter::default(),
             manifest_commits: Counter::default(),
             fenced: Counter::default(),
+            telemetry_bytes: Counter::default(),
         }
     }
 }
@@ -189,6 +192,11 @@ impl Metrics {
             "topic_records_out",
             "Records fetched by consumers, by topic",
             self.records_out.clone(),
+        );
+        r.register(
+            "client_telemetry_bytes",
+            "Bytes of client telemetry pushed (KIP-714), taken or refused",
+            self.telemetry_bytes.clone(),
         );
         r.register(
             "replication_bytes_out",

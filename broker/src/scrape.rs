@@ -21,6 +21,10 @@ type L1 = [(&'static str, String); 1];
 type L2 = [(&'static str, String); 2];
 /// Three labels.
 type L3 = [(&'static str, String); 3];
+/// Four labels.
+type L4 = [(&'static str, String); 4];
+/// A gauge of a client's pushed value.
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// The controller's Raft state as this process sees it, when it runs a quorum member.
 pub(crate) type RaftWatch = tokio::sync::watch::Receiver<
@@ -45,6 +49,7 @@ struct Snapshot {
     upload_lag_total_bytes: Gauge,
     group_lag: Family<L3, Gauge>,
     omitted: Gauge,
+    client_metrics: Family<L4, FloatGauge>,
 }
 
 /// The whole exposition: counters plus what the broker's state says now.
@@ -97,6 +102,13 @@ pub(crate) fn render(state: &BrokerState, quorum: Option<&QuorumMember>) -> Stri
         snap.group_lag,
     );
     r.register(
+        "client_metric",
+        "The latest value of each metric clients push (KIP-714 telemetry, as \
+         telemetry.metrics asks), by client instance, client id, metric name and the data \
+         point's attributes",
+        snap.client_metrics,
+    );
+    r.register(
         "partition_series_omitted",
         "Partitions left out of per-partition series (http.partition_metrics_limit)",
         snap.omitted,
@@ -117,6 +129,15 @@ pub(crate) fn render(state: &BrokerState, quorum: Option<&QuorumMember>) -> Stri
 
 fn snapshot(state: &BrokerState) -> Snapshot {
     let snap = Snapshot::default();
+    for (key, client_id, value) in state.telemetry.series() {
+        let labels = [
+            ("client_instance_id", key.client_instance_id.to_string()),
+            ("client_id", client_id),
+            ("name", key.name),
+            ("attributes", key.attributes),
+        ];
+        snap.client_metrics.get_or_create(&labels).set(value);
+    }
     let image = state.image();
     let limit = match state.config.http.partition_metrics {
         true => state.config.http.partition_metrics_limit,

@@ -57,6 +57,8 @@ pub(crate) struct BrokerState {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Whether the Kafka listener accepts connections.
     pub(crate) serving: std::sync::atomic::AtomicBool,
+    /// Client telemetry subscriptions and pushed values (KIP-714).
+    pub(crate) telemetry: crate::telemetry::Telemetry,
 }
 
 impl BrokerState {
@@ -140,6 +142,7 @@ impl BrokerState {
             cleaner,
             groups,
             txns,
+            telemetry: crate::telemetry::Telemetry::new(config.telemetry.clone()),
             peers: Peers::new(config.node_id, metadata.clone()),
             id: config.node_id,
             config,

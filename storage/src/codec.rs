@@ -132,7 +132,7 @@ impl<'a> Stream<'a> {
 
 /// The records of a compressed batch, decompressed whole (at most `budget` bytes): what the
 /// cleaner reads before it drops some of them.
-pub(crate) fn decompress_all(codec: i16, data: &[u8], budget: u64) -> io::Result<Vec<u8>> {
+pub fn decompress_all(codec: i16, data: &[u8], budget: u64) -> io::Result<Vec<u8>> {
     let mut stream = Stream::open(codec, data, budget)?;
     let mut out = Vec::with_capacity(data.len().saturating_mul(2));
     loop {
@@ -153,7 +153,7 @@ pub(crate) fn decompress_all(codec: i16, data: &[u8], budget: u64) -> io::Result
 /// `data` compressed with codec `codec` as Kafka's clients write it: gzip, one raw snappy
 /// block (as librdkafka writes it; the Java client reads both forms), an LZ4 frame, or a
 /// zstd frame.
-pub(crate) fn compress(codec: i16, data: &[u8]) -> io::Result<Vec<u8>> {
+pub fn compress(codec: i16, data: &[u8]) -> io::Result<Vec<u8>> {
     use std::io::Write;
     match codec {
         1 => {

@@ -31,6 +31,7 @@ pub use batch::{
     Record, control_marker,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::{compress, decompress_all};
 pub use config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 pub use error::StorageError;
 pub use log::{AppendInfo, LocalClean, Log, OpenSegment, PreparedRewrite, SegmentRewrite};

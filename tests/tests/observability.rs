@@ -432,3 +432,59 @@ async fn per_partition_series_are_bounded_and_can_be_switched_off() {
         broker.stop().await;
     }
 }
+
+/// librdkafka's default KIP-714 telemetry: it subscribes, pushes the producer metrics the
+/// broker asks for (and only those) every interval, and they show on `/metrics` under the
+/// client's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_pushes_the_telemetry_the_broker_asks_for() {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    const ASKED: &str = "org.apache.kafka.producer.";
+    let broker = TestBroker::start_with(|c| {
+        c.telemetry.metrics = vec![ASKED.to_owned()];
+        c.telemetry.push_interval_ms = 500;
+    })
+    .await;
+    let http = broker.http_addr().expect("http listener");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("client.id", "telemetry-test")
+        .create()
+        .expect("producer");
+    let deadline = Instant::now() + WAIT;
+    let pushed = loop {
+        producer
+            .send(
+                FutureRecord::to("telemetry").key("k").payload("v"),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produced");
+        let s = scrape(http).await;
+        let pushed: Vec<BTreeMap<String, String>> = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == "strata_client_metric")
+            .map(|x| {
+                x.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .collect();
+        if !pushed.is_empty() {
+            break pushed;
+        }
+        assert!(Instant::now() < deadline, "no telemetry within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for labels in &pushed {
+        assert_eq!(
+            labels.get("client_id").map(String::as_str),
+            Some("telemetry-test")
+        );
+        let name = labels.get("name").map_or("", String::as_str);
+        assert!(name.starts_with(ASKED), "{name} was not asked for");
+    }
+}

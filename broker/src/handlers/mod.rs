@@ -8,6 +8,7 @@ mod groups_admin;
 mod logdirs;
 mod produce;
 mod records;
+mod telemetry;
 mod topics;
 mod txn;
 
@@ -112,6 +113,10 @@ pub(crate) async fn handle(
         ApiKey::WriteTxnMarkers => txn::write_txn_markers(state, frame).await,
         ApiKey::DescribeTransactions => txn::describe_transactions(state, frame).await,
         ApiKey::ListTransactions => txn::list_transactions(state, frame).await,
+        ApiKey::GetTelemetrySubscriptions => {
+            telemetry::get_telemetry_subscriptions(state, frame).await
+        }
+        ApiKey::PushTelemetry => telemetry::push_telemetry(state, frame).await,
         api => Err(FrameError::Unsupported {
             api,
             version: frame.version,
