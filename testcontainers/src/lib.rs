@@ -192,26 +192,22 @@ fn free_port() -> Result<u16, TestcontainersError> {
         .map_err(|e| TestcontainersError::other(format!("no free port: {e}")))
 }
 
-/// Whether Docker runs and has every image in `images`, for tests that need them. When not:
-/// with `STRATA_REQUIRE_DOCKER=1` (CI sets it) this panics; otherwise it says loudly on
-/// stderr that the test is skipped and returns false.
+/// Whether Docker runs and has every image in `images`, for tests that need them. Images
+/// missing from a checkout of this repository are built first, once for every test process
+/// at a time, with `deploy/build-images.sh` (debug binaries), and then reused. When they are
+/// still missing: with `STRATA_REQUIRE_DOCKER=1` (CI sets it) this panics; otherwise it says
+/// loudly on stderr that the test is skipped and returns false.
 pub fn images_ready(images: &[&str]) -> bool {
     let required = std::env::var("STRATA_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
-    let missing = match std::process::Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-    {
-        Ok(out) if out.status.success() => images
-            .iter()
-            .filter(|image| {
-                !std::process::Command::new("docker")
-                    .args(["image", "inspect", image])
-                    .output()
-                    .is_ok_and(|o| o.status.success())
-            })
-            .map(|image| format!("image {image} (build it with deploy/build-images.sh)"))
-            .collect::<Vec<_>>(),
-        _ => vec!["a running Docker engine".to_owned()],
+    let missing = match docker_runs() {
+        true => match absent(images) {
+            gone if gone.is_empty() => Vec::new(),
+            gone => match build_images(images) {
+                Ok(()) => absent_as_missing(&absent(images)),
+                Err(e) => vec![format!("{} ({e})", absent_as_missing(&gone).join(", "))],
+            },
+        },
+        false => vec!["a running Docker engine".to_owned()],
     };
     if missing.is_empty() {
         return true;
@@ -223,4 +219,63 @@ pub fn images_ready(images: &[&str]) -> bool {
          failure. ***\n"
     );
     false
+}
+
+fn docker_runs() -> bool {
+    std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// The images of `images` Docker does not have.
+fn absent<'a>(images: &[&'a str]) -> Vec<&'a str> {
+    images
+        .iter()
+        .copied()
+        .filter(|image| {
+            !std::process::Command::new("docker")
+                .args(["image", "inspect", image])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect()
+}
+
+fn absent_as_missing(images: &[&str]) -> Vec<String> {
+    images
+        .iter()
+        .map(|image| format!("image {image} (build it with deploy/build-images.sh)"))
+        .collect()
+}
+
+/// Runs this repository's `deploy/build-images.sh` (debug binaries) unless another test
+/// process built `images` while this one waited for the lock.
+fn build_images(images: &[&str]) -> Result<(), String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/build-images.sh");
+    if !script.is_file() {
+        return Err("not a checkout of the Strata repository, so not built here".to_owned());
+    }
+    let lock_path = std::env::temp_dir().join("strata-build-images.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
+    if absent(images).is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "*** building the missing images {images:?} with {} (PROFILE=debug); later runs reuse \
+         them, so rebuild them after changing the broker ***",
+        script.display()
+    );
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .env("PROFILE", "debug")
+        .status()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(format!("{} failed: {status}", script.display())),
+    }
 }

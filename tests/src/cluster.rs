@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
@@ -86,7 +87,16 @@ pub struct ProcessCluster {
     nodes: BTreeMap<i32, Node>,
     pids: Pids,
     links: Option<Links>,
+    /// This test process's turn to run a cluster (see [`TURN`]).
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
+
+/// One process cluster at a time in a test process: under `cargo test` the tests of one
+/// binary run on parallel threads, and their timing assertions (fencing after the session
+/// timeout, ISR changes within the lag time) are about the cluster, not a neighbour sharing
+/// the two cores. (nextest runs them one at a time by its `process-clusters` test group.)
+static TURN: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Arc::default);
 
 /// A loopback address for one of the cluster's listeners, kept for the cluster's life (a
 /// restarted node binds it again). Ports come from below Linux's ephemeral range
@@ -160,6 +170,7 @@ impl ProcessCluster {
 
     /// Starts `size` brokers as `options` say.
     pub async fn start_opts(binary: &Path, size: i32, options: Options<'_>) -> Self {
+        let turn = TURN.clone().lock_owned().await;
         let mut settings: Vec<String> = options.settings.iter().map(|s| (*s).to_owned()).collect();
         let broker_role = if options.controllers > 0 {
             Role::Broker
@@ -233,6 +244,7 @@ impl ProcessCluster {
             nodes,
             pids,
             links,
+            _turn: turn,
         };
         for id in cluster.processes() {
             cluster.spawn(id);
