@@ -87,6 +87,10 @@ fn decode_body(frame: &Frame) -> bool {
         ApiKey::WriteTxnMarkers => frame.decode::<WriteTxnMarkersRequest>().map(drop),
         ApiKey::DescribeTransactions => frame.decode::<DescribeTransactionsRequest>().map(drop),
         ApiKey::ListTransactions => frame.decode::<ListTransactionsRequest>().map(drop),
+        ApiKey::GetTelemetrySubscriptions => {
+            frame.decode::<GetTelemetrySubscriptionsRequest>().map(drop)
+        }
+        ApiKey::PushTelemetry => frame.decode::<PushTelemetryRequest>().map(drop),
         _ => return false,
     };
     drop(decoded);
