@@ -404,6 +404,9 @@ pub(super) async fn list_offsets(
 ) -> Result<Bytes, FrameError> {
     let req: ListOffsetsRequest = frame.decode()?;
     let image = state.image();
+    // Versions before 4 have no leader epoch in the answer (kafka-python, aiokafka and
+    // kcat's librdkafka 2.0 ask with v1 to v3): setting it fails the encoding.
+    let answer_epoch = |epoch: i32| if frame.version >= 4 { epoch } else { -1 };
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let record = image.topics.get(t.name.0.as_str());
@@ -435,8 +438,8 @@ pub(super) async fn list_offsets(
                         Ok(Some((offset, timestamp))) => resp
                             .with_offset(offset)
                             .with_timestamp(timestamp)
-                            .with_leader_epoch(epoch),
-                        Ok(None) => resp.with_leader_epoch(epoch),
+                            .with_leader_epoch(answer_epoch(epoch)),
+                        Ok(None) => resp.with_leader_epoch(answer_epoch(epoch)),
                         Err(e) => resp.with_error_code(e.code()),
                     }
                 }
