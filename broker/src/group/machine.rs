@@ -484,10 +484,11 @@ impl Group {
             };
         }
         self.check_member(member_id, instance_id, generation)?;
+        // While preparing a rebalance the generation in force is still valid: Kafka takes
+        // its members' commits (a consumer commits what it consumed before it rejoins or
+        // leaves). Only a generation not yet synced has nothing to commit against.
         match self.phase {
-            Phase::PreparingRebalance | Phase::CompletingRebalance => {
-                Err(code::REBALANCE_IN_PROGRESS)
-            }
+            Phase::CompletingRebalance => Err(code::REBALANCE_IN_PROGRESS),
             _ => Ok(()),
         }
     }

@@ -115,7 +115,7 @@ fn a_rebalance_completes_when_all_members_joined_and_the_leader_assigns() {
 fn generation_and_member_checks_use_kafkas_codes() {
     let t = Instant::now();
     let mut g = Group::default();
-    let (a, _b) = stable_pair(&mut g, t);
+    let (a, b) = stable_pair(&mut g, t);
     assert_eq!(g.heartbeat(&a, None, 1, t), code::NONE);
     assert_eq!(g.heartbeat(&a, None, 0, t), code::ILLEGAL_GENERATION);
     assert_eq!(g.heartbeat("nobody", None, 1, t), code::UNKNOWN_MEMBER_ID);
@@ -126,15 +126,14 @@ fn generation_and_member_checks_use_kafkas_codes() {
         Err(code::UNKNOWN_MEMBER_ID),
         "no commits from outside an active group"
     );
-    // A new member starts a rebalance: heartbeats and commits say so.
+    // A new member starts a rebalance: heartbeats say so. Commits of the generation still
+    // in force are taken, as Kafka takes them, so members commit what they consumed before
+    // rejoining (refused, a consumer that leaves or exits then loses its last commit).
     let c = now_join(g.join(join("", None), &LIMITS, t));
     let _rc = later(g.join(join(&c.member_id, None), &LIMITS, t));
     assert_eq!(g.phase(), Phase::PreparingRebalance);
     assert_eq!(g.heartbeat(&a, None, 1, t), code::REBALANCE_IN_PROGRESS);
-    assert_eq!(
-        g.check_commit(&a, None, 1),
-        Err(code::REBALANCE_IN_PROGRESS)
-    );
+    assert_eq!(g.check_commit(&a, None, 1), Ok(()));
     assert!(matches!(
         g.sync(&a, None, 1, Vec::new()),
         Answer::Now(SyncReply {
@@ -142,6 +141,16 @@ fn generation_and_member_checks_use_kafkas_codes() {
             ..
         })
     ));
+    // Once everyone rejoined, the new generation waits for its assignment: commits are
+    // refused until it is synced, and the old generation's are stale.
+    let _ra = later(g.join(join(&a, None), &LIMITS, t));
+    let _rb = later(g.join(join(&b, None), &LIMITS, t));
+    assert_eq!(g.phase(), Phase::CompletingRebalance);
+    assert_eq!(
+        g.check_commit(&a, None, 2),
+        Err(code::REBALANCE_IN_PROGRESS)
+    );
+    assert_eq!(g.check_commit(&a, None, 1), Err(code::ILLEGAL_GENERATION));
 }
 
 #[test]
