@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The client compatibility suite: installs the Kafka clients users run (kafka-python and
+# aiokafka from PyPI, pinned, in a virtualenv under target/; kcat from Debian when missing),
+# starts a single-node strata broker (a debug build, local directory as object store) and
+# runs every client through the same scenarios (tests/compat/scenarios.py), printing the
+# client x scenario matrix. Exits non-zero when a scenario fails.
+#
+#   tests/compat/run.sh                    # all clients
+#   CLIENTS=aiokafka tests/compat/run.sh   # some
+#   BIN=target/release/strata tests/compat/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CLIENTS=${CLIENTS:-kafka-python,aiokafka,kcat}
+VENV=target/compat-venv
+
+echo "== clients"
+if [[ $CLIENTS == *kcat* ]] && ! command -v kcat >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/compat/requirements.txt
+
+echo "== broker"
+if [ -z "${BIN:-}" ]; then
+  cargo build -q --bin strata
+  BIN=target/debug/strata
+fi
+WORK=$(mktemp -d)
+PID=
+cleanup() {
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN" --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
+  --set 'controller.listen="127.0.0.1:0"' \
+  --set 'http.listen=""' \
+  --set "object_store.url=\"file://$WORK/objects\"" \
+  >"$WORK/strata.log" 2>&1 &
+PID=$!
+for _ in $(seq 300); do
+  grep -q "serving Kafka clients" "$WORK/strata.log" 2>/dev/null && break
+  sleep 0.1
+done
+grep -q "serving Kafka clients" "$WORK/strata.log" || {
+  echo "strata did not start" >&2; cat "$WORK/strata.log" >&2; exit 1
+}
+
+echo "== scenarios"
+status=0
+"$VENV/bin/python" tests/compat/scenarios.py --bootstrap "127.0.0.1:$PORT" \
+  --clients "$CLIENTS" --json target/compat-matrix.json || status=$?
+if [ $status -ne 0 ]; then
+  echo "== the broker's log (last 60 lines)"
+  tail -60 "$WORK/strata.log"
+fi
+exit $status

@@ -1,0 +1,614 @@
+"""The client compatibility scenarios: each client Strata's users run goes through the same
+scenarios against a running broker, and the matrix of results is printed (and written as
+JSON when --json is given). A scenario a client does not support is "n/a", never a pass.
+
+Run by tests/compat/run.sh, which installs the clients and starts the broker.
+"""
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+
+CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
+SCENARIOS = ["codecs", "group", "commits", "admin", "idempotent", "transactions"]
+WAIT = 60
+
+
+def unique(what):
+    return f"compat-{what}-{uuid.uuid4().hex[:8]}"
+
+
+def expect(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def records(n, tag):
+    """n keyed records with two headers each: (key, value, headers)."""
+    return [
+        (f"k{i}".encode(), f"{tag}-{i}".encode(), [("h1", b"one"), ("h2", f"{i}".encode())])
+        for i in range(n)
+    ]
+
+
+def same_records(got, sent, what):
+    got = sorted(got)
+    sent = sorted((k, v, sorted(h)) for k, v, h in sent)
+    got = [(k, v, sorted(h)) for k, v, h in got]
+    expect(got == sent, f"{what}: got {len(got)} records, {got[:2]}..., want {sent[:2]}...")
+
+
+# ---------------------------------------------------------------- kafka-python
+
+
+class KafkaPython:
+    name = "kafka-python"
+
+    def __init__(self, bootstrap):
+        import kafka
+
+        self.kafka = kafka
+        self.bootstrap = bootstrap
+        self.version = kafka.__version__
+
+    def admin(self):
+        return self.kafka.KafkaAdminClient(bootstrap_servers=self.bootstrap)
+
+    def create(self, topic, partitions=1, configs=None):
+        from kafka.admin import NewTopic
+
+        a = self.admin()
+        try:
+            a.create_topics(
+                [NewTopic(topic, partitions, 1, topic_configs=configs or {})],
+                timeout_ms=WAIT * 1000,
+            )
+        finally:
+            a.close()
+
+    def consume(self, topic, n, **config):
+        c = self.kafka.KafkaConsumer(
+            topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            consumer_timeout_ms=WAIT * 1000,
+            **config,
+        )
+        out = []
+        try:
+            for m in c:
+                out.append((m.key, m.value, list(m.headers)))
+                if len(out) >= n:
+                    break
+        finally:
+            c.close()
+        return out
+
+    def codecs(self):
+        for codec in CODECS:
+            topic = unique(f"codec-{codec}")
+            self.create(topic)
+            p = self.kafka.KafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                compression_type=None if codec == "none" else codec,
+                acks="all",
+            )
+            sent = records(20, codec)
+            for k, v, h in sent:
+                p.send(topic, key=k, value=v, headers=h)
+            p.flush(WAIT)
+            p.close()
+            same_records(self.consume(topic, len(sent)), sent, codec)
+
+    def group(self):
+        topic = unique("group")
+        group = unique("g")
+        self.create(topic, 4)
+        p = self.kafka.KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        for i in range(200):
+            p.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode())
+        p.flush(WAIT)
+        members = [
+            self.kafka.KafkaConsumer(
+                topic,
+                bootstrap_servers=self.bootstrap,
+                group_id=group,
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                session_timeout_ms=10000,
+                heartbeat_interval_ms=500,
+            )
+            for _ in range(2)
+        ]
+        seen = set()
+        deadline = time.time() + WAIT
+
+        def commit(m):
+            # A commit while the group rebalances is refused (REBALANCE_IN_PROGRESS), as
+            # Kafka refuses it; the next poll rejoins and the next commit goes through.
+            try:
+                m.commit()
+                return True
+            except self.kafka.errors.CommitFailedError:
+                return False
+
+        # Both members get partitions.
+        while time.time() < deadline and not all(m.assignment() for m in members):
+            for m in members:
+                for batch in m.poll(timeout_ms=200).values():
+                    seen.update(r.value for r in batch)
+        expect(all(m.assignment() for m in members), "both members have partitions")
+        expect(
+            sum(len(m.assignment()) for m in members) == 4, "the 4 partitions are shared"
+        )
+        # One leaves: the other takes every partition and reads the rest.
+        for batch in members[0].poll(timeout_ms=200).values():
+            seen.update(r.value for r in batch)
+        commit(members[0])
+        members[0].close()
+        stay = members[1]
+        while time.time() < deadline and (len(stay.assignment()) < 4 or len(seen) < 200):
+            for batch in stay.poll(timeout_ms=200).values():
+                seen.update(r.value for r in batch)
+        while time.time() < deadline and not commit(stay):
+            stay.poll(timeout_ms=200)
+        expect(len(stay.assignment()) == 4, f"the member left holds {len(stay.assignment())} partitions")
+        expect(len(seen) == 200, f"{len(seen)} of 200 records consumed")
+        stay.close()
+
+    def commits(self):
+        topic = unique("commits")
+        group = unique("g")
+        self.create(topic)
+        p = self.kafka.KafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        for i in range(10):
+            p.send(topic, value=f"v{i}".encode())
+        p.flush(WAIT)
+        tp = self.kafka.TopicPartition(topic, 0)
+        c = self.kafka.KafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+        )
+        c.assign([tp])
+        c.seek(tp, 0)
+        from kafka.structs import OffsetAndMetadata
+
+        c.commit({tp: OffsetAndMetadata(6, "six", -1)})
+        committed = c.committed(tp)
+        c.close()
+        expect(committed == 6, f"committed {committed}, want 6")
+        again = self.kafka.KafkaConsumer(
+            topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            consumer_timeout_ms=WAIT * 1000,
+        )
+        first = next(iter(again))
+        again.close()
+        expect(first.offset == 6, f"a new member starts at {first.offset}, want 6")
+
+    def admin_scenario(self):
+        from kafka.admin import ConfigResource, ConfigResourceType
+
+        topic = unique("admin")
+        self.create(topic, 3, {"retention.ms": "3600000"})
+        a = self.admin()
+        try:
+            described = a.describe_topics([topic])
+            expect(len(described[0]["partitions"]) == 3, f"described {described}")
+            a.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": "7200000"})]
+            )
+            got = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            text = repr(got)
+            expect("7200000" in text, f"retention.ms not altered: {text[:300]}")
+            a.delete_topics([topic], timeout_ms=WAIT * 1000)
+            deadline = time.time() + WAIT
+            while topic in a.list_topics() and time.time() < deadline:
+                time.sleep(0.2)
+            expect(topic not in a.list_topics(), "the topic is gone")
+        finally:
+            a.close()
+
+    def idempotent(self):
+        topic = unique("idempotent")
+        self.create(topic, 2)
+        p = self.kafka.KafkaProducer(
+            bootstrap_servers=self.bootstrap, enable_idempotence=True, acks="all"
+        )
+        for i in range(1000):
+            p.send(topic, value=f"v{i}".encode())
+        p.flush(WAIT)
+        p.close()
+        got = self.consume(topic, 1000)
+        expect(len({v for _, v, _ in got}) == 1000, f"{len(got)} records")
+
+    def transactions(self):
+        topic = unique("txn")
+        self.create(topic)
+        p = self.kafka.KafkaProducer(
+            bootstrap_servers=self.bootstrap, transactional_id=unique("tx")
+        )
+        p.init_transactions()
+        p.begin_transaction()
+        for i in range(3):
+            p.send(topic, value=f"committed-{i}".encode())
+        p.commit_transaction()
+        p.begin_transaction()
+        for i in range(3):
+            p.send(topic, value=f"aborted-{i}".encode())
+        p.abort_transaction()
+        p.begin_transaction()
+        p.send(topic, value=b"committed-last")
+        p.commit_transaction()
+        p.close()
+        got = [v for _, v, _ in self.consume(topic, 4, isolation_level="read_committed")]
+        expect(
+            sorted(got) == sorted([b"committed-0", b"committed-1", b"committed-2", b"committed-last"]),
+            f"read_committed saw {got}",
+        )
+
+
+# ---------------------------------------------------------------- aiokafka
+
+
+class AioKafka:
+    name = "aiokafka"
+
+    def __init__(self, bootstrap):
+        import aiokafka
+
+        self.aiokafka = aiokafka
+        self.bootstrap = bootstrap
+        self.version = aiokafka.__version__
+
+    def run(self, coro):
+        return asyncio.run(asyncio.wait_for(coro, WAIT * 2))
+
+    async def create(self, topic, partitions=1, configs=None):
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        a = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await a.start()
+        try:
+            await a.create_topics([NewTopic(topic, partitions, 1, topic_configs=configs or {})])
+        finally:
+            await a.close()
+
+    async def produce(self, topic, sent, **config):
+        p = self.aiokafka.AIOKafkaProducer(bootstrap_servers=self.bootstrap, **config)
+        await p.start()
+        try:
+            for k, v, h in sent:
+                await p.send(topic, key=k, value=v, headers=h)
+            await p.flush()
+        finally:
+            await p.stop()
+
+    async def consume(self, topic, n, **config):
+        c = self.aiokafka.AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            **config,
+        )
+        await c.start()
+        out = []
+        try:
+            deadline = time.time() + WAIT
+            while len(out) < n and time.time() < deadline:
+                batches = await c.getmany(timeout_ms=500)
+                for batch in batches.values():
+                    out.extend((m.key, m.value, list(m.headers)) for m in batch)
+        finally:
+            await c.stop()
+        return out
+
+    def codecs(self):
+        async def go():
+            for codec in CODECS:
+                topic = unique(f"codec-{codec}")
+                await self.create(topic)
+                sent = records(20, codec)
+                await self.produce(
+                    topic, sent, compression_type=None if codec == "none" else codec, acks="all"
+                )
+                same_records(await self.consume(topic, len(sent)), sent, codec)
+
+        self.run(go())
+
+    def group(self):
+        async def go():
+            topic = unique("group")
+            group = unique("g")
+            await self.create(topic, 4)
+            await self.produce(topic, [(None, f"v{i}".encode(), []) for i in range(200)], acks="all")
+            members = [
+                self.aiokafka.AIOKafkaConsumer(
+                    topic,
+                    bootstrap_servers=self.bootstrap,
+                    group_id=group,
+                    auto_offset_reset="earliest",
+                    enable_auto_commit=False,
+                    session_timeout_ms=10000,
+                    heartbeat_interval_ms=500,
+                )
+                for _ in range(2)
+            ]
+            for m in members:
+                await m.start()
+            seen = set()
+            deadline = time.time() + WAIT
+            while time.time() < deadline and not all(m.assignment() for m in members):
+                for m in members:
+                    for batch in (await m.getmany(timeout_ms=200)).values():
+                        seen.update(r.value for r in batch)
+            expect(all(m.assignment() for m in members), "both members have partitions")
+            for m in members:
+                if m.assignment():
+                    await m.commit()
+            await members[0].stop()
+            stay = members[1]
+            while time.time() < deadline and (len(stay.assignment()) < 4 or len(seen) < 200):
+                for batch in (await stay.getmany(timeout_ms=200)).values():
+                    seen.update(r.value for r in batch)
+            await stay.commit()
+            expect(len(stay.assignment()) == 4, f"the member left holds {len(stay.assignment())}")
+            expect(len(seen) == 200, f"{len(seen)} of 200 records consumed")
+            await stay.stop()
+
+        self.run(go())
+
+    def commits(self):
+        async def go():
+            from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+            topic = unique("commits")
+            group = unique("g")
+            await self.create(topic)
+            await self.produce(topic, [(None, f"v{i}".encode(), []) for i in range(10)], acks="all")
+            tp = TopicPartition(topic, 0)
+            c = self.aiokafka.AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+            )
+            await c.start()
+            c.assign([tp])
+            await c.commit({tp: OffsetAndMetadata(6, "six")})
+            committed = await c.committed(tp)
+            await c.stop()
+            expect(committed == 6, f"committed {committed}, want 6")
+            again = self.aiokafka.AIOKafkaConsumer(
+                topic, bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+            )
+            await again.start()
+            first = await again.getone()
+            await again.stop()
+            expect(first.offset == 6, f"a new member starts at {first.offset}, want 6")
+
+        self.run(go())
+
+    def admin_scenario(self):
+        async def go():
+            from aiokafka.admin import AIOKafkaAdminClient
+            from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+            topic = unique("admin")
+            await self.create(topic, 3, {"retention.ms": "3600000"})
+            a = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await a.start()
+            try:
+                described = await a.describe_topics([topic])
+                expect(len(described[0]["partitions"]) == 3, f"described {described}")
+                await a.alter_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": "7200000"})]
+                )
+                got = await a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+                expect("7200000" in repr(got), f"retention.ms not altered: {repr(got)[:300]}")
+                await a.delete_topics([topic])
+                deadline = time.time() + WAIT
+                while topic in await a.list_topics() and time.time() < deadline:
+                    await asyncio.sleep(0.2)
+                expect(topic not in await a.list_topics(), "the topic is gone")
+            finally:
+                await a.close()
+
+        self.run(go())
+
+    def idempotent(self):
+        async def go():
+            topic = unique("idempotent")
+            await self.create(topic, 2)
+            await self.produce(
+                topic, [(None, f"v{i}".encode(), []) for i in range(1000)], enable_idempotence=True
+            )
+            got = await self.consume(topic, 1000)
+            expect(len({v for _, v, _ in got}) == 1000, f"{len(got)} records")
+
+        self.run(go())
+
+    def transactions(self):
+        async def go():
+            topic = unique("txn")
+            await self.create(topic)
+            p = self.aiokafka.AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, transactional_id=unique("tx")
+            )
+            await p.start()
+            try:
+                async with p.transaction():
+                    for i in range(3):
+                        await p.send(topic, value=f"committed-{i}".encode())
+                await p.begin_transaction()
+                for i in range(3):
+                    await p.send(topic, value=f"aborted-{i}".encode())
+                await p.abort_transaction()
+                async with p.transaction():
+                    await p.send(topic, value=b"committed-last")
+            finally:
+                await p.stop()
+            got = [v for _, v, _ in await self.consume(topic, 4, isolation_level="read_committed")]
+            want = [b"committed-0", b"committed-1", b"committed-2", b"committed-last"]
+            expect(sorted(got) == sorted(want), f"read_committed saw {got}")
+
+        self.run(go())
+
+
+# ---------------------------------------------------------------- kcat
+
+
+class Kcat:
+    name = "kcat"
+
+    def __init__(self, bootstrap):
+        self.bootstrap = bootstrap
+        out = subprocess.run(["kcat", "-V"], capture_output=True, text=True, check=True)
+        found = re.search(r"Version (\S+) .*librdkafka (\S+)", out.stdout)
+        self.version = f"{found[1]} (librdkafka {found[2]})" if found else "?"
+        # Admin goes through kafka-python: kcat has none.
+        self.helper = KafkaPython(bootstrap)
+
+    def kcat(self, *args, stdin=None):
+        out = subprocess.run(
+            ["kcat", "-b", self.bootstrap, *args],
+            input=stdin,
+            capture_output=True,
+            timeout=WAIT,
+        )
+        expect(out.returncode == 0, f"kcat {' '.join(args)}: {out.stderr.decode()[-400:]}")
+        return out.stdout
+
+    def codecs(self):
+        for codec in CODECS:
+            topic = unique(f"codec-{codec}")
+            self.helper.create(topic)
+            sent = records(20, codec)
+            for k, v, h in sent:
+                headers = [x for name, value in h for x in ("-H", f"{name}={value.decode()}")]
+                self.kcat("-P", "-t", topic, "-z", codec, "-X", "acks=all", "-k", k.decode(), *headers, stdin=v)
+            out = self.kcat(
+                "-C", "-t", topic, "-o", "beginning", "-e", "-c", str(len(sent)),
+                "-J",
+            )
+            got = []
+            for line in out.decode().splitlines():
+                m = json.loads(line)
+                headers = m.get("headers") or []
+                pairs = [(headers[i], headers[i + 1].encode()) for i in range(0, len(headers), 2)]
+                got.append((m["key"].encode(), m["payload"].encode(), pairs))
+            same_records(got, sent, codec)
+
+    def group(self):
+        topic = unique("group")
+        group = unique("g")
+        self.helper.create(topic, 4)
+        self.kcat("-P", "-t", topic, "-X", "acks=all", stdin="\n".join(f"v{i}" for i in range(200)).encode())
+        # Two balanced members; one leaves after its share, the other consumes the rest.
+        def member():
+            return subprocess.Popen(
+                ["kcat", "-b", self.bootstrap, "-G", group, "-o", "beginning", "-e",
+                 "-X", "enable.auto.commit=true", "-X", "auto.commit.interval.ms=100",
+                 "-f", "%s\n", topic],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        a, b = member(), member()
+        try:
+            out_a, _ = a.communicate(timeout=WAIT)
+            out_b, _ = b.communicate(timeout=WAIT)
+        finally:
+            a.kill()
+            b.kill()
+        seen = set(out_a.decode().split()) | set(out_b.decode().split())
+        expect(len(seen) == 200, f"{len(seen)} of 200 records consumed by the group")
+        committed = self.helper.kafka.KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            offsets = committed.list_group_offsets(group)
+        finally:
+            committed.close()
+        total = sum(o.offset for o in offsets[group].values())
+        expect(total == 200, f"the group committed {total} of 200")
+
+    def commits(self):
+        topic = unique("commits")
+        group = unique("g")
+        self.helper.create(topic)
+        self.kcat("-P", "-t", topic, "-X", "acks=all", stdin="\n".join(f"v{i}" for i in range(10)).encode())
+        # A member reads 6 and commits; the next one starts at 6.
+        self.kcat("-G", group, "-o", "beginning", "-c", "6", "-X", "enable.auto.commit=true",
+                  "-X", "auto.commit.interval.ms=100", "-f", "%o\n", topic)
+        out = self.kcat("-G", group, "-c", "1", "-f", "%o\n", topic)
+        expect(out.decode().split() == ["6"], f"a new member starts at {out.decode().split()}, want 6")
+
+    def admin_scenario(self):
+        raise NotApplicable("kcat has no admin commands")
+
+    def idempotent(self):
+        topic = unique("idempotent")
+        self.helper.create(topic, 2)
+        lines = "\n".join(f"v{i}" for i in range(1000)).encode()
+        self.kcat("-P", "-t", topic, "-X", "enable.idempotence=true", stdin=lines)
+        out = self.kcat("-C", "-t", topic, "-o", "beginning", "-e", "-f", "%s\n")
+        got = out.decode().split()
+        expect(len(got) == 1000 and len(set(got)) == 1000, f"{len(got)} records")
+
+    def transactions(self):
+        raise NotApplicable("kcat has no transactions")
+
+
+class NotApplicable(Exception):
+    pass
+
+
+CLIENTS = {"kafka-python": KafkaPython, "aiokafka": AioKafka, "kcat": Kcat}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--clients", default=",".join(CLIENTS))
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    matrix = {}
+    versions = {}
+    for name in args.clients.split(","):
+        if name == "kcat" and not shutil.which("kcat"):
+            print("kcat is not installed", file=sys.stderr)
+            sys.exit(2)
+        client = CLIENTS[name](args.bootstrap)
+        versions[name] = client.version
+        for scenario in SCENARIOS:
+            run = getattr(client, "admin_scenario" if scenario == "admin" else scenario)
+            started = time.time()
+            try:
+                run()
+                result = "pass"
+            except NotApplicable as e:
+                result = f"n/a ({e})"
+            except Exception:
+                result = "FAIL"
+                traceback.print_exc()
+            matrix[(name, scenario)] = result
+            print(f"{name:14} {scenario:13} {result} ({time.time() - started:.1f}s)", flush=True)
+    print()
+    header = "| client | " + " | ".join(SCENARIOS) + " |"
+    print(header)
+    print("|" + "---|" * (len(SCENARIOS) + 1))
+    for name in versions:
+        cells = [matrix[(name, s)].split(" ")[0] for s in SCENARIOS]
+        print(f"| {name} {versions[name]} | " + " | ".join(cells) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({f"{c}/{s}": r for (c, s), r in matrix.items()} | {"versions": versions}, f, indent=1)
+    sys.exit(1 if any(r == "FAIL" for r in matrix.values()) else 0)
+
+
+if __name__ == "__main__":
+    main()
