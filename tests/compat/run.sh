@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # The client compatibility suite: installs the Kafka clients users run (kafka-python and
-# aiokafka from PyPI, pinned, in a virtualenv under target/; kcat from Debian when missing),
+# aiokafka from PyPI, pinned, in a virtualenv under target/; kcat, and Go with sarama and
+# confluent-kafka-go, from Debian when missing),
 # starts a single-node strata broker (a debug build, local directory as object store) and
 # runs every client through the same scenarios (tests/compat/scenarios.py), printing the
 # client x scenario matrix. Exits non-zero when a scenario fails.
 #
 #   tests/compat/run.sh                    # all clients
-#   CLIENTS=aiokafka tests/compat/run.sh   # some
+#   CLIENTS=aiokafka,sarama tests/compat/run.sh   # some
 #   BIN=target/release/strata tests/compat/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CLIENTS=${CLIENTS:-kafka-python,aiokafka,kcat}
+CLIENTS=${CLIENTS:-kafka-python,aiokafka,kcat,sarama,confluent-kafka-go}
 VENV=target/compat-venv
 
 echo "== clients"
@@ -18,6 +19,23 @@ if [[ $CLIENTS == *kcat* ]] && ! command -v kcat >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat
+fi
+# The Go clients are Debian's packages (Go 1.19, sarama, confluent-kafka-go on librdkafka),
+# built in GOPATH mode.
+if [[ $CLIENTS == *sarama* || $CLIENTS == *confluent* ]]; then
+  if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/Shopify/sarama ] ||
+     [ ! -d /usr/share/gocode/src/github.com/confluentinc/confluent-kafka-go ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      golang-go golang-github-shopify-sarama-dev \
+      golang-github-confluentinc-confluent-kafka-go-dev librdkafka-dev pkg-config
+  fi
+  mkdir -p target
+  GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$PWD/target/go-cache" \
+    go build -o target/compat-go tests/compat/go/main.go 2>/dev/null ||
+    GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$PWD/target/go-cache" \
+      go build -o target/compat-go tests/compat/go/main.go
 fi
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -54,7 +72,8 @@ grep -q "serving Kafka clients" "$WORK/strata.log" || {
 echo "== scenarios"
 status=0
 "$VENV/bin/python" tests/compat/scenarios.py --bootstrap "127.0.0.1:$PORT" \
-  --clients "$CLIENTS" --json target/compat-matrix.json || status=$?
+  --clients "$CLIENTS" --go-binary target/compat-go --json target/compat-matrix.json ||
+  status=$?
 if [ $status -ne 0 ]; then
   echo "== the broker's log (last 60 lines)"
   tail -60 "$WORK/strata.log"

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -116,8 +117,15 @@ class KafkaPython:
         for i in range(200):
             p.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode())
         p.flush(WAIT)
-        members = [
-            self.kafka.KafkaConsumer(
+        # Each member polls on its own thread, as applications do (one thread polling both
+        # in turn can block in one member's join while the other must rejoin).
+        seen = set()
+        lock = threading.Lock()
+        held = [0, 0]
+        stop = [threading.Event(), threading.Event()]
+
+        def member(i):
+            c = self.kafka.KafkaConsumer(
                 topic,
                 bootstrap_servers=self.bootstrap,
                 group_id=group,
@@ -126,43 +134,42 @@ class KafkaPython:
                 session_timeout_ms=10000,
                 heartbeat_interval_ms=500,
             )
-            for _ in range(2)
-        ]
-        seen = set()
-        deadline = time.time() + WAIT
-
-        def commit(m):
-            # A commit while the group rebalances is refused (REBALANCE_IN_PROGRESS), as
-            # Kafka refuses it; the next poll rejoins and the next commit goes through.
             try:
-                m.commit()
-                return True
-            except self.kafka.errors.CommitFailedError:
-                return False
+                while not stop[i].is_set():
+                    for batch in c.poll(timeout_ms=200).values():
+                        with lock:
+                            seen.update(r.value for r in batch)
+                    held[i] = len(c.assignment())
+                    if held[i]:
+                        try:
+                            c.commit()
+                        except self.kafka.errors.CommitFailedError:
+                            # Refused while the group rebalances, as Kafka refuses it.
+                            pass
+            finally:
+                c.close()
+                held[i] = 0
 
-        # Both members get partitions.
-        while time.time() < deadline and not all(m.assignment() for m in members):
-            for m in members:
-                for batch in m.poll(timeout_ms=200).values():
-                    seen.update(r.value for r in batch)
-        expect(all(m.assignment() for m in members), "both members have partitions")
-        expect(
-            sum(len(m.assignment()) for m in members) == 4, "the 4 partitions are shared"
-        )
-        # One leaves: the other takes every partition and reads the rest.
-        for batch in members[0].poll(timeout_ms=200).values():
-            seen.update(r.value for r in batch)
-        commit(members[0])
-        members[0].close()
-        stay = members[1]
-        while time.time() < deadline and (len(stay.assignment()) < 4 or len(seen) < 200):
-            for batch in stay.poll(timeout_ms=200).values():
-                seen.update(r.value for r in batch)
-        while time.time() < deadline and not commit(stay):
-            stay.poll(timeout_ms=200)
-        expect(len(stay.assignment()) == 4, f"the member left holds {len(stay.assignment())} partitions")
-        expect(len(seen) == 200, f"{len(seen)} of 200 records consumed")
-        stay.close()
+        threads = [threading.Thread(target=member, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + WAIT
+        try:
+            while time.time() < deadline and not (all(held) and sum(held) == 4):
+                time.sleep(0.1)
+            expect(all(held) and sum(held) == 4, f"the members hold {held} of 4 partitions")
+            # One leaves: the other takes every partition and reads the rest.
+            stop[0].set()
+            threads[0].join()
+            while time.time() < deadline and (held[1] != 4 or len(seen) < 200):
+                time.sleep(0.1)
+            expect(held[1] == 4, f"the member left holds {held[1]} partitions")
+            expect(len(seen) == 200, f"{len(seen)} of 200 records consumed")
+        finally:
+            for s in stop:
+                s.set()
+            for t in threads:
+                t.join()
 
     def commits(self):
         topic = unique("commits")
@@ -567,7 +574,33 @@ class NotApplicable(Exception):
     pass
 
 
+def go_client(name, bootstrap, binary):
+    """Runs the Go clients' program (tests/compat/go) for `name`: its version and the result
+    of each scenario."""
+    out = subprocess.run(
+        [binary, "-bootstrap", bootstrap, "-client", name],
+        capture_output=True,
+        text=True,
+        timeout=WAIT * len(SCENARIOS) * 2,
+    )
+    results, version = {}, "?"
+    for line in out.stdout.splitlines():
+        r = json.loads(line)
+        version = r["version"]
+        result = r["result"]
+        if result.startswith("FAIL"):
+            print(f"{name} {r['scenario']}: {result}", file=sys.stderr)
+            result = "FAIL"
+        elif result.startswith("n/a: "):
+            result = f"n/a ({result[5:]})"
+        results[r["scenario"]] = (result, r["seconds"])
+    if out.returncode != 0 or len(results) != len(SCENARIOS):
+        print(out.stderr[-2000:], file=sys.stderr)
+    return version, results
+
+
 CLIENTS = {"kafka-python": KafkaPython, "aiokafka": AioKafka, "kcat": Kcat}
+GO_CLIENTS = ["sarama", "confluent-kafka-go"]
 
 
 def main():
@@ -575,10 +608,19 @@ def main():
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--clients", default=",".join(CLIENTS))
     ap.add_argument("--json")
+    ap.add_argument("--go-binary", help="the Go clients' program (tests/compat/go)")
     args = ap.parse_args()
     matrix = {}
     versions = {}
     for name in args.clients.split(","):
+        if name in GO_CLIENTS:
+            version, results = go_client(name, args.bootstrap, args.go_binary)
+            versions[name] = version
+            for scenario in SCENARIOS:
+                result, seconds = results.get(scenario, ("FAIL", 0))
+                matrix[(name, scenario)] = result
+                print(f"{name:14} {scenario:13} {result} ({seconds:.1f}s)", flush=True)
+            continue
         if name == "kcat" and not shutil.which("kcat"):
             print("kcat is not installed", file=sys.stderr)
             sys.exit(2)
