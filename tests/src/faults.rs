@@ -909,9 +909,12 @@ fn check(
             )),
         }
     }
-    let mut copies: HashMap<&str, usize> = HashMap::new();
+    let mut copies: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
     for ((p, offset), value) in log {
-        *copies.entry(value.as_str()).or_default() += 1;
+        copies
+            .entry(value.as_str())
+            .or_default()
+            .push((*p, *offset));
         let written = value
             .strip_prefix('w')
             .and_then(|v| v.split_once('-'))
@@ -923,11 +926,15 @@ fn check(
             ));
         }
     }
-    for (value, n) in copies {
-        if n > 1 {
-            report
-                .anomalies
-                .push(format!("duplicate: {value} is in the log {n} times"));
+    for (value, at) in copies {
+        if at.len() > 1 {
+            // Where, and where the writer was told it went: which copy a retry made.
+            let acked: Vec<&(i32, i64, String)> =
+                o.acked.iter().filter(|(_, _, v)| v == value).collect();
+            report.anomalies.push(format!(
+                "duplicate: {value} is in the log {} times, at {at:?} (acknowledged at {acked:?})",
+                at.len()
+            ));
         }
     }
     for ((p, offset), value) in &o.seen {
