@@ -124,22 +124,25 @@ impl Telemetry {
         if push.compression != 0 && !ACCEPTED_COMPRESSION.contains(&push.compression) {
             return code::UNSUPPORTED_COMPRESSION_TYPE;
         }
-        let mut clients = self.lock();
-        self.expire(&mut clients, now);
-        // A client may have subscribed at another broker (the subscription is the same on
-        // every broker); with no room for it, it is told to subscribe again later.
-        let Some(client) = self.remember(&mut clients, push.client_instance_id, now) else {
-            return code::UNKNOWN_SUBSCRIPTION_ID;
-        };
-        // Pushes faster than the interval are refused, as Kafka does, but for the last one.
-        let early = self.interval().mul_f64(0.5);
-        if !push.terminating
-            && client
-                .last_push
-                .is_some_and(|t| now.duration_since(t) < early)
         {
-            return code::THROTTLING_QUOTA_EXCEEDED;
+            let mut clients = self.lock();
+            self.expire(&mut clients, now);
+            // A client may have subscribed at another broker (the subscription is the same
+            // on every broker); with no room for it, it is told to subscribe again later.
+            let Some(client) = self.remember(&mut clients, push.client_instance_id, now) else {
+                return code::UNKNOWN_SUBSCRIPTION_ID;
+            };
+            // Pushes faster than the interval are refused, as Kafka does, but for the last.
+            let early = self.interval().mul_f64(0.5);
+            if !push.terminating
+                && client
+                    .last_push
+                    .is_some_and(|t| now.duration_since(t) < early)
+            {
+                return code::THROTTLING_QUOTA_EXCEEDED;
+            }
         }
+        // Decoded without the lock: other pushes and scrapes do not wait for it.
         let decoded = decompress(push.compression, push.metrics, self.settings.max_bytes)
             .and_then(|bytes| MetricsData::decode(bytes.as_slice()).map_err(|e| e.to_string()));
         let data = match decoded {
@@ -150,15 +153,16 @@ impl Telemetry {
                 return code::INVALID_RECORD;
             }
         };
+        let mut clients = self.lock();
+        let room = self.room(&clients, push.client_instance_id);
+        let Some(client) = self.remember(&mut clients, push.client_instance_id, now) else {
+            return code::UNKNOWN_SUBSCRIPTION_ID;
+        };
         client.last_push = Some(now);
         client.seen = now;
         if !push.client_id.is_empty() {
             client.client_id = push.client_id.to_owned();
         }
-        let room = self.room(&clients, push.client_instance_id);
-        let Some(client) = clients.get_mut(&push.client_instance_id) else {
-            return code::UNKNOWN_SUBSCRIPTION_ID;
-        };
         client.absorb(&data, &self.settings.metrics, room);
         if push.terminating {
             clients.remove(&push.client_instance_id);
