@@ -201,6 +201,18 @@ impl Client {
             .await
     }
 
+    /// [`Self::committed_offsets`], with the address of the coordinator that answered.
+    pub async fn committed_offsets_from(
+        &self,
+        group: &str,
+    ) -> Result<(GroupOffsets, String), ClientError> {
+        self.at_coordinator(group, |conn| async move {
+            let addr = conn.addr().to_owned();
+            Ok((self.committed_offsets_at(conn, group).await?, addr))
+        })
+        .await
+    }
+
     async fn committed_offsets_at(
         &self,
         conn: Arc<Connection>,

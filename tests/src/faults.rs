@@ -804,18 +804,19 @@ async fn watch_commits(bootstrap: String, observed: Shared, mut stopped: watch::
         }
         let ask = async {
             let client = Client::connect(&bootstrap).await?;
-            client.committed_offsets(GROUP).await
+            client.committed_offsets_from(GROUP).await
         };
         // strata-client retries a coordinator that is moving or loading for 10 s.
         match tokio::time::timeout(Duration::from_secs(15), ask).await {
-            Ok(Ok(offsets)) => record_commits(&observed, &offsets),
+            Ok(Ok((offsets, from))) => record_commits(&observed, &offsets, &from),
             Ok(Err(e)) => trouble(&observed, "commit watcher", e),
             Err(_) => trouble(&observed, "commit watcher", "timed out"),
         }
     }
 }
 
-fn record_commits(observed: &Shared, offsets: &BTreeMap<(String, i32), i64>) {
+/// Records the offsets coordinator `from` (its Kafka address) answered.
+fn record_commits(observed: &Shared, offsets: &BTreeMap<(String, i32), i64>, from: &str) {
     let mut o = lock(observed);
     for ((topic, p), offset) in offsets {
         if topic != TOPIC {
@@ -823,7 +824,10 @@ fn record_commits(observed: &Shared, offsets: &BTreeMap<(String, i32), i64>) {
         }
         let before = o.committed.get(p).copied().unwrap_or(0);
         if *offset < before {
-            let a = format!("group offset of partition {p} went back from {before} to {offset}");
+            let a = format!(
+                "group offset of partition {p} went back from {before} to {offset} \
+                 (answered by the coordinator at {from})"
+            );
             anomaly(&mut o, a);
         }
         o.committed.insert(*p, before.max(*offset));
