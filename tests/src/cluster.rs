@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
@@ -88,15 +87,14 @@ pub struct ProcessCluster {
     pids: Pids,
     links: Option<Links>,
     /// This test process's turn to run a cluster (see [`TURN`]).
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 /// One process cluster at a time in a test process: under `cargo test` the tests of one
 /// binary run on parallel threads, and their timing assertions (fencing after the session
 /// timeout, ISR changes within the lag time) are about the cluster, not a neighbour sharing
 /// the two cores. (nextest runs them one at a time by its `process-clusters` test group.)
-static TURN: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> =
-    std::sync::LazyLock::new(Arc::default);
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A loopback address for one of the cluster's listeners, kept for the cluster's life (a
 /// restarted node binds it again). Ports come from below Linux's ephemeral range
@@ -170,7 +168,7 @@ impl ProcessCluster {
 
     /// Starts `size` brokers as `options` say.
     pub async fn start_opts(binary: &Path, size: i32, options: Options<'_>) -> Self {
-        let turn = TURN.clone().lock_owned().await;
+        let turn = TURN.lock().await;
         let mut settings: Vec<String> = options.settings.iter().map(|s| (*s).to_owned()).collect();
         let broker_role = if options.controllers > 0 {
             Role::Broker

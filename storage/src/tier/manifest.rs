@@ -157,12 +157,17 @@ impl Manifest {
             .map(|(s, end)| (s, s.base_offset.max(end)))
     }
 
-    /// The first offset segment `seg` adds (see [`Self::spans`]); its base when it is not
-    /// in this manifest.
+    /// The first offset segment `seg` of this manifest adds (see [`Self::spans`]): its base,
+    /// or the end of the segment before it where that one reaches further. A binary search
+    /// (bases are distinct and sorted, as no segment lies inside another), so a pass over a
+    /// partition with years of segments stays linear.
     pub fn span_start(&self, seg: &RemoteSegment) -> u64 {
-        self.spans()
-            .find(|(s, _)| *s == seg)
-            .map_or(seg.base_offset, |(_, start)| start)
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset < seg.base_offset);
+        i.checked_sub(1)
+            .and_then(|p| self.segments.get(p))
+            .map_or(seg.base_offset, |prev| seg.base_offset.max(prev.end_offset))
     }
 
     /// This manifest with `segment` added. Remote segments hold committed history (leaders

@@ -889,13 +889,7 @@ mod tests {
             .await
             .expect("first leader");
         let m = upload_sealed(&replica, &objects, 2).await.expect("replica");
-        assert!(
-            m.segments
-                .windows(2)
-                .any(|w| w[1].base_offset < w[0].end_offset),
-            "the segments overlap: {:?}",
-            m.segments
-        );
+        crate::tier::upload::two_leaders::assert_overlapping(&m);
         let reader = RemoteReader::open(small_chunks()).await.expect("cache");
         for (from, upto) in [(0, 120), (upto - 10, upto + 10), (upto, 120)] {
             let remote = reader

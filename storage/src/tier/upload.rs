@@ -346,6 +346,16 @@ pub(crate) mod two_leaders {
         log
     }
 
+    /// Asserts that some segment of `m` overlaps the one before it (what replicas cutting
+    /// one history at different offsets leave, see [`Manifest::spans`]).
+    pub(crate) fn assert_overlapping(m: &Manifest) {
+        assert!(
+            m.spans().any(|(s, start)| start > s.base_offset),
+            "the segments overlap: {:?}",
+            m.segments
+        );
+    }
+
     /// Every offset below the manifest's end reads back from object storage as `reference`
     /// holds it, and the segments leave no gap.
     async fn reads_back(m: &Manifest, objects: &PartitionObjects, reference: &Log, what: &str) {
