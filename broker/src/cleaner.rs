@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use strata_storage::compact::{Aborted, FilterStats, OffsetMap};
 use strata_storage::tier::compact::{RemotePass, compact_remote, map_remote};
 use strata_storage::tier::manifest::Manifest;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::CleanerSettings;
 use crate::partition::Partition;
@@ -44,6 +45,12 @@ pub(crate) struct Cleaner {
     settings: CleanerSettings,
     limiter: RateLimiter,
     status: Mutex<HashMap<(Uuid, i32), CleanStatus>>,
+    /// Fired by [`Self::stop`]: passes take no further partition and give up their
+    /// object-store reads and writes.
+    stopping: CancellationToken,
+    /// Held by the pass running, on its blocking thread (cancelling the periodic step does
+    /// not end it).
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What the cleaner last knew of a partition, for operators (DescribeLogDirs).
@@ -84,7 +91,32 @@ impl Cleaner {
             limiter: RateLimiter::new(settings.io_max_bytes_per_second),
             settings,
             status: Mutex::new(HashMap::new()),
+            stopping: CancellationToken::new(),
+            running: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// Ends the pass running, if any, and waits for it: its object-store I/O goes through
+    /// the runtime, which must not shut down under it (a cache fetch spawned then deadlocks
+    /// in the read cache, and the runtime's shutdown waits for it for good). A local clean
+    /// in progress completes first.
+    pub(crate) async fn stop(&self) {
+        self.stopping.cancel();
+        let _idle = self.running.lock().await;
+    }
+
+    /// `work` on the runtime, given up (as an error) once the cleaner is stopping.
+    fn block_on<T, E: std::fmt::Display>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, String> {
+        runtime.block_on(async {
+            tokio::select! {
+                done = work => done.map_err(|e| e.to_string()),
+                () = self.stopping.cancelled() => Err("the broker is stopping".to_owned()),
+            }
+        })
     }
 
     /// What the cleaner last knew of a partition (defaults before its first check).
@@ -103,7 +135,15 @@ impl Cleaner {
     /// through the runtime's handle).
     pub(crate) async fn step(self: Arc<Self>) -> Outcome {
         let runtime = tokio::runtime::Handle::current();
-        match tokio::task::spawn_blocking(move || self.pass(&runtime)).await {
+        let running = self.running.clone().lock_owned().await;
+        if self.stopping.is_cancelled() {
+            return Outcome::Ok;
+        }
+        let pass = move || {
+            self.pass(&runtime);
+            drop(running);
+        };
+        match tokio::task::spawn_blocking(pass).await {
             Ok(()) => Outcome::Ok,
             Err(e) => Outcome::Retry(e.to_string()),
         }
@@ -123,7 +163,7 @@ impl Cleaner {
         std::thread::scope(|scope| {
             for _ in 0..self.settings.threads {
                 scope.spawn(|| {
-                    while let Some(plan) = next(&queue) {
+                    while let Some(plan) = next(&queue).filter(|_| !self.stopping.is_cancelled()) {
                         self.clean(plan, map_bytes, runtime);
                     }
                 });
@@ -264,17 +304,19 @@ impl Cleaner {
         };
         let mut map = OffsetMap::with_memory(map_bytes, start);
         if let Some((manifest, _)) = &plan.remote {
-            let remote = runtime.block_on(reader.aborted_txns(objects, manifest, 0, plan.to));
-            entries.extend(remote.map_err(|e| e.to_string())?);
+            entries.extend(
+                self.block_on(runtime, reader.aborted_txns(objects, manifest, 0, plan.to))?,
+            );
         }
         let aborted = Aborted::new(entries);
         if let Some((manifest, _)) = &plan.remote {
             let below = plan.to.min(local_start);
-            runtime
-                .block_on(map_remote(
+            self.block_on(
+                runtime,
+                map_remote(
                     reader, objects, manifest, &mut map, below, &aborted, &mut io,
-                ))
-                .map_err(|e| e.to_string())?;
+                ),
+            )?;
         }
         if map.end() >= local_start {
             log.map_dirty(&mut map, plan.to, &aborted, &mut io)
@@ -299,18 +341,13 @@ impl Cleaner {
                 segment_bytes: part.settings().log.segment_bytes,
                 epoch,
                 scratch: &scratch,
+                uploads: &part.remote.uploads,
             };
             let publish = |m: &Manifest| part.remote.publish(m.clone());
-            let done = runtime
-                .block_on(compact_remote(
-                    reader,
-                    objects,
-                    &pass,
-                    map.end(),
-                    &mut io,
-                    publish,
-                ))
-                .map_err(|e| e.to_string())?;
+            let done = self.block_on(
+                runtime,
+                compact_remote(reader, objects, &pass, map.end(), &mut io, publish),
+            )?;
             if let Some(r) = done {
                 remote_segments = r.segments_in;
                 stats.bytes_in += r.stats.bytes_in;

@@ -323,6 +323,7 @@ impl Broker {
             self.tasks.abort_all();
         }
         self.supervisor.stop().await;
+        self.state.cleaner.stop().await;
         let partitions = self.state.partitions.clone();
         let _ = tokio::task::spawn_blocking(move || partitions.flush_all()).await;
         if let Some(c) = self.controller.take() {

@@ -263,9 +263,11 @@ impl Tiering {
                 .unwrap_or_else(|p| p.into_inner())
                 .open_at(end)
         };
-        let uploaded = upload::upload_sealed_below(&log, objects, epoch, replicated, &open_at)
-            .await
-            .map_err(fenced)?;
+        let uploaded = {
+            let _uploads = remote.uploads.lock().await;
+            upload::upload_sealed_below(&log, objects, epoch, replicated, &open_at).await
+        }
+        .map_err(fenced)?;
         let new: Vec<_> = uploaded
             .segments
             .iter()

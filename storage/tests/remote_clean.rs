@@ -17,7 +17,7 @@ use strata_storage::tier::compact::{RemotePass, compact_remote, map_remote};
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
 use strata_storage::tier::read::{CacheConfig, RemoteReader};
 use strata_storage::tier::retention::clean_orphans;
-use strata_storage::tier::upload::upload_sealed;
+use strata_storage::tier::upload::{upload_sealed, upload_sealed_below};
 use strata_storage::{BatchBuilder, Log, LogConfig, Record};
 use uuid::Uuid;
 
@@ -143,6 +143,7 @@ async fn pass_merging(
             segment_bytes,
             epoch: m.leader_epoch,
             scratch,
+            uploads: &tokio::sync::Mutex::new(()),
         },
         map.end(),
         &mut |_| {},
@@ -208,7 +209,8 @@ async fn a_remote_clean_leaves_the_latest_value_per_key_and_old_readers_keep_rea
     let got = replay(&reader, &objects, &last).await;
     let live: Latest = latest.into_iter().filter(|(_, v)| v.is_some()).collect();
     assert_eq!(as_map(&got), live);
-    assert!(last.segments.iter().all(|s| s.generation == 2));
+    // Compaction's generations are odd, above those it replaces.
+    assert!(last.segments.iter().all(|s| s.generation == 3));
 }
 
 #[tokio::test]
@@ -233,6 +235,82 @@ async fn a_remote_clean_that_dies_before_its_commit_leaves_the_manifest_as_it_wa
     // The next pass overwrites the leftovers and commits.
     let after = pass(&reader, &objects, &current, 0, 0, &dir.path().join("s")).await;
     assert_eq!(as_map(&replay(&reader, &objects, &after).await).len(), 20);
+}
+
+/// The uploader listed a segment before the local clean swapped in its cleaned copy, and
+/// commits the dirty one while a remote pass runs: the pass cleans it before it records the
+/// partition clean. (Before, it stayed dirty below `cleaned_offset`, and since nothing was
+/// dirty any more, for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_uploaded_during_a_remote_clean_is_cleaned_before_its_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, latest) = written(&dir.path().join("log"), 2_000, 50, 4096);
+    let objects =
+        PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
+    let half = upload_sealed_below(&log, &objects, 1, 1_000, &|_| Vec::new())
+        .await
+        .expect("first half");
+    assert!(half.end_offset() < 1_000);
+    // The pass's map covers the whole log (in the broker, the local pass maps it).
+    let all = PartitionObjects::new(
+        Arc::new(InMemory::new()),
+        &Path::from("all"),
+        Uuid::from_u128(1),
+        0,
+    );
+    let whole = upload_sealed(&log, &all, 1).await.expect("whole");
+    let to = whole.end_offset();
+    let mut map = OffsetMap::with_memory(1 << 20, 0);
+    let aborted = Aborted::default();
+    map_remote(
+        &reader().await,
+        &all,
+        &whole,
+        &mut map,
+        to,
+        &aborted,
+        &mut |_| {},
+    )
+    .await
+    .expect("map");
+    let reader = reader().await;
+    let scratch = dir.path().join("scratch");
+    let uploads = tokio::sync::Mutex::new(());
+    let mut uploaded_meanwhile = false;
+    let runtime = tokio::runtime::Handle::current();
+    let mut io = |_| {
+        if !std::mem::replace(&mut uploaded_meanwhile, true) {
+            tokio::task::block_in_place(|| runtime.block_on(upload_sealed(&log, &objects, 1)))
+                .expect("second half");
+        }
+    };
+    let done = compact_remote(
+        &reader,
+        &objects,
+        &RemotePass {
+            map: &map,
+            aborted: &aborted,
+            clean_below: 0,
+            delete_horizon_ms: 0,
+            to,
+            segment_bytes: 16 * 1024,
+            epoch: 1,
+            scratch: &scratch,
+            uploads: &uploads,
+        },
+        map.end(),
+        &mut io,
+        |_| {},
+    )
+    .await
+    .expect("compact")
+    .expect("something to clean");
+    assert!(uploaded_meanwhile);
+    let m = done.manifest;
+    assert_eq!((m.end_offset(), m.cleaned_offset), (to, to));
+    let got = replay(&reader, &objects, &m).await;
+    assert_eq!(got.len(), latest.len(), "one record per key");
+    assert_eq!(as_map(&got), latest);
 }
 
 /// Two replicas cut one history into segments at different points, and each uploaded as

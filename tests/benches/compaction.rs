@@ -164,6 +164,7 @@ async fn remote(dir: &std::path::Path, mib: u64) -> BenchResult<()> {
         segment_bytes: SEGMENT_BYTES,
         epoch: 1,
         scratch: &scratch,
+        uploads: &tokio::sync::Mutex::new(()),
     };
     let done = compact_remote(&reader, &objects, &pass, map.end(), &mut |_| {}, |_| {})
         .await?

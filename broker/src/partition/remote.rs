@@ -24,6 +24,10 @@ pub(crate) struct RemoteView {
     recovered: watch::Sender<bool>,
     /// Held by the one recovery running (background and tiering pass may both try).
     recovery: tokio::sync::Mutex<()>,
+    /// Held by the tiering pass from listing local segments to committing their upload, and
+    /// by the remote cleaner from its last look at the manifest to its commit
+    /// ([`strata_storage::tier::compact::RemotePass::uploads`]).
+    pub(crate) uploads: tokio::sync::Mutex<()>,
 }
 
 impl RemoteView {
@@ -33,6 +37,7 @@ impl RemoteView {
             manifest: RwLock::new(None),
             recovered: watch::channel(true).0,
             recovery: tokio::sync::Mutex::new(()),
+            uploads: tokio::sync::Mutex::new(()),
         }
     }
 

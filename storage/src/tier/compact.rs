@@ -14,7 +14,7 @@
 use std::path::Path as FsPath;
 
 use super::TierError;
-use super::manifest::{Manifest, PartitionObjects, RemoteSegment};
+use super::manifest::{Manifest, PartitionObjects, RemoteSegment, Writer};
 use super::read::RemoteReader;
 use super::upload::upload_file;
 use crate::SegmentFile;
@@ -42,6 +42,12 @@ pub struct RemotePass<'a> {
     pub epoch: i32,
     /// Where the new segments are built before their upload.
     pub scratch: &'a FsPath,
+    /// Held by the partition's uploader from listing its local segments to committing their
+    /// upload; the pass holds it from its last look at the manifest to its commit. (A
+    /// segment the uploader listed before the local pass swapped in its cleaned copy goes up
+    /// dirty; the pass cleans what was uploaded meanwhile before it records the partition
+    /// clean, or that segment would stay dirty below `cleaned_offset` for good.)
+    pub uploads: &'a tokio::sync::Mutex<()>,
 }
 
 /// What a remote pass did.
@@ -123,6 +129,24 @@ pub async fn compact_remote(
         segments_in += run.len();
         if let Some(new) =
             rewrite_run(reader, objects, &manifest, run, pass, &mut filter, io).await?
+        {
+            replaced.push((run.iter().map(|s| (*s).clone()).collect(), new));
+        }
+    }
+    // What was uploaded while the pass ran: cleaned too, under the lock, so the commit
+    // records nothing clean that is not.
+    let _uploads = pass.uploads.lock().await;
+    let latest = objects.latest().await?.unwrap_or_default();
+    replaced.retain(|(old, _)| old.iter().all(|o| latest.segments.contains(o)));
+    let added: Vec<&RemoteSegment> = latest
+        .segments
+        .iter()
+        .filter(|s| s.base_offset < pass.to && !manifest.segments.contains(s))
+        .collect();
+    for seg in added {
+        segments_in += 1;
+        let run = std::slice::from_ref(&seg);
+        if let Some(new) = rewrite_run(reader, objects, &latest, run, pass, &mut filter, io).await?
         {
             replaced.push((run.iter().map(|s| (*s).clone()).collect(), new));
         }
@@ -247,7 +271,8 @@ async fn rewrite_run(
     }
     out.seal(false).map_err(local)?;
     let info = out.info();
-    let generation = run.iter().map(|s| s.generation).max().unwrap_or(0) + 1;
+    let generation =
+        manifest.generation_for(first.base_offset, last.end_offset, Writer::Compaction);
     let mut epochs: Vec<(i32, u64)> = Vec::new();
     for (epoch, start) in run.iter().flat_map(|s| s.epochs.iter().copied()) {
         if epochs.last().is_none_or(|(e, _)| epoch > *e) {

@@ -57,10 +57,22 @@ pub struct RemoteSegment {
     /// written before it was recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub open_txns: Vec<OpenTxn>,
-    /// How many times compaction rewrote it (0: as uploaded): part of its object keys, so a
-    /// rewrite never overwrites an object a reader of an older manifest may be reading.
+    /// Which version of the offsets' objects this is (0: the first upload): part of its
+    /// object keys, so that no key is ever written twice with different bytes, which readers
+    /// of an older manifest and the chunk cache (keyed by name) rely on. See
+    /// [`Manifest::generation_for`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u32,
+}
+
+/// Who writes a segment's objects: each takes generations of its own parity, so an upload
+/// and a compaction running at once never pick the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// The uploader, of a local segment: even generations.
+    Upload,
+    /// The remote cleaner, of a rewritten run: odd generations.
+    Compaction,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -168,6 +180,27 @@ impl Manifest {
         i.checked_sub(1)
             .and_then(|p| self.segments.get(p))
             .map_or(seg.base_offset, |prev| seg.base_offset.max(prev.end_offset))
+    }
+
+    /// The generation of new objects for the offsets `[base, end)` written by `writer`:
+    /// above every generation of the segments here that overlap them, of `writer`'s parity
+    /// (0 for an upload of offsets no segment holds yet). Every rewrite of offsets takes a
+    /// generation above those of the segments it replaces, and a segment leaves a manifest
+    /// only for one that covers its base or for retention (and then its base never comes
+    /// back), so a generation above those overlapping now is above every one a segment at
+    /// `base` ever had: a key is never reused, even for a segment an older manifest named.
+    pub fn generation_for(&self, base: u64, end: u64, writer: Writer) -> u32 {
+        let above = self
+            .segments
+            .iter()
+            .filter(|s| s.base_offset < end && s.end_offset > base)
+            .map(|s| s.generation.saturating_add(1))
+            .max()
+            .unwrap_or(0);
+        match writer {
+            Writer::Upload => above.saturating_add(above & 1),
+            Writer::Compaction => above | 1,
+        }
     }
 
     /// This manifest with `segment` added. Remote segments hold committed history (leaders

@@ -122,6 +122,11 @@ impl foyer::Code for ChunkKey {
     }
 }
 
+/// Marks a [`ChunkKey`] whose `chunk` holds the generation in its upper 32 bits. Keys a
+/// disk cache kept from earlier versions held it above bit 40 (where 2^24 rewrites of one
+/// segment would have run out) and lack the mark, so they never match a key made now.
+const GENERATION_ABOVE_32: u8 = 0x80;
+
 type IndexKey = (Uuid, i32, u64, i32, u32);
 
 /// How the chunk cache serves reads, for the broker's `/metrics`; cheap to clone.
@@ -487,10 +492,11 @@ impl RemoteReader {
             partition: objects.partition(),
             base_offset: seg.base_offset,
             epoch: seg.leader_epoch,
-            kind: kind as u8,
-            // Chunk numbers stay far below 2^40 (a segment is at most 4 GiB); the generation
-            // of a compacted rewrite goes above, so the key's encoding is unchanged.
-            chunk: chunk | (u64::from(seg.generation) << 40),
+            kind: kind as u8 | GENERATION_ABOVE_32,
+            // Chunk numbers stay below 2^32 (a segment is at most 4 GiB, a chunk at least a
+            // batch header); the object's generation takes the upper half, so the key's
+            // encoding is unchanged.
+            chunk: chunk | (u64::from(seg.generation) << 32),
         };
         let path = seg.key(objects, kind);
         let size = seg.size_bytes;

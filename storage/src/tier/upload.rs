@@ -7,7 +7,7 @@ use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
 use super::TierError;
-use super::manifest::{Manifest, OpenTxn, PartitionObjects, RemoteSegment};
+use super::manifest::{Manifest, OpenTxn, PartitionObjects, RemoteSegment, Writer};
 use crate::{Log, SegmentFile, SegmentInfo};
 
 /// Files above this size go up as multipart uploads of this part size.
@@ -84,6 +84,10 @@ pub async fn upload_sealed_below(
             .map_err(local)?
             .ok_or_else(|| local(std::io::Error::other("a segment without its log")))?;
         let (epochs, crc) = segment_epochs(log_file, seg.log_path.clone(), seg.size_bytes).await?;
+        // A segment the cleaner merged locally may start where an uploaded one does: a new
+        // generation keeps the objects readers of the current manifest use as they are.
+        let end = range_end(&seg);
+        let generation = manifest.generation_for(seg.base_offset, end, Writer::Upload);
         let mut files = Vec::new();
         for (file, handle) in handles.drain(..) {
             let path = seg
@@ -93,7 +97,7 @@ pub async fn upload_sealed_below(
                 .map_or_else(|| seg.log_path.clone(), |(_, p)| p.to_owned());
             upload_file(
                 objects,
-                objects.segment_key(seg.base_offset, epoch, file),
+                objects.object_key(seg.base_offset, epoch, generation, file),
                 handle,
                 &path,
             )
@@ -102,15 +106,15 @@ pub async fn upload_sealed_below(
         }
         let remote = RemoteSegment {
             base_offset: seg.base_offset,
-            end_offset: range_end(&seg),
+            end_offset: end,
             max_timestamp: seg.retention_timestamp(),
             size_bytes: seg.size_bytes,
             leader_epoch: epoch,
             epochs,
             last_batch_crc: crc,
             files,
-            open_txns: open_at(range_end(&seg)),
-            generation: 0,
+            open_txns: open_at(end),
+            generation,
         };
         manifest = objects
             .commit(epoch, |m| m.with_segment(remote.clone()))
@@ -359,6 +363,20 @@ pub(crate) mod two_leaders {
     /// Every offset below the manifest's end reads back from object storage as `reference`
     /// holds it, and the segments leave no gap.
     async fn reads_back(m: &Manifest, objects: &PartitionObjects, reference: &Log, what: &str) {
+        let reader = RemoteReader::open(CacheConfig::default())
+            .await
+            .expect("cache");
+        reads_back_through(&reader, m, objects, reference, what).await;
+    }
+
+    /// [`reads_back`] through `reader` (and whatever its cache holds).
+    async fn reads_back_through(
+        reader: &RemoteReader,
+        m: &Manifest,
+        objects: &PartitionObjects,
+        reference: &Log,
+        what: &str,
+    ) {
         let mut covered = m.log_start_offset;
         for s in &m.segments {
             assert!(
@@ -368,9 +386,6 @@ pub(crate) mod two_leaders {
             );
             covered = s.end_offset;
         }
-        let reader = RemoteReader::open(CacheConfig::default())
-            .await
-            .expect("cache");
         let mut offset = m.log_start_offset;
         while offset < m.end_offset() {
             let remote = reader
@@ -386,6 +401,63 @@ pub(crate) mod two_leaders {
                 pos += h.total_len();
             }
         }
+    }
+
+    /// The cleaner merges local segments, so a segment that starts where an uploaded one
+    /// does can reach past the manifest's end and go up again under the same epoch. Its
+    /// objects get a new generation: the ones the first manifest names keep their bytes for
+    /// its readers, and a reader whose cache holds them reads the new manifest right. (Before,
+    /// the upload overwrote them, and the cache served the old bytes for the new segment:
+    /// "short chunk" on every read of the partition.)
+    #[tokio::test]
+    async fn a_segment_uploaded_again_never_overwrites_objects() {
+        let (a, b) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let small = copy(a.path(), 0, 10, 2048);
+        let merged = copy(b.path(), 0, 30, 8192);
+        let store = Arc::new(InMemory::new());
+        let objects = PartitionObjects::new(store.clone(), &Path::from("x"), Uuid::nil(), 0);
+        let first = upload_sealed(&small, &objects, 3).await.expect("first");
+        assert_eq!(first.end_offset(), 10);
+        let reader = RemoteReader::open(CacheConfig::default())
+            .await
+            .expect("cache");
+        reads_back_through(&reader, &first, &objects, &small, "first").await;
+        let bytes_of = |m: &Manifest| {
+            let (store, objects) = (store.clone(), objects.clone());
+            let keys: Vec<Path> = m
+                .segments
+                .iter()
+                .map(|s| s.key(&objects, SegmentFile::Log))
+                .collect();
+            async move {
+                let mut out = Vec::new();
+                for k in keys {
+                    let got = store.get(&k).await.expect("object");
+                    out.push(got.bytes().await.expect("bytes"));
+                }
+                out
+            }
+        };
+        let before = bytes_of(&first).await;
+        let second = upload_sealed(&merged, &objects, 3).await.expect("second");
+        assert_eq!(second.segments[0].base_offset, 0);
+        assert!(second.segments[0].end_offset > 10, "{:?}", second.segments);
+        assert_eq!(second.segments[0].generation, 2, "{:?}", second.segments);
+        assert_eq!(
+            bytes_of(&first).await,
+            before,
+            "the first manifest's objects"
+        );
+        reads_back_through(&reader, &second, &objects, &merged, "second, cached").await;
+        reads_back(&second, &objects, &merged, "second").await;
+        // Compaction takes odd generations above those, so it never picks an upload's key.
+        assert_eq!(second.generation_for(0, 10, Writer::Compaction), 3);
+        assert_eq!(second.generation_for(0, 10, Writer::Upload), 4);
+        assert_eq!(first.generation_for(10, 20, Writer::Upload), 0);
+        assert_eq!(first.generation_for(10, 20, Writer::Compaction), 1);
     }
 
     /// A leader whose disk was wiped continued from the remote end of the time (20) and led
