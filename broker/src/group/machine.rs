@@ -168,6 +168,14 @@ pub(crate) struct Group {
     initial_delay_until: Option<Instant>,
     /// Set when the membership changed in a way worth persisting.
     dirty: bool,
+    /// The newest generation persisted with its assignments. SyncGroup answers of a newer
+    /// one wait for it ([`Self::persisted`]), as Kafka's do: a member consumes and commits
+    /// only once its generation survives a coordinator failover. (Otherwise the next
+    /// coordinator restores an older generation, counts up to the same number again with
+    /// other assignments, and a commit a member of the lost generation still had in flight,
+    /// for a partition it no longer owns, passes the generation check: the group's offset
+    /// goes back.)
+    durable_generation: i32,
 }
 
 impl Default for Group {
@@ -183,6 +191,7 @@ impl Default for Group {
             rebalance_deadline: None,
             initial_delay_until: None,
             dirty: false,
+            durable_generation: 0,
         }
     }
 }
@@ -212,6 +221,7 @@ impl Group {
                 Phase::Stable
             },
             generation: s.generation,
+            durable_generation: s.generation,
             protocol_type: s.protocol_type,
             protocol: s.protocol,
             leader: s.leader,
@@ -258,6 +268,11 @@ impl Group {
     /// Takes the "membership changed" flag.
     pub(crate) fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// Sets it again (persisting the change failed).
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// JoinGroup.
@@ -387,13 +402,17 @@ impl Group {
         match self.phase {
             Phase::Empty => fail(code::UNKNOWN_MEMBER_ID),
             Phase::PreparingRebalance => fail(code::REBALANCE_IN_PROGRESS),
-            Phase::Stable => Answer::Now(self.sync_reply(member_id)),
-            Phase::CompletingRebalance => {
+            Phase::Stable if self.durable_generation >= self.generation => {
+                Answer::Now(self.sync_reply(member_id))
+            }
+            Phase::Stable | Phase::CompletingRebalance => {
                 let (tx, rx) = oneshot::channel();
                 if let Some(m) = self.members.get_mut(member_id) {
                     m.sync = Some(tx);
                 }
-                if self.leader.as_deref() == Some(member_id) {
+                if self.phase == Phase::CompletingRebalance
+                    && self.leader.as_deref() == Some(member_id)
+                {
                     let given: BTreeMap<String, Bytes> = assignments.into_iter().collect();
                     for m in self.members.values_mut() {
                         m.info.assignment = given
@@ -404,15 +423,29 @@ impl Group {
                     self.phase = Phase::Stable;
                     self.rebalance_deadline = None;
                     self.dirty = true;
-                    let ids: Vec<String> = self.members.keys().cloned().collect();
-                    for id in ids {
-                        let reply = self.sync_reply(&id);
-                        if let Some(tx) = self.members.get_mut(&id).and_then(|m| m.sync.take()) {
-                            let _ = tx.send(reply);
-                        }
-                    }
                 }
                 Answer::Later(rx)
+            }
+        }
+    }
+
+    /// Whether SyncGroup answers wait for the generation to be persisted.
+    pub(crate) fn awaits_persist(&self) -> bool {
+        self.phase == Phase::Stable && self.durable_generation < self.generation
+    }
+
+    /// A snapshot of `generation` is persisted: once it is the current one, the members
+    /// waiting in SyncGroup get their assignments.
+    pub(crate) fn persisted(&mut self, generation: i32) {
+        self.durable_generation = self.durable_generation.max(generation);
+        if self.awaits_persist() || self.phase != Phase::Stable {
+            return;
+        }
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            let reply = self.sync_reply(&id);
+            if let Some(tx) = self.members.get_mut(&id).and_then(|m| m.sync.take()) {
+                let _ = tx.send(reply);
             }
         }
     }

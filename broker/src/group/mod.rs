@@ -15,6 +15,7 @@ pub(crate) mod store;
 #[cfg(test)]
 mod tests;
 
+use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -23,7 +24,7 @@ use strata_controller::ControllerClient;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::machine::{Group, Limits, Phase};
+use self::machine::{Answer, Group, Limits, Phase, SyncReply};
 use self::store::{Committed, OFFSETS_TOPIC, Write};
 use crate::lease::Lease;
 use crate::metadata::MetadataView;
@@ -43,6 +44,15 @@ pub(crate) mod code {
 
 /// How often sessions and rebalance deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
+
+/// What a tick persists for one group.
+struct Persist {
+    writes: Vec<Write>,
+    /// The writes expire the group (its offsets and membership go).
+    expire: bool,
+    /// The generation a membership snapshot among the writes holds.
+    generation: Option<i32>,
+}
 
 /// Coordinator settings.
 #[derive(Clone, Copy, Debug)]
@@ -131,6 +141,8 @@ pub(crate) struct Coordinator {
     routes: Routes,
     /// Serialises persisting and applying offset commits, per offsets partition.
     write_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Wakes the tick early: a generation's SyncGroup answers wait for its persisting.
+    persist_now: tokio::sync::Notify,
 }
 
 pub(crate) use crate::statelog::now_ms;
@@ -159,6 +171,7 @@ impl Coordinator {
             write_locks: (0..config.offsets_partitions.max(1))
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            persist_now: tokio::sync::Notify::new(),
         }
     }
 
@@ -194,6 +207,28 @@ impl Coordinator {
     pub(crate) fn with_group<T>(&self, group: &str, f: impl FnOnce(&mut Entry) -> T) -> T {
         let mut groups = self.lock();
         f(groups.entry(group.to_owned()).or_default())
+    }
+
+    /// SyncGroup: the leader's assignments, or a member's wait for them; the answers of a
+    /// new generation come once it is persisted (see `machine::Group::persisted`).
+    pub(crate) fn sync(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Answer<SyncReply> {
+        let (answer, persist) = self.with_group(group, |e| {
+            let answer = e
+                .group
+                .sync(member_id, instance_id, generation, assignments);
+            (answer, e.group.awaits_persist())
+        });
+        if persist {
+            self.persist_now.notify_one();
+        }
+        answer
     }
 
     /// Marks `partitions` of `group` as being committed until the guard is dropped.
@@ -359,6 +394,7 @@ impl Coordinator {
                     None => break,
                 },
                 _ = tick.tick() => self.tick().await,
+                () = self.persist_now.notified() => self.tick().await,
             }
         }
         for e in self.lock().values_mut() {
@@ -450,11 +486,10 @@ impl Coordinator {
         tracing::info!(partition = index, "offsets partition unloaded");
     }
 
-    /// The locked part of a tick: advances timers and returns, per group, the records to
-    /// persist and whether they expire the group.
-    fn advance(&self, now: Instant, wall: i64) -> BTreeMap<String, (Vec<Write>, bool)> {
+    /// The locked part of a tick: advances timers and returns, per group, what to persist.
+    fn advance(&self, now: Instant, wall: i64) -> BTreeMap<String, Persist> {
         let retention = self.config.offsets_retention.as_millis() as i64;
-        let mut writes: BTreeMap<String, (Vec<Write>, bool)> = BTreeMap::new();
+        let mut writes: BTreeMap<String, Persist> = BTreeMap::new();
         let mut groups = self.lock();
         for (id, e) in groups.iter_mut() {
             e.group.tick(&self.config.limits, now);
@@ -480,17 +515,30 @@ impl Coordinator {
                     group: id.clone(),
                     value: None,
                 });
-                writes.insert(id.clone(), (w, true));
-            } else if e.group.take_dirty() {
                 writes.insert(
                     id.clone(),
-                    (
-                        vec![Write::Group {
+                    Persist {
+                        writes: w,
+                        expire: true,
+                        generation: None,
+                    },
+                );
+            } else if matches!(e.group.phase(), Phase::Stable | Phase::Empty)
+                && e.group.take_dirty()
+            {
+                // Mid-rebalance membership is not persisted (as in Kafka): a snapshot holds a
+                // generation with its assignments, which a restored group serves.
+                let snapshot = e.group.snapshot();
+                writes.insert(
+                    id.clone(),
+                    Persist {
+                        generation: Some(snapshot.generation),
+                        writes: vec![Write::Group {
                             group: id.clone(),
-                            value: Some(e.group.snapshot()),
+                            value: Some(snapshot),
                         }],
-                        false,
-                    ),
+                        expire: false,
+                    },
                 );
             }
         }
@@ -501,11 +549,22 @@ impl Coordinator {
     /// groups empty for longer than the retention.
     async fn tick(&self) {
         let writes = self.advance(Instant::now(), now_ms());
-        for (id, (w, expire)) in writes {
+        for (id, persist) in writes {
             let Ok((part, epoch)) = self.route(&id) else {
                 continue;
             };
-            let result = self.persist_then(part, epoch, &id, w, |_| ()).await;
+            let Persist {
+                writes,
+                expire,
+                generation,
+            } = persist;
+            let result = self
+                .persist_then(part, epoch, &id, writes, |e| {
+                    if let Some(g) = generation {
+                        e.group.persisted(g);
+                    }
+                })
+                .await;
             match result {
                 Ok(()) if expire => {
                     tracing::info!(group = %id, "offsets expired");
@@ -518,7 +577,10 @@ impl Coordinator {
                     }
                 }
                 Ok(()) => {}
-                Err(e) => tracing::error!(group = %id, error = %e, "persisting group state failed"),
+                Err(e) => {
+                    tracing::error!(group = %id, error = %e, "persisting group state failed; retrying");
+                    self.with_group(&id, |e| e.group.mark_dirty());
+                }
             }
         }
     }

@@ -73,6 +73,7 @@ fn stable_pair(g: &mut Group, t: Instant) -> (String, String) {
     let assignments = vec![(a.clone(), Bytes::new()), (b.clone(), Bytes::new())];
     drop(g.sync(&leader, None, 1, assignments));
     assert_eq!(g.phase(), Phase::Stable);
+    g.persisted(1);
     (a, b)
 }
 
@@ -95,7 +96,9 @@ fn a_rebalance_completes_when_all_members_joined_and_the_leader_assigns() {
         "the leader learns every member"
     );
     assert_eq!(g.phase(), Phase::CompletingRebalance);
-    // The follower syncs first and waits; the leader's assignment completes both.
+    // The follower syncs first and waits; the leader's assignment completes both, once the
+    // generation with its assignments is persisted (before, members consumed and committed
+    // under a generation a coordinator failover could lose and hand out again).
     let mut f = later(g.sync(follower, None, 1, Vec::new()));
     let assignments = vec![
         (a.clone(), Bytes::from_static(b"to-a")),
@@ -103,12 +106,39 @@ fn a_rebalance_completes_when_all_members_joined_and_the_leader_assigns() {
     ];
     let mut l = later(g.sync(&leader, None, 1, assignments));
     assert_eq!(g.phase(), Phase::Stable);
-    let fr: SyncReply = f.try_recv().expect("follower answered");
+    assert!(g.awaits_persist());
+    assert!(
+        f.try_recv().is_err() && l.try_recv().is_err(),
+        "not yet persisted"
+    );
+    // A sync that comes after the leader's waits too.
+    let mut again = later(g.sync(follower, None, 1, Vec::new()));
+    assert!(g.take_dirty(), "a completed generation is persisted");
+    g.persisted(0);
+    assert!(
+        again.try_recv().is_err(),
+        "an older generation releases nothing"
+    );
+    g.persisted(1);
+    assert!(!g.awaits_persist());
+    assert!(
+        f.try_recv().is_err(),
+        "the follower's first sync was replaced"
+    );
+    assert_eq!(again.try_recv().expect("answered").error, 0);
+    let fr: SyncReply = g_sync_now(&mut g, follower);
     let lr: SyncReply = l.try_recv().expect("leader answered");
     let expected = |id: &str| if id == a { &b"to-a"[..] } else { &b"to-b"[..] };
     assert_eq!(&fr.assignment[..], expected(follower));
     assert_eq!(&lr.assignment[..], expected(&leader));
-    assert!(g.take_dirty(), "a completed generation is persisted");
+}
+
+/// A SyncGroup of a Stable, persisted group: answered at once.
+fn g_sync_now(g: &mut Group, member: &str) -> SyncReply {
+    match g.sync(member, None, 1, Vec::new()) {
+        Answer::Now(r) => r,
+        Answer::Later(_) => panic!("expected an immediate answer"),
+    }
 }
 
 #[test]
@@ -271,8 +301,9 @@ fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
     assert!(coordinator.advance(t, 1_000).is_empty());
     assert!(coordinator.advance(t, 60_999).is_empty());
     let due = coordinator.advance(t, 61_000);
-    let (writes, expire) = &due["idle"];
-    assert!(*expire);
+    let idle = &due["idle"];
+    assert!(idle.expire);
+    let writes = &idle.writes;
     let tombstones = writes
         .iter()
         .filter(|w| matches!(w, Write::Offset { value: None, .. }))
@@ -290,7 +321,7 @@ fn offsets_of_a_group_empty_past_the_retention_are_tombstoned() {
         drop(e.group.join(j, &LIMITS, t));
     });
     let due = coordinator.advance(t, 10_000_000);
-    assert!(due.get("busy").is_none_or(|(_, expire)| !expire));
+    assert!(due.get("busy").is_none_or(|p| !p.expire));
 }
 
 /// A partition stays unstable (KIP-447's UNSTABLE_OFFSET_COMMIT) while any commit of it is
@@ -313,4 +344,30 @@ fn partitions_being_committed_are_unstable_until_every_commit_ends() {
     coordinator.remove("gone");
     drop(late);
     assert!(coordinator.with_existing("gone", |_| ()).is_none());
+}
+
+/// Membership is persisted once a generation has its assignments (as Kafka writes it on
+/// the leader's SyncGroup), never mid-rebalance: a restored snapshot is served as Stable, so
+/// one taken while members were still joining would hand out the old assignments under the
+/// new generation.
+#[test]
+fn membership_is_persisted_only_with_a_generations_assignments() {
+    let coordinator = coordinator();
+    let t = Instant::now();
+    let (a, b, mut rx) = coordinator.with_group("g", |e| two_members(&mut e.group, t));
+    assert!(
+        coordinator.advance(t, 0).is_empty(),
+        "nothing while the leader has not assigned"
+    );
+    let leader = rx.remove(0).try_recv().expect("joined").leader;
+    let assignments = vec![(a, Bytes::new()), (b, Bytes::new())];
+    let mut answer = match coordinator.sync("g", &leader, None, 1, assignments) {
+        Answer::Later(rx) => rx,
+        Answer::Now(r) => panic!("answered before persisting: {r:?}"),
+    };
+    let due = coordinator.advance(t, 0);
+    assert_eq!(due["g"].generation, Some(1));
+    assert!(answer.try_recv().is_err());
+    coordinator.with_group("g", |e| e.group.persisted(1));
+    assert_eq!(answer.try_recv().expect("answered").error, 0);
 }

@@ -209,14 +209,13 @@ pub(super) async fn sync_group(
                 .iter()
                 .map(|a| (a.member_id.to_string(), a.assignment.clone()))
                 .collect();
-            let answer = state.groups.with_group(&group, |e| {
-                e.group.sync(
-                    req.member_id.as_str(),
-                    opt(&req.group_instance_id),
-                    req.generation_id,
-                    assignments,
-                )
-            });
+            let answer = state.groups.sync(
+                &group,
+                req.member_id.as_str(),
+                opt(&req.group_instance_id),
+                req.generation_id,
+                assignments,
+            );
             match answer {
                 Answer::Now(r) => r,
                 Answer::Later(rx) => rx.await.unwrap_or(SyncReply {
