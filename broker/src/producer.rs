@@ -442,23 +442,65 @@ impl ProducerTable {
         });
     }
 
-    /// A table for a log that starts at an uploaded segment's end: nothing known but the
-    /// transactions open there.
-    pub(crate) fn starting_with(open: &[strata_storage::tier::manifest::OpenTxn]) -> Self {
-        let mut table = Self::default();
+    /// A table for a log that starts at an uploaded segment's end: the idempotent producers
+    /// that segment's snapshot recorded ([`Self::snapshot_at`]; `None`: nothing is known of
+    /// them) and the transactions open there.
+    pub(crate) fn starting_with(
+        snapshot: Option<&[u8]>,
+        open: &[strata_storage::tier::manifest::OpenTxn],
+    ) -> Self {
+        let mut table = snapshot
+            .and_then(|bytes| serde_json::from_slice::<Snapshot>(bytes).ok())
+            .filter(|s| (1..=SNAPSHOT_VERSION).contains(&s.version))
+            .map(Self::from_snapshot)
+            .unwrap_or_default();
         let now = Instant::now();
         for t in open {
-            table.producers.insert(
-                t.producer_id,
-                Entry {
-                    epoch: t.producer_epoch,
-                    recent: VecDeque::new(),
-                    last_seen: now,
-                    txn_first_offset: Some(t.first_offset),
-                },
-            );
+            let entry = table.producers.entry(t.producer_id).or_insert(Entry {
+                epoch: t.producer_epoch,
+                recent: VecDeque::new(),
+                last_seen: now,
+                txn_first_offset: None,
+            });
+            entry.txn_first_offset = Some(t.first_offset);
         }
         table
+    }
+
+    /// The idempotent producers' state as it stood once every batch below `end` was
+    /// recorded, encoded: each producer's remembered batches below `end` (a producer's epoch
+    /// changes only with a batch, and that clears what it remembers, so the epoch of those
+    /// batches is its epoch). Transactions are not in it (see [`Self::open_at`]). `None` when
+    /// no producer appended below `end`.
+    pub(crate) fn snapshot_at(&self, end: u64) -> Option<Vec<u8>> {
+        let producers: Vec<SavedProducer> = self
+            .producers
+            .iter()
+            .filter_map(|(id, e)| {
+                let recent: Vec<Appended> = e
+                    .recent
+                    .iter()
+                    .filter(|a| a.last_offset < end)
+                    .copied()
+                    .collect();
+                (!recent.is_empty()).then_some(SavedProducer {
+                    id: *id,
+                    epoch: e.epoch,
+                    recent,
+                    txn_first_offset: None,
+                })
+            })
+            .collect();
+        if producers.is_empty() {
+            return None;
+        }
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            offset: end,
+            producers,
+            ended: VecDeque::new(),
+        };
+        serde_json::to_vec(&snapshot).ok()
     }
 
     /// The aborted-transaction index entry for `done`, just ended: the last stable offset
@@ -609,6 +651,12 @@ impl ProducerTable {
             }
         }
         let snapshot = found?;
+        let offset = snapshot.offset;
+        Some((Self::from_snapshot(snapshot), offset))
+    }
+
+    /// The table a snapshot holds, every producer seen now.
+    fn from_snapshot(snapshot: Snapshot) -> Self {
         let now = Instant::now();
         let producers = snapshot
             .producers
@@ -623,13 +671,12 @@ impl ProducerTable {
                 (p.id, entry)
             })
             .collect();
-        let table = Self {
+        Self {
             producers,
             saved: Some((snapshot.offset, now)),
             ended: snapshot.ended,
             ..Self::default()
-        };
-        Some((table, snapshot.offset))
+        }
     }
 }
 
@@ -727,6 +774,42 @@ mod tests {
             t.check(&batch(0, 0, 3)),
             Err(Refusal::OutOfOrder { .. })
         ));
+    }
+
+    /// A replica that continues from an uploaded segment's end (an empty disk) gets the
+    /// producers' state there from the segment's snapshot: a retry of a batch below it is
+    /// answered with its offsets, not appended again (unknown producers start anywhere).
+    #[test]
+    fn a_snapshot_at_a_segment_end_dedupes_retries_below_it() {
+        let mut t = ProducerTable::default();
+        let mut offset = 0;
+        for i in 0..8 {
+            let b = batch(0, i * 3, 3);
+            t.record(&b, offset, offset + 2, None);
+            offset += 3;
+        }
+        assert_eq!(t.snapshot_at(0), None, "nothing below offset 0");
+        let snapshot = t.snapshot_at(12).expect("batches below 12");
+        let replica = ProducerTable::starting_with(Some(&snapshot), &[]);
+        assert_eq!(
+            replica.check(&batch(0, 9, 3)),
+            Ok(Verdict::Duplicate {
+                first_offset: 9,
+                last_offset: 11,
+                log_append_time: None,
+            })
+        );
+        assert_eq!(replica.check(&batch(0, 12, 3)), Ok(Verdict::Append));
+        assert!(
+            matches!(
+                replica.check(&batch(0, 15, 3)),
+                Err(Refusal::OutOfOrder { expected: 12, .. })
+            ),
+            "what lies past the end comes from the leader"
+        );
+        // Without it, the retry would be appended again.
+        let blind = ProducerTable::starting_with(None, &[]);
+        assert_eq!(blind.check(&batch(0, 9, 3)), Ok(Verdict::Append));
     }
 
     #[test]
@@ -955,7 +1038,7 @@ mod tests {
         t.forget_ended_below(31);
         assert_eq!(open(&t, 25), vec![(2, 20)]);
         // A replica starting at 25 knows the open one, and indexes its abort correctly.
-        let mut replica = ProducerTable::starting_with(&t.open_at(25));
+        let mut replica = ProducerTable::starting_with(None, &t.open_at(25));
         assert!(replica.in_txn(2, 0));
         let done = replica.end_txn(2, 0, 40, false).expect("ended");
         assert_eq!((done.first_offset, done.last_offset), (20, 40));

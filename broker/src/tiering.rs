@@ -255,13 +255,14 @@ impl Tiering {
         };
         let before = remote.manifest().unwrap_or_default();
         let replicated = *part.high_watermark.borrow();
-        // Each segment records the transactions open at its end, for replicas that start
-        // there (see `Partition::recover`).
+        // Each segment records the transactions open at its end and the idempotent
+        // producers' state there, for replicas that start there (see `Partition::recover`).
         let open_at = |end| {
-            part.producers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .open_at(end)
+            let producers = part.producers.lock().unwrap_or_else(|p| p.into_inner());
+            upload::ProducersAt {
+                open_txns: producers.open_at(end),
+                snapshot: producers.snapshot_at(end),
+            }
         };
         let uploaded = {
             let _uploads = remote.uploads.lock().await;

@@ -43,15 +43,20 @@ pub enum SegmentFile {
     /// The aborted-transaction index (`.txnindex`), only for segments where a transaction
     /// was aborted.
     TxnIndex = 3,
+    /// The idempotent producers' state as of the segment's end (`.snapshot`), in object
+    /// storage only: what a replica that continues from there (an empty disk) dedupes
+    /// producers' retries with. Written by the broker, opaque here.
+    ProducerSnapshot = 4,
 }
 
 impl SegmentFile {
     /// Every kind of segment file there is.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Log,
         Self::OffsetIndex,
         Self::TimeIndex,
         Self::TxnIndex,
+        Self::ProducerSnapshot,
     ];
     /// What every segment had before transactions: a manifest that names no files means
     /// these.
@@ -64,6 +69,7 @@ impl SegmentFile {
             Self::OffsetIndex => "index",
             Self::TimeIndex => "timeindex",
             Self::TxnIndex => "txnindex",
+            Self::ProducerSnapshot => "snapshot",
         }
     }
 

@@ -12,12 +12,13 @@ use std::time::Duration;
 use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use strata_storage::SegmentFile;
 use strata_storage::compact::{Aborted, OffsetMap, decode};
 use strata_storage::tier::compact::{RemotePass, compact_remote, map_remote};
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
 use strata_storage::tier::read::{CacheConfig, RemoteReader};
 use strata_storage::tier::retention::clean_orphans;
-use strata_storage::tier::upload::{upload_sealed, upload_sealed_below};
+use strata_storage::tier::upload::{ProducersAt, upload_sealed, upload_sealed_below};
 use strata_storage::{BatchBuilder, Log, LogConfig, Record};
 use uuid::Uuid;
 
@@ -247,7 +248,7 @@ async fn a_segment_uploaded_during_a_remote_clean_is_cleaned_before_its_commit()
     let (log, latest) = written(&dir.path().join("log"), 2_000, 50, 4096);
     let objects =
         PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
-    let half = upload_sealed_below(&log, &objects, 1, 1_000, &|_| Vec::new())
+    let half = upload_sealed_below(&log, &objects, 1, 1_000, &|_| Default::default())
         .await
         .expect("first half");
     assert!(half.end_offset() < 1_000);
@@ -311,6 +312,35 @@ async fn a_segment_uploaded_during_a_remote_clean_is_cleaned_before_its_commit()
     let got = replay(&reader, &objects, &m).await;
     assert_eq!(got.len(), latest.len(), "one record per key");
     assert_eq!(as_map(&got), latest);
+}
+
+/// A rewritten run keeps the producer snapshot of its last segment (the producers' state
+/// at the run's end, which is the new segment's end), for a replica that continues there.
+#[tokio::test]
+async fn a_remote_clean_keeps_the_producer_snapshot_at_a_runs_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _) = written(&dir.path().join("log"), 600, 20, 4096);
+    let objects =
+        PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
+    let at = |end: u64| ProducersAt {
+        open_txns: Vec::new(),
+        snapshot: Some(format!("state at {end}").into_bytes()),
+    };
+    let before = upload_sealed_below(&log, &objects, 1, u64::MAX, &at)
+        .await
+        .expect("upload");
+    let snapshot = SegmentFile::ProducerSnapshot;
+    assert!(before.segments.iter().all(|s| s.has(snapshot)));
+    let reader = reader().await;
+    let after = pass(&reader, &objects, &before, 0, 0, &dir.path().join("s")).await;
+    let last = after.segments.last().expect("segments");
+    assert!(last.generation > 0, "rewritten");
+    let got = objects
+        .producer_snapshot_at_end(&after)
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(&got[..], format!("state at {}", last.end_offset).as_bytes());
 }
 
 /// Two replicas cut one history into segments at different points, and each uploaded as

@@ -318,6 +318,23 @@ fn unchunk(mut rest: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// A new idempotent producer id (InitProducerId without a transactional id), epoch 0.
+pub async fn new_producer_id(c: &mut RawClient) -> i64 {
+    let init = c
+        .call(
+            4,
+            &kafka_protocol::messages::InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(kafka_protocol::messages::ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+        .await;
+    assert_eq!(init.error_code, 0);
+    assert!(init.producer_id.0 >= 0);
+    init.producer_id.0
+}
+
 /// An acks=all Produce of one record batch (raw bytes) to `topic`/`partition`, for tests that
 /// speak the protocol directly (`.with_acks` changes the acks).
 pub fn produce_request(

@@ -117,6 +117,92 @@ async fn uploaded(client: &strata_client::Client, topic: &str, records: i64) {
     }
 }
 
+/// An idempotent producer's retry of a batch that a broker with an empty disk restored from
+/// the bucket (it continues its log from the remote end) is answered with the batch's
+/// offset, not appended again: the last uploaded segment carries the producers' state at
+/// its end. (Before, the recovered partition knew no producer, took any sequence, and
+/// stored the retried records twice.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_not_appended_again_after_an_empty_disk_recovery() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use object_store::ObjectStore;
+    use strata_client::Client;
+    use strata_storage::BatchBuilder;
+    use strata_tests::{RawClient, new_producer_id, produce_request};
+
+    let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let fast = |c: &mut strata_broker::config::BrokerConfig| {
+        c.object_store.upload_interval_ms = 100;
+    };
+    let first = TestBroker::start_on_store(Some(store.clone()), fast).await;
+    let client = Client::connect(&first.bootstrap()).await.expect("connect");
+    let configs = BTreeMap::from([
+        ("segment.bytes".to_owned(), "1024".to_owned()),
+        ("retention.ms".to_owned(), "-1".to_owned()),
+    ]);
+    client
+        .create_topic("idem", 1, -1, &configs)
+        .await
+        .expect("create");
+    let mut raw = RawClient::connect(first.addr()).await;
+    let pid = new_producer_id(&mut raw).await;
+    // One record per batch: batch `seq` lands at offset `seq`.
+    let batch = |seq: i32| {
+        BatchBuilder::new()
+            .producer(pid, 0, seq)
+            .value(None, format!("{seq:0>300}").as_bytes(), 1)
+            .build()
+    };
+    let answer = |r: kafka_protocol::messages::ProduceResponse| {
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    for seq in 0..20 {
+        let sent = answer(raw.call(9, &produce_request("idem", 0, batch(seq))).await);
+        assert_eq!(sent, (0, i64::from(seq)));
+    }
+    uploaded(&client, "idem", 10).await;
+    let remote_end = client.list_offset("idem", 0, -5).await.expect("list") + 1;
+    drop((raw, client));
+    first.stop().await;
+
+    let second = TestBroker::start_on_store(Some(store.clone()), fast).await;
+    let client = Client::connect(&second.bootstrap()).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.list_offset("idem", 0, -1).await.ok() != Some(remote_end) {
+        assert!(Instant::now() < deadline, "not recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut raw = RawClient::connect(second.addr()).await;
+    let last = i32::try_from(remote_end - 1).expect("small");
+    let retried = loop {
+        let r = answer(raw.call(9, &produce_request("idem", 0, batch(last))).await);
+        // Appends wait until the partition has read its manifest (NOT_LEADER meanwhile).
+        if r.0 == 0 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(retried, (0, remote_end - 1), "answered with its offset");
+    assert_eq!(
+        answer(
+            raw.call(9, &produce_request("idem", 0, batch(last + 1)))
+                .await
+        ),
+        (0, remote_end),
+        "the next sequence goes on from there"
+    );
+    assert_eq!(
+        client.list_offset("idem", 0, -1).await.expect("end"),
+        remote_end + 1,
+        "nothing appended twice"
+    );
+    drop((raw, client));
+    second.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_cluster_on_the_same_bucket_finds_its_topics_and_data() {
     use std::collections::BTreeMap;

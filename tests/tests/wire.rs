@@ -13,6 +13,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use strata_storage::BatchBuilder;
+use strata_tests::new_producer_id;
 use strata_tests::produce_request as produce;
 use strata_tests::{RawClient, TestBroker};
 
@@ -396,22 +397,6 @@ async fn a_fetch_at_the_end_waits_for_new_data_without_polling() {
 }
 
 /// A fresh idempotent producer id (InitProducerId without a transactional id).
-async fn new_producer_id(c: &mut RawClient) -> i64 {
-    let init = c
-        .call(
-            4,
-            &kafka_protocol::messages::InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(60_000)
-                .with_producer_id(kafka_protocol::messages::ProducerId(-1))
-                .with_producer_epoch(-1),
-        )
-        .await;
-    assert_eq!(init.error_code, 0);
-    assert!(init.producer_id.0 >= 0);
-    init.producer_id.0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_produce_dedupes_retries_refuses_gaps_and_fences_old_epochs() {
     let mut broker = TestBroker::start().await;

@@ -135,12 +135,20 @@ impl Partition {
                     path: log.dir().to_owned(),
                     source,
                 })?;
-            // So did the producer state: what continues here are the transactions open at
-            // the remote end (the last uploaded segment recorded them). Without them a
-            // transaction begun below it would not hold read_committed consumers, and its
-            // abort would not be indexed. Saved at once, so a restart cannot take an older
+            // So did the producer state: what continues here is what the last uploaded
+            // segment recorded at the remote end. The transactions open there: without them
+            // a transaction begun below it would not hold read_committed consumers, and its
+            // abort would not be indexed. The idempotent producers' last batches: without
+            // them a producer's retry of a batch below the remote end would be appended
+            // again once this replica leads. Saved at once, so a restart cannot take an older
             // snapshot's state for this log's.
-            let table = ProducerTable::starting_with(manifest.open_txns_at_end());
+            let snapshot = self
+                .remote
+                .objects
+                .producer_snapshot_at_end(&manifest)
+                .await?;
+            let table =
+                ProducerTable::starting_with(snapshot.as_deref(), manifest.open_txns_at_end());
             let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
             *producers = table;
             let bytes = producers.encode(end, std::time::Instant::now());

@@ -13,6 +13,8 @@
 
 use std::path::Path as FsPath;
 
+use object_store::ObjectStoreExt;
+
 use super::TierError;
 use super::manifest::{Manifest, PartitionObjects, RemoteSegment, Writer};
 use super::read::RemoteReader;
@@ -279,7 +281,7 @@ async fn rewrite_run(
             epochs.push((epoch, start));
         }
     }
-    let new = RemoteSegment {
+    let mut new = RemoteSegment {
         base_offset: first.base_offset,
         end_offset: last.end_offset,
         max_timestamp: run.iter().map(|s| s.max_timestamp).max().unwrap_or(-1),
@@ -297,6 +299,15 @@ async fn rewrite_run(
             source,
         })?;
         upload_file(objects, new.key(objects, file), handle, path).await?;
+    }
+    // The producers' state at the run's end is the last segment's: it ends there too.
+    let snapshot = SegmentFile::ProducerSnapshot;
+    if last.has(snapshot) {
+        let store = objects.store();
+        store
+            .copy(&last.key(objects, snapshot), &new.key(objects, snapshot))
+            .await?;
+        new.files.push(snapshot);
     }
     out.delete().map_err(local)?;
     Ok(Some(new))

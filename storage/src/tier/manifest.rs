@@ -322,6 +322,20 @@ impl PartitionObjects {
         })
     }
 
+    /// The producer snapshot uploaded with `manifest`'s last segment (the producers' state
+    /// at its end), if it has one.
+    pub async fn producer_snapshot_at_end(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<Option<bytes::Bytes>, TierError> {
+        let file = SegmentFile::ProducerSnapshot;
+        let Some(last) = manifest.segments.last().filter(|s| s.has(file)) else {
+            return Ok(None);
+        };
+        let got = self.store.get(&last.key(self, file)).await?;
+        Ok(Some(got.bytes().await?))
+    }
+
     /// The newest manifest, if any was committed.
     pub async fn latest(&self) -> Result<Option<Manifest>, TierError> {
         match self.versions().await?.last() {

@@ -891,7 +891,7 @@ mod tests {
         let objects =
             PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("o"), Uuid::nil(), 0);
         let upto = log.segments()[3].base_offset;
-        crate::tier::upload::upload_sealed_below(&log, &objects, 1, upto, &|_| Vec::new())
+        crate::tier::upload::upload_sealed_below(&log, &objects, 1, upto, &|_| Default::default())
             .await
             .expect("first leader");
         let m = upload_sealed(&replica, &objects, 2).await.expect("replica");

@@ -26,19 +26,30 @@ pub async fn upload_sealed(
     objects: &PartitionObjects,
     epoch: i32,
 ) -> Result<Manifest, TierError> {
-    upload_sealed_below(log, objects, epoch, u64::MAX, &|_| Vec::new()).await
+    upload_sealed_below(log, objects, epoch, u64::MAX, &|_| ProducersAt::default()).await
+}
+
+/// What the broker's producer state knows as of a segment's end, recorded with the segment
+/// for a replica that continues from there.
+#[derive(Debug, Default)]
+pub struct ProducersAt {
+    /// The transactions open there (in the manifest).
+    pub open_txns: Vec<OpenTxn>,
+    /// The idempotent producers' state, encoded (the segment's
+    /// [`SegmentFile::ProducerSnapshot`] object); `None` when there is none to keep.
+    pub snapshot: Option<Vec<u8>>,
 }
 
 /// [`upload_sealed`] of the segments that end at or below `upto`: a replicated partition's
 /// leader uploads only what every in-sync replica holds (its high watermark), so no uploaded
-/// batch can be cut away by a leader change. `open_at(end)` answers the transactions open at
-/// a segment's end (the broker's producer state knows them), recorded with the segment.
+/// batch can be cut away by a leader change. `producers_at(end)` answers what the producer
+/// state knows at a segment's end, uploaded with the segment.
 pub async fn upload_sealed_below(
     log: &Log,
     objects: &PartitionObjects,
     epoch: i32,
     upto: u64,
-    open_at: &(dyn Fn(u64) -> Vec<OpenTxn> + Send + Sync),
+    producers_at: &(dyn Fn(u64) -> ProducersAt + Send + Sync),
 ) -> Result<Manifest, TierError> {
     let mut manifest = objects.latest().await?.unwrap_or_default();
     let durable = log.durable_offset().min(upto);
@@ -104,6 +115,20 @@ pub async fn upload_sealed_below(
             .await?;
             files.push(file);
         }
+        let producers = producers_at(end);
+        if let Some(snapshot) = producers.snapshot {
+            let key = objects.object_key(
+                seg.base_offset,
+                epoch,
+                generation,
+                SegmentFile::ProducerSnapshot,
+            );
+            objects
+                .store()
+                .put(&key, PutPayload::from(snapshot))
+                .await?;
+            files.push(SegmentFile::ProducerSnapshot);
+        }
         let remote = RemoteSegment {
             base_offset: seg.base_offset,
             end_offset: end,
@@ -113,7 +138,7 @@ pub async fn upload_sealed_below(
             epochs,
             last_batch_crc: crc,
             files,
-            open_txns: open_at(end),
+            open_txns: producers.open_txns,
             generation,
         };
         manifest = objects
