@@ -104,6 +104,34 @@ async fn sealed_segments_are_uploaded_with_a_manifest() {
     broker.stop().await;
 }
 
+/// A broker that uploads every 100 ms to `store`, and a client of it that has created
+/// `topics` (name, partitions) with segments of `segment_bytes` kept forever.
+async fn on_bucket(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    topics: &[(&str, i32)],
+    segment_bytes: u32,
+) -> (TestBroker, strata_client::Client) {
+    let broker = TestBroker::start_on_store(Some(store.clone()), fast_uploads).await;
+    let client = strata_client::Client::connect(&broker.bootstrap())
+        .await
+        .expect("connect");
+    let configs = std::collections::BTreeMap::from([
+        ("segment.bytes".to_owned(), segment_bytes.to_string()),
+        ("retention.ms".to_owned(), "-1".to_owned()),
+    ]);
+    for (topic, partitions) in topics {
+        client
+            .create_topic(topic, *partitions, -1, &configs)
+            .await
+            .expect("create");
+    }
+    (broker, client)
+}
+
+fn fast_uploads(c: &mut strata_broker::config::BrokerConfig) {
+    c.object_store.upload_interval_ms = 100;
+}
+
 /// Waits until `topic`/0 has uploaded at least `records` records (ListOffsets -5).
 async fn uploaded(client: &strata_client::Client, topic: &str, records: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -124,7 +152,6 @@ async fn uploaded(client: &strata_client::Client, topic: &str, records: i64) {
 /// stored the retried records twice.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_is_not_appended_again_after_an_empty_disk_recovery() {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use object_store::ObjectStore;
@@ -133,19 +160,7 @@ async fn a_retry_is_not_appended_again_after_an_empty_disk_recovery() {
     use strata_tests::{RawClient, new_producer_id, produce_request};
 
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let fast = |c: &mut strata_broker::config::BrokerConfig| {
-        c.object_store.upload_interval_ms = 100;
-    };
-    let first = TestBroker::start_on_store(Some(store.clone()), fast).await;
-    let client = Client::connect(&first.bootstrap()).await.expect("connect");
-    let configs = BTreeMap::from([
-        ("segment.bytes".to_owned(), "1024".to_owned()),
-        ("retention.ms".to_owned(), "-1".to_owned()),
-    ]);
-    client
-        .create_topic("idem", 1, -1, &configs)
-        .await
-        .expect("create");
+    let (first, client) = on_bucket(&store, &[("idem", 1)], 1024).await;
     let mut raw = RawClient::connect(first.addr()).await;
     let pid = new_producer_id(&mut raw).await;
     // One record per batch: batch `seq` lands at offset `seq`.
@@ -168,7 +183,7 @@ async fn a_retry_is_not_appended_again_after_an_empty_disk_recovery() {
     drop((raw, client));
     first.stop().await;
 
-    let second = TestBroker::start_on_store(Some(store.clone()), fast).await;
+    let second = TestBroker::start_on_store(Some(store.clone()), fast_uploads).await;
     let client = Client::connect(&second.bootstrap()).await.expect("connect");
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.list_offset("idem", 0, -1).await.ok() != Some(remote_end) {
@@ -205,30 +220,13 @@ async fn a_retry_is_not_appended_again_after_an_empty_disk_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_cluster_on_the_same_bucket_finds_its_topics_and_data() {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use object_store::ObjectStore;
     use strata_client::{Client, NewRecord};
 
     let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let fast = |c: &mut strata_broker::config::BrokerConfig| {
-        c.object_store.upload_interval_ms = 100;
-    };
-    let first = TestBroker::start_on_store(Some(store.clone()), fast).await;
-    let client = Client::connect(&first.bootstrap()).await.expect("connect");
-    let configs = BTreeMap::from([
-        ("segment.bytes".to_owned(), "16384".to_owned()),
-        ("retention.ms".to_owned(), "-1".to_owned()),
-    ]);
-    client
-        .create_topic("kept", 2, -1, &configs)
-        .await
-        .expect("create");
-    client
-        .create_topic("dropped", 1, -1, &configs)
-        .await
-        .expect("create");
+    let (first, client) = on_bucket(&store, &[("kept", 2), ("dropped", 1)], 16384).await;
     let value = Bytes::from(vec![b'v'; 1000]);
     for topic in ["kept", "dropped"] {
         for i in 0..100 {
@@ -282,7 +280,7 @@ async fn a_fresh_cluster_on_the_same_bucket_finds_its_topics_and_data() {
     first.stop().await;
 
     // New data directory, new controller, same bucket.
-    let second = TestBroker::start_on_store(Some(store.clone()), fast).await;
+    let second = TestBroker::start_on_store(Some(store.clone()), fast_uploads).await;
     let client = Client::connect(&second.bootstrap()).await.expect("connect");
     let topics = client.topics().await.expect("topics");
     let names: Vec<&str> = topics
