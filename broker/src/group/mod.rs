@@ -441,6 +441,7 @@ impl Coordinator {
             None => {}
         }
         let replayed = statelog::replay_partition(part, store::load).await?;
+        let replayed_to = replayed.end;
         let now = Instant::now();
         let mut groups = self.lock();
         let count = replayed.groups.len();
@@ -461,9 +462,15 @@ impl Coordinator {
         }
         drop(groups);
         self.routes.set_loaded(part);
+        // Where the replay ended and the leader epoch it serves: what a failover's
+        // investigation compares with the other replicas' ends.
         tracing::info!(
             partition = index,
             groups = count,
+            replayed_to,
+            end = part.log.log_end_offset(),
+            high_watermark = *part.high_watermark.borrow(),
+            epoch = ?part.role().leader_epoch(),
             "offsets partition loaded"
         );
         Ok(())

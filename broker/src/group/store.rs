@@ -63,6 +63,8 @@ pub(crate) struct Loaded {
     pub(crate) groups: BTreeMap<String, GroupSnapshot>,
     /// Transactional offset commits whose transaction has not ended, per producer id.
     pub(crate) pending: BTreeMap<i64, PendingOffsets>,
+    /// The log end the replay read to.
+    pub(crate) end: u64,
 }
 
 fn encode(w: &Write) -> Result<StateRecord, serde_json::Error> {
@@ -105,7 +107,10 @@ pub(crate) fn records(writes: &[Write]) -> Result<Vec<StateRecord>, StorageError
 /// Replays a whole partition of the offsets topic (see [`statelog::replay`]): the newest
 /// record per key wins; transactional offset commits wait for their producer's marker.
 pub(crate) fn load(log: &Log) -> Result<Loaded, StorageError> {
-    let mut loaded = Loaded::default();
+    let mut loaded = Loaded {
+        end: log.log_end_offset(),
+        ..Loaded::default()
+    };
     statelog::replay(log, |r| loaded.apply(r))?;
     Ok(loaded)
 }
