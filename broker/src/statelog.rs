@@ -316,19 +316,25 @@ impl Routes {
     pub(crate) fn route(&self, key: &str) -> Result<(Arc<Partition>, i32), i16> {
         let p = self.partition_of(key);
         let image = self.metadata.image();
+        let meta = image
+            .topics
+            .get(self.topic)
+            .and_then(|t| usize::try_from(p).ok().and_then(|i| t.partitions.get(i)));
         if let Some(part) = self.loaded().get(&p).cloned()
             && let Some(epoch) = part.role().leader_epoch()
         {
-            if !self.lease.current(image.version) {
+            // The image, not only the partition's role: a broker back from a pause applies
+            // the metadata that moved the leadership away before its role change reaches
+            // the partition and the coordinator, and must not answer from what it loaded
+            // in between (the fault checker saw a resumed coordinator answer an offset
+            // its successor had since moved on).
+            let still = meta.is_some_and(|m| m.leader == Some(self.me) && m.leader_epoch == epoch);
+            if !self.lease.current(image.version) || !still {
                 return Err(NOT_COORDINATOR);
             }
             return Ok((part, epoch));
         }
-        let meta = image
-            .topics
-            .get(self.topic)
-            .and_then(|t| usize::try_from(p).ok().and_then(|i| t.partitions.get(i)))
-            .ok_or(COORDINATOR_NOT_AVAILABLE)?;
+        let meta = meta.ok_or(COORDINATOR_NOT_AVAILABLE)?;
         if meta.leader == Some(self.me) {
             Err(COORDINATOR_LOAD_IN_PROGRESS)
         } else {
