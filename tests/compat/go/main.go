@@ -235,10 +235,7 @@ func (s saramaClient) group() error {
 	if err := s.create(topic, 4, nil); err != nil {
 		return err
 	}
-	var sent []record
-	for i := 0; i < 200; i++ {
-		sent = append(sent, record{value: fmt.Sprintf("v%d", i)})
-	}
+	sent := numbered(200)
 	if err := s.produce(topic, sent, s.config()); err != nil {
 		return err
 	}
@@ -341,10 +338,7 @@ func (s saramaClient) commits() error {
 	if err := s.create(topic, 1, nil); err != nil {
 		return err
 	}
-	var sent []record
-	for i := 0; i < 10; i++ {
-		sent = append(sent, record{value: fmt.Sprintf("v%d", i)})
-	}
+	sent := numbered(10)
 	if err := s.produce(topic, sent, s.config()); err != nil {
 		return err
 	}
@@ -440,10 +434,7 @@ func (s saramaClient) idempotent() error {
 	config.Producer.Idempotent = true
 	config.Net.MaxOpenRequests = 1
 	config.Producer.Retry.Max = 5
-	var sent []record
-	for i := 0; i < 1000; i++ {
-		sent = append(sent, record{value: fmt.Sprintf("v%d", i)})
-	}
+	sent := numbered(1000)
 	if err := s.produce(topic, sent, config); err != nil {
 		return err
 	}
@@ -586,10 +577,7 @@ func (c confluentClient) group() error {
 	if err := c.create(topic, 4, nil); err != nil {
 		return err
 	}
-	var sent []record
-	for i := 0; i < 200; i++ {
-		sent = append(sent, record{value: fmt.Sprintf("v%d", i)})
-	}
+	sent := numbered(200)
 	if err := c.produce(topic, sent, nil); err != nil {
 		return err
 	}
@@ -658,10 +646,7 @@ func (c confluentClient) commits() error {
 	if err := c.create(topic, 1, nil); err != nil {
 		return err
 	}
-	var sent []record
-	for i := 0; i < 10; i++ {
-		sent = append(sent, record{value: fmt.Sprintf("v%d", i)})
-	}
+	sent := numbered(10)
 	if err := c.produce(topic, sent, nil); err != nil {
 		return err
 	}
@@ -768,10 +753,7 @@ func (c confluentClient) idempotent() error {
 	if err := c.create(topic, 2, nil); err != nil {
 		return err
 	}
-	var sent []record
-	for i := 0; i < 1000; i++ {
-		sent = append(sent, record{value: fmt.Sprintf("v%d", i)})
-	}
+	sent := numbered(1000)
 	if err := c.produce(topic, sent, kafka.ConfigMap{"enable.idempotence": true}); err != nil {
 		return err
 	}
@@ -787,6 +769,15 @@ func (c confluentClient) transactions() error {
 }
 
 // ------------------------------------------------------------------------------ main
+
+// numbered is n keyless records valued v0, v1, ….
+func numbered(n int) []record {
+	var out []record
+	for i := 0; i < n; i++ {
+		out = append(out, record{value: fmt.Sprintf("v%d", i)})
+	}
+	return out
+}
 
 type naError struct{ why string }
 
