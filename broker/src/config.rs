@@ -317,6 +317,34 @@ pub struct GroupSettings {
     /// `offsets.topic.segment.bytes`: segments of `__consumer_offsets` (set when this
     /// broker creates it). Smaller segments are sealed, cleaned and uploaded sooner.
     pub offsets_topic_segment_bytes: u64,
+    /// `group.consumer.session.timeout.ms`: a KIP-848 consumer group member that does not
+    /// heartbeat for this long is removed.
+    pub consumer_session_timeout_ms: u64,
+    /// `group.consumer.heartbeat.interval.ms`: how often KIP-848 members heartbeat.
+    pub consumer_heartbeat_interval_ms: u64,
+    /// `group.consumer.assignors`: the server-side assignors members may name (`uniform`,
+    /// `range`); the first is the default. A list, or Kafka's comma-separated string.
+    #[serde(deserialize_with = "names")]
+    pub consumer_assignors: Vec<String>,
+}
+
+/// A list of names given as a list or as one comma-separated string.
+fn names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        Joined(String),
+    }
+    Ok(match Names::deserialize(d)? {
+        Names::List(v) => v,
+        Names::Joined(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// Transaction coordination (Kafka's `transaction.*` settings).
@@ -384,6 +412,12 @@ impl Default for GroupSettings {
             max_size: 10_000,
             offsets_retention_minutes: 7 * 24 * 60,
             offsets_topic_segment_bytes: 100 << 20,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_assignors: crate::group::assignor::ASSIGNORS
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
         }
     }
 }
@@ -658,6 +692,26 @@ impl BrokerConfig {
         }
         if g.max_size == 0 {
             return bad("groups.max_size", "must be positive".into());
+        }
+        if g.consumer_heartbeat_interval_ms == 0
+            || g.consumer_heartbeat_interval_ms >= g.consumer_session_timeout_ms
+            || g.consumer_session_timeout_ms > i32::MAX as u64
+        {
+            return bad(
+                "groups.consumer_heartbeat_interval_ms",
+                "must be positive and below groups.consumer_session_timeout_ms".into(),
+            );
+        }
+        let known = crate::group::assignor::ASSIGNORS;
+        if g.consumer_assignors.is_empty()
+            || g.consumer_assignors
+                .iter()
+                .any(|a| !known.contains(&a.as_str()))
+        {
+            return bad(
+                "groups.consumer_assignors",
+                format!("must name one or more of {}", known.join(", ")),
+            );
         }
         if g.offsets_retention_minutes == 0 {
             return bad(
@@ -934,4 +988,35 @@ pub fn parse_file(path: &Path) -> Result<BrokerConfig, BrokerError> {
         file: Some(path.to_owned()),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(overrides: &[&str]) -> Result<BrokerConfig, BrokerError> {
+        BrokerConfig::load(&ConfigSources {
+            overrides: overrides.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn consumer_assignors_are_a_list_or_kafkas_comma_separated_string_of_known_names() {
+        let c = with(&["groups.consumer_assignors=range, uniform"]).expect("config");
+        assert_eq!(c.groups.consumer_assignors, ["range", "uniform"]);
+        let c = with(&[r#"groups.consumer_assignors=["range"]"#]).expect("config");
+        assert_eq!(c.groups.consumer_assignors, ["range"]);
+        for bad in [
+            "groups.consumer_assignors=sticky",
+            "groups.consumer_assignors=",
+        ] {
+            let e = with(&[bad]).expect_err(bad).to_string();
+            assert!(e.contains("groups.consumer_assignors"), "{e}");
+        }
+        let e = with(&["groups.consumer_heartbeat_interval_ms=60000"])
+            .expect_err("heartbeat above the session")
+            .to_string();
+        assert!(e.contains("groups.consumer_heartbeat_interval_ms"), "{e}");
+    }
 }

@@ -80,6 +80,8 @@ fn decode_body(frame: &Frame) -> bool {
         ApiKey::DescribeGroups => frame.decode::<DescribeGroupsRequest>().map(drop),
         ApiKey::DeleteGroups => frame.decode::<DeleteGroupsRequest>().map(drop),
         ApiKey::OffsetDelete => frame.decode::<OffsetDeleteRequest>().map(drop),
+        ApiKey::ConsumerGroupHeartbeat => frame.decode::<ConsumerGroupHeartbeatRequest>().map(drop),
+        ApiKey::ConsumerGroupDescribe => frame.decode::<ConsumerGroupDescribeRequest>().map(drop),
         ApiKey::AddPartitionsToTxn => frame.decode::<AddPartitionsToTxnRequest>().map(drop),
         ApiKey::AddOffsetsToTxn => frame.decode::<AddOffsetsToTxnRequest>().map(drop),
         ApiKey::EndTxn => frame.decode::<EndTxnRequest>().map(drop),

@@ -105,6 +105,12 @@ impl BrokerState {
                     initial_rebalance_delay: Duration::from_millis(g.initial_rebalance_delay_ms),
                     max_size: g.max_size,
                 },
+                consumer: crate::group::consumer::Settings {
+                    session_timeout: Duration::from_millis(g.consumer_session_timeout_ms),
+                    heartbeat_interval: Duration::from_millis(g.consumer_heartbeat_interval_ms),
+                    assignors: g.consumer_assignors.clone(),
+                    max_size: g.max_size,
+                },
                 offsets_partitions: g.offsets_topic_partitions,
                 offsets_retention: Duration::from_secs(g.offsets_retention_minutes * 60),
                 offsets_replication_factor: config.topics.default_replication_factor,

@@ -111,7 +111,7 @@ pub(crate) async fn write<T: Send + 'static>(
 }
 
 /// Appends `records` as one batch to `part`'s log (as leader under `leader_epoch`), durable
-/// on every in-sync replica before it returns.
+/// on every in-sync replica before it returns the log end after them.
 pub(crate) async fn write_records(
     part: &Arc<Partition>,
     leader_epoch: i32,
@@ -119,14 +119,15 @@ pub(crate) async fn write_records(
     records: Vec<StateRecord>,
     now_ms: i64,
     producer: Option<(i64, i16)>,
-) -> Result<(), StorageError> {
+) -> Result<u64, StorageError> {
     if records.is_empty() {
-        return Ok(());
+        return Ok(part.log.log_end_offset());
     }
     write(part, leader_epoch, lease, move |p| {
         let mut bytes = batch(&records, now_ms, producer);
         let info = p.log.append(&mut bytes, leader_epoch)?;
-        Ok(((), info.last_offset + 1))
+        let end = info.last_offset + 1;
+        Ok((end, end))
     })
     .await
 }

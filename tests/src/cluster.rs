@@ -317,7 +317,7 @@ impl ProcessCluster {
         let child = command
             .env(
                 "RUST_LOG",
-                "info,openraft=warn,strata_broker::follower=debug",
+                "info,openraft=warn,strata_broker::follower=debug,strata_broker::group=debug,strata_broker::handlers::groups=debug",
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

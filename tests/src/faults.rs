@@ -265,6 +265,8 @@ struct Observed {
     reader_at: BTreeMap<i32, i64>,
     /// Highest committed offsets of the group seen so far.
     committed: BTreeMap<i32, i64>,
+    /// Who answered each partition's highest committed offset.
+    committed_from: BTreeMap<i32, String>,
     /// Records read, with repeats.
     read: usize,
     /// Values written per writer (the next sequence number).
@@ -824,13 +826,17 @@ fn record_commits(observed: &Shared, offsets: &BTreeMap<(String, i32), i64>, fro
         }
         let before = o.committed.get(p).copied().unwrap_or(0);
         if *offset < before {
+            let earlier = o.committed_from.get(p).cloned().unwrap_or_default();
             let a = format!(
-                "group offset of partition {p} went back from {before} to {offset} \
-                 (answered by the coordinator at {from})"
+                "group offset of partition {p} went back from {before} (answered by the \
+                 coordinator at {earlier}) to {offset} (answered by the coordinator at {from})"
             );
             anomaly(&mut o, a);
         }
-        o.committed.insert(*p, before.max(*offset));
+        if *offset > before {
+            o.committed.insert(*p, *offset);
+            o.committed_from.insert(*p, from.to_owned());
+        }
     }
 }
 

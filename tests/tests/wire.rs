@@ -70,10 +70,16 @@ async fn api_versions_advertises_implemented_ranges_and_answers_unknown_versions
         .find(|f| f.name.as_str() == "transaction.version")
         .expect("transaction.version finalized");
     assert_eq!((tv.min_version_level, tv.max_version_level), (2, 2));
+    let heartbeat = r
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::ConsumerGroupHeartbeat as i16)
+        .expect("ConsumerGroupHeartbeat advertised");
+    assert_eq!((heartbeat.min_version, heartbeat.max_version), (0, 1));
     assert!(
         !r.api_keys
             .iter()
-            .any(|k| k.api_key == ApiKey::ConsumerGroupHeartbeat as i16),
+            .any(|k| k.api_key == ApiKey::ShareGroupHeartbeat as i16),
         "only implemented APIs are advertised"
     );
     // A version from the future: a v0 answer with UNSUPPORTED_VERSION and the ranges.

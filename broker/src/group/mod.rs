@@ -9,6 +9,8 @@
 //! offsets partition's groups when it starts leading it and dropping them (members are told
 //! NOT_COORDINATOR) when it stops.
 
+pub(crate) mod assignor;
+pub(crate) mod consumer;
 pub(crate) mod machine;
 pub(crate) mod store;
 
@@ -24,6 +26,7 @@ use strata_controller::ControllerClient;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::consumer::{ConsumerGroup, Heartbeat, HeartbeatReply, Refusal};
 use self::machine::{Answer, Group, Limits, Phase, SyncReply};
 use self::store::{Committed, OFFSETS_TOPIC, Write};
 use crate::lease::Lease;
@@ -52,12 +55,17 @@ struct Persist {
     expire: bool,
     /// The generation a membership snapshot among the writes holds.
     generation: Option<i32>,
+    /// The group's consumer-protocol state is to be persisted (taken when written, see
+    /// [`Coordinator::persist_consumer`]).
+    consumer: bool,
 }
 
 /// Coordinator settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct GroupConfig {
     pub(crate) limits: Limits,
+    /// KIP-848 consumer groups'.
+    pub(crate) consumer: consumer::Settings,
     pub(crate) offsets_partitions: i32,
     pub(crate) offsets_retention: Duration,
     /// Of `__consumer_offsets`, when this broker creates it (unset: the cluster's default,
@@ -76,7 +84,10 @@ pub(crate) struct GroupConfig {
 /// A group and its committed offsets.
 #[derive(Debug, Default)]
 pub(crate) struct Entry {
+    /// The classic protocol's membership; empty while the group is a consumer group.
     pub(crate) group: Group,
+    /// Set while the group uses KIP-848's consumer protocol (ConsumerGroupHeartbeat).
+    pub(crate) consumer: Option<ConsumerGroup>,
     pub(crate) offsets: BTreeMap<(String, i32), Committed>,
     /// When the group last became empty (wall clock), for offset expiry.
     empty_since_ms: Option<i64>,
@@ -88,6 +99,38 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Whether nobody is a member, under either protocol.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.group.phase() == Phase::Empty
+            && self.group.is_empty()
+            && self.consumer.as_ref().is_none_or(ConsumerGroup::is_empty)
+    }
+
+    /// Whether an offset commit from this member, generation or member epoch, for
+    /// `partitions` (topic id, partition), is allowed.
+    pub(crate) fn check_commit(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        partitions: &[(uuid::Uuid, i32)],
+    ) -> Result<(), i16> {
+        match &self.consumer {
+            Some(c) => c.check_member(member_id, generation, partitions),
+            None => self.group.check_commit(member_id, instance_id, generation),
+        }
+    }
+
+    /// JoinGroup on a consumer group: refused while it has members; an empty one goes back
+    /// to the classic protocol (its committed offsets stay).
+    pub(crate) fn classic(&mut self) -> Result<&mut Group, i16> {
+        if self.consumer.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(machine::code::INCONSISTENT_GROUP_PROTOCOL);
+        }
+        self.consumer = None;
+        Ok(&mut self.group)
+    }
+
     /// The partitions whose committed offset is about to change: a transactional commit
     /// waits for its marker, or a commit is being written. A fetch that requires stable
     /// offsets (KIP-447) is answered UNSTABLE_OFFSET_COMMIT for them.
@@ -125,6 +168,16 @@ impl Drop for Committing<'_> {
     }
 }
 
+/// A group as ListGroups shows it.
+#[derive(Clone, Debug)]
+pub(crate) struct Listed {
+    pub(crate) id: String,
+    /// `classic` or `consumer` (KIP-848).
+    pub(crate) kind: &'static str,
+    pub(crate) state: &'static str,
+    pub(crate) protocol_type: Option<String>,
+}
+
 /// A partition (topic, index) and the offset a group committed for it.
 pub(crate) type CommittedOffset = ((String, i32), i64);
 
@@ -155,6 +208,7 @@ impl Coordinator {
         controller: Arc<ControllerClient>,
         lease: Arc<Lease>,
     ) -> Self {
+        let partitions = config.offsets_partitions;
         Self {
             config,
             metadata: metadata.clone(),
@@ -163,12 +217,12 @@ impl Coordinator {
             groups: Mutex::new(HashMap::new()),
             routes: Routes::new(
                 OFFSETS_TOPIC,
-                config.offsets_partitions,
+                partitions,
                 me,
                 metadata.clone(),
                 lease.clone(),
             ),
-            write_locks: (0..config.offsets_partitions.max(1))
+            write_locks: (0..partitions.max(1))
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             persist_now: tokio::sync::Notify::new(),
@@ -254,18 +308,97 @@ impl Coordinator {
         self.lock().get_mut(group).map(f)
     }
 
-    /// Every group id with its phase and protocol type.
-    pub(crate) fn list(&self) -> Vec<(String, Phase, Option<String>)> {
+    /// Every group: id, type (`classic` or `consumer`), state and protocol type.
+    pub(crate) fn list(&self) -> Vec<Listed> {
         self.lock()
             .iter()
-            .map(|(id, e)| {
-                (
-                    id.clone(),
-                    e.group.phase(),
-                    e.group.protocol_type().map(str::to_owned),
-                )
+            .map(|(id, e)| match &e.consumer {
+                Some(c) => Listed {
+                    id: id.clone(),
+                    kind: "consumer",
+                    state: c.state(),
+                    protocol_type: Some("consumer".to_owned()),
+                },
+                None => Listed {
+                    id: id.clone(),
+                    kind: "classic",
+                    state: e.group.phase().kafka_name(),
+                    protocol_type: e.group.protocol_type().map(str::to_owned),
+                },
             })
             .collect()
+    }
+
+    /// ConsumerGroupHeartbeat: runs it on the group (a new group, or an empty classic one,
+    /// becomes a consumer group), persists what it changed, then answers, so a member acts
+    /// only on an epoch and assignment that survive a coordinator failover.
+    pub(crate) async fn consumer_heartbeat(
+        &self,
+        group: &str,
+        hb: Heartbeat,
+    ) -> Result<HeartbeatReply, Refusal> {
+        let (part, epoch) = self.route(group).map_err(|code| Refusal {
+            code,
+            message: String::new(),
+        })?;
+        let image = self.metadata.image();
+        let settings = &self.config.consumer;
+        let reply = self.with_group(group, |e| {
+            let existed = e.consumer.is_some();
+            let mut c = match e.consumer.take() {
+                Some(c) => c,
+                None if e.is_empty() => ConsumerGroup::default(),
+                None => {
+                    return Err(Refusal {
+                        code: code::GROUP_ID_NOT_FOUND,
+                        message: format!("group {group} is a classic group with members"),
+                    });
+                }
+            };
+            let reply = c.heartbeat(hb, &*image, settings, Instant::now());
+            if existed || reply.is_ok() {
+                e.consumer = Some(c);
+            }
+            reply
+        })?;
+        self.persist_consumer(group, part, epoch)
+            .await
+            .map_err(|e| Refusal {
+                code: code::COORDINATOR_NOT_AVAILABLE,
+                message: format!("persisting the group failed: {e}"),
+            })?;
+        Ok(reply)
+    }
+
+    /// Persists the consumer group's state as it is when the write starts, unless that is
+    /// already durable. Taken under the partition's write lock, so a newer state is never
+    /// followed in the log by an older one.
+    async fn persist_consumer(
+        &self,
+        group: &str,
+        part: Arc<Partition>,
+        leader_epoch: i32,
+    ) -> Result<(), strata_storage::StorageError> {
+        let _order = self.write_lock(part.index).await;
+        let taken = self.with_existing(group, |e| {
+            let c = e.consumer.as_ref().filter(|c| c.dirty())?;
+            Some((c.snapshot(), c.version()))
+        });
+        let Some((snapshot, version)) = taken.flatten() else {
+            return Ok(());
+        };
+        let writes = [Write::ConsumerGroup {
+            group: group.to_owned(),
+            value: Some(snapshot),
+        }];
+        let records = store::records(&writes)?;
+        statelog::write_records(&part, leader_epoch, &self.lease, records, now_ms(), None).await?;
+        self.with_existing(group, |e| {
+            if let Some(c) = e.consumer.as_mut() {
+                c.persisted(version);
+            }
+        });
+        Ok(())
     }
 
     /// Every group's committed offsets (for `/metrics`' group lag).
@@ -301,7 +434,16 @@ impl Coordinator {
     ) -> Result<T, strata_storage::StorageError> {
         let _order = self.write_lock(self.partition_of(group)).await;
         let records = store::records(&writes)?;
-        statelog::write_records(&part, leader_epoch, &self.lease, records, now_ms(), None).await?;
+        let end =
+            statelog::write_records(&part, leader_epoch, &self.lease, records, now_ms(), None)
+                .await?;
+        // What a failover's investigation compares with what the next coordinator loads.
+        tracing::debug!(group, end, leader_epoch, offsets = ?store::offsets_of(&writes),
+            generation = ?writes.iter().find_map(|w| match w {
+                Write::Group { value: Some(s), .. } => Some(s.generation),
+                _ => None,
+            }),
+            "group records durable");
         Ok(self.with_group(group, apply))
     }
 
@@ -446,9 +588,28 @@ impl Coordinator {
         let mut groups = self.lock();
         let count = replayed.groups.len();
         for (id, snapshot) in replayed.groups {
+            tracing::debug!(partition = index, group = %id, generation = snapshot.generation,
+                members = snapshot.members.len(), "group restored");
             groups.entry(id).or_default().group = Group::restore(snapshot, now);
         }
+        for (id, snapshot) in replayed.consumer_groups {
+            let e = groups.entry(id).or_default();
+            // A group back on the classic protocol may leave its last (empty) consumer
+            // snapshot behind; its classic members win.
+            if snapshot.members.is_empty() && !e.group.is_empty() {
+                continue;
+            }
+            e.consumer = Some(ConsumerGroup::restore(snapshot, now));
+        }
+        let mut loaded_offsets = Vec::new();
         for (id, offsets) in replayed.offsets {
+            loaded_offsets.push((
+                id.clone(),
+                offsets
+                    .iter()
+                    .map(|((t, p), c)| (format!("{t}-{p}"), c.offset))
+                    .collect::<Vec<_>>(),
+            ));
             groups.entry(id).or_default().offsets = offsets;
         }
         for (producer, by_group) in replayed.pending {
@@ -461,6 +622,14 @@ impl Coordinator {
             }
         }
         drop(groups);
+        for (group, offsets) in &loaded_offsets {
+            tracing::debug!(
+                partition = index,
+                group,
+                ?offsets,
+                "committed offsets loaded"
+            );
+        }
         self.routes.set_loaded(part);
         // Where the replay ended and the leader epoch it serves: what a failover's
         // investigation compares with the other replicas' ends.
@@ -497,10 +666,14 @@ impl Coordinator {
     fn advance(&self, now: Instant, wall: i64) -> BTreeMap<String, Persist> {
         let retention = self.config.offsets_retention.as_millis() as i64;
         let mut writes: BTreeMap<String, Persist> = BTreeMap::new();
+        let image = self.metadata.image();
         let mut groups = self.lock();
         for (id, e) in groups.iter_mut() {
             e.group.tick(&self.config.limits, now);
-            let empty = e.group.phase() == Phase::Empty && e.group.is_empty();
+            if let Some(c) = e.consumer.as_mut() {
+                c.tick(&*image, &self.config.consumer, now);
+            }
+            let empty = e.is_empty();
             match (empty, e.empty_since_ms) {
                 (true, None) => e.empty_since_ms = Some(wall),
                 (false, Some(_)) => e.empty_since_ms = None,
@@ -522,12 +695,29 @@ impl Coordinator {
                     group: id.clone(),
                     value: None,
                 });
+                if e.consumer.is_some() {
+                    w.push(Write::ConsumerGroup {
+                        group: id.clone(),
+                        value: None,
+                    });
+                }
                 writes.insert(
                     id.clone(),
                     Persist {
                         writes: w,
                         expire: true,
                         generation: None,
+                        consumer: false,
+                    },
+                );
+            } else if e.consumer.as_ref().is_some_and(ConsumerGroup::dirty) {
+                writes.insert(
+                    id.clone(),
+                    Persist {
+                        writes: Vec::new(),
+                        expire: false,
+                        generation: None,
+                        consumer: true,
                     },
                 );
             } else if matches!(e.group.phase(), Phase::Stable | Phase::Empty)
@@ -545,6 +735,7 @@ impl Coordinator {
                             value: Some(snapshot),
                         }],
                         expire: false,
+                        consumer: false,
                     },
                 );
             }
@@ -564,7 +755,14 @@ impl Coordinator {
                 writes,
                 expire,
                 generation,
+                consumer,
             } = persist;
+            if consumer {
+                if let Err(e) = self.persist_consumer(&id, part, epoch).await {
+                    tracing::error!(group = %id, error = %e, "persisting group state failed; retrying");
+                }
+                continue;
+            }
             let result = self
                 .persist_then(part, epoch, &id, writes, |e| {
                     if let Some(g) = generation {
@@ -576,10 +774,7 @@ impl Coordinator {
                 Ok(()) if expire => {
                     tracing::info!(group = %id, "offsets expired");
                     let mut groups = self.lock();
-                    if groups
-                        .get(&id)
-                        .is_some_and(|e| e.group.phase() == Phase::Empty && e.group.is_empty())
-                    {
+                    if groups.get(&id).is_some_and(Entry::is_empty) {
                         groups.remove(&id);
                     }
                 }

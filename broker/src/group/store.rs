@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use strata_storage::{Log, StorageError};
 
+use super::consumer::ConsumerSnapshot;
 use super::machine::GroupSnapshot;
 use crate::statelog::{self, Replayed, StateRecord};
 
@@ -36,6 +37,10 @@ pub(crate) enum Key {
     Group {
         group: String,
     },
+    /// A KIP-848 consumer group's membership and assignment.
+    ConsumerGroup {
+        group: String,
+    },
 }
 
 /// One change to persist.
@@ -51,6 +56,10 @@ pub(crate) enum Write {
         group: String,
         value: Option<GroupSnapshot>,
     },
+    ConsumerGroup {
+        group: String,
+        value: Option<ConsumerSnapshot>,
+    },
 }
 
 /// Offsets committed in a transaction, per group, until its marker.
@@ -61,6 +70,7 @@ pub(crate) type PendingOffsets = BTreeMap<String, BTreeMap<(String, i32), Commit
 pub(crate) struct Loaded {
     pub(crate) offsets: BTreeMap<String, BTreeMap<(String, i32), Committed>>,
     pub(crate) groups: BTreeMap<String, GroupSnapshot>,
+    pub(crate) consumer_groups: BTreeMap<String, ConsumerSnapshot>,
     /// Transactional offset commits whose transaction has not ended, per producer id.
     pub(crate) pending: BTreeMap<i64, PendingOffsets>,
     /// The log end the replay read to.
@@ -88,7 +98,32 @@ fn encode(w: &Write) -> Result<StateRecord, serde_json::Error> {
             })?,
             value.as_ref().map(serde_json::to_vec).transpose()?,
         ),
+        Write::ConsumerGroup { group, value } => (
+            serde_json::to_vec(&Key::ConsumerGroup {
+                group: group.clone(),
+            })?,
+            value.as_ref().map(serde_json::to_vec).transpose()?,
+        ),
     })
+}
+
+/// The offsets among `writes`, as `topic-partition` and offset (for logs).
+pub(crate) fn offsets_of(writes: &[Write]) -> Vec<(String, Option<i64>)> {
+    writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Offset {
+                topic,
+                partition,
+                value,
+                ..
+            } => Some((
+                format!("{topic}-{partition}"),
+                value.as_ref().map(|c| c.offset),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The records for `writes`.
@@ -201,6 +236,18 @@ impl Loaded {
                     self.offsets.remove(&group);
                 }
             },
+            // Its tombstone ends only the membership (the group went back to the classic
+            // protocol, or is deleted with a classic tombstone beside it).
+            Key::ConsumerGroup { group } => {
+                match value.and_then(|v| serde_json::from_slice(v).ok()) {
+                    Some(s) => {
+                        self.consumer_groups.insert(group, s);
+                    }
+                    None => {
+                        self.consumer_groups.remove(&group);
+                    }
+                }
+            }
         }
     }
 }

@@ -266,6 +266,7 @@ fn coordinator() -> super::Coordinator {
     Coordinator::new(
         GroupConfig {
             limits: LIMITS,
+            consumer: Default::default(),
             offsets_partitions: 4,
             offsets_retention: Duration::from_secs(60),
             offsets_replication_factor: Some(1),

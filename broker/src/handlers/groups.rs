@@ -155,8 +155,15 @@ pub(super) async fn join_group(
                 require_known_member_id: frame.version >= 4,
             };
             let limits = state.groups.config.limits;
-            let answer = state.groups.with_group(&group, |e| {
-                e.group.join(join, &limits, tokio::time::Instant::now())
+            let member_id = join.member_id.clone();
+            let answer = state.groups.with_group(&group, |e| match e.classic() {
+                Ok(g) => g.join(join, &limits, tokio::time::Instant::now()),
+                Err(error) => Answer::Now(JoinReply {
+                    error,
+                    generation: -1,
+                    member_id,
+                    ..JoinReply::default()
+                }),
             });
             match answer {
                 Answer::Now(r) => r,
@@ -169,6 +176,8 @@ pub(super) async fn join_group(
             }
         }
     };
+    tracing::debug!(group, member = %reply.member_id, generation = reply.generation,
+        error = reply.error, leader = %reply.leader, "join answered");
     frame.respond(
         &JoinGroupResponse::default()
             .with_error_code(reply.error)
@@ -225,6 +234,9 @@ pub(super) async fn sync_group(
             }
         }
     };
+    tracing::debug!(group = %req.group_id.0, member = %req.member_id,
+        generation = req.generation_id, error = reply.error, assignment_bytes = reply.assignment.len(),
+        "sync answered");
     frame.respond(
         &SyncGroupResponse::default()
             .with_error_code(reply.error)
@@ -328,14 +340,23 @@ pub(super) async fn offset_commit(
     let image = state.image();
     // Per partition: an error, or the offset to write.
     let mut results: CommitPlan = Vec::new();
+    // The committed partitions by topic id (a KIP-848 member's older epoch counts for the
+    // partitions it has held since).
+    let ids: Vec<(uuid::Uuid, i32)> = req
+        .topics
+        .iter()
+        .filter_map(|t| image.topics.get(t.name.0.as_str()).map(|r| (r.id, t)))
+        .flat_map(|(id, t)| t.partitions.iter().map(move |p| (id, p.partition_index)))
+        .collect();
     let group_check = state.groups.route(&group).and_then(|(part, epoch)| {
         state
             .groups
             .with_group(&group, |e| {
-                e.group.check_commit(
+                e.check_commit(
                     req.member_id.as_str(),
                     opt(&req.group_instance_id),
                     req.generation_id_or_member_epoch,
+                    &ids,
                 )
             })
             .map(|()| (part, epoch))
@@ -395,6 +416,8 @@ pub(super) async fn offset_commit(
             })
             .collect();
         if !writes.is_empty() {
+            tracing::debug!(group, member = %req.member_id, generation = req.generation_id_or_member_epoch,
+                offsets = ?crate::group::store::offsets_of(&writes), "offset commit");
             let keys = applied.iter().map(|(k, _)| k.clone()).collect();
             let _committing = state.groups.committing(&group, keys);
             let persisted = state
@@ -441,11 +464,19 @@ fn fetch_offsets(
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
     require_stable: bool,
+    member: Option<(&str, i32)>,
 ) -> Result<Fetched, i16> {
     state.groups.route(group)?;
     let (offsets, unstable) = state
         .groups
-        .with_existing(group, |e| (e.offsets.clone(), e.unstable()))
+        .with_existing(group, |e| {
+            // v9: a KIP-848 member names itself and its epoch, which must be current.
+            if let (Some(c), Some((id, epoch))) = (&e.consumer, member) {
+                c.check_member(id, epoch, &[])?;
+            }
+            Ok::<_, i16>((e.offsets.clone(), e.unstable()))
+        })
+        .transpose()?
         .unwrap_or_default();
     let answer = |t: &str, p: i32, c: Option<Committed>| {
         if require_stable && unstable.contains(&(t.to_owned(), p)) {
@@ -500,7 +531,9 @@ pub(super) async fn offset_fetch(
                         .collect()
                 });
                 let resp = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                match fetch_offsets(state, g.group_id.0.as_str(), topics, req.require_stable) {
+                let member = g.member_id.as_deref().map(|m| (m, g.member_epoch));
+                let group = g.group_id.0.as_str();
+                match fetch_offsets(state, group, topics, req.require_stable, member) {
                     Err(e) => resp.with_error_code(e),
                     Ok(found) => resp.with_topics(
                         found
@@ -534,7 +567,8 @@ pub(super) async fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    let resp = match fetch_offsets(state, req.group_id.0.as_str(), topics, req.require_stable) {
+    let group = req.group_id.0.as_str();
+    let resp = match fetch_offsets(state, group, topics, req.require_stable, None) {
         // v1 has no top-level error: it is repeated on every partition asked for.
         Err(e) if frame.version < 2 => OffsetFetchResponse::default().with_topics(
             req.topics

@@ -13,6 +13,7 @@ use kafka_protocol::messages::{
     DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     GroupId, ListGroupsRequest, ListGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 
 use super::{str_bytes, topic_name};
 use crate::group::code;
@@ -26,29 +27,27 @@ pub(super) async fn list_groups(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: ListGroupsRequest = frame.decode()?;
-    let wanted = |phase: Phase| {
-        req.states_filter.is_empty()
-            || req
-                .states_filter
+    let wanted = |filter: &[StrBytes], value: &str| {
+        filter.is_empty()
+            || filter
                 .iter()
-                .any(|s| s.as_str().eq_ignore_ascii_case(phase.kafka_name()))
+                .any(|s| s.as_str().eq_ignore_ascii_case(value))
     };
-    let classic = req.types_filter.is_empty()
-        || req
-            .types_filter
-            .iter()
-            .any(|t| t.as_str().eq_ignore_ascii_case("classic"));
     let groups = state
         .groups
         .list()
         .into_iter()
-        .filter(|(id, phase, _)| classic && wanted(*phase) && state.groups.route(id).is_ok())
-        .map(|(id, phase, protocol_type)| {
+        .filter(|g| {
+            wanted(&req.states_filter, g.state)
+                && wanted(&req.types_filter, g.kind)
+                && state.groups.route(&g.id).is_ok()
+        })
+        .map(|g| {
             ListedGroup::default()
-                .with_group_id(GroupId(str_bytes(&id)))
-                .with_protocol_type(str_bytes(protocol_type.as_deref().unwrap_or("")))
-                .with_group_state(str_bytes(phase.kafka_name()))
-                .with_group_type(str_bytes("classic"))
+                .with_group_id(GroupId(str_bytes(&g.id)))
+                .with_protocol_type(str_bytes(g.protocol_type.as_deref().unwrap_or("")))
+                .with_group_state(str_bytes(g.state))
+                .with_group_type(str_bytes(g.kind))
         })
         .collect();
     frame.respond(&ListGroupsResponse::default().with_groups(groups))
@@ -71,6 +70,16 @@ pub(super) async fn describe_groups(
             state
                 .groups
                 .with_existing(&id, |e| {
+                    if e.consumer.is_some() {
+                        // Kafka's answer: ConsumerGroupDescribe describes these.
+                        return described
+                            .clone()
+                            .with_error_code(code::GROUP_ID_NOT_FOUND)
+                            .with_error_message(Some(str_bytes(&format!(
+                                "group {id} is not a classic group"
+                            ))))
+                            .with_group_state(str_bytes("Dead"));
+                    }
                     let group = &e.group;
                     let protocol = group.protocol().unwrap_or("").to_owned();
                     let stable = matches!(group.phase(), Phase::Stable);
@@ -130,7 +139,7 @@ pub(super) async fn delete_groups(
             }
         };
         let check = state.groups.with_existing(&id, |e| {
-            if e.group.phase() == Phase::Empty && e.group.is_empty() {
+            if e.is_empty() {
                 Ok(e.offsets.keys().cloned().collect::<Vec<_>>())
             } else {
                 Err(proto::NON_EMPTY_GROUP)
@@ -157,6 +166,10 @@ pub(super) async fn delete_groups(
             })
             .collect();
         writes.push(Write::Group {
+            group: id.clone(),
+            value: None,
+        });
+        writes.push(Write::ConsumerGroup {
             group: id.clone(),
             value: None,
         });
@@ -189,7 +202,7 @@ pub(super) async fn offset_delete(
     // (which does not read the consumer protocol) refuses while the group has members.
     let active = state
         .groups
-        .with_existing(&id, |e| !e.group.is_empty())
+        .with_existing(&id, |e| !e.is_empty())
         .unwrap_or(false);
     if active {
         return frame

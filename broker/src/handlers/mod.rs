@@ -2,6 +2,7 @@
 
 mod admin;
 mod configs;
+mod consumer_groups;
 mod fetch;
 mod groups;
 mod groups_admin;
@@ -98,6 +99,12 @@ pub(crate) async fn handle(
         ApiKey::LeaveGroup => groups::leave_group(state, frame).await,
         ApiKey::OffsetCommit => groups::offset_commit(state, frame).await,
         ApiKey::OffsetFetch => groups::offset_fetch(state, frame).await,
+        ApiKey::ConsumerGroupHeartbeat => {
+            consumer_groups::consumer_group_heartbeat(state, frame).await
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            consumer_groups::consumer_group_describe(state, frame).await
+        }
         ApiKey::ListGroups => groups_admin::list_groups(state, frame).await,
         ApiKey::DescribeGroups => groups_admin::describe_groups(state, frame).await,
         ApiKey::DeleteGroups => groups_admin::delete_groups(state, frame).await,

@@ -306,10 +306,11 @@ pub(super) async fn txn_offset_commit(
         // KIP-447: a member's commit is checked against the group's generation.
         if req.generation_id >= 0 {
             state.groups.with_group(&group, |e| {
-                e.group.check_commit(
+                e.check_commit(
                     req.member_id.as_str(),
                     req.group_instance_id.as_ref().map(StrBytes::as_str),
                     req.generation_id,
+                    &[],
                 )
             })?;
         }

@@ -232,6 +232,7 @@ async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadershi
                 initial_rebalance_delay: Duration::ZERO,
                 max_size: 10,
             },
+            consumer: Default::default(),
             offsets_partitions: 1,
             offsets_retention: Duration::from_secs(3600),
             offsets_replication_factor: Some(2),
