@@ -250,6 +250,14 @@ pub struct BrokerWithQuorum {
 
 impl BrokerWithQuorum {
     pub async fn start(session_timeout: Duration) -> Self {
+        Self::start_with(session_timeout, |_| {}).await
+    }
+
+    /// As [`Self::start`], with `tweak` applied to the broker's settings.
+    pub async fn start_with(
+        session_timeout: Duration,
+        tweak: impl Fn(&mut BrokerConfig) + Send + Sync + 'static,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config =
             strata_controller::ControllerConfig::single_node(dir.path(), "127.0.0.1:0");
@@ -262,6 +270,7 @@ impl BrokerWithQuorum {
         let broker = TestBroker::start_with(move |c| {
             c.controller.mode = strata_broker::config::ControllerMode::Remote;
             c.controller.voters = vec![voter.clone()];
+            tweak(c);
         })
         .await;
         Self {

@@ -69,17 +69,15 @@ async fn fetch(raw: &mut RawClient, replica: i32, partition: i32, offset: i64) -
     (p.high_watermark, next)
 }
 
-#[tokio::test]
-async fn consumers_read_to_the_high_watermark_and_acks_all_waits_for_the_in_sync_follower() {
-    let BrokerWithQuorum {
-        broker,
-        quorum,
-        controller,
-        ..
-    } = BrokerWithQuorum::start(Duration::from_secs(120)).await;
-    // The stand-in follower: broker 2, registered and unfenced, which never fetches unless
-    // the test says so.
-    let registered = controller
+/// Registers the stand-in follower (broker 2, unfenced, which never fetches unless the test
+/// says so), creates the topic with two replicas and `configs`, and waits until the real
+/// broker serves it; the partition it leads and a client.
+async fn stand_in_follower(
+    b: &BrokerWithQuorum,
+    configs: BTreeMap<String, String>,
+) -> (RawClient, i32) {
+    let registered = b
+        .controller
         .submit(&Command::RegisterBroker {
             id: 2,
             endpoints: vec![Endpoint {
@@ -96,18 +94,19 @@ async fn consumers_read_to_the_high_watermark_and_acks_all_waits_for_the_in_sync
     let Outcome::BrokerRegistered { epoch } = registered.outcome else {
         panic!("{registered:?}");
     };
-    controller
+    b.controller
         .heartbeat(2, epoch, true)
         .await
         .expect("controller")
         .expect("unfenced");
-    let created = controller
+    let created = b
+        .controller
         .submit(&Command::CreateTopic {
             name: TOPIC.into(),
             id: Uuid::new_v4(),
             partitions: 2,
             replication_factor: 2,
-            configs: BTreeMap::new(),
+            configs,
             first_leader_epoch: 0,
         })
         .await
@@ -121,13 +120,21 @@ async fn consumers_read_to_the_high_watermark_and_acks_all_waits_for_the_in_sync
         .position(|p| p.leader == Some(1))
         .expect("a partition led by the real broker") as i32;
     assert_eq!(partitions[p as usize].isr.len(), 2);
-    let mut raw = RawClient::connect(broker.addr()).await;
+    let mut raw = RawClient::connect(b.broker.addr()).await;
     for _ in 0..100 {
         if fetch_ok(&mut raw, p).await {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (raw, p)
+}
+
+#[tokio::test]
+async fn consumers_read_to_the_high_watermark_and_acks_all_waits_for_the_in_sync_follower() {
+    let b = BrokerWithQuorum::start(Duration::from_secs(120)).await;
+    let (mut raw, p) = stand_in_follower(&b, BTreeMap::new()).await;
+    let BrokerWithQuorum { broker, quorum, .. } = b;
 
     // acks=1 lands on the leader alone: consumers do not see it yet, the follower does.
     assert_eq!(produce(&mut raw, p, 5, 1, 5_000).await, (0, 0));
@@ -174,6 +181,41 @@ async fn consumers_read_to_the_high_watermark_and_acks_all_waits_for_the_in_sync
     assert_eq!(produce(&mut raw, p, 1, 1, 5_000).await, (0, 10));
     assert_eq!(fetch(&mut raw, 3, p, 10).await, (10, 10));
     quorum.shutdown().await;
+}
+
+/// Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: an acks=all write admitted with the in-sync
+/// replicas at min.insync.replicas, whose follower then stops fetching, is not acknowledged
+/// once the leader drops the follower (the high watermark then passes it with one copy).
+#[tokio::test]
+async fn an_acks_all_write_is_not_acknowledged_once_the_in_sync_replicas_shrink_below_the_minimum()
+{
+    let b = BrokerWithQuorum::start_with(Duration::from_secs(120), |c| {
+        c.topics.replica_lag_time_max_ms = 500;
+    })
+    .await;
+    let configs = BTreeMap::from([("min.insync.replicas".to_owned(), "2".to_owned())]);
+    let (mut raw, p) = stand_in_follower(&b, configs).await;
+    // In sync: the follower copies each write, so acks=all completes.
+    let addr = b.broker.addr();
+    let write = |n| async move {
+        let mut producer = RawClient::connect(addr).await;
+        produce(&mut producer, p, n, -1, 10_000).await
+    };
+    let first = tokio::spawn(write(2));
+    let mut at = 0;
+    while !first.is_finished() {
+        at = fetch(&mut raw, 2, p, at).await.1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(first.await.expect("produce"), (0, 0));
+    // The follower goes quiet with a write in flight: the leader drops it from the ISR, and
+    // the write, on the leader alone, is refused as Kafka refuses it.
+    let second = tokio::spawn(write(3));
+    let (code, _) = second.await.expect("produce");
+    assert_eq!(code, 20, "NOT_ENOUGH_REPLICAS_AFTER_APPEND");
+    // And new ones are refused up front (NOT_ENOUGH_REPLICAS) until it is back.
+    assert_eq!(produce(&mut raw, p, 1, -1, 1_000).await.0, 19);
+    b.quorum.shutdown().await;
 }
 
 /// Whether the broker serves the partition yet (its metadata may lag the controller's).

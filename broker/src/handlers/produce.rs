@@ -99,6 +99,15 @@ pub(super) async fn produce(
                 .replicated(last_offset + 1, replication_wait, &state.lease)
                 .await
             {
+                // Kafka's rule: the in-sync replicas that have it must still be at least
+                // min.insync.replicas (they shrank while it waited: the leader dropped
+                // followers that stopped fetching), or it is not acknowledged.
+                Replicated::Yes if in_sync(state, &part) < part.settings().min_insync_replicas => {
+                    Err((
+                        ResponseError::NotEnoughReplicasAfterAppend,
+                        Some("the in-sync replicas shrank below min.insync.replicas".into()),
+                    ))
+                }
                 Replicated::Yes => Ok(landed),
                 Replicated::NotLeader => Err((
                     ResponseError::NotLeaderOrFollower,
@@ -237,6 +246,17 @@ async fn append(
 
 /// Waits until everything up to `last_offset` is fsynced (group commit), so an `acks=all`
 /// answer survives a crash.
+/// How many replicas the metadata holds in sync for `part` now (0 if it is gone).
+fn in_sync(state: &BrokerState, part: &Partition) -> i64 {
+    state
+        .image()
+        .topics
+        .get(&part.topic)
+        .filter(|t| t.id == part.topic_id)
+        .and_then(|t| t.partitions.get(usize::try_from(part.index).ok()?))
+        .map_or(0, |p| p.isr.len() as i64)
+}
+
 async fn sync(part: Arc<Partition>, last_offset: u64) -> Result<(), Failure> {
     tokio::task::spawn_blocking(move || part.log.sync_through(last_offset + 1))
         .await
