@@ -10,12 +10,15 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, DescribeGroupsRequest, FindCoordinatorRequest, GroupId,
-    ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+    ConsumerGroupDescribeRequest, ConsumerProtocolAssignment, DescribeGroupsRequest,
+    FindCoordinatorRequest, GroupId, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use crate::{Client, ClientError, Connection, check, name};
+
+/// Kafka's GROUP_ID_NOT_FOUND: DescribeGroups' answer for a KIP-848 group.
+const GROUP_ID_NOT_FOUND: i16 = 69;
 
 /// A group as ListGroups reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,16 +44,19 @@ pub struct GroupMember {
     pub assignment: BTreeMap<String, Vec<i32>>,
 }
 
-/// A group as DescribeGroups reports it.
+/// A group as DescribeGroups (or, for a KIP-848 group, ConsumerGroupDescribe) reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupDescription {
     /// Its id.
     pub id: String,
+    /// `classic`, or `consumer` for a KIP-848 group (`group.protocol=consumer`).
+    pub group_type: String,
     /// Its state.
     pub state: String,
     /// Its protocol type.
     pub protocol_type: String,
-    /// The assignor chosen (`range`, `cooperative-sticky`, …).
+    /// The assignor chosen (`range`, `cooperative-sticky`, …; a KIP-848 group's server-side
+    /// `uniform` or `range`).
     pub protocol: String,
     /// Its members.
     pub members: Vec<GroupMember>,
@@ -171,10 +177,17 @@ impl Client {
             .groups
             .first()
             .ok_or_else(|| ClientError::Decode("DescribeGroups answered nothing".into()))?;
+        // Kafka's answer for a KIP-848 group: describe it with ConsumerGroupDescribe.
+        if g.error_code == GROUP_ID_NOT_FOUND
+            && conn.version_for::<ConsumerGroupDescribeRequest>().is_ok()
+        {
+            return self.describe_consumer_group_at(conn, group).await;
+        }
         check(format!("describing group {group}"), g.error_code)?;
         let consumer = g.protocol_type.as_str() == "consumer";
         Ok(GroupDescription {
             id: group.to_owned(),
+            group_type: "classic".to_owned(),
             state: g.group_state.to_string(),
             protocol_type: g.protocol_type.to_string(),
             protocol: g.protocol_data.to_string(),
@@ -190,6 +203,43 @@ impl Client {
                     } else {
                         BTreeMap::new()
                     },
+                })
+                .collect(),
+        })
+    }
+
+    async fn describe_consumer_group_at(
+        &self,
+        conn: Arc<Connection>,
+        group: &str,
+    ) -> Result<GroupDescription, ClientError> {
+        let req = ConsumerGroupDescribeRequest::default()
+            .with_group_ids(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
+        let resp = conn.send(&req).await?;
+        let g = resp
+            .groups
+            .first()
+            .ok_or_else(|| ClientError::Decode("ConsumerGroupDescribe answered nothing".into()))?;
+        check(format!("describing group {group}"), g.error_code)?;
+        Ok(GroupDescription {
+            id: group.to_owned(),
+            group_type: "consumer".to_owned(),
+            state: g.group_state.to_string(),
+            protocol_type: "consumer".to_owned(),
+            protocol: g.assignor_name.to_string(),
+            members: g
+                .members
+                .iter()
+                .map(|m| GroupMember {
+                    id: m.member_id.to_string(),
+                    client_id: m.client_id.to_string(),
+                    host: m.client_host.to_string(),
+                    assignment: m
+                        .assignment
+                        .topic_partitions
+                        .iter()
+                        .map(|t| (t.topic_name.0.to_string(), t.partitions.clone()))
+                        .collect(),
                 })
                 .collect(),
         })

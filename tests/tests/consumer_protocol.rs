@@ -240,6 +240,26 @@ async fn members_join_leave_and_crash_and_each_record_is_consumed_once() {
     let c = member(&bootstrap, group, "consumer", "c", &seen);
     all_committed(&seen, 600, &[], Duration::from_secs(60)).await;
     assert_eq!(stable_with(&broker, group, 3).await, vec![2, 2, 2]);
+    // stratactl's client describes it too (DescribeGroups says it is not a classic group).
+    let client = strata_client::Client::connect(&bootstrap)
+        .await
+        .expect("client");
+    let d = client.describe_group(group).await.expect("describe");
+    let held: usize = d
+        .members
+        .iter()
+        .flat_map(|m| m.assignment.values())
+        .map(Vec::len)
+        .sum();
+    assert_eq!(
+        (
+            d.group_type.as_str(),
+            d.protocol.as_str(),
+            d.members.len(),
+            held
+        ),
+        ("consumer", "uniform", 3, PARTITIONS as usize)
+    );
     // The group is listed as a consumer group.
     let mut client = RawClient::connect(broker.addr()).await;
     let listed: ListGroupsResponse = client

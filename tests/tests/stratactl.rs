@@ -565,7 +565,10 @@ async fn groups_are_listed_described_reset_and_consumed_from() {
     let out = ctl(&b, &["group", "describe", "workers"])
         .await
         .expect("describe");
-    assert!(out.starts_with("group workers  state Empty"), "{out}");
+    assert!(
+        out.starts_with("group workers  type classic  state Empty"),
+        "{out}"
+    );
     assert_eq!(offsets_row(&out, "jobs", 0), ["7", "20", "13"]);
     let d = json(
         &ctl(&b, &["--json", "group", "describe", "workers"])

@@ -71,13 +71,11 @@ pub(super) async fn describe_groups(
                 .groups
                 .with_existing(&id, |e| {
                     if e.consumer.is_some() {
-                        // Kafka's answer: ConsumerGroupDescribe describes these.
+                        // Kafka's answer: ConsumerGroupDescribe describes these. (No
+                        // error message: the versions implemented here have none.)
                         return described
                             .clone()
                             .with_error_code(code::GROUP_ID_NOT_FOUND)
-                            .with_error_message(Some(str_bytes(&format!(
-                                "group {id} is not a classic group"
-                            ))))
                             .with_group_state(str_bytes("Dead"));
                     }
                     let group = &e.group;

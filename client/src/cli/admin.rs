@@ -526,7 +526,8 @@ async fn describe_group(
         writeln!(
             out,
             "{}",
-            json!({ "group": desc.id, "state": desc.state, "protocol_type": desc.protocol_type,
+            json!({ "group": desc.id, "type": desc.group_type, "state": desc.state,
+                    "protocol_type": desc.protocol_type,
                     "protocol": desc.protocol, "members": members, "offsets": offsets })
         )?;
         return Ok(());
@@ -538,8 +539,9 @@ async fn describe_group(
     };
     writeln!(
         out,
-        "group {}  state {}  protocol {protocol}  members {}",
+        "group {}  type {}  state {}  protocol {protocol}  members {}",
         desc.id,
+        desc.group_type,
         desc.state,
         desc.members.len()
     )?;
