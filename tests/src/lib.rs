@@ -367,3 +367,29 @@ pub fn produce_request(
                 ]),
         ])
 }
+
+/// Produces values `from..to` to `topic` with librdkafka (acks=all), record `i` keyed `k{i}`
+/// with value `i`, so they spread over the partitions; every one acknowledged.
+pub async fn produce_numbered(bootstrap: &str, topic: &str, from: usize, to: usize) {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .create()
+        .expect("producer");
+    let futures: Vec<_> = (from..to)
+        .map(|i| {
+            let (key, value) = (format!("k{i}"), format!("{i}"));
+            p.send_result(FutureRecord::to(topic).key(&key).payload(&value))
+                .map_err(|(e, _)| e)
+                .expect("enqueue")
+        })
+        .collect();
+    for f in futures {
+        f.await
+            .expect("delivered")
+            .map_err(|(e, _)| e)
+            .expect("acked");
+    }
+}

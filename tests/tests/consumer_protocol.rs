@@ -15,7 +15,6 @@ use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_tests::{RawClient, TestBroker};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -48,27 +47,9 @@ async fn create_topic(bootstrap: &str) {
     }
 }
 
-/// Produces values `from..to`, keyed so they spread over the partitions.
+/// Produces values `from..to` to the topic.
 async fn produce(bootstrap: &str, from: usize, to: usize) {
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .create()
-        .expect("producer");
-    let futures: Vec<_> = (from..to)
-        .map(|i| {
-            let (key, value) = (format!("k{i}"), format!("{i}"));
-            p.send_result(FutureRecord::to(TOPIC).key(&key).payload(&value))
-                .map_err(|(e, _)| e)
-                .expect("enqueue")
-        })
-        .collect();
-    for f in futures {
-        f.await
-            .expect("delivered")
-            .map_err(|(e, _)| e)
-            .expect("acked");
-    }
+    strata_tests::produce_numbered(bootstrap, TOPIC, from, to).await;
 }
 
 /// What the members reported: per value, the members that committed it; per member, the

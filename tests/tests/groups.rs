@@ -9,7 +9,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_tests::TestBroker;
 
 async fn broker() -> TestBroker {
@@ -37,28 +36,7 @@ async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     }
 }
 
-async fn produce(bootstrap: &str, topic: &str, from: usize, to: usize) {
-    let p: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .create()
-        .expect("producer");
-    let futures: Vec<_> = (from..to)
-        .map(|i| {
-            let key = format!("k{i}");
-            let value = format!("{i}");
-            p.send_result(FutureRecord::to(topic).key(&key).payload(&value))
-                .map_err(|(e, _)| e)
-                .expect("enqueue")
-        })
-        .collect();
-    for f in futures {
-        f.await
-            .expect("delivered")
-            .map_err(|(e, _)| e)
-            .expect("acked");
-    }
-}
+use strata_tests::produce_numbered as produce;
 
 fn consumer(bootstrap: &str, group: &str, strategy: &str) -> BaseConsumer {
     ClientConfig::new()
