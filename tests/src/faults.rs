@@ -782,7 +782,14 @@ async fn consume(
         }
         if last_commit.elapsed() > Duration::from_millis(500) {
             let assigned = consumer.assignment().map_or(0, |a| a.count());
-            if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+            // Synchronous: librdkafka retries a failed asynchronous commit behind the ones
+            // issued after it, so the group's offset went back with no broker at fault (the
+            // coordinator's log showed one member's queued commits arrive as 36128, 36154,
+            // 36128 after a partition). One commit at a time keeps "never backwards" a property
+            // of the broker.
+            let committed =
+                tokio::task::block_in_place(|| consumer.commit_consumer_state(CommitMode::Sync));
+            if let Err(e) = committed {
                 let what = format!("{e} with {assigned} partitions assigned");
                 trouble(
                     &observed,
