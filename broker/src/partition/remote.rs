@@ -48,8 +48,19 @@ impl RemoteView {
             .clone()
     }
 
+    /// Takes `manifest` as the view unless a newer version is already published: the
+    /// uploader, the retention pass, the cleaner and DeleteRecords each commit and then
+    /// publish, and a slower publisher's older version must not replace a newer one (a
+    /// DeleteRecords answer would report the old log start, and eviction would work from
+    /// stale segments).
     pub(crate) fn publish(&self, manifest: Manifest) {
-        *self.manifest.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(manifest));
+        let mut current = self.manifest.write().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_none_or(|c| c.version <= manifest.version)
+        {
+            *current = Some(Arc::new(manifest));
+        }
     }
 
     /// Marks the view of a topic that is not tiered: nothing is remote, so an offset below

@@ -643,3 +643,29 @@ fn markers_end_transactions_and_void_verifications_made_before_them() {
     };
     assert_eq!(p.log.aborted_txns(0, 3).expect("query"), [aborted]);
 }
+
+#[test]
+fn an_older_manifest_published_late_does_not_replace_a_newer_one() {
+    use object_store::path::Path;
+    use strata_storage::tier::manifest::{Manifest, PartitionObjects};
+
+    use super::remote::RemoteView;
+
+    let objects =
+        PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("p"), Uuid::nil(), 0);
+    let view = RemoteView::new(objects);
+    let at = |version, log_start_offset| Manifest {
+        version,
+        log_start_offset,
+        ..Manifest::default()
+    };
+    view.publish(at(3, 30));
+    // The uploader committed version 2 before DeleteRecords committed 3, and publishes last.
+    view.publish(at(2, 0));
+    assert_eq!(
+        view.manifest().map(|m| (m.version, m.log_start_offset)),
+        Some((3, 30))
+    );
+    view.publish(at(4, 30));
+    assert_eq!(view.manifest().map(|m| m.version), Some(4));
+}
