@@ -1,7 +1,8 @@
 //! KIP-848 consumer groups (`group.protocol=consumer`) with librdkafka members, each in a
 //! process of its own (`strata-test-consumer`) so one can crash: members join, leave and
 //! crash while records flow, and every record is consumed exactly once with committed
-//! offsets; a classic group's committed offsets carry over to new-protocol members.
+//! offsets; a classic group's committed offsets carry over to new-protocol members, and a
+//! classic group with members is upgraded online as new-protocol members join it.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -302,4 +303,58 @@ async fn new_protocol_members_take_over_a_classic_group_from_its_committed_offse
     assert_exactly_once(&seen, 600, &[]);
     a.leave().await;
     b.leave().await;
+}
+
+/// The type of each member ConsumerGroupDescribe lists (KIP-1099: 0 classic, 1 consumer).
+async fn member_types(broker: &TestBroker, group: &str) -> Vec<i8> {
+    let mut client = RawClient::connect(broker.addr()).await;
+    let req = ConsumerGroupDescribeRequest::default()
+        .with_group_ids(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
+    let resp = client.call(1, &req).await;
+    let mut types: Vec<i8> = resp.groups[0]
+        .members
+        .iter()
+        .map(|m| m.member_type)
+        .collect();
+    types.sort();
+    types
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_group_with_members_is_upgraded_online_and_each_record_is_consumed_once() {
+    let broker = broker().await;
+    let bootstrap = broker.bootstrap();
+    create_topic(&bootstrap).await;
+    let seen = Shared::default();
+    let group = "online-upgrade";
+    produce(&bootstrap, 0, 300).await;
+    let c1 = member(&bootstrap, group, "classic", "c1", &seen);
+    let c2 = member(&bootstrap, group, "classic", "c2", &seen);
+    all_committed(&seen, 300, &[], Duration::from_secs(60)).await;
+    // New-protocol members join the running classic group while records flow: it becomes a
+    // consumer group, the classic members stay in it and give up partitions to them.
+    let producing = tokio::spawn({
+        let bootstrap = bootstrap.clone();
+        async move { produce(&bootstrap, 300, 900).await }
+    });
+    let n1 = member(&bootstrap, group, "consumer", "n1", &seen);
+    let n2 = member(&bootstrap, group, "consumer", "n2", &seen);
+    producing.await.expect("producer");
+    all_committed(&seen, 900, &[], Duration::from_secs(60)).await;
+    assert_eq!(stable_with(&broker, group, 4).await, vec![1, 1, 2, 2]);
+    assert_eq!(member_types(&broker, group).await, vec![0, 0, 1, 1]);
+    // The classic members leave while records flow: the new ones take everything.
+    let producing = tokio::spawn({
+        let bootstrap = bootstrap.clone();
+        async move { produce(&bootstrap, 900, 1500).await }
+    });
+    c1.leave().await;
+    c2.leave().await;
+    producing.await.expect("producer");
+    all_committed(&seen, 1500, &[], Duration::from_secs(60)).await;
+    assert_eq!(stable_with(&broker, group, 2).await, vec![3, 3]);
+    assert_eq!(member_types(&broker, group).await, vec![1, 1]);
+    assert_exactly_once(&seen, 1500, &[]);
+    n1.leave().await;
+    n2.leave().await;
 }

@@ -27,6 +27,8 @@ use uuid::Uuid;
 
 use super::assignor::{self, Input, Target, TopicPartitions};
 
+mod classic;
+
 /// Kafka error codes of the protocol.
 pub(crate) mod code {
     pub(crate) const UNKNOWN_MEMBER_ID: i16 = 25;
@@ -126,9 +128,49 @@ pub(crate) struct ConsumerMember {
     /// not fail the commits in flight for it.
     #[serde(default)]
     pub(crate) since: BTreeMap<Uuid, BTreeMap<i32, i32>>,
+    /// Set for a member that speaks the classic protocol (JoinGroup, SyncGroup, Heartbeat)
+    /// in this group: one of a classic group that was upgraded, or one that joined since
+    /// (see [`classic`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) classic: Option<ClassicMember>,
+}
+
+/// What a classic-protocol member told JoinGroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ClassicMember {
+    pub(crate) session_timeout_ms: u64,
+    /// The protocols (client-side assignors) it offered, with their metadata, in its order.
+    pub(crate) protocols: Vec<(String, Vec<u8>)>,
 }
 
 impl ConsumerMember {
+    /// A new member at epoch 0, subscribed to nothing yet, holding nothing.
+    fn new(
+        id: &str,
+        instance_id: Option<String>,
+        (client_id, client_host): (&str, &str),
+        rebalance_timeout_ms: u64,
+    ) -> Self {
+        Self {
+            id: id.to_owned(),
+            instance_id,
+            rack: None,
+            client_id: client_id.to_owned(),
+            client_host: client_host.to_owned(),
+            topics: Vec::new(),
+            regex: None,
+            assignor: None,
+            rebalance_timeout_ms,
+            epoch: 0,
+            previous_epoch: 0,
+            state: MemberState::Stable,
+            assigned: TopicPartitions::new(),
+            revoking: TopicPartitions::new(),
+            since: BTreeMap::new(),
+            classic: None,
+        }
+    }
+
     /// Brings `since` in line with what the member owns: partitions it gave up go, new ones
     /// count from its epoch now.
     fn note_holdings(&mut self) {
@@ -209,12 +251,25 @@ fn refuse<T>(code: i16, message: impl Into<String>) -> Result<T, Refusal> {
     })
 }
 
+impl Live {
+    /// A member whose session starts `now`.
+    fn new(info: ConsumerMember, now: Instant) -> Self {
+        Self {
+            regex: info.regex.as_deref().and_then(|r| compile(r).ok()),
+            info,
+            last_heartbeat: now,
+            revoke_deadline: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Live {
     info: ConsumerMember,
     regex: Option<regex::Regex>,
     last_heartbeat: Instant,
-    /// An `UnrevokedPartitions` member is fenced if it has not revoked by then.
+    /// An `UnrevokedPartitions` member is fenced if it has not revoked by then, and so is a
+    /// classic member told to rejoin that has not.
     revoke_deadline: Option<Instant>,
 }
 
@@ -278,10 +333,8 @@ impl ConsumerGroup {
             let revoke_deadline = (info.state == MemberState::UnrevokedPartitions)
                 .then(|| now + Duration::from_millis(info.rebalance_timeout_ms));
             let live = Live {
-                regex: info.regex.as_deref().and_then(|r| compile(r).ok()),
-                info,
-                last_heartbeat: now,
                 revoke_deadline,
+                ..Live::new(info, now)
             };
             group.members.insert(live.info.id.clone(), live);
         }
@@ -533,18 +586,10 @@ impl ConsumerGroup {
                 Some((old, LEAVE_STATIC)) => {
                     // The static member is back under a new member id: it takes over the
                     // old one's epoch and assignment, and nobody rebalances.
-                    if let Some(mut live) = self.members.remove(&old) {
-                        live.info.id = id.clone();
+                    self.rename(&old, id);
+                    if let Some(live) = self.members.get_mut(id) {
                         live.info.epoch = live.info.previous_epoch;
                         live.last_heartbeat = now;
-                        for owner in self.owners.values_mut().filter(|o| **o == old) {
-                            *owner = id.clone();
-                        }
-                        if let Some(t) = self.target.remove(&old) {
-                            self.target.insert(id.clone(), t);
-                        }
-                        self.members.insert(id.clone(), live);
-                        self.version += 1;
                     }
                     return Ok(false);
                 }
@@ -579,30 +624,14 @@ impl ConsumerGroup {
                 format!("the group has {} members already", self.members.len()),
             );
         }
-        let info = ConsumerMember {
-            id: id.clone(),
-            instance_id: hb.instance_id.clone(),
-            rack: hb.rack.clone(),
-            client_id: hb.client_id.clone(),
-            client_host: hb.client_host.clone(),
-            topics: Vec::new(),
-            regex: None,
-            assignor: None,
-            rebalance_timeout_ms: hb.rebalance_timeout_ms as u64,
-            epoch: 0,
-            previous_epoch: 0,
-            state: MemberState::Stable,
-            assigned: TopicPartitions::new(),
-            revoking: TopicPartitions::new(),
-            since: BTreeMap::new(),
-        };
-        let live = Live {
-            info,
-            regex: None,
-            last_heartbeat: now,
-            revoke_deadline: None,
-        };
-        self.members.insert(id.clone(), live);
+        let mut info = ConsumerMember::new(
+            id,
+            hb.instance_id.clone(),
+            (&hb.client_id, &hb.client_host),
+            hb.rebalance_timeout_ms as u64,
+        );
+        info.rack = hb.rack.clone();
+        self.members.insert(id.clone(), Live::new(info, now));
         self.version += 1;
         Ok(true)
     }
@@ -764,8 +793,14 @@ impl ConsumerGroup {
             .members
             .values()
             .filter(|m| {
-                m.last_heartbeat + settings.session_timeout <= now
-                    || m.revoke_deadline.is_some_and(|d| d <= now)
+                let session = m
+                    .info
+                    .classic
+                    .as_ref()
+                    .map_or(settings.session_timeout, |c| {
+                        Duration::from_millis(c.session_timeout_ms)
+                    });
+                m.last_heartbeat + session <= now || m.revoke_deadline.is_some_and(|d| d <= now)
             })
             .map(|m| m.info.id.clone())
             .collect();
@@ -802,9 +837,11 @@ impl ConsumerGroup {
             && partitions
                 .iter()
                 .all(|(t, p)| m.info.held_since(t, *p, epoch));
-        match epoch == m.info.epoch || held {
-            true => Ok(()),
-            false => Err(code::STALE_MEMBER_EPOCH),
+        match (epoch == m.info.epoch || held, &m.info.classic) {
+            (true, _) => Ok(()),
+            // A classic client knows its member epoch as its generation.
+            (false, Some(_)) => Err(super::machine::code::ILLEGAL_GENERATION),
+            (false, None) => Err(code::STALE_MEMBER_EPOCH),
         }
     }
 
@@ -820,13 +857,13 @@ mod tests {
     use super::*;
 
     #[derive(Default)]
-    struct Topics {
+    pub(super) struct Topics {
         version: u64,
         by_name: BTreeMap<String, (Uuid, i32)>,
     }
 
     impl Topics {
-        fn with(mut self, name: &str, n: u128, partitions: i32) -> Self {
+        pub(super) fn with(mut self, name: &str, n: u128, partitions: i32) -> Self {
             self.by_name
                 .insert(name.to_owned(), (Uuid::from_u128(n), partitions));
             self.version += 1;
@@ -848,14 +885,14 @@ mod tests {
         }
     }
 
-    fn settings() -> Settings {
+    pub(super) fn settings() -> Settings {
         Settings {
             session_timeout: Duration::from_secs(10),
             ..Settings::default()
         }
     }
 
-    fn join(id: &str, topics: &[&str]) -> Heartbeat {
+    pub(super) fn join(id: &str, topics: &[&str]) -> Heartbeat {
         Heartbeat {
             member_id: id.to_owned(),
             member_epoch: 0,
@@ -866,7 +903,7 @@ mod tests {
         }
     }
 
-    fn beat(id: &str, epoch: i32, owned: &TopicPartitions) -> Heartbeat {
+    pub(super) fn beat(id: &str, epoch: i32, owned: &TopicPartitions) -> Heartbeat {
         Heartbeat {
             member_id: id.to_owned(),
             member_epoch: epoch,
@@ -876,21 +913,21 @@ mod tests {
         }
     }
 
-    fn count(tps: &TopicPartitions) -> usize {
+    pub(super) fn count(tps: &TopicPartitions) -> usize {
         tps.values().map(BTreeSet::len).sum()
     }
 
     /// A member as a client would track it: its epoch and what it owns.
-    struct Client {
-        id: String,
-        epoch: i32,
-        owned: TopicPartitions,
+    pub(super) struct Client {
+        pub(super) id: String,
+        pub(super) epoch: i32,
+        pub(super) owned: TopicPartitions,
     }
 
     impl Client {
         /// Heartbeats and applies the answer as a consumer does: an assignment replaces
         /// what it owns (revoking what it lost, taking what it gained).
-        fn beat(&mut self, g: &mut ConsumerGroup, topics: &Topics, now: Instant) {
+        pub(super) fn beat(&mut self, g: &mut ConsumerGroup, topics: &Topics, now: Instant) {
             let reply = g
                 .heartbeat(
                     beat(&self.id, self.epoch, &self.owned),
@@ -906,7 +943,7 @@ mod tests {
         }
     }
 
-    fn joined(g: &mut ConsumerGroup, topics: &Topics, id: &str, now: Instant) -> Client {
+    pub(super) fn joined(g: &mut ConsumerGroup, topics: &Topics, id: &str, now: Instant) -> Client {
         let reply = g
             .heartbeat(join(id, &["t"]), topics, &settings(), now)
             .expect("join");
@@ -918,7 +955,7 @@ mod tests {
     }
 
     /// No partition is owned by two clients at once.
-    fn assert_exclusive(clients: &[&Client]) {
+    pub(super) fn assert_exclusive(clients: &[&Client]) {
         let mut seen = BTreeSet::new();
         for c in clients {
             for (t, p) in partitions(&c.owned) {

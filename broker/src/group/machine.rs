@@ -478,22 +478,16 @@ impl Group {
         limits: &Limits,
         now: Instant,
     ) -> i16 {
-        let id = match instance_id {
-            Some(instance) => {
-                let Some(m) = self
-                    .members
-                    .values()
-                    .find(|m| m.info.instance_id.as_deref() == Some(instance))
-                else {
-                    return code::UNKNOWN_MEMBER_ID;
-                };
-                if !member_id.is_empty() && m.info.id != member_id {
-                    return code::FENCED_INSTANCE_ID;
-                }
-                m.info.id.clone()
-            }
-            None if self.members.contains_key(member_id) => member_id.to_owned(),
-            None => return code::UNKNOWN_MEMBER_ID,
+        let holder = |i: &str| {
+            self.members
+                .values()
+                .find(|m| m.info.instance_id.as_deref() == Some(i))
+                .map(|m| m.info.id.as_str())
+        };
+        let id = match leaving(member_id, instance_id, holder) {
+            Ok(id) if self.members.contains_key(&id) => id,
+            Ok(_) => return code::UNKNOWN_MEMBER_ID,
+            Err(e) => return e,
         };
         self.remove_member(&id);
         self.after_departure(limits, now);
@@ -801,6 +795,24 @@ impl Group {
                 .map(|m| Bytes::from(m.info.assignment.clone()))
                 .unwrap_or_default(),
         }
+    }
+}
+
+/// The member a LeaveGroup entry names: by instance id for a static member (whose member
+/// id, if given, must be the holder's: admin tools give none), else by member id. `holder`
+/// finds the member holding an instance id.
+pub(crate) fn leaving<'a>(
+    member_id: &str,
+    instance_id: Option<&str>,
+    holder: impl FnOnce(&str) -> Option<&'a str>,
+) -> Result<String, i16> {
+    let Some(instance) = instance_id else {
+        return Ok(member_id.to_owned());
+    };
+    match holder(instance) {
+        None => Err(code::UNKNOWN_MEMBER_ID),
+        Some(id) if !member_id.is_empty() && id != member_id => Err(code::FENCED_INSTANCE_ID),
+        Some(id) => Ok(id.to_owned()),
     }
 }
 

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::consumer::{ConsumerGroup, Heartbeat, HeartbeatReply, Refusal};
-use self::machine::{Answer, Group, Limits, Phase, SyncReply};
+use self::machine::{Answer, Group, Join, JoinReply, Limits, Phase, SyncReply};
 use self::store::{Committed, OFFSETS_TOPIC, Write};
 use crate::lease::Lease;
 use crate::metadata::MetadataView;
@@ -121,14 +121,27 @@ impl Entry {
         }
     }
 
-    /// JoinGroup on a consumer group: refused while it has members; an empty one goes back
-    /// to the classic protocol (its committed offsets stay).
-    pub(crate) fn classic(&mut self) -> Result<&mut Group, i16> {
-        if self.consumer.as_ref().is_some_and(|c| !c.is_empty()) {
-            return Err(machine::code::INCONSISTENT_GROUP_PROTOCOL);
+    /// The consumer group, while it has members: classic-protocol requests then go to it
+    /// (see [`consumer::classic`]); an empty one goes back to the classic protocol at the
+    /// next JoinGroup (its committed offsets stay).
+    fn consumer_with_members(&mut self) -> Option<&mut ConsumerGroup> {
+        self.consumer.as_mut().filter(|c| !c.is_empty())
+    }
+
+    /// Heartbeat (the classic protocol's).
+    pub(crate) fn heartbeat(
+        &mut self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        now: Instant,
+    ) -> i16 {
+        match self.consumer_with_members() {
+            Some(c) => c.classic_heartbeat(member_id, instance_id, generation, now),
+            None => self
+                .group
+                .heartbeat(member_id, instance_id, generation, now),
         }
-        self.consumer = None;
-        Ok(&mut self.group)
     }
 
     /// The partitions whose committed offset is about to change: a transactional commit
@@ -165,6 +178,47 @@ impl Drop for Committing<'_> {
                 }
             }
         });
+    }
+}
+
+/// The consumer group a classic group with members becomes when a member joins it with
+/// ConsumerGroupHeartbeat (KIP-848's online upgrade), or the refusal. The classic members'
+/// waiting JoinGroup and SyncGroup requests are told to rejoin, which they then do as classic
+/// members of the consumer group.
+fn upgrade(
+    id: &str,
+    group: &mut Group,
+    catalog: &dyn consumer::Catalog,
+    settings: &consumer::Settings,
+) -> Result<ConsumerGroup, Refusal> {
+    let refuse = |why: String| {
+        tracing::info!(
+            group = id,
+            why,
+            "a classic group is not upgraded to a consumer group"
+        );
+        Err(Refusal {
+            code: code::GROUP_ID_NOT_FOUND,
+            message: format!("classic group {id} cannot become a consumer group: {why}"),
+        })
+    };
+    let snapshot = group.snapshot();
+    if snapshot.members.len() >= settings.max_size {
+        return refuse(format!("it has {} members", snapshot.members.len()));
+    }
+    match ConsumerGroup::from_classic(&snapshot, catalog, Instant::now()) {
+        Err(why) => refuse(why),
+        Ok(upgraded) => {
+            group.abandon(machine::code::REBALANCE_IN_PROGRESS);
+            *group = Group::default();
+            tracing::info!(
+                group = id,
+                generation = snapshot.generation,
+                members = snapshot.members.len(),
+                "classic group upgraded to a consumer group"
+            );
+            Ok(upgraded)
+        }
     }
 }
 
@@ -263,8 +317,82 @@ impl Coordinator {
         f(groups.entry(group.to_owned()).or_default())
     }
 
+    /// JoinGroup: the classic protocol's, or translated for a consumer group with members
+    /// (and then persisted before the answer, as a ConsumerGroupHeartbeat's changes are).
+    pub(crate) async fn join(&self, group: &str, join: Join) -> JoinReply {
+        let failed = |error, member_id: &str| JoinReply {
+            error,
+            generation: -1,
+            member_id: member_id.to_owned(),
+            ..JoinReply::default()
+        };
+        let (part, epoch) = match self.route(group) {
+            Ok(r) => r,
+            Err(e) => return failed(e, &join.member_id),
+        };
+        let member_id = join.member_id.clone();
+        let image = self.metadata.image();
+        let (limits, settings) = (&self.config.limits, &self.config.consumer);
+        let now = Instant::now();
+        // The classic protocol's answer, or a consumer group's (to persist first).
+        let answer = self.with_group(group, |e| match e.consumer_with_members() {
+            Some(c) => (
+                Answer::Now(c.classic_join(&join, &*image, settings, limits, now)),
+                true,
+            ),
+            None => {
+                e.consumer = None;
+                (e.group.join(join, limits, now), false)
+            }
+        });
+        match answer {
+            (Answer::Now(reply), false) => reply,
+            (Answer::Later(rx), _) => rx
+                .await
+                .unwrap_or_else(|_| failed(code::NOT_COORDINATOR, &member_id)),
+            (Answer::Now(reply), true) if reply.error != machine::code::NONE => reply,
+            (Answer::Now(reply), true) => match self.persist_consumer(group, part, epoch).await {
+                Ok(()) => reply,
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "persisting the group failed");
+                    failed(code::COORDINATOR_NOT_AVAILABLE, &reply.member_id)
+                }
+            },
+        }
+    }
+
+    /// LeaveGroup for each of `leaving` (member id, instance id): an error code each, or
+    /// `None` if the group does not exist. A consumer group's change is persisted first.
+    pub(crate) async fn leave(
+        &self,
+        group: &str,
+        leaving: &[(String, Option<String>)],
+    ) -> Option<Vec<i16>> {
+        let limits = &self.config.limits;
+        let now = Instant::now();
+        let (codes, consumer) = self.with_existing(group, |e| {
+            let codes = leaving
+                .iter()
+                .map(|(id, instance)| match e.consumer_with_members() {
+                    Some(c) => c.classic_leave(id, instance.as_deref()),
+                    None => e.group.leave(id, instance.as_deref(), limits, now),
+                })
+                .collect::<Vec<i16>>();
+            (codes, e.consumer.is_some())
+        })?;
+        if consumer
+            && let Ok((part, epoch)) = self.route(group)
+            && let Err(e) = self.persist_consumer(group, part, epoch).await
+        {
+            tracing::warn!(group, error = %e, "persisting the group failed");
+            return Some(vec![code::COORDINATOR_NOT_AVAILABLE; codes.len()]);
+        }
+        Some(codes)
+    }
+
     /// SyncGroup: the leader's assignments, or a member's wait for them; the answers of a
-    /// new generation come once it is persisted (see `machine::Group::persisted`).
+    /// new generation come once it is persisted (see `machine::Group::persisted`). A classic
+    /// member of a consumer group gets what it holds at once.
     pub(crate) fn sync(
         &self,
         group: &str,
@@ -273,7 +401,12 @@ impl Coordinator {
         generation: i32,
         assignments: Vec<(String, Bytes)>,
     ) -> Answer<SyncReply> {
+        let now = Instant::now();
         let (answer, persist) = self.with_group(group, |e| {
+            if let Some(c) = e.consumer_with_members() {
+                let reply = c.classic_sync(member_id, instance_id, generation, now);
+                return (Answer::Now(reply), false);
+            }
             let answer = e
                 .group
                 .sync(member_id, instance_id, generation, assignments);
@@ -329,9 +462,10 @@ impl Coordinator {
             .collect()
     }
 
-    /// ConsumerGroupHeartbeat: runs it on the group (a new group, or an empty classic one,
-    /// becomes a consumer group), persists what it changed, then answers, so a member acts
-    /// only on an epoch and assignment that survive a coordinator failover.
+    /// ConsumerGroupHeartbeat: runs it on the group (a new group, or a classic one of
+    /// Kafka consumers, becomes a consumer group: see [`consumer::classic`]), persists what
+    /// it changed, then answers, so a member acts only on an epoch and assignment that
+    /// survive a coordinator failover.
     pub(crate) async fn consumer_heartbeat(
         &self,
         group: &str,
@@ -348,15 +482,18 @@ impl Coordinator {
             let mut c = match e.consumer.take() {
                 Some(c) => c,
                 None if e.is_empty() => ConsumerGroup::default(),
+                // Only a member joining upgrades a classic group, as in Kafka.
+                None if hb.member_epoch == 0 => upgrade(group, &mut e.group, &*image, settings)?,
                 None => {
                     return Err(Refusal {
                         code: code::GROUP_ID_NOT_FOUND,
-                        message: format!("group {group} is a classic group with members"),
+                        message: format!("group {group} is a classic group"),
                     });
                 }
             };
             let reply = c.heartbeat(hb, &*image, settings, Instant::now());
-            if existed || reply.is_ok() {
+            // An upgraded group stays one even if the heartbeat is refused.
+            if existed || reply.is_ok() || !c.is_empty() {
                 e.consumer = Some(c);
             }
             reply
@@ -595,9 +732,13 @@ impl Coordinator {
         for (id, snapshot) in replayed.consumer_groups {
             let e = groups.entry(id).or_default();
             // A group back on the classic protocol may leave its last (empty) consumer
-            // snapshot behind; its classic members win.
+            // snapshot behind; its classic members win. A consumer group with members was
+            // upgraded from the classic group snapshot (if any) left behind, so it wins.
             if snapshot.members.is_empty() && !e.group.is_empty() {
                 continue;
+            }
+            if !snapshot.members.is_empty() {
+                e.group = Group::default();
             }
             e.consumer = Some(ConsumerGroup::restore(snapshot, now));
         }

@@ -149,7 +149,12 @@ pub(super) async fn consumer_group_describe(
                                 .with_subscribed_topic_regex(m.regex.as_deref().map(str_bytes))
                                 .with_assignment(described(&image, &m.assigned))
                                 .with_target_assignment(described(&image, &c.target_of(&m.id)))
-                                .with_member_type(if frame.version >= 1 { 1 } else { -1 })
+                                // KIP-1099: 0 a classic member, 1 a consumer one.
+                                .with_member_type(match (frame.version, &m.classic) {
+                                    (0, _) => -1,
+                                    (_, Some(_)) => 0,
+                                    (_, None) => 1,
+                                })
                         })
                         .collect();
                     out.clone()

@@ -25,7 +25,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::{broker_id, str_bytes, topic_name};
-use crate::group::machine::{Answer, Join, JoinReply, SyncReply, code as proto};
+use crate::group::machine::{Answer, Join, SyncReply, code as proto};
 use crate::group::store::{Committed, Write};
 use crate::group::{code, now_ms};
 use crate::protocol::{Frame, FrameError, storage_error_code};
@@ -126,56 +126,27 @@ pub(super) async fn join_group(
 ) -> Result<Bytes, FrameError> {
     let req: JoinGroupRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
-    let reply = match state.groups.route(&group) {
-        Err(e) => JoinReply {
-            error: e,
-            generation: -1,
-            member_id: req.member_id.to_string(),
-            ..JoinReply::default()
+    let join = Join {
+        member_id: req.member_id.to_string(),
+        instance_id: opt(&req.group_instance_id).map(str::to_owned),
+        client_id: frame.header.client_id.as_deref().unwrap_or("").to_owned(),
+        client_host: String::new(),
+        session_timeout: ms(req.session_timeout_ms),
+        // v0 has no rebalance timeout: Kafka uses the session timeout.
+        rebalance_timeout: if frame.version == 0 {
+            ms(req.session_timeout_ms)
+        } else {
+            ms(req.rebalance_timeout_ms)
         },
-        Ok(_) => {
-            let join = Join {
-                member_id: req.member_id.to_string(),
-                instance_id: opt(&req.group_instance_id).map(str::to_owned),
-                client_id: frame.header.client_id.as_deref().unwrap_or("").to_owned(),
-                client_host: String::new(),
-                session_timeout: ms(req.session_timeout_ms),
-                // v0 has no rebalance timeout: Kafka uses the session timeout.
-                rebalance_timeout: if frame.version == 0 {
-                    ms(req.session_timeout_ms)
-                } else {
-                    ms(req.rebalance_timeout_ms)
-                },
-                protocol_type: req.protocol_type.to_string(),
-                protocols: req
-                    .protocols
-                    .iter()
-                    .map(|p| (p.name.to_string(), p.metadata.clone()))
-                    .collect(),
-                require_known_member_id: frame.version >= 4,
-            };
-            let limits = state.groups.config.limits;
-            let member_id = join.member_id.clone();
-            let answer = state.groups.with_group(&group, |e| match e.classic() {
-                Ok(g) => g.join(join, &limits, tokio::time::Instant::now()),
-                Err(error) => Answer::Now(JoinReply {
-                    error,
-                    generation: -1,
-                    member_id,
-                    ..JoinReply::default()
-                }),
-            });
-            match answer {
-                Answer::Now(r) => r,
-                Answer::Later(rx) => rx.await.unwrap_or_else(|_| JoinReply {
-                    error: code::NOT_COORDINATOR,
-                    generation: -1,
-                    member_id: req.member_id.to_string(),
-                    ..JoinReply::default()
-                }),
-            }
-        }
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
+        require_known_member_id: frame.version >= 4,
     };
+    let reply = state.groups.join(&group, join).await;
     tracing::debug!(group, member = %reply.member_id, generation = reply.generation,
         error = reply.error, leader = %reply.leader, "join answered");
     frame.respond(
@@ -257,7 +228,7 @@ pub(super) async fn heartbeat(
         Ok(_) => state
             .groups
             .with_existing(&group, |e| {
-                e.group.heartbeat(
+                e.heartbeat(
                     req.member_id.as_str(),
                     opt(&req.group_instance_id),
                     req.generation_id,
@@ -291,25 +262,15 @@ pub(super) async fn leave_group(
     let resp = match state.groups.route(&group) {
         Err(e) => LeaveGroupResponse::default().with_error_code(e),
         Ok(_) => {
-            let limits = state.groups.config.limits;
-            let now = tokio::time::Instant::now();
-            let results: Vec<(String, Option<String>, i16)> = state
-                .groups
-                .with_existing(&group, |e| {
-                    leaving
-                        .iter()
-                        .map(|(id, instance)| {
-                            let code = e.group.leave(id, instance.as_deref(), &limits, now);
-                            (id.clone(), instance.clone(), code)
-                        })
-                        .collect()
+            let codes = state.groups.leave(&group, &leaving).await;
+            let results: Vec<(String, Option<String>, i16)> = leaving
+                .iter()
+                .enumerate()
+                .map(|(i, (id, instance))| {
+                    let code = codes.as_ref().map_or(proto::UNKNOWN_MEMBER_ID, |c| c[i]);
+                    (id.clone(), instance.clone(), code)
                 })
-                .unwrap_or_else(|| {
-                    leaving
-                        .iter()
-                        .map(|(id, i)| (id.clone(), i.clone(), proto::UNKNOWN_MEMBER_ID))
-                        .collect()
-                });
+                .collect();
             if frame.version >= 3 {
                 LeaveGroupResponse::default().with_members(
                     results

@@ -9,7 +9,7 @@ use strata_controller::model::{MetadataImage, PartitionRecord, TopicRecord};
 use uuid::Uuid;
 
 use super::registry::{Partitions, RoleEvents};
-use super::role::{Change, Role};
+use super::role::{Change, Role, RoleChange};
 
 const ME: i32 = 1;
 
@@ -210,62 +210,86 @@ fn a_partition_that_cannot_open_is_announced_when_it_does() {
     );
 }
 
-/// The coordinator loads an offsets partition's groups when this broker starts leading it,
-/// drops them when it stops, and finds them again in the log when leadership comes back.
-#[tokio::test]
-async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadership_moves() {
-    use crate::group::store::{Committed, OFFSETS_TOPIC, Write};
-    use crate::group::{Coordinator, GroupConfig, code};
-    use crate::metadata::MetadataView;
+/// A group coordinator over a registry, and the offsets topic's metadata it follows.
+struct OffsetsHarness {
+    _dir: tempfile::TempDir,
+    parts: Partitions,
+    metadata: Arc<crate::metadata::MetadataView>,
+    coordinator: crate::group::Coordinator,
+    id: Uuid,
+}
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let parts = registry(&dir);
-    let metadata = Arc::new(MetadataView::default());
-    // The controller answered a heartbeat: this broker's lease is held.
-    let lease = Arc::new(crate::lease::Lease::new(Duration::from_secs(9)));
-    lease.renew(tokio::time::Instant::now(), 0);
-    let coordinator = Coordinator::new(
-        GroupConfig {
-            limits: crate::group::machine::Limits {
-                min_session: Duration::from_secs(1),
-                max_session: Duration::from_secs(60),
-                initial_rebalance_delay: Duration::ZERO,
-                max_size: 10,
+impl OffsetsHarness {
+    fn new() -> Self {
+        use crate::group::{Coordinator, GroupConfig};
+        use crate::metadata::MetadataView;
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let parts = registry(&dir);
+        let metadata = Arc::new(MetadataView::default());
+        // The controller answered a heartbeat: this broker's lease is held.
+        let lease = Arc::new(crate::lease::Lease::new(Duration::from_secs(9)));
+        lease.renew(tokio::time::Instant::now(), 0);
+        let coordinator = Coordinator::new(
+            GroupConfig {
+                limits: crate::group::machine::Limits {
+                    min_session: Duration::from_secs(1),
+                    max_session: Duration::from_secs(60),
+                    initial_rebalance_delay: Duration::ZERO,
+                    max_size: 10,
+                },
+                consumer: Default::default(),
+                offsets_partitions: 1,
+                offsets_retention: Duration::from_secs(3600),
+                offsets_replication_factor: Some(2),
+                expected_brokers: 1,
+                offsets_segment_bytes: 1 << 20,
+                offsets_tiered: false,
             },
-            consumer: Default::default(),
-            offsets_partitions: 1,
-            offsets_retention: Duration::from_secs(3600),
-            offsets_replication_factor: Some(2),
-            expected_brokers: 1,
-            offsets_segment_bytes: 1 << 20,
-            offsets_tiered: false,
-        },
-        ME,
-        metadata.clone(),
-        Arc::new(strata_controller::ControllerClient::new(
-            Vec::<String>::new(),
-        )),
-        lease.clone(),
-    );
-    let id = Uuid::new_v4();
-    let offsets = |leader, epoch| {
+            ME,
+            metadata.clone(),
+            Arc::new(strata_controller::ControllerClient::new(
+                Vec::<String>::new(),
+            )),
+            lease,
+        );
+        Self {
+            _dir: dir,
+            parts,
+            metadata,
+            coordinator,
+            id: Uuid::new_v4(),
+        }
+    }
+
+    /// Publishes image `version` with the offsets partition led by `leader` at `epoch`.
+    fn publish(&self, version: u64, leader: i32, epoch: i32) -> Vec<RoleChange> {
         let mut t = topic(
-            OFFSETS_TOPIC,
-            id,
+            crate::group::store::OFFSETS_TOPIC,
+            self.id,
             vec![partition(&[1, 2], Some(leader), epoch)],
         );
         t.configs.clear();
         // The other replica is out of sync: commits need only the leader (an in-sync one
         // would have to copy them first, which nothing here does).
         t.partitions[0].isr = vec![leader];
-        t
-    };
-    let publish = |version, leader, epoch| {
-        let img = image(version, vec![offsets(leader, epoch)]);
-        let changes = parts.apply(&img);
-        metadata.publish(img);
+        let img = image(version, vec![t]);
+        let changes = self.parts.apply(&img);
+        self.metadata.publish(img);
         changes
-    };
+    }
+}
+
+/// The coordinator loads an offsets partition's groups when this broker starts leading it,
+/// drops them when it stops, and finds them again in the log when leadership comes back.
+#[tokio::test]
+async fn the_group_coordinator_loads_and_unloads_offsets_partitions_as_leadership_moves() {
+    use crate::group::code;
+    use crate::group::store::{Committed, Write};
+
+    let h = OffsetsHarness::new();
+    let coordinator = &h.coordinator;
+    let publish = |version, leader, epoch| h.publish(version, leader, epoch);
 
     // Led here but not loaded yet: clients are told to wait.
     assert_eq!(
@@ -668,4 +692,69 @@ fn an_older_manifest_published_late_does_not_replace_a_newer_one() {
     );
     view.publish(at(4, 30));
     assert_eq!(view.manifest().map(|m| m.version), Some(4));
+}
+
+/// A consumer group upgraded from a classic one is restored as the consumer group, though
+/// the classic group's last snapshot is still in the log before it.
+#[tokio::test]
+async fn an_upgraded_group_is_restored_as_a_consumer_group() {
+    use crate::group::consumer::ConsumerSnapshot;
+    use crate::group::machine::{GroupSnapshot, MemberInfo};
+    use crate::group::store::Write;
+
+    let h = OffsetsHarness::new();
+    let coordinator = &h.coordinator;
+    coordinator.follow(&h.publish(1, ME, 0)).await;
+    let (part, epoch) = coordinator.route("g").expect("coordinated here");
+    let member = MemberInfo {
+        id: "m".into(),
+        instance_id: None,
+        client_id: "c".into(),
+        client_host: String::new(),
+        session_timeout_ms: 10_000,
+        rebalance_timeout_ms: 10_000,
+        protocols: vec![("range".into(), vec![0, 0, 0, 0, 0, 0, 255, 255, 255, 255])],
+        assignment: Vec::new(),
+    };
+    let classic = GroupSnapshot {
+        generation: 3,
+        protocol_type: Some("consumer".into()),
+        protocol: Some("range".into()),
+        leader: Some("m".into()),
+        members: vec![member],
+    };
+    let upgraded = crate::group::consumer::ConsumerGroup::from_classic(
+        &classic,
+        &*h.metadata.image(),
+        tokio::time::Instant::now(),
+    )
+    .expect("upgrade")
+    .snapshot();
+    let writes = vec![
+        Write::Group {
+            group: "g".into(),
+            value: Some(classic),
+        },
+        Write::ConsumerGroup {
+            group: "g".into(),
+            value: Some(upgraded.clone()),
+        },
+    ];
+    coordinator
+        .persist_then(part, epoch, "g", writes, |_| ())
+        .await
+        .expect("persisted");
+    // Leadership goes and comes back: the log is replayed.
+    coordinator.follow(&h.publish(2, 2, 1)).await;
+    coordinator.follow(&h.publish(3, ME, 2)).await;
+    let restored = coordinator.with_existing("g", |e| {
+        let snapshot: Option<ConsumerSnapshot> = e.consumer.as_ref().map(|c| c.snapshot());
+        (snapshot, e.group.members().count())
+    });
+    assert_eq!(restored, Some((Some(upgraded), 0)));
+    let listed = coordinator.list();
+    assert_eq!(
+        listed.iter().map(|l| l.kind).collect::<Vec<_>>(),
+        ["consumer"]
+    );
 }
