@@ -10,6 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::BrokerError;
+pub use crate::security::config::{
+    ClientAuth, ListenerConfig, SaslConfig, SecurityProtocol, TlsConfig,
+};
 
 /// The whole configuration of a `strata` process.
 #[derive(Clone, Debug, Deserialize)]
@@ -225,6 +228,17 @@ pub struct KafkaConfig {
     /// Connections open at once from one client address (`max.connections.per.ip`); 0 means
     /// no limit of its own.
     pub max_connections_per_ip: usize,
+    /// Name of the listener at `listen`, which is PLAINTEXT and carries the brokers' own
+    /// traffic (followers' fetches); clients that come in on it are told its addresses.
+    pub listener_name: String,
+    /// More listeners, each with its address, advertised address and security protocol
+    /// (`[[kafka.listeners]]`, Kafka's `listeners`, `advertised.listeners` and
+    /// `listener.security.protocol.map`).
+    pub listeners: Vec<ListenerConfig>,
+    /// Certificates of the SSL and SASL_SSL listeners.
+    pub tls: TlsConfig,
+    /// SASL of the SASL_PLAINTEXT and SASL_SSL listeners.
+    pub sasl: SaslConfig,
 }
 
 /// How the controller runs.
@@ -454,6 +468,10 @@ impl Default for KafkaConfig {
             max_queued_bytes: 1 << 30,
             max_connections: 0,
             max_connections_per_ip: 0,
+            listener_name: "PLAINTEXT".into(),
+            listeners: Vec::new(),
+            tls: TlsConfig::default(),
+            sasl: SaslConfig::default(),
         }
     }
 }
@@ -607,6 +625,15 @@ impl BrokerConfig {
             && split_host_port(a).is_none()
         {
             return bad("kafka.advertised", format!("{a:?} is not host:port"));
+        }
+        if let Err((key, reason)) = crate::security::config::validate(
+            &self.kafka.listener_name,
+            &self.kafka.listen,
+            &self.kafka.listeners,
+            &self.kafka.tls,
+            &self.kafka.sasl,
+        ) {
+            return bad(&key, reason);
         }
         if !(1024..=1 << 30).contains(&self.kafka.max_request_bytes) {
             return bad(
@@ -868,7 +895,26 @@ impl BrokerConfig {
         Ok(voters)
     }
 
-    /// The advertised `host:port`.
+    /// Every listener's advertised address, the main one first (what the broker registers).
+    pub fn endpoints(&self) -> Vec<strata_controller::model::Endpoint> {
+        let (host, port) = self.advertised();
+        let main = strata_controller::model::Endpoint {
+            listener: self.kafka.listener_name.clone(),
+            host,
+            port,
+        };
+        let extra = self.kafka.listeners.iter().filter_map(|l| {
+            let (host, port) = split_host_port(l.advertised.as_deref().unwrap_or(&l.listen))?;
+            Some(strata_controller::model::Endpoint {
+                listener: l.name.clone(),
+                host,
+                port,
+            })
+        });
+        std::iter::once(main).chain(extra).collect()
+    }
+
+    /// The advertised `host:port` of the main listener.
     pub fn advertised(&self) -> (String, u16) {
         let a = self
             .kafka

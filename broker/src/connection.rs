@@ -13,15 +13,12 @@
 //! Produce requests take a ticket in arrival order and append only in ticket order
 //! ([`Turnstile`]); the fsync wait of `acks=all` still overlaps.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -30,24 +27,29 @@ use kafka_protocol::messages::ApiKey;
 use crate::admission::{Admission, ConnectionSlot};
 use crate::handlers::{self, Reply};
 use crate::protocol::{FrameError, parse_frame};
+use crate::security::Session;
 use crate::state::BrokerState;
 use crate::turnstile::Turnstile;
 
 /// A request's bytes and their reservation in the memory budget.
 type Received = (Bytes, Option<OwnedSemaphorePermit>);
 
-/// Serves `stream` until the client leaves, misbehaves, idles out, or the broker shuts down.
-pub(crate) async fn serve(
+/// Serves `stream` (TCP, or TLS over it) until the client leaves, misbehaves, idles out,
+/// fails to authenticate, or the broker shuts down. Until the session has authenticated
+/// (SASL listeners), requests are served one at a time and only the SASL ones are admitted.
+pub(crate) async fn serve<S>(
     state: Arc<BrokerState>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: S,
+    session: Arc<Session>,
     slot: ConnectionSlot,
     cancel: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _slot = slot;
     let _open = OpenConnection::new(&state.metrics.connections);
-    let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
+    let peer = session.peer;
+    let (rd, mut wr) = tokio::io::split(stream);
     let max_in_flight = state.config.kafka.max_in_flight_requests;
     let (frames_tx, mut frames) = mpsc::channel::<Received>(1);
     let reader = read_frames(
@@ -69,10 +71,18 @@ pub(crate) async fn serve(
     let mut reading = true;
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
+    let authentication =
+        std::time::Duration::from_millis(state.config.kafka.sasl.authentication_timeout_ms);
+    let auth_timer = tokio::time::sleep(authentication);
+    tokio::pin!(auth_timer);
     loop {
         if !reading && in_flight.is_empty() {
             break;
         }
+        let limit = match session.authenticated() {
+            true => max_in_flight,
+            false => 1,
+        };
         tokio::select! {
             biased;
             Some((answer, request_held, fetch_turn)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -84,6 +94,10 @@ pub(crate) async fn serve(
                         let written = tokio::time::timeout(idle, wr.write_all(&bytes)).await;
                         drop((bytes, held));
                         match written {
+                            Ok(Ok(())) if session.closing() => {
+                                tracing::debug!(%peer, "closing after a refused authentication");
+                                break;
+                            }
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "write failed; closing");
@@ -103,13 +117,14 @@ pub(crate) async fn serve(
                 }
                 drop((request_held, fetch_turn));
             }
-            received = frames.recv(), if reading && in_flight.len() < max_in_flight => {
+            received = frames.recv(), if reading && in_flight.len() < limit => {
                 let Some((buf, held)) = received else {
                     reading = false;
                     continue;
                 };
                 idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
                 let state = state.clone();
+                let session = session.clone();
                 // Peek the api key to hand out produce tickets in arrival order.
                 let api = buf.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
                 let turn = (api == Some(ApiKey::Produce as i16)).then(|| {
@@ -122,7 +137,13 @@ pub(crate) async fn serve(
                         Some(gate) => gate.acquire_owned().await.ok(),
                         None => None,
                     };
-                    let frame = match parse_frame(buf) {
+                    let admitted = parse_frame(buf, session).and_then(|f| {
+                        f.session
+                            .admit(f.api, tokio::time::Instant::now())
+                            .map_err(FrameError::NotAdmitted)?;
+                        Ok(f)
+                    });
+                    let frame = match admitted {
                         Ok(f) => f,
                         Err(e) => {
                             drop(turn);
@@ -160,6 +181,11 @@ pub(crate) async fn serve(
                 tracing::debug!(%peer, "idle; closing");
                 reading = false;
             }
+            () = &mut auth_timer, if !session.authenticated() => {
+                tracing::info!(%peer, listener = %session.listener.name,
+                    "not authenticated within kafka.sasl.authentication_timeout_ms; closing");
+                break;
+            }
             () = cancel.cancelled(), if reading => reading = false,
         }
     }
@@ -186,7 +212,7 @@ impl Drop for OpenConnection {
 /// is too large (`InvalidData`). Each body is allocated only after its size was checked and
 /// its bytes reserved in the memory budget.
 async fn read_frames(
-    mut rd: OwnedReadHalf,
+    mut rd: impl AsyncRead + Unpin,
     max_request_bytes: u32,
     admission: Arc<Admission>,
     frames: mpsc::Sender<Received>,

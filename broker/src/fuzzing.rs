@@ -6,11 +6,12 @@ use bytes::Bytes;
 use kafka_protocol::messages::{self, ApiKey};
 
 use crate::protocol::{Frame, SUPPORTED, parse_frame};
+use crate::security::Session;
 
 /// Parses a request frame (header included) and decodes its body as the broker would for its
 /// api key and version, when the broker implements that version.
 pub fn decode_request(frame: &[u8]) {
-    let Ok(frame) = parse_frame(Bytes::copy_from_slice(frame)) else {
+    let Ok(frame) = parse_frame(Bytes::copy_from_slice(frame), Session::detached()) else {
         return;
     };
     let implemented = SUPPORTED
@@ -31,6 +32,7 @@ pub fn decode_body_as(api: i16, version: i16, body: &[u8]) {
         version,
         header: messages::RequestHeader::default(),
         body: Bytes::copy_from_slice(body),
+        session: Session::detached(),
     };
     if SUPPORTED
         .iter()
@@ -93,6 +95,14 @@ fn decode_body(frame: &Frame) -> bool {
             frame.decode::<GetTelemetrySubscriptionsRequest>().map(drop)
         }
         ApiKey::PushTelemetry => frame.decode::<PushTelemetryRequest>().map(drop),
+        ApiKey::SaslHandshake => frame.decode::<SaslHandshakeRequest>().map(drop),
+        ApiKey::SaslAuthenticate => frame.decode::<SaslAuthenticateRequest>().map(drop),
+        ApiKey::DescribeUserScramCredentials => frame
+            .decode::<DescribeUserScramCredentialsRequest>()
+            .map(drop),
+        ApiKey::AlterUserScramCredentials => {
+            frame.decode::<AlterUserScramCredentialsRequest>().map(drop)
+        }
         _ => return false,
     };
     drop(decoded);
@@ -127,6 +137,7 @@ mod tests {
                 version: *max,
                 header: messages::RequestHeader::default(),
                 body: Bytes::new(),
+                session: Session::detached(),
             };
             assert!(decode_body(&frame), "{api:?} has no decoder in fuzzing.rs");
         }

@@ -46,6 +46,7 @@ mod process;
 mod producer;
 mod protocol;
 mod scrape;
+pub mod security;
 mod server;
 mod state;
 mod statelog;

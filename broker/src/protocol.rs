@@ -1,12 +1,16 @@
 //! Kafka wire protocol edges: the API versions this broker implements, request header
 //! decoding, response framing, and the one mapping from internal errors to Kafka error codes.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use strata_controller::CommandError;
 use strata_storage::{BatchError, StorageError};
+
+use crate::security::Session;
 
 /// `(api, min, max)`: exactly the versions implemented, advertised by ApiVersions.
 pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
@@ -51,6 +55,11 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::GetTelemetrySubscriptions, 0, 0),
     (ApiKey::PushTelemetry, 0, 0),
+    // v0 handshakes are followed by raw SASL tokens, not SaslAuthenticate: declined.
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// The implemented version range of `api`, if it is implemented at all.
@@ -76,6 +85,9 @@ pub(crate) enum FrameError {
     },
     #[error("{api:?} v{version} is not supported")]
     Unsupported { api: ApiKey, version: i16 },
+    /// The connection may not send this request now (see `Session::admit`).
+    #[error("{0}")]
+    NotAdmitted(String),
 }
 
 /// A request's header and undecoded body.
@@ -85,10 +97,12 @@ pub(crate) struct Frame {
     pub(crate) version: i16,
     pub(crate) header: RequestHeader,
     pub(crate) body: Bytes,
+    /// The connection's security state: who the request runs as.
+    pub(crate) session: Arc<Session>,
 }
 
 /// Decodes the request header, checking the api key before anything else.
-pub(crate) fn parse_frame(mut buf: Bytes) -> Result<Frame, FrameError> {
+pub(crate) fn parse_frame(mut buf: Bytes, session: Arc<Session>) -> Result<Frame, FrameError> {
     if buf.len() < 8 {
         return Err(FrameError::Short(buf.len()));
     }
@@ -107,6 +121,7 @@ pub(crate) fn parse_frame(mut buf: Bytes) -> Result<Frame, FrameError> {
         version,
         header,
         body: buf,
+        session,
     })
 }
 

@@ -2,11 +2,11 @@
 //! the metadata follower, and the Kafka listener.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use strata_controller::model::Endpoint;
 use strata_controller::{
     Command, CommandError, ControllerClient, ControllerConfig, ControllerNode, MetadataUpdate,
     Outcome,
@@ -23,6 +23,9 @@ use crate::error::BrokerError;
 use crate::partition::registry::RoleEvents;
 use crate::partition::remote::RECOVERY_CONCURRENCY;
 use crate::partition::role::Change;
+use crate::security::config::ClientAuth;
+use crate::security::tls::Tls;
+use crate::security::{Listener, SecurityProtocol, Session};
 use crate::state::BrokerState;
 use crate::supervisor::{self, Backoff, Supervisor};
 use crate::tiering::Tiering;
@@ -40,6 +43,8 @@ const STARTUP_WAIT: Duration = Duration::from_secs(10);
 pub struct Broker {
     state: Arc<BrokerState>,
     local_addr: SocketAddr,
+    /// Every listener's name and bound address, the main one first.
+    listener_addrs: Vec<(String, SocketAddr)>,
     http_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
@@ -86,7 +91,44 @@ impl Broker {
         if config.kafka.advertised.is_none() {
             config.kafka.advertised = Some(local_addr.to_string());
         }
+        let main = Arc::new(Listener {
+            name: config.kafka.listener_name.clone(),
+            protocol: SecurityProtocol::Plaintext,
+            client_auth: ClientAuth::None,
+        });
+        let mut listeners = vec![(main, listener)];
+        for l in &mut config.kafka.listeners {
+            let tcp = TcpListener::bind(&l.listen)
+                .await
+                .map_err(|e| BrokerError::Config {
+                    key: format!("kafka.listeners.{}", l.name),
+                    reason: format!("cannot listen on {}: {e}", l.listen),
+                })?;
+            if l.advertised.is_none() {
+                let bound = tcp.local_addr().map_err(|source| BrokerError::Io {
+                    op: "reading listener address",
+                    path: PathBuf::new(),
+                    source,
+                })?;
+                l.advertised = Some(bound.to_string());
+            }
+            let listener = Listener {
+                name: l.name.clone(),
+                protocol: l.protocol().unwrap_or(SecurityProtocol::Plaintext),
+                client_auth: l.client_auth.unwrap_or(config.kafka.tls.client_auth),
+            };
+            listeners.push((Arc::new(listener), tcp));
+        }
         config.validate()?;
+        let tls = match listeners.iter().any(|(l, _)| l.protocol.tls()) {
+            true => Some(Arc::new(Tls::load(&config.kafka.tls).map_err(
+                |reason| BrokerError::Config {
+                    key: "kafka.tls".into(),
+                    reason,
+                },
+            )?)),
+            false => None,
+        };
         if config.controller.mode == ControllerMode::Dedicated {
             return Err(BrokerError::Config {
                 key: "controller.mode".into(),
@@ -267,13 +309,30 @@ impl Broker {
                 move || cleaner.clone().step(),
             );
         }
+        if let Some(tls) = &tls {
+            let tls = tls.clone();
+            supervisor.service("tls reload", Backoff::default(), move |cancel| {
+                supervisor::until_cancelled(tls.clone().watch(cancel.clone()), cancel)
+            });
+        }
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        tasks.spawn(accept(state.clone(), listener, cancel.clone()));
+        let listener_addrs = listeners
+            .iter()
+            .filter_map(|(l, tcp)| Some((l.name.clone(), tcp.local_addr().ok()?)))
+            .collect();
+        for (listener, tcp) in listeners {
+            let tls = tls.clone().filter(|_| listener.protocol.tls());
+            let addr = tcp.local_addr().ok();
+            tracing::info!(name = %listener.name, protocol = listener.protocol.name(), ?addr,
+                "listener open");
+            tasks.spawn(accept(state.clone(), listener, tcp, tls, cancel.clone()));
+        }
         tracing::info!(broker = state.id, %local_addr, "strata broker serving Kafka clients");
         Ok(Self {
             state,
             local_addr,
+            listener_addrs,
             http_addr,
             cancel,
             tasks,
@@ -287,6 +346,15 @@ impl Broker {
     /// The Kafka listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the listener named `name` (`kafka.listener_name` or one of
+    /// `kafka.listeners`).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listener_addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     /// The HTTP listener's address (`/metrics`, `/healthz`, `/readyz`), if it runs.
@@ -390,14 +458,9 @@ pub(crate) async fn start_controller(
 
 /// Registers this broker process with the controller and records its epoch.
 async fn register(state: &BrokerState) -> Result<(), BrokerError> {
-    let (host, port) = state.config.advertised();
     let command = Command::RegisterBroker {
         id: state.id,
-        endpoints: vec![Endpoint {
-            listener: "PLAINTEXT".into(),
-            host,
-            port,
-        }],
+        endpoints: state.config.endpoints(),
         rack: state.config.rack.clone(),
         incarnation: Uuid::new_v4(),
     };
@@ -563,7 +626,16 @@ async fn follow_metadata(state: Arc<BrokerState>, cancel: CancellationToken) {
     }
 }
 
-async fn accept(state: Arc<BrokerState>, listener: TcpListener, cancel: CancellationToken) {
+/// Accepts connections on one listener until cancelled; on a TLS listener each connection
+/// first completes its handshake (within `kafka.tls.handshake_timeout_ms`), and a client
+/// certificate's subject becomes its principal.
+async fn accept(
+    state: Arc<BrokerState>,
+    kind: Arc<Listener>,
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    cancel: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     state
         .serving
@@ -575,7 +647,39 @@ async fn accept(state: Arc<BrokerState>, listener: TcpListener, cancel: Cancella
                 Ok((stream, peer)) => match state.admission.admit(peer.ip()) {
                     Ok(slot) => {
                         state.metrics.connection(true);
-                        connections.spawn(connection::serve(state.clone(), stream, peer, slot, cancel.clone()));
+                        let _ = stream.set_nodelay(true);
+                        let (state, kind, tls, cancel) =
+                            (state.clone(), kind.clone(), tls.clone(), cancel.clone());
+                        connections.spawn(async move {
+                            let Some(tls) = tls else {
+                                let session = Arc::new(Session::new(kind, peer, None));
+                                return connection::serve(state, stream, session, slot, cancel).await;
+                            };
+                            let Some(acceptor) = tls.acceptor(kind.client_auth) else {
+                                tracing::error!(listener = %kind.name, "no TLS settings for this listener's client authentication");
+                                return;
+                            };
+                            let handshake = acceptor.accept(stream);
+                            let stream = match tokio::time::timeout(tls.handshake_timeout(), handshake).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, listener = %kind.name, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::info!(%peer, listener = %kind.name, "TLS handshake not finished in time");
+                                    return;
+                                }
+                            };
+                            let principal = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(crate::security::tls::principal);
+                            let session = Arc::new(Session::new(kind, peer, principal));
+                            connection::serve(state, stream, session, slot, cancel).await;
+                        });
                     }
                     Err(full) => {
                         state.metrics.connection(false);

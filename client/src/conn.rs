@@ -9,14 +9,16 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 use crate::ClientError;
+use crate::scram::{ScramClient, ScramHash};
+use crate::security::{Sasl, Security, Stream};
 
 /// Largest response accepted; checked before allocating.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
@@ -38,7 +40,7 @@ struct Pending {
 #[derive(Debug)]
 pub struct Connection {
     addr: String,
-    write: tokio::sync::Mutex<(OwnedWriteHalf, i32)>,
+    write: tokio::sync::Mutex<(WriteHalf<Box<dyn Stream>>, i32)>,
     pending: Arc<Mutex<Pending>>,
     versions: HashMap<i16, (i16, i16)>,
     reader: tokio::task::JoinHandle<()>,
@@ -65,6 +67,17 @@ impl Connection {
         client_id: &str,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        Self::connect_secured(addr, client_id, timeout, &Security::default()).await
+    }
+
+    /// Like [`connect_with_timeout`](Self::connect_with_timeout), over TLS and authenticated
+    /// with SASL as `security` says.
+    pub async fn connect_secured(
+        addr: &str,
+        client_id: &str,
+        timeout: Duration,
+        security: &Security,
+    ) -> Result<Self, ClientError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| ClientError::TimedOut {
@@ -76,7 +89,13 @@ impl Connection {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
+        let stream = tokio::time::timeout(timeout, security.open(stream, addr))
+            .await
+            .map_err(|_| ClientError::TimedOut {
+                what: format!("TLS handshake with {addr}"),
+                after: timeout,
+            })??;
+        let (read, write) = tokio::io::split(stream);
         let pending: Arc<Mutex<Pending>> = Arc::default();
         let reader = tokio::spawn(read_loop(read, pending.clone(), addr.to_owned()));
         let mut conn = Self {
@@ -104,7 +123,62 @@ impl Connection {
             .iter()
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
+        if let Some(sasl) = &security.sasl {
+            conn.authenticate(sasl, client_id).await?;
+        }
         Ok(conn)
+    }
+
+    /// SaslHandshake, then the mechanism's SaslAuthenticate exchange.
+    async fn authenticate(&self, sasl: &Sasl, client_id: &str) -> Result<(), ClientError> {
+        let refused = |reason: String| ClientError::Authentication {
+            broker: self.addr.clone(),
+            reason,
+        };
+        let hs = SaslHandshakeRequest::default()
+            .with_mechanism(StrBytes::from_string(sasl.mechanism.clone()));
+        let answer: SaslHandshakeResponse = self.send_at(&hs, 1, client_id).await?;
+        if answer.error_code != 0 {
+            let offered: Vec<&str> = answer.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(refused(format!(
+                "mechanism {} refused ({}); the listener offers {}",
+                sasl.mechanism,
+                crate::describe_code(answer.error_code),
+                offered.join(", ")
+            )));
+        }
+        let version = self.version_for::<SaslAuthenticateRequest>()?;
+        let step = |token: Vec<u8>| async move {
+            let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token));
+            let resp: SaslAuthenticateResponse = self.send_at(&req, version, client_id).await?;
+            match resp.error_code {
+                0 => Ok(resp.auth_bytes),
+                code => Err(ClientError::Authentication {
+                    broker: self.addr.clone(),
+                    reason: resp
+                        .error_message
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| crate::describe_code(code)),
+                }),
+            }
+        };
+        match ScramHash::of_mechanism(&sasl.mechanism) {
+            None => {
+                let token = format!("\0{}\0{}", sasl.username, sasl.password);
+                step(token.into_bytes()).await.map(drop)
+            }
+            Some(hash) => {
+                let mut scram = ScramClient::new(hash, &sasl.username, &sasl.password);
+                let first = step(scram.first().into_bytes()).await?;
+                let first = std::str::from_utf8(&first)
+                    .map_err(|_| refused("the server's first SCRAM message is not UTF-8".into()))?;
+                let last = scram.last(first).map_err(refused)?;
+                let done = step(last.into_bytes()).await?;
+                let done = std::str::from_utf8(&done)
+                    .map_err(|_| refused("the server's final SCRAM message is not UTF-8".into()))?;
+                scram.verify(done).map_err(refused)
+            }
+        }
     }
 
     /// The broker's address.
@@ -308,7 +382,11 @@ impl<R: Request> Reply<R> {
 
 /// Reads frames and hands each to the oldest waiting request; on any error every waiter
 /// learns the connection is gone.
-async fn read_loop(mut read: OwnedReadHalf, pending: Arc<Mutex<Pending>>, addr: String) {
+async fn read_loop(
+    mut read: ReadHalf<Box<dyn Stream>>,
+    pending: Arc<Mutex<Pending>>,
+    addr: String,
+) {
     let failure = loop {
         let mut len = [0u8; 4];
         if let Err(e) = read.read_exact(&mut len).await {

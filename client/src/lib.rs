@@ -15,8 +15,11 @@ pub mod data;
 pub mod groups;
 pub mod logdirs;
 pub mod producer;
+pub mod scram;
+pub mod security;
 pub mod tiering;
 pub mod transactions;
+pub mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -92,6 +95,14 @@ pub enum ClientError {
     /// What was asked does not apply to what the cluster holds (the text says why).
     #[error("{0}")]
     NotApplicable(String),
+    /// The TLS handshake or SASL authentication failed.
+    #[error("authenticating to {broker}: {reason}")]
+    Authentication {
+        /// The broker.
+        broker: String,
+        /// What it said, or what went wrong.
+        reason: String,
+    },
 }
 
 /// A Kafka error code as its name and meaning.
@@ -200,6 +211,8 @@ pub struct Client {
     addresses: std::sync::Mutex<HashMap<i32, String>>,
     /// How long connecting and each request may take.
     timeout: std::time::Duration,
+    /// TLS and SASL of every connection.
+    security: security::Security,
 }
 
 impl Client {
@@ -214,13 +227,23 @@ impl Client {
         bootstrap: &str,
         timeout: std::time::Duration,
     ) -> Result<Self, ClientError> {
+        Self::connect_secured(bootstrap, timeout, security::Security::default()).await
+    }
+
+    /// Like [`connect_with_timeout`](Self::connect_with_timeout), every connection secured
+    /// as `security` says (TLS, SASL).
+    pub async fn connect_secured(
+        bootstrap: &str,
+        timeout: std::time::Duration,
+        security: security::Security,
+    ) -> Result<Self, ClientError> {
         let mut last = None;
         for addr in bootstrap
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match Connection::connect_with_timeout(addr, "stratactl", timeout).await {
+            match Connection::connect_secured(addr, "stratactl", timeout, &security).await {
                 Ok(conn) => {
                     return Ok(Self {
                         conn: std::sync::Mutex::new(Arc::new(conn)),
@@ -229,6 +252,7 @@ impl Client {
                         leaders: std::sync::Mutex::default(),
                         addresses: std::sync::Mutex::default(),
                         timeout,
+                        security,
                     });
                 }
                 Err(e) => last = Some(e),
@@ -291,7 +315,9 @@ impl Client {
         );
         let mut last = None;
         for addr in candidates.into_iter().filter(|a| a != gone) {
-            match Connection::connect_with_timeout(&addr, "stratactl", self.timeout).await {
+            match Connection::connect_secured(&addr, "stratactl", self.timeout, &self.security)
+                .await
+            {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     *self
@@ -392,8 +418,8 @@ impl Client {
                 what: format!("broker {id} is not in the cluster metadata; retry shortly"),
                 code: ResponseError::LeaderNotAvailable.code(),
             })?;
-        let c =
-            Arc::new(Connection::connect_with_timeout(&addr, "strata-client", self.timeout).await?);
+        let c = Connection::connect_secured(&addr, "strata-client", self.timeout, &self.security);
+        let c = Arc::new(c.await?);
         conns.insert(id, c.clone());
         Ok(c)
     }

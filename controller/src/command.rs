@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{BrokerId, Endpoint, PartitionRecord};
+use crate::model::{BrokerId, Endpoint, PartitionRecord, ScramCredential};
 
 /// A change to cluster metadata, replicated through the Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +141,14 @@ pub enum Command {
         /// `(topic, partition, target replicas or None to cancel)`.
         changes: Vec<(String, i32, Option<Vec<BrokerId>>)>,
     },
+    /// Sets and removes users' SCRAM credentials (AlterUserScramCredentials); the broker has
+    /// checked them. Removing one that is not there changes nothing.
+    AlterScramCredentials {
+        /// `(user, mechanism, credential)` to set.
+        upsert: Vec<(String, String, ScramCredential)>,
+        /// `(user, mechanism)` to remove.
+        delete: Vec<(String, String)>,
+    },
 }
 
 /// Number of producer ids in one block.
@@ -201,6 +209,8 @@ pub enum Outcome {
         /// `(topic, partition, why)` of each refused change.
         refused: Vec<(String, i32, CommandError)>,
     },
+    /// SCRAM credentials were set and removed.
+    ScramAltered,
     /// Partitions whose leader changed, with the new leader.
     LeadersElected {
         /// `(topic, partition, leader)`.

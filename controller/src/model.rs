@@ -126,6 +126,24 @@ pub struct MetadataImage {
     pub topics: BTreeMap<String, TopicRecord>,
     /// First producer id of the next block handed out.
     pub next_producer_id: i64,
+    /// SCRAM credentials: user → mechanism (`SCRAM-SHA-256`, `SCRAM-SHA-512`) → credential.
+    #[serde(default)]
+    pub scram: BTreeMap<String, BTreeMap<String, ScramCredential>>,
+}
+
+/// What verifies a user's SCRAM password without holding it (RFC 5802): the salt and
+/// iteration count the client derives its salted password with, and the keys derived from
+/// that salted password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredential {
+    /// Salt.
+    pub salt: Vec<u8>,
+    /// H(HMAC(SaltedPassword, "Client Key")).
+    pub stored_key: Vec<u8>,
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: Vec<u8>,
+    /// Iterations of the salted password's derivation.
+    pub iterations: i32,
 }
 
 impl MetadataImage {
@@ -149,6 +167,14 @@ impl MetadataImage {
                     self.topics.remove(name);
                 }
                 Change::ProducerIds { next } => self.next_producer_id = *next,
+                Change::ScramUser { user, credentials } => match credentials.is_empty() {
+                    true => {
+                        self.scram.remove(user);
+                    }
+                    false => {
+                        self.scram.insert(user.clone(), credentials.clone());
+                    }
+                },
             }
         }
         self.version = delta.version;
@@ -178,6 +204,13 @@ pub enum Change {
     ProducerIds {
         /// The next unallocated producer id.
         next: i64,
+    },
+    /// A user's SCRAM credentials changed; none left means the user is gone.
+    ScramUser {
+        /// User name.
+        user: String,
+        /// Its credentials by mechanism.
+        credentials: BTreeMap<String, ScramCredential>,
     },
 }
 

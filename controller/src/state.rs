@@ -366,6 +366,34 @@ impl MetadataState {
                     partition: partition_record,
                 })
             }
+            Command::AlterScramCredentials { upsert, delete } => {
+                let mut touched: BTreeMap<&str, ()> = BTreeMap::new();
+                for (user, mechanism) in delete {
+                    if let Some(creds) = self.image.scram.get_mut(user) {
+                        creds.remove(mechanism);
+                        touched.insert(user, ());
+                    }
+                }
+                for (user, mechanism, credential) in upsert {
+                    self.image
+                        .scram
+                        .entry(user.clone())
+                        .or_default()
+                        .insert(mechanism.clone(), credential.clone());
+                    touched.insert(user, ());
+                }
+                for user in touched.into_keys() {
+                    let credentials = self.image.scram.get(user).cloned().unwrap_or_default();
+                    if credentials.is_empty() {
+                        self.image.scram.remove(user);
+                    }
+                    changes.push(Change::ScramUser {
+                        user: user.to_owned(),
+                        credentials,
+                    });
+                }
+                Ok(Outcome::ScramAltered)
+            }
             Command::AllocateProducerIds {
                 broker_id,
                 broker_epoch,

@@ -886,3 +886,53 @@ fn a_reassignment_waits_for_its_new_replicas_then_moves_leadership_off_a_leaving
     assert_eq!(done.leader_epoch, p.leader_epoch + 1);
     assert!(!done.reassigning());
 }
+
+#[test]
+fn scram_credentials_are_set_replaced_and_removed_and_followers_see_each_change() {
+    use strata_controller::model::ScramCredential;
+
+    let (mut state, _) = cluster(1);
+    let mut follower = state.image().clone();
+    let cred = |n: u8| ScramCredential {
+        salt: vec![n; 16],
+        stored_key: vec![n; 64],
+        server_key: vec![n + 1; 64],
+        iterations: 4096,
+    };
+    let follow = |state: &MetadataState, image: &mut MetadataImage| {
+        for update in state.updates_since(image.version) {
+            match update {
+                MetadataUpdate::Delta(d) => image.apply_delta(&d),
+                MetadataUpdate::Image(i) => *image = i,
+            }
+        }
+    };
+    let set = Command::AlterScramCredentials {
+        upsert: vec![
+            ("alice".into(), "SCRAM-SHA-512".into(), cred(1)),
+            ("alice".into(), "SCRAM-SHA-256".into(), cred(2)),
+            ("bob".into(), "SCRAM-SHA-512".into(), cred(3)),
+        ],
+        delete: Vec::new(),
+    };
+    assert_eq!(
+        state.apply(&set).expect("set").outcome,
+        Outcome::ScramAltered
+    );
+    follow(&state, &mut follower);
+    assert_eq!(follower.scram, state.image().scram);
+    assert_eq!(state.image().scram["alice"].len(), 2);
+    // Removing bob's only credential removes bob; a missing one changes nothing.
+    let remove = Command::AlterScramCredentials {
+        upsert: vec![("alice".into(), "SCRAM-SHA-512".into(), cred(9))],
+        delete: vec![
+            ("bob".into(), "SCRAM-SHA-512".into()),
+            ("carol".into(), "SCRAM-SHA-256".into()),
+        ],
+    };
+    state.apply(&remove).expect("remove");
+    follow(&state, &mut follower);
+    assert_eq!(follower.scram, state.image().scram);
+    assert!(!state.image().scram.contains_key("bob"));
+    assert_eq!(state.image().scram["alice"]["SCRAM-SHA-512"], cred(9));
+}

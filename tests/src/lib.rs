@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod faults;
+pub mod pki;
 pub mod proxy;
 pub mod s3;
 
@@ -122,6 +123,14 @@ impl TestBroker {
     /// The Kafka listener.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the listener named `name` (see `kafka.listeners`).
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.broker
+            .as_ref()
+            .and_then(|b| b.listener_addr(name))
+            .unwrap_or_else(|| panic!("no listener {name}"))
     }
 
     /// Shuts the broker down gracefully and starts it again on the same port and data.

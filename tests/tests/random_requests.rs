@@ -1,6 +1,7 @@
 //! A few thousand random and mutated requests against a live broker: valid frames with
 //! flipped bytes, truncated bodies, wrong versions and api keys, huge counts. The broker must
-//! answer or close the connection, never panic, and serve a normal client afterwards.
+//! answer or close the connection, never panic, and serve a normal client afterwards. The
+//! SASL requests go to a SASL_PLAINTEXT listener, where they reach the SCRAM exchange.
 //!
 //! The seed is printed; `STRATA_FUZZ_SEED=<n>` replays a run, `STRATA_FUZZ_REQUESTS=<n>`
 //! sends more.
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
@@ -21,9 +23,10 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, GroupId, JoinGroupRequest,
+    AlterUserScramCredentialsRequest, ApiKey, BrokerId, CreateTopicsRequest,
+    DescribeUserScramCredentialsRequest, FetchRequest, GroupId, JoinGroupRequest,
     ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, ProduceRequest, RequestHeader,
-    TopicName,
+    SaslAuthenticateRequest, SaslHandshakeRequest, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use strata_client::{Client, NewRecord};
@@ -170,6 +173,45 @@ fn seeds() -> Vec<(Vec<u8>, ApiKey, i16)> {
             ApiKey::JoinGroup,
             5,
         ),
+        (
+            enc(
+                &SaslHandshakeRequest::default()
+                    .with_mechanism(StrBytes::from_static_str("SCRAM-SHA-512")),
+                1,
+            ),
+            ApiKey::SaslHandshake,
+            1,
+        ),
+        (
+            enc(
+                &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(
+                    b"n,,n=fuzzer,r=fyko+d2lbbFgONRv9qkxdawL",
+                )),
+                2,
+            ),
+            ApiKey::SaslAuthenticate,
+            2,
+        ),
+        (
+            enc(
+                &AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+                    ScramCredentialUpsertion::default()
+                        .with_name(StrBytes::from_static_str("fuzzer"))
+                        .with_mechanism(2)
+                        .with_iterations(4096)
+                        .with_salt(Bytes::from_static(b"salt"))
+                        .with_salted_password(Bytes::from(vec![7u8; 64])),
+                ]),
+                0,
+            ),
+            ApiKey::AlterUserScramCredentials,
+            0,
+        ),
+        (
+            enc(&DescribeUserScramCredentialsRequest::default(), 0),
+            ApiKey::DescribeUserScramCredentials,
+            0,
+        ),
     ]
 }
 
@@ -266,7 +308,19 @@ async fn thousands_of_mutated_requests_leave_the_broker_serving() {
     eprintln!("STRATA_FUZZ_SEED={seed} STRATA_FUZZ_REQUESTS={requests}");
     let mut rng = Rng(seed);
 
-    let broker = TestBroker::start_with(|c| c.groups.initial_rebalance_delay_ms = 0).await;
+    let broker = TestBroker::start_with(|c| {
+        c.groups.initial_rebalance_delay_ms = 0;
+        c.kafka.listeners = vec![strata_broker::config::ListenerConfig {
+            name: "SASL_PLAINTEXT".into(),
+            listen: "127.0.0.1:0".into(),
+            advertised: None,
+            security_protocol: None,
+            client_auth: None,
+        }];
+        c.kafka.sasl.failed_authentication_delay_ms = 0;
+    })
+    .await;
+    let sasl_addr = broker.listener("SASL_PLAINTEXT");
     let client = Client::connect(&broker.bootstrap()).await.expect("connect");
     client
         .create_topic("fuzz", 1, -1, &BTreeMap::new())
@@ -282,10 +336,16 @@ async fn thousands_of_mutated_requests_leave_the_broker_serving() {
         .expect("produce");
 
     let seeds = seeds();
-    let mut conn = RawClient::connect(broker.addr()).await;
+    let mut plain = RawClient::connect(broker.addr()).await;
+    let mut sasl = RawClient::connect(sasl_addr).await;
     let (mut answered, mut closed) = (0usize, 0usize);
     for i in 0..requests {
         let (kind, api, version) = &seeds[rng.below(seeds.len())];
+        let to_sasl = matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate);
+        let (conn, addr) = match to_sasl {
+            true => (&mut sasl, sasl_addr),
+            false => (&mut plain, broker.addr()),
+        };
         let body = frame(kind, *api, *version, i as i32);
         let body = if rng.below(10) == 0 {
             body
@@ -302,9 +362,9 @@ async fn thousands_of_mutated_requests_leave_the_broker_serving() {
             // Closed: a bad frame closes its connection. Open another.
             Ok(None) => {
                 closed += 1;
-                conn = RawClient::connect(broker.addr()).await;
+                *conn = RawClient::connect(addr).await;
             }
-            Err(_) if may_be_silent => conn = RawClient::connect(broker.addr()).await,
+            Err(_) if may_be_silent => *conn = RawClient::connect(addr).await,
             Err(_) => panic!("request {i} (seed {seed}) got no answer and no close in {wait:?}"),
         }
     }

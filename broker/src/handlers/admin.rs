@@ -56,6 +56,7 @@ pub(super) fn api_versions(frame: &Frame) -> Result<Bytes, FrameError> {
             version: 0,
             header: frame.header.clone(),
             body: Bytes::new(),
+            session: frame.session.clone(),
         };
         return v0.respond(
             &ApiVersionsResponse::default()
@@ -317,7 +318,7 @@ pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<
             })
             .collect(),
     };
-    let brokers = live_brokers(&image)
+    let brokers = live_brokers(&image, &frame.session.listener.name)
         .map(|(id, host, port, rack)| {
             MetadataResponseBroker::default()
                 .with_node_id(broker_id(id))
@@ -335,16 +336,18 @@ pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<
     )
 }
 
-/// Unfenced brokers as clients should reach them: id, host, port, rack.
-fn live_brokers(
-    image: &MetadataImage,
-) -> impl Iterator<Item = (i32, StrBytes, i32, Option<StrBytes>)> + '_ {
+/// Unfenced brokers as clients on `listener` should reach them: id, host, port, rack.
+/// A broker without that listener is left out, as Kafka does.
+fn live_brokers<'a>(
+    image: &'a MetadataImage,
+    listener: &'a str,
+) -> impl Iterator<Item = (i32, StrBytes, i32, Option<StrBytes>)> + 'a {
     image
         .brokers
         .values()
         .filter(|b| !b.fenced)
-        .filter_map(|b| {
-            let e = b.endpoints.first()?;
+        .filter_map(move |b| {
+            let e = super::endpoint(b, listener)?;
             Some((
                 b.id,
                 str_bytes(&e.host),
@@ -552,7 +555,7 @@ pub(super) async fn describe_cluster(
         );
     }
     let image = state.image();
-    let brokers = live_brokers(&image)
+    let brokers = live_brokers(&image, &frame.session.listener.name)
         .map(|(id, host, port, rack)| {
             DescribeClusterBroker::default()
                 .with_broker_id(broker_id(id))

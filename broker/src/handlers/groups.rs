@@ -71,11 +71,22 @@ pub(super) async fn find_coordinator(
             Ok(id) => id,
             Err(e) => return none(e, None),
         };
+        let listener = &frame.session.listener.name;
         if id == state.id {
-            let (host, port) = state.config.advertised();
-            return (0, None, id, host, port);
+            let own = state
+                .config
+                .endpoints()
+                .into_iter()
+                .find(|e| e.listener == *listener);
+            if let Some(e) = own {
+                return (0, None, id, e.host, e.port);
+            }
         }
-        match image.brokers.get(&id).and_then(|b| b.endpoints.first()) {
+        match image
+            .brokers
+            .get(&id)
+            .and_then(|b| super::endpoint(b, listener))
+        {
             Some(e) => (0, None, id, e.host.clone(), e.port),
             None => none(code::COORDINATOR_NOT_AVAILABLE, None),
         }

@@ -9,6 +9,7 @@ mod groups_admin;
 mod logdirs;
 mod produce;
 mod records;
+mod sasl;
 mod telemetry;
 mod topics;
 mod txn;
@@ -124,6 +125,12 @@ pub(crate) async fn handle(
             telemetry::get_telemetry_subscriptions(state, frame).await
         }
         ApiKey::PushTelemetry => telemetry::push_telemetry(state, frame).await,
+        ApiKey::SaslHandshake => sasl::sasl_handshake(state, frame).await,
+        ApiKey::SaslAuthenticate => sasl::sasl_authenticate(state, frame).await,
+        ApiKey::DescribeUserScramCredentials => {
+            sasl::describe_user_scram_credentials(state, frame).await
+        }
+        ApiKey::AlterUserScramCredentials => sasl::alter_user_scram_credentials(state, frame).await,
         api => Err(FrameError::Unsupported {
             api,
             version: frame.version,
@@ -138,6 +145,14 @@ pub(crate) fn topic_name(s: &str) -> TopicName {
 
 pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
+}
+
+/// Where clients on `listener` reach broker `b`.
+pub(crate) fn endpoint<'a>(
+    b: &'a strata_controller::model::BrokerRecord,
+    listener: &str,
+) -> Option<&'a strata_controller::model::Endpoint> {
+    b.endpoints.iter().find(|e| e.listener == listener)
 }
 
 pub(crate) fn broker_id(id: i32) -> BrokerId {

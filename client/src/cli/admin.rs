@@ -6,7 +6,8 @@ use std::io::Write;
 use serde_json::json;
 
 use super::{
-    CliError, GroupCommand, ResetArgs, TopicCommand, TransactionCommand, partitions, table,
+    CliError, GroupCommand, ResetArgs, TopicCommand, TransactionCommand, UserCommand, partitions,
+    table,
 };
 use crate::Client;
 use crate::groups::GroupOffsets;
@@ -304,6 +305,56 @@ pub(super) async fn decommission(
     }
     let results = client.reassign_partitions(&changes).await?;
     reassigned(&results, as_json, out)
+}
+
+pub(super) async fn user(
+    client: &Client,
+    cmd: UserCommand,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    match cmd {
+        UserCommand::Create {
+            name,
+            password,
+            mechanism,
+            iterations,
+        } => {
+            client
+                .set_scram_password(&name, &mechanism, &password, iterations)
+                .await?;
+            writeln!(out, "user {name}: {mechanism} password set")?;
+        }
+        UserCommand::Delete { name, mechanism } => {
+            client.delete_scram(&name, &mechanism).await?;
+            writeln!(out, "user {name}: {mechanism} credential removed")?;
+        }
+        UserCommand::List => {
+            let users = client.describe_scram(None).await?;
+            if as_json {
+                let list: Vec<_> = users
+                    .iter()
+                    .map(|u| {
+                        json!({ "user": u.name, "credentials": u.credentials.iter()
+                        .map(|(m, i)| json!({ "mechanism": m, "iterations": i }))
+                        .collect::<Vec<_>>() })
+                    })
+                    .collect();
+                writeln!(out, "{}", json!(list))?;
+            } else {
+                let rows: Vec<Vec<String>> = users
+                    .iter()
+                    .flat_map(|u| {
+                        u.credentials
+                            .iter()
+                            .map(|(m, i)| vec![u.name.clone(), m.clone(), i.to_string()])
+                    })
+                    .collect();
+                table(out, &["USER", "MECHANISM", "ITERATIONS"], &rows)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn cluster(

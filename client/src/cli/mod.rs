@@ -34,6 +34,11 @@ pub struct Cli {
     /// gives up on it (Kafka's `request.timeout.ms`).
     #[arg(long, global = true, default_value_t = 60_000)]
     pub timeout_ms: u64,
+    /// Client properties for TLS and SASL, Kafka's way: `security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password` (or `sasl.jaas.config`),
+    /// `ssl.ca.location`, `ssl.certificate.location`, `ssl.key.location`.
+    #[arg(long, global = true, env = "STRATA_COMMAND_CONFIG")]
+    pub command_config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +68,37 @@ enum Command {
     /// Measure throughput and latency (works against any Kafka-compatible broker).
     #[command(subcommand)]
     Perf(perf::PerfCommand),
+    /// SCRAM users for SASL: set a password, delete, list.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Sets a user's password for a mechanism, creating the user.
+    Create {
+        /// The user name.
+        name: String,
+        /// The password (or set STRATA_USER_PASSWORD, which keeps it out of the shell's
+        /// history).
+        #[arg(long, env = "STRATA_USER_PASSWORD", hide_env_values = true)]
+        password: String,
+        /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+        /// Rounds of the password's derivation (4096 to 16384).
+        #[arg(long, default_value_t = 8192)]
+        iterations: u32,
+    },
+    /// Removes a user's credential for a mechanism (the user, with its last one).
+    Delete {
+        /// The user name.
+        name: String,
+        #[arg(long, default_value = "SCRAM-SHA-512")]
+        mechanism: String,
+    },
+    /// Lists the users and their mechanisms.
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -377,10 +413,15 @@ where
         Err(e) => return Err(CliError::Usage(e.render().to_string())),
     };
     let timeout = std::time::Duration::from_millis(cli.timeout_ms.max(1));
-    let client = Arc::new(Client::connect_with_timeout(&cli.bootstrap, timeout).await?);
+    let security = match &cli.command_config {
+        Some(path) => crate::security::Security::from_file(path)?,
+        None => crate::security::Security::default(),
+    };
+    let client = Arc::new(Client::connect_secured(&cli.bootstrap, timeout, security).await?);
     let json = cli.json;
     match cli.command {
         Command::Topic(t) => admin::topic(&client, t, json, out).await,
+        Command::User(u) => admin::user(&client, u, json, out).await,
         Command::Cluster(ClusterCommand::Info) => admin::cluster(&client, json, out).await,
         Command::Cluster(ClusterCommand::Decommission { broker }) => {
             admin::decommission(&client, broker, json, out).await

@@ -1,0 +1,262 @@
+//! Listener, TLS and SASL settings (`[[kafka.listeners]]`, `[kafka.tls]`, `[kafka.sasl]`),
+//! under Kafka's meanings, and their validation.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// How a listener's connections are secured (Kafka's `security.protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// Kafka's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plaintext => "PLAINTEXT",
+            Self::Ssl => "SSL",
+            Self::SaslPlaintext => "SASL_PLAINTEXT",
+            Self::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    /// The protocol a listener name stands for when it is one (Kafka's default
+    /// `listener.security.protocol.map` maps each protocol name to itself).
+    pub fn named(name: &str) -> Option<Self> {
+        [
+            Self::Plaintext,
+            Self::Ssl,
+            Self::SaslPlaintext,
+            Self::SaslSsl,
+        ]
+        .into_iter()
+        .find(|p| p.name() == name)
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+}
+
+/// One more listener, beside the one at `kafka.listen` (which is `PLAINTEXT` and carries
+/// the brokers' own traffic).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Listener name (Kafka's `listeners` names), e.g. `EXTERNAL` or `SASL_SSL`.
+    pub name: String,
+    /// Address to listen on (`ip:port`).
+    pub listen: String,
+    /// `host:port` clients that came in on this listener are told (Metadata, FindCoordinator);
+    /// defaults to `listen`.
+    pub advertised: Option<String>,
+    /// Its protocol; defaults to the name when the name is a protocol's (Kafka's
+    /// `listener.security.protocol.map`).
+    pub security_protocol: Option<SecurityProtocol>,
+    /// Client certificates on this TLS listener, instead of `kafka.tls.client_auth`
+    /// (Kafka's `listener.name.<name>.ssl.client.auth`).
+    pub client_auth: Option<ClientAuth>,
+}
+
+impl ListenerConfig {
+    /// The protocol, as configured or implied by the name.
+    pub fn protocol(&self) -> Option<SecurityProtocol> {
+        self.security_protocol
+            .or_else(|| SecurityProtocol::named(&self.name))
+    }
+}
+
+/// Whether TLS listeners ask for client certificates (Kafka's `ssl.client.auth`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    #[default]
+    None,
+    /// Asked for; a client without one connects anonymously, one with a certificate the CA
+    /// did not sign is refused.
+    Requested,
+    /// A client must present a certificate the CA signed.
+    Required,
+}
+
+/// The TLS listeners' certificate and client authentication (`[kafka.tls]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the broker's certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM file with the CA certificates that sign client certificates (mTLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// `none`, `requested` or `required`.
+    pub client_auth: ClientAuth,
+    /// How often the files are checked for changes; changed files are loaded for new
+    /// connections without a restart.
+    pub reload_interval_ms: u64,
+    /// A connection that has not finished its TLS handshake by then is closed.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            client_auth: ClientAuth::None,
+            reload_interval_ms: 10_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The SASL mechanisms this broker implements.
+pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// SASL on the SASL listeners (`[kafka.sasl]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SaslConfig {
+    /// Mechanisms clients may use (Kafka's `sasl.enabled.mechanisms`). PLAIN checks the
+    /// password against the user's SCRAM credentials; it sends the password as is, so enable
+    /// it on TLS listeners only.
+    pub mechanisms: Vec<String>,
+    /// An authenticated session lasts this long, and the client must re-authenticate on the
+    /// same connection before it ends (KIP-368, `connections.max.reauth.ms`); 0: for ever.
+    pub max_reauth_ms: u64,
+    /// A failed authentication is answered after this delay, then the connection closed
+    /// (`connection.failed.authentication.delay.ms`), to slow password guessing.
+    pub failed_authentication_delay_ms: u64,
+    /// A connection that has not authenticated by then is closed.
+    pub authentication_timeout_ms: u64,
+}
+
+impl Default for SaslConfig {
+    fn default() -> Self {
+        Self {
+            mechanisms: vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-512".into()],
+            max_reauth_ms: 0,
+            failed_authentication_delay_ms: 100,
+            authentication_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Why the listeners' settings are refused: the key and the reason.
+pub type Invalid = (String, String);
+
+/// Checks the extra listeners against each other, the main one (`main_listen` named
+/// `main_name`), and the TLS and SASL settings they need.
+pub fn validate(
+    main_name: &str,
+    main_listen: &str,
+    listeners: &[ListenerConfig],
+    tls: &TlsConfig,
+    sasl: &SaslConfig,
+) -> Result<(), Invalid> {
+    let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
+    let mut names = vec![main_name.to_owned()];
+    let mut addresses = vec![main_listen.to_owned()];
+    for (i, l) in listeners.iter().enumerate() {
+        let key = format!("kafka.listeners[{i}]");
+        if l.name.is_empty()
+            || !l
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return bad(
+                &key,
+                format!("name {:?} must be letters, digits, _ or -", l.name),
+            );
+        }
+        if names.contains(&l.name) {
+            return bad(&key, format!("listener name {} is used twice", l.name));
+        }
+        if l.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(&key, format!("listen {:?} is not ip:port", l.listen));
+        }
+        if addresses.contains(&l.listen) && !l.listen.ends_with(":0") {
+            return bad(&key, format!("address {} is used twice", l.listen));
+        }
+        if let Some(a) = &l.advertised
+            && a.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return bad(&key, format!("advertised {a:?} is not host:port"));
+        }
+        let Some(protocol) = l.protocol() else {
+            return bad(
+                &key,
+                format!(
+                    "listener {} needs a security_protocol (PLAINTEXT, SSL, SASL_PLAINTEXT or \
+                     SASL_SSL): its name is not one",
+                    l.name
+                ),
+            );
+        };
+        if protocol.tls() && (tls.cert_file.is_none() || tls.key_file.is_none()) {
+            return bad(
+                "kafka.tls",
+                format!(
+                    "listener {} is {}: kafka.tls.cert_file and kafka.tls.key_file are needed",
+                    l.name,
+                    protocol.name()
+                ),
+            );
+        }
+        names.push(l.name.clone());
+        addresses.push(l.listen.clone());
+    }
+    let asks = listeners.iter().any(|l| {
+        l.protocol().is_some_and(SecurityProtocol::tls)
+            && l.client_auth.unwrap_or(tls.client_auth) != ClientAuth::None
+    });
+    if (asks || tls.client_auth != ClientAuth::None) && tls.client_ca_file.is_none() {
+        return bad(
+            "kafka.tls.client_ca_file",
+            "client_auth asks for client certificates: the CA that signs them is needed".into(),
+        );
+    }
+    if tls.reload_interval_ms == 0 || tls.handshake_timeout_ms == 0 {
+        return bad(
+            "kafka.tls",
+            "reload_interval_ms and handshake_timeout_ms must be positive".into(),
+        );
+    }
+    if sasl.mechanisms.is_empty() {
+        return bad(
+            "kafka.sasl.mechanisms",
+            "needs at least one mechanism".into(),
+        );
+    }
+    if let Some(m) = sasl
+        .mechanisms
+        .iter()
+        .find(|m| !MECHANISMS.contains(&m.as_str()))
+    {
+        return bad(
+            "kafka.sasl.mechanisms",
+            format!("{m} is not one of {}", MECHANISMS.join(", ")),
+        );
+    }
+    if sasl.authentication_timeout_ms == 0 {
+        return bad(
+            "kafka.sasl.authentication_timeout_ms",
+            "must be positive".into(),
+        );
+    }
+    Ok(())
+}
