@@ -1065,4 +1065,74 @@ mod tests {
             .to_string();
         assert!(e.contains("groups.consumer_heartbeat_interval_ms"), "{e}");
     }
+
+    /// The documented configuration and the examples load and validate.
+    #[test]
+    fn the_deploy_files_load() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let mut files = vec![deploy.join("strata.toml")];
+        for entry in std::fs::read_dir(deploy.join("examples")).expect("examples") {
+            files.push(entry.expect("entry").path());
+        }
+        for file in files {
+            let loaded = BrokerConfig::load(&ConfigSources {
+                file: Some(file.clone()),
+                ..Default::default()
+            });
+            let config = loaded.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+    }
+
+    #[test]
+    fn listeners_are_checked_as_kafka_checks_them() {
+        let ok = with(&[
+            r#"kafka.listeners=[{name="SASL_SSL",listen="127.0.0.1:9094"}]"#,
+            r#"kafka.tls.cert_file="c.pem""#,
+            r#"kafka.tls.key_file="k.pem""#,
+        ])
+        .expect("a SASL_SSL listener");
+        ok.validate().expect("valid");
+        assert_eq!(
+            ok.endpoints()
+                .iter()
+                .map(|e| e.listener.as_str())
+                .collect::<Vec<_>>(),
+            ["PLAINTEXT", "SASL_SSL"]
+        );
+        for (bad, key) in [
+            (
+                r#"kafka.listeners=[{name="SSL",listen="127.0.0.1:9094"}]"#,
+                "kafka.tls",
+            ),
+            (
+                r#"kafka.listeners=[{name="EXTERNAL",listen="127.0.0.1:9094"}]"#,
+                "kafka.listeners[0]",
+            ),
+            (
+                r#"kafka.listeners=[{name="PLAINTEXT",listen="127.0.0.1:9094"}]"#,
+                "kafka.listeners[0]",
+            ),
+            (
+                r#"kafka.listeners=[{name="X",listen="127.0.0.1:9092",security_protocol="PLAINTEXT"}]"#,
+                "kafka.listeners[0]",
+            ),
+            (
+                r#"kafka.sasl.mechanisms=["GSSAPI"]"#,
+                "kafka.sasl.mechanisms",
+            ),
+            (
+                r#"kafka.tls.client_auth="required""#,
+                "kafka.tls.client_ca_file",
+            ),
+        ] {
+            let e = with(&[bad])
+                .and_then(|c| c.validate().map(|()| c))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
 }

@@ -137,6 +137,11 @@ pub(crate) async fn serve<S>(
                         Some(gate) => gate.acquire_owned().await.ok(),
                         None => None,
                     };
+                    if session.raw_tokens() {
+                        drop(turn);
+                        let answer = handlers::sasl_token(&state, &session, buf).await;
+                        return (answer, held, fetch_turn);
+                    }
                     let admitted = parse_frame(buf, session).and_then(|f| {
                         f.session
                             .admit(f.api, tokio::time::Instant::now())

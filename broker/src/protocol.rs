@@ -55,8 +55,9 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::GetTelemetrySubscriptions, 0, 0),
     (ApiKey::PushTelemetry, 0, 0),
-    // v0 handshakes are followed by raw SASL tokens, not SaslAuthenticate: declined.
-    (ApiKey::SaslHandshake, 1, 1),
+    // After a v0 handshake the tokens come as bare frames (librdkafka looks for v0 to
+    // know the broker speaks SASL handshakes at all, then uses v1).
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),

@@ -2,9 +2,11 @@
 # The client compatibility suite: installs the Kafka clients users run (kafka-python and
 # aiokafka from PyPI, pinned, in a virtualenv under target/; kcat, and Go with sarama and
 # confluent-kafka-go, from Debian when missing),
-# starts a single-node strata broker (a debug build, local directory as object store) and
-# runs every client through the same scenarios (tests/compat/scenarios.py), printing the
-# client x scenario matrix. Exits non-zero when a scenario fails.
+# starts a single-node strata broker (a debug build, local directory as object store) with a
+# SASL_SSL and a mutual-TLS listener beside its plaintext one (certificates made by
+# tests/compat/pki.py, a SCRAM user made with stratactl) and runs every client through the
+# same scenarios (tests/compat/scenarios.py), printing the client x scenario matrix. Exits
+# non-zero when a scenario fails.
 #
 #   tests/compat/run.sh                    # all clients
 #   CLIENTS=aiokafka,sarama tests/compat/run.sh   # some
@@ -43,9 +45,10 @@ fi
 
 echo "== broker"
 if [ -z "${BIN:-}" ]; then
-  cargo build -q --bin strata
+  cargo build -q --bin strata --bin stratactl
   BIN=target/debug/strata
 fi
+CTL=${CTL:-$(dirname "$BIN")/stratactl}
 WORK=$(mktemp -d)
 PID=
 cleanup() {
@@ -53,11 +56,23 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+PORT=$(free_port)
+SECURE_PORT=$(free_port)
+MTLS_PORT=$(free_port)
+PKI="$WORK/pki"
+"$VENV/bin/python" tests/compat/pki.py "$PKI"
 "$BIN" --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
   --set 'controller.listen="127.0.0.1:0"' \
   --set 'http.listen=""' \
   --set "object_store.url=\"file://$WORK/objects\"" \
+  --set "kafka.listeners=[{name=\"SASL_SSL\",listen=\"127.0.0.1:$SECURE_PORT\"},{name=\"SSL\",listen=\"127.0.0.1:$MTLS_PORT\",client_auth=\"required\"}]" \
+  --set "kafka.tls.cert_file=\"$PKI/broker.pem\"" \
+  --set "kafka.tls.key_file=\"$PKI/broker.key\"" \
+  --set "kafka.tls.client_ca_file=\"$PKI/ca.pem\"" \
+  --set 'kafka.sasl.mechanisms=["SCRAM-SHA-512","SCRAM-SHA-256","PLAIN"]' \
   >"$WORK/strata.log" 2>&1 &
 PID=$!
 for _ in $(seq 300); do
@@ -68,10 +83,21 @@ grep -q "serving Kafka clients" "$WORK/strata.log" || {
   echo "strata did not start" >&2; cat "$WORK/strata.log" >&2; exit 1
 }
 
+STRATA_USER_PASSWORD=compat-secret "$CTL" -b "127.0.0.1:$PORT" user create compat >/dev/null
+STRATA_USER_PASSWORD=compat-secret "$CTL" -b "127.0.0.1:$PORT" user create compat \
+  --mechanism SCRAM-SHA-256 >/dev/null
+cat >"$WORK/security.json" <<JSON
+{"sasl_ssl": "127.0.0.1:$SECURE_PORT", "mtls": "127.0.0.1:$MTLS_PORT",
+ "ca": "$PKI/ca.pem", "client_cert": "$PKI/client.pem", "client_key": "$PKI/client.key",
+ "stranger_cert": "$PKI/stranger.pem", "stranger_key": "$PKI/stranger.key",
+ "user": "compat", "password": "compat-secret"}
+JSON
+
 echo "== scenarios"
 status=0
 "$VENV/bin/python" tests/compat/scenarios.py --bootstrap "127.0.0.1:$PORT" \
-  --clients "$CLIENTS" --go-binary target/compat-go --json target/compat-matrix.json ||
+  --clients "$CLIENTS" --go-binary target/compat-go --json target/compat-matrix.json \
+  --security "$WORK/security.json" ||
   status=$?
 if [ $status -ne 0 ]; then
   echo "== the broker's log (last 60 lines)"

@@ -18,8 +18,16 @@ import traceback
 import uuid
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
-SCENARIOS = ["codecs", "group", "commits", "admin", "idempotent", "transactions"]
+SCENARIOS = ["codecs", "group", "commits", "admin", "idempotent", "transactions", "security"]
 WAIT = 60
+# The broker's secured listeners and a SCRAM user (--security, written by run.sh).
+SECURITY = None
+
+
+def secured():
+    if SECURITY is None:
+        raise NotApplicable("no secured listeners given (--security)")
+    return SECURITY
 
 
 def unique(what):
@@ -264,7 +272,56 @@ class KafkaPython:
         )
 
 
-# ---------------------------------------------------------------- aiokafka
+    def security(self):
+        s = secured()
+        topic = unique("secure")
+        self.create(topic)
+        scram = dict(
+            bootstrap_servers=s["sasl_ssl"], security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512", sasl_plain_username=s["user"],
+            sasl_plain_password=s["password"], ssl_cafile=s["ca"],
+        )
+        plain = dict(scram, sasl_mechanism="PLAIN")
+        mtls = dict(
+            bootstrap_servers=s["mtls"], security_protocol="SSL", ssl_cafile=s["ca"],
+            ssl_certfile=s["client_cert"], ssl_keyfile=s["client_key"],
+        )
+        sent = []
+        for name, config in (("scram", scram), ("plain", plain), ("mtls", mtls)):
+            p = self.kafka.KafkaProducer(acks="all", **config)
+            batch = records(5, name)
+            for k, v, h in batch:
+                p.send(topic, key=k, value=v, headers=h)
+            p.flush(WAIT)
+            p.close()
+            sent += batch
+        c = self.kafka.KafkaConsumer(
+            topic, auto_offset_reset="earliest", enable_auto_commit=False,
+            consumer_timeout_ms=WAIT * 1000, **scram,
+        )
+        got = []
+        try:
+            for m in c:
+                got.append((m.key, m.value, list(m.headers)))
+                if len(got) >= len(sent):
+                    break
+        finally:
+            c.close()
+        same_records(got, sent, "over SASL_SSL and mTLS")
+        for what, config in (
+            ("a wrong password", dict(scram, sasl_plain_password="wrong")),
+            ("an unknown user", dict(scram, sasl_plain_username="nobody")),
+            ("another CA's certificate", dict(mtls, ssl_certfile=s["stranger_cert"],
+                                               ssl_keyfile=s["stranger_key"])),
+        ):
+            try:
+                p = self.kafka.KafkaProducer(max_block_ms=5000, **config)
+                p.send(topic, value=b"x").get(timeout=5)
+                p.close()
+                accepted = True
+            except Exception:
+                accepted = False
+            expect(not accepted, f"{what} was accepted")
 
 
 class AioKafka:
@@ -468,6 +525,64 @@ class AioKafka:
 
         self.run(go())
 
+    def security(self):
+        from aiokafka.helpers import create_ssl_context
+
+        s = secured()
+        scram = dict(
+            bootstrap_servers=s["sasl_ssl"], security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512", sasl_plain_username=s["user"],
+            sasl_plain_password=s["password"], ssl_context=create_ssl_context(cafile=s["ca"]),
+        )
+        mtls = dict(
+            bootstrap_servers=s["mtls"], security_protocol="SSL",
+            ssl_context=create_ssl_context(
+                cafile=s["ca"], certfile=s["client_cert"], keyfile=s["client_key"]
+            ),
+        )
+
+        async def go():
+            topic = unique("secure")
+            await self.create(topic)
+            sent = []
+            for name, config in (("scram", scram), ("mtls", mtls)):
+                p = self.aiokafka.AIOKafkaProducer(acks="all", **config)
+                await p.start()
+                try:
+                    batch = records(5, name)
+                    for k, v, h in batch:
+                        await p.send(topic, key=k, value=v, headers=h)
+                    await p.flush()
+                finally:
+                    await p.stop()
+                sent.extend(batch)
+            c = self.aiokafka.AIOKafkaConsumer(
+                topic, auto_offset_reset="earliest", enable_auto_commit=False, **mtls
+            )
+            await c.start()
+            got = []
+            try:
+                deadline = time.time() + WAIT
+                while len(got) < len(sent) and time.time() < deadline:
+                    for batch in (await c.getmany(timeout_ms=500)).values():
+                        got.extend((m.key, m.value, list(m.headers)) for m in batch)
+            finally:
+                await c.stop()
+            same_records(got, sent, "over SASL_SSL and mTLS")
+            p = self.aiokafka.AIOKafkaProducer(
+                request_timeout_ms=5000, **dict(scram, sasl_plain_password="wrong")
+            )
+            try:
+                await asyncio.wait_for(p.start(), 15)
+                accepted = True
+            except Exception:
+                accepted = False
+            finally:
+                await p.stop()
+            expect(not accepted, "a wrong password was accepted")
+
+        self.run(go())
+
 
 # ---------------------------------------------------------------- kcat
 
@@ -569,16 +684,55 @@ class Kcat:
     def transactions(self):
         raise NotApplicable("kcat has no transactions")
 
+    def security(self):
+        s = secured()
+        topic = unique("secure")
+        self.helper.create(topic)
+        scram = ["-X", "security.protocol=SASL_SSL", "-X", "sasl.mechanisms=SCRAM-SHA-512",
+                 "-X", f"sasl.username={s['user']}", "-X", f"sasl.password={s['password']}",
+                 "-X", f"ssl.ca.location={s['ca']}"]
+        mtls = ["-X", "security.protocol=SSL", "-X", f"ssl.ca.location={s['ca']}",
+                "-X", f"ssl.certificate.location={s['client_cert']}",
+                "-X", f"ssl.key.location={s['client_key']}"]
+
+        def at(addr, *args, stdin=None):
+            return subprocess.run(["kcat", "-b", addr, *args], input=stdin,
+                                  capture_output=True, timeout=WAIT)
+
+        for addr, how in ((s["sasl_ssl"], scram), (s["mtls"], mtls)):
+            lines = "\n".join(f"{addr}-{i}" for i in range(10)).encode()
+            out = at(addr, "-P", "-t", topic, "-X", "acks=all", *how, stdin=lines)
+            expect(out.returncode == 0, f"producing at {addr}: {out.stderr.decode()[-400:]}")
+        out = at(s["mtls"], "-C", "-t", topic, "-o", "beginning", "-e", "-f", "%s\n", *mtls)
+        got = out.stdout.decode().split()
+        expect(len(got) == 20 and len(set(got)) == 20, f"consumed {len(got)} of 20: {out.stderr.decode()[-300:]}")
+        # Refused, with Kafka's errors; the broker serves on.
+        wrong = [x.replace(f"sasl.password={s['password']}", "sasl.password=wrong") for x in scram]
+        stranger = [x.replace(s["client_cert"], s["stranger_cert"]).replace(s["client_key"], s["stranger_key"]) for x in mtls]
+        for what, addr, how, said in (
+            ("a wrong password", s["sasl_ssl"], wrong, "invalid credentials"),
+            ("an unknown user", s["sasl_ssl"],
+             [x.replace(f"sasl.username={s['user']}", "sasl.username=nobody") for x in scram],
+             "invalid credentials"),
+            ("another CA's certificate", s["mtls"], stranger, "unknown ca"),
+            ("a plaintext client on the TLS port", s["sasl_ssl"], [], "Disconnected"),
+        ):
+            out = at(addr, "-L", "-m", "5", *how)
+            err = out.stderr.decode()
+            expect(out.returncode != 0 and said in err, f"{what}: exit {out.returncode}, {err[-300:]}")
+        self.kcat("-L")
+
 
 class NotApplicable(Exception):
     pass
 
 
-def go_client(name, bootstrap, binary):
+def go_client(name, bootstrap, binary, security):
     """Runs the Go clients' program (tests/compat/go) for `name`: its version and the result
     of each scenario."""
+    extra = ["-security", security] if security else []
     out = subprocess.run(
-        [binary, "-bootstrap", bootstrap, "-client", name],
+        [binary, "-bootstrap", bootstrap, "-client", name, *extra],
         capture_output=True,
         text=True,
         timeout=WAIT * len(SCENARIOS) * 2,
@@ -609,12 +763,17 @@ def main():
     ap.add_argument("--clients", default=",".join(CLIENTS))
     ap.add_argument("--json")
     ap.add_argument("--go-binary", help="the Go clients' program (tests/compat/go)")
+    ap.add_argument("--security", help="the secured listeners and a SCRAM user (JSON)")
     args = ap.parse_args()
+    global SECURITY
+    if args.security:
+        with open(args.security) as f:
+            SECURITY = json.load(f)
     matrix = {}
     versions = {}
     for name in args.clients.split(","):
         if name in GO_CLIENTS:
-            version, results = go_client(name, args.bootstrap, args.go_binary)
+            version, results = go_client(name, args.bootstrap, args.go_binary, args.security)
             versions[name] = version
             for scenario in SCENARIOS:
                 result, seconds = results.get(scenario, ("FAIL", 0))

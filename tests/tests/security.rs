@@ -387,3 +387,45 @@ fn api_versions_frame() -> Vec<u8> {
 fn metadata_frame() -> Vec<u8> {
     frame(3, 1, &(-1i16).to_be_bytes(), &(-1i32).to_be_bytes())
 }
+
+/// SaslHandshake v0 (which librdkafka looks for before it uses v1): the exchange's tokens
+/// follow as bare size-prefixed frames, then Kafka requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v0_handshake_takes_bare_tokens() {
+    use strata_client::scram::{ScramClient, ScramHash};
+
+    let s = setup(|_| {}).await;
+    let mut raw = RawClient::connect(s.broker.listener("INTERNAL")).await;
+    let hs = raw
+        .call(
+            0,
+            &SaslHandshakeRequest::default()
+                .with_mechanism(StrBytes::from_static_str("SCRAM-SHA-512")),
+        )
+        .await;
+    assert_eq!(hs.error_code, 0);
+    let mut scram = ScramClient::new(ScramHash::Sha512, "alice", "alice-secret");
+    raw.send_frame(scram.first().as_bytes()).await;
+    let first = raw.read_frame().await.expect("server-first");
+    let last = scram
+        .last(std::str::from_utf8(&first).expect("utf-8"))
+        .expect("client-final");
+    raw.send_frame(last.as_bytes()).await;
+    let done = raw.read_frame().await.expect("server-final");
+    scram
+        .verify(std::str::from_utf8(&done).expect("utf-8"))
+        .expect("the broker holds alice's credential");
+    let m: kafka_protocol::messages::MetadataResponse =
+        raw.call(1, &MetadataRequest::default()).await;
+    assert_eq!(m.brokers.len(), 1);
+    // A wrong password over bare tokens: the connection closes (v0 has no error answer).
+    let mut raw = RawClient::connect(s.broker.listener("INTERNAL")).await;
+    let _ = raw
+        .call(
+            0,
+            &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+        )
+        .await;
+    raw.send_frame(b"\0alice\0wrong").await;
+    assert!(raw.closed_within(Duration::from_secs(5)).await);
+}

@@ -14,6 +14,7 @@ mod telemetry;
 mod topics;
 mod txn;
 
+pub(crate) use sasl::sasl_token;
 pub(crate) use txn::marker_writer;
 
 use std::sync::Arc;

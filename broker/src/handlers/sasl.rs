@@ -19,8 +19,10 @@ use strata_client::scram::{self, ScramHash};
 use strata_controller::Command;
 use strata_controller::model::ScramCredential;
 
+use super::Reply;
 use super::str_bytes;
 use crate::protocol::{Frame, FrameError};
+use crate::security::Session;
 use crate::security::sasl::{Failure, Mechanism, Step, code};
 use crate::state::BrokerState;
 
@@ -50,25 +52,24 @@ pub(super) async fn sasl_handshake(
         session.close_after_reply();
         return frame.respond(&answer.with_error_code(code::UNSUPPORTED_SASL_MECHANISM));
     };
-    let error = match session.choose(mechanism) {
+    // v0: the tokens follow as bare frames (see `sasl_token`).
+    let error = match session.choose(mechanism, frame.version == 0) {
         Ok(()) => 0,
         Err(Failure { code, .. }) => code,
     };
     frame.respond(&answer.with_error_code(error))
 }
 
-pub(super) async fn sasl_authenticate(
-    state: &Arc<BrokerState>,
-    frame: &Frame,
-) -> Result<Bytes, FrameError> {
-    let req: SaslAuthenticateRequest = frame.decode()?;
-    let session = frame.session.clone();
+/// One step of the connection's SASL exchange with `token`; a failure is answered after
+/// `kafka.sasl.failed_authentication_delay_ms` (the connection then closes).
+async fn step(state: &BrokerState, session: &Arc<Session>, token: Bytes) -> Result<Step, Failure> {
+    let session = session.clone();
     let image = state.image();
     let sasl = &state.config.kafka.sasl;
     let lifetime = Duration::from_millis(sasl.max_reauth_ms);
     let now = tokio::time::Instant::now();
     // PLAIN derives a salted password (thousands of HMACs): off the async workers.
-    let token = req.auth_bytes.clone();
+    let peer = session.peer;
     let stepped = tokio::task::spawn_blocking(move || {
         let lookup =
             |user: &str, hash: ScramHash| image.scram.get(user)?.get(hash.mechanism()).cloned();
@@ -81,6 +82,37 @@ pub(super) async fn sasl_authenticate(
             message: "authentication failed".into(),
         })
     });
+    if let Err(Failure { message, .. }) = &stepped {
+        tracing::info!(%peer, %message, "SASL authentication failed; closing");
+        tokio::time::sleep(Duration::from_millis(sasl.failed_authentication_delay_ms)).await;
+    }
+    stepped
+}
+
+/// A bare SASL token after a SaslHandshake v0: answered with the next bare token (the
+/// connection closes on a failure, as Kafka's does: v0 has no error to answer with).
+pub(crate) async fn sasl_token(
+    state: &Arc<BrokerState>,
+    session: &Arc<Session>,
+    token: Bytes,
+) -> Result<Option<Reply>, FrameError> {
+    let next = match step(state, session, token).await {
+        Ok(Step::Continue(next)) => next,
+        Ok(Step::Done { token, .. }) => token,
+        Err(Failure { message, .. }) => return Err(FrameError::NotAdmitted(message)),
+    };
+    let mut out = Vec::with_capacity(next.len() + 4);
+    out.extend_from_slice(&(next.len() as u32).to_be_bytes());
+    out.extend_from_slice(&next);
+    Ok(Some(Bytes::from(out).into()))
+}
+
+pub(super) async fn sasl_authenticate(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+) -> Result<Bytes, FrameError> {
+    let req: SaslAuthenticateRequest = frame.decode()?;
+    let stepped = step(state, &frame.session, req.auth_bytes.clone()).await;
     let resp = match stepped {
         Ok(Step::Continue(challenge)) => {
             SaslAuthenticateResponse::default().with_auth_bytes(Bytes::from(challenge))
@@ -92,14 +124,9 @@ pub(super) async fn sasl_authenticate(
                 .with_auth_bytes(Bytes::from(token))
                 .with_session_lifetime_ms(lifetime_ms)
         }
-        Err(Failure { code, message }) => {
-            tracing::info!(peer = %frame.session.peer, listener = %frame.session.listener.name,
-                %message, "SASL authentication failed; closing");
-            tokio::time::sleep(Duration::from_millis(sasl.failed_authentication_delay_ms)).await;
-            SaslAuthenticateResponse::default()
-                .with_error_code(code)
-                .with_error_message(Some(str_bytes(&message)))
-        }
+        Err(Failure { code, message }) => SaslAuthenticateResponse::default()
+            .with_error_code(code)
+            .with_error_message(Some(str_bytes(&message))),
     };
     frame.respond(&resp)
 }

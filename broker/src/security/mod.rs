@@ -49,6 +49,9 @@ struct State {
     /// When the authenticated session ends (KIP-368).
     expires: Option<Instant>,
     exchange: Exchange,
+    /// After a SaslHandshake v0 the client sends the exchange's tokens as bare
+    /// size-prefixed frames, not SaslAuthenticate requests, until it has authenticated.
+    raw_tokens: bool,
     /// The connection is to close once the response in progress is written.
     closing: bool,
 }
@@ -72,6 +75,7 @@ impl Session {
                 authenticated: !sasl,
                 expires: None,
                 exchange: Exchange::Idle,
+                raw_tokens: false,
                 closing: false,
             }),
         }
@@ -126,6 +130,11 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the next frame is a bare SASL token (after a SaslHandshake v0).
+    pub(crate) fn raw_tokens(&self) -> bool {
+        self.lock().raw_tokens
     }
 
     /// Whether the connection closes once the response being written is out (a failed

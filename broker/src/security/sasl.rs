@@ -80,8 +80,8 @@ fn invalid(mechanism: Mechanism) -> String {
 }
 
 impl Session {
-    /// SaslHandshake chose `mechanism`.
-    pub(crate) fn choose(&self, mechanism: Mechanism) -> Result<(), Failure> {
+    /// SaslHandshake chose `mechanism`; with `raw`, its tokens come as bare frames (v0).
+    pub(crate) fn choose(&self, mechanism: Mechanism, raw: bool) -> Result<(), Failure> {
         let mut s = self.lock();
         if !matches!(s.exchange, Exchange::Idle) {
             s.closing = true;
@@ -91,6 +91,7 @@ impl Session {
             });
         }
         s.exchange = Exchange::Chosen(mechanism);
+        s.raw_tokens = raw;
         Ok(())
     }
 
@@ -148,6 +149,7 @@ impl Session {
                 }
                 s.principal = principal;
                 s.authenticated = true;
+                s.raw_tokens = false;
                 s.expires = (!lifetime.is_zero()).then(|| now + lifetime);
                 Ok(Step::Done {
                     token,
@@ -207,6 +209,8 @@ pub(crate) struct ScramServer {
     /// as a wrong password does, so the answers do not tell which users exist.
     credential: Option<ScramCredential>,
     gs2_header: String,
+    /// The client's part of the nonce, and the whole (the client's then the server's).
+    client_nonce: String,
     nonce: String,
     first_bare: String,
     server_first: String,
@@ -265,6 +269,7 @@ impl ScramServer {
             user,
             credential,
             gs2_header: format!("{flag},{authzid},"),
+            client_nonce: client_nonce.to_owned(),
             nonce,
             first_bare: bare.to_owned(),
             server_first: server_first.clone(),
@@ -286,9 +291,13 @@ impl ScramServer {
         let attrs = scram::attributes(without_proof);
         let binding = attrs.iter().find(|(k, _)| *k == 'c').map(|(_, v)| *v);
         let nonce = attrs.iter().find(|(k, _)| *k == 'r').map(|(_, v)| *v);
-        if binding != Some(scram::b64(self.gs2_header.as_bytes()).as_str())
-            || nonce != Some(self.nonce.as_str())
-        {
+        // RFC 5802: the nonce is the server's. librdkafka before 2.6.1 (still what Debian
+        // 12 and many images ship) sends the client's part once more in front of it, and
+        // Kafka 3.8.1 to 3.9 accept that; so does Strata, and nothing else (the fresh server
+        // nonce must be in it either way, so a replayed exchange still fails).
+        let legacy = format!("{}{}", self.client_nonce, self.nonce);
+        let nonce_ok = nonce == Some(self.nonce.as_str()) || nonce == Some(legacy.as_str());
+        if binding != Some(scram::b64(self.gs2_header.as_bytes()).as_str()) || !nonce_ok {
             return Err(fail(
                 "the client's final SCRAM message does not match its first".into(),
             ));
@@ -358,7 +367,7 @@ mod tests {
     fn scram_exchange(session: &Session, user: &str, password: &str) -> Result<(), Failure> {
         let known = users();
         let lookup = |u: &str, h: ScramHash| known.get(&(u.to_owned(), h.mechanism())).cloned();
-        session.choose(Mechanism::Scram(ScramHash::Sha512))?;
+        session.choose(Mechanism::Scram(ScramHash::Sha512), false)?;
         let mut client = ScramClient::new(ScramHash::Sha512, user, password);
         let now = Instant::now();
         let life = Duration::from_secs(60);
@@ -403,13 +412,56 @@ mod tests {
         }
     }
 
+    /// librdkafka before 2.6.1 repeats its nonce in the final message: accepted, as Kafka
+    /// 3.8.1 to 3.9 do; any other nonce is not.
+    #[test]
+    fn the_nonce_librdkafka_repeated_is_accepted_and_no_other() {
+        let known = users();
+        let lookup = |u: &str, h: ScramHash| known.get(&(u.to_owned(), h.mechanism())).cloned();
+        let hash = ScramHash::Sha512;
+        let now = Instant::now();
+        for (doubled, accepted) in [(true, true), (false, false)] {
+            let s = sasl_session();
+            s.choose(Mechanism::Scram(hash), false).expect("chosen");
+            let first = "n,,n=alice,r=cnonce";
+            let Ok(Step::Continue(server_first)) =
+                s.step(first.as_bytes(), &lookup, Duration::ZERO, now)
+            else {
+                panic!("first step");
+            };
+            let server_first = String::from_utf8(server_first).expect("utf-8");
+            let full = server_first
+                .strip_prefix("r=")
+                .and_then(|r| r.split(',').next())
+                .expect("nonce");
+            let sent = match doubled {
+                true => format!("cnonce{full}"),
+                false => format!("other{full}"),
+            };
+            let c = &known[&("alice".to_owned(), "SCRAM-SHA-512")];
+            let salted = hash.salted_password(b"secret", &c.salt, 4096);
+            let without_proof = format!("c=biws,r={sent}");
+            let auth = format!("n=alice,r=cnonce,{server_first},{without_proof}");
+            let client_key = hash.hmac_of(&salted, b"Client Key");
+            let signature = hash.hmac_of(&hash.hash(&client_key), auth.as_bytes());
+            let proof: Vec<u8> = client_key
+                .iter()
+                .zip(&signature)
+                .map(|(a, b)| a ^ b)
+                .collect();
+            let last = format!("{without_proof},p={}", scram::b64(&proof));
+            let result = s.step(last.as_bytes(), &lookup, Duration::ZERO, now);
+            assert_eq!(result.is_ok(), accepted, "{sent}: {result:?}");
+        }
+    }
+
     #[test]
     fn plain_checks_the_password_against_the_scram_credential() {
         let known = users();
         let lookup = |u: &str, h: ScramHash| known.get(&(u.to_owned(), h.mechanism())).cloned();
         let now = Instant::now();
         let s = sasl_session();
-        s.choose(Mechanism::Plain).expect("chosen");
+        s.choose(Mechanism::Plain, false).expect("chosen");
         let done = s.step(b"\0alice\0secret", &lookup, Duration::ZERO, now);
         assert_eq!(
             done,
@@ -420,7 +472,7 @@ mod tests {
         );
         for token in [&b"\0alice\0nope"[..], b"bob\0alice\0secret", b"garbage"] {
             let s = sasl_session();
-            s.choose(Mechanism::Plain).expect("chosen");
+            s.choose(Mechanism::Plain, false).expect("chosen");
             let refused = s
                 .step(token, &lookup, Duration::ZERO, now)
                 .expect_err("refused");

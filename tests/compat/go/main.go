@@ -9,6 +9,12 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha512"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -85,10 +91,27 @@ type notApplicable string
 
 // ------------------------------------------------------------------------------ sarama
 
-type saramaClient struct{ addrs []string }
+type saramaClient struct {
+	addrs []string
+	// TLS, and SASL with a mechanism, user and password, when set.
+	tls                       *tls.Config
+	mechanism, user, password string
+}
 
 func (s saramaClient) config() *sarama.Config {
 	c := sarama.NewConfig()
+	if s.tls != nil {
+		c.Net.TLS.Enable = true
+		c.Net.TLS.Config = s.tls
+	}
+	if s.mechanism != "" {
+		c.Net.SASL.Enable = true
+		c.Net.SASL.Handshake = true
+		c.Net.SASL.Mechanism = sarama.SASLMechanism(s.mechanism)
+		c.Net.SASL.User = s.user
+		c.Net.SASL.Password = s.password
+		c.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{} }
+	}
 	c.Version = sarama.V2_1_0_0
 	c.Producer.Return.Successes = true
 	c.Producer.RequiredAcks = sarama.WaitForAll
@@ -451,7 +474,11 @@ func (s saramaClient) transactions() error {
 
 // ------------------------------------------------------------------- confluent-kafka-go
 
-type confluentClient struct{ bootstrap string }
+type confluentClient struct {
+	bootstrap string
+	// Settings every client gets (TLS and SASL).
+	extra kafka.ConfigMap
+}
 
 func (c confluentClient) create(topic string, partitions int, configs map[string]string) error {
 	a, err := kafka.NewAdminClient(&kafka.ConfigMap{"bootstrap.servers": c.bootstrap})
@@ -475,6 +502,9 @@ func (c confluentClient) create(topic string, partitions int, configs map[string
 
 func (c confluentClient) produce(topic string, sent []record, extra kafka.ConfigMap) error {
 	config := kafka.ConfigMap{"bootstrap.servers": c.bootstrap, "acks": "all"}
+	for k, v := range c.extra {
+		config[k] = v
+	}
 	for k, v := range extra {
 		config[k] = v
 	}
@@ -516,6 +546,9 @@ func (c confluentClient) consumer(group string, extra kafka.ConfigMap) (*kafka.C
 	config := kafka.ConfigMap{
 		"bootstrap.servers": c.bootstrap, "group.id": group,
 		"auto.offset.reset": "earliest", "enable.auto.commit": false,
+	}
+	for k, v := range c.extra {
+		config[k] = v
 	}
 	for k, v := range extra {
 		config[k] = v
@@ -788,7 +821,19 @@ func notApplicableErr(why string) error { return naError{why} }
 func main() {
 	bootstrap := flag.String("bootstrap", "127.0.0.1:9092", "")
 	client := flag.String("client", "sarama", "sarama or confluent-kafka-go")
+	secured := flag.String("security", "", "the secured listeners and credentials (JSON)")
 	flag.Parse()
+	if *secured != "" {
+		text, err := os.ReadFile(*secured)
+		if err == nil {
+			sec = &security{}
+			err = json.Unmarshal(text, sec)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "reading", *secured, err)
+			os.Exit(2)
+		}
+	}
 	var version string
 	var scenarios map[string]func() error
 	switch *client {
@@ -797,7 +842,7 @@ func main() {
 		version = "1.22.1"
 		scenarios = map[string]func() error{
 			"codecs": s.codecs, "group": s.group, "commits": s.commits, "admin": s.admin,
-			"idempotent": s.idempotent, "transactions": s.transactions,
+			"idempotent": s.idempotent, "transactions": s.transactions, "security": s.security,
 		}
 	case "confluent-kafka-go":
 		c := confluentClient{bootstrap: *bootstrap}
@@ -805,13 +850,13 @@ func main() {
 		version = "0.11.6 (librdkafka " + lib + ")"
 		scenarios = map[string]func() error{
 			"codecs": c.codecs, "group": c.group, "commits": c.commits, "admin": c.admin,
-			"idempotent": c.idempotent, "transactions": c.transactions,
+			"idempotent": c.idempotent, "transactions": c.transactions, "security": c.security,
 		}
 	default:
 		fmt.Fprintln(os.Stderr, "unknown client", *client)
 		os.Exit(2)
 	}
-	for _, name := range []string{"codecs", "group", "commits", "admin", "idempotent", "transactions"} {
+	for _, name := range []string{"codecs", "group", "commits", "admin", "idempotent", "transactions", "security"} {
 		started := time.Now()
 		result := "pass"
 		if err := scenarios[name](); err != nil {
@@ -828,3 +873,215 @@ func main() {
 		fmt.Println(string(line))
 	}
 }
+
+// ------------------------------------------------------------------------------ security
+
+// The broker's secured listeners and a SCRAM user (written by tests/compat/run.sh).
+type security struct {
+	SaslSsl      string `json:"sasl_ssl"`
+	Mtls         string `json:"mtls"`
+	Ca           string `json:"ca"`
+	ClientCert   string `json:"client_cert"`
+	ClientKey    string `json:"client_key"`
+	StrangerCert string `json:"stranger_cert"`
+	StrangerKey  string `json:"stranger_key"`
+	User         string `json:"user"`
+	Password     string `json:"password"`
+}
+
+var sec *security
+
+func roots() (*x509.CertPool, error) {
+	pem, err := os.ReadFile(sec.Ca)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no certificate in %s", sec.Ca)
+	}
+	return pool, nil
+}
+
+// security: produce over SASL_SSL with SCRAM-SHA-512 and with PLAIN (sarama's PLAIN is the
+// v0 handshake with bare tokens), and over mutual TLS; consume it all over mutual TLS; a
+// wrong password and a stranger's certificate are refused.
+func (s saramaClient) security() error {
+	if sec == nil {
+		return notApplicableErr("no secured listeners given (-security)")
+	}
+	topic := unique("secure")
+	if err := s.create(topic, 1, nil); err != nil {
+		return err
+	}
+	pool, err := roots()
+	if err != nil {
+		return err
+	}
+	scram := saramaClient{addrs: []string{sec.SaslSsl}, tls: &tls.Config{RootCAs: pool},
+		mechanism: "SCRAM-SHA-512", user: sec.User, password: sec.Password}
+	plain := scram
+	plain.mechanism = "PLAIN"
+	cert, err := tls.LoadX509KeyPair(sec.ClientCert, sec.ClientKey)
+	if err != nil {
+		return err
+	}
+	mtls := saramaClient{addrs: []string{sec.Mtls},
+		tls: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}
+	var sent []record
+	for name, client := range map[string]saramaClient{"scram": scram, "plain": plain, "mtls": mtls} {
+		batch := records(5, name)
+		if err := client.produce(topic, batch, client.config()); err != nil {
+			return fmt.Errorf("%s: %v", name, err)
+		}
+		sent = append(sent, batch...)
+	}
+	got, err := mtls.consume(topic, len(sent))
+	if err != nil {
+		return err
+	}
+	if err := same(got, sent); err != nil {
+		return err
+	}
+	wrong := scram
+	wrong.password = "wrong"
+	if err := wrong.produce(topic, sent[:1], wrong.config()); err == nil {
+		return fmt.Errorf("a wrong password was accepted")
+	}
+	stranger, err := tls.LoadX509KeyPair(sec.StrangerCert, sec.StrangerKey)
+	if err != nil {
+		return err
+	}
+	other := saramaClient{addrs: []string{sec.Mtls},
+		tls: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{stranger}}}
+	if err := other.produce(topic, sent[:1], other.config()); err == nil {
+		return fmt.Errorf("a certificate of another CA was accepted")
+	}
+	return nil
+}
+
+// security: as sarama's, through librdkafka.
+func (c confluentClient) security() error {
+	if sec == nil {
+		return notApplicableErr("no secured listeners given (-security)")
+	}
+	topic := unique("secure")
+	if err := c.create(topic, 1, nil); err != nil {
+		return err
+	}
+	scram := confluentClient{bootstrap: sec.SaslSsl, extra: kafka.ConfigMap{
+		"security.protocol": "SASL_SSL", "sasl.mechanisms": "SCRAM-SHA-512",
+		"sasl.username": sec.User, "sasl.password": sec.Password, "ssl.ca.location": sec.Ca,
+	}}
+	mtls := confluentClient{bootstrap: sec.Mtls, extra: kafka.ConfigMap{
+		"security.protocol": "SSL", "ssl.ca.location": sec.Ca,
+		"ssl.certificate.location": sec.ClientCert, "ssl.key.location": sec.ClientKey,
+	}}
+	var sent []record
+	for name, client := range map[string]confluentClient{"scram": scram, "mtls": mtls} {
+		batch := records(5, name)
+		if err := client.produce(topic, batch, nil); err != nil {
+			return fmt.Errorf("%s: %v", name, err)
+		}
+		sent = append(sent, batch...)
+	}
+	got, err := scram.consume(topic, len(sent))
+	if err != nil {
+		return err
+	}
+	if err := same(got, sent); err != nil {
+		return err
+	}
+	wrong := confluentClient{bootstrap: sec.SaslSsl, extra: kafka.ConfigMap{}}
+	for k, v := range scram.extra {
+		wrong.extra[k] = v
+	}
+	wrong.extra["sasl.password"] = "wrong"
+	wrong.extra["message.timeout.ms"] = 5000
+	if err := wrong.produce(topic, sent[:1], nil); err == nil {
+		return fmt.Errorf("a wrong password was accepted")
+	}
+	return nil
+}
+
+// scramClient is SCRAM-SHA-512 (RFC 5802) for sarama, which leaves the mechanism to the
+// application.
+type scramClient struct {
+	user, password, nonce, firstBare string
+	expected                         []byte
+	step                             int
+}
+
+func (c *scramClient) Begin(user, password, authzID string) error {
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	c.user, c.password, c.nonce = user, password, base64.StdEncoding.EncodeToString(raw)
+	name := strings.NewReplacer("=", "=3D", ",", "=2C").Replace(user)
+	c.firstBare = "n=" + name + ",r=" + c.nonce
+	return nil
+}
+
+func mac(key, data []byte) []byte {
+	h := hmac.New(sha512.New, key)
+	h.Write(data)
+	return h.Sum(nil)
+}
+
+// hi is PBKDF2-HMAC-SHA-512 with one block, as SCRAM uses it.
+func hi(password, salt []byte, iterations int) []byte {
+	u := mac(password, append(append([]byte{}, salt...), 0, 0, 0, 1))
+	out := append([]byte{}, u...)
+	for i := 1; i < iterations; i++ {
+		u = mac(password, u)
+		for j := range out {
+			out[j] ^= u[j]
+		}
+	}
+	return out
+}
+
+func (c *scramClient) Step(challenge string) (string, error) {
+	c.step++
+	switch c.step {
+	case 1:
+		return "n,," + c.firstBare, nil
+	case 2:
+		attrs := map[string]string{}
+		for _, kv := range strings.Split(challenge, ",") {
+			if len(kv) > 2 {
+				attrs[kv[:1]] = kv[2:]
+			}
+		}
+		if !strings.HasPrefix(attrs["r"], c.nonce) {
+			return "", fmt.Errorf("the server's nonce does not extend ours")
+		}
+		salt, err := base64.StdEncoding.DecodeString(attrs["s"])
+		if err != nil {
+			return "", err
+		}
+		var iterations int
+		fmt.Sscan(attrs["i"], &iterations)
+		salted := hi([]byte(c.password), salt, iterations)
+		clientKey := mac(salted, []byte("Client Key"))
+		stored := sha512.Sum512(clientKey)
+		withoutProof := "c=biws,r=" + attrs["r"]
+		auth := []byte(c.firstBare + "," + challenge + "," + withoutProof)
+		signature := mac(stored[:], auth)
+		proof := make([]byte, len(clientKey))
+		for i := range proof {
+			proof[i] = clientKey[i] ^ signature[i]
+		}
+		c.expected = mac(mac(salted, []byte("Server Key")), auth)
+		return withoutProof + ",p=" + base64.StdEncoding.EncodeToString(proof), nil
+	default:
+		got, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(challenge, "v="))
+		if err != nil || !hmac.Equal(got, c.expected) {
+			return "", fmt.Errorf("the broker's signature is wrong")
+		}
+		return "", nil
+	}
+}
+
+func (c *scramClient) Done() bool { return c.step >= 3 }
