@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::error::BrokerError;
 pub use crate::security::config::{
-    ClientAuth, ListenerConfig, SaslConfig, SecurityProtocol, TlsConfig,
+    AuthorizationConfig, ClientAuth, ListenerConfig, SaslConfig, SecurityProtocol, TlsConfig,
 };
 
 /// The whole configuration of a `strata` process.
@@ -239,6 +239,8 @@ pub struct KafkaConfig {
     pub tls: TlsConfig,
     /// SASL of the SASL_PLAINTEXT and SASL_SSL listeners.
     pub sasl: SaslConfig,
+    /// Whether and how requests are checked against ACLs.
+    pub authorization: AuthorizationConfig,
 }
 
 /// How the controller runs.
@@ -472,6 +474,7 @@ impl Default for KafkaConfig {
             listeners: Vec::new(),
             tls: TlsConfig::default(),
             sasl: SaslConfig::default(),
+            authorization: AuthorizationConfig::default(),
         }
     }
 }
@@ -632,6 +635,7 @@ impl BrokerConfig {
             &self.kafka.listeners,
             &self.kafka.tls,
             &self.kafka.sasl,
+            &self.kafka.authorization,
         ) {
             return bad(&key, reason);
         }

@@ -96,6 +96,9 @@ fn decode_body(frame: &Frame) -> bool {
         }
         ApiKey::PushTelemetry => frame.decode::<PushTelemetryRequest>().map(drop),
         ApiKey::SaslHandshake => frame.decode::<SaslHandshakeRequest>().map(drop),
+        ApiKey::CreateAcls => frame.decode::<CreateAclsRequest>().map(drop),
+        ApiKey::DescribeAcls => frame.decode::<DescribeAclsRequest>().map(drop),
+        ApiKey::DeleteAcls => frame.decode::<DeleteAclsRequest>().map(drop),
         ApiKey::SaslAuthenticate => frame.decode::<SaslAuthenticateRequest>().map(drop),
         ApiKey::DescribeUserScramCredentials => frame
             .decode::<DescribeUserScramCredentialsRequest>()

@@ -95,6 +95,7 @@ impl Broker {
             name: config.kafka.listener_name.clone(),
             protocol: SecurityProtocol::Plaintext,
             client_auth: ClientAuth::None,
+            inter_broker: true,
         });
         let mut listeners = vec![(main, listener)];
         for l in &mut config.kafka.listeners {
@@ -116,6 +117,7 @@ impl Broker {
                 name: l.name.clone(),
                 protocol: l.protocol().unwrap_or(SecurityProtocol::Plaintext),
                 client_auth: l.client_auth.unwrap_or(config.kafka.tls.client_auth),
+                inter_broker: false,
             };
             listeners.push((Arc::new(listener), tcp));
         }

@@ -7,6 +7,7 @@
 //! ([`data`]), a batching, compressing [`producer`], a [`consumer`] with pipelined fetches,
 //! and consumer-group administration ([`groups`]).
 
+pub mod acls;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod conn;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{BrokerId, Endpoint, PartitionRecord, ScramCredential};
+use crate::model::{AclBinding, BrokerId, Endpoint, PartitionRecord, ScramCredential};
 
 /// A change to cluster metadata, replicated through the Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +141,17 @@ pub enum Command {
         /// `(topic, partition, target replicas or None to cancel)`.
         changes: Vec<(String, i32, Option<Vec<BrokerId>>)>,
     },
+    /// Adds ACLs (CreateAcls); ones already there change nothing.
+    CreateAcls {
+        /// The ACLs.
+        acls: Vec<AclBinding>,
+    },
+    /// Removes these ACLs (the broker matched DeleteAcls' filters); ones not there change
+    /// nothing.
+    DeleteAcls {
+        /// The ACLs.
+        acls: Vec<AclBinding>,
+    },
     /// Sets and removes users' SCRAM credentials (AlterUserScramCredentials); the broker has
     /// checked them. Removing one that is not there changes nothing.
     AlterScramCredentials {
@@ -211,6 +222,8 @@ pub enum Outcome {
     },
     /// SCRAM credentials were set and removed.
     ScramAltered,
+    /// ACLs were added or removed.
+    AclsAltered,
     /// Partitions whose leader changed, with the new leader.
     LeadersElected {
         /// `(topic, partition, leader)`.

@@ -3,7 +3,7 @@
 //! These are plain data types. [`crate::state::MetadataState`] changes them by applying
 //! commands; brokers keep a copy current by applying [`MetadataDelta`]s from the watch stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -129,6 +129,29 @@ pub struct MetadataImage {
     /// SCRAM credentials: user → mechanism (`SCRAM-SHA-256`, `SCRAM-SHA-512`) → credential.
     #[serde(default)]
     pub scram: BTreeMap<String, BTreeMap<String, ScramCredential>>,
+    /// Access control lists.
+    #[serde(default)]
+    pub acls: BTreeSet<AclBinding>,
+}
+
+/// One ACL (Kafka's AclBinding), with Kafka's numeric codes for the resource type, pattern
+/// type, operation and permission.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AclBinding {
+    /// Topic 2, group 3, cluster 4, transactional id 5.
+    pub resource_type: i8,
+    /// The resource's name (`*`: every one), or a prefix.
+    pub resource_name: String,
+    /// Literal 3 or prefixed 4.
+    pub pattern_type: i8,
+    /// `User:alice`, or `User:*`.
+    pub principal: String,
+    /// A client address, or `*`.
+    pub host: String,
+    /// Kafka's operation code (All 2, Read 3, Write 4, ...).
+    pub operation: i8,
+    /// Deny 2 or allow 3.
+    pub permission: i8,
 }
 
 /// What verifies a user's SCRAM password without holding it (RFC 5802): the salt and
@@ -167,6 +190,7 @@ impl MetadataImage {
                     self.topics.remove(name);
                 }
                 Change::ProducerIds { next } => self.next_producer_id = *next,
+                Change::Acls { acls } => self.acls = acls.clone(),
                 Change::ScramUser { user, credentials } => match credentials.is_empty() {
                     true => {
                         self.scram.remove(user);
@@ -204,6 +228,11 @@ pub enum Change {
     ProducerIds {
         /// The next unallocated producer id.
         next: i64,
+    },
+    /// The ACLs changed; all of them, as they are now.
+    Acls {
+        /// Every ACL.
+        acls: BTreeSet<AclBinding>,
     },
     /// A user's SCRAM credentials changed; none left means the user is gone.
     ScramUser {

@@ -366,6 +366,21 @@ impl MetadataState {
                     partition: partition_record,
                 })
             }
+            Command::CreateAcls { acls } | Command::DeleteAcls { acls } => {
+                let before = self.image.acls.clone();
+                for acl in acls {
+                    match command {
+                        Command::CreateAcls { .. } => self.image.acls.insert(acl.clone()),
+                        _ => self.image.acls.remove(acl),
+                    };
+                }
+                if self.image.acls != before {
+                    changes.push(Change::Acls {
+                        acls: self.image.acls.clone(),
+                    });
+                }
+                Ok(Outcome::AclsAltered)
+            }
             Command::AlterScramCredentials { upsert, delete } => {
                 let mut touched: BTreeMap<&str, ()> = BTreeMap::new();
                 for (user, mechanism) in delete {

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::{broker_id, str_bytes, topic_name};
 use crate::protocol::{Frame, FrameError, SUPPORTED, command_error_code};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
 /// How long a topic change waits to reach this broker's metadata before answering.
@@ -273,6 +274,11 @@ pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<
             if image.topics.contains_key(name) {
                 continue;
             }
+            // Auto-creation needs CREATE on the cluster or the topic, as CreateTopics does.
+            if !may_create(state, frame, name) {
+                creation_errors.insert(name.to_owned(), ResponseError::TopicAuthorizationFailed);
+                continue;
+            }
             match create_topic(state, new_topic_command(state, name)).await {
                 Ok(_) | Err((ResponseError::TopicAlreadyExists, _)) => {}
                 Err((code, msg)) => {
@@ -283,10 +289,15 @@ pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<
         }
         image = state.image();
     }
+    // Topics the principal may not DESCRIBE are left out of an all-topics answer, and
+    // named ones answer TOPIC_AUTHORIZATION_FAILED (Kafka's rules).
+    let described =
+        |name: &str| super::allowed(state, frame, acl::code::DESCRIBE, Resource::Topic(name));
     let topics: Vec<MetadataResponseTopic> = match &wanted {
         None => image
             .topics
             .values()
+            .filter(|t| described(&t.name))
             .map(|t| topic_metadata(&image, t))
             .collect(),
         Some(wanted) => wanted
@@ -296,7 +307,20 @@ pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<
                     Some(n) => image.topics.get(n),
                     None => image.topic_by_id(*id),
                 };
+                let refused = match (found, name) {
+                    (Some(t), _) => !described(&t.name),
+                    (None, Some(n)) => {
+                        !described(n)
+                            || creation_errors.get(n)
+                                == Some(&ResponseError::TopicAuthorizationFailed)
+                    }
+                    (None, None) => false,
+                };
                 match found {
+                    _ if refused => MetadataResponseTopic::default()
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_name(name.as_deref().map(topic_name))
+                        .with_topic_id(*id),
                     Some(t) => topic_metadata(&image, t),
                     None => {
                         let code = name
@@ -334,6 +358,12 @@ pub(super) async fn metadata(state: &Arc<BrokerState>, frame: &Frame) -> Result<
             .with_controller_id(broker_id(state.id))
             .with_topics(topics),
     )
+}
+
+/// Whether the principal may create topic `name`: CREATE on the cluster or on the topic.
+pub(super) fn may_create(state: &BrokerState, frame: &Frame, name: &str) -> bool {
+    super::allowed(state, frame, acl::code::CREATE, Resource::Cluster)
+        || super::allowed(state, frame, acl::code::CREATE, Resource::Topic(name))
 }
 
 /// Unfenced brokers as clients on `listener` should reach them: id, host, port, rack.
@@ -422,6 +452,13 @@ pub(super) async fn create_topics(
             ));
             continue;
         }
+        if !may_create(state, frame, &name) {
+            results.push(fail(
+                ResponseError::TopicAuthorizationFailed,
+                "CREATE on the cluster or the topic is needed".into(),
+            ));
+            continue;
+        }
         if !t.assignments.is_empty() {
             results.push(fail(
                 ResponseError::InvalidRequest,
@@ -478,6 +515,18 @@ pub(super) async fn init_producer_id(
     let reply = InitProducerIdResponse::default();
     if req.transactional_id.is_some() {
         return super::txn::init_producer_id(state, frame, req).await;
+    }
+    // An idempotent producer needs IDEMPOTENT_WRITE on the cluster, or WRITE on some topic
+    // (KIP-679).
+    let image = state.image();
+    let may = super::allowed(state, frame, acl::code::IDEMPOTENT_WRITE, Resource::Cluster)
+        || image
+            .topics
+            .keys()
+            .any(|t| super::allowed(state, frame, acl::code::WRITE, Resource::Topic(t)));
+    if !may {
+        return frame
+            .respond(&reply.with_error_code(ResponseError::ClusterAuthorizationFailed.code()));
     }
     if req.producer_id.0 >= 0 && req.producer_epoch >= 0 {
         return match req.producer_epoch.checked_add(1).filter(|e| *e < i16::MAX) {
@@ -552,6 +601,12 @@ pub(super) async fn describe_cluster(
             &DescribeClusterResponse::default()
                 .with_error_code(ResponseError::UnsupportedEndpointType.code())
                 .with_endpoint_type(req.endpoint_type),
+        );
+    }
+    if !super::allowed(state, frame, acl::code::DESCRIBE, Resource::Cluster) {
+        return frame.respond(
+            &DescribeClusterResponse::default()
+                .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
         );
     }
     let image = state.image();

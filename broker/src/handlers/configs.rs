@@ -20,6 +20,7 @@ use strata_controller::topic_config::{ConfigKind, TOPIC_CONFIGS};
 use super::admin::{dry_run, submit_and_wait};
 use super::str_bytes;
 use crate::protocol::{Frame, FrameError};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
 /// Kafka's ConfigResource types.
@@ -57,6 +58,26 @@ fn entry(
         .with_config_type(kind)
 }
 
+/// The error a principal gets when it may not do `op` on a config resource: a topic's
+/// configs are the topic's to authorize, the broker's the cluster's.
+fn config_denial(
+    state: &BrokerState,
+    frame: &Frame,
+    resource_type: i8,
+    name: &str,
+    op: i8,
+) -> Option<(ResponseError, String)> {
+    let (resource, error) = match resource_type {
+        TOPIC => (
+            Resource::Topic(name),
+            ResponseError::TopicAuthorizationFailed,
+        ),
+        _ => (Resource::Cluster, ResponseError::ClusterAuthorizationFailed),
+    };
+    (!super::allowed(state, frame, op, resource))
+        .then(|| (error, "not authorized for these configs".to_owned()))
+}
+
 pub(super) async fn describe_configs(
     state: &Arc<BrokerState>,
     frame: &Frame,
@@ -75,6 +96,11 @@ pub(super) async fn describe_configs(
             let result = DescribeConfigsResult::default()
                 .with_resource_type(r.resource_type)
                 .with_resource_name(r.resource_name.clone());
+            let name = r.resource_name.as_str();
+            let op = acl::code::DESCRIBE_CONFIGS;
+            if let Some((e, _)) = config_denial(state, frame, r.resource_type, name, op) {
+                return result.with_error_code(e.code());
+            }
             match r.resource_type {
                 TOPIC => match image.topics.get(r.resource_name.as_str()) {
                     None => result.with_error_code(ResponseError::UnknownTopicOrPartition.code()),
@@ -215,7 +241,18 @@ pub(super) async fn alter_configs(
             Vec::new(),
             true,
         );
-        let outcome = apply(state, command, req.validate_only).await;
+        let name = r.resource_name.as_str();
+        let denied = config_denial(
+            state,
+            frame,
+            r.resource_type,
+            name,
+            acl::code::ALTER_CONFIGS,
+        );
+        let outcome = match denied {
+            Some(refusal) => Err(refusal),
+            None => apply(state, command, req.validate_only).await,
+        };
         let resp = alter_configs_response::AlterConfigsResourceResponse::default()
             .with_resource_type(r.resource_type)
             .with_resource_name(r.resource_name.clone());
@@ -293,7 +330,18 @@ pub(super) async fn incremental_alter_configs(
                 false,
             ),
         };
-        let outcome = apply(state, command, req.validate_only).await;
+        let name = r.resource_name.as_str();
+        let denied = config_denial(
+            state,
+            frame,
+            r.resource_type,
+            name,
+            acl::code::ALTER_CONFIGS,
+        );
+        let outcome = match denied {
+            Some(refusal) => Err(refusal),
+            None => apply(state, command, req.validate_only).await,
+        };
         let resp = incremental_alter_configs_response::AlterConfigsResourceResponse::default()
             .with_resource_type(r.resource_type)
             .with_resource_name(r.resource_name.clone());

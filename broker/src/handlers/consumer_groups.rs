@@ -21,6 +21,7 @@ use crate::group::assignor::TopicPartitions;
 use crate::group::code;
 use crate::group::consumer::Heartbeat;
 use crate::protocol::{Frame, FrameError};
+use crate::security::acl;
 use crate::state::BrokerState;
 
 pub(super) async fn consumer_group_heartbeat(
@@ -29,6 +30,13 @@ pub(super) async fn consumer_group_heartbeat(
 ) -> Result<Bytes, FrameError> {
     let req: ConsumerGroupHeartbeatRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
+    if let Some(e) = super::groups::group_denied(state, frame, &group, acl::code::READ) {
+        return frame.respond(
+            &ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(e)
+                .with_member_epoch(-1),
+        );
+    }
     let mut member_id = req.member_id.to_string();
     // Version 0 lets the coordinator name a joining member; from version 1 the member
     // names itself (KIP-1082).
@@ -116,6 +124,9 @@ pub(super) async fn consumer_group_describe(
         .map(|g| {
             let id = g.0.to_string();
             let out = DescribedGroup::default().with_group_id(g.clone());
+            if let Some(e) = super::groups::group_denied(state, frame, &id, acl::code::DESCRIBE) {
+                return out.with_error_code(e);
+            }
             if let Err(e) = state.groups.route(&id) {
                 return out.with_error_code(e);
             }

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::Reply;
 use crate::partition::{Partition, Read};
 use crate::protocol::{Frame, FrameError};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
 /// Longest a fetch may wait for data, whatever the client asks.
@@ -69,11 +70,21 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
     let client_rack = req.rack_id.as_str();
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
     let mut wanted = Vec::new();
+    // Replicas need CLUSTER_ACTION, consumers READ on each topic.
+    let replica_denied =
+        replica >= 0 && !super::allowed(state, frame, acl::code::CLUSTER_ACTION, Resource::Cluster);
     for t in &req.topics {
         let record = if by_id {
             image.topic_by_id(t.topic_id)
         } else {
             image.topics.get(t.topic.0.as_str())
+        };
+        let name = record.map_or(t.topic.0.as_str(), |r| r.name.as_str());
+        let denied = match replica_denied {
+            true => Some(ResponseError::ClusterAuthorizationFailed),
+            false => (replica < 0
+                && !super::allowed(state, frame, acl::code::READ, Resource::Topic(name)))
+            .then_some(ResponseError::TopicAuthorizationFailed),
         };
         topics.push(
             FetchableTopicResponse::default()
@@ -81,14 +92,15 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                 .with_topic_id(t.topic_id),
         );
         for p in &t.partitions {
-            let target = match record {
-                None if by_id => Err(ResponseError::UnknownTopicId),
-                None => Err(ResponseError::UnknownTopicOrPartition),
-                Some(r) if closest => state
+            let target = match (denied, record) {
+                (Some(e), _) => Err(e),
+                (None, None) if by_id => Err(ResponseError::UnknownTopicId),
+                (None, None) => Err(ResponseError::UnknownTopicOrPartition),
+                (None, Some(r)) if closest => state
                     .partitions
                     .replica(r, p.partition, p.current_leader_epoch)
                     .map(|(part, _)| part),
-                Some(r) => state
+                (None, Some(r)) => state
                     .led_partition(r, p.partition, p.current_leader_epoch)
                     .map(|(part, _)| part),
             };
@@ -410,6 +422,12 @@ pub(super) async fn list_offsets(
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let record = image.topics.get(t.name.0.as_str());
+        let described = super::allowed(
+            state,
+            frame,
+            acl::code::DESCRIBE,
+            Resource::Topic(t.name.0.as_str()),
+        );
         let mut partitions = Vec::with_capacity(t.partitions.len());
         for p in t.partitions {
             let resp = ListOffsetsPartitionResponse::default()
@@ -418,7 +436,11 @@ pub(super) async fn list_offsets(
                 .with_offset(-1)
                 .with_leader_epoch(-1);
             let target = record
-                .ok_or(ResponseError::UnknownTopicOrPartition)
+                .filter(|_| described)
+                .ok_or(match described {
+                    true => ResponseError::UnknownTopicOrPartition,
+                    false => ResponseError::TopicAuthorizationFailed,
+                })
                 .and_then(|r| {
                     let (part, meta) =
                         state.led_partition(r, p.partition_index, p.current_leader_epoch)?;
@@ -472,6 +494,15 @@ pub(super) async fn offset_for_leader_epoch(
         .iter()
         .map(|t| {
             let record = image.topics.get(t.topic.0.as_str());
+            // Followers ask as brokers (CLUSTER_ACTION), consumers to truncate (DESCRIBE).
+            let described =
+                super::allowed(state, frame, acl::code::CLUSTER_ACTION, Resource::Cluster)
+                    || super::allowed(
+                        state,
+                        frame,
+                        acl::code::DESCRIBE,
+                        Resource::Topic(t.topic.0.as_str()),
+                    );
             let partitions = t
                 .partitions
                 .iter()
@@ -480,9 +511,13 @@ pub(super) async fn offset_for_leader_epoch(
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
-                    let led = record
-                        .ok_or(ResponseError::UnknownTopicOrPartition)
-                        .and_then(|r| state.led_partition(r, p.partition, p.current_leader_epoch));
+                    let led = match (described, record) {
+                        (false, _) => Err(ResponseError::TopicAuthorizationFailed),
+                        (true, None) => Err(ResponseError::UnknownTopicOrPartition),
+                        (true, Some(r)) => {
+                            state.led_partition(r, p.partition, p.current_leader_epoch)
+                        }
+                    };
                     let (part, meta) = match led {
                         Ok(led) => led,
                         Err(e) => return resp.with_error_code(e.code()),

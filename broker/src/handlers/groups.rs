@@ -29,6 +29,7 @@ use crate::group::machine::{Answer, Join, SyncReply, code as proto};
 use crate::group::store::{Committed, Write};
 use crate::group::{code, now_ms};
 use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
 /// Kafka's `offset.metadata.max.bytes`.
@@ -59,6 +60,18 @@ pub(super) async fn find_coordinator(
     let answer = |key: &str| -> (i16, Option<String>, i32, String, u16) {
         let none = |code, message: Option<String>| (code, message, -1, String::new(), 0);
         let found = match req.key_type {
+            0 if !super::allowed(state, frame, acl::code::DESCRIBE, Resource::Group(key)) => {
+                Err(acl::code::GROUP_AUTHORIZATION_FAILED)
+            }
+            1 if !super::allowed(
+                state,
+                frame,
+                acl::code::DESCRIBE,
+                Resource::TransactionalId(key),
+            ) =>
+            {
+                Err(acl::code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            }
             0 => state.groups.coordinator_of(key),
             1 if !key.is_empty() => state.txns.coordinator_of(key),
             1 => Err(ResponseError::InvalidRequest.code()),
@@ -127,6 +140,12 @@ pub(super) async fn find_coordinator(
     frame.respond(&resp)
 }
 
+/// GROUP_AUTHORIZATION_FAILED when the principal may not do `op` on `group`.
+pub(super) fn group_denied(state: &BrokerState, frame: &Frame, group: &str, op: i8) -> Option<i16> {
+    (!super::allowed(state, frame, op, Resource::Group(group)))
+        .then_some(acl::code::GROUP_AUTHORIZATION_FAILED)
+}
+
 fn ms(v: i32) -> Duration {
     Duration::from_millis(u64::try_from(v).unwrap_or(0))
 }
@@ -137,6 +156,14 @@ pub(super) async fn join_group(
 ) -> Result<Bytes, FrameError> {
     let req: JoinGroupRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
+    if let Some(error) = group_denied(state, frame, &group, acl::code::READ) {
+        return frame.respond(
+            &JoinGroupResponse::default()
+                .with_error_code(error)
+                .with_generation_id(-1)
+                .with_member_id(req.member_id.clone()),
+        );
+    }
     let join = Join {
         member_id: req.member_id.to_string(),
         instance_id: opt(&req.group_instance_id).map(str::to_owned),
@@ -189,6 +216,9 @@ pub(super) async fn sync_group(
 ) -> Result<Bytes, FrameError> {
     let req: SyncGroupRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
+    if let Some(error) = group_denied(state, frame, &group, acl::code::READ) {
+        return frame.respond(&SyncGroupResponse::default().with_error_code(error));
+    }
     let reply = match state.groups.route(&group) {
         Err(e) => SyncReply {
             error: e,
@@ -234,9 +264,10 @@ pub(super) async fn heartbeat(
 ) -> Result<Bytes, FrameError> {
     let req: HeartbeatRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
-    let error = match state.groups.route(&group) {
-        Err(e) => e,
-        Ok(_) => state
+    let denied = group_denied(state, frame, &group, acl::code::READ);
+    let error = match (denied, state.groups.route(&group)) {
+        (Some(e), _) | (None, Err(e)) => e,
+        (None, Ok(_)) => state
             .groups
             .with_existing(&group, |e| {
                 e.heartbeat(
@@ -257,6 +288,9 @@ pub(super) async fn leave_group(
 ) -> Result<Bytes, FrameError> {
     let req: LeaveGroupRequest = frame.decode()?;
     let group = req.group_id.0.to_string();
+    if let Some(error) = group_denied(state, frame, &group, acl::code::READ) {
+        return frame.respond(&LeaveGroupResponse::default().with_error_code(error));
+    }
     let leaving: Vec<(String, Option<String>)> = if frame.version >= 3 {
         req.members
             .iter()
@@ -320,7 +354,11 @@ pub(super) async fn offset_commit(
         .filter_map(|t| image.topics.get(t.name.0.as_str()).map(|r| (r.id, t)))
         .flat_map(|(id, t)| t.partitions.iter().map(move |p| (id, p.partition_index)))
         .collect();
+    let denied = group_denied(state, frame, &group, acl::code::READ);
     let group_check = state.groups.route(&group).and_then(|(part, epoch)| {
+        if let Some(error) = denied {
+            return Err(error);
+        }
         state
             .groups
             .with_group(&group, |e| {
@@ -337,12 +375,14 @@ pub(super) async fn offset_commit(
     for t in &req.topics {
         let name = t.name.0.to_string();
         let topic = image.topics.get(&name);
+        let readable = super::allowed(state, frame, acl::code::READ, Resource::Topic(&name));
         let partitions = t
             .partitions
             .iter()
             .map(|p| {
                 let r = match &group_check {
                     Err(e) => Err(*e),
+                    Ok(_) if !readable => Err(acl::code::TOPIC_AUTHORIZATION_FAILED),
                     Ok(_)
                         if topic.is_none_or(|t| {
                             p.partition_index < 0
@@ -433,12 +473,18 @@ pub(super) async fn offset_commit(
 /// again.
 fn fetch_offsets(
     state: &BrokerState,
+    frame: &Frame,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
     require_stable: bool,
     member: Option<(&str, i32)>,
 ) -> Result<Fetched, i16> {
+    if let Some(error) = group_denied(state, frame, group, acl::code::DESCRIBE) {
+        return Err(error);
+    }
     state.groups.route(group)?;
+    // Topics the principal may not DESCRIBE: refused when named, left out otherwise.
+    let described = |t: &str| super::allowed(state, frame, acl::code::DESCRIBE, Resource::Topic(t));
     let (offsets, unstable) = state
         .groups
         .with_existing(group, |e| {
@@ -451,7 +497,9 @@ fn fetch_offsets(
         .transpose()?
         .unwrap_or_default();
     let answer = |t: &str, p: i32, c: Option<Committed>| {
-        if require_stable && unstable.contains(&(t.to_owned(), p)) {
+        if !described(t) {
+            (p, None, acl::code::TOPIC_AUTHORIZATION_FAILED)
+        } else if require_stable && unstable.contains(&(t.to_owned(), p)) {
             (p, None, UNSTABLE_OFFSET_COMMIT)
         } else {
             (p, c, 0)
@@ -470,7 +518,7 @@ fn fetch_offsets(
             .collect(),
         None => {
             let mut by_topic: Fetched = Vec::new();
-            for ((t, p), c) in offsets {
+            for ((t, p), c) in offsets.into_iter().filter(|((t, _), _)| described(t)) {
                 let found = answer(&t, p, Some(c));
                 match by_topic.last_mut() {
                     Some((name, ps)) if *name == t => ps.push(found),
@@ -505,7 +553,7 @@ pub(super) async fn offset_fetch(
                 let resp = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
                 let member = g.member_id.as_deref().map(|m| (m, g.member_epoch));
                 let group = g.group_id.0.as_str();
-                match fetch_offsets(state, group, topics, req.require_stable, member) {
+                match fetch_offsets(state, frame, group, topics, req.require_stable, member) {
                     Err(e) => resp.with_error_code(e),
                     Ok(found) => resp.with_topics(
                         found
@@ -540,7 +588,7 @@ pub(super) async fn offset_fetch(
             .collect()
     });
     let group = req.group_id.0.as_str();
-    let resp = match fetch_offsets(state, group, topics, req.require_stable, None) {
+    let resp = match fetch_offsets(state, frame, group, topics, req.require_stable, None) {
         // v1 has no top-level error: it is repeated on every partition asked for.
         Err(e) if frame.version < 2 => OffsetFetchResponse::default().with_topics(
             req.topics

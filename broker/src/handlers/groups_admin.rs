@@ -20,6 +20,7 @@ use crate::group::code;
 use crate::group::machine::{Phase, code as proto};
 use crate::group::store::Write;
 use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
 pub(super) async fn list_groups(
@@ -33,12 +34,15 @@ pub(super) async fn list_groups(
                 .iter()
                 .any(|s| s.as_str().eq_ignore_ascii_case(value))
     };
+    // DESCRIBE on the cluster lists every group; otherwise those the principal may describe.
+    let all = super::allowed(state, frame, acl::code::DESCRIBE, Resource::Cluster);
     let groups = state
         .groups
         .list()
         .into_iter()
         .filter(|g| {
-            wanted(&req.states_filter, g.state)
+            (all || super::allowed(state, frame, acl::code::DESCRIBE, Resource::Group(&g.id)))
+                && wanted(&req.states_filter, g.state)
                 && wanted(&req.types_filter, g.kind)
                 && state.groups.route(&g.id).is_ok()
         })
@@ -64,6 +68,9 @@ pub(super) async fn describe_groups(
         .map(|g| {
             let id = g.0.to_string();
             let described = DescribedGroup::default().with_group_id(g.clone());
+            if let Some(e) = super::groups::group_denied(state, frame, &id, acl::code::DESCRIBE) {
+                return described.with_error_code(e);
+            }
             if let Err(e) = state.groups.route(&id) {
                 return described.with_error_code(e);
             }
@@ -129,6 +136,10 @@ pub(super) async fn delete_groups(
     for g in &req.groups_names {
         let id = g.0.to_string();
         let result = DeletableGroupResult::default().with_group_id(g.clone());
+        if let Some(e) = super::groups::group_denied(state, frame, &id, acl::code::DELETE) {
+            results.push(result.with_error_code(e));
+            continue;
+        }
         let (part, epoch) = match state.groups.route(&id) {
             Ok(r) => r,
             Err(e) => {
@@ -192,6 +203,9 @@ pub(super) async fn offset_delete(
 ) -> Result<Bytes, FrameError> {
     let req: OffsetDeleteRequest = frame.decode()?;
     let id = req.group_id.0.to_string();
+    if let Some(e) = super::groups::group_denied(state, frame, &id, acl::code::DELETE) {
+        return frame.respond(&OffsetDeleteResponse::default().with_error_code(e));
+    }
     let (part, epoch) = match state.groups.route(&id) {
         Ok(r) => r,
         Err(e) => return frame.respond(&OffsetDeleteResponse::default().with_error_code(e)),

@@ -13,6 +13,7 @@ use strata_client::logdirs::CleanerView;
 
 use super::{str_bytes, topic_name};
 use crate::protocol::{Frame, FrameError};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
 pub(super) async fn describe_log_dirs(
@@ -20,6 +21,12 @@ pub(super) async fn describe_log_dirs(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: DescribeLogDirsRequest = frame.decode()?;
+    if !super::allowed(state, frame, acl::code::DESCRIBE, Resource::Cluster) {
+        return frame
+            .respond(&DescribeLogDirsResponse::default().with_error_code(
+                kafka_protocol::ResponseError::ClusterAuthorizationFailed.code(),
+            ));
+    }
     // Null asks for every partition; otherwise the (topic, partition)s named.
     let wanted: Option<BTreeMap<String, Vec<i32>>> = req.topics.map(|topics| {
         topics

@@ -1,5 +1,6 @@
 //! Kafka API handlers: one function per API, dispatched by api key after the version check.
 
+mod acls;
 mod admin;
 mod configs;
 mod consumer_groups;
@@ -25,6 +26,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::protocol::{Frame, FrameError, supported};
+use crate::security::acl::{self, Resource};
 
 /// A Produce's append to `part` under `leader_epoch`, as the handler makes it (`guard`: a
 /// transactional batch's verification, see `produce::verify_transactional`): the offset
@@ -126,6 +128,9 @@ pub(crate) async fn handle(
             telemetry::get_telemetry_subscriptions(state, frame).await
         }
         ApiKey::PushTelemetry => telemetry::push_telemetry(state, frame).await,
+        ApiKey::CreateAcls => acls::create_acls(state, frame).await,
+        ApiKey::DescribeAcls => acls::describe_acls(state, frame).await,
+        ApiKey::DeleteAcls => acls::delete_acls(state, frame).await,
         ApiKey::SaslHandshake => sasl::sasl_handshake(state, frame).await,
         ApiKey::SaslAuthenticate => sasl::sasl_authenticate(state, frame).await,
         ApiKey::DescribeUserScramCredentials => {
@@ -146,6 +151,13 @@ pub(crate) fn topic_name(s: &str) -> TopicName {
 
 pub(crate) fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
+}
+
+/// Whether the request's principal may do `op` (an [`acl::code`] operation) on `resource`;
+/// always, with authorization off.
+pub(crate) fn allowed(state: &BrokerState, frame: &Frame, op: i8, resource: Resource<'_>) -> bool {
+    let config = &state.config.kafka.authorization;
+    !config.enable || acl::authorize(config, &state.image().acls, &frame.session, op, resource)
 }
 
 /// Where clients on `listener` reach broker `b`.

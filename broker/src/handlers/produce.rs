@@ -14,6 +14,7 @@ use crate::partition::lead::NotWritten;
 use crate::partition::{Partition, Replicated};
 use crate::producer::{self, ProducerBatch, Refusal, Verdict};
 use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 use crate::turnstile::Turn;
 use crate::txn::machine::code;
@@ -39,12 +40,23 @@ pub(super) async fn produce(
     // A leader the controller may have fenced takes no writes (see `lease`).
     let leading = state.lease.held();
     let mut pending = Vec::new();
+    let txn_denied = txn_id.is_some_and(|id| {
+        !super::allowed(
+            state,
+            frame,
+            acl::code::WRITE,
+            Resource::TransactionalId(id),
+        )
+    });
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let record = image.topics.get(&name);
+        let writable = super::allowed(state, frame, acl::code::WRITE, Resource::Topic(&name));
         for p in topic.partition_data {
             let index = p.index;
             let target = match (acks, record) {
+                _ if txn_denied => Err(ResponseError::TransactionalIdAuthorizationFailed),
+                (-1..=1, _) if !writable => Err(ResponseError::TopicAuthorizationFailed),
                 // Only the broker writes its internal topics (Kafka's rule).
                 (-1..=1, Some(t)) if super::admin::is_internal(&t.name) => {
                     Err(ResponseError::InvalidTopicException)

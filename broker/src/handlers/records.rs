@@ -12,6 +12,7 @@ use strata_storage::tier::retention;
 
 use crate::partition::Partition;
 use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 use crate::topic::remote_enabled;
 
@@ -32,6 +33,9 @@ pub(super) async fn delete_records(
             let target = record
                 .ok_or(ResponseError::UnknownTopicOrPartition)
                 .and_then(|r| {
+                    if !super::allowed(state, frame, acl::code::DELETE, Resource::Topic(&r.name)) {
+                        return Err(ResponseError::TopicAuthorizationFailed);
+                    }
                     if super::admin::is_internal(&r.name) {
                         return Err(ResponseError::TopicAuthorizationFailed);
                     }

@@ -23,6 +23,7 @@ use super::Reply;
 use super::str_bytes;
 use crate::protocol::{Frame, FrameError};
 use crate::security::Session;
+use crate::security::acl::{self, Resource};
 use crate::security::sasl::{Failure, Mechanism, Step, code};
 use crate::state::BrokerState;
 
@@ -136,6 +137,12 @@ pub(super) async fn describe_user_scram_credentials(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: DescribeUserScramCredentialsRequest = frame.decode()?;
+    if !super::allowed(state, frame, acl::code::DESCRIBE, Resource::Cluster) {
+        return frame.respond(
+            &DescribeUserScramCredentialsResponse::default()
+                .with_error_code(acl::code::CLUSTER_AUTHORIZATION_FAILED),
+        );
+    }
     let image = state.image();
     let describe = |user: &str, error: Option<(i16, String)>| {
         let result = DescribeUserScramCredentialsResult::default().with_user(str_bytes(user));
@@ -206,6 +213,22 @@ pub(super) async fn alter_user_scram_credentials(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: AlterUserScramCredentialsRequest = frame.decode()?;
+    if !super::allowed(state, frame, acl::code::ALTER, Resource::Cluster) {
+        let results = req
+            .deletions
+            .iter()
+            .map(|d| &d.name)
+            .chain(req.upsertions.iter().map(|u| &u.name))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .map(|user| {
+                AlterUserScramCredentialsResult::default()
+                    .with_user(user.clone())
+                    .with_error_code(acl::code::CLUSTER_AUTHORIZATION_FAILED)
+            })
+            .collect();
+        return frame.respond(&AlterUserScramCredentialsResponse::default().with_results(results));
+    }
     let image = state.image();
     let mut users: BTreeMap<String, UserChanges> = BTreeMap::new();
     let mut seen: BTreeSet<(String, i8)> = BTreeSet::new();

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use super::admin::{dry_run, submit_and_wait};
 use super::{str_bytes, topic_name};
 use crate::protocol::{Frame, FrameError};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
 pub(super) async fn delete_topics(
@@ -61,6 +62,13 @@ pub(super) async fn delete_topics(
                     .map(topic_name),
             )
             .with_topic_id(topic.map_or(id, |t| t.id));
+        let named = name.as_deref().or(topic.map(|t| t.name.as_str()));
+        if let Some(n) = named
+            && !super::allowed(state, frame, acl::code::DELETE, Resource::Topic(n))
+        {
+            responses.push(result.with_error_code(ResponseError::TopicAuthorizationFailed.code()));
+            continue;
+        }
         let Some(topic) = topic else {
             let code = if name.is_some() {
                 ResponseError::UnknownTopicOrPartition
@@ -94,7 +102,13 @@ pub(super) async fn create_partitions(
     let mut results = Vec::with_capacity(req.topics.len());
     for t in &req.topics {
         let result = CreatePartitionsTopicResult::default().with_name(t.name.clone());
-        let outcome = if t.assignments.is_some() {
+        let outcome = if !super::allowed(state, frame, acl::code::ALTER, Resource::Topic(&t.name.0))
+        {
+            Err((
+                ResponseError::TopicAuthorizationFailed,
+                "ALTER on the topic is needed".to_owned(),
+            ))
+        } else if t.assignments.is_some() {
             Err((
                 ResponseError::InvalidRequest,
                 "manual replica assignment is not supported".to_owned(),
@@ -153,6 +167,12 @@ pub(super) async fn elect_leaders(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: ElectLeadersRequest = frame.decode()?;
+    if !super::allowed(state, frame, acl::code::ALTER, Resource::Cluster) {
+        return frame.respond(
+            &ElectLeadersResponse::default()
+                .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+        );
+    }
     let image = state.image();
     // (topic, partition, error, message) per answer; `wanted` goes to the controller.
     let mut answers: Vec<(String, i32, i16, Option<String>)> = Vec::new();
@@ -252,6 +272,12 @@ pub(super) async fn alter_partition_reassignments(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: AlterPartitionReassignmentsRequest = frame.decode()?;
+    if !super::allowed(state, frame, acl::code::ALTER, Resource::Cluster) {
+        return frame.respond(
+            &AlterPartitionReassignmentsResponse::default()
+                .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+        );
+    }
     let allow_resize = frame.version < 1 || req.allow_replication_factor_change;
     let image = state.image();
     // (topic, partition, error, message) of what is refused here.
@@ -335,6 +361,12 @@ pub(super) async fn list_partition_reassignments(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: ListPartitionReassignmentsRequest = frame.decode()?;
+    if !super::allowed(state, frame, acl::code::DESCRIBE, Resource::Cluster) {
+        return frame.respond(
+            &ListPartitionReassignmentsResponse::default()
+                .with_error_code(ResponseError::ClusterAuthorizationFailed.code()),
+        );
+    }
     let image = state.image();
     let wanted: Option<std::collections::BTreeSet<(String, i32)>> = req.topics.as_ref().map(|ts| {
         ts.iter()

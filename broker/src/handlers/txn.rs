@@ -44,6 +44,7 @@ use super::{str_bytes, topic_name};
 use crate::group::now_ms;
 use crate::group::store::{Committed, OFFSETS_TOPIC};
 use crate::protocol::{Frame, FrameError, storage_error_code};
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 use crate::statelog::{self, MarkerFailed};
 use crate::txn::machine::code;
@@ -93,6 +94,14 @@ pub(super) async fn init_producer_id(
     };
     if id.is_empty() {
         return fail(ResponseError::InvalidRequest.code());
+    }
+    if !super::allowed(
+        state,
+        frame,
+        acl::code::WRITE,
+        Resource::TransactionalId(&id),
+    ) {
+        return fail(acl::code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
     }
     let new_id = match state.txns.needs_new_id(&id) {
         Err(code) => return fail(code),
@@ -165,10 +174,50 @@ fn topic_results(results: Vec<((String, i32), i16)>) -> Vec<AddPartitionsToTxnTo
 /// leaders) checks each partition instead.
 async fn add_or_verify(
     state: &Arc<BrokerState>,
+    frame: &Frame,
     t: &AddPartitionsToTxnTransaction,
     version: i16,
 ) -> Vec<((String, i32), i16)> {
     let id = t.transactional_id.0.to_string();
+    // Brokers verify (CLUSTER_ACTION); producers add, with WRITE on the transactional id
+    // and on each topic.
+    let refused = match t.verify_only {
+        true => (!super::allowed(state, frame, acl::code::CLUSTER_ACTION, Resource::Cluster))
+            .then_some(acl::code::CLUSTER_AUTHORIZATION_FAILED),
+        false => (!super::allowed(
+            state,
+            frame,
+            acl::code::WRITE,
+            Resource::TransactionalId(&id),
+        ))
+        .then_some(acl::code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
+    };
+    let unwritable: Vec<&str> = t
+        .topics
+        .iter()
+        .map(|topic| topic.name.0.as_str())
+        .filter(|n| !super::allowed(state, frame, acl::code::WRITE, Resource::Topic(n)))
+        .collect();
+    if refused.is_some() || (!t.verify_only && !unwritable.is_empty()) {
+        return t
+            .topics
+            .iter()
+            .flat_map(|topic| {
+                let name = topic.name.0.to_string();
+                let code = match refused {
+                    Some(code) => code,
+                    None if unwritable.contains(&name.as_str()) => {
+                        acl::code::TOPIC_AUTHORIZATION_FAILED
+                    }
+                    None => OPERATION_NOT_ATTEMPTED,
+                };
+                topic
+                    .partitions
+                    .iter()
+                    .map(move |p| ((name.clone(), *p), code))
+            })
+            .collect();
+    }
     let (known, mut unknown) = known_partitions(state, &t.topics);
     let (pid, epoch) = (t.producer_id.0, t.producer_epoch);
     if t.verify_only {
@@ -208,7 +257,7 @@ pub(super) async fn add_partitions_to_txn(
             .with_producer_id(req.v3_and_below_producer_id)
             .with_producer_epoch(req.v3_and_below_producer_epoch)
             .with_topics(req.v3_and_below_topics.clone());
-        let results = add_or_verify(state, &t, frame.version).await;
+        let results = add_or_verify(state, frame, &t, frame.version).await;
         return frame.respond(
             &AddPartitionsToTxnResponse::default()
                 .with_results_by_topic_v3_and_below(topic_results(results)),
@@ -216,7 +265,7 @@ pub(super) async fn add_partitions_to_txn(
     }
     let mut answers = Vec::new();
     for t in &req.transactions {
-        let results = add_or_verify(state, t, frame.version).await;
+        let results = add_or_verify(state, frame, t, frame.version).await;
         answers.push(
             AddPartitionsToTxnResult::default()
                 .with_transactional_id(t.transactional_id.clone())
@@ -231,6 +280,15 @@ pub(super) async fn add_offsets_to_txn(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: AddOffsetsToTxnRequest = frame.decode()?;
+    let txn = Resource::TransactionalId(req.transactional_id.0.as_str());
+    let refused = if !super::allowed(state, frame, acl::code::WRITE, txn) {
+        Some(acl::code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    } else {
+        super::groups::group_denied(state, frame, req.group_id.0.as_str(), acl::code::READ)
+    };
+    if let Some(code) = refused {
+        return frame.respond(&AddOffsetsToTxnResponse::default().with_error_code(code));
+    }
     let partition = (
         OFFSETS_TOPIC.to_string(),
         state.groups.partition_of(req.group_id.0.as_str()),
@@ -254,6 +312,17 @@ pub(super) async fn add_offsets_to_txn(
 pub(super) async fn end_txn(state: &Arc<BrokerState>, frame: &Frame) -> Result<Bytes, FrameError> {
     let req: EndTxnRequest = frame.decode()?;
     let id = req.transactional_id.0.to_string();
+    if !super::allowed(
+        state,
+        frame,
+        acl::code::WRITE,
+        Resource::TransactionalId(&id),
+    ) {
+        return frame.respond(
+            &EndTxnResponse::default()
+                .with_error_code(acl::code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
+        );
+    }
     // Transaction version 2 (KIP-890 part 2): the epoch is bumped at every end.
     let v2 = frame.version >= 5;
     let fail = |code: i16| {
@@ -301,7 +370,16 @@ pub(super) async fn txn_offset_commit(
     let group = req.group_id.0.to_string();
     let now = now_ms();
     let image = state.image();
+    let txn = Resource::TransactionalId(req.transactional_id.0.as_str());
+    let txn_allowed = super::allowed(state, frame, acl::code::WRITE, txn);
+    let group_refused = super::groups::group_denied(state, frame, &group, acl::code::READ);
     let check = async {
+        if !txn_allowed {
+            return Err(acl::code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+        }
+        if let Some(code) = group_refused {
+            return Err(code);
+        }
         let (part, epoch) = state.groups.route(&group)?;
         // KIP-447: a member's commit is checked against the group's generation.
         if req.generation_id >= 0 {
@@ -417,6 +495,10 @@ pub(super) async fn describe_transactions(
                 .with_producer_id(ProducerId(-1))
                 .with_producer_epoch(-1)
                 .with_transaction_start_time_ms(-1);
+            let txn = Resource::TransactionalId(id.0.as_str());
+            if !super::allowed(state, frame, acl::code::DESCRIBE, txn) {
+                return d.with_error_code(acl::code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+            }
             match state.txns.state_of(id.0.as_str()) {
                 Err(code) => d.with_error_code(code),
                 Ok(None) => d.with_error_code(code::TRANSACTIONAL_ID_NOT_FOUND),
@@ -472,6 +554,14 @@ pub(super) async fn list_transactions(
         .txns
         .list()
         .into_iter()
+        .filter(|(id, _)| {
+            super::allowed(
+                state,
+                frame,
+                acl::code::DESCRIBE,
+                Resource::TransactionalId(id),
+            )
+        })
         .filter(|(_, m)| wanted.is_empty() || wanted.contains(&m.state.name()))
         .filter(|(_, m)| {
             req.producer_id_filters.is_empty()
@@ -506,6 +596,11 @@ pub(super) async fn write_txn_markers(
     frame: &Frame,
 ) -> Result<Bytes, FrameError> {
     let req: WriteTxnMarkersRequest = frame.decode()?;
+    if !super::allowed(state, frame, acl::code::CLUSTER_ACTION, Resource::Cluster) {
+        return Err(FrameError::NotAdmitted(
+            "WriteTxnMarkers needs CLUSTER_ACTION on the cluster".into(),
+        ));
+    }
     let mut answers = Vec::new();
     for m in &req.markers {
         let markers = Markers {

@@ -154,6 +154,36 @@ impl Default for SaslConfig {
     }
 }
 
+/// Authorization (`[kafka.authorization]`: Kafka's `authorizer.class.name`, `super.users`
+/// and `allow.everyone.if.no.acl.found`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthorizationConfig {
+    /// Whether requests are checked against the ACLs (CreateAcls); off, any client may do
+    /// anything.
+    pub enable: bool,
+    /// Principals that may do everything, e.g. `User:admin`.
+    pub super_users: Vec<String>,
+    /// Whether a resource no ACL names is open to everyone (Kafka's default: closed).
+    pub allow_everyone_if_no_acl_found: bool,
+    /// Whether connections on the main listener (`kafka.listen`, which carries the brokers'
+    /// own traffic) may do everything, as Kafka's inter-broker principal may. Keep that
+    /// listener on loopback or a private network; with `false` its clients are
+    /// `User:ANONYMOUS` and the brokers' replica fetches need CLUSTER_ACTION granted to it.
+    pub trust_main_listener: bool,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        Self {
+            enable: false,
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
+            trust_main_listener: true,
+        }
+    }
+}
+
 /// Why the listeners' settings are refused: the key and the reason.
 pub type Invalid = (String, String);
 
@@ -165,8 +195,10 @@ pub fn validate(
     listeners: &[ListenerConfig],
     tls: &TlsConfig,
     sasl: &SaslConfig,
+    authorization: &AuthorizationConfig,
 ) -> Result<(), Invalid> {
     let bad = |key: &str, reason: String| Err((key.to_owned(), reason));
+    let bad_key = bad;
     let mut names = vec![main_name.to_owned()];
     let mut addresses = vec![main_listen.to_owned()];
     for (i, l) in listeners.iter().enumerate() {
@@ -250,6 +282,15 @@ pub fn validate(
         return bad(
             "kafka.sasl.mechanisms",
             format!("{m} is not one of {}", MECHANISMS.join(", ")),
+        );
+    }
+    if let Some(bad) = authorization.super_users.iter().find(|u| {
+        u.split_once(':')
+            .is_none_or(|(t, n)| t.is_empty() || n.is_empty())
+    }) {
+        return bad_key(
+            "kafka.authorization.super_users",
+            format!("{bad:?} is not a principal (e.g. User:admin)"),
         );
     }
     if sasl.authentication_timeout_ms == 0 {

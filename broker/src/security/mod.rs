@@ -8,6 +8,7 @@
 //! the client re-authenticates on the same connection (as the same principal) before then,
 //! or its next request closes the connection.
 
+pub(crate) mod acl;
 pub mod config;
 pub(crate) mod sasl;
 pub(crate) mod tls;
@@ -31,6 +32,8 @@ pub(crate) struct Listener {
     pub(crate) protocol: SecurityProtocol,
     /// Whether its TLS handshake asks for a client certificate.
     pub(crate) client_auth: config::ClientAuth,
+    /// The main listener: it carries the brokers' own traffic.
+    pub(crate) inter_broker: bool,
 }
 
 /// One connection's security state.
@@ -87,6 +90,7 @@ impl Session {
             name: SecurityProtocol::Plaintext.name().to_owned(),
             protocol: SecurityProtocol::Plaintext,
             client_auth: config::ClientAuth::None,
+            inter_broker: true,
         });
         Arc::new(Self::new(
             listener,
@@ -102,6 +106,17 @@ impl Session {
     /// Who the requests run as, e.g. `User:alice`.
     pub(crate) fn principal(&self) -> String {
         self.lock().principal.clone()
+    }
+
+    /// Whether the connection came in on the listener the brokers' own traffic uses.
+    pub(crate) fn inter_broker(&self) -> bool {
+        self.listener.inter_broker
+    }
+
+    /// Runs the session as `principal` (tests).
+    #[cfg(test)]
+    pub(crate) fn set_principal(&self, principal: &str) {
+        self.lock().principal = principal.to_owned();
     }
 
     /// Whether the connection has authenticated (always, off SASL listeners).

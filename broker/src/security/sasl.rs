@@ -355,6 +355,7 @@ mod tests {
             name: "SASL_PLAINTEXT".into(),
             protocol: super::super::SecurityProtocol::SaslPlaintext,
             client_auth: super::super::config::ClientAuth::None,
+            inter_broker: false,
         });
         Session::new(
             listener,

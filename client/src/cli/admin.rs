@@ -6,8 +6,8 @@ use std::io::Write;
 use serde_json::json;
 
 use super::{
-    CliError, GroupCommand, ResetArgs, TopicCommand, TransactionCommand, UserCommand, partitions,
-    table,
+    AclCommand, CliError, GroupCommand, ResetArgs, TopicCommand, TransactionCommand, UserCommand,
+    partitions, table,
 };
 use crate::Client;
 use crate::groups::GroupOffsets;
@@ -305,6 +305,86 @@ pub(super) async fn decommission(
     }
     let results = client.reassign_partitions(&changes).await?;
     reassigned(&results, as_json, out)
+}
+
+pub(super) async fn acl(
+    client: &Client,
+    cmd: AclCommand,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    match cmd {
+        AclCommand::Add { acl, deny } => {
+            let (Some((kind, name)), Some(principal), Some(operation)) =
+                (acl.resource(), acl.principal.clone(), acl.operation.clone())
+            else {
+                return Err(CliError::Usage(
+                    "acl add needs a resource (--topic, --group, --transactional-id or \
+                     --cluster), --principal and --operation"
+                        .into(),
+                ));
+            };
+            let new = crate::acls::Acl {
+                resource_type: kind.into(),
+                resource_name: name,
+                pattern_type: if acl.prefixed { "prefixed" } else { "literal" }.into(),
+                principal,
+                host: acl.host.clone().unwrap_or_else(|| "*".into()),
+                operation,
+                permission: if deny { "deny" } else { "allow" }.into(),
+            };
+            client.create_acls(std::slice::from_ref(&new)).await?;
+            writeln!(
+                out,
+                "{} {} {} on {} {}",
+                new.permission, new.principal, new.operation, new.resource_type, new.resource_name
+            )?;
+        }
+        AclCommand::List { acl } => {
+            let acls = client.describe_acls(&acl.filter()).await?;
+            if as_json {
+                let list: Vec<_> = acls
+                    .iter()
+                    .map(|a| {
+                        json!({ "resource_type": a.resource_type, "resource_name": a.resource_name,
+                            "pattern_type": a.pattern_type, "principal": a.principal, "host": a.host,
+                            "operation": a.operation, "permission": a.permission })
+                    })
+                    .collect();
+                writeln!(out, "{}", json!(list))?;
+            } else {
+                let rows: Vec<Vec<String>> = acls
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.principal.clone(),
+                            a.permission.clone(),
+                            a.operation.clone(),
+                            a.resource_type.clone(),
+                            a.resource_name.clone(),
+                            a.pattern_type.clone(),
+                            a.host.clone(),
+                        ]
+                    })
+                    .collect();
+                let headers = [
+                    "PRINCIPAL",
+                    "PERMISSION",
+                    "OPERATION",
+                    "RESOURCE",
+                    "NAME",
+                    "PATTERN",
+                    "HOST",
+                ];
+                table(out, &headers, &rows)?;
+            }
+        }
+        AclCommand::Remove { acl } => {
+            let removed = client.delete_acls(&acl.filter()).await?;
+            writeln!(out, "{removed} ACLs removed")?;
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn user(

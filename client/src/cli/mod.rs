@@ -71,6 +71,92 @@ enum Command {
     /// SCRAM users for SASL: set a password, delete, list.
     #[command(subcommand)]
     User(UserCommand),
+    /// ACLs: who may do what (with `kafka.authorization.enable`).
+    #[command(subcommand)]
+    Acl(AclCommand),
+}
+
+/// The resource and principal an ACL command names.
+#[derive(Debug, Args)]
+struct AclArgs {
+    /// A topic (or, with --prefixed, a prefix; `*` for every topic).
+    #[arg(long, group = "resource")]
+    topic: Option<String>,
+    /// A consumer group.
+    #[arg(long, group = "resource")]
+    group: Option<String>,
+    /// A transactional id.
+    #[arg(long, group = "resource")]
+    transactional_id: Option<String>,
+    /// The cluster.
+    #[arg(long, group = "resource")]
+    cluster: bool,
+    /// The name is a prefix.
+    #[arg(long)]
+    prefixed: bool,
+    /// `User:alice`, or `User:*` for everyone.
+    #[arg(long)]
+    principal: Option<String>,
+    /// The client address, or `*`.
+    #[arg(long)]
+    host: Option<String>,
+    /// read, write, create, delete, alter, describe, cluster-action, describe-configs,
+    /// alter-configs, idempotent-write or all.
+    #[arg(long)]
+    operation: Option<String>,
+}
+
+impl AclArgs {
+    /// (resource type, name).
+    fn resource(&self) -> Option<(&'static str, String)> {
+        match (
+            &self.topic,
+            &self.group,
+            &self.transactional_id,
+            self.cluster,
+        ) {
+            (Some(t), _, _, _) => Some(("topic", t.clone())),
+            (_, Some(g), _, _) => Some(("group", g.clone())),
+            (_, _, Some(t), _) => Some(("transactional-id", t.clone())),
+            (_, _, _, true) => Some(("cluster", "kafka-cluster".into())),
+            _ => None,
+        }
+    }
+
+    fn filter(&self) -> crate::acls::AclFilter {
+        let resource = self.resource();
+        crate::acls::AclFilter {
+            resource_type: resource.as_ref().map(|(t, _)| (*t).to_owned()),
+            resource_name: resource.map(|(_, n)| n),
+            pattern_type: Some(if self.prefixed { "prefixed" } else { "any" }.into()),
+            principal: self.principal.clone(),
+            host: self.host.clone(),
+            operation: self.operation.clone(),
+            permission: None,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum AclCommand {
+    /// Allows (or with --deny, denies) a principal an operation on a resource.
+    Add {
+        #[command(flatten)]
+        acl: AclArgs,
+        /// Deny instead of allow (a deny wins over every allow).
+        #[arg(long)]
+        deny: bool,
+    },
+    /// Lists the ACLs matching the flags given (all, with none).
+    List {
+        #[command(flatten)]
+        acl: AclArgs,
+    },
+    /// Removes the ACLs matching the flags given.
+    Remove {
+        #[command(flatten)]
+        acl: AclArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -422,6 +508,7 @@ where
     match cli.command {
         Command::Topic(t) => admin::topic(&client, t, json, out).await,
         Command::User(u) => admin::user(&client, u, json, out).await,
+        Command::Acl(a) => admin::acl(&client, a, json, out).await,
         Command::Cluster(ClusterCommand::Info) => admin::cluster(&client, json, out).await,
         Command::Cluster(ClusterCommand::Decommission { broker }) => {
             admin::decommission(&client, broker, json, out).await
