@@ -91,7 +91,12 @@ pub(crate) async fn serve<S>(
                     Ok(Some(Reply { bytes, held })) => {
                         // A client that stops reading cannot pin the connection: a response
                         // not written within the idle timeout closes it.
-                        let written = tokio::time::timeout(idle, wr.write_all(&bytes)).await;
+                        // Flushed: TLS holds back what the socket did not take yet.
+                        let write = async {
+                            wr.write_all(&bytes).await?;
+                            wr.flush().await
+                        };
+                        let written = tokio::time::timeout(idle, write).await;
                         drop((bytes, held));
                         match written {
                             Ok(Ok(())) if session.closing() => {

@@ -331,9 +331,12 @@ impl Connection {
                     rx
                 })
             };
-            w.0.write_all(&body)
-                .await
-                .map_err(|e| ClientError::Closed(format!("{}: {e}", self.addr)))?;
+            // Flushed: TLS holds back what the socket did not take yet.
+            let written = match w.0.write_all(&body).await {
+                Ok(()) => w.0.flush().await,
+                Err(e) => Err(e),
+            };
+            written.map_err(|e| ClientError::Closed(format!("{}: {e}", self.addr)))?;
             rx
         };
         Ok(rx)

@@ -145,6 +145,23 @@ async fn scram_and_plain_over_sasl_ssl_produce_and_consume_and_bad_credentials_a
         records.first().and_then(|r| r.value.clone()),
         Some(Bytes::from_static(b"over TLS"))
     );
+    // A large answer over TLS arrives whole (rustls holds back what the socket has not
+    // taken until the writer flushes).
+    let big = NewRecord {
+        value: Some(Bytes::from(vec![b'x'; 64 << 10])),
+        ..NewRecord::default()
+    };
+    for _ in 0..400 {
+        client
+            .produce("secured", 0, std::slice::from_ref(&big), -1)
+            .await
+            .expect("produce 64 KiB");
+    }
+    let (records, _) = plain
+        .fetch("secured", 0, 0, 40 << 20, 1000)
+        .await
+        .expect("fetch 25 MB over TLS");
+    assert_eq!(records.len(), 401);
     // Wrong password, unknown user, a mechanism not enabled: refused, the broker serves on.
     for (mechanism, user, password) in [
         ("SCRAM-SHA-512", "alice", "wrong"),
