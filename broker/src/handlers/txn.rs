@@ -412,6 +412,7 @@ pub(super) async fn txn_offset_commit(
     for t in &req.topics {
         let name = t.name.0.to_string();
         let count = image.topics.get(&name).map_or(0, |r| r.partitions.len());
+        let readable = super::allowed(state, frame, acl::code::READ, Resource::Topic(&name));
         let ps = t
             .partitions
             .iter()
@@ -419,6 +420,7 @@ pub(super) async fn txn_offset_commit(
                 let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
                 let r = match &check {
                     Err(e) => Err(*e),
+                    Ok(_) if !readable => Err(acl::code::TOPIC_AUTHORIZATION_FAILED),
                     Ok(_) if !usize::try_from(p.partition_index).is_ok_and(|i| i < count) => {
                         Err(UNKNOWN_TOPIC_OR_PARTITION)
                     }
