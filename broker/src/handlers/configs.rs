@@ -208,6 +208,21 @@ fn topic_change(
     }
 }
 
+/// [`apply`], if the principal may alter the configs of `resource` (type, name).
+async fn apply_as(
+    state: &BrokerState,
+    frame: &Frame,
+    (resource_type, name): (i8, &str),
+    command: Result<Command, (ResponseError, String)>,
+    validate_only: bool,
+) -> Result<(), (ResponseError, String)> {
+    let op = acl::code::ALTER_CONFIGS;
+    match config_denial(state, frame, resource_type, name, op) {
+        Some(refusal) => Err(refusal),
+        None => apply(state, command, validate_only).await,
+    }
+}
+
 async fn apply(
     state: &BrokerState,
     command: Result<Command, (ResponseError, String)>,
@@ -241,18 +256,8 @@ pub(super) async fn alter_configs(
             Vec::new(),
             true,
         );
-        let name = r.resource_name.as_str();
-        let denied = config_denial(
-            state,
-            frame,
-            r.resource_type,
-            name,
-            acl::code::ALTER_CONFIGS,
-        );
-        let outcome = match denied {
-            Some(refusal) => Err(refusal),
-            None => apply(state, command, req.validate_only).await,
-        };
+        let resource = (r.resource_type, r.resource_name.as_str());
+        let outcome = apply_as(state, frame, resource, command, req.validate_only).await;
         let resp = alter_configs_response::AlterConfigsResourceResponse::default()
             .with_resource_type(r.resource_type)
             .with_resource_name(r.resource_name.clone());
@@ -330,18 +335,8 @@ pub(super) async fn incremental_alter_configs(
                 false,
             ),
         };
-        let name = r.resource_name.as_str();
-        let denied = config_denial(
-            state,
-            frame,
-            r.resource_type,
-            name,
-            acl::code::ALTER_CONFIGS,
-        );
-        let outcome = match denied {
-            Some(refusal) => Err(refusal),
-            None => apply(state, command, req.validate_only).await,
-        };
+        let resource = (r.resource_type, r.resource_name.as_str());
+        let outcome = apply_as(state, frame, resource, command, req.validate_only).await;
         let resp = incremental_alter_configs_response::AlterConfigsResourceResponse::default()
             .with_resource_type(r.resource_type)
             .with_resource_name(r.resource_name.clone());
