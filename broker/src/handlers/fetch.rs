@@ -82,6 +82,8 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
         let name = record.map_or(t.topic.0.as_str(), |r| r.name.as_str());
         let denied = match replica_denied {
             true => Some(ResponseError::ClusterAuthorizationFailed),
+            // An unknown topic id names nothing to authorize: UNKNOWN_TOPIC_ID below.
+            false if by_id && record.is_none() => None,
             false => (replica < 0
                 && !super::allowed(state, frame, acl::code::READ, Resource::Topic(name)))
             .then_some(ResponseError::TopicAuthorizationFailed),

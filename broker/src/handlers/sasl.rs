@@ -45,6 +45,12 @@ pub(super) async fn sasl_handshake(
         session.close_after_reply();
         return frame.respond(&answer.with_error_code(code::ILLEGAL_SASL_STATE));
     }
+    // Re-authentication (KIP-368) is SaslAuthenticate's: bare tokens could be taken for the
+    // requests in flight on an authenticated connection.
+    if frame.version == 0 && session.authenticated() && session.listener.protocol.sasl() {
+        session.close_after_reply();
+        return frame.respond(&answer.with_error_code(code::ILLEGAL_SASL_STATE));
+    }
     let chosen = Mechanism::of_name(req.mechanism.as_str())
         .filter(|m| enabled.iter().any(|e| e == m.name()));
     let Some(mechanism) = chosen else {
