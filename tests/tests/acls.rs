@@ -11,7 +11,8 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, DescribeClusterRequest, JoinGroupRequest, MetadataRequest,
+    ConsumerGroupHeartbeatRequest, CreateTopicsRequest, DescribeClusterRequest, JoinGroupRequest,
+    MetadataRequest,
 };
 use kafka_protocol::messages::{GroupId, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -109,6 +110,20 @@ async fn join_error(client: &Client, group: &str) -> i16 {
         .await
         .expect("join")
         .error_code
+}
+
+/// The error a joining ConsumerGroupHeartbeat gets, subscribing to `topic`.
+async fn heartbeat_error(client: &Client, group: &str, topic: &str) -> i16 {
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_member_id(StrBytes::from_string(format!("{group}-{topic}")))
+        .with_member_epoch(0)
+        .with_rebalance_timeout_ms(10_000)
+        .with_subscribed_topic_names(Some(vec![TopicName(StrBytes::from_string(
+            topic.to_owned(),
+        ))]));
+    let resp = client.connection().send(&req).await.expect("heartbeat");
+    resp.error_code
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,6 +267,16 @@ async fn each_api_allows_or_denies_as_the_acls_say() {
         .await
         .expect_err("not her group");
     assert_eq!(code(&e), Some(GROUP_AUTHORIZATION_FAILED), "{e}");
+    // KIP-848 members: READ on the group, DESCRIBE on each subscribed topic.
+    assert_eq!(heartbeat_error(&alice, "alice-new", "orders").await, 0);
+    assert_eq!(
+        heartbeat_error(&alice, "alice-new", "payroll").await,
+        TOPIC_AUTHORIZATION_FAILED
+    );
+    assert_eq!(
+        heartbeat_error(&bob, "alice-new", "payroll").await,
+        GROUP_AUTHORIZATION_FAILED
+    );
     // Topic administration: CREATE on the cluster or topic, DELETE, DESCRIBE_CONFIGS.
     let create = CreateTopicsRequest::default()
         .with_timeout_ms(10_000)

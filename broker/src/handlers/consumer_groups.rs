@@ -21,7 +21,7 @@ use crate::group::assignor::TopicPartitions;
 use crate::group::code;
 use crate::group::consumer::Heartbeat;
 use crate::protocol::{Frame, FrameError};
-use crate::security::acl;
+use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
 pub(super) async fn consumer_group_heartbeat(
@@ -34,6 +34,23 @@ pub(super) async fn consumer_group_heartbeat(
         return frame.respond(
             &ConsumerGroupHeartbeatResponse::default()
                 .with_error_code(e)
+                .with_member_epoch(-1),
+        );
+    }
+    // A member may subscribe only to topics it may describe (as in Kafka).
+    let hidden: Vec<&str> = req
+        .subscribed_topic_names
+        .iter()
+        .flatten()
+        .map(|t| t.0.as_str())
+        .filter(|t| !super::allowed(state, frame, acl::code::DESCRIBE, Resource::Topic(t)))
+        .collect();
+    if !hidden.is_empty() {
+        let message = format!("not authorized to describe topics {}", hidden.join(", "));
+        return frame.respond(
+            &ConsumerGroupHeartbeatResponse::default()
+                .with_error_code(acl::code::TOPIC_AUTHORIZATION_FAILED)
+                .with_error_message(Some(str_bytes(&message)))
                 .with_member_epoch(-1),
         );
     }
