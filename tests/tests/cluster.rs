@@ -138,7 +138,14 @@ async fn three_processes_form_one_cluster_and_a_stopped_one_comes_back_with_its_
     }
     assert_eq!(coordinators.len(), 1, "{coordinators:?}");
     let offsets = BTreeMap::from([(("defaulted".to_owned(), 0), 7)]);
-    client.commit_offsets("g", &offsets).await.expect("commit");
+    // The coordinator may not have the new topic in its metadata yet
+    // (UNKNOWN_TOPIC_OR_PARTITION): a client retries that.
+    let mut tries = 0;
+    while let Err(e) = client.commit_offsets("g", &offsets).await {
+        tries += 1;
+        assert!(tries < 100, "commit: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for id in &ids {
         let one = Client::connect(&cluster.kafka_addr(*id).to_string())
             .await
