@@ -100,12 +100,24 @@ impl ScramHash {
         digest::digest(self.digest(), data).as_ref().to_vec()
     }
 
+    /// ClientProof := ClientKey XOR HMAC(StoredKey, AuthMessage).
+    pub fn client_proof(self, salted_password: &[u8], auth_message: &[u8]) -> Vec<u8> {
+        let client_key = self.hmac_of(salted_password, b"Client Key");
+        let signature = self.hmac_of(&self.hash(&client_key), auth_message);
+        xor(&client_key, &signature)
+    }
+
     /// (StoredKey, ServerKey) of a salted password: what a broker keeps.
     pub fn keys(self, salted_password: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let client_key = self.hmac_of(salted_password, b"Client Key");
         let server_key = self.hmac_of(salted_password, b"Server Key");
         (self.hash(&client_key), server_key)
     }
+}
+
+/// `a XOR b`, byte by byte (as long as the shorter).
+pub fn xor(a: &[u8], b: &[u8]) -> Vec<u8> {
+    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
 }
 
 /// Whether two secrets are equal, in time that does not depend on where they differ.
@@ -224,14 +236,7 @@ impl ScramClient {
             .salted_password(self.password.as_bytes(), &salt, iterations);
         let without_proof = format!("c={},r={nonce}", b64(b"n,,"));
         let auth = format!("{},{server_first},{without_proof}", self.first_bare);
-        let client_key = self.hash.hmac_of(&salted, b"Client Key");
-        let stored_key = self.hash.hash(&client_key);
-        let signature = self.hash.hmac_of(&stored_key, auth.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(a, b)| a ^ b)
-            .collect();
+        let proof = self.hash.client_proof(&salted, auth.as_bytes());
         let server_key = self.hash.hmac_of(&salted, b"Server Key");
         self.expected = Some(self.hash.hmac_of(&server_key, auth.as_bytes()));
         Ok(format!("{without_proof},p={}", b64(&proof)))
@@ -269,13 +274,7 @@ mod tests {
         let server_first = "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
         let without_proof = "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
         let auth = format!("{first_bare},{server_first},{without_proof}");
-        let client_key = hash.hmac_of(&salted, b"Client Key");
-        let signature = hash.hmac_of(&hash.hash(&client_key), auth.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(a, b)| a ^ b)
-            .collect();
+        let proof = hash.client_proof(&salted, auth.as_bytes());
         assert_eq!(b64(&proof), "dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=");
         let (_, server_key) = hash.keys(&salted);
         let server_signature = hash.hmac_of(&server_key, auth.as_bytes());

@@ -311,7 +311,7 @@ impl ScramServer {
         if proof.len() != signature.len() {
             return Err(fail(invalid(Mechanism::Scram(self.hash))));
         }
-        let client_key: Vec<u8> = proof.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let client_key = scram::xor(&proof, &signature);
         if !scram::same_secret(&self.hash.hash(&client_key), &c.stored_key) {
             return Err(fail(invalid(Mechanism::Scram(self.hash))));
         }
@@ -443,13 +443,7 @@ mod tests {
             let salted = hash.salted_password(b"secret", &c.salt, 4096);
             let without_proof = format!("c=biws,r={sent}");
             let auth = format!("n=alice,r=cnonce,{server_first},{without_proof}");
-            let client_key = hash.hmac_of(&salted, b"Client Key");
-            let signature = hash.hmac_of(&hash.hash(&client_key), auth.as_bytes());
-            let proof: Vec<u8> = client_key
-                .iter()
-                .zip(&signature)
-                .map(|(a, b)| a ^ b)
-                .collect();
+            let proof = hash.client_proof(&salted, auth.as_bytes());
             let last = format!("{without_proof},p={}", scram::b64(&proof));
             let result = s.step(last.as_bytes(), &lookup, Duration::ZERO, now);
             assert_eq!(result.is_ok(), accepted, "{sent}: {result:?}");

@@ -214,6 +214,53 @@ fn rfc2253_escape(value: &str) -> String {
 mod tests {
     use super::*;
 
+    /// Changed certificate files serve new connections without a restart; files that do
+    /// not load keep the settings in force; unchanged files are not read again.
+    #[test]
+    fn changed_files_are_loaded_and_broken_ones_keep_what_is_in_force() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert_file, key_file) = (dir.path().join("b.pem"), dir.path().join("b.key"));
+        let write = |cn: &str| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let params = rcgen::CertificateParams::new(vec![cn.to_owned()]).expect("params");
+            let cert = params.self_signed(&key).expect("cert");
+            std::fs::write(&cert_file, cert.pem()).expect("cert file");
+            std::fs::write(&key_file, key.serialize_pem()).expect("key file");
+        };
+        write("one.example");
+        let config = TlsConfig {
+            cert_file: Some(cert_file.clone()),
+            key_file: Some(key_file.clone()),
+            ..TlsConfig::default()
+        };
+        let tls = Tls::load(&config).expect("load");
+        let in_force = || {
+            let current = tls.current.read().unwrap_or_else(|p| p.into_inner());
+            Arc::as_ptr(&current.0[&ClientAuth::None])
+        };
+        let first = in_force();
+        assert!(tls.reload_if_changed().is_none(), "nothing changed");
+        // File times have a coarse grain on some filesystems: wait past it.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        write("two.example");
+        assert_eq!(tls.reload_if_changed(), Some(Ok(())));
+        let second = in_force();
+        assert_ne!(first, second, "the new certificate serves new connections");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::write(&key_file, "not a key").expect("broken key");
+        assert!(matches!(tls.reload_if_changed(), Some(Err(_))));
+        assert_eq!(
+            in_force(),
+            second,
+            "a broken file keeps the settings in force"
+        );
+        assert!(tls.acceptor(ClientAuth::None).is_some());
+        assert!(
+            tls.acceptor(ClientAuth::Required).is_none(),
+            "no client CA configured"
+        );
+    }
+
     #[test]
     fn a_certificate_subject_becomes_a_kafka_principal() {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
