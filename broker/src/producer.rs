@@ -147,10 +147,12 @@ pub(crate) fn batches(records: &[u8]) -> impl Iterator<Item = (BatchHeader, &[u8
 pub(crate) fn replay(
     table: &mut ProducerTable,
     log: &strata_storage::Log,
+    tiered: bool,
     header: &BatchHeader,
     batch: &[u8],
 ) -> Result<(), strata_storage::StorageError> {
     let first = u64::try_from(header.base_offset).unwrap_or(0);
+    table.before_change(tiered.then_some(log), first);
     if let Some(b) = ProducerBatch::of(header) {
         let last = first + u64::try_from(header.last_offset_delta).unwrap_or(0);
         let append_time = header.is_log_append_time().then_some(header.max_timestamp);
@@ -233,6 +235,27 @@ pub(crate) struct ProducerTable {
     ended: VecDeque<Ended>,
     /// The offset and time of the last save to (or load from) the snapshot file.
     saved: Option<(u64, Instant)>,
+    /// For a tiered partition, the table as it stood where each segment still to upload
+    /// ends ([`Self::before_change`]); `None` while changes are not being noted.
+    at_ends: Option<SegmentEnds>,
+}
+
+/// Snapshots of the idempotent producers at segment ends, for uploads. Kafka writes its
+/// producer snapshot when a segment rolls and uploads that one; building it at upload time
+/// from what the table still remembers would leave out a producer that has sent more than
+/// [`REMEMBERED`] batches since the segment ended (uploads lag, the table moves on), and an
+/// empty-disk recovery from that segment would then append that producer's retries again.
+#[derive(Debug)]
+struct SegmentEnds {
+    /// The segment every change has been noted from (or the end uploads have passed, below
+    /// which nothing is kept): ends above it are exact.
+    since: u64,
+    /// The base of the segment of the last change noted.
+    last: u64,
+    /// By segment base: the table's snapshot ([`ProducerTable::snapshot_at`]) taken before the
+    /// first change in that segment, which is the table at the end of every segment since
+    /// the previous key.
+    taken: std::collections::BTreeMap<u64, Option<Vec<u8>>>,
 }
 
 impl ProducerTable {
@@ -316,6 +339,54 @@ impl ProducerTable {
         } else {
             false
         }
+    }
+
+    /// Notes a change about to be made to the table by a batch at `offset` of `log`, the
+    /// partition's log when it is tiered (`None`: it is not, and nothing is noted): the first
+    /// change in a segment takes the snapshot of the table that an upload of the segments
+    /// before it records ([`Self::snapshot_for_segment_ending`]). Called with the producers'
+    /// lock held from before the change's append, so no change above a segment's base can
+    /// precede the snapshot taken there.
+    pub(crate) fn before_change(&mut self, log: Option<&strata_storage::Log>, offset: u64) {
+        let Some(log) = log else {
+            self.at_ends = None;
+            return;
+        };
+        let base = log.segment_base_of(offset);
+        match &self.at_ends {
+            Some(ends) if base == ends.last => {}
+            Some(ends) if base > ends.last => {
+                let snapshot = self.snapshot_at(base);
+                if let Some(ends) = &mut self.at_ends {
+                    ends.taken.insert(base, snapshot);
+                    ends.last = base;
+                }
+            }
+            // The first change noted (or the log was cut back below the last one): what
+            // happened earlier in this segment was not noted.
+            _ => {
+                self.at_ends = Some(SegmentEnds {
+                    since: base,
+                    last: base,
+                    taken: Default::default(),
+                })
+            }
+        }
+    }
+
+    /// The snapshot an uploaded segment ending at `end` records: the one taken before the
+    /// first change at or above `end` ([`Self::before_change`]), or, when no change has
+    /// been noted there, the table now. Where changes were not noted (a segment that ended
+    /// before a restart or before the topic was tiered), the table's recent batches below
+    /// `end` ([`Self::snapshot_at`]) are the best there is.
+    pub(crate) fn snapshot_for_segment_ending(&self, end: u64) -> Option<Vec<u8>> {
+        if let Some(ends) = &self.at_ends
+            && end > ends.since
+            && let Some((_, snapshot)) = ends.taken.range(end..).next()
+        {
+            return snapshot.clone();
+        }
+        self.snapshot_at(end)
     }
 
     /// Records an appended batch and the broker's timestamp for it, if the topic uses log
@@ -405,7 +476,7 @@ impl ProducerTable {
 
     /// The transactions open at offset `end` (begun below it, not ended below it): those
     /// open now, and those that ended since (remembered until uploads pass their markers,
-    /// [`Self::forget_ended_below`]). What an uploaded segment ending at `end` records.
+    /// [`Self::forget_uploaded_below`]). What an uploaded segment ending at `end` records.
     pub(crate) fn open_at(&self, end: u64) -> Vec<strata_storage::tier::manifest::OpenTxn> {
         let open = self.producers.iter().filter_map(|(id, e)| {
             e.txn_first_offset
@@ -426,10 +497,14 @@ impl ProducerTable {
         all
     }
 
-    /// Forgets ended transactions whose markers are below `offset` (uploaded: no segment
-    /// still to upload ends before them).
-    pub(crate) fn forget_ended_below(&mut self, offset: u64) {
+    /// Forgets what only uploads of segments ending at or below `offset` need (they are
+    /// uploaded): ended transactions whose markers are below it, snapshots taken at or below it.
+    pub(crate) fn forget_uploaded_below(&mut self, offset: u64) {
         self.ended.retain(|x| x.marker_offset >= offset);
+        if let Some(ends) = &mut self.at_ends {
+            ends.taken.retain(|base, _| *base > offset);
+            ends.since = ends.since.max(offset);
+        }
     }
 
     /// Keeps only the ended transactions that span one of `boundaries` (segment base
@@ -750,6 +825,83 @@ mod tests {
         }
     }
 
+    /// The snapshot an uploaded segment records is the table at that segment's end, however
+    /// far the table has moved on since: a producer that sent more than it remembers after
+    /// the segment ended, or that began a new epoch, is still in it as it stood there.
+    #[test]
+    fn a_segment_end_snapshot_is_the_table_where_the_segment_ended() {
+        use strata_storage::BatchBuilder;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = strata_storage::LogConfig {
+            segment_bytes: 200,
+            ..Default::default()
+        };
+        let log = strata_storage::Log::open(dir.path(), config).expect("log");
+        let mut t = ProducerTable::default();
+        let append = |t: &mut ProducerTable, id: i64, epoch: i16, seq: i32| {
+            let mut bytes = BatchBuilder::new()
+                .producer(id, epoch, seq)
+                .value(None, &[0; 100], 1)
+                .build();
+            let info = log.append(&mut bytes, 0).expect("append");
+            t.before_change(Some(&log), info.first_offset);
+            let b = ProducerBatch {
+                producer_id: id,
+                epoch,
+                first_seq: seq,
+                last_seq: seq,
+                transactional: false,
+            };
+            t.record(&b, info.first_offset, info.last_offset, None);
+            info.first_offset
+        };
+        // Each batch fills a segment: producer 1 at offset 0, producer 2 at 1, then producer
+        // 1 sends ten more and producer 2 starts a new epoch.
+        assert_eq!(append(&mut t, 1, 0, 0), 0);
+        assert_eq!(append(&mut t, 2, 0, 0), 1);
+        for seq in 1..=10 {
+            append(&mut t, 1, 0, seq);
+        }
+        append(&mut t, 2, 1, 0);
+        assert!(log.segments().len() > 10, "each batch rolled a segment");
+        assert_eq!(
+            t.snapshot_at(1),
+            None,
+            "the recent batches alone no longer reach back to offset 0"
+        );
+        let at = |end| {
+            let bytes = t.snapshot_for_segment_ending(end).expect("a snapshot");
+            ProducerTable::starting_with(Some(&bytes), &[])
+        };
+        let first = at(1);
+        assert_eq!(
+            first.check(&b(1)),
+            Ok(Verdict::Duplicate {
+                first_offset: 0,
+                last_offset: 0,
+                log_append_time: None
+            }),
+            "producer 1's first batch is known at the end of its segment"
+        );
+        assert_eq!(first.epoch_of(2), None);
+        let second = at(2);
+        assert_eq!(second.epoch_of(2), Some(0), "producer 2 at its first epoch");
+        assert!(matches!(
+            second.check(&b(2)),
+            Ok(Verdict::Duplicate {
+                first_offset: 1,
+                ..
+            })
+        ));
+        // Once uploaded, the segment's snapshot is no longer kept.
+        t.forget_uploaded_below(2);
+        assert_eq!(t.snapshot_for_segment_ending(2), t.snapshot_at(2));
+        assert_ne!(t.snapshot_for_segment_ending(3), t.snapshot_at(3));
+        // Without tiering nothing is kept.
+        t.before_change(None, 13);
+        assert_eq!(t.snapshot_for_segment_ending(3), t.snapshot_at(3));
+    }
+
     #[test]
     fn in_order_batches_append_and_retries_get_their_offsets_back() {
         let mut t = ProducerTable::default();
@@ -1035,7 +1187,7 @@ mod tests {
         assert_eq!(open(&pruned, 12), vec![(1, 10)], "spans the boundary at 12");
         pruned.keep_ended_spanning(&[40]);
         assert!(open(&pruned, 12).is_empty());
-        t.forget_ended_below(31);
+        t.forget_uploaded_below(31);
         assert_eq!(open(&t, 25), vec![(2, 20)]);
         // A replica starting at 25 knows the open one, and indexes its abort correctly.
         let mut replica = ProducerTable::starting_with(None, &t.open_at(25));
@@ -1088,11 +1240,11 @@ mod tests {
         stored.append_replica(&control).expect("copy");
         let mut t = ProducerTable::default();
         for (h, bytes) in batches(&log) {
-            replay(&mut t, &stored, &h, bytes).expect("replay");
+            replay(&mut t, &stored, false, &h, bytes).expect("replay");
         }
         assert_eq!(t.first_unstable_offset(), Some(10));
         for (h, bytes) in batches(&control) {
-            replay(&mut t, &stored, &h, bytes).expect("replay");
+            replay(&mut t, &stored, false, &h, bytes).expect("replay");
         }
         assert_eq!(t.first_unstable_offset(), None);
         assert_eq!(

@@ -236,6 +236,10 @@ impl Tiering {
                 .map_err(|e| e.to_string())?
                 .unwrap_or_default();
             remote.publish(manifest.clone());
+            part.producers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget_uploaded_below(manifest.end_offset());
             let (local_ms, local_bytes) =
                 (settings.local_retention_ms, settings.local_retention_bytes);
             return blocking(move || {
@@ -261,7 +265,7 @@ impl Tiering {
             let producers = part.producers.lock().unwrap_or_else(|p| p.into_inner());
             upload::ProducersAt {
                 open_txns: producers.open_at(end),
-                snapshot: producers.snapshot_at(end),
+                snapshot: producers.snapshot_for_segment_ending(end),
             }
         };
         let uploaded = {
@@ -281,7 +285,7 @@ impl Tiering {
         part.producers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .forget_ended_below(uploaded.end_offset());
+            .forget_uploaded_below(uploaded.end_offset());
         remote.publish(uploaded.clone());
         let local_beyond: u64 = log
             .segments()

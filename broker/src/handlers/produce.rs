@@ -366,6 +366,7 @@ fn append_checked(
                         ));
                     }
                     let info = log.append(&mut buf, leader_epoch).map_err(storage)?;
+                    producers.before_change(part.tiered_log(), info.first_offset);
                     producers.record(
                         &batch,
                         info.first_offset,

@@ -45,8 +45,9 @@ impl Partition {
                     .map_err(|source| self.io("recording leader epochs", source))?;
             }
             self.log.append_replica(records)?;
+            let tiered = self.settings().remote;
             for (h, batch) in &batches {
-                producer::replay(&mut producers, &self.log, h, batch)?;
+                producer::replay(&mut producers, &self.log, tiered, h, batch)?;
             }
         }
         let end = self.log.log_end_offset();
@@ -64,7 +65,7 @@ impl Partition {
         epochs
             .truncate(end)
             .map_err(|source| self.io("truncating leader epochs", source))?;
-        *producers = rebuild_producers(&self.log)?;
+        *producers = rebuild_producers(&self.log, self.settings().remote)?;
         drop((producers, epochs));
         self.end.send_replace(end);
         let hw = (*self.high_watermark.borrow()).min(end);

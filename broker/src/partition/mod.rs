@@ -62,6 +62,10 @@ pub(crate) struct Partition {
     replicas: Mutex<Replicas>,
     /// Idempotent producers' sequences; held across check and append.
     pub(crate) producers: Mutex<ProducerTable>,
+    /// Held while a snapshot of `producers` is written to the partition directory (by the
+    /// flusher, at shutdown, by a recovery), which is done outside that lock: two writers
+    /// at once would trip over each other's temporary file.
+    producer_snapshots: Mutex<()>,
     /// Where each leader epoch started; held across an append that starts a new epoch.
     /// Taken before `producers` when both are held (a produce that starts an epoch holds it
     /// into the idempotence check; a follower's copy holds both), or a leader losing its role
@@ -308,6 +312,12 @@ impl Partition {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
+    /// The log, when the partition is tiered: what [`ProducerTable::before_change`] notes
+    /// segment ends for.
+    pub(crate) fn tiered_log(&self) -> Option<&strata_storage::Log> {
+        self.settings().remote.then_some(&self.log)
+    }
+
     /// Whether the manifest of a tiered partition has not been read yet (appends wait).
     pub(crate) fn recovering(&self) -> bool {
         self.remote.recovering()
@@ -334,10 +344,19 @@ impl Partition {
             (end, producers.encode(end, now))
         };
         let (end, bytes) = bytes;
-        if let Err(e) = producer::write_snapshot(self.log.dir(), end, &bytes) {
+        if let Err(e) = self.write_producer_snapshot(end, &bytes) {
             tracing::warn!(dir = %self.log.dir().display(), error = %e,
                 "saving the producer snapshot failed; a restart replays more of the log");
         }
+    }
+
+    /// Writes the producers' snapshot `bytes` as of `offset` (see [`producer::write_snapshot`]).
+    pub(crate) fn write_producer_snapshot(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let _one = self
+            .producer_snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        producer::write_snapshot(self.log.dir(), offset, bytes)
     }
 
     /// The first offset still retained, remotely or locally (Kafka's log start offset).

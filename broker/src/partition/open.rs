@@ -39,7 +39,7 @@ impl Partition {
         let log = Log::open(&dir, settings.log.clone())?;
         let end = log.log_end_offset();
         let saved = super::saved_high_watermark(&dir);
-        let producers = rebuild_producers(&log)?;
+        let producers = rebuild_producers(&log, settings.remote)?;
         let epochs = EpochCache::open(&dir, &log).map_err(|source| BrokerError::Io {
             op: "opening leader epochs",
             path: dir.clone(),
@@ -65,6 +65,7 @@ impl Partition {
             assignment: RwLock::new(assignment),
             replicas: Mutex::new(Replicas::default()),
             producers: Mutex::new(producers),
+            producer_snapshots: Mutex::new(()),
             epochs: Mutex::new(epochs),
             remote,
             settings: RwLock::new(Arc::new(settings)),
@@ -78,7 +79,7 @@ impl Partition {
 /// date from the batches after it. Without a usable snapshot (a first start, or a crash that
 /// cut the log below it) the last two segments are read instead; producers idle for longer
 /// are unknown, and as in Kafka an unknown producer may carry on from any sequence.
-pub(super) fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError> {
+pub(super) fn rebuild_producers(log: &Log, tiered: bool) -> Result<ProducerTable, BrokerError> {
     let end = log.log_end_offset();
     let (mut table, from) = match ProducerTable::load(log.dir(), end) {
         Some((table, offset)) => (table, offset),
@@ -103,7 +104,7 @@ pub(super) fn rebuild_producers(log: &Log) -> Result<ProducerTable, BrokerError>
             break;
         };
         for (h, batch) in &batches {
-            producer::replay(&mut table, log, h, batch)?;
+            producer::replay(&mut table, log, tiered, h, batch)?;
         }
         offset =
             u64::try_from(last.base_offset + i64::from(last.last_offset_delta) + 1).unwrap_or(end);

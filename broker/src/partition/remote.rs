@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::Partition;
 use crate::error::BrokerError;
-use crate::producer::{self, ProducerTable};
+use crate::producer::ProducerTable;
 
 /// A partition's view of its remote segments.
 #[derive(Debug)]
@@ -22,8 +22,10 @@ pub(crate) struct RemoteView {
     /// remotely, and a log behind the object store is about to be reset to the remote end,
     /// which would delete what they appended.
     recovered: watch::Sender<bool>,
-    /// Held by the one recovery running (background and tiering pass may both try).
-    recovery: tokio::sync::Mutex<()>,
+    /// Held by the one recovery running (background and tiering pass may both try): whether
+    /// a recovery has reset the log to the remote end but not yet restored the leader epochs
+    /// and producers that go with it (a failure there is retried by the next one).
+    recovery: tokio::sync::Mutex<bool>,
     /// Held by the tiering pass from listing local segments to committing their upload, and
     /// by the remote cleaner from its last look at the manifest to its commit
     /// ([`strata_storage::tier::compact::RemotePass::uploads`]).
@@ -36,7 +38,7 @@ impl RemoteView {
             objects,
             manifest: RwLock::new(None),
             recovered: watch::channel(true).0,
-            recovery: tokio::sync::Mutex::new(()),
+            recovery: tokio::sync::Mutex::new(false),
             uploads: tokio::sync::Mutex::new(()),
         }
     }
@@ -112,7 +114,7 @@ impl Partition {
     pub(crate) async fn recover(&self) -> Result<(), BrokerError> {
         // One recovery at a time, and none once appends are allowed: a reset racing them
         // would delete what they appended.
-        let _one = self.remote.recovery.lock().await;
+        let mut reset = self.remote.recovery.lock().await;
         if !self.remote.recovering() {
             return Ok(());
         }
@@ -134,6 +136,9 @@ impl Partition {
             } else {
                 log.reset_to(end)?;
             }
+            *reset = true;
+        }
+        if *reset {
             // The local history went with the local log: the remote segments' epochs are
             // the history now (their uploaders' epochs are not: a segment uploaded under
             // epoch 5 may hold batches of epochs 2 to 5).
@@ -164,15 +169,17 @@ impl Partition {
             *producers = table;
             let bytes = producers.encode(end, std::time::Instant::now());
             drop(producers);
-            producer::write_snapshot(log.dir(), end, &bytes).map_err(|source| BrokerError::Io {
-                op: "saving producer state",
-                path: log.dir().to_owned(),
-                source,
-            })?;
+            self.write_producer_snapshot(end, &bytes)
+                .map_err(|source| BrokerError::Io {
+                    op: "saving producer state",
+                    path: log.dir().to_owned(),
+                    source,
+                })?;
             self.end.send_replace(end);
             // Nothing below the remote end can be missing from another replica: it is in
             // the object store.
             self.high_watermark.send_replace(end);
+            *reset = false;
         }
         self.remote.publish(manifest);
         self.remote.recovered.send_replace(true);

@@ -190,6 +190,87 @@ async fn an_uncleanly_elected_tiered_leader_waits_for_the_manifest() {
     assert!(!part.recovering());
 }
 
+/// A recovery that reset the log to the remote end but failed before it restored what goes
+/// with that (here, saving the producers' snapshot) finishes on its retry: the log end and
+/// the high watermark come up to the remote end. (Before, the retry found the log no longer
+/// behind, skipped the rest, and the partition served an end of 0 over the restored data.)
+#[tokio::test]
+async fn a_recovery_that_failed_after_resetting_the_log_finishes_when_retried() {
+    use strata_storage::tier::manifest::PartitionObjects;
+    use strata_storage::tier::upload::{ProducersAt, upload_sealed_below};
+    use strata_storage::{BatchBuilder, Log};
+
+    let store = Arc::new(InMemory::new());
+    let id = Uuid::new_v4();
+    // What a previous leader uploaded: three records.
+    let before = tempfile::tempdir().expect("temp dir");
+    let old = Log::open(before.path(), Default::default()).expect("log");
+    for _ in 0..3 {
+        let mut batch = BatchBuilder::new().value(None, b"v", 1).build();
+        old.append(&mut batch, 0).expect("append");
+    }
+    old.roll().expect("roll");
+    old.flush().expect("flush");
+    let objects = PartitionObjects::new(store.clone(), &Default::default(), id, 0);
+    let manifest = upload_sealed_below(&old, &objects, 0, u64::MAX, &|_| ProducersAt::default())
+        .await
+        .expect("uploaded");
+    assert_eq!(manifest.end_offset(), 3);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = Partitions::new(ME, dir.path().to_owned(), store, Default::default());
+    let tiered = TopicRecord {
+        configs: BTreeMap::new(),
+        ..topic("t", id, vec![partition(&[ME], Some(ME), 1)])
+    };
+    parts.apply(&image(1, vec![tiered]));
+    let part = parts.get(id, 0).expect("hosted");
+    assert!(part.recovering());
+    let blocker = part.log.dir().join("producers.snapshot.tmp");
+    std::fs::create_dir(&blocker).expect("a directory where the snapshot is written");
+    assert!(part.recover().await.is_err(), "saving the snapshot fails");
+    assert!(part.recovering(), "appends still wait");
+    std::fs::remove_dir(&blocker).expect("unblocked");
+    part.recover().await.expect("recovered on the retry");
+    assert!(!part.recovering());
+    assert_eq!(part.log.log_end_offset(), 3);
+    assert_eq!(*part.end.borrow(), 3);
+    assert_eq!(*part.high_watermark.borrow(), 3);
+    assert_eq!(
+        crate::producer::newest_snapshot_offset(part.log.dir()),
+        Some(3)
+    );
+}
+
+/// The flusher and a recovery may save the producers' snapshot at the same time; neither
+/// fails for the other (they share one temporary file name).
+#[test]
+fn producer_snapshots_written_at_once_both_land() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let id = Uuid::new_v4();
+    parts.apply(&image(
+        1,
+        vec![topic("t", id, vec![partition(&[ME], Some(ME), 0)])],
+    ));
+    let part = parts.get(id, 0).expect("hosted");
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let part = &part;
+                s.spawn(move || {
+                    (0..200u64)
+                        .map(|i| part.write_producer_snapshot(i * 2 + w, b"{}"))
+                        .collect::<Result<Vec<()>, _>>()
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("writer").expect("every write lands");
+        }
+    });
+}
+
 #[test]
 fn a_partition_that_cannot_open_is_announced_when_it_does() {
     let dir = tempfile::tempdir().expect("temp dir");

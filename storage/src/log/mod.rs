@@ -445,6 +445,13 @@ impl Log {
         Ok(())
     }
 
+    /// Base offset of the segment holding `offset` (the last one based at or below it; the
+    /// active segment's for offsets at or past the log end).
+    pub fn segment_base_of(&self, offset: u64) -> u64 {
+        let inner = self.read_inner();
+        inner.get(inner.index_of(offset)).base_offset
+    }
+
     /// Base offset of the active segment: every record below it is in a sealed segment.
     pub fn active_base_offset(&self) -> u64 {
         self.read_inner().active.base_offset
