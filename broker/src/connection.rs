@@ -8,12 +8,16 @@
 //! sends nothing for `kafka.idle_timeout_ms` is closed. On shutdown the connection stops
 //! reading and finishes the requests it has.
 //!
+//! A client over one of its quotas (see [`crate::quota`]) is told its throttle time in the
+//! response, and the connection is then not read until that time has passed.
+//!
 //! Kafka processes a connection's requests one at a time, and producers rely on it: batches
 //! sent in two pipelined requests must land in the order sent. Here requests overlap, so
 //! Produce requests take a ticket in arrival order and append only in ticket order
 //! ([`Turnstile`]); the fsync wait of `acks=all` still overlaps.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -62,21 +66,20 @@ pub(crate) async fn serve<S>(
     let mut reader_running = true;
     let idle = state.config.idle_timeout();
     let mut in_flight = FuturesOrdered::new();
-    let turnstile = Arc::new(Turnstile::default());
-    // One Fetch at a time per connection, its answer written before the next reads: clients
-    // keep one Fetch in flight per broker anyway, and a client that pipelines many and reads
-    // none pins one response, not dozens.
-    let fetch_gate = Arc::new(Semaphore::new(1));
-    let mut produce_tickets = 0u64;
+    let requests = Requests::default();
     let mut reading = true;
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
-    let authentication =
-        std::time::Duration::from_millis(state.config.kafka.sasl.authentication_timeout_ms);
+    let authentication = Duration::from_millis(state.config.kafka.sasl.authentication_timeout_ms);
     let auth_timer = tokio::time::sleep(authentication);
     tokio::pin!(auth_timer);
+    // A client over a quota: the request after the one that went over waits here, and
+    // the connection is not read further, until its throttle time has passed.
+    let mut stashed: Option<Received> = None;
+    let unmute = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(unmute);
     loop {
-        if !reading && in_flight.is_empty() {
+        if !reading && in_flight.is_empty() && stashed.is_none() {
             break;
         }
         let limit = match session.authenticated() {
@@ -122,60 +125,30 @@ pub(crate) async fn serve<S>(
                 }
                 drop((request_held, fetch_turn));
             }
-            received = frames.recv(), if reading && in_flight.len() < limit => {
-                let Some((buf, held)) = received else {
+            () = &mut unmute, if stashed.is_some() && in_flight.len() < limit => {
+                let now = tokio::time::Instant::now();
+                if let Some(until) = session.throttled_at(now) {
+                    unmute.as_mut().reset(until);
+                    continue;
+                }
+                idle_timer.as_mut().reset(now + idle);
+                if let Some(received) = stashed.take() {
+                    in_flight.push_back(request(&state, &session, &requests, received));
+                }
+            }
+            received = frames.recv(), if reading && stashed.is_none() && in_flight.len() < limit => {
+                let Some(received) = received else {
                     reading = false;
                     continue;
                 };
-                idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                let state = state.clone();
-                let session = session.clone();
-                // Peek the api key to hand out produce tickets in arrival order.
-                let api = buf.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
-                let turn = (api == Some(ApiKey::Produce as i16)).then(|| {
-                    produce_tickets += 1;
-                    turnstile.turn(produce_tickets - 1)
-                });
-                let fetch_gate = (api == Some(ApiKey::Fetch as i16)).then(|| fetch_gate.clone());
-                in_flight.push_back(async move {
-                    let fetch_turn = match fetch_gate {
-                        Some(gate) => gate.acquire_owned().await.ok(),
-                        None => None,
-                    };
-                    if session.raw_tokens() {
-                        drop(turn);
-                        let answer = handlers::sasl_token(&state, &session, buf).await;
-                        return (answer, held, fetch_turn);
-                    }
-                    let admitted = parse_frame(buf, session).and_then(|f| {
-                        f.session
-                            .admit(f.api, tokio::time::Instant::now())
-                            .map_err(FrameError::NotAdmitted)?;
-                        Ok(f)
-                    });
-                    let frame = match admitted {
-                        Ok(f) => f,
-                        Err(e) => {
-                            drop(turn);
-                            return (Err(e), held, fetch_turn);
-                        }
-                    };
-                    let span = tracing::debug_span!(
-                        "request",
-                        api = ?frame.api,
-                        version = frame.version,
-                        client = frame.header.client_id.as_deref().unwrap_or(""),
-                    );
-                    let (api, started) = (frame.api, std::time::Instant::now());
-                    let answer =
-                        tracing::Instrument::instrument(handlers::handle(&state, frame, turn), span)
-                            .await;
-                    match &answer {
-                        Ok(_) => state.metrics.request(api, started.elapsed()),
-                        Err(_) => state.metrics.error(api, "protocol"),
-                    }
-                    (answer, held, fetch_turn)
-                });
+                let now = tokio::time::Instant::now();
+                idle_timer.as_mut().reset(now + idle);
+                if let Some(until) = session.throttled_at(now) {
+                    stashed = Some(received);
+                    unmute.as_mut().reset(until);
+                    continue;
+                }
+                in_flight.push_back(request(&state, &session, &requests, received));
             }
             ended = &mut reader, if reader_running => {
                 reader_running = false;
@@ -196,10 +169,98 @@ pub(crate) async fn serve<S>(
                     "not authenticated within kafka.sasl.authentication_timeout_ms; closing");
                 break;
             }
-            () = cancel.cancelled(), if reading => reading = false,
+            () = cancel.cancelled(), if reading => {
+                reading = false;
+                // Not taken yet: the client retries it elsewhere.
+                stashed = None;
+            }
         }
     }
     let _ = wr.shutdown().await;
+}
+
+/// What a connection's requests share to keep their order.
+struct Requests {
+    turnstile: Arc<Turnstile>,
+    /// One Fetch at a time per connection, its answer written before the next reads:
+    /// clients keep one Fetch in flight per broker anyway, and a client that pipelines many
+    /// and reads none pins one response, not dozens.
+    fetch_gate: Arc<Semaphore>,
+    produce_tickets: std::cell::Cell<u64>,
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        Self {
+            turnstile: Arc::new(Turnstile::default()),
+            fetch_gate: Arc::new(Semaphore::new(1)),
+            produce_tickets: std::cell::Cell::new(0),
+        }
+    }
+}
+
+/// Handles one received request: its answer, its reservations, and its Fetch turn.
+fn request(
+    state: &Arc<BrokerState>,
+    session: &Arc<Session>,
+    requests: &Requests,
+    (buf, held): Received,
+) -> impl std::future::Future<
+    Output = (
+        Result<Option<Reply>, FrameError>,
+        Option<OwnedSemaphorePermit>,
+        Option<OwnedSemaphorePermit>,
+    ),
+> + Send
++ 'static {
+    let state = state.clone();
+    let session = session.clone();
+    // Peek the api key to hand out produce tickets in arrival order.
+    let api = buf.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+    let turn = (api == Some(ApiKey::Produce as i16)).then(|| {
+        let ticket = requests.produce_tickets.get();
+        requests.produce_tickets.set(ticket + 1);
+        requests.turnstile.turn(ticket)
+    });
+    let fetch_gate = (api == Some(ApiKey::Fetch as i16)).then(|| requests.fetch_gate.clone());
+    async move {
+        let fetch_turn = match fetch_gate {
+            Some(gate) => gate.acquire_owned().await.ok(),
+            None => None,
+        };
+        if session.raw_tokens() {
+            drop(turn);
+            let answer = handlers::sasl_token(&state, &session, buf).await;
+            return (answer, held, fetch_turn);
+        }
+        let admitted = parse_frame(buf, session).and_then(|f| {
+            f.session
+                .admit(f.api, tokio::time::Instant::now())
+                .map_err(FrameError::NotAdmitted)?;
+            Ok(f)
+        });
+        let frame = match admitted {
+            Ok(f) => f,
+            Err(e) => {
+                drop(turn);
+                return (Err(e), held, fetch_turn);
+            }
+        };
+        let span = tracing::debug_span!(
+            "request",
+            api = ?frame.api,
+            version = frame.version,
+            client = frame.header.client_id.as_deref().unwrap_or(""),
+        );
+        let (api, started) = (frame.api, std::time::Instant::now());
+        let answer =
+            tracing::Instrument::instrument(handlers::handle(&state, &frame, turn), span).await;
+        match &answer {
+            Ok(_) => state.metrics.request(api, started.elapsed()),
+            Err(_) => state.metrics.error(api, "protocol"),
+        }
+        (answer, held, fetch_turn)
+    }
 }
 
 /// Counts a connection in the open-connections gauge while it lives.

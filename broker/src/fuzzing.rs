@@ -27,13 +27,13 @@ pub fn decode_body_as(api: i16, version: i16, body: &[u8]) {
     let Ok(api) = ApiKey::try_from(api) else {
         return;
     };
-    let frame = Frame {
+    let frame = Frame::new(
         api,
         version,
-        header: messages::RequestHeader::default(),
-        body: Bytes::copy_from_slice(body),
-        session: Session::detached(),
-    };
+        messages::RequestHeader::default(),
+        Bytes::copy_from_slice(body),
+        Session::detached(),
+    );
     if SUPPORTED
         .iter()
         .any(|(a, min, max)| *a == api && (*min..=*max).contains(&version))
@@ -98,6 +98,8 @@ fn decode_body(frame: &Frame) -> bool {
         ApiKey::SaslHandshake => frame.decode::<SaslHandshakeRequest>().map(drop),
         ApiKey::CreateAcls => frame.decode::<CreateAclsRequest>().map(drop),
         ApiKey::DescribeAcls => frame.decode::<DescribeAclsRequest>().map(drop),
+        ApiKey::DescribeClientQuotas => frame.decode::<DescribeClientQuotasRequest>().map(drop),
+        ApiKey::AlterClientQuotas => frame.decode::<AlterClientQuotasRequest>().map(drop),
         ApiKey::DeleteAcls => frame.decode::<DeleteAclsRequest>().map(drop),
         ApiKey::SaslAuthenticate => frame.decode::<SaslAuthenticateRequest>().map(drop),
         ApiKey::DescribeUserScramCredentials => frame
@@ -135,13 +137,13 @@ mod tests {
     fn every_implemented_api_has_a_decoder_here() {
         // An api the match above forgets would silently never be fuzzed.
         for (api, _, max) in SUPPORTED {
-            let frame = Frame {
-                api: *api,
-                version: *max,
-                header: messages::RequestHeader::default(),
-                body: Bytes::new(),
-                session: Session::detached(),
-            };
+            let frame = Frame::new(
+                *api,
+                *max,
+                messages::RequestHeader::default(),
+                Bytes::new(),
+                Session::detached(),
+            );
             assert!(decode_body(&frame), "{api:?} has no decoder in fuzzing.rs");
         }
     }

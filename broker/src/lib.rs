@@ -45,6 +45,7 @@ mod peers;
 mod process;
 mod producer;
 mod protocol;
+mod quota;
 mod scrape;
 pub mod security;
 mod server;

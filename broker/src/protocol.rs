@@ -2,6 +2,8 @@
 //! decoding, response framing, and the one mapping from internal errors to Kafka error codes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -64,6 +66,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::AlterUserScramCredentials, 0, 0),
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::AlterClientQuotas, 0, 1),
 ];
 
 /// The implemented version range of `api`, if it is implemented at all.
@@ -103,6 +107,16 @@ pub(crate) struct Frame {
     pub(crate) body: Bytes,
     /// The connection's security state: who the request runs as.
     pub(crate) session: Arc<Session>,
+    /// The request's size in bytes, header included (what `producer_byte_rate` counts).
+    pub(crate) size: usize,
+    /// How long the client is throttled for by its quotas, in milliseconds: the response's
+    /// `throttle_time_ms`, and how long the connection then goes unread (see `crate::quota`).
+    throttle_ms: AtomicU32,
+    /// Time the handler spent waiting (for data, for replicas), which request-time quotas
+    /// do not count, in microseconds.
+    waited_us: AtomicU64,
+    /// Set by the handler when the request is exempt from quotas (a replica's fetch).
+    exempt: AtomicBool,
 }
 
 /// Decodes the request header, checking the api key before anything else.
@@ -110,6 +124,7 @@ pub(crate) fn parse_frame(mut buf: Bytes, session: Arc<Session>) -> Result<Frame
     if buf.len() < 8 {
         return Err(FrameError::Short(buf.len()));
     }
+    let size = buf.len();
     let key = i16::from_be_bytes([buf[0], buf[1]]);
     let version = i16::from_be_bytes([buf[2], buf[3]]);
     let api = ApiKey::try_from(key).map_err(|_| FrameError::UnknownApi(key))?;
@@ -120,16 +135,33 @@ pub(crate) fn parse_frame(mut buf: Bytes, session: Arc<Session>) -> Result<Frame
             version,
             reason: e.to_string(),
         })?;
-    Ok(Frame {
-        api,
-        version,
-        header,
-        body: buf,
-        session,
-    })
+    let mut frame = Frame::new(api, version, header, buf, session);
+    frame.size = size;
+    Ok(frame)
 }
 
 impl Frame {
+    /// A request of `api` at `version` with this header and body, its size the body's.
+    pub(crate) fn new(
+        api: ApiKey,
+        version: i16,
+        header: RequestHeader,
+        body: Bytes,
+        session: Arc<Session>,
+    ) -> Self {
+        Self {
+            api,
+            version,
+            size: body.len(),
+            header,
+            body,
+            session,
+            throttle_ms: AtomicU32::new(0),
+            waited_us: AtomicU64::new(0),
+            exempt: AtomicBool::new(false),
+        }
+    }
+
     /// Decodes the body as `T`.
     pub(crate) fn decode<T: Decodable>(&self) -> Result<T, FrameError> {
         let mut body = self.body.clone();
@@ -140,8 +172,60 @@ impl Frame {
         })
     }
 
-    /// Encodes `body` as this request's response, with the 4-byte size prefix.
-    pub(crate) fn respond<T: Encodable>(&self, body: &T) -> Result<Bytes, FrameError> {
+    /// Throttles the client for at least `throttle` (the longest of its quotas' answers).
+    pub(crate) fn throttle(&self, throttle: Duration) {
+        if throttle.is_zero() {
+            return;
+        }
+        let ms = u32::try_from(throttle.as_millis()).unwrap_or(u32::MAX);
+        self.throttle_ms.fetch_max(ms, Ordering::Relaxed);
+        self.session
+            .throttle_until(tokio::time::Instant::now() + throttle);
+    }
+
+    /// How long the client is throttled for.
+    pub(crate) fn throttled(&self) -> Duration {
+        Duration::from_millis(u64::from(self.throttle_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Notes time spent waiting rather than working.
+    pub(crate) fn waited_for(&self, waited: Duration) {
+        let us = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.waited_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Time spent waiting.
+    pub(crate) fn waited(&self) -> Duration {
+        Duration::from_micros(self.waited_us.load(Ordering::Relaxed))
+    }
+
+    /// Exempts the request from quotas: nothing is charged, nothing throttled.
+    pub(crate) fn exempt_from_quotas(&self) {
+        self.exempt.store(true, Ordering::Relaxed);
+        self.throttle_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether the request is exempt from quotas.
+    pub(crate) fn exempt(&self) -> bool {
+        self.exempt.load(Ordering::Relaxed)
+    }
+
+    /// Encodes `body` as this request's response, with the 4-byte size prefix, and with
+    /// the client's throttle time in it.
+    pub(crate) fn respond<T: Encodable + Throttle + Clone>(
+        &self,
+        body: &T,
+    ) -> Result<Bytes, FrameError> {
+        let ms = self.throttle_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            let mut throttled = body.clone();
+            throttled.set_throttle(i32::try_from(ms).unwrap_or(i32::MAX));
+            return self.encode(&throttled);
+        }
+        self.encode(body)
+    }
+
+    fn encode<T: Encodable>(&self, body: &T) -> Result<Bytes, FrameError> {
         // ApiVersions always answers with header v0, so a client can read it whatever it sent.
         let header_version = if self.api == ApiKey::ApiVersions {
             0
@@ -166,6 +250,87 @@ impl Frame {
         Ok(out.freeze())
     }
 }
+
+/// A response that can tell the client it is throttled.
+pub(crate) trait Throttle {
+    /// Sets its `throttle_time_ms`; responses without one ignore it (the connection's
+    /// muting throttles those clients all the same).
+    fn set_throttle(&mut self, ms: i32);
+}
+
+macro_rules! throttle_time_ms {
+    ($($t:ident),* $(,)?) => {
+        $(impl Throttle for kafka_protocol::messages::$t {
+            fn set_throttle(&mut self, ms: i32) {
+                self.throttle_time_ms = ms;
+            }
+        })*
+    };
+}
+
+macro_rules! no_throttle_time_ms {
+    ($($t:ident),* $(,)?) => {
+        $(impl Throttle for kafka_protocol::messages::$t {
+            fn set_throttle(&mut self, _: i32) {}
+        })*
+    };
+}
+
+throttle_time_ms!(
+    ProduceResponse,
+    FetchResponse,
+    ListOffsetsResponse,
+    DeleteRecordsResponse,
+    DescribeLogDirsResponse,
+    MetadataResponse,
+    ApiVersionsResponse,
+    CreateTopicsResponse,
+    InitProducerIdResponse,
+    DeleteTopicsResponse,
+    CreatePartitionsResponse,
+    ElectLeadersResponse,
+    AlterPartitionReassignmentsResponse,
+    ListPartitionReassignmentsResponse,
+    DescribeConfigsResponse,
+    AlterConfigsResponse,
+    IncrementalAlterConfigsResponse,
+    DescribeClusterResponse,
+    OffsetForLeaderEpochResponse,
+    FindCoordinatorResponse,
+    JoinGroupResponse,
+    SyncGroupResponse,
+    HeartbeatResponse,
+    LeaveGroupResponse,
+    OffsetCommitResponse,
+    OffsetFetchResponse,
+    ListGroupsResponse,
+    DescribeGroupsResponse,
+    DeleteGroupsResponse,
+    OffsetDeleteResponse,
+    ConsumerGroupHeartbeatResponse,
+    ConsumerGroupDescribeResponse,
+    AddPartitionsToTxnResponse,
+    AddOffsetsToTxnResponse,
+    EndTxnResponse,
+    TxnOffsetCommitResponse,
+    DescribeTransactionsResponse,
+    ListTransactionsResponse,
+    GetTelemetrySubscriptionsResponse,
+    PushTelemetryResponse,
+    DescribeUserScramCredentialsResponse,
+    AlterUserScramCredentialsResponse,
+    CreateAclsResponse,
+    DescribeAclsResponse,
+    DeleteAclsResponse,
+    DescribeClientQuotasResponse,
+    AlterClientQuotasResponse,
+);
+
+no_throttle_time_ms!(
+    WriteTxnMarkersResponse,
+    SaslHandshakeResponse,
+    SaslAuthenticateResponse,
+);
 
 /// The Kafka error code for a refused controller command.
 pub(crate) fn command_error_code(e: &CommandError) -> ResponseError {

@@ -648,6 +648,22 @@ async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match state.admission.admit(peer.ip()) {
                     Ok(slot) => {
+                        let now = std::time::Instant::now();
+                        if let Some(hold) = state.quotas.connection(&state.image(), peer.ip(), now) {
+                            // Over the IP's connection_creation_rate: held for the throttle
+                            // time, then closed unserved (Kafka's KIP-612).
+                            state.metrics.connection(false);
+                            tracing::debug!(%peer, ?hold, "connection refused: over the IP's connection_creation_rate");
+                            let cancel = cancel.clone();
+                            connections.spawn(async move {
+                                tokio::select! {
+                                    () = tokio::time::sleep(hold) => {}
+                                    () = cancel.cancelled() => {}
+                                }
+                                drop((stream, slot));
+                            });
+                            continue;
+                        }
                         state.metrics.connection(true);
                         let _ = stream.set_nodelay(true);
                         let (state, kind, tls, cancel) =

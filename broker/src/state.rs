@@ -59,6 +59,8 @@ pub(crate) struct BrokerState {
     pub(crate) serving: std::sync::atomic::AtomicBool,
     /// Client telemetry subscriptions and pushed values (KIP-714).
     pub(crate) telemetry: crate::telemetry::Telemetry,
+    /// Clients' and IPs' usage against their quotas.
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 impl BrokerState {
@@ -149,6 +151,7 @@ impl BrokerState {
             groups,
             txns,
             telemetry: crate::telemetry::Telemetry::new(config.telemetry.clone()),
+            quotas: crate::quota::Quotas::default(),
             peers: Peers::new(config.node_id, metadata.clone()),
             id: config.node_id,
             config,

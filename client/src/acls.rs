@@ -6,7 +6,7 @@ use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
 use kafka_protocol::messages::{CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest};
 use kafka_protocol::protocol::StrBytes;
 
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, refused};
 
 /// One ACL, by Kafka's names: `topic`/`group`/`cluster`/`transactional-id`,
 /// `literal`/`prefixed`, `User:alice`, a host or `*`, an operation (`read`, `write`, `all`,
@@ -98,16 +98,6 @@ impl AclFilter {
             code(PERMISSIONS, "permission", &or_any(&self.permission))?,
         ))
     }
-}
-
-fn refused(what: &str, code: i16, message: Option<StrBytes>) -> ClientError {
-    ClientError::NotApplicable(format!(
-        "{what}: {}{}",
-        crate::describe_code(code),
-        message
-            .map(|m| format!(": {}", m.as_str()))
-            .unwrap_or_default()
-    ))
 }
 
 impl Client {

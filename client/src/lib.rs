@@ -16,6 +16,7 @@ pub mod data;
 pub mod groups;
 pub mod logdirs;
 pub mod producer;
+pub mod quotas;
 pub mod scram;
 pub mod security;
 pub mod tiering;
@@ -112,6 +113,17 @@ pub fn describe_code(code: i16) -> String {
         Some(e) => format!("{e:?} ({e})"),
         None => format!("error code {code}"),
     }
+}
+
+/// A request the broker refused, for `what`, with its code and message.
+pub(crate) fn refused(what: &str, code: i16, message: Option<StrBytes>) -> ClientError {
+    ClientError::NotApplicable(format!(
+        "{what}: {}{}",
+        describe_code(code),
+        message
+            .map(|m| format!(": {}", m.as_str()))
+            .unwrap_or_default()
+    ))
 }
 
 fn check(what: impl Into<String>, code: i16) -> Result<(), ClientError> {

@@ -70,14 +70,8 @@ impl Client {
         let resp = self.connection().send(&req).await?;
         for r in resp.results {
             if r.error_code != 0 {
-                return Err(ClientError::NotApplicable(format!(
-                    "user {}: {}{}",
-                    r.user.as_str(),
-                    crate::describe_code(r.error_code),
-                    r.error_message
-                        .map(|m| format!(": {}", m.as_str()))
-                        .unwrap_or_default()
-                )));
+                let what = format!("user {}", r.user.as_str());
+                return Err(crate::refused(&what, r.error_code, r.error_message));
             }
         }
         tracing::debug!(user, "SCRAM credentials altered");

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{AclBinding, BrokerId, Endpoint, PartitionRecord, ScramCredential};
+use crate::model::{
+    AclBinding, BrokerId, Endpoint, PartitionRecord, QuotaEntity, QuotaValue, ScramCredential,
+};
 
 /// A change to cluster metadata, replicated through the Raft log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +154,12 @@ pub enum Command {
         /// The ACLs.
         acls: Vec<AclBinding>,
     },
+    /// Sets and removes client quotas (AlterClientQuotas); the broker has checked the
+    /// entities, names and values.
+    AlterClientQuotas {
+        /// Per entity, `(quota name, value)` to set, or with `None` to remove.
+        entries: Vec<(QuotaEntity, QuotaOps)>,
+    },
     /// Sets and removes users' SCRAM credentials (AlterUserScramCredentials); the broker has
     /// checked them. Removing one that is not there changes nothing.
     AlterScramCredentials {
@@ -161,6 +169,9 @@ pub enum Command {
         delete: Vec<(String, String)>,
     },
 }
+
+/// Changes to one entity's quotas: `(quota name, value)` to set, or with `None` to remove.
+pub type QuotaOps = Vec<(String, Option<QuotaValue>)>;
 
 /// Number of producer ids in one block.
 pub const PRODUCER_ID_BLOCK: i32 = 1000;
@@ -224,6 +235,8 @@ pub enum Outcome {
     ScramAltered,
     /// ACLs were added or removed.
     AclsAltered,
+    /// Client quotas were set or removed.
+    QuotasAltered,
     /// Partitions whose leader changed, with the new leader.
     LeadersElected {
         /// `(topic, partition, leader)`.

@@ -132,6 +132,33 @@ pub struct MetadataImage {
     /// Access control lists.
     #[serde(default)]
     pub acls: BTreeSet<AclBinding>,
+    /// Client quotas, one entry per entity that has any, ordered by entity.
+    #[serde(default)]
+    pub quotas: Vec<ClientQuota>,
+}
+
+/// What a client quota applies to (Kafka's ClientQuotaEntity): entity type (`user`,
+/// `client-id`, `ip`) → name, where `None` is that type's default. Valid shapes are `user`,
+/// `client-id`, `user` with `client-id`, and `ip`; the broker checks them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QuotaEntity(pub BTreeMap<String, Option<String>>);
+
+/// A quota's bound: bytes per second, percent of a thread, connections per second.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct QuotaValue(pub f64);
+
+// Quotas are positive finite numbers (the broker refuses others), for which `==` is an
+// equivalence.
+impl Eq for QuotaValue {}
+
+/// The quotas set on one entity, by Kafka's quota names (`producer_byte_rate`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientQuota {
+    /// The entity.
+    pub entity: QuotaEntity,
+    /// Its quotas.
+    pub values: BTreeMap<String, QuotaValue>,
 }
 
 /// One ACL (Kafka's AclBinding), with Kafka's numeric codes for the resource type, pattern
@@ -175,6 +202,35 @@ impl MetadataImage {
         self.topics.values().find(|t| t.id == id)
     }
 
+    /// The quotas set on `entity`, if any.
+    pub fn quotas_of(&self, entity: &QuotaEntity) -> Option<&BTreeMap<String, QuotaValue>> {
+        self.quotas
+            .binary_search_by(|q| q.entity.cmp(entity))
+            .ok()
+            .map(|i| &self.quotas[i].values)
+    }
+
+    /// Replaces `entity`'s quotas with `values` (none: the entity is dropped).
+    pub fn set_quotas(&mut self, entity: &QuotaEntity, values: BTreeMap<String, QuotaValue>) {
+        match (
+            self.quotas.binary_search_by(|q| q.entity.cmp(entity)),
+            values.is_empty(),
+        ) {
+            (Ok(i), true) => {
+                self.quotas.remove(i);
+            }
+            (Ok(i), false) => self.quotas[i].values = values,
+            (Err(_), true) => {}
+            (Err(i), false) => self.quotas.insert(
+                i,
+                ClientQuota {
+                    entity: entity.clone(),
+                    values,
+                },
+            ),
+        }
+    }
+
     /// Brings the image to `delta.version` by applying one delta from the watch stream.
     pub fn apply_delta(&mut self, delta: &MetadataDelta) {
         for change in &delta.changes {
@@ -191,6 +247,7 @@ impl MetadataImage {
                 }
                 Change::ProducerIds { next } => self.next_producer_id = *next,
                 Change::Acls { acls } => self.acls = acls.clone(),
+                Change::ClientQuota { entity, values } => self.set_quotas(entity, values.clone()),
                 Change::ScramUser { user, credentials } => match credentials.is_empty() {
                     true => {
                         self.scram.remove(user);
@@ -233,6 +290,13 @@ pub enum Change {
     Acls {
         /// Every ACL.
         acls: BTreeSet<AclBinding>,
+    },
+    /// An entity's client quotas changed; all of them, as they are now (none: removed).
+    ClientQuota {
+        /// The entity.
+        entity: QuotaEntity,
+        /// Its quotas.
+        values: BTreeMap<String, QuotaValue>,
     },
     /// A user's SCRAM credentials changed; none left means the user is gone.
     ScramUser {

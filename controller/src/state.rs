@@ -381,6 +381,26 @@ impl MetadataState {
                 }
                 Ok(Outcome::AclsAltered)
             }
+            Command::AlterClientQuotas { entries } => {
+                for (entity, ops) in entries {
+                    let before = self.image.quotas_of(entity).cloned().unwrap_or_default();
+                    let mut values = before.clone();
+                    for (name, value) in ops {
+                        match value {
+                            Some(v) => values.insert(name.clone(), *v),
+                            None => values.remove(name),
+                        };
+                    }
+                    if values != before {
+                        self.image.set_quotas(entity, values.clone());
+                        changes.push(Change::ClientQuota {
+                            entity: entity.clone(),
+                            values,
+                        });
+                    }
+                }
+                Ok(Outcome::QuotasAltered)
+            }
             Command::AlterScramCredentials { upsert, delete } => {
                 let mut touched: BTreeMap<&str, ()> = BTreeMap::new();
                 for (user, mechanism) in delete {

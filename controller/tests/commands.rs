@@ -936,3 +936,93 @@ fn scram_credentials_are_set_replaced_and_removed_and_followers_see_each_change(
     assert!(!state.image().scram.contains_key("bob"));
     assert_eq!(state.image().scram["alice"]["SCRAM-SHA-512"], cred(9));
 }
+
+#[test]
+fn client_quotas_are_set_changed_and_removed_and_followers_see_each_change() {
+    use strata_controller::model::{QuotaEntity, QuotaValue};
+
+    let (mut state, _) = cluster(1);
+    let mut follower = state.image().clone();
+    let follow = |state: &MetadataState, image: &mut MetadataImage| {
+        for update in state.updates_since(image.version) {
+            match update {
+                MetadataUpdate::Delta(d) => image.apply_delta(&d),
+                MetadataUpdate::Image(i) => *image = i,
+            }
+        }
+    };
+    let entity = |pairs: &[(&str, Option<&str>)]| {
+        QuotaEntity(
+            pairs
+                .iter()
+                .map(|(t, n)| (t.to_string(), n.map(str::to_owned)))
+                .collect(),
+        )
+    };
+    let alice = entity(&[("user", Some("alice"))]);
+    let default_client = entity(&[("client-id", None)]);
+    let set = Command::AlterClientQuotas {
+        entries: vec![
+            (
+                alice.clone(),
+                vec![
+                    ("producer_byte_rate".into(), Some(QuotaValue(1024.0))),
+                    ("consumer_byte_rate".into(), Some(QuotaValue(2048.0))),
+                ],
+            ),
+            (
+                default_client.clone(),
+                vec![("request_percentage".into(), Some(QuotaValue(12.5)))],
+            ),
+        ],
+    };
+    assert_eq!(
+        state.apply(&set).expect("set").outcome,
+        Outcome::QuotasAltered
+    );
+    follow(&state, &mut follower);
+    assert_eq!(follower.quotas, state.image().quotas);
+    assert_eq!(state.image().quotas.len(), 2);
+    assert_eq!(
+        state
+            .image()
+            .quotas_of(&alice)
+            .map(|v| v["producer_byte_rate"]),
+        Some(QuotaValue(1024.0))
+    );
+    // One value removed, one changed; removing the entity's last value removes the entity;
+    // removing from an entity that has none changes nothing.
+    let alter = Command::AlterClientQuotas {
+        entries: vec![
+            (
+                alice.clone(),
+                vec![
+                    ("producer_byte_rate".into(), None),
+                    ("consumer_byte_rate".into(), Some(QuotaValue(4096.0))),
+                ],
+            ),
+            (
+                default_client.clone(),
+                vec![("request_percentage".into(), None)],
+            ),
+            (
+                entity(&[("ip", None)]),
+                vec![("connection_creation_rate".into(), None)],
+            ),
+        ],
+    };
+    let version = state.image().version;
+    state.apply(&alter).expect("alter");
+    follow(&state, &mut follower);
+    assert_eq!(follower, *state.image());
+    assert_eq!(state.image().version, version + 1);
+    assert_eq!(state.image().quotas.len(), 1);
+    assert_eq!(
+        state.image().quotas_of(&alice).cloned(),
+        Some(BTreeMap::from([(
+            "consumer_byte_rate".to_string(),
+            QuotaValue(4096.0)
+        )]))
+    );
+    assert_eq!(state.image().quotas_of(&default_client), None);
+}

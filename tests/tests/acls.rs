@@ -364,6 +364,42 @@ async fn each_api_allows_or_denies_as_the_acls_say() {
         .fetch("orders", 0, 0, 1 << 20, 100)
         .await
         .expect("allowed again");
+    // Client quotas: DESCRIBE_CONFIGS and ALTER_CONFIGS on the cluster.
+    let alice_quota = BTreeMap::from([("user".to_string(), Some("alice".to_string()))]);
+    let rate = [("producer_byte_rate".to_string(), Some(1_000_000.0))];
+    let e = alice
+        .describe_quotas(&Default::default())
+        .await
+        .expect_err("no DESCRIBE_CONFIGS on the cluster");
+    assert!(e.to_string().contains("ClusterAuthorizationFailed"), "{e}");
+    let e = alice
+        .alter_quotas(&alice_quota, &rate)
+        .await
+        .expect_err("no ALTER_CONFIGS on the cluster");
+    assert!(e.to_string().contains("ClusterAuthorizationFailed"), "{e}");
+    admin
+        .create_acls(&[acl(
+            "cluster",
+            "kafka-cluster",
+            "literal",
+            "User:alice",
+            "alter-configs",
+            "allow",
+        )])
+        .await
+        .expect("grant");
+    alice
+        .alter_quotas(&alice_quota, &rate)
+        .await
+        .expect("ALTER_CONFIGS on the cluster");
+    assert_eq!(
+        alice
+            .describe_quotas(&Default::default())
+            .await
+            .expect("ALTER_CONFIGS implies DESCRIBE_CONFIGS")
+            .len(),
+        1
+    );
     // The trusted main listener is not bound by ACLs.
     local
         .produce("payroll", 0, &[record()], -1)

@@ -500,6 +500,90 @@ async fn alter_config_sets_and_removes_topic_configs() {
     broker.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_commands_set_list_and_remove() {
+    let broker = TestBroker::start().await;
+    let b = broker.bootstrap();
+    let out = ctl(
+        &b,
+        &[
+            "quota",
+            "set",
+            "--user",
+            "alice",
+            "--default-client-id",
+            "producer_byte_rate=1048576",
+            "request_percentage=25",
+        ],
+    )
+    .await
+    .expect("set");
+    assert_eq!(
+        out,
+        "client-id=<default>,user=alice: producer_byte_rate=1048576, request_percentage=25 set\n"
+    );
+    ctl(
+        &b,
+        &[
+            "quota",
+            "set",
+            "--ip",
+            "10.0.0.9",
+            "connection_creation_rate=3",
+        ],
+    )
+    .await
+    .expect("set ip");
+    let table = ctl(&b, &["quota", "list", "--user", "alice"])
+        .await
+        .expect("list");
+    assert!(
+        table.contains("client-id=<default>,user=alice  producer_byte_rate  1048576"),
+        "{table}"
+    );
+    assert!(!table.contains("10.0.0.9"), "filtered by user: {table}");
+    let all = json(&ctl(&b, &["--json", "quota", "list"]).await.expect("list"));
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    assert_eq!(all[1]["entity"]["ip"], "10.0.0.9", "{all}");
+    assert_eq!(all[1]["quotas"]["connection_creation_rate"], 3.0, "{all}");
+    ctl(
+        &b,
+        &[
+            "quota",
+            "remove",
+            "--user",
+            "alice",
+            "--default-client-id",
+            "producer_byte_rate",
+            "request_percentage",
+        ],
+    )
+    .await
+    .expect("remove");
+    let all = json(&ctl(&b, &["--json", "quota", "list"]).await.expect("list"));
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+
+    let e = ctl(
+        &b,
+        &["quota", "set", "--user", "alice", "producer_byte_rate=fast"],
+    )
+    .await
+    .expect_err("not a number");
+    assert_eq!(e.exit_code(), 2);
+    let e = ctl(&b, &["quota", "set", "producer_byte_rate=1"])
+        .await
+        .expect_err("no entity");
+    assert_eq!(e.exit_code(), 2);
+    let e = ctl(
+        &b,
+        &["quota", "set", "--user", "alice", "request_percentage=-1"],
+    )
+    .await
+    .expect_err("refused by the broker");
+    assert!(e.to_string().contains("positive"), "{e}");
+    broker.stop().await;
+}
+
 /// The COMMITTED, LOG-END and LAG cells of `topic`/`partition` in `group describe` output.
 fn offsets_row(out: &str, topic: &str, partition: i32) -> Vec<String> {
     out.lines()

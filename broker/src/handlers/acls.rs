@@ -75,7 +75,7 @@ fn invalid(acl: &AclBinding) -> Option<String> {
 }
 
 /// Proposes `command` and waits until this broker's metadata holds it.
-async fn submit(state: &BrokerState, command: Command) -> Result<(), (i16, String)> {
+pub(super) async fn submit(state: &BrokerState, command: Command) -> Result<(), (i16, String)> {
     match state.controller.submit(&command).await {
         Ok(Ok(applied)) => {
             state

@@ -52,13 +52,13 @@ pub(super) fn api_versions(frame: &Frame) -> Result<Bytes, FrameError> {
     if !(min..=max).contains(&frame.version) {
         // Kafka's rule: answer an unknown ApiVersions version with a v0 response carrying
         // UNSUPPORTED_VERSION and the ranges, so the client can pick a version it shares.
-        let v0 = Frame {
-            api: frame.api,
-            version: 0,
-            header: frame.header.clone(),
-            body: Bytes::new(),
-            session: frame.session.clone(),
-        };
+        let v0 = Frame::new(
+            frame.api,
+            0,
+            frame.header.clone(),
+            Bytes::new(),
+            frame.session.clone(),
+        );
         return v0.respond(
             &ApiVersionsResponse::default()
                 .with_error_code(ResponseError::UnsupportedVersion.code())

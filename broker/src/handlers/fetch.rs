@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::Reply;
 use crate::partition::{Partition, Read};
 use crate::protocol::{Frame, FrameError};
+use crate::quota::{Kind, Quotas};
 use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
@@ -56,7 +57,7 @@ impl Wanted {
 
 pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Reply, FrameError> {
     let req: FetchRequest = frame.decode()?;
-    let cap = state.config.kafka.fetch_max_bytes as usize;
+    let mut cap = state.config.kafka.fetch_max_bytes as usize;
     let image = state.image();
     let by_id = frame.version >= 13;
     // Brokers copying partitions send their id (in `replica_state` from v15); consumers -1.
@@ -73,6 +74,23 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
     // Replicas need CLUSTER_ACTION, consumers READ on each topic.
     let replica_denied =
         replica >= 0 && !super::allowed(state, frame, acl::code::CLUSTER_ACTION, Resource::Cluster);
+    let who = super::quota_id(frame);
+    let who = (who.0.as_str(), who.1);
+    if replica >= 0 && !replica_denied {
+        // Replication is not a client's usage.
+        frame.exempt_from_quotas();
+    } else if let Some(most) = Quotas::max_in_window(&image, Kind::Fetch, who) {
+        // A consumer still making up for what it used (on another connection: this one was
+        // not read until then) is answered empty (Kafka's rule for a throttled fetch).
+        let now = std::time::Instant::now();
+        frame.throttle(state.quotas.throttled(&image, Kind::Fetch, who, now));
+        if !frame.throttled().is_zero() {
+            return Ok(frame.respond(&FetchResponse::default())?.into());
+        }
+        // One response holds no more than the consumer's full allowance (beyond the first
+        // batch, which is always whole).
+        cap = cap.min(most as usize).max(1);
+    }
     for t in &req.topics {
         let record = if by_id {
             image.topic_by_id(t.topic_id)
@@ -150,7 +168,9 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
         let mut watchers: Vec<_> = wanted.iter().filter_map(Wanted::watch).collect();
         // What the read may return is reserved in the broker's memory budget first; what
         // it did return stays reserved until the response is written.
+        let waiting = Instant::now();
         let mut held = state.admission.reserve(max_bytes).await;
+        frame.waited_for(waiting.elapsed());
         // Only a fetch that wants more than one byte needs to know how much arrived; the
         // common min_bytes=1 re-reads on the first append and skips this per-read walk.
         let sizes_before = (min_bytes > 1).then(|| log_sizes(&wanted));
@@ -182,6 +202,13 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                 .as_mut()
                 .and_then(|h| h.split(bytes.min(h.num_permits())));
             drop(held);
+            if !frame.exempt() {
+                // Charged for the records it carries: the consumer then waits out what it
+                // took beyond its allowance.
+                let now = std::time::Instant::now();
+                let size = bytes as f64;
+                frame.throttle(state.quotas.record(&image, Kind::Fetch, who, size, now));
+            }
             let bytes = frame.respond(&FetchResponse::default().with_responses(topics))?;
             return Ok(Reply { bytes, held: kept });
         }
@@ -192,7 +219,10 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
         loop {
             let changed =
                 futures::future::select_all(watchers.iter_mut().map(|rx| Box::pin(rx.changed())));
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let waiting = Instant::now();
+            let woken = tokio::time::timeout_at(deadline, changed).await;
+            frame.waited_for(waiting.elapsed());
+            if woken.is_err() {
                 break; // Deadline: one last read answers with whatever arrived.
             }
             if sizes_before

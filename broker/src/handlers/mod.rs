@@ -9,6 +9,7 @@ mod groups;
 mod groups_admin;
 mod logdirs;
 mod produce;
+mod quotas;
 mod records;
 mod sasl;
 mod telemetry;
@@ -26,6 +27,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::protocol::{Frame, FrameError, supported};
+use crate::quota::Kind;
 use crate::security::acl::{self, Resource};
 
 /// A Produce's append to `part` under `leader_epoch`, as the handler makes it (`guard`: a
@@ -58,14 +60,15 @@ impl From<Bytes> for Reply {
 }
 
 /// Answers one request; `Ok(None)` means no response is sent (Produce with `acks=0`). An
-/// error closes the connection.
+/// error closes the connection. The client's quotas are charged for it, and its throttle
+/// time is left in `frame` (see [`crate::quota`]).
 pub(crate) async fn handle(
     state: &Arc<BrokerState>,
-    frame: Frame,
+    frame: &Frame,
     turn: Option<Turn>,
 ) -> Result<Option<Reply>, FrameError> {
     if frame.api == ApiKey::ApiVersions {
-        return admin::api_versions(&frame).map(|b| Some(b.into()));
+        return admin::api_versions(frame).map(|b| Some(b.into()));
     }
     match supported(frame.api) {
         Some((min, max)) if (min..=max).contains(&frame.version) => {}
@@ -76,7 +79,49 @@ pub(crate) async fn handle(
             });
         }
     }
-    let frame = &frame;
+    let started = std::time::Instant::now();
+    let image = state.image();
+    // The brokers' own markers are not counted (Kafka exempts cluster actions).
+    let charged = frame.api != ApiKey::WriteTxnMarkers;
+    if charged {
+        let who = quota_id(frame);
+        let who = (who.0.as_str(), who.1);
+        frame.throttle(state.quotas.throttled(&image, Kind::Request, who, started));
+        if frame.api == ApiKey::Produce {
+            let bytes = frame.size as f64;
+            frame.throttle(
+                state
+                    .quotas
+                    .record(&image, Kind::Produce, who, bytes, started),
+            );
+        }
+    }
+    let answer = dispatch(state, frame, turn).await;
+    if charged && !frame.exempt() {
+        let who = quota_id(frame);
+        let busy = started.elapsed().saturating_sub(frame.waited());
+        // Percent of one thread: each second busy is 100.
+        let percent = busy.as_secs_f64() * 100.0;
+        let now = std::time::Instant::now();
+        state
+            .quotas
+            .record(&image, Kind::Request, (who.0.as_str(), who.1), percent, now);
+    }
+    answer
+}
+
+/// Who a request's quotas are for: its principal's user name and its client id.
+pub(crate) fn quota_id(frame: &Frame) -> (String, &str) {
+    let principal = frame.session.principal();
+    let user = crate::quota::user_of(&principal).to_owned();
+    (user, frame.header.client_id.as_deref().unwrap_or(""))
+}
+
+async fn dispatch(
+    state: &Arc<BrokerState>,
+    frame: &Frame,
+    turn: Option<Turn>,
+) -> Result<Option<Reply>, FrameError> {
     let answer = match frame.api {
         ApiKey::Produce => return Ok(produce::produce(state, frame, turn).await?.map(Reply::from)),
         ApiKey::Fetch => return fetch::fetch(state, frame).await.map(Some),
@@ -137,6 +182,8 @@ pub(crate) async fn handle(
             sasl::describe_user_scram_credentials(state, frame).await
         }
         ApiKey::AlterUserScramCredentials => sasl::alter_user_scram_credentials(state, frame).await,
+        ApiKey::DescribeClientQuotas => quotas::describe_client_quotas(state, frame).await,
+        ApiKey::AlterClientQuotas => quotas::alter_client_quotas(state, frame).await,
         api => Err(FrameError::Unsupported {
             api,
             version: frame.version,

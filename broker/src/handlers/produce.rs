@@ -102,6 +102,7 @@ pub(super) async fn produce(
     let appended = futures::future::join_all(futures).await;
     drop(turn);
     let replication_wait = Duration::from_millis(u64::try_from(req.timeout_ms).unwrap_or(0));
+    let waiting = std::time::Instant::now();
     let outcomes = if acks == -1 {
         futures::future::join_all(appended.into_iter().map(|r| async move {
             let (part, landed, last_offset) = r?;
@@ -135,6 +136,8 @@ pub(super) async fn produce(
     } else {
         appended.into_iter().map(|r| r.map(|(_, l, _)| l)).collect()
     };
+    // Waiting for the disk and the replicas is not the client's request time.
+    frame.waited_for(waiting.elapsed());
     if acks == 0 {
         return Ok(None);
     }

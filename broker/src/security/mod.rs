@@ -57,6 +57,9 @@ struct State {
     raw_tokens: bool,
     /// The connection is to close once the response in progress is written.
     closing: bool,
+    /// Until when the client is throttled by its quotas: no request after the one that
+    /// went over is taken before then.
+    throttled_until: Option<Instant>,
 }
 
 impl Session {
@@ -80,6 +83,7 @@ impl Session {
                 exchange: Exchange::Idle,
                 raw_tokens: false,
                 closing: false,
+                throttled_until: None,
             }),
         }
     }
@@ -145,6 +149,19 @@ impl Session {
             ));
         }
         Ok(())
+    }
+
+    /// Throttles the connection's client until at least `until` (see `crate::quota`).
+    pub(crate) fn throttle_until(&self, until: Instant) {
+        let mut s = self.lock();
+        if s.throttled_until.is_none_or(|t| t < until) {
+            s.throttled_until = Some(until);
+        }
+    }
+
+    /// Until when the client is throttled, if it still is at `now`.
+    pub(crate) fn throttled_at(&self, now: Instant) -> Option<Instant> {
+        self.lock().throttled_until.filter(|t| *t > now)
     }
 
     /// Whether the next frame is a bare SASL token (after a SaslHandshake v0).

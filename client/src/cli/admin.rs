@@ -6,8 +6,8 @@ use std::io::Write;
 use serde_json::json;
 
 use super::{
-    AclCommand, CliError, GroupCommand, ResetArgs, TopicCommand, TransactionCommand, UserCommand,
-    partitions, table,
+    AclCommand, CliError, GroupCommand, QuotaCommand, ResetArgs, TopicCommand, TransactionCommand,
+    UserCommand, partitions, table,
 };
 use crate::Client;
 use crate::groups::GroupOffsets;
@@ -431,6 +431,78 @@ pub(super) async fn user(
                     })
                     .collect();
                 table(out, &["USER", "MECHANISM", "ITERATIONS"], &rows)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn quota(
+    client: &Client,
+    cmd: QuotaCommand,
+    as_json: bool,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    use crate::quotas::entity_text;
+    let named = |entity: &crate::quotas::QuotaEntity| {
+        if entity.is_empty() {
+            return Err(CliError::Usage(
+                "name the entity: --user/--default-user and/or --client-id/--default-client-id, \
+                 or --ip/--default-ip"
+                    .into(),
+            ));
+        }
+        Ok(())
+    };
+    match cmd {
+        QuotaCommand::Set { entity, quotas } => {
+            let entity = entity.entity();
+            named(&entity)?;
+            let mut ops = Vec::new();
+            for q in &quotas {
+                let parsed = q
+                    .split_once('=')
+                    .and_then(|(k, v)| Some((k.trim().to_owned(), v.trim().parse::<f64>().ok()?)));
+                let Some((key, value)) = parsed else {
+                    return Err(CliError::Usage(format!(
+                        "{q:?} is not name=number (e.g. producer_byte_rate=1048576)"
+                    )));
+                };
+                ops.push((key, Some(value)));
+            }
+            client.alter_quotas(&entity, &ops).await?;
+            writeln!(out, "{}: {} set", entity_text(&entity), quotas.join(", "))?;
+        }
+        QuotaCommand::Remove { entity, names } => {
+            let entity = entity.entity();
+            named(&entity)?;
+            let ops: Vec<_> = names.iter().map(|n| (n.clone(), None)).collect();
+            client.alter_quotas(&entity, &ops).await?;
+            writeln!(
+                out,
+                "{}: {} removed",
+                entity_text(&entity),
+                names.join(", ")
+            )?;
+        }
+        QuotaCommand::List { entity } => {
+            let quotas = client.describe_quotas(&entity.entity()).await?;
+            if as_json {
+                let list: Vec<_> = quotas
+                    .iter()
+                    .map(|q| json!({ "entity": q.entity, "quotas": q.values }))
+                    .collect();
+                writeln!(out, "{}", json!(list))?;
+            } else {
+                let rows: Vec<Vec<String>> = quotas
+                    .iter()
+                    .flat_map(|q| {
+                        q.values
+                            .iter()
+                            .map(|(k, v)| vec![entity_text(&q.entity), k.clone(), v.to_string()])
+                    })
+                    .collect();
+                table(out, &["ENTITY", "QUOTA", "VALUE"], &rows)?;
             }
         }
     }

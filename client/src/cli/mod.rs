@@ -74,6 +74,74 @@ enum Command {
     /// ACLs: who may do what (with `kafka.authorization.enable`).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Client quotas: byte rates and request time per user and client id, connection
+    /// rates per IP.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
+}
+
+/// The entity a quota command names: a user, a client id, both, or an IP.
+#[derive(Debug, Args)]
+struct QuotaEntityArgs {
+    /// A user: its principal's name (`alice` for `User:alice`, `ANONYMOUS` unauthenticated).
+    #[arg(long, conflicts_with = "default_user")]
+    user: Option<String>,
+    /// The default user: every user without a quota of its own, each measured on its own.
+    #[arg(long)]
+    default_user: bool,
+    /// A client id.
+    #[arg(long, conflicts_with = "default_client_id")]
+    client_id: Option<String>,
+    /// The default client id.
+    #[arg(long)]
+    default_client_id: bool,
+    /// A client address (for `connection_creation_rate`).
+    #[arg(long, conflicts_with_all = ["default_ip", "user", "default_user", "client_id", "default_client_id"])]
+    ip: Option<String>,
+    /// The default IP.
+    #[arg(long, conflicts_with_all = ["user", "default_user", "client_id", "default_client_id"])]
+    default_ip: bool,
+}
+
+impl QuotaEntityArgs {
+    fn entity(&self) -> crate::quotas::QuotaEntity {
+        let mut entity = crate::quotas::QuotaEntity::new();
+        let mut add = |kind: &str, name: &Option<String>, default: bool| {
+            if name.is_some() || default {
+                entity.insert(kind.to_owned(), name.clone());
+            }
+        };
+        add("user", &self.user, self.default_user);
+        add("client-id", &self.client_id, self.default_client_id);
+        add("ip", &self.ip, self.default_ip);
+        entity
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum QuotaCommand {
+    /// Sets quotas on an entity: `producer_byte_rate=1048576`, `consumer_byte_rate=...`,
+    /// `request_percentage=25`, or for an IP `connection_creation_rate=10`.
+    Set {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// `name=value` pairs.
+        #[arg(required = true)]
+        quotas: Vec<String>,
+    },
+    /// Removes quotas from an entity, by name.
+    Remove {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+        /// Quota names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Lists the quotas of the entities matching the flags given (all, with none).
+    List {
+        #[command(flatten)]
+        entity: QuotaEntityArgs,
+    },
 }
 
 /// The resource and principal an ACL command names.
@@ -509,6 +577,7 @@ where
         Command::Topic(t) => admin::topic(&client, t, json, out).await,
         Command::User(u) => admin::user(&client, u, json, out).await,
         Command::Acl(a) => admin::acl(&client, a, json, out).await,
+        Command::Quota(q) => admin::quota(&client, q, json, out).await,
         Command::Cluster(ClusterCommand::Info) => admin::cluster(&client, json, out).await,
         Command::Cluster(ClusterCommand::Decommission { broker }) => {
             admin::decommission(&client, broker, json, out).await
