@@ -131,6 +131,23 @@ impl Broker {
             )?)),
             false => None,
         };
+        let jwt = match config
+            .kafka
+            .sasl
+            .mechanisms
+            .iter()
+            .any(|m| m == "OAUTHBEARER")
+        {
+            true => Some(Arc::new(
+                crate::security::oauth::Jwt::load(&config.kafka.sasl.oauthbearer).map_err(
+                    |reason| BrokerError::Config {
+                        key: "kafka.sasl.oauthbearer.jwks_file".into(),
+                        reason,
+                    },
+                )?,
+            )),
+            false => None,
+        };
         if config.controller.mode == ControllerMode::Dedicated {
             return Err(BrokerError::Config {
                 key: "controller.mode".into(),
@@ -161,6 +178,7 @@ impl Broker {
             tiering.clone(),
             admission,
             metrics,
+            jwt,
         ));
         // Probes answer from the start, saying what is not ready yet.
         let http_cancel = CancellationToken::new();

@@ -61,6 +61,8 @@ pub(crate) struct BrokerState {
     pub(crate) telemetry: crate::telemetry::Telemetry,
     /// Clients' and IPs' usage against their quotas.
     pub(crate) quotas: crate::quota::Quotas,
+    /// OAUTHBEARER's token validation, when that mechanism is enabled.
+    pub(crate) jwt: Option<Arc<crate::security::oauth::Jwt>>,
 }
 
 impl BrokerState {
@@ -79,6 +81,7 @@ impl BrokerState {
         tiering: Arc<Tiering>,
         admission: Admission,
         metrics: Arc<crate::metrics::Metrics>,
+        jwt: Option<Arc<crate::security::oauth::Jwt>>,
     ) -> Self {
         let controller = Arc::new(controller);
         let lease = Arc::new(Lease::new(Duration::from_millis(
@@ -152,6 +155,7 @@ impl BrokerState {
             txns,
             telemetry: crate::telemetry::Telemetry::new(config.telemetry.clone()),
             quotas: crate::quota::Quotas::default(),
+            jwt,
             peers: Peers::new(config.node_id, metadata.clone()),
             id: config.node_id,
             config,

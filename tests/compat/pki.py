@@ -1,12 +1,16 @@
 """Certificates for the compatibility suite's secured listeners, made at run time with the
 `cryptography` package: a CA, the broker's certificate (127.0.0.1, localhost), a client
 certificate the CA signed (for mutual TLS), and a stranger: a client certificate another
-CA signed. Written as PEM files into the directory given.
+CA signed. Written as PEM files into the directory given. Also a token-signing key
+(`token.key`) and the JSON Web Key Set the broker checks OAUTHBEARER tokens against
+(`jwks.json`), and a key it does not know (`stranger-token.key`).
 
     python tests/compat/pki.py DIR
 """
 
+import base64
 import datetime
+import json
 import ipaddress
 import sys
 from pathlib import Path
@@ -78,6 +82,20 @@ def main():
     write(directory, "other-ca", other, None)
     key, cert = issue(other_key, other, "compat-client", usage=ExtendedKeyUsageOID.CLIENT_AUTH)
     write(directory, "stranger", cert, key)
+    jwks = []
+    for stem, known in (("token", True), ("stranger-token", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        (directory / f"{stem}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))
+        if known:
+            numbers = key.public_key().public_numbers()
+            b64 = lambda n: base64.urlsafe_b64encode(n.to_bytes(32, "big")).rstrip(b"=").decode()
+            jwks.append({"kty": "EC", "crv": "P-256", "kid": "compat", "alg": "ES256",
+                         "use": "sig", "x": b64(numbers.x), "y": b64(numbers.y)})
+    (directory / "jwks.json").write_text(json.dumps({"keys": jwks}))
 
 
 if __name__ == "__main__":

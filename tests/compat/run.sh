@@ -62,17 +62,21 @@ free_port() {
 PORT=$(free_port)
 SECURE_PORT=$(free_port)
 MTLS_PORT=$(free_port)
+OAUTH_PORT=$(free_port)
 PKI="$WORK/pki"
 "$VENV/bin/python" tests/compat/pki.py "$PKI"
 "$BIN" --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
   --set 'controller.listen="127.0.0.1:0"' \
   --set 'http.listen=""' \
   --set "object_store.url=\"file://$WORK/objects\"" \
-  --set "kafka.listeners=[{name=\"SASL_SSL\",listen=\"127.0.0.1:$SECURE_PORT\"},{name=\"SSL\",listen=\"127.0.0.1:$MTLS_PORT\",client_auth=\"required\"}]" \
+  --set "kafka.listeners=[{name=\"SASL_SSL\",listen=\"127.0.0.1:$SECURE_PORT\"},{name=\"SSL\",listen=\"127.0.0.1:$MTLS_PORT\",client_auth=\"required\"},{name=\"SASL_PLAINTEXT\",listen=\"127.0.0.1:$OAUTH_PORT\"}]" \
   --set "kafka.tls.cert_file=\"$PKI/broker.pem\"" \
   --set "kafka.tls.key_file=\"$PKI/broker.key\"" \
   --set "kafka.tls.client_ca_file=\"$PKI/ca.pem\"" \
-  --set 'kafka.sasl.mechanisms=["SCRAM-SHA-512","SCRAM-SHA-256","PLAIN"]' \
+  --set 'kafka.sasl.mechanisms=["SCRAM-SHA-512","SCRAM-SHA-256","PLAIN","OAUTHBEARER"]' \
+  --set "kafka.sasl.oauthbearer.jwks_file=\"$PKI/jwks.json\"" \
+  --set 'kafka.sasl.oauthbearer.expected_issuer="https://compat.example"' \
+  --set 'kafka.sasl.oauthbearer.expected_audience=["strata"]' \
   >"$WORK/strata.log" 2>&1 &
 PID=$!
 for _ in $(seq 300); do
@@ -90,7 +94,10 @@ cat >"$WORK/security.json" <<JSON
 {"sasl_ssl": "127.0.0.1:$SECURE_PORT", "mtls": "127.0.0.1:$MTLS_PORT",
  "ca": "$PKI/ca.pem", "client_cert": "$PKI/client.pem", "client_key": "$PKI/client.key",
  "stranger_cert": "$PKI/stranger.pem", "stranger_key": "$PKI/stranger.key",
- "user": "compat", "password": "compat-secret"}
+ "user": "compat", "password": "compat-secret",
+ "oauth": "127.0.0.1:$OAUTH_PORT", "token_key": "$PKI/token.key",
+ "stranger_token_key": "$PKI/stranger-token.key",
+ "issuer": "https://compat.example", "audience": "strata"}
 JSON
 
 echo "== scenarios"

@@ -30,6 +30,27 @@ def secured():
     return SECURITY
 
 
+def signed_token(key_file, subject, expires_in=600):
+    """An ES256 JWT for `subject`, signed with the PEM key in `key_file` (what an identity
+    provider hands out; the broker checks it against run.sh's key set)."""
+    import base64
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    s = secured()
+    with open(key_file, "rb") as f:
+        key = serialization.load_pem_private_key(f.read(), password=None)
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    now = int(time.time())
+    header = b64(json.dumps({"alg": "ES256", "typ": "JWT", "kid": "compat"}).encode())
+    claims = b64(json.dumps({"sub": subject, "iss": s["issuer"], "aud": s["audience"],
+                             "iat": now, "exp": now + expires_in}).encode())
+    r, sig_s = decode_dss_signature(
+        key.sign(f"{header}.{claims}".encode(), ec.ECDSA(hashes.SHA256())))
+    return f"{header}.{claims}.{b64(r.to_bytes(32, 'big') + sig_s.to_bytes(32, 'big'))}"
+
+
 def unique(what):
     return f"compat-{what}-{uuid.uuid4().hex[:8]}"
 
@@ -308,14 +329,39 @@ class KafkaPython:
         finally:
             c.close()
         same_records(got, sent, "over SASL_SSL and mTLS")
+        # OAUTHBEARER: a token from the trusted key authenticates; one signed by another
+        # key, or expired, is refused.
+        try:
+            from kafka.net.sasl.oauth import AbstractTokenProvider
+        except ImportError:  # kafka-python before 3.0
+            from kafka.sasl.oauth import AbstractTokenProvider
+
+        class Tokens(AbstractTokenProvider):
+            def __init__(self, key_file, expires_in=600):
+                self.key_file, self.expires_in = key_file, expires_in
+
+            def token(self):
+                return signed_token(self.key_file, "compat-oauth", self.expires_in)
+
+        def oauth(tokens):
+            return dict(bootstrap_servers=s["oauth"], security_protocol="SASL_PLAINTEXT",
+                        sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=tokens)
+
+        p = self.kafka.KafkaProducer(acks="all", **oauth(Tokens(s["token_key"])))
+        p.send(topic, value=b"oauth").get(timeout=WAIT)
+        p.close()
         for what, config in (
             ("a wrong password", dict(scram, sasl_plain_password="wrong")),
             ("an unknown user", dict(scram, sasl_plain_username="nobody")),
             ("another CA's certificate", dict(mtls, ssl_certfile=s["stranger_cert"],
                                                ssl_keyfile=s["stranger_key"])),
+            ("a token signed by an unknown key", oauth(Tokens(s["stranger_token_key"]))),
+            ("an expired token", oauth(Tokens(s["token_key"], expires_in=-3600))),
         ):
             try:
-                p = self.kafka.KafkaProducer(max_block_ms=5000, **config)
+                # A refused client retries bootstrapping until its timeout (30 s by default).
+                p = self.kafka.KafkaProducer(max_block_ms=5000, bootstrap_timeout_ms=5000,
+                                             **config)
                 p.send(topic, value=b"x").get(timeout=5)
                 p.close()
                 accepted = True

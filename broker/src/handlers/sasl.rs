@@ -24,7 +24,7 @@ use super::str_bytes;
 use crate::protocol::{Frame, FrameError};
 use crate::security::Session;
 use crate::security::acl::{self, Resource};
-use crate::security::sasl::{Failure, Mechanism, Step, code};
+use crate::security::sasl::{Failure, Mechanism, Step, Verifiers, code};
 use crate::state::BrokerState;
 
 /// Kafka's error codes of the credential APIs.
@@ -77,10 +77,15 @@ async fn step(state: &BrokerState, session: &Arc<Session>, token: Bytes) -> Resu
     let now = tokio::time::Instant::now();
     // PLAIN derives a salted password (thousands of HMACs): off the async workers.
     let peer = session.peer;
+    let jwt = state.jwt.clone();
     let stepped = tokio::task::spawn_blocking(move || {
         let lookup =
             |user: &str, hash: ScramHash| image.scram.get(user)?.get(hash.mechanism()).cloned();
-        session.step(&token, &lookup, lifetime, now)
+        let verifiers = Verifiers {
+            scram: &lookup,
+            jwt: jwt.as_deref(),
+        };
+        session.step(&token, &verifiers, lifetime, now)
     })
     .await
     .unwrap_or_else(|_| {

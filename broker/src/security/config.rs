@@ -123,7 +123,7 @@ impl Default for TlsConfig {
 }
 
 /// The SASL mechanisms this broker implements.
-pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+pub const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
 /// SASL on the SASL listeners (`[kafka.sasl]`).
 #[derive(Clone, Debug, Deserialize)]
@@ -141,6 +141,37 @@ pub struct SaslConfig {
     pub failed_authentication_delay_ms: u64,
     /// A connection that has not authenticated by then is closed.
     pub authentication_timeout_ms: u64,
+    /// OAUTHBEARER's token validation (`[kafka.sasl.oauthbearer]`).
+    pub oauthbearer: OAuthBearerConfig,
+}
+
+/// How OAUTHBEARER tokens (JWTs) are validated: Kafka's `sasl.oauthbearer.*` broker settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthBearerConfig {
+    /// A JSON Web Key Set file holding the public keys tokens are signed with (Kafka's
+    /// `sasl.oauthbearer.jwks.endpoint.url` as a file); read again when it changes.
+    pub jwks_file: Option<PathBuf>,
+    /// The `iss` tokens must carry, if set.
+    pub expected_issuer: Option<String>,
+    /// Audiences of which a token's `aud` must name one, if any are set.
+    pub expected_audience: Vec<String>,
+    /// The claim naming the principal (`User:<its value>`).
+    pub sub_claim_name: String,
+    /// Clock difference tolerated on `exp` and `nbf`, in seconds.
+    pub clock_skew_seconds: u64,
+}
+
+impl Default for OAuthBearerConfig {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            expected_issuer: None,
+            expected_audience: Vec::new(),
+            sub_claim_name: "sub".into(),
+            clock_skew_seconds: 30,
+        }
+    }
 }
 
 impl Default for SaslConfig {
@@ -150,6 +181,7 @@ impl Default for SaslConfig {
             max_reauth_ms: 0,
             failed_authentication_delay_ms: 100,
             authentication_timeout_ms: 30_000,
+            oauthbearer: OAuthBearerConfig::default(),
         }
     }
 }
@@ -283,6 +315,21 @@ pub fn validate(
             "kafka.sasl.mechanisms",
             format!("{m} is not one of {}", MECHANISMS.join(", ")),
         );
+    }
+    if sasl.mechanisms.iter().any(|m| m == "OAUTHBEARER") {
+        if sasl.oauthbearer.jwks_file.is_none() {
+            return bad(
+                "kafka.sasl.oauthbearer.jwks_file",
+                "OAUTHBEARER is enabled: the key set its tokens are checked against is needed"
+                    .into(),
+            );
+        }
+        if sasl.oauthbearer.sub_claim_name.is_empty() {
+            return bad(
+                "kafka.sasl.oauthbearer.sub_claim_name",
+                "must name a claim".into(),
+            );
+        }
     }
     if let Some(bad) = authorization.super_users.iter().find(|u| {
         u.split_once(':')

@@ -10,6 +10,7 @@ use strata_controller::model::ScramCredential;
 use tokio::time::Instant;
 
 use super::Session;
+use super::oauth::{self, Jwt};
 
 /// Kafka's error codes of the SASL APIs.
 pub(crate) mod code {
@@ -23,12 +24,14 @@ pub(crate) mod code {
 pub(crate) enum Mechanism {
     Plain,
     Scram(ScramHash),
+    OAuthBearer,
 }
 
 impl Mechanism {
     pub(crate) fn of_name(name: &str) -> Option<Self> {
         match name {
             "PLAIN" => Some(Self::Plain),
+            "OAUTHBEARER" => Some(Self::OAuthBearer),
             other => ScramHash::of_mechanism(other).map(Self::Scram),
         }
     }
@@ -37,6 +40,7 @@ impl Mechanism {
         match self {
             Self::Plain => "PLAIN",
             Self::Scram(h) => h.mechanism(),
+            Self::OAuthBearer => "OAUTHBEARER",
         }
     }
 }
@@ -50,6 +54,9 @@ pub(crate) enum Exchange {
     Chosen(Mechanism),
     /// A SCRAM exchange waits for the client's final message.
     Scram(Box<ScramServer>),
+    /// An OAUTHBEARER token was refused and the error challenge sent: the client's
+    /// separator comes next, and the exchange fails with this message (RFC 7628 3.2.2).
+    OAuthRefused(String),
 }
 
 /// What a SaslAuthenticate answers.
@@ -70,6 +77,21 @@ pub(crate) struct Failure {
 
 /// Finds a user's credential for a mechanism.
 pub(crate) type Credentials<'a> = &'a dyn Fn(&str, ScramHash) -> Option<ScramCredential>;
+
+/// What the exchanges check against: SCRAM credentials, and OAUTHBEARER's key set when
+/// that mechanism is enabled.
+pub(crate) struct Verifiers<'a> {
+    pub(crate) scram: Credentials<'a>,
+    pub(crate) jwt: Option<&'a Jwt>,
+}
+
+impl<'a> Verifiers<'a> {
+    /// SCRAM credentials only.
+    #[cfg(test)]
+    pub(crate) fn scram(scram: Credentials<'a>) -> Self {
+        Self { scram, jwt: None }
+    }
+}
 
 fn invalid(mechanism: Mechanism) -> String {
     format!(
@@ -105,11 +127,14 @@ impl Session {
     pub(crate) fn step(
         &self,
         token: &[u8],
-        credentials: Credentials<'_>,
+        verifiers: &Verifiers<'_>,
         lifetime: Duration,
         now: Instant,
     ) -> Result<Step, Failure> {
+        let credentials = verifiers.scram;
         let exchange = std::mem::replace(&mut self.lock().exchange, Exchange::Idle);
+        // A token's expiry bounds the session it opens.
+        let mut expires_in: Option<Duration> = None;
         // The next challenge (the exchange goes on), or the user and the last token.
         let outcome: Result<Result<(String, Vec<u8>), String>, Failure> = match exchange {
             Exchange::Idle => Err(Failure {
@@ -130,6 +155,31 @@ impl Session {
                 })
             }
             Exchange::Scram(server) => server.finish(token).map(Ok),
+            Exchange::Chosen(Mechanism::OAuthBearer) => match oauth_bearer(token, verifiers.jwt) {
+                Ok((user, expires)) => {
+                    expires_in = Some(expires);
+                    Ok(Ok((user, Vec::new())))
+                }
+                Err(OAuthRefusal::Malformed(message)) => Err(Failure {
+                    code: code::SASL_AUTHENTICATION_FAILED,
+                    message,
+                }),
+                Err(OAuthRefusal::Invalid(message)) => {
+                    let challenge = serde_json::json!({ "status": "invalid_token" }).to_string();
+                    self.lock().exchange = Exchange::OAuthRefused(message);
+                    Ok(Err(challenge))
+                }
+            },
+            Exchange::OAuthRefused(message) => Err(Failure {
+                code: code::SASL_AUTHENTICATION_FAILED,
+                message: format!("OAUTHBEARER authentication failed: {message}"),
+            }),
+        };
+        let lifetime = match expires_in {
+            None => lifetime,
+            // Zero means "for ever": a token's end is at least a millisecond away.
+            Some(e) if lifetime.is_zero() => e.max(Duration::from_millis(1)),
+            Some(e) => lifetime.min(e).max(Duration::from_millis(1)),
         };
         let mut s = self.lock();
         match outcome {
@@ -162,6 +212,34 @@ impl Session {
             }
         }
     }
+}
+
+/// Why an OAUTHBEARER message is refused: malformed (refused at once) or an invalid token
+/// (answered with the error challenge first).
+enum OAuthRefusal {
+    Malformed(String),
+    Invalid(String),
+}
+
+/// OAUTHBEARER: the client's first message, its token validated; the user and how long the
+/// token has left.
+fn oauth_bearer(token: &[u8], jwt: Option<&Jwt>) -> Result<(String, Duration), OAuthRefusal> {
+    let (bearer, authzid) = oauth::client_first(token)
+        .map_err(|e| OAuthRefusal::Malformed(format!("invalid OAUTHBEARER message: {e}")))?;
+    let jwt = jwt.ok_or_else(|| OAuthRefusal::Invalid("no key set is configured".into()))?;
+    let valid = jwt.validate(bearer).map_err(OAuthRefusal::Invalid)?;
+    if authzid.is_some_and(|a| a != valid.principal_name) {
+        return Err(OAuthRefusal::Invalid(format!(
+            "the authorization id {authzid:?} is not the token's principal {}",
+            valid.principal_name
+        )));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let left = Duration::from_secs(valid.expires.saturating_sub(now));
+    Ok((valid.principal_name, left))
 }
 
 /// PLAIN: `authzid NUL user NUL password`, checked against the user's SCRAM credential.
@@ -372,14 +450,19 @@ mod tests {
         let mut client = ScramClient::new(ScramHash::Sha512, user, password);
         let now = Instant::now();
         let life = Duration::from_secs(60);
-        let Step::Continue(first) = session.step(client.first().as_bytes(), &lookup, life, now)?
+        let Step::Continue(first) = session.step(
+            client.first().as_bytes(),
+            &Verifiers::scram(&lookup),
+            life,
+            now,
+        )?
         else {
             panic!("SCRAM takes two steps");
         };
         let last = client
             .last(std::str::from_utf8(&first).expect("utf-8"))
             .expect("client final");
-        match session.step(last.as_bytes(), &lookup, life, now)? {
+        match session.step(last.as_bytes(), &Verifiers::scram(&lookup), life, now)? {
             Step::Done { token, lifetime_ms } => {
                 assert_eq!(lifetime_ms, 60_000);
                 client
@@ -425,9 +508,12 @@ mod tests {
             let s = sasl_session();
             s.choose(Mechanism::Scram(hash), false).expect("chosen");
             let first = "n,,n=alice,r=cnonce";
-            let Ok(Step::Continue(server_first)) =
-                s.step(first.as_bytes(), &lookup, Duration::ZERO, now)
-            else {
+            let Ok(Step::Continue(server_first)) = s.step(
+                first.as_bytes(),
+                &Verifiers::scram(&lookup),
+                Duration::ZERO,
+                now,
+            ) else {
                 panic!("first step");
             };
             let server_first = String::from_utf8(server_first).expect("utf-8");
@@ -445,7 +531,12 @@ mod tests {
             let auth = format!("n=alice,r=cnonce,{server_first},{without_proof}");
             let proof = hash.client_proof(&salted, auth.as_bytes());
             let last = format!("{without_proof},p={}", scram::b64(&proof));
-            let result = s.step(last.as_bytes(), &lookup, Duration::ZERO, now);
+            let result = s.step(
+                last.as_bytes(),
+                &Verifiers::scram(&lookup),
+                Duration::ZERO,
+                now,
+            );
             assert_eq!(result.is_ok(), accepted, "{sent}: {result:?}");
         }
     }
@@ -457,7 +548,12 @@ mod tests {
         let now = Instant::now();
         let s = sasl_session();
         s.choose(Mechanism::Plain, false).expect("chosen");
-        let done = s.step(b"\0alice\0secret", &lookup, Duration::ZERO, now);
+        let done = s.step(
+            b"\0alice\0secret",
+            &Verifiers::scram(&lookup),
+            Duration::ZERO,
+            now,
+        );
         assert_eq!(
             done,
             Ok(Step::Done {
@@ -469,7 +565,7 @@ mod tests {
             let s = sasl_session();
             s.choose(Mechanism::Plain, false).expect("chosen");
             let refused = s
-                .step(token, &lookup, Duration::ZERO, now)
+                .step(token, &Verifiers::scram(&lookup), Duration::ZERO, now)
                 .expect_err("refused");
             assert_eq!(refused.code, code::SASL_AUTHENTICATION_FAILED);
         }
@@ -485,7 +581,7 @@ mod tests {
         // Authenticate without a handshake: refused, and the state is illegal.
         let nobody = |_: &str, _: ScramHash| None;
         let refused = s
-            .step(b"x", &nobody, Duration::ZERO, now)
+            .step(b"x", &Verifiers::scram(&nobody), Duration::ZERO, now)
             .expect_err("no handshake");
         assert_eq!(refused.code, code::ILLEGAL_SASL_STATE);
         let s = sasl_session();
