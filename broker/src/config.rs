@@ -281,6 +281,38 @@ pub struct ControllerSection {
     /// Share of a broker's preferred partitions led elsewhere, in percent, that triggers it
     /// (`leader.imbalance.per.broker.percentage`).
     pub leader_imbalance_per_broker_percentage: u32,
+    /// TLS for the controller's gRPC (`[controller.tls]`).
+    pub tls: ControllerTls,
+}
+
+/// Mutual TLS on the controllers' gRPC, between controllers and from brokers: each presents
+/// `cert_file` (with `key_file`) and accepts only certificates `ca_file` signed. All three,
+/// or none (plaintext, for a private network).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerTls {
+    /// This process's certificate (PEM), for its controller and its calls to the quorum.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// The CA (PEM) that signs every controller's and broker's certificate.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ControllerTls {
+    /// The files read, when TLS is configured.
+    pub fn load(&self) -> Result<Option<strata_controller::tls::GrpcTls>, BrokerError> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.cert_file, &self.key_file, &self.ca_file)
+        else {
+            return Ok(None);
+        };
+        strata_controller::tls::GrpcTls::load(cert, key, ca)
+            .map(Some)
+            .map_err(|reason| BrokerError::Config {
+                key: "controller.tls".into(),
+                reason,
+            })
+    }
 }
 
 /// Topic defaults.
@@ -489,6 +521,7 @@ impl Default for ControllerSection {
             heartbeat_interval_ms: 2_000,
             leader_imbalance_check_interval_ms: 300_000,
             leader_imbalance_per_broker_percentage: 10,
+            tls: ControllerTls::default(),
         }
     }
 }
@@ -845,6 +878,17 @@ impl BrokerConfig {
             return bad(
                 "controller.heartbeat_interval_ms",
                 "must be positive and below controller.session_timeout_ms".into(),
+            );
+        }
+        let tls = &self.controller.tls;
+        let given = [&tls.cert_file, &tls.key_file, &tls.ca_file]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
+        if given != 0 && given != 3 {
+            return bad(
+                "controller.tls",
+                "cert_file, key_file and ca_file go together (mutual TLS)".into(),
             );
         }
         if self.controller.mode != ControllerMode::Embedded {

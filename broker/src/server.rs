@@ -172,9 +172,10 @@ impl Broker {
             None => config.voters()?.into_values().collect(),
         };
         let admission = Admission::new(&config.kafka)?;
+        let controller_tls = config.controller.tls.load()?;
         let state = Arc::new(BrokerState::new(
             config,
-            ControllerClient::new(addrs),
+            ControllerClient::new(addrs).with_tls(controller_tls),
             tiering.clone(),
             admission,
             metrics,
@@ -461,6 +462,7 @@ pub(crate) async fn start_controller(
 ) -> Result<Option<ControllerNode>, BrokerError> {
     let mut c =
         ControllerConfig::single_node(config.controller_dir(), config.controller.listen.clone());
+    c.tls = config.controller.tls.load()?;
     c.node_id = u64::try_from(config.node_id).unwrap_or(0);
     c.session_timeout = Duration::from_millis(config.controller.session_timeout_ms);
     let every = config.controller.leader_imbalance_check_interval_ms;

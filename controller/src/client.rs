@@ -11,6 +11,8 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
+
+use crate::tls::GrpcTls;
 use tonic::{Code, Status};
 
 use crate::command::{Command, CommandError, CommandResult};
@@ -52,6 +54,7 @@ pub struct ControllerClient {
     /// so a deposed leader cut off from its quorum does not cost every call its timeout.
     silent: Mutex<HashMap<String, tokio::time::Instant>>,
     deadline: Duration,
+    tls: Option<GrpcTls>,
 }
 
 impl ControllerClient {
@@ -63,7 +66,14 @@ impl ControllerClient {
             leader: Mutex::new(None),
             silent: Mutex::new(HashMap::new()),
             deadline: Duration::from_secs(10),
+            tls: None,
         }
+    }
+
+    /// Calls the controllers over TLS with `tls` (`None`: plaintext).
+    pub fn with_tls(mut self, tls: Option<GrpcTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Changes how long a call keeps retrying.
@@ -77,7 +87,7 @@ impl ControllerClient {
         if let Some(c) = channels.get(addr) {
             return Ok(MetadataClient::new(c.clone()));
         }
-        let c = network::channel(addr).map_err(|e| ControllerError::Config {
+        let c = network::channel(addr, self.tls.as_ref()).map_err(|e| ControllerError::Config {
             key: "controller.quorum.voters",
             reason: format!("bad controller address {addr:?}: {e}"),
         })?;

@@ -34,6 +34,8 @@ pub struct ControllerConfig {
     /// A broker's share of preferred partitions led elsewhere that triggers a rebalance
     /// (`leader.imbalance.per.broker.percentage`).
     pub leader_imbalance_percentage: u32,
+    /// TLS for the gRPC of this node (server, and client of its peers); `None`: plaintext.
+    pub tls: Option<crate::tls::GrpcTls>,
 }
 
 impl ControllerConfig {
@@ -50,6 +52,7 @@ impl ControllerConfig {
             keep_log_entries: 1_000,
             leader_rebalance_interval: Some(Duration::from_secs(300)),
             leader_imbalance_percentage: 10,
+            tls: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod command;
 pub mod model;
 pub mod placement;
 pub mod state;
+pub mod tls;
 pub mod topic_config;
 
 mod client;

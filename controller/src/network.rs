@@ -27,10 +27,18 @@ use crate::model::NodeId;
 use crate::proto::Json;
 use crate::proto::raft_client::RaftClient;
 use crate::raft_types::TypeConfig;
+use crate::tls::GrpcTls;
 
-/// A lazily connecting channel to `addr` (`host:port`).
-pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// A lazily connecting channel to `addr` (`host:port`), over TLS with `tls`.
+pub(crate) fn channel(
+    addr: &str,
+    tls: Option<&GrpcTls>,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.client())?,
+        None => Endpoint::from_shared(format!("http://{addr}"))?,
+    };
+    Ok(endpoint
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -43,13 +51,19 @@ pub(crate) fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
 pub(crate) struct NetworkFactory {
     peers: Arc<BTreeMap<NodeId, Channel>>,
     retry_after: Duration,
+    tls: Option<GrpcTls>,
 }
 
 impl NetworkFactory {
-    pub(crate) fn new(peers: BTreeMap<NodeId, Channel>, retry_after: Duration) -> Self {
+    pub(crate) fn new(
+        peers: BTreeMap<NodeId, Channel>,
+        retry_after: Duration,
+        tls: Option<GrpcTls>,
+    ) -> Self {
         Self {
             peers: Arc::new(peers),
             retry_after,
+            tls,
         }
     }
 }
@@ -60,7 +74,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         let channel = match self.peers.get(&target) {
             Some(c) => Some(c.clone()),
-            None => channel(&node.addr).ok(),
+            None => channel(&node.addr, self.tls.as_ref()).ok(),
         };
         PeerClient {
             target,

@@ -99,13 +99,15 @@ impl ControllerNode {
             .iter()
             .filter(|(id, _)| **id != config.node_id)
         {
-            let channel = network::channel(addr).map_err(|e| ControllerError::Config {
-                key: "controller.quorum.voters",
-                reason: format!("bad address {addr:?} for node {id}: {e}"),
+            let channel = network::channel(addr, config.tls.as_ref()).map_err(|e| {
+                ControllerError::Config {
+                    key: "controller.quorum.voters",
+                    reason: format!("bad address {addr:?} for node {id}: {e}"),
+                }
             })?;
             peers.insert(*id, channel);
         }
-        let network = NetworkFactory::new(peers, config.heartbeat_interval);
+        let network = NetworkFactory::new(peers, config.heartbeat_interval, config.tls.clone());
 
         let raft_config = openraft::Config {
             cluster_name: "strata".into(),
@@ -169,7 +171,16 @@ impl ControllerNode {
             cancel: cancel.clone(),
             commit_latency: commit_latency.clone(),
         };
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder
+                .tls_config(tls.server())
+                .map_err(|e| ControllerError::Config {
+                    key: "controller.tls",
+                    reason: e.to_string(),
+                })?;
+        }
+        let server = builder
             .add_service(RaftServer::new(RaftService { raft: raft.clone() }))
             .add_service(MetadataServer::new(metadata_service))
             .serve_with_incoming_shutdown(

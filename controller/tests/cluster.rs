@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use strata_controller::command::{Command, CommandError, Outcome};
 use strata_controller::model::{BrokerId, Endpoint, MetadataImage, MetadataUpdate};
+use strata_controller::tls::GrpcTls;
 use strata_controller::{ControllerClient, ControllerConfig, ControllerNode, NodeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -70,6 +71,8 @@ struct Cluster {
     nodes: BTreeMap<NodeId, Option<ControllerNode>>,
     snapshot_every: u64,
     keep_log_entries: u64,
+    /// Mutual TLS on every node's gRPC and on the test's client, when set.
+    tls: Option<GrpcTls>,
 }
 
 impl Cluster {
@@ -78,6 +81,15 @@ impl Cluster {
     }
 
     async fn start_with_snapshots(n: NodeId, snapshot_every: u64, keep_log_entries: u64) -> Self {
+        Self::start_full(n, snapshot_every, keep_log_entries, None).await
+    }
+
+    async fn start_full(
+        n: NodeId,
+        snapshot_every: u64,
+        keep_log_entries: u64,
+        tls: Option<GrpcTls>,
+    ) -> Self {
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         for id in 1..=n {
@@ -100,6 +112,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             snapshot_every,
             keep_log_entries,
+            tls,
         };
         for (id, l) in listeners {
             let node = ControllerNode::start_with_listener(cluster.config(id), l)
@@ -131,6 +144,7 @@ impl Cluster {
         c.session_timeout = Duration::from_millis(1000);
         c.snapshot_every = self.snapshot_every;
         c.keep_log_entries = self.keep_log_entries;
+        c.tls = self.tls.clone();
         c
     }
 
@@ -141,6 +155,7 @@ impl Cluster {
     fn client(&self) -> ControllerClient {
         ControllerClient::new(self.addrs.values().map(ToString::to_string))
             .with_deadline(Duration::from_secs(10))
+            .with_tls(self.tls.clone())
     }
 
     fn client_of(&self, id: NodeId, deadline: Duration) -> ControllerClient {
@@ -594,4 +609,56 @@ async fn a_single_node_quorum_keeps_its_metadata_across_restarts() {
     assert_eq!(after.topics, before.topics);
     assert_eq!(after.cluster_id, before.cluster_id);
     assert_eq!(after.brokers[&1].epoch, epoch);
+}
+
+/// A certificate for 127.0.0.1 signed by a fresh CA, as PEM files in `dir`: (cert, key, ca).
+fn issue(dir: &std::path::Path, ca_name: &str) -> GrpcTls {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("certificate");
+    let write = |name: &str, pem: String| {
+        let path = dir.join(format!("{ca_name}-{name}.pem"));
+        std::fs::write(&path, pem).expect("write");
+        path
+    };
+    let (c, k, a) = (
+        write("cert", cert.pem()),
+        write("key", key.serialize_pem()),
+        write("ca", ca.pem()),
+    );
+    GrpcTls::load(&c, &k, &a).expect("pem")
+}
+
+/// With `tls` set, Raft between the controllers and the clients' calls run over mutual TLS:
+/// the quorum elects a leader and replicates commands; a client without a certificate, or
+/// with one from another CA, gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_over_mutual_tls_elects_replicates_and_refuses_strangers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = issue(dir.path(), "quorum");
+    let cluster = Cluster::start_full(3, 10_000, 1_000, Some(tls)).await;
+    cluster.leader(&[1, 2, 3], Duration::from_secs(10)).await;
+    let applied = submit_ok(&cluster.client(), &register(1)).await;
+    for id in 1..=3 {
+        let image = cluster
+            .caught_up(id, applied.version, Duration::from_secs(5))
+            .await;
+        assert!(image.brokers.contains_key(&1));
+    }
+    let stranger = issue(dir.path(), "stranger");
+    for tls in [None, Some(stranger)] {
+        let refused = ControllerClient::new(cluster.addrs.values().map(ToString::to_string))
+            .with_deadline(Duration::from_secs(2))
+            .with_tls(tls)
+            .read_metadata()
+            .await;
+        assert!(refused.is_err(), "served without the CA's certificate");
+    }
 }

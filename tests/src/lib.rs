@@ -125,6 +125,11 @@ impl TestBroker {
         self.addr
     }
 
+    /// The address of the embedded controller's gRPC, when this broker runs one.
+    pub fn controller_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref()?.controller_addr()
+    }
+
     /// The bound address of the listener named `name` (see `kafka.listeners`).
     pub fn listener(&self, name: &str) -> SocketAddr {
         self.broker

@@ -446,3 +446,73 @@ async fn a_v0_handshake_takes_bare_tokens() {
     raw.send_frame(b"\0alice\0wrong").await;
     assert!(raw.closed_within(Duration::from_secs(5)).await);
 }
+
+/// The controller's gRPC over mutual TLS (`[controller.tls]`): the broker registers and
+/// serves through it; a plaintext client and one whose certificate another CA signed get
+/// nothing from it, one with the right certificate is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controllers_grpc_runs_over_mutual_tls() {
+    use strata_controller::ControllerClient;
+    use strata_controller::tls::GrpcTls;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Authority::new(dir.path(), "controller-ca");
+    let Issued { cert, key } = ca.broker("controller");
+    let ca_file = ca.cert.clone();
+    let (c, k, a) = (cert.clone(), key.clone(), ca_file.clone());
+    let broker = TestBroker::start_with(move |conf| {
+        conf.controller.tls.cert_file = Some(c.clone());
+        conf.controller.tls.key_file = Some(k.clone());
+        conf.controller.tls.ca_file = Some(a.clone());
+    })
+    .await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic("over-tls", 1, 1, &Default::default())
+        .await
+        .expect("a topic, through the controller");
+    client
+        .produce(
+            "over-tls",
+            0,
+            &[NewRecord {
+                value: Some(Bytes::from_static(b"v")),
+                ..NewRecord::default()
+            }],
+            -1,
+        )
+        .await
+        .expect("produced");
+
+    let addr = broker
+        .controller_addr()
+        .expect("an embedded controller")
+        .to_string();
+    let call = |tls: Option<GrpcTls>| {
+        let addr = addr.clone();
+        async move {
+            ControllerClient::new([addr])
+                .with_tls(tls)
+                .with_deadline(Duration::from_secs(2))
+                .heartbeat(99, 0, false)
+                .await
+        }
+    };
+    assert!(
+        call(None).await.is_err(),
+        "a plaintext client is not served"
+    );
+    let other = Authority::new(dir.path(), "other-ca");
+    let stranger = other.broker("stranger");
+    let stranger_tls = GrpcTls::load(&stranger.cert, &stranger.key, &ca_file).expect("pem");
+    assert!(
+        call(Some(stranger_tls)).await.is_err(),
+        "a certificate of another CA is refused"
+    );
+    let good = GrpcTls::load(&cert, &key, &ca_file).expect("pem");
+    assert!(
+        call(Some(good)).await.is_ok(),
+        "the right certificate is answered (broker 99 is unknown to it)"
+    );
+    broker.stop().await;
+}
