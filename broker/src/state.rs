@@ -122,6 +122,7 @@ impl BrokerState {
                 expected_brokers,
                 offsets_segment_bytes: g.offsets_topic_segment_bytes,
                 offsets_tiered: config.object_store.tier_internal_topics,
+                authorization: config.kafka.authorization.clone(),
             },
             config.node_id,
             metadata.clone(),

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::assignor::{self, Input, Target, TopicPartitions};
+use crate::security::acl::Requester;
 
 mod classic;
 
@@ -53,6 +54,12 @@ pub(crate) trait Catalog {
     fn topic(&self, name: &str) -> Option<(Uuid, i32)>;
     /// Every topic that is not internal, for regular expressions.
     fn each_public(&self, f: &mut dyn FnMut(&str, Uuid, i32));
+    /// Whether `who` may describe `topic`: a member's regular expression matches only such
+    /// topics (Kafka's rule). Unknown requesters (members persisted before it was recorded)
+    /// see every topic, as before.
+    fn describable(&self, _who: Option<&Requester>, _topic: &str) -> bool {
+        true
+    }
 }
 
 impl Catalog for strata_controller::MetadataImage {
@@ -133,6 +140,10 @@ pub(crate) struct ConsumerMember {
     /// (see [`classic`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) classic: Option<ClassicMember>,
+    /// Who the member's heartbeats come from, for the topics its regular expression may
+    /// match (those it may describe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) requester: Option<Requester>,
 }
 
 /// What a classic-protocol member told JoinGroup.
@@ -168,6 +179,7 @@ impl ConsumerMember {
             revoking: TopicPartitions::new(),
             since: BTreeMap::new(),
             classic: None,
+            requester: None,
         }
     }
 
@@ -226,6 +238,8 @@ pub(crate) struct Heartbeat {
     pub(crate) owned: Option<TopicPartitions>,
     pub(crate) client_id: String,
     pub(crate) client_host: String,
+    /// Who sent it.
+    pub(crate) requester: Option<Requester>,
 }
 
 /// Its answer.
@@ -256,6 +270,7 @@ impl Live {
     fn new(info: ConsumerMember, now: Instant) -> Self {
         Self {
             regex: info.regex.as_deref().and_then(|r| compile(r).ok()),
+            matched: BTreeSet::new(),
             info,
             last_heartbeat: now,
             revoke_deadline: None,
@@ -267,6 +282,8 @@ impl Live {
 struct Live {
     info: ConsumerMember,
     regex: Option<regex::Regex>,
+    /// The topics its regular expression matches that it may describe, as last resolved.
+    matched: BTreeSet<String>,
     last_heartbeat: Instant,
     /// An `UnrevokedPartitions` member is fenced if it has not revoked by then, and so is a
     /// classic member told to rejoin that has not.
@@ -539,6 +556,11 @@ impl ConsumerGroup {
             m.info.regex = given;
             m.regex = regex.filter(|_| m.info.regex.is_some());
         }
+        if hb.requester.is_some() && hb.requester != m.info.requester {
+            // What its expression may match depends on who it is.
+            resubscribed |= m.info.regex.is_some();
+            m.info.requester = hb.requester.clone();
+        }
         if joined || resubscribed || before.assignor != m.info.assignor {
             self.bump_epoch();
         }
@@ -657,16 +679,20 @@ impl ConsumerGroup {
             return;
         }
         let mut now: BTreeMap<String, (Uuid, i32)> = BTreeMap::new();
-        for m in self.members.values() {
+        for m in self.members.values_mut() {
             for name in &m.info.topics {
                 if let Some(t) = catalog.topic(name) {
                     now.insert(name.clone(), t);
                 }
             }
+            m.matched.clear();
             if let Some(re) = &m.regex {
+                let who = m.info.requester.as_ref();
+                let matched = &mut m.matched;
                 catalog.each_public(&mut |name, id, n| {
-                    if re.is_match(name) {
+                    if re.is_match(name) && catalog.describable(who, name) {
                         now.insert(name.to_owned(), (id, n));
+                        matched.insert(name.to_owned());
                     }
                 });
             }
@@ -691,13 +717,11 @@ impl ConsumerGroup {
                 .iter()
                 .filter_map(|n| self.subscribed.get(n).map(|(t, _)| *t))
                 .collect();
-            if let Some(re) = &m.regex {
-                for (name, (t, _)) in &self.subscribed {
-                    if re.is_match(name) && !crate::topic::is_internal(name) {
-                        topics.insert(*t);
-                    }
-                }
-            }
+            topics.extend(
+                m.matched
+                    .iter()
+                    .filter_map(|n| self.subscribed.get(n).map(|(t, _)| *t)),
+            );
             subscriptions.insert(id.clone(), topics);
         }
         let partitions: BTreeMap<Uuid, i32> = self.subscribed.values().copied().collect();
@@ -1167,6 +1191,76 @@ mod tests {
             .heartbeat(beat("a", reply.member_epoch, &owned), &topics, &s, now)
             .expect("heartbeat");
         assert_eq!(reply.assignment.map(|a| count(&a)), Some(4));
+    }
+
+    /// Topics as a member may see them: `secret-*` only for `User:admin`.
+    struct Guarded(Topics);
+
+    impl Catalog for Guarded {
+        fn version(&self) -> u64 {
+            self.0.version()
+        }
+        fn topic(&self, name: &str) -> Option<(Uuid, i32)> {
+            self.0.topic(name)
+        }
+        fn each_public(&self, f: &mut dyn FnMut(&str, Uuid, i32)) {
+            self.0.each_public(f)
+        }
+        fn describable(&self, who: Option<&Requester>, topic: &str) -> bool {
+            !topic.starts_with("secret-") || who.is_some_and(|w| w.principal == "User:admin")
+        }
+    }
+
+    /// A regular expression matches only topics its member may describe (Kafka's rule): two
+    /// members with the same expression, one of them allowed the secret topic, share the
+    /// public one and only the allowed member gets the secret one.
+    #[test]
+    fn regular_expressions_match_only_describable_topics() {
+        let topics = Guarded(Topics::default().with("orders-public", 1, 2).with(
+            "secret-orders",
+            2,
+            2,
+        ));
+        let mut g = ConsumerGroup::default();
+        let s = settings();
+        let now = Instant::now();
+        let as_user = |id: &str, principal: &str| {
+            let mut hb = join(id, &[]);
+            hb.topics = None;
+            hb.regex = Some(".*orders.*".into());
+            hb.requester = Some(Requester {
+                principal: principal.into(),
+                host: "10.0.0.1".into(),
+                main_listener: false,
+            });
+            hb
+        };
+        let bob = g
+            .heartbeat(as_user("bob", "User:bob"), &topics, &s, now)
+            .expect("bob joins");
+        let bob_owned = bob.assignment.unwrap_or_default();
+        assert_eq!(
+            bob_owned.keys().copied().collect::<Vec<_>>(),
+            vec![Uuid::from_u128(1)],
+            "bob's expression does not reach the secret topic"
+        );
+        let admin = g
+            .heartbeat(as_user("admin", "User:admin"), &topics, &s, now)
+            .expect("admin joins");
+        let admin_owned = admin.assignment.unwrap_or_default();
+        assert!(
+            admin_owned.contains_key(&Uuid::from_u128(2)),
+            "the admin gets the secret topic: {admin_owned:?}"
+        );
+        let bob = g
+            .heartbeat(beat("bob", bob.member_epoch, &bob_owned), &topics, &s, now)
+            .expect("bob beats");
+        let bob_target = g.target_of("bob");
+        assert!(
+            !bob_target.contains_key(&Uuid::from_u128(2)),
+            "never assigned to bob: {bob_target:?} ({:?})",
+            bob.assignment
+        );
     }
 
     #[test]

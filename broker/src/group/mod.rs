@@ -79,6 +79,48 @@ pub(crate) struct GroupConfig {
     pub(crate) offsets_segment_bytes: u64,
     /// Whether it is created tiered.
     pub(crate) offsets_tiered: bool,
+    /// Which topics a member's regular expression may match: those it may describe.
+    pub(crate) authorization: crate::security::config::AuthorizationConfig,
+}
+
+/// The metadata as a consumer group resolves subscriptions against it, with the members'
+/// authorization (see [`consumer::Catalog::describable`]).
+struct Visible<'a> {
+    image: &'a strata_controller::MetadataImage,
+    authorization: &'a crate::security::config::AuthorizationConfig,
+}
+
+impl consumer::Catalog for Visible<'_> {
+    fn version(&self) -> u64 {
+        self.image.version()
+    }
+    fn topic(&self, name: &str) -> Option<(uuid::Uuid, i32)> {
+        self.image.topic(name)
+    }
+    fn each_public(&self, f: &mut dyn FnMut(&str, uuid::Uuid, i32)) {
+        self.image.each_public(f)
+    }
+    fn describable(&self, who: Option<&crate::security::acl::Requester>, topic: &str) -> bool {
+        who.is_none_or(|who| {
+            crate::security::acl::authorize_as(
+                self.authorization,
+                &self.image.acls,
+                who,
+                crate::security::acl::code::DESCRIBE,
+                crate::security::acl::Resource::Topic(topic),
+            )
+        })
+    }
+}
+
+impl Coordinator {
+    /// The catalog consumer groups resolve against now.
+    fn visible<'a>(&'a self, image: &'a strata_controller::MetadataImage) -> Visible<'a> {
+        Visible {
+            image,
+            authorization: &self.config.authorization,
+        }
+    }
 }
 
 /// A group and its committed offsets.
@@ -337,7 +379,7 @@ impl Coordinator {
         // The classic protocol's answer, or a consumer group's (to persist first).
         let answer = self.with_group(group, |e| match e.consumer_with_members() {
             Some(c) => (
-                Answer::Now(c.classic_join(&join, &*image, settings, limits, now)),
+                Answer::Now(c.classic_join(&join, &self.visible(&image), settings, limits, now)),
                 true,
             ),
             None => {
@@ -483,7 +525,9 @@ impl Coordinator {
                 Some(c) => c,
                 None if e.is_empty() => ConsumerGroup::default(),
                 // Only a member joining upgrades a classic group, as in Kafka.
-                None if hb.member_epoch == 0 => upgrade(group, &mut e.group, &*image, settings)?,
+                None if hb.member_epoch == 0 => {
+                    upgrade(group, &mut e.group, &self.visible(&image), settings)?
+                }
                 None => {
                     return Err(Refusal {
                         code: code::GROUP_ID_NOT_FOUND,
@@ -491,7 +535,7 @@ impl Coordinator {
                     });
                 }
             };
-            let reply = c.heartbeat(hb, &*image, settings, Instant::now());
+            let reply = c.heartbeat(hb, &self.visible(&image), settings, Instant::now());
             // An upgraded group stays one even if the heartbeat is refused.
             if existed || reply.is_ok() || !c.is_empty() {
                 e.consumer = Some(c);
@@ -812,7 +856,7 @@ impl Coordinator {
         for (id, e) in groups.iter_mut() {
             e.group.tick(&self.config.limits, now);
             if let Some(c) = e.consumer.as_mut() {
-                c.tick(&*image, &self.config.consumer, now);
+                c.tick(&self.visible(&image), &self.config.consumer, now);
             }
             let empty = e.is_empty();
             match (empty, e.empty_since_ms) {

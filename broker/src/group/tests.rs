@@ -273,6 +273,7 @@ fn coordinator() -> super::Coordinator {
             expected_brokers: 1,
             offsets_segment_bytes: 1 << 20,
             offsets_tiered: false,
+            authorization: Default::default(),
         },
         0,
         Default::default(),

@@ -21,7 +21,7 @@ use crate::group::assignor::TopicPartitions;
 use crate::group::code;
 use crate::group::consumer::Heartbeat;
 use crate::protocol::{Frame, FrameError};
-use crate::security::acl::{self, Resource};
+use crate::security::acl::{self, Requester, Resource};
 use crate::state::BrokerState;
 
 pub(super) async fn consumer_group_heartbeat(
@@ -85,6 +85,7 @@ pub(super) async fn consumer_group_heartbeat(
         owned,
         client_id: frame.header.client_id.as_deref().unwrap_or("").to_owned(),
         client_host: String::new(),
+        requester: Some(Requester::of(&frame.session)),
     };
     let resp = match state.groups.consumer_heartbeat(&group, hb).await {
         Ok(reply) => {

@@ -326,6 +326,7 @@ impl OffsetsHarness {
                 expected_brokers: 1,
                 offsets_segment_bytes: 1 << 20,
                 offsets_tiered: false,
+                authorization: Default::default(),
             },
             ME,
             metadata.clone(),

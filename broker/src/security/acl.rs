@@ -113,25 +113,59 @@ pub(crate) fn authorize(
     op: i8,
     resource: Resource<'_>,
 ) -> bool {
+    config
+        .enable
+        .then(|| Requester::of(session))
+        .is_none_or(|who| authorize_as(config, acls, &who, op, resource))
+}
+
+/// Who asks, as ACLs see it: kept by those that decide for a client later (a consumer
+/// group resolving a member's regular expression against topics it may describe).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Requester {
+    pub(crate) principal: String,
+    pub(crate) host: String,
+    /// Came in on the trusted main listener.
+    pub(crate) main_listener: bool,
+}
+
+impl Requester {
+    pub(crate) fn of(session: &Session) -> Self {
+        Self {
+            principal: session.principal(),
+            host: session.peer.ip().to_string(),
+            main_listener: session.inter_broker(),
+        }
+    }
+}
+
+/// [`authorize`] for a requester known by name rather than by its connection.
+pub(crate) fn authorize_as(
+    config: &AuthorizationConfig,
+    acls: &BTreeSet<AclBinding>,
+    who: &Requester,
+    op: i8,
+    resource: Resource<'_>,
+) -> bool {
     if !config.enable {
         return true;
     }
-    let principal = session.principal();
-    if config.super_users.contains(&principal) {
+    let principal = &who.principal;
+    if config.super_users.contains(principal) {
         return true;
     }
     // The main listener carries the brokers' own traffic (replica fetches, transaction
     // markers) and local administration, as Kafka's inter-broker principal does.
-    if config.trust_main_listener && session.inter_broker() {
+    if config.trust_main_listener && who.main_listener {
         return true;
     }
-    let host = session.peer.ip().to_string();
+    let host = &who.host;
     let mut named = false;
     let mut allowed = false;
     for acl in acls.iter().filter(|a| covers(a, &resource)) {
         named = true;
-        let who = acl.principal == principal || acl.principal == "User:*";
-        let from = acl.host == "*" || acl.host == host;
+        let who = acl.principal == *principal || acl.principal == "User:*";
+        let from = acl.host == "*" || acl.host == *host;
         if !(who && from && grants(acl.operation, op, acl.permission)) {
             continue;
         }

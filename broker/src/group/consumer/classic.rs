@@ -170,6 +170,8 @@ impl ConsumerGroup {
                     session_timeout_ms: m.session_timeout_ms,
                     protocols: m.protocols.clone(),
                 }),
+                // Classic members subscribe by name: no expression to resolve for them.
+                requester: None,
             };
             info.note_holdings();
             group.target.insert(m.id.clone(), assigned);
