@@ -241,6 +241,13 @@ pub struct KafkaConfig {
     pub sasl: SaslConfig,
     /// Whether and how requests are checked against ACLs.
     pub authorization: AuthorizationConfig,
+    /// The listener brokers reach each other on (Kafka's `inter.broker.listener.name`):
+    /// replication and the brokers' own requests. Unset: the main listener (plaintext,
+    /// trusted). An SSL listener with required client certificates runs that traffic over
+    /// mutual TLS: each broker presents `kafka.tls`'s certificate and checks the others'
+    /// against `kafka.tls.client_ca_file`; with authorization on, the brokers' principals
+    /// (their certificates' subjects) need to be super users.
+    pub inter_broker_listener: Option<String>,
 }
 
 /// How the controller runs.
@@ -507,6 +514,7 @@ impl Default for KafkaConfig {
             tls: TlsConfig::default(),
             sasl: SaslConfig::default(),
             authorization: AuthorizationConfig::default(),
+            inter_broker_listener: None,
         }
     }
 }
@@ -671,6 +679,37 @@ impl BrokerConfig {
             &self.kafka.authorization,
         ) {
             return bad(&key, reason);
+        }
+        if let Some(name) = &self.kafka.inter_broker_listener
+            && *name != self.kafka.listener_name
+        {
+            let key = "kafka.inter_broker_listener";
+            let Some(l) = self.kafka.listeners.iter().find(|l| l.name == *name) else {
+                return bad(key, format!("no listener is named {name}"));
+            };
+            let auth = l.client_auth.unwrap_or(self.kafka.tls.client_auth);
+            match l.protocol() {
+                Some(SecurityProtocol::Plaintext) => {}
+                Some(SecurityProtocol::Ssl) if auth == ClientAuth::Required => {}
+                Some(SecurityProtocol::Ssl) => {
+                    return bad(
+                        key,
+                        format!(
+                            "listener {name} must require client certificates \
+                             (client_auth = \"required\"): brokers know each other by them"
+                        ),
+                    );
+                }
+                _ => {
+                    return bad(
+                        key,
+                        format!(
+                            "listener {name} is SASL: brokers authenticate to each other with \
+                             certificates, on an SSL listener (or PLAINTEXT)"
+                        ),
+                    );
+                }
+            }
         }
         if !(1024..=1 << 30).contains(&self.kafka.max_request_bytes) {
             return bad(
@@ -1175,12 +1214,44 @@ mod tests {
                 r#"kafka.tls.client_auth="required""#,
                 "kafka.tls.client_ca_file",
             ),
+            (
+                r#"kafka.inter_broker_listener="NOWHERE""#,
+                "kafka.inter_broker_listener",
+            ),
+            (r#"controller.tls.cert_file="c.pem""#, "controller.tls"),
         ] {
             let e = with(&[bad])
                 .and_then(|c| c.validate().map(|()| c))
                 .expect_err(bad)
                 .to_string();
             assert!(e.contains(key), "{bad}: {e}");
+        }
+        // Brokers reach each other with certificates: an SSL listener that requires them,
+        // never a SASL one.
+        let tls = [
+            r#"kafka.tls.cert_file="c.pem""#,
+            r#"kafka.tls.key_file="k.pem""#,
+            r#"kafka.tls.client_ca_file="ca.pem""#,
+            r#"kafka.inter_broker_listener="INTERNAL""#,
+        ];
+        for (listener, accepted) in [
+            (
+                r#"{name="INTERNAL",listen="127.0.0.1:9095",security_protocol="SSL",client_auth="required"}"#,
+                true,
+            ),
+            (
+                r#"{name="INTERNAL",listen="127.0.0.1:9095",security_protocol="SSL"}"#,
+                false,
+            ),
+            (
+                r#"{name="INTERNAL",listen="127.0.0.1:9095",security_protocol="SASL_SSL"}"#,
+                false,
+            ),
+        ] {
+            let listeners = format!("kafka.listeners=[{listener}]");
+            let settings: Vec<&str> = tls.iter().copied().chain([listeners.as_str()]).collect();
+            let checked = with(&settings).and_then(|c| c.validate());
+            assert_eq!(checked.is_ok(), accepted, "{listener}: {checked:?}");
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::metadata::MetadataView;
 use crate::partition::Partition;
 use crate::partition::registry::RoleEvents;
 use crate::partition::role::{Change, Role};
+use crate::peers::Link;
 
 /// How long the leader may hold a follower's fetch waiting for data.
 const FETCH_WAIT_MS: i32 = 500;
@@ -59,7 +60,7 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, HashMap<Key, Followed>> {
 /// leader) are copied from that leader; a role change or stop ends that.
 pub(crate) async fn run(
     me: i32,
-    metadata: Arc<MetadataView>,
+    (metadata, link): (Arc<MetadataView>, Arc<Link>),
     mut roles: RoleEvents,
     cancel: CancellationToken,
 ) {
@@ -106,7 +107,7 @@ pub(crate) async fn run(
                     me,
                     leader,
                     shared.clone(),
-                    metadata.clone(),
+                    (metadata.clone(), link.clone()),
                     cancel.clone(),
                 ))
             });
@@ -131,7 +132,7 @@ async fn fetch_from(
     me: i32,
     leader: i32,
     shared: Shared,
-    metadata: Arc<MetadataView>,
+    (metadata, link): (Arc<MetadataView>, Arc<Link>),
     cancel: CancellationToken,
 ) {
     let mut conn: Option<Connection> = None;
@@ -142,7 +143,7 @@ async fn fetch_from(
         }
         let result = match &conn {
             Some(c) => round(me, c, &shared, parts).await,
-            None => match connect(me, leader, &metadata).await {
+            None => match connect(&link, me, leader, &metadata).await {
                 Ok(c) => {
                     conn = Some(c);
                     continue;
@@ -161,21 +162,16 @@ async fn fetch_from(
     }
 }
 
-async fn connect(me: i32, leader: i32, metadata: &MetadataView) -> Result<Connection, String> {
-    let image = metadata.image();
-    let endpoint = image
-        .brokers
-        .get(&leader)
-        .and_then(|b| b.endpoints.first())
-        .ok_or_else(|| format!("broker {leader} has no endpoint in the metadata"))?;
-    let addr = format!("{}:{}", endpoint.host, endpoint.port);
-    tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        Connection::connect(&addr, &format!("strata-replica-{me}")),
-    )
-    .await
-    .map_err(|_| format!("connecting to {addr} timed out"))?
-    .map_err(|e| e.to_string())
+async fn connect(
+    link: &Link,
+    me: i32,
+    leader: i32,
+    metadata: &MetadataView,
+) -> Result<Connection, String> {
+    let client_id = format!("strata-replica-{me}");
+    tokio::time::timeout(REQUEST_TIMEOUT, link.connect(metadata, leader, &client_id))
+        .await
+        .map_err(|_| format!("connecting to broker {leader} timed out"))?
 }
 
 fn topic_name(name: &str) -> TopicName {

@@ -173,13 +173,14 @@ impl Broker {
         };
         let admission = Admission::new(&config.kafka)?;
         let controller_tls = config.controller.tls.load()?;
+        let link = crate::peers::Link::of(&config)?;
         let state = Arc::new(BrokerState::new(
             config,
             ControllerClient::new(addrs).with_tls(controller_tls),
             tiering.clone(),
             admission,
             metrics,
-            jwt,
+            (jwt, link),
         ));
         // Probes answer from the start, saying what is not ready yet.
         let http_cancel = CancellationToken::new();
@@ -301,7 +302,8 @@ impl Broker {
         let s = state.clone();
         supervisor.service("replica fetcher", Backoff::default(), move |cancel| {
             let roles = s.partitions.subscribe();
-            let run = crate::follower::run(s.id, s.metadata.clone(), roles, cancel.clone());
+            let reach = (s.metadata.clone(), s.peers.link());
+            let run = crate::follower::run(s.id, reach, roles, cancel.clone());
             supervisor::until_cancelled(run, cancel)
         });
         let s = state.clone();

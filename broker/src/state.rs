@@ -81,7 +81,7 @@ impl BrokerState {
         tiering: Arc<Tiering>,
         admission: Admission,
         metrics: Arc<crate::metrics::Metrics>,
-        jwt: Option<Arc<crate::security::oauth::Jwt>>,
+        (jwt, link): (Option<Arc<crate::security::oauth::Jwt>>, crate::peers::Link),
     ) -> Self {
         let controller = Arc::new(controller);
         let lease = Arc::new(Lease::new(Duration::from_millis(
@@ -157,7 +157,7 @@ impl BrokerState {
             telemetry: crate::telemetry::Telemetry::new(config.telemetry.clone()),
             quotas: crate::quota::Quotas::default(),
             jwt,
-            peers: Peers::new(config.node_id, metadata.clone()),
+            peers: Peers::new(config.node_id, metadata.clone(), link),
             id: config.node_id,
             config,
             epoch: AtomicU64::new(0),
