@@ -74,10 +74,13 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
     // Replicas need CLUSTER_ACTION, consumers READ on each topic.
     let replica_denied =
         replica >= 0 && !super::allowed(state, frame, acl::code::CLUSTER_ACTION, Resource::Cluster);
-    let who = super::quota_id(frame);
+    let who = match image.quotas.is_empty() {
+        true => (String::new(), ""),
+        false => super::quota_id(frame),
+    };
     let who = (who.0.as_str(), who.1);
-    if replica >= 0 && !replica_denied {
-        // Replication is not a client's usage.
+    if (replica >= 0 && !replica_denied) || image.quotas.is_empty() {
+        // Replication is not a client's usage; without quotas there is nothing to charge.
         frame.exempt_from_quotas();
     } else if let Some(most) = Quotas::max_in_window(&image, Kind::Fetch, who) {
         // A consumer still making up for what it used (on another connection: this one was

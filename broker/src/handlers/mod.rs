@@ -81,8 +81,9 @@ pub(crate) async fn handle(
     }
     let started = std::time::Instant::now();
     let image = state.image();
-    // The brokers' own markers are not counted (Kafka exempts cluster actions).
-    let charged = frame.api != ApiKey::WriteTxnMarkers;
+    // The brokers' own markers are not counted (Kafka exempts cluster actions); without any
+    // quota nothing is (no per-request work on the common path).
+    let charged = frame.api != ApiKey::WriteTxnMarkers && !image.quotas.is_empty();
     if charged {
         let who = quota_id(frame);
         let who = (who.0.as_str(), who.1);

@@ -8,7 +8,8 @@
 //! (KIP-368: the client logs in again with a fresh token on the same connection).
 //!
 //! The key set is read again when the file changes (looked at no more than once a second,
-//! and only when a token names a key not in it), so keys can rotate without a restart.
+//! and only when a token names a key not in it or fails its signature check), so keys can
+//! rotate without a restart, under new ids or the same.
 
 use std::path::Path;
 use std::sync::RwLock;
@@ -80,31 +81,33 @@ impl Jwt {
     }
 
     /// Reads the key set again if the file changed (at most once a second); a file that no
-    /// longer reads keeps the keys in force.
-    fn refresh(&self) {
+    /// longer reads keeps the keys in force. Whether new keys were read.
+    fn refresh(&self) -> bool {
         let Some(path) = self.config.jwks_file.as_deref() else {
-            return;
+            return false;
         };
         {
             let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
             if keys.looked.elapsed() < Duration::from_secs(1) {
-                return;
+                return false;
             }
         }
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
         keys.looked = Instant::now();
         let stamp = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         if stamp == keys.stamp {
-            return;
+            return false;
         }
         match read_set(path) {
             Ok((set, stamp)) => {
                 tracing::info!(path = %path.display(), keys = set.keys.len(), "OAUTHBEARER keys reloaded");
                 keys.set = set;
                 keys.stamp = stamp;
+                true
             }
             Err(error) => {
-                tracing::warn!(%error, "OAUTHBEARER keys not reloaded; the ones in force stay")
+                tracing::warn!(%error, "OAUTHBEARER keys not reloaded; the ones in force stay");
+                false
             }
         }
     }
@@ -120,7 +123,7 @@ impl Jwt {
         let jwk = match found {
             Some(jwk) => jwk,
             None => {
-                self.refresh();
+                let _ = self.refresh();
                 find(&self.keys.read().unwrap_or_else(|p| p.into_inner())).ok_or_else(
                     || match kid {
                         Some(kid) => format!("no key {kid:?} in the key set"),
@@ -132,8 +135,17 @@ impl Jwt {
         DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())
     }
 
-    /// Checks `token` (see the module documentation).
+    /// Checks `token` (see the module documentation). A token that fails its signature
+    /// check is checked once more if the key set file changed meanwhile (a key replaced
+    /// under the same id).
     pub(crate) fn validate(&self, token: &str) -> Result<Validated, String> {
+        match self.check(token) {
+            Err(e) if e.contains("InvalidSignature") && self.refresh() => self.check(token),
+            checked => checked,
+        }
+    }
+
+    fn check(&self, token: &str) -> Result<Validated, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("not a JWT: {e}"))?;
         if matches!(
             header.alg,
@@ -324,7 +336,17 @@ mod tests {
         )
         .expect("rotated");
         assert!(jwt.validate(&token(&new, "new", claims.clone())).is_ok());
-        assert!(jwt.validate(&token(&old, "old", claims)).is_err());
+        assert!(jwt.validate(&token(&old, "old", claims.clone())).is_err());
+        // A key replaced under the same id.
+        let (newer, newer_jwk) = key_pair("new");
+        std::thread::sleep(Duration::from_millis(1100));
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            json!({ "keys": [newer_jwk] }).to_string(),
+        )
+        .expect("replaced");
+        assert!(jwt.validate(&token(&newer, "new", claims.clone())).is_ok());
+        assert!(jwt.validate(&token(&new, "new", claims)).is_err());
     }
 
     #[test]
