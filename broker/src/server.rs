@@ -711,12 +711,15 @@ async fn accept(
                                     return;
                                 }
                             };
-                            let principal = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .and_then(crate::security::tls::principal);
+                            let certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
+                            let principal = match certificate.map(|c| tls.principal_of(c)) {
+                                None => None,
+                                Some(Ok(p)) => Some(p),
+                                Some(Err(error)) => {
+                                    tracing::info!(%peer, listener = %kind.name, %error, "client certificate refused");
+                                    return;
+                                }
+                            };
                             let session = Arc::new(Session::new(kind, peer, principal));
                             connection::serve(state, stream, session, slot, cancel).await;
                         });

@@ -516,3 +516,57 @@ async fn the_controllers_grpc_runs_over_mutual_tls() {
     );
     broker.stop().await;
 }
+
+/// `kafka.tls.principal_mapping_rules` (Kafka's `ssl.principal.mapping.rules`): a client
+/// certificate's subject is mapped by the first rule that applies, and one no rule applies
+/// to is refused. Here `CN=writer,O=Example` becomes `User:writer`, a super user, so it may
+/// describe the cluster with ACLs on; `O=Elsewhere` matches no rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_subjects_are_mapped_to_principals() {
+    use kafka_protocol::messages::DescribeClusterRequest;
+
+    let s = setup(|c| {
+        c.kafka.tls.principal_mapping_rules = vec![r"RULE:^CN=([^,]*),O=Example$/$1/L".into()];
+        c.kafka.authorization.enable = true;
+        c.kafka.authorization.super_users = vec!["User:writer".into()];
+    })
+    .await;
+    let mtls = s.broker.listener("MTLS");
+    let with_cert = |issued: &Issued| Security {
+        tls: Some(std::sync::Arc::new(
+            tls_config(Some(&s.ca.cert), Some(&issued.cert), Some(&issued.key)).expect("tls"),
+        )),
+        sasl: None,
+    };
+    let writer = s.ca.issue(
+        "writer",
+        &[
+            (DnType::OrganizationName, "Example"),
+            (DnType::CommonName, "Writer"),
+        ],
+        &[],
+    );
+    let client = connect(mtls, with_cert(&writer))
+        .await
+        .expect("a mapped certificate");
+    let described = client
+        .connection()
+        .send(&DescribeClusterRequest::default())
+        .await
+        .expect("describe cluster");
+    assert_eq!(described.error_code, 0, "User:writer is a super user");
+    let elsewhere = s.ca.issue(
+        "elsewhere",
+        &[
+            (DnType::OrganizationName, "Elsewhere"),
+            (DnType::CommonName, "writer"),
+        ],
+        &[],
+    );
+    let refused = match connect(mtls, with_cert(&elsewhere)).await {
+        Err(_) => true,
+        Ok(c) => c.cluster().await.is_err(),
+    };
+    assert!(refused, "no rule applies to O=Elsewhere");
+    healthy(&s.broker).await;
+}

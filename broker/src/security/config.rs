@@ -107,6 +107,10 @@ pub struct TlsConfig {
     pub reload_interval_ms: u64,
     /// A connection that has not finished its TLS handshake by then is closed.
     pub handshake_timeout_ms: u64,
+    /// How a client certificate's subject becomes its principal (Kafka's
+    /// `ssl.principal.mapping.rules`): `RULE:pattern/replacement/[LU]` or `DEFAULT`, tried
+    /// in order; a certificate no rule applies to is refused.
+    pub principal_mapping_rules: Vec<String>,
 }
 
 impl Default for TlsConfig {
@@ -118,6 +122,7 @@ impl Default for TlsConfig {
             client_auth: ClientAuth::None,
             reload_interval_ms: 10_000,
             handshake_timeout_ms: 10_000,
+            principal_mapping_rules: vec!["DEFAULT".into()],
         }
     }
 }
@@ -293,6 +298,9 @@ pub fn validate(
             "kafka.tls.client_ca_file",
             "client_auth asks for client certificates: the CA that signs them is needed".into(),
         );
+    }
+    if let Err(why) = super::mapping::parse(&tls.principal_mapping_rules) {
+        return bad("kafka.tls.principal_mapping_rules", why);
     }
     if tls.reload_interval_ms == 0 || tls.handshake_timeout_ms == 0 {
         return bad(

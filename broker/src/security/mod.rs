@@ -10,6 +10,7 @@
 
 pub(crate) mod acl;
 pub mod config;
+pub(crate) mod mapping;
 pub(crate) mod oauth;
 pub(crate) mod sasl;
 pub(crate) mod tls;

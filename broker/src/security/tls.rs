@@ -96,6 +96,8 @@ fn stamps(c: &TlsConfig) -> Vec<Option<SystemTime>> {
 pub(crate) struct Tls {
     config: TlsConfig,
     current: RwLock<Loaded>,
+    /// `principal_mapping_rules`, parsed.
+    rules: Vec<super::mapping::Rule>,
 }
 
 /// Server configurations by client authentication, and the files' stamps they came from.
@@ -113,7 +115,18 @@ impl Tls {
         Ok(Self {
             config: config.clone(),
             current: RwLock::new((servers, stamps)),
+            rules: super::mapping::parse(&config.principal_mapping_rules)?,
         })
+    }
+
+    /// The principal of a client certificate: its subject as [`principal`] writes it, mapped
+    /// by `principal_mapping_rules`; an error when no rule applies (the client is refused).
+    pub(crate) fn principal_of(&self, certificate: &CertificateDer<'_>) -> Result<String, String> {
+        let subject = principal(certificate).ok_or("the certificate cannot be read")?;
+        let dn = subject.strip_prefix("User:").unwrap_or(&subject);
+        super::mapping::map(&self.rules, dn)
+            .map(|name| format!("User:{name}"))
+            .ok_or_else(|| format!("no principal mapping rule applies to {dn:?}"))
     }
 
     /// An acceptor with the settings in force now, asking for client certificates as
