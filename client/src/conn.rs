@@ -45,6 +45,13 @@ pub struct Connection {
     versions: HashMap<i16, (i16, i16)>,
     reader: tokio::task::JoinHandle<()>,
     timeout: Duration,
+    /// The SASL login and client id, kept to re-authenticate on this connection before the
+    /// session the broker granted ends (KIP-368).
+    login: Option<(Sasl, String)>,
+    /// When to re-authenticate (nine tenths into the session), if the session ends.
+    reauth_at: Mutex<Option<tokio::time::Instant>>,
+    /// Held by the one re-authentication running.
+    reauth: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Connection {
@@ -105,6 +112,12 @@ impl Connection {
             versions: HashMap::new(),
             reader,
             timeout,
+            login: security
+                .sasl
+                .as_ref()
+                .map(|sasl| (sasl.clone(), client_id.to_owned())),
+            reauth_at: Mutex::new(None),
+            reauth: tokio::sync::Mutex::new(()),
         };
         // ApiVersions v3 is what current clients open with; a broker that cannot answer it
         // answers v0 with UNSUPPORTED_VERSION and its range, which decodes the same way.
@@ -129,8 +142,46 @@ impl Connection {
         Ok(conn)
     }
 
-    /// SaslHandshake, then the mechanism's SaslAuthenticate exchange.
+    /// Re-authenticates when the session is nine tenths through (KIP-368), before the
+    /// request about to go: a broker ends a session that is not renewed, and takes nothing
+    /// but the SASL requests after it.
+    async fn keep_session(&self) -> Result<(), ClientError> {
+        let due = || {
+            self.reauth_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+        };
+        if !due() {
+            return Ok(());
+        }
+        let _one = self.reauth.lock().await;
+        if !due() {
+            return Ok(());
+        }
+        let Some((sasl, client_id)) = &self.login else {
+            return Ok(());
+        };
+        self.authenticate(sasl, client_id).await
+    }
+
+    /// SaslHandshake, then the mechanism's SaslAuthenticate exchange; notes when to
+    /// re-authenticate if the broker gave the session a lifetime.
     async fn authenticate(&self, sasl: &Sasl, client_id: &str) -> Result<(), ClientError> {
+        let started = tokio::time::Instant::now();
+        let lifetime_ms = self.exchange(sasl, client_id).await?;
+        let at = (lifetime_ms > 0).then(|| {
+            started + Duration::from_millis(u64::try_from(lifetime_ms).unwrap_or(0) * 9 / 10)
+        });
+        *self
+            .reauth_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = at;
+        Ok(())
+    }
+
+    /// The SASL exchange; the session lifetime the broker answered (0: for ever).
+    async fn exchange(&self, sasl: &Sasl, client_id: &str) -> Result<i64, ClientError> {
         let refused = |reason: String| ClientError::Authentication {
             broker: self.addr.clone(),
             reason,
@@ -152,7 +203,7 @@ impl Connection {
             let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token));
             let resp: SaslAuthenticateResponse = self.send_at(&req, version, client_id).await?;
             match resp.error_code {
-                0 => Ok(resp.auth_bytes),
+                0 => Ok((resp.auth_bytes, resp.session_lifetime_ms)),
                 code => Err(ClientError::Authentication {
                     broker: self.addr.clone(),
                     reason: resp
@@ -165,18 +216,19 @@ impl Connection {
         match ScramHash::of_mechanism(&sasl.mechanism) {
             None => {
                 let token = format!("\0{}\0{}", sasl.username, sasl.password);
-                step(token.into_bytes()).await.map(drop)
+                step(token.into_bytes()).await.map(|(_, lifetime)| lifetime)
             }
             Some(hash) => {
                 let mut scram = ScramClient::new(hash, &sasl.username, &sasl.password);
-                let first = step(scram.first().into_bytes()).await?;
+                let (first, _) = step(scram.first().into_bytes()).await?;
                 let first = std::str::from_utf8(&first)
                     .map_err(|_| refused("the server's first SCRAM message is not UTF-8".into()))?;
                 let last = scram.last(first).map_err(refused)?;
-                let done = step(last.into_bytes()).await?;
+                let (done, lifetime) = step(last.into_bytes()).await?;
                 let done = std::str::from_utf8(&done)
                     .map_err(|_| refused("the server's final SCRAM message is not UTF-8".into()))?;
-                scram.verify(done).map_err(refused)
+                scram.verify(done).map_err(refused)?;
+                Ok(lifetime)
             }
         }
     }
@@ -221,6 +273,7 @@ impl Connection {
     /// Sends `req` at the negotiated version and waits for its response.
     pub async fn send<R: Request>(&self, req: &R) -> Result<R::Response, ClientError> {
         let v = self.version_for::<R>()?;
+        self.keep_session().await?;
         self.send_at(req, v, "strata-client").await
     }
 
@@ -245,6 +298,7 @@ impl Connection {
                 reason: format!("{} needs a version above v{max}", self.addr),
             });
         }
+        self.keep_session().await?;
         self.submit_at(req, v.min(max), "strata-client").await
     }
 
@@ -252,6 +306,7 @@ impl Connection {
     /// with acks=0, which the broker does not answer.
     pub async fn send_only<R: Request>(&self, req: &R, max: i16) -> Result<(), ClientError> {
         let v = self.version_for::<R>()?.min(max);
+        self.keep_session().await?;
         self.write(req, v, "strata-client", false).await.map(drop)
     }
 

@@ -325,17 +325,39 @@ async fn an_ended_session_closes_the_connection_and_users_are_managed() {
         tls: None,
         ..sasl(&s.ca, "SCRAM-SHA-512", "alice", "alice-secret")
     };
-    let client = connect(internal, security.clone()).await.expect("alice");
-    client.cluster().await.expect("within the session");
-    tokio::time::sleep(Duration::from_millis(1700)).await;
-    // This client does not re-authenticate (KIP-368): its next request ends the connection.
+    // A client that does not re-authenticate (KIP-368): its next request after the session
+    // ends closes the connection.
+    let mut raw = RawClient::connect(internal).await;
+    let handshake =
+        SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+    assert_eq!(raw.call(1, &handshake).await.error_code, 0);
+    let login = SaslAuthenticateRequest::default()
+        .with_auth_bytes(Bytes::from_static(b"\0alice\0alice-secret"));
+    let answer = raw.call(2, &login).await;
+    assert_eq!(answer.error_code, 0);
+    assert_eq!(answer.session_lifetime_ms, 1500);
+    raw.send_frame(&metadata_frame()).await;
     assert!(
+        raw.read_frame().await.is_some(),
+        "served within the session"
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    raw.send_frame(&metadata_frame()).await;
+    assert!(
+        raw.read_frame().await.is_none(),
+        "closed after the session ended"
+    );
+    // strata-client re-authenticates on the same connection before its session ends, and
+    // goes on past it.
+    let client = connect(internal, security.clone()).await.expect("alice");
+    for _ in 0..4 {
         client
             .connection()
             .send(&MetadataRequest::default())
             .await
-            .is_err()
-    );
+            .expect("served across sessions");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
     connect(internal, security).await.expect("a new session");
     // Users: listed, a second mechanism added, then removed; a removed user cannot log in.
     let admin = Client::connect(&s.broker.bootstrap()).await.expect("admin");
