@@ -48,6 +48,8 @@ pub struct Connection {
     /// The SASL login and client id, kept to re-authenticate on this connection before the
     /// session the broker granted ends (KIP-368).
     login: Option<(Sasl, String)>,
+    /// The client id every request carries (the one it connected with).
+    client_id: String,
     /// When to re-authenticate (nine tenths into the session), if the session ends.
     reauth_at: Mutex<Option<tokio::time::Instant>>,
     /// Held by the one re-authentication running.
@@ -116,6 +118,7 @@ impl Connection {
                 .sasl
                 .as_ref()
                 .map(|sasl| (sasl.clone(), client_id.to_owned())),
+            client_id: client_id.to_owned(),
             reauth_at: Mutex::new(None),
             reauth: tokio::sync::Mutex::new(()),
         };
@@ -274,7 +277,7 @@ impl Connection {
     pub async fn send<R: Request>(&self, req: &R) -> Result<R::Response, ClientError> {
         let v = self.version_for::<R>()?;
         self.keep_session().await?;
-        self.send_at(req, v, "strata-client").await
+        self.send_at(req, v, &self.client_id).await
     }
 
     /// Like [`send`](Self::send), at no newer version than `max` (for requests whose newer
@@ -299,7 +302,7 @@ impl Connection {
             });
         }
         self.keep_session().await?;
-        self.submit_at(req, v.min(max), "strata-client").await
+        self.submit_at(req, v.min(max), &self.client_id).await
     }
 
     /// Writes `req` (at most at version `max`) without waiting for a response: for Produce
@@ -307,7 +310,7 @@ impl Connection {
     pub async fn send_only<R: Request>(&self, req: &R, max: i16) -> Result<(), ClientError> {
         let v = self.version_for::<R>()?.min(max);
         self.keep_session().await?;
-        self.write(req, v, "strata-client", false).await.map(drop)
+        self.write(req, v, &self.client_id, false).await.map(drop)
     }
 
     async fn send_at<R: Request>(

@@ -256,7 +256,7 @@ impl Client {
             .map(str::trim)
             .filter(|a| !a.is_empty())
         {
-            match Connection::connect_secured(addr, "stratactl", timeout, &security).await {
+            match Connection::connect_secured(addr, "strata-client", timeout, &security).await {
                 Ok(conn) => {
                     return Ok(Self {
                         conn: std::sync::Mutex::new(Arc::new(conn)),
@@ -328,7 +328,7 @@ impl Client {
         );
         let mut last = None;
         for addr in candidates.into_iter().filter(|a| a != gone) {
-            match Connection::connect_secured(&addr, "stratactl", self.timeout, &self.security)
+            match Connection::connect_secured(&addr, "strata-client", self.timeout, &self.security)
                 .await
             {
                 Ok(conn) => {

@@ -192,6 +192,10 @@ async fn add_or_verify(
         ))
         .then_some(acl::code::TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
     };
+    if t.verify_only && refused.is_none() {
+        // A partition leader's check is a cluster action: not a client's usage.
+        frame.exempt_from_quotas();
+    }
     let unwritable: Vec<&str> = t
         .topics
         .iter()
