@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{FetchRequest, MetadataRequest, TopicName};
+use kafka_protocol::messages::{
+    DescribeClientQuotasRequest, FetchRequest, MetadataRequest, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -84,6 +87,32 @@ async fn quotas_are_stored_described_and_refused_when_invalid() {
         .expect("default");
     assert_eq!(defaults.len(), 1);
     assert_eq!(defaults[0].entity, default_client);
+
+    // Kafka's filter on the wire: any named user (SPECIFIED), strictly (no other type in
+    // the entity) finds alice's own quotas, not alice's with a client id; without
+    // `strict` it finds both.
+    let specified = |strict: bool| {
+        DescribeClientQuotasRequest::default()
+            .with_components(vec![
+                ComponentData::default()
+                    .with_entity_type(StrBytes::from_static_str("user"))
+                    .with_match_type(2),
+            ])
+            .with_strict(strict)
+    };
+    let mut raw = RawClient::connect(broker.addr()).await;
+    for (strict, want) in [(true, 1), (false, 2)] {
+        let r = raw.call(1, &specified(strict)).await;
+        assert_eq!(r.error_code, 0);
+        let entities: Vec<usize> = r
+            .entries
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.entity.len())
+            .collect();
+        assert_eq!(entities.len(), want, "strict {strict}: {entities:?}");
+        assert!(!strict || entities == [1], "strict: user alone");
+    }
 
     // Removing the last value removes the entity.
     client

@@ -84,9 +84,9 @@ pub(crate) async fn handle(
     // The brokers' own markers are not counted (Kafka exempts cluster actions); without any
     // quota nothing is (no per-request work on the common path).
     let charged = frame.api != ApiKey::WriteTxnMarkers && !image.quotas.is_empty();
-    if charged {
-        let who = quota_id(frame);
-        let who = (who.0.as_str(), who.1);
+    let who = charged.then(|| quota_id(frame));
+    let who = who.as_ref().map(|(user, client)| (user.as_str(), *client));
+    if let Some(who) = who {
         frame.throttle(state.quotas.throttled(&image, Kind::Request, who, started));
         if frame.api == ApiKey::Produce {
             let bytes = frame.size as f64;
@@ -98,15 +98,14 @@ pub(crate) async fn handle(
         }
     }
     let answer = dispatch(state, frame, turn).await;
-    if charged && !frame.exempt() {
-        let who = quota_id(frame);
+    if let Some(who) = who.filter(|_| !frame.exempt()) {
         let busy = started.elapsed().saturating_sub(frame.waited());
         // Percent of one thread: each second busy is 100.
         let percent = busy.as_secs_f64() * 100.0;
         let now = std::time::Instant::now();
         state
             .quotas
-            .record(&image, Kind::Request, (who.0.as_str(), who.1), percent, now);
+            .record(&image, Kind::Request, who, percent, now);
     }
     answer
 }
