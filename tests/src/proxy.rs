@@ -144,8 +144,11 @@ async fn serve(listener: TcpListener, target: SocketAddr, pids: Pids, rules: Arc
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((socket, from)) = accepted else { continue };
-                let peer = identify(from, &pids);
-                connections.spawn(forward(socket, target, peer, rules.clone()));
+                let (pids, rules) = (pids.clone(), rules.clone());
+                connections.spawn(async move {
+                    let peer = identify(from, &pids).await;
+                    forward(socket, target, peer, rules).await;
+                });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -170,28 +173,51 @@ async fn forward(mut socket: TcpStream, target: SocketAddr, peer: Peer, rules: A
 }
 
 /// The node whose process owns the local end `from` of a loopback connection, if any.
-fn identify(from: SocketAddr, pids: &Pids) -> Peer {
-    let Some(inode) = socket_inode(from) else {
-        return Peer::Client;
-    };
+///
+/// `/proc/net/tcp` is read a page at a time and a line can be skipped when the table changes
+/// between reads, so a socket that is not found (nor found in this process, the test's own
+/// clients) is looked for again: a node's connection taken for a client's would be out of
+/// reach of every cut.
+async fn identify(from: SocketAddr, pids: &Pids) -> Peer {
+    const ATTEMPTS: u32 = 20;
+    for _ in 0..ATTEMPTS {
+        let pids = pids.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let inode = socket_inode(from)?;
+            owner(inode, &pids)
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(peer) = found {
+            return peer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Peer::Client
+}
+
+/// Who owns the socket with `inode`: a node, or this process (a client); `None` when no
+/// process we know of does.
+fn owner(inode: u64, pids: &Pids) -> Option<Peer> {
     let wanted = format!("socket:[{inode}]");
-    let pids: Vec<(u32, i32)> = pids
+    let owns = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.filter_map(Result::ok).any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str())
+            })
+        })
+    };
+    let nodes: Vec<(u32, i32)> = pids
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
         .map(|(p, n)| (*p, *n))
         .collect();
-    for (pid, node) in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.filter_map(Result::ok) {
-            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()) {
-                return Peer::Node(node);
-            }
-        }
+    if let Some((_, node)) = nodes.into_iter().find(|(pid, _)| owns(*pid)) {
+        return Some(Peer::Node(node));
     }
-    Peer::Client
+    owns(std::process::id()).then_some(Peer::Client)
 }
 
 /// The inode of the IPv4 TCP socket whose local address is `addr`.
