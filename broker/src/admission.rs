@@ -1,8 +1,8 @@
 //! What the broker lets in: connections, in total and per client address, and the bytes of
 //! requests and Fetch responses held in memory across connections.
 //!
-//! A connection beyond `kafka.max_connections` (by default half the open-file limit, so the
-//! logs always have descriptors) or `kafka.max_connections_per_ip` is closed at once. Every
+//! A connection beyond `kafka.max_connections` (by default a quarter of the open-file limit,
+//! so the logs always have descriptors; see `budget`) or `kafka.max_connections_per_ip` is closed at once. Every
 //! request body is read only after its bytes are reserved from `kafka.max_queued_bytes`, and
 //! a Fetch reserves what it reads; both are released once the response is written. So however
 //! many clients send or fail to read, the memory they pin stays within that budget.
@@ -14,10 +14,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::KafkaConfig;
-use crate::error::BrokerError;
-
-/// Connections when neither the setting nor the open-file limit says.
-const FALLBACK_MAX_CONNECTIONS: usize = 10_000;
 
 /// The broker's admission limits.
 #[derive(Debug)]
@@ -50,34 +46,18 @@ pub(crate) enum Full {
 }
 
 impl Admission {
-    /// The limits `config` asks for. An explicit `max_connections` the open-file limit
-    /// cannot serve (with room for the logs) is refused.
-    pub(crate) fn new(config: &KafkaConfig) -> Result<Self, BrokerError> {
-        let files = crate::process::open_file_limit();
-        let max_connections = match (config.max_connections, files) {
-            (0, Some(files)) => (files / 2).max(1),
-            (0, None) => FALLBACK_MAX_CONNECTIONS,
-            (n, Some(files)) if n > files.saturating_sub(64) => {
-                return Err(BrokerError::Config {
-                    key: "kafka.max_connections".into(),
-                    reason: format!(
-                        "{n} connections do not fit the open-file limit of {files} (the logs \
-                         need descriptors too); raise `ulimit -n` or lower the setting"
-                    ),
-                });
-            }
-            (n, _) => n,
-        };
+    /// The limits `config` asks for, with `max_connections` as the broker's budget has it.
+    pub(crate) fn new(config: &KafkaConfig, max_connections: usize) -> Self {
         let memory_total = usize::try_from(config.max_queued_bytes)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
-        Ok(Self {
+        Self {
             max_connections,
             max_per_ip: config.max_connections_per_ip,
             open: Mutex::new(Open::default()),
             memory: Arc::new(Semaphore::new(memory_total)),
             memory_total,
-        })
+        }
     }
 
     /// Takes a place for a connection from `ip`, if there is one.
@@ -130,14 +110,13 @@ mod tests {
     use super::*;
 
     fn admission(max: usize, per_ip: usize) -> Arc<Admission> {
-        Arc::new(
-            Admission::new(&KafkaConfig {
-                max_connections: max,
+        Arc::new(Admission::new(
+            &KafkaConfig {
                 max_connections_per_ip: per_ip,
                 ..KafkaConfig::default()
-            })
-            .expect("limits"),
-        )
+            },
+            max,
+        ))
     }
 
     #[test]
@@ -154,31 +133,15 @@ mod tests {
         a.admit(one).expect("a freed place is taken again");
     }
 
-    #[test]
-    fn the_default_follows_the_open_file_limit() {
-        let a = admission(0, 0);
-        match crate::process::open_file_limit() {
-            Some(files) => assert_eq!(a.max_connections, files / 2),
-            None => assert_eq!(a.max_connections, FALLBACK_MAX_CONNECTIONS),
-        }
-        if let Some(files) = crate::process::open_file_limit() {
-            let refused = Admission::new(&KafkaConfig {
-                max_connections: files,
-                ..KafkaConfig::default()
-            });
-            assert!(
-                matches!(refused, Err(BrokerError::Config { key, .. }) if key == "kafka.max_connections")
-            );
-        }
-    }
-
     #[tokio::test]
     async fn memory_is_reserved_until_released() {
-        let a = Admission::new(&KafkaConfig {
-            max_queued_bytes: 1000,
-            ..KafkaConfig::default()
-        })
-        .expect("limits");
+        let a = Admission::new(
+            &KafkaConfig {
+                max_queued_bytes: 1000,
+                ..KafkaConfig::default()
+            },
+            10,
+        );
         let held = a.reserve(600).await;
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), a.reserve(600));
         assert!(waiting.await.is_err(), "over budget waits");

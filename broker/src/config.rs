@@ -222,8 +222,8 @@ pub struct KafkaConfig {
     /// (`queued.max.request.bytes`). A request's body is read only once its bytes fit;
     /// until then that connection waits.
     pub max_queued_bytes: u64,
-    /// Connections open at once (`max.connections`); 0 means half the process's open-file
-    /// limit, so clients can never take the descriptors the logs need.
+    /// Connections open at once (`max.connections`); 0 means a quarter of the process's
+    /// open-file limit, so clients can never take the descriptors the logs need.
     pub max_connections: usize,
     /// Connections open at once from one client address (`max.connections.per.ip`); 0 means
     /// no limit of its own.
@@ -344,12 +344,22 @@ pub struct TopicDefaults {
     /// `replica.lag.time.max.ms`: a follower that has not caught up with its leader for this
     /// long leaves the partition's in-sync replicas until it does.
     pub replica_lag_time_max_ms: u64,
-    /// Partition replicas a broker may host, on average over the live brokers: CreateTopics
-    /// and CreatePartitions past it are refused (POLICY_VIOLATION), since each hosted
-    /// partition keeps its active segment's three files open. 0 means a sixth of the
-    /// process's open-file limit (the other half is for connections); no limit where that
-    /// is unknown.
+    /// Partition replicas a broker may host: CreateTopics and CreatePartitions that would
+    /// put more on the live brokers on average are refused (POLICY_VIOLATION), and a broker
+    /// opens no more than this many. 0 derives it from the open-file limit (each hosted
+    /// partition keeps its active segment's log open; see `budget`) and memory; a value
+    /// those cannot serve stops start-up.
     pub max_partitions_per_broker: usize,
+    /// `log.retention.check.interval.ms`: how often a partition nothing happened to is
+    /// checked for time-based retention (local, remote and the local tail of tiered topics)
+    /// and a follower learns what its leader uploaded. A partition that changed (a segment
+    /// sealed, data replicated, leadership moved) is passed every
+    /// `object_store.upload_interval_ms`.
+    pub retention_check_interval_ms: u64,
+    /// Sealed segments' log files kept open at once across all partitions (a cache; a file
+    /// it closed is opened again when read). 0: an eighth of the open-file limit, at most
+    /// 1024.
+    pub open_sealed_segment_files: usize,
 }
 
 /// Consumer group coordination (Kafka's `group.*` and `offsets.*` settings).
@@ -544,6 +554,8 @@ impl Default for TopicDefaults {
             producer_id_expiration_ms: 86_400_000,
             replica_lag_time_max_ms: 30_000,
             max_partitions_per_broker: 0,
+            open_sealed_segment_files: 0,
+            retention_check_interval_ms: 300_000,
         }
     }
 }
@@ -882,6 +894,10 @@ impl BrokerConfig {
                 "topics.producer_id_expiration_ms",
                 self.topics.producer_id_expiration_ms,
             ),
+            (
+                "topics.retention_check_interval_ms",
+                self.topics.retention_check_interval_ms,
+            ),
             ("object_store.upload_interval_ms", o.upload_interval_ms),
             (
                 "object_store.max_concurrent_uploads",
@@ -1014,15 +1030,6 @@ impl BrokerConfig {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.kafka.idle_timeout_ms)
-    }
-
-    /// `topics.max_partitions_per_broker`, or for 0 a sixth of the open-file limit (None
-    /// when that is unknown: no limit).
-    pub fn max_partitions_per_broker(&self) -> Option<usize> {
-        match self.topics.max_partitions_per_broker {
-            0 => crate::process::open_file_limit().map(|fds| (fds / 6).max(1)),
-            n => Some(n),
-        }
     }
 
     /// Directory of partition logs.

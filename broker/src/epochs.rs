@@ -37,9 +37,14 @@ impl EpochCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => rebuild(log)?,
             Err(e) => return Err(e),
         };
+        let before = entries.len();
         entries.retain(|(_, start)| *start < end);
         let cache = Self { path, entries };
-        cache.persist()?;
+        // Written only when it changed (or was rebuilt): opening thousands of partitions
+        // costs no fsync each.
+        if cache.entries.len() != before || (!cache.path.exists() && !cache.entries.is_empty()) {
+            cache.persist()?;
+        }
         Ok(cache)
     }
 

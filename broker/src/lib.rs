@@ -20,6 +20,7 @@
 //! `docs/architecture.md` has the module map and the data paths.
 
 mod admission;
+mod budget;
 mod catalog;
 mod cleaner;
 pub mod cli;

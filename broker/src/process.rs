@@ -78,6 +78,25 @@ pub(crate) fn open_file_limit() -> Option<usize> {
         .ok()
 }
 
+/// The memory this process may use: its cgroup's `memory.max` (cgroup v2, a container's
+/// limit) or the machine's total, whichever is smaller; `None` where neither is known.
+pub(crate) fn memory_limit() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+    });
+    match (cgroup, total) {
+        (Some(c), Some(t)) => Some(c.min(t)),
+        (c, t) => c.or(t),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -171,14 +171,18 @@ impl Broker {
             Some(node) => vec![node.local_addr().to_string()],
             None => config.voters()?.into_values().collect(),
         };
-        let admission = Admission::new(&config.kafka)?;
+        let budget = crate::budget::Budget::of(&config)?;
+        strata_storage::handles::set_open_sealed_limit(budget.sealed_files)?;
+        tracing::info!(connections = budget.connections, sealed_segment_files = budget.sealed_files,
+            partitions = %budget.partitions_from, "budget");
+        let admission = Admission::new(&config.kafka, budget.connections);
         let controller_tls = config.controller.tls.load()?;
         let link = crate::peers::Link::of(&config)?;
         let state = Arc::new(BrokerState::new(
             config,
             ControllerClient::new(addrs).with_tls(controller_tls),
             tiering.clone(),
-            admission,
+            (admission, budget),
             metrics,
             (jwt, link),
         ));
@@ -277,9 +281,10 @@ impl Broker {
         let s = state.clone();
         let t = tiering.clone();
         supervisor.service("tiering", Backoff::default(), move |cancel| {
+            let recheck = Duration::from_millis(s.config.topics.retention_check_interval_ms);
             let run = t.clone().run(
                 s.partitions.clone(),
-                s.config.object_store.clone(),
+                (s.config.object_store.clone(), recheck),
                 cancel.clone(),
             );
             supervisor::until_cancelled(run, cancel)

@@ -51,6 +51,8 @@ pub(crate) struct BrokerState {
     pub(crate) tiering: Arc<Tiering>,
     /// Connection and memory limits.
     pub(crate) admission: Arc<Admission>,
+    /// What this broker may hold: connections, partitions, open files.
+    pub(crate) budget: crate::budget::Budget,
     /// The log cleaner of compacted topics.
     pub(crate) cleaner: Arc<crate::cleaner::Cleaner>,
     /// Counters and histograms for `/metrics`.
@@ -79,7 +81,7 @@ impl BrokerState {
         config: BrokerConfig,
         controller: ControllerClient,
         tiering: Arc<Tiering>,
-        admission: Admission,
+        (admission, budget): (Admission, crate::budget::Budget),
         metrics: Arc<crate::metrics::Metrics>,
         (jwt, link): (Option<Arc<crate::security::oauth::Jwt>>, crate::peers::Link),
     ) -> Self {
@@ -88,12 +90,15 @@ impl BrokerState {
             config.controller.session_timeout_ms,
         )));
         let metadata = Arc::new(MetadataView::default());
-        let partitions = Arc::new(Partitions::new(
-            config.node_id,
-            config.log_dir(),
-            tiering.store().clone(),
-            tiering.prefix().clone(),
-        ));
+        let partitions = Arc::new(
+            Partitions::new(
+                config.node_id,
+                config.log_dir(),
+                tiering.store().clone(),
+                tiering.prefix().clone(),
+            )
+            .with_limit(budget.partitions),
+        );
         let g = &config.groups;
         // A quorum of n voters is taken to serve at least n brokers (so a cluster of three
         // brokers beside three controllers waits for the third before giving the internal
@@ -170,6 +175,7 @@ impl BrokerState {
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             tiering,
             admission: Arc::new(admission),
+            budget,
             metrics,
             serving: std::sync::atomic::AtomicBool::new(false),
         }

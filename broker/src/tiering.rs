@@ -124,11 +124,16 @@ impl Tiering {
 
     /// Every interval, runs a pass over the hosted partitions, a bounded number at once: the
     /// leaders' upload and retention, the followers' local retention; a partition whose step
-    /// failed waits out a doubling backoff.
+    /// failed waits out a doubling backoff. A partition whose log, high watermark, role and
+    /// manifest are as its last pass left them is passed over until `recheck` (Kafka's
+    /// `log.retention.check.interval.ms`) has gone by: only time moved, and time-based
+    /// retention is what that interval is for. So an idle partition costs no object-store
+    /// request and no blocking task every interval (a pass reads the manifest twice: four
+    /// requests), which for thousands of partitions was thousands of requests a second.
     pub(crate) async fn run(
         self: Arc<Self>,
         partitions: Arc<Partitions>,
-        settings: ObjectStoreSettings,
+        (settings, recheck): (ObjectStoreSettings, Duration),
         cancel: CancellationToken,
     ) {
         let every = Duration::from_millis(settings.upload_interval_ms);
@@ -159,6 +164,12 @@ impl Tiering {
                         return None;
                     }
                     let orphans_due = h.is_none_or(|h| h.orphans_due <= now);
+                    let unchanged = h
+                        .and_then(|h| h.passed.as_ref())
+                        .is_some_and(|(at, seen)| *seen == State::of(&part) && now < *at + recheck);
+                    if unchanged && !orphans_due {
+                        return None;
+                    }
                     Some((part, epoch, orphans_due))
                 })
                 .collect();
@@ -184,16 +195,19 @@ impl Tiering {
                     failures: 0,
                     retry_at: now,
                     orphans_due: now,
+                    passed: None,
                 });
                 match r {
                     Ok(()) => {
                         h.failures = 0;
+                        h.passed = Some((now, State::of(&part)));
                         if orphans_due {
                             h.orphans_due = now + grace;
                         }
                     }
                     Err(error) => {
                         h.failures += 1;
+                        h.passed = None;
                         let backoff =
                             (every * 2u32.saturating_pow(h.failures.min(16))).min(max_backoff);
                         h.retry_at = now + backoff;
@@ -339,6 +353,33 @@ struct Health {
     failures: u32,
     retry_at: Instant,
     orphans_due: Instant,
+    /// When the last pass succeeded, and the partition as it left it.
+    passed: Option<(Instant, State)>,
+}
+
+/// What a pass depends on besides time: a new segment sealed, data replicated past one, the
+/// log start moved, leadership changed, another manifest published or a recovery pending.
+#[derive(Debug, PartialEq, Eq)]
+struct State {
+    active_base: u64,
+    log_start: u64,
+    high_watermark: u64,
+    role: Role,
+    manifest: Option<u64>,
+    recovering: bool,
+}
+
+impl State {
+    fn of(part: &Partition) -> Self {
+        Self {
+            active_base: part.log.active_base_offset(),
+            log_start: part.log.log_start_offset(),
+            high_watermark: *part.high_watermark.borrow(),
+            role: part.role(),
+            manifest: part.remote.manifest().map(|m| m.version),
+            recovering: part.recovering(),
+        }
+    }
 }
 
 async fn blocking(

@@ -159,6 +159,11 @@ impl<E: Entry> SparseIndex<E> {
         self.truncate_where(|_| false);
     }
 
+    /// Whether the file lacks entries, or holds some no longer here.
+    pub fn needs_persist(&self) -> bool {
+        self.cut_file || self.persisted < self.entries.len()
+    }
+
     /// Writes the entries the file lacks (and cuts it after a truncation).
     pub fn persist(&mut self, file: &File) -> std::io::Result<()> {
         if self.cut_file {

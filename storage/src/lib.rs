@@ -21,6 +21,7 @@ mod config;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handles;
 mod index;
 mod log;
 mod segment;

@@ -3,7 +3,9 @@
 //!
 //! The log file is written with positional writes at `size`, the number of bytes of whole
 //! batches; readers get a [`SegmentView`] (a shared file handle and the size at that moment)
-//! and read with positional reads, so they never hold the log's lock while doing I/O.
+//! and read with positional reads, so they never hold the log's lock while doing I/O. Only
+//! the active segment holds its file open; sealed ones open theirs through the process's
+//! bounded cache (see [`crate::handles`]), and index files are opened to be written.
 
 use std::fs::File;
 use std::io;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use crate::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
 use crate::error::{IoContext, StorageError};
+use crate::handles::Handle;
 use crate::index::{Entry, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use crate::txn_index::{AbortedTxn, TxnIndex};
 
@@ -139,9 +142,8 @@ pub(crate) struct Segment {
     log_path: Arc<Path>,
     index_path: PathBuf,
     time_index_path: PathBuf,
-    log: Arc<File>,
-    index_file: Arc<File>,
-    time_index_file: Arc<File>,
+    /// Pinned open while the segment takes appends.
+    log: Handle,
     offset_index: OffsetIndex,
     time_index: TimeIndex,
     txn_index_path: PathBuf,
@@ -182,20 +184,16 @@ impl Segment {
     }
 
     fn open_files(dir: &Path, base_offset: u64, truncate: bool) -> Result<Self, StorageError> {
-        let open = |ext: &str| -> Result<(PathBuf, File), StorageError> {
-            let path = dir.join(file_name(base_offset, ext));
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(truncate)
-                .open(&path)
-                .io_ctx("open", &path)?;
-            Ok((path, file))
-        };
-        let (log_path, log) = open("log")?;
-        let (index_path, index_file) = open("index")?;
-        let (time_index_path, time_index_file) = open("timeindex")?;
+        let log_path: Arc<Path> = dir.join(file_name(base_offset, "log")).into();
+        let log = Handle::open(Arc::clone(&log_path), true, truncate)?;
+        let index_path = dir.join(file_name(base_offset, "index"));
+        let time_index_path = dir.join(file_name(base_offset, "timeindex"));
+        // Index files are written when the segment is sealed (or checkpointed): a partition
+        // being created costs one file, not three. A new segment drops any left by a crash.
+        if truncate {
+            remove_if_present(&index_path)?;
+            remove_if_present(&time_index_path)?;
+        }
         let txn_index_path = dir.join(file_name(base_offset, SegmentFile::TxnIndex.ext()));
         let txn_index = if truncate {
             remove_if_present(&txn_index_path)?;
@@ -207,12 +205,10 @@ impl Segment {
         };
         Ok(Self {
             base_offset,
-            log_path: log_path.into(),
+            log_path,
             index_path,
             time_index_path,
-            log: Arc::new(log),
-            index_file: Arc::new(index_file),
-            time_index_file: Arc::new(time_index_file),
+            log,
             offset_index: OffsetIndex::default(),
             time_index: TimeIndex::default(),
             txn_index_path,
@@ -239,7 +235,8 @@ impl Segment {
         gaps: bool,
     ) -> Result<(Self, Recovered), StorageError> {
         let mut seg = Self::open_files(dir, base_offset, false)?;
-        let file_len = seg.log.metadata().io_ctx("stat", &seg.log_path)?.len();
+        let log = seg.log.file()?;
+        let file_len = log.metadata().io_ctx("stat", &seg.log_path)?.len();
         let offsets = read_index::<OffsetEntry>(&seg.index_path, file_len);
         let times = read_index::<TimeEntry>(&seg.time_index_path, file_len);
         let (Some(offsets), Some(times)) = (offsets, times) else {
@@ -250,7 +247,7 @@ impl Segment {
         let start = offsets.last().map_or(0, |e| u64::from(e.position));
         let mut last: Option<BatchHeader> = None;
         let mut tail_max = NO_TIMESTAMP;
-        let stop = walk_headers(&seg.log, start, file_len, |_, h, _| {
+        let stop = walk_headers(&log, start, file_len, |_, h, _| {
             last = Some(*h);
             tail_max = tail_max.max(h.max_timestamp);
             ControlFlow::Continue(())
@@ -271,7 +268,7 @@ impl Segment {
             tracing::warn!(segment = %seg.log_path.display(), "sealed segment has a damaged tail; recovering it");
             return seg.recover(index_interval, gaps).map(|r| (seg, r));
         }
-        let first = read_header(&seg.log, 0).io_ctx("read", &seg.log_path)?;
+        let first = read_header(&log, 0).io_ctx("read", &seg.log_path)?;
         seg.size = file_len;
         seg.next_offset = next_offset;
         if let Some(t) = times.last() {
@@ -283,6 +280,7 @@ impl Segment {
         seg.offset_index = offsets;
         seg.time_index = times;
         seg.sealed = true;
+        seg.log.unpin();
         Ok((seg, Recovered::Intact))
     }
 
@@ -301,7 +299,8 @@ impl Segment {
     }
 
     fn recover(&mut self, index_interval: u64, gaps: bool) -> Result<Recovered, StorageError> {
-        let file_len = self.log.metadata().io_ctx("stat", &self.log_path)?.len();
+        let log = self.log.file()?;
+        let file_len = log.metadata().io_ctx("stat", &self.log_path)?.len();
         self.reset_state();
         self.offset_index.mark_unpersisted();
         self.time_index.mark_unpersisted();
@@ -309,7 +308,6 @@ impl Segment {
         let mut valid_end = 0u64;
         let mut body = Vec::new();
         let mut failure: Option<io::Error> = None;
-        let log = Arc::clone(&self.log);
         walk_headers(&log, 0, file_len, |pos, h, bytes| {
             // The base offset is outside the CRC: in a dense log only the expected one is
             // trusted; with gaps, anything past the previous batch that a segment can index.
@@ -347,9 +345,7 @@ impl Segment {
             return Err(e).io_ctx("read", &self.log_path);
         }
         if valid_end < file_len {
-            self.log
-                .set_len(valid_end)
-                .io_ctx("truncate", &self.log_path)?;
+            log.set_len(valid_end).io_ctx("truncate", &self.log_path)?;
             tracing::warn!(
                 segment = %self.log_path.display(),
                 at = valid_end,
@@ -427,10 +423,11 @@ impl Segment {
         index_interval: u64,
     ) -> Result<(), StorageError> {
         debug_assert!(!self.sealed);
-        if let Err(e) = self.log.write_all_at(bytes, self.size) {
+        let log = self.log.file()?;
+        if let Err(e) = log.write_all_at(bytes, self.size) {
             // Best effort: the next append overwrites from `size` anyway, and recovery cuts
             // anything past the last valid batch.
-            let _ = self.log.set_len(self.size);
+            let _ = log.set_len(self.size);
             return Err(e).io_ctx("write", &self.log_path);
         }
         let mut pos = self.size;
@@ -454,44 +451,51 @@ impl Segment {
     /// when `fsync` (otherwise the next flush syncs it, see [`SegmentFiles`]).
     pub fn seal(&mut self, fsync: bool) -> Result<(), StorageError> {
         self.push_time_entry();
-        self.persist_indexes()?;
+        // A sealed segment always has both index files, empty ones included (they are
+        // uploaded with it, and an index found missing is rebuilt at the next start).
+        persist(&mut self.offset_index, &self.index_path, true)?;
+        persist(&mut self.time_index, &self.time_index_path, true)?;
         if fsync {
-            self.files().sync(true)?;
+            self.files()?.sync(true)?;
         }
         self.sealed = true;
+        self.log.unpin();
+        Ok(())
+    }
+
+    /// Makes a sealed segment the active one again (the log was cut back into it).
+    pub fn unseal(&mut self) -> Result<(), StorageError> {
+        self.log.pin()?;
+        self.sealed = false;
         Ok(())
     }
 
     /// Handles for fsyncing the segment without holding the log's lock.
-    pub fn files(&self) -> SegmentFiles {
-        SegmentFiles {
-            log: Arc::clone(&self.log),
-            index: Arc::clone(&self.index_file),
-            time_index: Arc::clone(&self.time_index_file),
+    pub fn files(&self) -> Result<SegmentFiles, StorageError> {
+        Ok(SegmentFiles {
+            log: self.log.file()?,
+            indexes: [self.index_path.clone(), self.time_index_path.clone()],
             path: Arc::clone(&self.log_path),
-        }
+        })
     }
 
+    /// Writes what the index files lack (each opened only when it does).
     pub fn persist_indexes(&mut self) -> Result<(), StorageError> {
-        self.offset_index
-            .persist(&self.index_file)
-            .io_ctx("write", &self.index_path)?;
-        self.time_index
-            .persist(&self.time_index_file)
-            .io_ctx("write", &self.time_index_path)
+        persist(&mut self.offset_index, &self.index_path, false)?;
+        persist(&mut self.time_index, &self.time_index_path, false)
     }
 
     /// Removes every batch from the one containing `offset` on; returns the new next offset.
     pub fn truncate_to(&mut self, offset: u64, index_interval: u64) -> Result<u64, StorageError> {
-        let view = self.view();
+        let view = self.view()?;
         let cut = view.locate(offset, self.offset_hint(offset))?;
         let Some((pos, _)) = cut else {
             return Ok(self.next_offset);
         };
-        self.log.set_len(pos).io_ctx("truncate", &self.log_path)?;
+        let log = view.file;
+        log.set_len(pos).io_ctx("truncate", &self.log_path)?;
         // Rebuild the bookkeeping from the remaining headers; truncation is rare.
         self.reset_state();
-        let log = Arc::clone(&self.log);
         walk_headers(&log, 0, pos, |p, h, _| {
             self.track(p, h, index_interval);
             ControlFlow::Continue(())
@@ -499,7 +503,7 @@ impl Segment {
         .io_ctx("read", &self.log_path)?;
         self.offset_index.mark_unpersisted();
         self.time_index.mark_unpersisted();
-        self.sealed = false;
+        self.unseal()?;
         let end = self.next_offset;
         self.truncate_aborted(end)?;
         Ok(end)
@@ -543,12 +547,13 @@ impl Segment {
         self.offset_hint(self.base_offset + u64::from(self.max_timestamp_rel))
     }
 
-    pub fn view(&self) -> SegmentView {
-        SegmentView {
-            file: Arc::clone(&self.log),
+    /// A reader's view; opens a sealed segment's file if the cache no longer has it.
+    pub fn view(&self) -> Result<SegmentView, StorageError> {
+        Ok(SegmentView {
+            file: self.log.file()?,
             path: Arc::clone(&self.log_path),
             size: self.size,
-        }
+        })
     }
 
     /// The time retention ages the segment by: its largest record timestamp or, when no
@@ -557,7 +562,7 @@ impl Segment {
         if self.max_timestamp >= 0 {
             return self.max_timestamp;
         }
-        modified_ms(self.log.metadata().and_then(|m| m.modified()))
+        modified_ms(std::fs::metadata(&self.log_path).and_then(|m| m.modified()))
     }
 
     pub fn info(&self) -> SegmentInfo {
@@ -649,6 +654,25 @@ fn first_timestamp(h: &BatchHeader) -> i64 {
     }
 }
 
+/// Writes the entries `index` has not written to `path` yet, opening it only when there are
+/// (or when the file must exist, `always`).
+fn persist<E: Entry>(
+    index: &mut crate::index::SparseIndex<E>,
+    path: &Path,
+    always: bool,
+) -> Result<(), StorageError> {
+    if !index.needs_persist() && !always {
+        return Ok(());
+    }
+    let file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .io_ctx("open", path)?;
+    index.persist(&file).io_ctx("write", path)
+}
+
 fn read_index<E: Entry>(path: &Path, log_size: u64) -> Option<crate::index::SparseIndex<E>> {
     let bytes = std::fs::read(path).ok()?;
     match crate::index::SparseIndex::<E>::decode(&bytes, log_size) {
@@ -731,8 +755,8 @@ pub(crate) fn walk_headers(
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentFiles {
     log: Arc<File>,
-    index: Arc<File>,
-    time_index: Arc<File>,
+    /// The offset and time indexes, opened to be fsynced (where they were written).
+    indexes: [PathBuf; 2],
     path: Arc<Path>,
 }
 
@@ -742,8 +766,14 @@ impl SegmentFiles {
         if !whole {
             return self.log.sync_data().io_ctx("fsync", &self.path);
         }
-        for file in [&self.log, &self.index, &self.time_index] {
-            file.sync_all().io_ctx("fsync", &self.path)?;
+        self.log.sync_all().io_ctx("fsync", &self.path)?;
+        for path in &self.indexes {
+            match File::open(path) {
+                Ok(file) => file.sync_all().io_ctx("fsync", path)?,
+                // Not written yet: an empty segment's indexes are written when it is sealed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).io_ctx("open", path),
+            }
         }
         Ok(())
     }

@@ -97,11 +97,11 @@ pub fn collect_aborted(
     complete
 }
 
-/// One segment's index file.
+/// One segment's index file, opened only to be written or read (aborts are rare, and a
+/// segment holding no descriptor is what keeps a broker's open files bounded).
 #[derive(Debug)]
 pub struct TxnIndex {
     path: PathBuf,
-    file: File,
     /// Entries in the file (whole ones).
     count: u64,
     /// The last entry's marker offset: entries are appended in marker order.
@@ -125,7 +125,6 @@ impl TxnIndex {
         }
         Ok(Self {
             path: path.to_owned(),
-            file,
             count: entries.len() as u64,
             last_offset: entries.last().map(|e| e.last_offset),
         })
@@ -143,7 +142,7 @@ impl TxnIndex {
                 )),
             });
         }
-        self.file
+        self.file()?
             .write_all(&entry.encode())
             .io_ctx("write", &self.path)?;
         self.count += 1;
@@ -170,7 +169,7 @@ impl TxnIndex {
             .into_iter()
             .take_while(|e| e.last_offset < offset)
             .collect();
-        self.file
+        self.file()?
             .set_len((kept.len() * ENTRY_BYTES) as u64)
             .io_ctx("truncate", &self.path)?;
         self.count = kept.len() as u64;
@@ -180,7 +179,16 @@ impl TxnIndex {
 
     /// fsyncs the file.
     pub fn sync(&self) -> Result<(), StorageError> {
-        self.file.sync_all().io_ctx("fsync", &self.path)
+        self.file()?.sync_all().io_ctx("fsync", &self.path)
+    }
+
+    /// The file, opened for appends.
+    fn file(&self) -> Result<File, StorageError> {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .io_ctx("open", &self.path)
     }
 
     /// Whether it holds no entry (a segment without aborted transactions needs no file in

@@ -302,6 +302,8 @@ impl ProcessCluster {
             // Metrics and probes on a port of its own (nodes share the host).
             "http.listen=\"127.0.0.1:0\"".to_owned(),
             "controller.heartbeat_interval_ms=500".to_owned(),
+            // Retention (and followers learning of uploads) promptly, not every 5 minutes.
+            "topics.retention_check_interval_ms=500".to_owned(),
         ];
         let mut command = Command::new(&self.binary);
         if self.racks > 0 && node.role.brokers() {

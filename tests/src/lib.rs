@@ -88,6 +88,9 @@ impl TestBroker {
         c.kafka.listen = self.addr.to_string();
         c.controller.listen = "127.0.0.1:0".into();
         c.http.listen = "127.0.0.1:0".into();
+        // Retention is checked every half second rather than Kafka's five minutes, so tests
+        // see it take effect promptly.
+        c.topics.retention_check_interval_ms = 500;
         (self.tweak)(&mut c);
         c
     }

@@ -1064,6 +1064,61 @@ async fn delete_records_moves_the_log_start_locally_and_in_object_storage() {
     broker.stop().await;
 }
 
+/// A broker that hosts more partitions than it may (the limit, or `ulimit -n`, was lowered
+/// since they were created) still starts: it opens as many as it may and serves them, and
+/// leaves the rest offline rather than running out of descriptors; with the limit raised
+/// again they all come back with their data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_over_its_partition_budget_still_starts_and_serves_what_fits() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let limit = Arc::new(AtomicUsize::new(0));
+    let set = limit.clone();
+    let mut broker = TestBroker::start_with(move |c| {
+        c.topics.max_partitions_per_broker = set.load(Ordering::SeqCst);
+        c.groups.offsets_topic_partitions = 2;
+    })
+    .await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    client
+        .create_topic("many", 20, 1, &BTreeMap::new())
+        .await
+        .expect("create");
+    for p in 0..20 {
+        client
+            .produce("many", p, &[record("k", b"v")], -1)
+            .await
+            .expect("produce");
+    }
+    drop(client);
+    // The broker's own topics are opened first: the two offsets partitions and ten others.
+    limit.store(12, Ordering::SeqCst);
+    broker.restart().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    let mut served = 0;
+    for p in 0..20 {
+        match client.produce("many", p, &[record("k", b"v")], 1).await {
+            Ok(_) => served += 1,
+            Err(e) => eprintln!("partition {p}: {e}"),
+        }
+    }
+    assert_eq!(served, 10, "as many partitions as the limit allows serve");
+    drop(client);
+    limit.store(0, Ordering::SeqCst);
+    broker.restart().await;
+    let client = Client::connect(&broker.bootstrap()).await.expect("connect");
+    let mut ends = 0;
+    for p in 0..20 {
+        client
+            .produce("many", p, &[record("k", b"v")], -1)
+            .await
+            .expect("every partition serves again");
+        ends += client.list_offset("many", p, -1).await.expect("end");
+    }
+    assert_eq!(ends, 20 * 2 + 10, "nothing was lost meanwhile");
+    broker.stop().await;
+}
+
 /// Partitions beyond `topics.max_partitions_per_broker` (each keeps files open) are refused
 /// with POLICY_VIOLATION, by CreateTopics and CreatePartitions alike, and the broker serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,9 +130,9 @@ fn refuse_client_command(command: &Command) -> Result<(), (ResponseError, String
     }
 }
 
-/// Refuses new partitions past `topics.max_partitions_per_broker` times the live brokers:
-/// every hosted partition keeps its active segment's files open, so a topic of a hundred
-/// thousand partitions would take the file descriptors every connection and log needs.
+/// Refuses new partitions past what each broker may host (`budget`) times the live brokers:
+/// every hosted partition keeps its active segment's file open and some memory, so a topic of
+/// a hundred thousand partitions would take the descriptors every connection and log needs.
 fn within_partition_budget(
     state: &BrokerState,
     command: &Command,
@@ -153,7 +153,7 @@ fn within_partition_budget(
         }
         _ => return Ok(()),
     };
-    let Some(per_broker) = state.config.max_partitions_per_broker() else {
+    let Some(per_broker) = state.budget.partitions else {
         return Ok(());
     };
     let image = state.image();
@@ -170,8 +170,10 @@ fn within_partition_budget(
         return Err((
             ResponseError::PolicyViolation,
             format!(
-                "the cluster would hold {wanted} partition replicas, over \
-                 topics.max_partitions_per_broker ({per_broker}) times {brokers} live brokers"
+                "the cluster would hold {wanted} partition replicas, over {brokers} live \
+                 brokers times the partitions each may host: topics.max_partitions_per_broker \
+                 = {}",
+                state.budget.partitions_from
             ),
         ));
     }

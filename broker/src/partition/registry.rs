@@ -30,6 +30,8 @@ pub(crate) struct Partitions {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     map: RwLock<HashMap<(Uuid, i32), Arc<Partition>>>,
+    /// Partitions this broker opens at most (`budget`); `None`: no bound.
+    limit: Option<usize>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Arc<[RoleChange]>>>>,
 }
 
@@ -48,8 +50,15 @@ impl Partitions {
             store,
             prefix,
             map: RwLock::new(HashMap::new()),
+            limit: None,
             subscribers: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Opens no more than `limit` partitions: one assigned past it stays offline (logged),
+    /// rather than taking descriptors the broker needs to run at all.
+    pub(crate) fn with_limit(self, limit: Option<usize>) -> Self {
+        Self { limit, ..self }
     }
 
     /// The hosted partition, if any.
@@ -185,7 +194,13 @@ impl Partitions {
                 change: Change::Stop { deleted },
             });
         }
-        for topic in image.topics.values() {
+        let mut over_limit = 0usize;
+        // The broker's own topics first: past the limit, groups and transactions still work.
+        let (internal, others): (Vec<&TopicRecord>, Vec<&TopicRecord>) = image
+            .topics
+            .values()
+            .partition(|t| crate::topic::is_internal(&t.name));
+        for topic in internal.into_iter().chain(others) {
             let mut settings = None;
             for (i, meta) in topic.partitions.iter().enumerate() {
                 let index = i as i32;
@@ -216,6 +231,10 @@ impl Partitions {
                     }
                     continue;
                 }
+                if self.limit.is_some_and(|limit| map.len() >= limit) {
+                    over_limit += 1;
+                    continue;
+                }
                 let objects =
                     PartitionObjects::new(self.store.clone(), &self.prefix, topic.id, index);
                 match Partition::open(
@@ -240,6 +259,15 @@ impl Partitions {
                         "opening the partition failed; it stays offline"),
                 }
             }
+        }
+        if over_limit > 0 {
+            tracing::error!(
+                not_opened = over_limit,
+                limit = self.limit,
+                "partitions assigned to this broker stay offline: it already hosts as many as \
+                 topics.max_partitions_per_broker allows (derived from `ulimit -n` and memory \
+                 when 0); raise the limits and restart, or move them to other brokers"
+            );
         }
         if !changes.is_empty() {
             let batch: Arc<[RoleChange]> = changes.clone().into();

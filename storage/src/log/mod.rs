@@ -84,6 +84,9 @@ struct SyncState {
     /// segment created since (a roll without fsync) needs a directory fsync before data in it
     /// is acknowledged.
     dir_synced_base: u64,
+    /// Whether the log directory's own entry (in its parent) is known to be durable: not
+    /// for a log created by this process until its first fsync syncs the parent too.
+    parent_synced: bool,
 }
 
 impl Log {
@@ -100,12 +103,15 @@ impl Log {
         config.validate()?;
         let dir = dir.into();
         std::fs::create_dir_all(&dir).io_ctx("create", &dir)?;
-        let checkpoint = Checkpoint::read(&dir).unwrap_or_default();
+        let stored = Checkpoint::read(&dir);
+        let checkpoint = stored.unwrap_or_default();
         swap::recover(&dir)?;
         let mut segments = open_segments(&dir, &config, checkpoint.recovery_point)?;
+        // Nothing on disk yet: a partition being created.
+        let fresh = stored.is_none() && segments.is_empty();
         let active = match segments.pop_back() {
             Some(mut seg) => {
-                seg.sealed = false;
+                seg.unseal()?;
                 seg
             }
             None => Segment::create(&dir, checkpoint.log_start_offset)?,
@@ -113,20 +119,31 @@ impl Log {
         for seg in segments.iter_mut().filter(|s| !s.sealed) {
             seg.seal(true)?;
         }
-        // What recovery kept is now made durable, so the recovery point can move to the end.
-        active.files().sync(true)?;
         let first_base = segments.front().unwrap_or(&active).base_offset;
         let log_end = active.next_offset;
-        // The checkpoint write below syncs the directory, the active segment's entry with it.
-        let log_end_base = active.base_offset;
         let log_start_offset = checkpoint
             .log_start_offset
             .clamp(first_base, log_end.max(first_base));
-        Checkpoint {
+        let wanted = Checkpoint {
             recovery_point: log_end,
             log_start_offset,
-        }
-        .write(&dir)?;
+        };
+        // Everything below the stored recovery point is durable, its directory entries
+        // included: after a clean stop (nothing past it) there is nothing to sync and the
+        // checkpoint stays. Nor is there for a new, empty log, whose directory is synced by
+        // its first fsync instead (`SyncState::dir_synced_base`, `parent_synced`). Thousands
+        // of partitions open at start-up and at creation, at several fsyncs each otherwise.
+        let dir_synced_base = if stored == Some(wanted) {
+            active.base_offset
+        } else if fresh {
+            u64::MAX
+        } else {
+            // What recovery kept is now made durable, so the recovery point can move to the
+            // end; the checkpoint write syncs the directory, the active segment's entry too.
+            active.files()?.sync(true)?;
+            wanted.write(&dir)?;
+            active.base_offset
+        };
         let now = clock.now_ms();
         Ok(Self {
             dir,
@@ -143,7 +160,8 @@ impl Log {
                 in_progress: false,
                 generation: 0,
                 last_sync_ms: now,
-                dir_synced_base: log_end_base,
+                dir_synced_base,
+                parent_synced: !fresh,
             }),
             synced: Condvar::new(),
             failure: OnceLock::new(),
@@ -303,14 +321,14 @@ impl Log {
             let hint = inner.get(first).offset_hint(from_offset);
             // The first segment's share is unknown until the batch is located, so only the
             // following segments count towards the budget when deciding how far to look.
-            let mut views = vec![inner.get(first).view()];
+            let mut views = vec![inner.get(first).view()?];
             let mut covered = 0u64;
             for seg in inner.all().skip(first + 1) {
                 if covered >= max_bytes as u64 {
                     break;
                 }
                 covered += seg.size;
-                views.push(seg.view());
+                views.push(seg.view()?);
             }
             (views, hint)
         };
@@ -354,12 +372,12 @@ impl Log {
                 return Ok(None);
             };
             let hint = inner.get(first).time_hint(timestamp);
-            let views: Vec<_> = inner
+            let views = inner
                 .all()
                 .skip(first)
                 .enumerate()
-                .map(|(k, s)| (s.view(), (k == 0).then_some(hint)))
-                .collect();
+                .map(|(k, s)| Ok((s.view()?, (k == 0).then_some(hint))))
+                .collect::<Result<Vec<_>, StorageError>>()?;
             (views, inner.log_start_offset as i64)
         };
         let qualifies =
@@ -402,7 +420,7 @@ impl Log {
             else {
                 return Ok(None);
             };
-            (seg.view(), seg.max_timestamp_hint(), seg.max_timestamp)
+            (seg.view()?, seg.max_timestamp_hint(), seg.max_timestamp)
         };
         let Some((at, h)) = view.find(hint, |h| h.max_timestamp == max)? else {
             return Ok(None);
@@ -705,34 +723,40 @@ impl Log {
         st.in_progress = true;
         let durable = st.durable;
         let dir_synced_base = st.dir_synced_base;
+        let parent_synced = st.parent_synced;
         drop(st);
         // Segments sealed without fsync since the last sync, then the active one.
-        let (sealed, active, active_base, end) = {
+        let (files, active_base, end) = {
             let inner = self.read_inner();
-            let sealed: Vec<_> = inner
+            let files = inner
                 .sealed
                 .iter()
                 .filter(|s| s.next_offset > durable)
                 .map(Segment::files)
-                .collect();
-            (
-                sealed,
-                inner.active.files(),
-                inner.active.base_offset,
-                inner.active.next_offset,
-            )
+                .collect::<Result<Vec<_>, StorageError>>()
+                .and_then(|sealed| Ok((sealed, inner.active.files()?)));
+            (files, inner.active.base_offset, inner.active.next_offset)
         };
         // A new file's directory entry is durable only after the directory is fsynced: needed
-        // when segments were sealed or created since the last sync.
-        let new_files = !sealed.is_empty() || active_base != dir_synced_base;
-        let result = sealed
-            .iter()
-            .try_for_each(|f| f.sync(true))
-            .and_then(|()| match new_files {
-                true => checkpoint::sync_dir(&self.dir),
-                false => Ok(()),
-            })
-            .and_then(|()| active.sync(false));
+        // when segments were sealed or created since the last sync. A sealed segment whose
+        // file the cache closed is opened again for its fsync (Linux reports a writeback
+        // error to the next fsync of the file, whichever descriptor it comes through); an
+        // open that fails leaves the sync to be retried, like one that could not start.
+        let result = files.and_then(|(sealed, active)| {
+            let new_files = !sealed.is_empty() || active_base != dir_synced_base;
+            sealed
+                .iter()
+                .try_for_each(|f| f.sync(true))
+                .and_then(|()| match new_files {
+                    true => checkpoint::sync_dir(&self.dir),
+                    false => Ok(()),
+                })
+                .and_then(|()| match (parent_synced, self.dir.parent()) {
+                    (false, Some(parent)) => checkpoint::sync_dir(parent),
+                    _ => Ok(()),
+                })
+                .and_then(|()| active.sync(false))
+        });
         let mut st = self.lock_sync();
         st.in_progress = false;
         match &result {
@@ -741,6 +765,7 @@ impl Log {
                     st.durable = st.durable.max(end);
                 }
                 st.dir_synced_base = active_base;
+                st.parent_synced = true;
                 st.last_sync_ms = self.clock.now_ms();
             }
             // Only a failed fsync leaves the page cache untrustworthy. An fsync that could
@@ -771,9 +796,14 @@ impl Log {
         let end = inner.roll(&self.dir, fsync, base)?;
         inner.active_since = self.clock.now_ms();
         if fsync {
+            let parent_synced = self.lock_sync().parent_synced;
+            if let (false, Some(parent)) = (parent_synced, self.dir.parent()) {
+                checkpoint::sync_dir(parent)?;
+            }
             let mut st = self.lock_sync();
             st.durable = st.durable.max(end);
             st.dir_synced_base = base;
+            st.parent_synced = true;
         }
         Ok(end)
     }
@@ -874,7 +904,7 @@ impl Inner {
             return Ok(offset);
         }
         Ok(seg
-            .view()
+            .view()?
             .locate(offset, seg.offset_hint(offset))?
             .map_or(offset, |(_, h)| h.base_offset as u64))
     }
@@ -888,6 +918,11 @@ impl Inner {
             };
             let dropped = std::mem::replace(&mut self.active, prev);
             dropped.delete()?;
+        }
+        // A sealed segment that became the active one takes appends again, even when
+        // nothing in it is cut (`offset` fell in a gap after its last batch).
+        if self.active.sealed {
+            self.active.unseal()?;
         }
         let interval = self.config.index_interval_bytes;
         self.active.truncate_to(offset, interval)
@@ -1110,6 +1145,42 @@ mod tests {
             DIR_SYNCS.with(|n| n.get()),
             before,
             "no new file, no directory fsync"
+        );
+    }
+
+    /// Opening a new log, or one closed cleanly, fsyncs nothing (a broker opens thousands at
+    /// creation and start-up); the new log's first fsync makes its directory and the
+    /// directory's own entry durable; a log with data past its checkpoint is synced at open.
+    #[test]
+    fn only_a_log_with_data_past_its_checkpoint_is_synced_when_opened() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        let dir = parent.path().join("topic-0");
+        let syncs = || DIR_SYNCS.with(|n| n.get());
+        let before = syncs();
+        let new = log(&dir);
+        assert_eq!(syncs() - before, 0, "a new log");
+        new.append(&mut batch(), 0).expect("append");
+        let before = syncs();
+        new.sync_through(1).expect("sync");
+        assert_eq!(
+            syncs() - before,
+            2,
+            "its directory, and its entry in the parent"
+        );
+        new.close().expect("close");
+        let before = syncs();
+        let reopened = log(&dir);
+        assert_eq!(syncs() - before, 0, "a cleanly closed log");
+        assert_eq!(reopened.log_end_offset(), 1);
+        reopened.append(&mut batch(), 0).expect("append");
+        drop(reopened);
+        let before = syncs();
+        let recovered = log(&dir);
+        assert_eq!(recovered.log_end_offset(), 2);
+        assert_eq!(
+            syncs() - before,
+            1,
+            "data past the checkpoint is made durable"
         );
     }
 
