@@ -145,9 +145,8 @@ async fn run() -> BenchResult<()> {
         child: None,
     };
     println!(
-        "{partitions} partitions on one broker ({}), open-file limit {}",
-        broker.binary.display(),
-        open_file_limit().map_or("unknown".to_owned(), |l| l.to_string())
+        "{partitions} partitions on one broker ({})",
+        broker.binary.display()
     );
     broker.spawn()?;
     let client = connect(&broker.addr, Duration::from_secs(60)).await?;
@@ -276,14 +275,4 @@ async fn serving(addr: &str, partitions: i32) -> BenchResult<()> {
         f.await?.map_err(|(e, _)| e)?;
     }
     Ok(())
-}
-
-fn open_file_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
