@@ -195,6 +195,7 @@ impl Partitions {
             });
         }
         let mut over_limit = 0usize;
+        let mut to_open: Vec<(&TopicRecord, i32, Role, Assignment)> = Vec::new();
         // The broker's own topics first: past the limit, groups and transactions still work.
         let (internal, others): (Vec<&TopicRecord>, Vec<&TopicRecord>) = image
             .topics
@@ -231,33 +232,43 @@ impl Partitions {
                     }
                     continue;
                 }
-                if self.limit.is_some_and(|limit| map.len() >= limit) {
+                if self
+                    .limit
+                    .is_some_and(|limit| map.len() + to_open.len() >= limit)
+                {
                     over_limit += 1;
                     continue;
                 }
-                let objects =
-                    PartitionObjects::new(self.store.clone(), &self.prefix, topic.id, index);
-                match Partition::open(
-                    &self.log_dir,
-                    topic,
-                    index,
-                    self.me,
-                    role,
-                    assignment,
-                    objects,
-                ) {
-                    Ok(part) => {
-                        // A leader alone in the ISR is replicated to its log end.
-                        part.advance_high_watermark();
-                        map.insert((topic.id, index), part.clone());
-                        changes.push(RoleChange {
-                            partition: part,
-                            change: Change::to(role, false),
-                        });
-                    }
-                    Err(e) => tracing::error!(topic = %topic.name, partition = index, error = %e,
-                        "opening the partition failed; it stays offline"),
+                to_open.push((topic, index, role, assignment));
+            }
+        }
+        // Opening is mostly waiting on the disk (recovering an active segment after a crash,
+        // syncing what it kept): thousands of partitions open on several threads at once.
+        let opened = on_threads(&to_open, |&(topic, index, role, ref assignment)| {
+            let objects = PartitionObjects::new(self.store.clone(), &self.prefix, topic.id, index);
+            Partition::open(
+                &self.log_dir,
+                topic,
+                index,
+                self.me,
+                role,
+                assignment.clone(),
+                objects,
+            )
+        });
+        for ((topic, index, role, _), opened) in to_open.iter().zip(opened) {
+            match opened {
+                Ok(part) => {
+                    // A leader alone in the ISR is replicated to its log end.
+                    part.advance_high_watermark();
+                    map.insert((topic.id, *index), part.clone());
+                    changes.push(RoleChange {
+                        partition: part,
+                        change: Change::to(*role, false),
+                    });
                 }
+                Err(e) => tracing::error!(topic = %topic.name, partition = index, error = %e,
+                    "opening the partition failed; it stays offline"),
             }
         }
         if over_limit > 0 {
@@ -292,15 +303,54 @@ impl Partitions {
         true
     }
 
-    /// Flushes every hosted log and saves its producers (graceful shutdown).
+    /// Flushes every hosted log and saves its producers (graceful shutdown), several at
+    /// once.
     pub(crate) fn flush_all(&self) {
-        for p in self.hosted() {
+        on_threads(&self.hosted(), |p| {
             if let Err(e) = p.log.flush() {
                 tracing::error!(dir = %p.log.dir().display(), error = %e, "flush at shutdown failed");
-                continue;
+                return;
             }
             p.save_producers(Duration::ZERO, true);
             p.save_high_watermark();
-        }
+        });
     }
+}
+
+/// Partitions opened (or flushed) at once when many are: start-up, a large CreateTopics,
+/// shutdown. The work is mostly waiting on the disk.
+const DISK_THREADS: usize = 8;
+
+/// `f` applied to every item of `items`, on up to [`DISK_THREADS`] threads; results in the
+/// order of `items`.
+fn on_threads<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = DISK_THREADS.min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    // The threads see the runtime the caller runs beside, as a blocking task would.
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, f(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
 }

@@ -69,6 +69,9 @@ struct Inner {
     /// Wall-clock time the active segment was created or opened: `segment.ms` counts from it
     /// when the segment's first batch carries no timestamp (Kafka uses the file's creation).
     active_since: i64,
+    /// What the checkpoint file holds, when this log wrote or read it: an unchanged one is
+    /// not written again (a broker flushes thousands of logs at shutdown).
+    checkpointed: Option<Checkpoint>,
 }
 
 #[derive(Debug)]
@@ -133,11 +136,13 @@ impl Log {
         // checkpoint stays. Nor is there for a new, empty log, whose directory is synced by
         // its first fsync instead (`SyncState::dir_synced_base`, `parent_synced`). Thousands
         // of partitions open at start-up and at creation, at several fsyncs each otherwise.
+        let mut checkpointed = stored;
         let dir_synced_base = if stored == Some(wanted) {
             active.base_offset
         } else if fresh {
             u64::MAX
         } else {
+            checkpointed = Some(wanted);
             // What recovery kept is now made durable, so the recovery point can move to the
             // end; the checkpoint write syncs the directory, the active segment's entry too.
             active.files()?.sync(true)?;
@@ -154,6 +159,7 @@ impl Log {
                 active,
                 log_start_offset,
                 active_since: now,
+                checkpointed,
             }),
             sync: Mutex::new(SyncState {
                 durable: log_end,
@@ -933,11 +939,13 @@ impl Inner {
     /// reopens empty at `offset`.
     fn reset(&mut self, dir: &Path, offset: u64) -> Result<u64, StorageError> {
         self.log_start_offset = offset;
-        Checkpoint {
+        let reset = Checkpoint {
             recovery_point: offset,
             log_start_offset: offset,
-        }
-        .write(dir)?;
+        };
+        self.checkpointed = None;
+        reset.write(dir)?;
+        self.checkpointed = Some(reset);
         // Creating truncates a same-named old segment, whose files then belong to the new one.
         let fresh = Segment::create(dir, offset)?;
         let old_active = std::mem::replace(&mut self.active, fresh);
@@ -977,11 +985,18 @@ impl Inner {
 
     fn checkpoint(&mut self, dir: &Path, durable: u64) -> Result<(), StorageError> {
         self.active.persist_indexes()?;
-        Checkpoint {
+        let next = Checkpoint {
             recovery_point: durable.min(self.active.next_offset),
             log_start_offset: self.log_start_offset,
+        };
+        if self.checkpointed == Some(next) {
+            return Ok(());
         }
-        .write(dir)
+        // Unknown until the write is known to have finished.
+        self.checkpointed = None;
+        next.write(dir)?;
+        self.checkpointed = Some(next);
+        Ok(())
     }
 }
 
@@ -1172,6 +1187,12 @@ mod tests {
         let reopened = log(&dir);
         assert_eq!(syncs() - before, 0, "a cleanly closed log");
         assert_eq!(reopened.log_end_offset(), 1);
+        reopened.flush().expect("flush");
+        assert_eq!(
+            syncs() - before,
+            0,
+            "nothing new: the checkpoint is not written again"
+        );
         reopened.append(&mut batch(), 0).expect("append");
         drop(reopened);
         let before = syncs();
