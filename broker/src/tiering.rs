@@ -357,27 +357,32 @@ struct Health {
     passed: Option<(Instant, State)>,
 }
 
-/// What a pass depends on besides time: a new segment sealed, data replicated past one, the
-/// log start moved, leadership changed, another manifest published or a recovery pending.
-#[derive(Debug, PartialEq, Eq)]
+/// What a pass depends on besides time: a new segment sealed, made durable or replicated
+/// past (uploads take only durable, replicated segments), the log start moved, leadership
+/// changed, another manifest published, a recovery pending or the topic's settings changed.
+#[derive(Debug, PartialEq)]
 struct State {
     active_base: u64,
+    durable: u64,
     log_start: u64,
     high_watermark: u64,
     role: Role,
     manifest: Option<u64>,
     recovering: bool,
+    settings: Arc<crate::topic::TopicSettings>,
 }
 
 impl State {
     fn of(part: &Partition) -> Self {
         Self {
             active_base: part.log.active_base_offset(),
+            durable: part.log.durable_offset(),
             log_start: part.log.log_start_offset(),
             high_watermark: *part.high_watermark.borrow(),
             role: part.role(),
             manifest: part.remote.manifest().map(|m| m.version),
             recovering: part.recovering(),
+            settings: part.settings(),
         }
     }
 }

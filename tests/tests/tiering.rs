@@ -503,3 +503,40 @@ async fn a_topic_deleted_during_a_store_outage_stays_deleted_and_its_objects_go(
     drop(client);
     broker.stop().await;
 }
+
+/// A partition nothing happens to is passed over by the uploader until the retention check
+/// interval (here an hour), but what it still has to upload is not: a segment sealed by the
+/// last acks=1 write is made durable by the flusher after the upload pass that saw the roll,
+/// and that change alone brings it to the object store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_made_durable_after_the_last_write_is_uploaded_without_waiting_for_retention_checks()
+ {
+    let broker = TestBroker::start_with(|c| {
+        c.object_store.upload_interval_ms = 100;
+        c.topics.flush_check_interval_ms = 1_500;
+        c.topics.retention_check_interval_ms = 3_600_000;
+    })
+    .await;
+    let client = strata_client::Client::connect(&broker.bootstrap())
+        .await
+        .expect("connect");
+    let configs =
+        std::collections::BTreeMap::from([("segment.bytes".to_owned(), "2048".to_owned())]);
+    client
+        .create_topic("idle", 1, 1, &configs)
+        .await
+        .expect("create");
+    let record = strata_client::NewRecord {
+        value: Some(Bytes::from(vec![b'v'; 1000])),
+        ..strata_client::NewRecord::default()
+    };
+    // Three records of ~1 KiB: the third rolls the segment holding the first two, which
+    // acks=1 leaves for the flusher to fsync.
+    for _ in 0..3 {
+        client
+            .produce("idle", 0, std::slice::from_ref(&record), 1)
+            .await
+            .expect("produce");
+    }
+    uploaded(&client, "idle", 2).await;
+}
