@@ -124,8 +124,8 @@ impl Tiering {
 
     /// Every interval, runs a pass over the hosted partitions, a bounded number at once: the
     /// leaders' upload and retention, the followers' local retention; a partition whose step
-    /// failed waits out a doubling backoff. A partition whose log, high watermark, role and
-    /// manifest are as its last pass left them is passed over until `recheck` (Kafka's
+    /// failed waits out a doubling backoff. A partition whose log, high watermark, role,
+    /// manifest and settings are as its last pass found them is passed over until `recheck` (Kafka's
     /// `log.retention.check.interval.ms`) has gone by: only time moved, and time-based
     /// retention is what that interval is for. So an idle partition costs no object-store
     /// request and no blocking task every interval (a pass reads the manifest twice: four
@@ -164,17 +164,19 @@ impl Tiering {
                         return None;
                     }
                     let orphans_due = h.is_none_or(|h| h.orphans_due <= now);
+                    // Taken before the pass: a change while it runs brings another one.
+                    let state = State::of(&part);
                     let unchanged = h
                         .and_then(|h| h.passed.as_ref())
-                        .is_some_and(|(at, seen)| *seen == State::of(&part) && now < *at + recheck);
+                        .is_some_and(|(at, seen)| *seen == state && now < *at + recheck);
                     if unchanged && !orphans_due {
                         return None;
                     }
-                    Some((part, epoch, orphans_due))
+                    Some((part, epoch, orphans_due, state))
                 })
                 .collect();
             let results: Vec<_> = futures::stream::iter(due)
-                .map(|(part, epoch, orphans_due)| {
+                .map(|(part, epoch, orphans_due, state)| {
                     let this = self.clone();
                     async move {
                         let step = this.pass(&part, epoch, orphans_due.then_some(grace));
@@ -182,7 +184,7 @@ impl Tiering {
                             Ok(r) => r,
                             Err(_) => Err(format!("timed out after {timeout:?}")),
                         };
-                        (part, orphans_due, r)
+                        (part, orphans_due, state, r)
                     }
                 })
                 .buffer_unordered(settings.max_concurrent_uploads)
@@ -190,7 +192,7 @@ impl Tiering {
                 .collect()
                 .await;
             let now = Instant::now();
-            for (part, orphans_due, r) in results {
+            for (part, orphans_due, state, r) in results {
                 let h = health.entry((part.topic_id, part.index)).or_insert(Health {
                     failures: 0,
                     retry_at: now,
@@ -200,7 +202,7 @@ impl Tiering {
                 match r {
                     Ok(()) => {
                         h.failures = 0;
-                        h.passed = Some((now, State::of(&part)));
+                        h.passed = Some((now, state));
                         if orphans_due {
                             h.orphans_due = now + grace;
                         }
@@ -353,7 +355,7 @@ struct Health {
     failures: u32,
     retry_at: Instant,
     orphans_due: Instant,
-    /// When the last pass succeeded, and the partition as it left it.
+    /// When the last pass succeeded, and the partition as that pass found it.
     passed: Option<(Instant, State)>,
 }
 
