@@ -47,6 +47,7 @@ mod process;
 mod producer;
 mod protocol;
 mod quota;
+mod response;
 mod scrape;
 pub mod security;
 mod server;

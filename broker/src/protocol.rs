@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, FetchResponse, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use strata_controller::CommandError;
 use strata_storage::{BatchError, StorageError};
 
+use crate::response::{Response, Taken};
 use crate::security::Session;
 
 /// `(api, min, max)`: exactly the versions implemented, advertised by ApiVersions.
@@ -225,29 +226,62 @@ impl Frame {
         self.encode(body)
     }
 
+    /// Encodes a Fetch answer as [`Frame::respond`] does, with each large record set
+    /// written from the buffer it was read into rather than copied into the frame.
+    pub(crate) fn respond_fetch(&self, mut body: FetchResponse) -> Result<Response, FrameError> {
+        let ms = self.throttle_ms.load(Ordering::Relaxed);
+        if ms > 0 {
+            body.set_throttle(i32::try_from(ms).unwrap_or(i32::MAX));
+        }
+        let mut taken = Taken::new();
+        for p in body
+            .responses
+            .iter_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+        {
+            if let Some(records) = p.records.as_mut() {
+                taken.take(records);
+            }
+        }
+        let out = self.encode_unsized(&body)?;
+        // Fetch v12 and later are flexible versions: compact byte strings.
+        taken
+            .splice(out, self.version >= 12)
+            .map_err(|reason| self.malformed(reason))
+    }
+
+    fn malformed(&self, reason: String) -> FrameError {
+        FrameError::Malformed {
+            api: self.api,
+            version: self.version,
+            reason: format!("encoding response: {reason}"),
+        }
+    }
+
     fn encode<T: Encodable>(&self, body: &T) -> Result<Bytes, FrameError> {
+        let mut out = self.encode_unsized(body)?;
+        let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        Ok(out.freeze())
+    }
+
+    /// The response frame of `body`, its 4-byte size prefix left to fill in.
+    fn encode_unsized<T: Encodable>(&self, body: &T) -> Result<BytesMut, FrameError> {
         // ApiVersions always answers with header v0, so a client can read it whatever it sent.
         let header_version = if self.api == ApiKey::ApiVersions {
             0
         } else {
             self.api.response_header_version(self.version)
         };
-        let malformed = |e: String| FrameError::Malformed {
-            api: self.api,
-            version: self.version,
-            reason: format!("encoding response: {e}"),
-        };
         let mut out = BytesMut::with_capacity(256);
         out.put_u32(0);
         ResponseHeader::default()
             .with_correlation_id(self.header.correlation_id)
             .encode(&mut out, header_version)
-            .map_err(|e| malformed(e.to_string()))?;
+            .map_err(|e| self.malformed(e.to_string()))?;
         body.encode(&mut out, self.version)
-            .map_err(|e| malformed(e.to_string()))?;
-        let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
-        out[..4].copy_from_slice(&len.to_be_bytes());
-        Ok(out.freeze())
+            .map_err(|e| self.malformed(e.to_string()))?;
+        Ok(out)
     }
 }
 
@@ -371,5 +405,72 @@ pub(crate) fn storage_error_code(e: &StorageError) -> ResponseError {
         StorageError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         StorageError::Config { .. } => ResponseError::InvalidConfig,
         StorageError::Io { .. } | StorageError::Offline { .. } => ResponseError::KafkaStorageError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Buf;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::fetch_response::{
+        AbortedTransaction, FetchableTopicResponse, PartitionData,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+
+    /// A Fetch answer written from the record sets' own buffers is byte for byte the one
+    /// encoded whole, at every version served: sets above and below the splicing size,
+    /// absent ones, aborted transactions after a spliced set, and a throttle.
+    #[test]
+    fn a_spliced_fetch_response_is_the_whole_encoding() {
+        let records = |n: usize, seed: u8| {
+            Some(Bytes::from(
+                (0..n)
+                    .map(|i| (i as u8).wrapping_mul(seed))
+                    .collect::<Vec<u8>>(),
+            ))
+        };
+        let partition = |index: i32, records: Option<Bytes>| {
+            PartitionData::default()
+                .with_partition_index(index)
+                .with_high_watermark(1 << 40)
+                .with_aborted_transactions(Some(vec![
+                    AbortedTransaction::default()
+                        .with_producer_id(kafka_protocol::messages::ProducerId(7))
+                        .with_first_offset(9),
+                ]))
+                .with_records(records)
+        };
+        let body = FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("a")))
+                .with_partitions(vec![
+                    partition(0, records(200_000, 3)),
+                    partition(1, records(10, 5)),
+                    partition(2, None),
+                    partition(3, records(crate::response::SPLICED_RECORDS, 7)),
+                ]),
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("b")))
+                .with_partitions(vec![partition(0, records(70_000, 11))]),
+        ]);
+        for version in 4..=16 {
+            let frame = Frame::new(
+                ApiKey::Fetch,
+                version,
+                RequestHeader::default().with_correlation_id(42),
+                Bytes::new(),
+                Session::detached(),
+            );
+            frame.throttle(Duration::from_millis(5));
+            let whole = frame.respond(&body).expect("encode");
+            let mut spliced = frame.respond_fetch(body.clone()).expect("splice");
+            assert_eq!(
+                spliced.copy_to_bytes(spliced.remaining()),
+                whole,
+                "version {version}"
+            );
+        }
     }
 }

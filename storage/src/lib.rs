@@ -13,6 +13,7 @@
 //! off, and missing or inconsistent indexes are rebuilt. A flushed batch is never lost.
 
 mod batch;
+mod buffers;
 mod checkpoint;
 mod clock;
 mod codec;

@@ -704,6 +704,31 @@ fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// Appends to `out` up to `want` bytes of `file` from `pos` (fewer where the file ends),
+/// reading straight into `out`'s spare capacity (an empty `out` takes a pooled buffer, see
+/// `buffers`): a fetch reads up to megabytes a partition, and zeroing a buffer before reading
+/// into it cost as much CPU as the read itself.
+fn read_append_at(file: &File, out: &mut Vec<u8>, want: usize, pos: u64) -> io::Result<usize> {
+    if out.capacity() == 0 {
+        *out = crate::buffers::take(want);
+    }
+    let start = out.len();
+    let end = start + want;
+    out.reserve_exact(want);
+    while out.len() < end {
+        let at = pos + (out.len() - start) as u64;
+        // Fills the spare capacity, which may hold more than `want`: the excess is cut below.
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(out), at) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    out.truncate(end);
+    Ok(out.len() - start)
+}
+
 /// How a header walk ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Walk {
@@ -916,8 +941,7 @@ impl SegmentView {
         // Read at least a batch's length prefix, so a tiny budget still finds the first batch.
         let want = (budget.max(LOG_OVERHEAD) as u64).min(available) as usize;
         let start = out.len();
-        out.resize(start + want, 0);
-        let filled = read_full_at(&self.file, &mut out[start..], pos).io_ctx("read", &self.path)?;
+        let filled = read_append_at(&self.file, out, want, pos).io_ctx("read", &self.path)?;
         let whole = whole_batches_len(&out[start..start + filled]);
         if whole > 0 || !at_least_one {
             out.truncate(start + whole);
@@ -932,10 +956,12 @@ impl SegmentView {
             out.truncate(start);
             return Ok(false);
         }
-        out.resize(start + first, 0);
-        self.file
-            .read_exact_at(&mut out[start..], pos)
-            .io_ctx("read", &self.path)?;
+        out.truncate(start);
+        let read = read_append_at(&self.file, out, first, pos).io_ctx("read", &self.path)?;
+        if read < first {
+            out.truncate(start);
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof)).io_ctx("read", &self.path);
+        }
         Ok(first as u64 == available)
     }
 }

@@ -16,17 +16,15 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use strata_client::Client;
-use tokio::process::{Child, Command};
 
 mod common;
 
+use common::process::BrokerProcess;
 use common::{BenchResult, RECORD_BYTES, send_all};
 
 const TOPIC: &str = "wide";
@@ -35,121 +33,19 @@ fn main() -> BenchResult<()> {
     common::block_on(run())
 }
 
-/// The broker process under test.
-struct Broker {
-    binary: PathBuf,
-    dir: PathBuf,
-    addr: String,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn spawn(&mut self) -> BenchResult<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("broker.log"))?;
-        let child = Command::new(&self.binary)
-            .args([
-                "--set",
-                &format!("data_dir=\"{}\"", self.dir.join("data").display()),
-            ])
-            .args(["--set", &format!("kafka.listen=\"{}\"", self.addr)])
-            .args(["--set", "http.listen=\"127.0.0.1:0\""])
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn pid(&self) -> BenchResult<u32> {
-        self.child
-            .as_ref()
-            .and_then(Child::id)
-            .ok_or_else(|| "the broker is not running".into())
-    }
-
-    /// Resident bytes and open descriptors of the broker process.
-    fn footprint(&self) -> BenchResult<(u64, usize)> {
-        let pid = self.pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .ok_or("no VmRSS")?;
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-        Ok((rss_kib * 1024, fds))
-    }
-
-    /// CPU seconds the broker process has used (user and system).
-    fn cpu_seconds(&self) -> BenchResult<f64> {
-        let pid = self.pid()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may hold spaces) start after its ')'.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        Ok((ticks(11) + ticks(12)) / 100.0)
-    }
-
-    /// Stops the broker with `signal`; returns how long it took to exit.
-    async fn stop(&mut self, signal: &str) -> BenchResult<Duration> {
-        let pid = self.pid()?;
-        let started = Instant::now();
-        std::process::Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()?;
-        if let Some(mut child) = self.child.take() {
-            tokio::time::timeout(Duration::from_secs(120), child.wait()).await??;
-        }
-        Ok(started.elapsed())
-    }
-
-    fn log_line(&self, containing: &str) -> Option<String> {
-        let log = std::fs::read_to_string(self.dir.join("broker.log")).ok()?;
-        log.lines()
-            .rfind(|l| l.contains(containing))
-            .map(str::to_owned)
-    }
-}
-
 async fn run() -> BenchResult<()> {
     let partitions: i32 = std::env::var("STRATA_BENCH_PARTITIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let binary = std::env::var_os("STRATA_BENCH_BINARY").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_strata-node")),
-        PathBuf::from,
-    );
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut broker = Broker {
-        binary,
-        dir: dir.path().to_owned(),
-        addr: format!("127.0.0.1:{port}"),
-        child: None,
-    };
+    let mut broker = BrokerProcess::new(dir.path(), &[])?;
     println!(
         "{partitions} partitions on one broker ({})",
         broker.binary.display()
     );
     broker.spawn()?;
-    let client = connect(&broker.addr, Duration::from_secs(60)).await?;
+    let client = broker.connect(Duration::from_secs(60)).await?;
     let (rss0, fds0) = broker.footprint()?;
 
     let started = Instant::now();
@@ -226,18 +122,6 @@ async fn run() -> BenchResult<()> {
     );
     broker.stop("-TERM").await?;
     Ok(())
-}
-
-/// A client of the broker at `addr`, once it answers.
-async fn connect(addr: &str, within: Duration) -> BenchResult<Client> {
-    let deadline = Instant::now() + within;
-    loop {
-        match Client::connect(addr).await {
-            Ok(c) if c.cluster().await.is_ok() => return Ok(c),
-            _ if Instant::now() > deadline => return Err(format!("{addr} never answered").into()),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// Waits until Metadata shows every partition of the topic with a leader.

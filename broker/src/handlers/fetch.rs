@@ -212,8 +212,11 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                 let size = bytes as f64;
                 frame.throttle(state.quotas.record(&image, Kind::Fetch, who, size, now));
             }
-            let bytes = frame.respond(&FetchResponse::default().with_responses(topics))?;
-            return Ok(Reply { bytes, held: kept });
+            let response = frame.respond_fetch(FetchResponse::default().with_responses(topics))?;
+            return Ok(Reply {
+                response,
+                held: kept,
+            });
         }
         drop((results, held));
         // Wait until enough may have arrived: appends wake us, but a read happens only once

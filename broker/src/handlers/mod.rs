@@ -28,6 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::protocol::{Frame, FrameError, supported};
 use crate::quota::Kind;
+use crate::response::Response;
 use crate::security::acl::{self, Resource};
 
 /// A Produce's append to `part` under `leader_epoch`, as the handler makes it (`guard`: a
@@ -49,13 +50,16 @@ use crate::turnstile::Turn;
 
 /// A response, and the share of the broker's memory budget it holds until it is written.
 pub(crate) struct Reply {
-    pub(crate) bytes: Bytes,
+    pub(crate) response: Response,
     pub(crate) held: Option<OwnedSemaphorePermit>,
 }
 
 impl From<Bytes> for Reply {
     fn from(bytes: Bytes) -> Self {
-        Self { bytes, held: None }
+        Self {
+            response: bytes.into(),
+            held: None,
+        }
     }
 }
 

@@ -356,7 +356,7 @@ impl Log {
                 break;
             }
         }
-        Ok(Bytes::from(out))
+        Ok(crate::buffers::freeze(out))
     }
 
     /// The first offset at or after the log start whose record timestamp is at least

@@ -3,6 +3,8 @@
 //! latency measurement. Each bench uses part of it.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -155,6 +157,42 @@ pub async fn end_to_end(
     rate: u64,
     seconds: u64,
 ) -> BenchResult<Vec<Duration>> {
+    let load = Load {
+        partitions,
+        rate,
+        seconds,
+        linger_ms: 0,
+    };
+    Ok(end_to_end_with(bootstrap, topic, &load).await?.end_to_end)
+}
+
+/// A fixed rate of 1 KiB records (see [`end_to_end_with`]).
+pub struct Load {
+    pub partitions: i32,
+    /// Records per second.
+    pub rate: u64,
+    pub seconds: u64,
+    /// The producer's `linger.ms`.
+    pub linger_ms: u32,
+}
+
+/// What [`end_to_end_with`] measured for each record.
+pub struct Latencies {
+    /// From send to a tailing consumer receiving it.
+    pub end_to_end: Vec<Duration>,
+    /// From send to its acknowledgement (acks=all).
+    pub ack: Vec<Duration>,
+}
+
+/// As [`end_to_end`], with the producer's `linger.ms` of `load`, also timing each record's
+/// acknowledgement.
+pub async fn end_to_end_with(bootstrap: &str, topic: &str, load: &Load) -> BenchResult<Latencies> {
+    let Load {
+        partitions,
+        rate,
+        seconds,
+        linger_ms,
+    } = *load;
     let origin = Instant::now();
     let total = (rate * seconds) as usize;
     let done = Arc::new(AtomicBool::new(false));
@@ -187,7 +225,7 @@ pub async fn end_to_end(
     });
     // Let the consumer reach the end before producing.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let producer = producer(bootstrap, "0")?;
+    let producer = producer(bootstrap, &linger_ms.to_string())?;
     // A new librdkafka producer's first sends wait for its metadata and connections (one
     // run in four stalled ~0.5 s there, whatever the replication factor): one record per
     // partition first, acknowledged before the clock starts, so the figures are the
@@ -210,15 +248,22 @@ pub async fn end_to_end(
     for _ in 0..total {
         tick.tick().await;
         let mut payload = vec![b'x'; RECORD_BYTES];
+        let sent = Instant::now();
         payload[..8].copy_from_slice(&(origin.elapsed().as_micros() as u64).to_be_bytes());
-        pending.push(
-            producer
-                .send_result(FutureRecord::<(), _>::to(topic).payload(&payload))
-                .map_err(|(e, _)| e)?,
-        );
+        let delivery = producer
+            .send_result(FutureRecord::<(), _>::to(topic).payload(&payload))
+            .map_err(|(e, _)| e)?;
+        pending.push(tokio::spawn(async move {
+            delivery
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|(e, _)| e.to_string())?;
+            Ok::<_, String>(sent.elapsed())
+        }));
     }
+    let mut ack = Vec::with_capacity(total);
     for f in pending {
-        f.await?.map_err(|(e, _)| e)?;
+        ack.push(f.await??);
     }
     producer.flush(Duration::from_secs(10))?;
     let lat = reader.await?;
@@ -226,5 +271,8 @@ pub async fn end_to_end(
     if lat.len() < total {
         return Err(format!("received {} of {total} records", lat.len()).into());
     }
-    Ok(lat)
+    Ok(Latencies {
+        end_to_end: lat,
+        ack,
+    })
 }

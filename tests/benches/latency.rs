@@ -1,0 +1,137 @@
+//! Latency at rate and the broker's CPU cost per GB: the `strata` binary run as a user runs
+//! it (one node, a local directory as object store, fsync on acks=all, tiering on), with
+//! librdkafka as the client.
+//!
+//! `cargo bench -p strata-tests --bench latency`; `STRATA_BENCH_BINARY` measures another
+//! build of `strata` with the same steps; `STRATA_BENCH_RATES` (records/s, default
+//! `20000,50000`), `STRATA_BENCH_SECONDS` (default 10) and `STRATA_BENCH_MIB` (default 1024).
+//!
+//! Figures, in one run:
+//! - at each rate, 1 KiB records over 4 partitions (acks=all, idempotent, `linger.ms=1`):
+//!   end-to-end latency (send to a tailing consumer's receipt) and acknowledgement latency,
+//!   p50/p99/p99.9/max, and the broker's CPU over the run;
+//! - broker CPU-seconds per GB produced (as fast as librdkafka sends, linger 5 ms) and per GB
+//!   consumed (a consumer reading it all from the start).
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::{Offset, TopicPartitionList};
+
+mod common;
+
+use common::process::BrokerProcess;
+use common::{
+    BenchResult, Load, RECORD_BYTES, consumer, create_topic, end_to_end_with, print_latencies,
+    producer, send_all,
+};
+
+const PARTITIONS: i32 = 4;
+
+fn main() -> BenchResult<()> {
+    common::block_on(run())
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn run() -> BenchResult<()> {
+    let rates: Vec<u64> = std::env::var("STRATA_BENCH_RATES")
+        .unwrap_or_else(|_| "20000,50000".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let seconds = env_or("STRATA_BENCH_SECONDS", 10);
+    let mib: u64 = env_or("STRATA_BENCH_MIB", 1024);
+    let dir = tempfile::tempdir()?;
+    let mut broker = BrokerProcess::new(dir.path(), &[])?;
+    broker.spawn()?;
+    broker.connect(Duration::from_secs(60)).await?;
+    println!(
+        "librdkafka {} against {} ({}), {RECORD_BYTES}-byte records over {PARTITIONS} partitions",
+        rdkafka::util::get_rdkafka_version().1,
+        broker.addr,
+        broker.binary.display()
+    );
+
+    for (i, rate) in rates.into_iter().enumerate() {
+        let topic = format!("rate-{i}-{rate}");
+        create_topic(&broker.addr, &topic, PARTITIONS, 1, &[]).await?;
+        let load = Load {
+            partitions: PARTITIONS,
+            rate,
+            seconds,
+            linger_ms: 1,
+        };
+        let cpu = broker.cpu_seconds()?;
+        let started = Instant::now();
+        let measured = end_to_end_with(&broker.addr, &topic, &load).await?;
+        let busy = (broker.cpu_seconds()? - cpu) / started.elapsed().as_secs_f64();
+        let what = format!(
+            "{rate} records/s ({:.0} MB/s) for {seconds} s",
+            (rate * RECORD_BYTES as u64) as f64 / 1e6
+        );
+        print_latencies(&format!("{what}, end-to-end"), measured.end_to_end);
+        print_latencies(&format!("{what}, acknowledged"), measured.ack);
+        println!("{what}, broker CPU {:.0}% of a core", busy * 100.0);
+    }
+
+    let records = mib * 1024 * 1024 / RECORD_BYTES as u64;
+    let bytes = records * RECORD_BYTES as u64;
+    let gb = bytes as f64 / 1e9;
+    create_topic(&broker.addr, "bulk", PARTITIONS, 1, &[]).await?;
+    let p = producer(&broker.addr, "5")?;
+    let payload = vec![b'x'; RECORD_BYTES];
+    let cpu = broker.cpu_seconds()?;
+    let secs = send_all(&p, "bulk", records, &payload, |i| {
+        (Some((i % PARTITIONS as u64) as i32), String::new())
+    })
+    .await?;
+    let produce_cpu = broker.cpu_seconds()? - cpu;
+    drop(p);
+    println!(
+        "produce {mib} MiB: {:.0} MB/s, broker {:.2} CPU-seconds per GB",
+        bytes as f64 / secs / 1e6,
+        produce_cpu / gb
+    );
+    let cpu = broker.cpu_seconds()?;
+    let addr = broker.addr.clone();
+    let secs = tokio::task::spawn_blocking(move || consume_all(&addr, "bulk", records)).await??;
+    let consume_cpu = broker.cpu_seconds()? - cpu;
+    println!(
+        "consume {mib} MiB: {:.0} MB/s, broker {:.2} CPU-seconds per GB",
+        bytes as f64 / secs / 1e6,
+        consume_cpu / gb
+    );
+    broker.stop("-TERM").await?;
+    Ok(())
+}
+
+/// Reads `records` records of `topic` from the start of every partition; returns the seconds
+/// it took.
+fn consume_all(bootstrap: &str, topic: &str, records: u64) -> BenchResult<f64> {
+    let c = consumer(bootstrap)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let start = Instant::now();
+    let mut n = 0;
+    while n < records {
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(format!("consumed {n} of {records} records in 600 s").into());
+        }
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            m?;
+            n += 1;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
