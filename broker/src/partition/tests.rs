@@ -840,3 +840,61 @@ async fn an_upgraded_group_is_restored_as_a_consumer_group() {
         ["consumer"]
     );
 }
+
+/// Audit A16.7: a leader whose view of its epoch is older than the log's history (a log
+/// recovered from a manifest written under a later epoch) refuses to stamp it, so epochs
+/// never go backwards in the log, and writes nothing.
+#[test]
+fn an_append_under_an_older_epoch_than_the_logs_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let id = Uuid::new_v4();
+    parts.apply(&image(
+        1,
+        vec![topic("t", id, vec![partition(&[1, 2], Some(ME), 3)])],
+    ));
+    let p = parts.get(id, 0).expect("hosted");
+    p.epochs
+        .lock()
+        .expect("epochs")
+        .assign(5, 0)
+        .expect("a later epoch in the history");
+    let batch = strata_storage::BatchBuilder::new()
+        .value(None, b"a", 1)
+        .build();
+    assert_eq!(
+        crate::handlers::produce_append(&p, &batch, 3, None),
+        Err(kafka_protocol::ResponseError::NotLeaderOrFollower)
+    );
+    assert_eq!(p.log.log_end_offset(), 0, "nothing appended");
+}
+
+/// Audit A16.8: the first append of an epoch records where the epoch starts before
+/// appending, so when recording fails the client is told of a failure that really wrote
+/// nothing, and its retry lands once.
+#[test]
+fn a_first_append_whose_epoch_cannot_be_recorded_writes_nothing_and_its_retry_lands_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let parts = registry(&dir);
+    let id = Uuid::new_v4();
+    parts.apply(&image(
+        1,
+        vec![topic("t", id, vec![partition(&[1, 2], Some(ME), 0)])],
+    ));
+    let p = parts.get(id, 0).expect("hosted");
+    // The epoch file is written through a temporary file: a directory in its place makes
+    // the write fail, whoever runs the test.
+    let blocker = p.log.dir().join("leader-epoch-checkpoint.tmp");
+    std::fs::create_dir(&blocker).expect("blocker");
+    let batch = strata_storage::BatchBuilder::new()
+        .value(None, b"a", 1)
+        .build();
+    assert_eq!(
+        crate::handlers::produce_append(&p, &batch, 0, None),
+        Err(kafka_protocol::ResponseError::KafkaStorageError)
+    );
+    assert_eq!(p.log.log_end_offset(), 0, "nothing appended");
+    std::fs::remove_dir(&blocker).expect("unblock");
+    assert_eq!(crate::handlers::produce_append(&p, &batch, 0, None), Ok(1));
+    assert_eq!(p.log.log_end_offset(), 1, "the retry landed once");
+}
