@@ -11,11 +11,6 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
-
-use rdkafka::consumer::Consumer;
-use rdkafka::{Offset, TopicPartitionList};
-
 const PRODUCE_RECORDS: usize = 200_000;
 const E2E_RATE: u64 = 2_000;
 const E2E_SECONDS: u64 = 5;
@@ -23,8 +18,8 @@ const E2E_SECONDS: u64 = 5;
 mod common;
 
 use common::{
-    BenchResult, RECORD_BYTES, consumer, create_topic, end_to_end, print_latencies, producer,
-    send_all,
+    BenchResult, RECORD_BYTES, consume_from_start, create_topic, end_to_end, print_latencies,
+    producer, send_all,
 };
 
 fn main() -> BenchResult<()> {
@@ -55,9 +50,10 @@ async fn run() -> BenchResult<()> {
         );
         let b = bootstrap.clone();
         let t = topic.clone();
-        let (secs, bytes) =
-            tokio::task::spawn_blocking(move || consume(&b, &t, partitions, PRODUCE_RECORDS))
-                .await??;
+        let (secs, bytes) = tokio::task::spawn_blocking(move || {
+            consume_from_start(&b, &t, partitions, PRODUCE_RECORDS as u64)
+        })
+        .await??;
         report(&format!("consume, {partitions} partition(s)"), bytes, secs);
     }
     let topic = format!("perf-{run_id}-e2e");
@@ -89,30 +85,4 @@ async fn produce(bootstrap: &str, topic: &str, records: usize) -> BenchResult<(f
     })
     .await?;
     Ok((secs, records * RECORD_BYTES))
-}
-
-fn consume(
-    bootstrap: &str,
-    topic: &str,
-    partitions: i32,
-    records: usize,
-) -> BenchResult<(f64, usize)> {
-    let c = consumer(bootstrap)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    c.assign(&tpl)?;
-    let start = Instant::now();
-    let (mut n, mut bytes) = (0, 0);
-    while n < records {
-        if start.elapsed() > Duration::from_secs(120) {
-            return Err(format!("consumed {n} of {records} records in 120 s").into());
-        }
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            bytes += m?.payload_len();
-            n += 1;
-        }
-    }
-    Ok((start.elapsed().as_secs_f64(), bytes))
 }

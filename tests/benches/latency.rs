@@ -17,15 +17,12 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
-use rdkafka::{Offset, TopicPartitionList};
-
 mod common;
 
 use common::process::BrokerProcess;
 use common::{
-    BenchResult, Load, RECORD_BYTES, consumer, create_topic, end_to_end_with, print_latencies,
-    producer, send_all,
+    BenchResult, Load, RECORD_BYTES, consume_from_start, create_topic, end_to_end_with,
+    print_latencies, producer, send_all,
 };
 
 const PARTITIONS: i32 = 4;
@@ -102,7 +99,9 @@ async fn run() -> BenchResult<()> {
     );
     let cpu = broker.cpu_seconds()?;
     let addr = broker.addr.clone();
-    let secs = tokio::task::spawn_blocking(move || consume_all(&addr, "bulk", records)).await??;
+    let (secs, _) =
+        tokio::task::spawn_blocking(move || consume_from_start(&addr, "bulk", PARTITIONS, records))
+            .await??;
     let consume_cpu = broker.cpu_seconds()? - cpu;
     println!(
         "consume {mib} MiB: {:.0} MB/s, broker {:.2} CPU-seconds per GB",
@@ -111,27 +110,4 @@ async fn run() -> BenchResult<()> {
     );
     broker.stop("-TERM").await?;
     Ok(())
-}
-
-/// Reads `records` records of `topic` from the start of every partition; returns the seconds
-/// it took.
-fn consume_all(bootstrap: &str, topic: &str, records: u64) -> BenchResult<f64> {
-    let c = consumer(bootstrap)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
-    }
-    c.assign(&tpl)?;
-    let start = Instant::now();
-    let mut n = 0;
-    while n < records {
-        if start.elapsed() > Duration::from_secs(600) {
-            return Err(format!("consumed {n} of {records} records in 600 s").into());
-        }
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            m?;
-            n += 1;
-        }
-    }
-    Ok(start.elapsed().as_secs_f64())
 }

@@ -130,6 +130,34 @@ pub fn consumer(bootstrap: &str) -> BenchResult<BaseConsumer> {
         .create()?)
 }
 
+/// Reads `records` records of `topic` from the start of its `partitions`; returns the
+/// seconds it took and the payload bytes read. Gives up after ten minutes.
+pub fn consume_from_start(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    records: u64,
+) -> BenchResult<(f64, usize)> {
+    let c = consumer(bootstrap)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let start = Instant::now();
+    let (mut n, mut bytes) = (0, 0);
+    while n < records {
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(format!("consumed {n} of {records} records in 600 s").into());
+        }
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            bytes += m?.payload_len();
+            n += 1;
+        }
+    }
+    Ok((start.elapsed().as_secs_f64(), bytes))
+}
+
 /// The send time a warm-up record carries in [`end_to_end`] (no measured record is sent at
 /// the origin's first microsecond).
 const WARM_UP: u64 = 0;
