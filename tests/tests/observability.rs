@@ -488,3 +488,64 @@ async fn librdkafka_pushes_the_telemetry_the_broker_asks_for() {
         assert!(name.starts_with(ASKED), "{name} was not asked for");
     }
 }
+
+/// An idle tiered partition costs no object-store requests: once its segments are uploaded,
+/// the tiering loop passes over it until something changes or the retention check is due
+/// (an hour here). Each pass used to read its manifest (a LIST and a GET) every upload
+/// interval: at S3 prices, dollars an hour for a broker of idle partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tiered_partition_makes_no_object_store_requests() {
+    let broker = TestBroker::start_with(|c| {
+        fast(c);
+        c.topics.retention_check_interval_ms = 3_600_000;
+    })
+    .await;
+    let http = broker.http_addr().expect("the HTTP listener runs");
+    let client = strata_client::Client::connect(&broker.bootstrap())
+        .await
+        .expect("connect");
+    let topic = "idle";
+    let configs = BTreeMap::from([("segment.bytes".to_owned(), SEGMENT.to_string())]);
+    client
+        .create_topic(topic, 1, 1, &configs)
+        .await
+        .expect("create");
+    let mut raw = RawClient::connect(broker.addr()).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    for i in 0..100i64 {
+        let v = format!("{i}-").repeat(400);
+        let batch = BatchBuilder::new().value(None, v.as_bytes(), now).build();
+        let r = raw.call(9, &produce(topic, 0, batch)).await;
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let p = [("topic", topic), ("partition", "0")];
+    let deadline = Instant::now() + WAIT;
+    while value(&scrape(http).await, "strata_tiering_upload_lag_bytes", &p) > SEGMENT as f64 {
+        assert!(
+            Instant::now() < deadline,
+            "the sealed segments were not uploaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The pass after the last commit sees the new manifest version once; then nothing moves.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let requests = || async {
+        value(
+            &scrape(http).await,
+            "strata_object_store_requests_total",
+            &[],
+        )
+    };
+    let before = requests().await;
+    assert!(before > 0.0, "the uploads were counted");
+    // Ten upload intervals.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        requests().await,
+        before,
+        "requests made for an idle partition"
+    );
+}
