@@ -233,7 +233,7 @@ impl Frame {
         if ms > 0 {
             body.set_throttle(i32::try_from(ms).unwrap_or(i32::MAX));
         }
-        let mut taken = Taken::new();
+        let mut taken = Taken::default();
         for p in body
             .responses
             .iter_mut()

@@ -74,35 +74,26 @@ impl Buf for Response {
 }
 
 /// Record sets taken out of a response before it is encoded, each replaced by a marker that
-/// no client can know (random per response), so the encoded bytes can be cut where they are.
+/// no client can know (random per response, drawn only when a set is taken: most answers to
+/// tailing consumers carry none), so the encoded bytes can be cut where they are.
+#[derive(Default)]
 pub(crate) struct Taken {
-    salt: [u8; 12],
+    salt: Option<[u8; 12]>,
     sets: Vec<Bytes>,
 }
 
 impl Taken {
-    pub(crate) fn new() -> Self {
-        let mut salt = [0u8; 12];
-        salt.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
-        Self {
-            salt,
-            sets: Vec::new(),
-        }
-    }
-
     /// Takes `records` when it is worth splicing, leaving its marker in its place.
     pub(crate) fn take(&mut self, records: &mut Bytes) {
         if records.len() >= SPLICED_RECORDS {
-            let marker = Bytes::copy_from_slice(&self.marker(self.sets.len()));
+            let salt = self.salt.get_or_insert_with(|| {
+                let mut salt = [0u8; 12];
+                salt.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
+                salt
+            });
+            let marker = Bytes::copy_from_slice(&marker(salt, self.sets.len()));
             self.sets.push(std::mem::replace(records, marker));
         }
-    }
-
-    fn marker(&self, index: usize) -> [u8; MARKER_LEN] {
-        let mut m = [0u8; MARKER_LEN];
-        m[..12].copy_from_slice(&self.salt);
-        m[12..].copy_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
-        m
     }
 
     /// The frame `out` (its 4-byte size prefix not yet set), whose record sets were encoded
@@ -112,10 +103,11 @@ impl Taken {
     pub(crate) fn splice(self, mut out: BytesMut, compact: bool) -> Result<Response, String> {
         let marker_prefix = length_prefix(MARKER_LEN, compact);
         let mut cuts = Vec::with_capacity(self.sets.len());
+        let salt = self.salt.unwrap_or_default();
         let mut from = 4;
         let mut size = out.len() - 4;
         for (i, set) in self.sets.iter().enumerate() {
-            let marker = self.marker(i);
+            let marker = marker(&salt, i);
             let at = out
                 .get(from..)
                 .and_then(|rest| memchr::memmem::find(rest, &marker))
@@ -144,6 +136,13 @@ impl Taken {
         response.push(out.slice(last..));
         Ok(response)
     }
+}
+
+fn marker(salt: &[u8; 12], index: usize) -> [u8; MARKER_LEN] {
+    let mut m = [0u8; MARKER_LEN];
+    m[..12].copy_from_slice(salt);
+    m[12..].copy_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_be_bytes());
+    m
 }
 
 /// How a byte string of `len` bytes is length-prefixed.

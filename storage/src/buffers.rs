@@ -37,13 +37,13 @@ impl Pool {
         }
     }
 
-    /// An empty buffer with room for at least `want` bytes: a pooled one if one fits
-    /// without holding much more memory than asked for (at most twice `want`), else a new
-    /// one.
+    /// An empty buffer with room for at least `want` bytes: a pooled one if one fits with
+    /// little to spare (an eighth of `want`: a read fills all of a buffer's spare capacity
+    /// and throws away what is past `want`), else a new one.
     fn take(&self, want: usize) -> Vec<u8> {
         if want >= MIN_POOLED / 2 {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            let fits = |b: &Vec<u8>| b.capacity() >= want && b.capacity() <= want.saturating_mul(2);
+            let fits = |b: &Vec<u8>| b.capacity() >= want && b.capacity() - want <= want / 8;
             if let Some(i) = idle.iter().position(fits) {
                 return idle.swap_remove(i);
             }
@@ -102,6 +102,12 @@ mod tests {
         let (larger, smaller) = (pool.take(4 << 20), pool.take(100 << 10));
         assert_ne!(larger.as_ptr(), first, "too small for this read");
         assert_ne!(smaller.as_ptr(), first, "far larger than this read needs");
+        let slightly = pool.take((1 << 20) - (1 << 18));
+        assert_ne!(
+            slightly.as_ptr(),
+            first,
+            "a third more than this read needs"
+        );
         let again = pool.take(1 << 20);
         assert_eq!(again.as_ptr(), first, "reused");
         assert!(again.is_empty());
