@@ -42,10 +42,7 @@ fn main() -> BenchResult<()> {
 }
 
 async fn run() -> BenchResult<()> {
-    let mib: u64 = std::env::var("COMPACT_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+    let mib: u64 = common::env_or("COMPACT_MIB", 256);
     println!("{mib} MiB of {RECORD_BYTES}-byte records over {KEYS} keys, one in ten a tombstone");
     let dir = tempfile::tempdir()?;
     for (what, map_bytes) in [

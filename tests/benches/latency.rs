@@ -21,8 +21,8 @@ mod common;
 
 use common::process::BrokerProcess;
 use common::{
-    BenchResult, Load, RECORD_BYTES, consume_from_start, create_topic, end_to_end_with,
-    print_latencies, producer, send_all,
+    BenchResult, Load, RECORD_BYTES, consume_from_start, create_topic, end_to_end_with, env_list,
+    env_or, print_latencies, producer, send_all,
 };
 
 const PARTITIONS: i32 = 4;
@@ -31,19 +31,8 @@ fn main() -> BenchResult<()> {
     common::block_on(run())
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 async fn run() -> BenchResult<()> {
-    let rates: Vec<u64> = std::env::var("STRATA_BENCH_RATES")
-        .unwrap_or_else(|_| "20000,50000".into())
-        .split(',')
-        .filter_map(|r| r.trim().parse().ok())
-        .collect();
+    let rates: Vec<u64> = env_list("STRATA_BENCH_RATES", &[20_000, 50_000]);
     let seconds = env_or("STRATA_BENCH_SECONDS", 10);
     let mib: u64 = env_or("STRATA_BENCH_MIB", 1024);
     let dir = tempfile::tempdir()?;

@@ -34,10 +34,7 @@ fn main() -> BenchResult<()> {
 }
 
 async fn run() -> BenchResult<()> {
-    let partitions: i32 = std::env::var("STRATA_BENCH_PARTITIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let partitions: i32 = common::env_or("STRATA_BENCH_PARTITIONS", 10_000);
     let dir = tempfile::tempdir()?;
     let mut broker = BrokerProcess::new(dir.path(), &[])?;
     println!(

@@ -78,10 +78,7 @@ async fn run() -> BenchResult<()> {
             );
         }
     }
-    let sizes: Vec<u64> = std::env::var("REJOIN_MIB")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![64, 256, 1024]);
+    let sizes: Vec<u64> = common::env_list("REJOIN_MIB", &[64, 256, 1024]);
     for mib in sizes {
         rejoin(&mut cluster, mib).await?;
     }

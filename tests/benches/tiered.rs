@@ -58,10 +58,7 @@ fn main() -> BenchResult<()> {
 }
 
 async fn run() -> BenchResult<()> {
-    let mib: u64 = std::env::var("STRATA_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let mib: u64 = common::env_or("STRATA_BENCH_MIB", 1024);
     let s3 = S3Server::start().await;
     s3.create_bucket(BUCKET).await;
     let endpoint = s3.endpoint();

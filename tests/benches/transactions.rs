@@ -26,10 +26,7 @@ fn main() -> BenchResult<()> {
 
 async fn run() -> BenchResult<()> {
     let (broker, bootstrap) = common::target().await;
-    let records: u64 = std::env::var("TXN_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let records: u64 = common::env_or("TXN_RECORDS", 50_000);
     println!(
         "librdkafka {} against {}, {RECORD_BYTES}-byte records, {records} per run, one partition",
         rdkafka::util::get_rdkafka_version().1,

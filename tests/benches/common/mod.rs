@@ -42,6 +42,22 @@ pub async fn target() -> (Option<strata_tests::TestBroker>, String) {
     }
 }
 
+/// The value of environment variable `name`, or `default` when unset or not a `T`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The comma-separated numbers in environment variable `name`, or `default` when unset.
+pub fn env_list(name: &str, default: &[u64]) -> Vec<u64> {
+    std::env::var(name).map_or_else(
+        |_| default.to_vec(),
+        |v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+    )
+}
+
 /// Bytes per record value in the librdkafka benchmarks.
 pub const RECORD_BYTES: usize = 1024;
 
