@@ -343,7 +343,7 @@ impl Cleaner {
                 scratch: &scratch,
                 uploads: &part.remote.uploads,
             };
-            let publish = |m: &Manifest| part.remote.publish(m.clone());
+            let publish = |m: &Arc<Manifest>| part.remote.publish(m.clone());
             let done = self.block_on(
                 runtime,
                 compact_remote(reader, objects, &pass, map.end(), &mut io, publish),

@@ -32,7 +32,7 @@ async fn uploaded(
     dir: &std::path::Path,
     n: usize,
     keys: usize,
-) -> (Log, PartitionObjects, Manifest, Latest) {
+) -> (Log, PartitionObjects, Arc<Manifest>, Latest) {
     let (log, latest) = written(dir, n, keys, 4096);
     let objects =
         PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("r"), Uuid::nil(), 0);
@@ -112,7 +112,7 @@ async fn pass(
     first_dirty: u64,
     horizon: i64,
     scratch: &std::path::Path,
-) -> Manifest {
+) -> Arc<Manifest> {
     pass_merging(reader, objects, m, first_dirty, horizon, scratch, 16 * 1024).await
 }
 
@@ -125,7 +125,7 @@ async fn pass_merging(
     horizon: i64,
     scratch: &std::path::Path,
     segment_bytes: u64,
-) -> Manifest {
+) -> Arc<Manifest> {
     let mut map = OffsetMap::with_memory(1 << 20, first_dirty);
     let aborted = Aborted::default();
     let to = m.end_offset();

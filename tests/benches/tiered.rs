@@ -1,5 +1,6 @@
 //! Tiered storage throughput with librdkafka against an in-process broker whose object store
-//! is a real S3-compatible HTTP server (s3s-fs, in-process on loopback).
+//! is a real S3-compatible HTTP server (s3s-fs, as the `strata-s3` program in a process of
+//! its own, on loopback).
 //!
 //! `cargo bench -p strata-tests --bench tiered` (size: `STRATA_BENCH_MIB`, default 1024).
 //!
@@ -13,7 +14,9 @@
 //! - warm replay MB/s: the same again, now from the cache;
 //! - cold replay MB/s by a client that decodes nothing (Fetch requests, batch headers only):
 //!   the broker's remote read path without librdkafka's per-record work;
-//! - produce MB/s alone and while a cold replay runs (after a restart empties the cache).
+//! - produce MB/s alone and while a cold replay runs (after a restart empties the cache);
+//! - a producer at a fixed 20 MB/s: its end-to-end and acknowledgement latency alone, then
+//!   while a cold replay runs, and that replay's MB/s against the raw GET figure.
 //!
 //! MB/s of replay and GETs count segment bytes (what crosses the wire from S3), so the two are
 //! comparable.
@@ -48,10 +51,13 @@ const SEGMENT: u64 = 16 << 20;
 const CHUNK: u64 = 4 << 20;
 const GETS: usize = 16;
 const SIDE_MIB: u64 = 256;
+/// The fixed-rate producer's MB/s beside a cold replay.
+const FIXED_MB_S: u64 = 20;
 
 mod common;
 
-use common::{BenchResult, producer, send_all};
+use common::process::S3Process;
+use common::{BenchResult, Load, end_to_end_with, print_latencies, producer, send_all};
 
 fn main() -> BenchResult<()> {
     common::block_on(run())
@@ -59,8 +65,9 @@ fn main() -> BenchResult<()> {
 
 async fn run() -> BenchResult<()> {
     let mib: u64 = common::env_or("STRATA_BENCH_MIB", 1024);
-    let s3 = S3Server::start().await;
-    s3.create_bucket(BUCKET).await;
+    let s3_dir = tempfile::tempdir()?;
+    let s3_process = S3Process::spawn(s3_dir.path(), &[BUCKET]).await?;
+    let s3 = &s3_process.server;
     let endpoint = s3.endpoint();
     let mut broker = TestBroker::start_with(move |c| {
         S3Server::configure(&endpoint, c, BUCKET, PREFIX);
@@ -73,7 +80,7 @@ async fn run() -> BenchResult<()> {
     .await;
     let bootstrap = broker.bootstrap();
     println!(
-        "librdkafka {}, in-process Strata on s3s-fs {} (in-process, loopback), {mib} MiB of \
+        "librdkafka {}, in-process Strata on s3s-fs {} (strata-s3, its own process), {mib} MiB of \
          {RECORD}-byte records in {PARTITIONS} partitions, {} MiB segments",
         rdkafka::util::get_rdkafka_version().1,
         s3.endpoint(),
@@ -139,8 +146,8 @@ async fn run() -> BenchResult<()> {
     let before = report("raw GET from the S3 server", get_bytes, get_secs);
     cpu.report();
     let cpu = Cpu::start();
-    let secs = replay(&bootstrap, "bench", &until).await?;
-    let cold = report("cold replay (object store)", remote_bytes, secs);
+    let cold_secs = replay(&bootstrap, "bench", &until).await?;
+    let cold = report("cold replay (object store)", remote_bytes, cold_secs);
     cpu.report();
     let (get_bytes, get_secs) = raw_gets(&store, id, &ends).await?;
     let after = report("raw GET again", get_bytes, get_secs);
@@ -180,6 +187,36 @@ async fn run() -> BenchResult<()> {
     report("produce during a cold replay", side * RECORD as u64, secs);
     let secs = replaying.await??;
     report("cold replay during produce", remote_bytes, secs);
+
+    // 6. A producer at a fixed rate (1 KiB records, acks=all, linger 1 ms, idempotent):
+    //    its latency alone, then while a cold replay runs, for about as long as one takes.
+    let load = Load {
+        partitions: PARTITIONS,
+        rate: FIXED_MB_S * 1_000_000 / RECORD as u64,
+        seconds: (cold_secs.ceil() as u64).max(5),
+        linger_ms: 1,
+    };
+    create_topic(&bootstrap, "fixed", &configs).await?;
+    let alone = end_to_end_with(&bootstrap, "fixed", &load).await?;
+    let what = format!("{FIXED_MB_S} MB/s producer alone, {} s", load.seconds);
+    print_latencies(&format!("{what}: end-to-end"), alone.end_to_end);
+    print_latencies(&format!("{what}: ack"), alone.ack);
+    broker.restart().await;
+    let (b, u) = (bootstrap.clone(), until.clone());
+    let s3_cpu = s3_process.cpu_seconds()?;
+    let replaying = tokio::spawn(async move { replay(&b, "bench", &u).await });
+    let during = end_to_end_with(&bootstrap, "fixed", &load).await?;
+    let what = format!("{FIXED_MB_S} MB/s producer during a cold replay");
+    print_latencies(&format!("{what}: end-to-end"), during.end_to_end);
+    print_latencies(&format!("{what}: ack"), during.ack);
+    let secs = replaying.await??;
+    let replayed = report("cold replay beside it", remote_bytes, secs);
+    println!(
+        "{:<40} {:>8.0} % of the raw GET figures' mean; S3 server {:.2} cores busy",
+        "",
+        replayed / ((before + after) / 2.0) * 100.0,
+        (s3_process.cpu_seconds()? - s3_cpu) / secs
+    );
     broker.stop().await;
     Ok(())
 }
@@ -259,7 +296,7 @@ fn active_bases(broker: &TestBroker, topic: &str) -> BenchResult<Vec<u64>> {
     Ok(out)
 }
 
-async fn manifests(store: &Arc<dyn ObjectStore>, id: Uuid) -> BenchResult<Vec<Manifest>> {
+async fn manifests(store: &Arc<dyn ObjectStore>, id: Uuid) -> BenchResult<Vec<Arc<Manifest>>> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let objects = PartitionObjects::new(store.clone(), &Path::from(PREFIX), id, p);
@@ -407,7 +444,7 @@ async fn fetch_replay(addr: std::net::SocketAddr, topic: &str, until: &[i64]) ->
 async fn raw_gets(
     store: &Arc<dyn ObjectStore>,
     id: Uuid,
-    manifests: &[Manifest],
+    manifests: &[Arc<Manifest>],
 ) -> BenchResult<(u64, f64)> {
     let mut ranges = Vec::new();
     for (p, m) in manifests.iter().enumerate() {

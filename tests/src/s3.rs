@@ -46,6 +46,18 @@ impl S3Server {
         s
     }
 
+    /// A server some other process runs on `addr` with its buckets under `root` (the
+    /// `strata-s3` program): its endpoint, stores and client, but not
+    /// [`stop`](Self::stop)/[`resume`](Self::resume).
+    pub fn elsewhere(addr: SocketAddr, root: &Path) -> Self {
+        Self {
+            addr,
+            root: root.to_owned(),
+            _dir: None,
+            serving: None,
+        }
+    }
+
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -169,7 +169,7 @@ async fn manifests(
     prefix: &str,
     topic_id: Uuid,
     partitions: i32,
-) -> Vec<Manifest> {
+) -> Vec<Arc<Manifest>> {
     let mut out = Vec::new();
     for p in 0..partitions {
         let objects = PartitionObjects::new(store.clone(), &Path::from(prefix), topic_id, p);
@@ -311,7 +311,7 @@ async fn a_gib_replays_from_object_storage_and_survives_a_wiped_disk() {
         assert!(
             Instant::now() < deadline,
             "uploads/eviction did not catch up: local {local:?}, remote ends {:?}",
-            ms.iter().map(Manifest::end_offset).collect::<Vec<_>>()
+            ms.iter().map(|m| m.end_offset()).collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -55,20 +55,20 @@ impl RemoteView {
     /// publish, and a slower publisher's older version must not replace a newer one (a
     /// DeleteRecords answer would report the old log start, and eviction would work from
     /// stale segments).
-    pub(crate) fn publish(&self, manifest: Manifest) {
+    pub(crate) fn publish(&self, manifest: Arc<Manifest>) {
         let mut current = self.manifest.write().unwrap_or_else(|p| p.into_inner());
         if current
             .as_ref()
             .is_none_or(|c| c.version <= manifest.version)
         {
-            *current = Some(Arc::new(manifest));
+            *current = Some(manifest);
         }
     }
 
     /// Marks the view of a topic that is not tiered: nothing is remote, so an offset below
     /// the local log start is out of range rather than "not read yet".
     pub(crate) fn mark_local_only(&self) {
-        self.publish(Manifest::default());
+        self.publish(Arc::default());
     }
 
     /// Marks the view as guarding its log until the manifest is read.

@@ -760,10 +760,12 @@ fn an_older_manifest_published_late_does_not_replace_a_newer_one() {
     let objects =
         PartitionObjects::new(Arc::new(InMemory::new()), &Path::from("p"), Uuid::nil(), 0);
     let view = RemoteView::new(objects);
-    let at = |version, log_start_offset| Manifest {
-        version,
-        log_start_offset,
-        ..Manifest::default()
+    let at = |version, log_start_offset| {
+        Arc::new(Manifest {
+            version,
+            log_start_offset,
+            ..Manifest::default()
+        })
     };
     view.publish(at(3, 30));
     // The uploader committed version 2 before DeleteRecords committed 3, and publishes last.

@@ -12,6 +12,7 @@
 //! manifest stands.
 
 use std::path::Path as FsPath;
+use std::sync::Arc;
 
 use object_store::ObjectStoreExt;
 
@@ -56,7 +57,7 @@ pub struct RemotePass<'a> {
 #[derive(Debug, Clone)]
 pub struct RemoteClean {
     /// The manifest in force afterwards.
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
     /// Remote segments read, and segments written in their place.
     pub segments_in: usize,
     pub segments_out: usize,
@@ -106,7 +107,7 @@ pub async fn compact_remote(
     pass: &RemotePass<'_>,
     cleaned_offset: u64,
     io: &mut (dyn FnMut(u64) + Send),
-    publish: impl FnOnce(&Manifest),
+    publish: impl FnOnce(&Arc<Manifest>),
 ) -> Result<Option<RemoteClean>, TierError> {
     let Some(manifest) = objects.latest().await? else {
         return Ok(None);

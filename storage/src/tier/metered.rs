@@ -112,6 +112,11 @@ impl StoreMetrics {
         self.requests.get_or_create(&[("op", op)]).get()
     }
 
+    /// The bytes counted so far for `op` (put, multipart: sent; get: answered).
+    pub fn bytes(&self, op: &'static str) -> u64 {
+        self.bytes.get_or_create(&[("op", op)]).get()
+    }
+
     /// How long ago the store last answered a request (None: never).
     pub fn since_answer(&self) -> Option<std::time::Duration> {
         self.health().answered.map(|t| t.elapsed())

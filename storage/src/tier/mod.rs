@@ -14,8 +14,9 @@
 //!   leader cannot commit over a newer one.
 //!
 //! Object layout, keyed by topic id so a re-created topic name never mixes data:
-//! `<prefix>/topics/<topic-id>/<partition>/<base-offset>-<epoch>.{log,index,timeindex}` and
-//! `<prefix>/topics/<topic-id>/<partition>/manifest/<version>.json`.
+//! `<prefix>/topics/<topic-id>/<partition>/<base-offset>-<epoch>.{log,index,timeindex}`,
+//! `<prefix>/topics/<topic-id>/<partition>/manifest/<version>.json` and the manifests' chunks,
+//! `<prefix>/topics/<topic-id>/<partition>/manifest/chunks/<first-base>-<uuid>.json`.
 
 pub mod compact;
 pub mod fault;

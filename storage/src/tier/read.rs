@@ -394,11 +394,7 @@ impl RemoteReader {
         timestamp: i64,
     ) -> Result<Option<(u64, i64)>, TierError> {
         let log_start = manifest.log_start_offset as i64;
-        for seg in manifest
-            .segments
-            .iter()
-            .filter(|s| s.end_offset > manifest.log_start_offset && s.max_timestamp >= timestamp)
-        {
+        for seg in manifest.reaching(timestamp) {
             let times = self.time_index(objects, seg).await?;
             let offsets = self.offset_index(objects, seg).await?;
             let rel = times
@@ -756,7 +752,7 @@ mod tests {
 
     /// A log of `n` batches (two records each, timestamps 1000 + 10·i) with small segments,
     /// uploaded; returns it with its manifest.
-    async fn uploaded(n: i64) -> (tempfile::TempDir, Log, PartitionObjects, Manifest) {
+    async fn uploaded(n: i64) -> (tempfile::TempDir, Log, PartitionObjects, Arc<Manifest>) {
         uploaded_with(n, |_| ()).await
     }
 
@@ -765,7 +761,7 @@ mod tests {
     async fn uploaded_with(
         n: i64,
         before: impl FnOnce(&Log),
-    ) -> (tempfile::TempDir, Log, PartitionObjects, Manifest) {
+    ) -> (tempfile::TempDir, Log, PartitionObjects, Arc<Manifest>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Log::open(
             dir.path(),

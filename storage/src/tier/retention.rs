@@ -6,6 +6,7 @@
 //! upload and its commit. [`clean_orphans`] deletes such objects once they are older than a
 //! grace period (long enough that no live upload can still be about to commit them).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -75,8 +76,8 @@ pub async fn apply_remote_retention(
     retention_ms: Option<Duration>,
     retention_bytes: Option<u64>,
     local_bytes: u64,
-    publish: impl FnOnce(&Manifest),
-) -> Result<(Manifest, Vec<RemoteSegment>), TierError> {
+    publish: impl FnOnce(&Arc<Manifest>),
+) -> Result<(Arc<Manifest>, Vec<RemoteSegment>), TierError> {
     let current = objects.latest().await?.unwrap_or_default();
     let gone = current.expired(now_ms, retention_ms, retention_bytes, local_bytes);
     if gone.is_empty() {
@@ -102,8 +103,8 @@ pub async fn delete_records_before(
     objects: &PartitionObjects,
     epoch: i32,
     offset: u64,
-    publish: impl FnOnce(&Manifest),
-) -> Result<Manifest, TierError> {
+    publish: impl FnOnce(&Arc<Manifest>),
+) -> Result<Arc<Manifest>, TierError> {
     let current = objects.latest().await?.unwrap_or_default();
     if offset <= current.log_start_offset {
         return Ok(current);
@@ -129,8 +130,9 @@ async fn delete_segment(
     Ok(())
 }
 
-/// Deletes segment objects of this partition that `manifest` does not name and that were
-/// last modified more than `grace` ago; returns how many objects went.
+/// Deletes segment objects of this partition that `manifest` does not name, and manifest
+/// chunks that no manifest version present names, last modified more than `grace` ago;
+/// returns how many objects went.
 pub async fn clean_orphans(
     objects: &PartitionObjects,
     manifest: &Manifest,
@@ -143,18 +145,37 @@ pub async fn clean_orphans(
         .await?;
     let cutoff = chrono::Utc::now() - grace;
     let mut deleted = 0;
+    // A partition with years of segments lists hundreds of thousands of objects here.
+    let named: std::collections::HashSet<_> =
+        manifest.segments.iter().map(RemoteSegment::name).collect();
+    let chunks = objects.chunks_dir();
+    // The chunks some manifest version present names, read only if an old chunk is found.
+    let mut named_chunks = None;
     for meta in listed {
         let Some(name) = meta.location.filename() else {
             continue;
         };
+        if meta.location.prefix_matches(&chunks) {
+            if meta.last_modified > cutoff {
+                continue;
+            }
+            let named = match &named_chunks {
+                Some(named) => named,
+                None => named_chunks.insert(objects.named_chunks().await?),
+            };
+            if named.contains(name) {
+                continue;
+            }
+            match objects.store().delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(e) => return Err(e.into()),
+            }
+            continue;
+        }
         let Some((base, epoch, generation)) = parse_segment_name(name) else {
             continue;
         };
-        let named = manifest
-            .segments
-            .iter()
-            .any(|s| s.named(base, epoch, generation));
-        if named || meta.last_modified > cutoff {
+        if named.contains(&(base, epoch, generation)) || meta.last_modified > cutoff {
             continue;
         }
         match objects.store().delete(&meta.location).await {
@@ -182,7 +203,6 @@ fn parse_segment_name(name: &str) -> Option<(u64, i32, u32)> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use object_store::memory::InMemory;
     use object_store::path::Path;
@@ -315,5 +335,61 @@ mod tests {
                 .is_ok()
         );
         assert!(objects.latest().await.expect("latest").is_some());
+    }
+
+    #[tokio::test]
+    async fn manifest_chunks_no_version_names_go_after_the_grace() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let objects = PartitionObjects::new(store.clone(), &Path::from("c"), Uuid::nil(), 0);
+        let chunk = super::super::manifest::CHUNK as u64;
+        let first = objects
+            .commit(1, |m| Manifest {
+                segments: (0..2 * chunk).map(|i| seg(i, i + 1, 0)).collect(),
+                ..m.clone()
+            })
+            .await
+            .expect("commit");
+        let old: Vec<String> = first.layout.names().map(str::to_owned).collect();
+        // Retention cuts into the first chunk: its rest goes into a new one.
+        let m = objects
+            .commit(1, |m| m.starting_at(10))
+            .await
+            .expect("commit");
+        let names: Vec<String> = m.layout.names().map(str::to_owned).collect();
+        assert_eq!(
+            (names.len(), &names[1]),
+            (2, &old[1]),
+            "the second chunk is kept"
+        );
+        assert_ne!(names[0], old[0]);
+        let chunk_key = |name: &str| objects.chunks_dir().join(name);
+        // The old first chunk is still named by version 1, which a reader may be loading.
+        clean_orphans(&objects, &m, Duration::ZERO)
+            .await
+            .expect("clean");
+        assert!(store.head(&chunk_key(&old[0])).await.is_ok());
+        // Once no version present names it, it goes; the chunks in use stay.
+        for _ in 0..8 {
+            objects.commit(1, |m| m.clone()).await.expect("commit");
+        }
+        assert_eq!(
+            clean_orphans(&objects, &m, Duration::from_secs(3600))
+                .await
+                .expect("clean"),
+            0
+        );
+        assert_eq!(
+            clean_orphans(&objects, &m, Duration::ZERO)
+                .await
+                .expect("clean"),
+            1
+        );
+        assert!(store.head(&chunk_key(&old[0])).await.is_err());
+        for name in &names {
+            assert!(store.head(&chunk_key(name)).await.is_ok(), "{name}");
+        }
+        let fresh = PartitionObjects::new(store.clone(), &Path::from("c"), Uuid::nil(), 0);
+        let read = fresh.latest().await.expect("read").expect("manifest");
+        assert_eq!(read.segments, m.segments);
     }
 }

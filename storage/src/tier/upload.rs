@@ -1,6 +1,7 @@
 //! Uploading sealed segments and committing them to the partition manifest.
 
 use std::path::Path as FsPath;
+use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
@@ -25,7 +26,7 @@ pub async fn upload_sealed(
     log: &Log,
     objects: &PartitionObjects,
     epoch: i32,
-) -> Result<Manifest, TierError> {
+) -> Result<Arc<Manifest>, TierError> {
     upload_sealed_below(log, objects, epoch, u64::MAX, &|_| ProducersAt::default()).await
 }
 
@@ -50,7 +51,7 @@ pub async fn upload_sealed_below(
     epoch: i32,
     upto: u64,
     producers_at: &(dyn Fn(u64) -> ProducersAt + Send + Sync),
-) -> Result<Manifest, TierError> {
+) -> Result<Arc<Manifest>, TierError> {
     let mut manifest = objects.latest().await?.unwrap_or_default();
     let durable = log.durable_offset().min(upto);
     let all = log.segments();

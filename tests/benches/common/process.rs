@@ -92,19 +92,7 @@ impl BrokerProcess {
 
     /// CPU seconds the broker process has used (user and system).
     pub fn cpu_seconds(&self) -> BenchResult<f64> {
-        let pid = self.pid()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command name (which may hold spaces) start after its ')'.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        Ok((ticks(11) + ticks(12)) / 100.0)
+        cpu_seconds(self.pid()?)
     }
 
     /// Stops the broker with `signal`; returns how long it took to exit.
@@ -140,5 +128,61 @@ impl BrokerProcess {
                 _ => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+    }
+}
+
+/// CPU seconds process `pid` has used (user and system).
+pub fn cpu_seconds(pid: u32) -> BenchResult<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after its ')'.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Ok((ticks(11) + ticks(12)) / 100.0)
+}
+
+/// The `strata-s3` program (s3s-fs) in a process of its own on a free loopback port, so the
+/// object store's CPU is not the broker's: what a broker next to MinIO or S3 sees.
+pub struct S3Process {
+    pub server: strata_tests::s3::S3Server,
+    child: Child,
+}
+
+impl S3Process {
+    /// Starts it with `buckets` (directories under `root`) already there.
+    pub async fn spawn(root: &Path, buckets: &[&str]) -> BenchResult<Self> {
+        for b in buckets {
+            std::fs::create_dir_all(root.join(b))?;
+        }
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_strata-s3"))
+            .args(["--listen", &addr.to_string()])
+            .arg("--root")
+            .arg(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await??;
+        if !ready.is_some_and(|l| l.contains("serving")) {
+            return Err("strata-s3 did not start".into());
+        }
+        Ok(Self {
+            server: strata_tests::s3::S3Server::elsewhere(addr, root),
+            child,
+        })
+    }
+
+    /// CPU seconds the server has used.
+    pub fn cpu_seconds(&self) -> BenchResult<f64> {
+        cpu_seconds(self.child.id().ok_or("strata-s3 exited")?)
     }
 }
