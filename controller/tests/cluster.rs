@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,22 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 const ELECTION_MAX: Duration = Duration::from_millis(500);
+
+/// A loopback listener for a controller node, on a port below the kernel's ephemeral range
+/// that no other node of this process gets: a stopped node's port must still be free for its
+/// restart. (With ports from `:0`, another test's node was once given a stopped node's port
+/// meanwhile and joined this test's quorum: AddrInUse here, 77 brokers instead of 50 there.)
+async fn node_listener() -> TcpListener {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    for _ in 0..1_000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)).await {
+            return l;
+        }
+    }
+    panic!("no free port from {base}");
+}
 
 /// A TCP forwarder from a local port to `target` that can drop all traffic.
 struct Proxy {
@@ -93,7 +109,7 @@ impl Cluster {
         let mut listeners = BTreeMap::new();
         let mut addrs = BTreeMap::new();
         for id in 1..=n {
-            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let l = node_listener().await;
             addrs.insert(id, l.local_addr().expect("addr"));
             listeners.insert(id, l);
         }

@@ -221,7 +221,7 @@ async fn a_remote_clean_that_dies_before_its_commit_leaves_the_manifest_as_it_wa
     // Objects of a new generation uploaded, the commit never made: what a crash leaves.
     let store = objects.store().clone();
     for s in &before.segments {
-        let mut next = s.clone();
+        let mut next = s.as_ref().clone();
         next.generation = 1;
         let key = next.key(&objects, strata_storage::SegmentFile::Log);
         store

@@ -65,7 +65,7 @@ async fn run() -> BenchResult<()> {
         let (objects, metrics) = partition(&s3, topic);
         objects
             .commit(1, |_| Manifest {
-                segments: (0..n).map(segment).collect(),
+                segments: (0..n).map(|i| Arc::new(segment(i))).collect(),
                 ..Manifest::default()
             })
             .await?;

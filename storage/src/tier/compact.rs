@@ -115,6 +115,7 @@ pub async fn compact_remote(
     let candidates: Vec<&RemoteSegment> = manifest
         .segments
         .iter()
+        .map(AsRef::as_ref)
         .filter(|s| s.base_offset < pass.to)
         .collect();
     if candidates.is_empty() {
@@ -140,11 +141,12 @@ pub async fn compact_remote(
     // records nothing clean that is not.
     let _uploads = pass.uploads.lock().await;
     let latest = objects.latest().await?.unwrap_or_default();
-    replaced.retain(|(old, _)| old.iter().all(|o| latest.segments.contains(o)));
+    replaced.retain(|(old, _)| old.iter().all(|o| latest.holds(o)));
     let added: Vec<&RemoteSegment> = latest
         .segments
         .iter()
-        .filter(|s| s.base_offset < pass.to && !manifest.segments.contains(s))
+        .map(AsRef::as_ref)
+        .filter(|s| s.base_offset < pass.to && !manifest.holds(s))
         .collect();
     for seg in added {
         segments_in += 1;
@@ -180,11 +182,12 @@ impl Manifest {
     /// the run stays and `new`'s objects become orphans).
     pub fn replacing(&self, old: &[RemoteSegment], new: &RemoteSegment) -> Manifest {
         let mut next = self.clone();
-        if !old.iter().all(|o| next.segments.contains(o)) {
+        if !old.iter().all(|o| next.holds(o)) {
             return next;
         }
-        next.segments.retain(|s| !old.contains(s));
-        next.segments.push(new.clone());
+        next.segments
+            .retain(|s| !old.iter().any(|o| o == s.as_ref()));
+        next.segments.push(Arc::new(new.clone()));
         next.segments.sort_by_key(|s| s.base_offset);
         next
     }

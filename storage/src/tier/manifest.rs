@@ -144,8 +144,9 @@ pub struct Manifest {
     /// empty disk continues cleaning from it.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub cleaned_offset: u64,
-    /// Remote segments in offset order.
-    pub segments: Vec<RemoteSegment>,
+    /// Remote segments in offset order, shared by the versions that hold them: a commit
+    /// copies the list, not the segments.
+    pub segments: Vec<Arc<RemoteSegment>>,
     /// How the version this was read as or committed as splits `segments` into chunk
     /// objects (see the module doc); not part of the manifest's content (a manifest changed
     /// in memory keeps its source's layout until it is committed).
@@ -198,13 +199,13 @@ struct Stored {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     chunks: Vec<ChunkRef>,
     /// The segments after the chunks'.
-    segments: Vec<RemoteSegment>,
+    segments: Vec<Arc<RemoteSegment>>,
 }
 
 /// A chunk object's content.
 #[derive(Serialize, Deserialize)]
 struct Chunk {
-    segments: Vec<RemoteSegment>,
+    segments: Vec<Arc<RemoteSegment>>,
 }
 
 impl Manifest {
@@ -227,7 +228,13 @@ impl Manifest {
     pub fn reaching(&self, timestamp: i64) -> impl Iterator<Item = &RemoteSegment> {
         self.segments
             .iter()
+            .map(AsRef::as_ref)
             .filter(move |s| s.end_offset > self.log_start_offset && s.max_timestamp >= timestamp)
+    }
+
+    /// Whether `segment` is one of this manifest's segments.
+    pub fn holds(&self, segment: &RemoteSegment) -> bool {
+        self.segments.iter().any(|s| s.as_ref() == segment)
     }
 
     /// The transactions open at [`Self::end_offset`] (see [`RemoteSegment::open_txns`]).
@@ -251,7 +258,7 @@ impl Manifest {
         self.segments
             .iter()
             .zip(previous_ends)
-            .map(|(s, end)| (s, s.base_offset.max(end)))
+            .map(|(s, end)| (s.as_ref(), s.base_offset.max(end)))
     }
 
     /// The first offset segment `seg` of this manifest adds (see [`Self::spans`]): its base,
@@ -308,14 +315,14 @@ impl Manifest {
             .last()
             .is_none_or(|last| last.end_offset <= segment.base_offset)
         {
-            next.segments.push(segment);
+            next.segments.push(Arc::new(segment));
             return next;
         }
         if next.segments.iter().any(|s| covers(s, &segment)) {
             return next;
         }
         next.segments.retain(|s| !covers(&segment, s));
-        next.segments.push(segment);
+        next.segments.push(Arc::new(segment));
         next.segments.sort_by_key(|s| s.base_offset);
         next
     }
@@ -396,7 +403,7 @@ impl Plan {
     /// Names chunk `kept` again, or a new chunk of `segments[range]`.
     fn push(
         &mut self,
-        segments: &[RemoteSegment],
+        segments: &[Arc<RemoteSegment>],
         (range, kept): (Range<usize>, Option<&ChunkRef>),
     ) {
         if let Some(c) = kept {
@@ -547,7 +554,7 @@ impl PartitionObjects {
     /// object never changes) and read otherwise.
     async fn read(&self, version: u64, known: Option<&Manifest>) -> Result<Manifest, TierError> {
         let stored = self.read_stored(version).await?;
-        let mut have: HashMap<&str, &[RemoteSegment]> = HashMap::new();
+        let mut have: HashMap<&str, &[Arc<RemoteSegment>]> = HashMap::new();
         if let Some(known) = known {
             let mut at = 0;
             for c in &known.layout.0 {
@@ -583,7 +590,7 @@ impl PartitionObjects {
                 }
             })
             .collect();
-        let loaded: Vec<Vec<RemoteSegment>> = futures::stream::iter(reads)
+        let loaded: Vec<Vec<Arc<RemoteSegment>>> = futures::stream::iter(reads)
             .buffered(CHUNK_READS)
             .try_collect()
             .await?;
@@ -601,7 +608,7 @@ impl PartitionObjects {
         })
     }
 
-    async fn read_chunk(&self, c: &ChunkRef) -> Result<Vec<RemoteSegment>, TierError> {
+    async fn read_chunk(&self, c: &ChunkRef) -> Result<Vec<Arc<RemoteSegment>>, TierError> {
         let key = self.chunk_key(&c.name);
         let bytes = self.store.get(&key).await?.bytes().await?;
         let chunk: Chunk =
@@ -781,7 +788,7 @@ mod tests {
         let mut b = seg(20, 30, 5);
         b.epochs = vec![(2, 20), (4, 25)];
         let m = Manifest {
-            segments: vec![legacy, a, b],
+            segments: [legacy, a, b].map(Arc::new).to_vec(),
             ..Manifest::default()
         };
         assert_eq!(m.leader_epochs(), vec![(1, 10), (2, 15), (4, 25)]);
@@ -846,7 +853,7 @@ mod tests {
             })
         ));
         let m = o.latest().await.expect("read").expect("manifest");
-        assert_eq!(m.segments, vec![seg(0, 10, 3), seg(10, 25, 5)]);
+        assert_eq!(m.segments, [seg(0, 10, 3), seg(10, 25, 5)].map(Arc::new));
     }
 
     #[tokio::test]
@@ -871,21 +878,17 @@ mod tests {
             let last = o.latest().await.expect("read").expect("manifest");
             assert!(last.version >= fresh.version, "round {round}");
             assert_eq!(last.leader_epoch, 5, "round {round}: {last:?}");
-            assert!(
-                last.segments.contains(&seg(10, 30, 5)),
-                "round {round}: {last:?}"
-            );
-            assert!(
-                !last.segments.contains(&seg(10, 20, 3)),
-                "round {round}: {last:?}"
-            );
+            assert!(last.holds(&seg(10, 30, 5)), "round {round}: {last:?}");
+            assert!(!last.holds(&seg(10, 20, 3)), "round {round}: {last:?}");
         }
     }
 
     #[test]
     fn a_new_segment_replaces_what_it_covers_and_never_cuts_a_hole() {
         let m = Manifest {
-            segments: vec![seg(0, 10, 1), seg(10, 20, 1), seg(20, 30, 2)],
+            segments: [seg(0, 10, 1), seg(10, 20, 1), seg(20, 30, 2)]
+                .map(Arc::new)
+                .to_vec(),
             ..Manifest::default()
         };
         // A leader whose log starts at 25 (its disk was wiped when the remote end was 25)
@@ -894,18 +897,19 @@ mod tests {
         let next = m.with_segment(seg(25, 40, 3));
         assert_eq!(
             next.segments,
-            vec![
+            [
                 seg(0, 10, 1),
                 seg(10, 20, 1),
                 seg(20, 30, 2),
                 seg(25, 40, 3)
             ]
+            .map(Arc::new)
         );
         // What a segment covers entirely goes; what only overlaps it stays.
         let wide = next.with_segment(seg(15, 45, 4));
         assert_eq!(
             wide.segments,
-            vec![seg(0, 10, 1), seg(10, 20, 1), seg(15, 45, 4)]
+            [seg(0, 10, 1), seg(10, 20, 1), seg(15, 45, 4)].map(Arc::new)
         );
         // Nothing new: unchanged, and never duplicated.
         assert_eq!(wide.with_segment(seg(16, 30, 5)), wide);
@@ -955,7 +959,9 @@ mod tests {
         let (o, metrics) = metered();
         let held = 20 * CHUNK as u64 + 7;
         o.commit(1, |_| Manifest {
-            segments: (0..held).map(|i| seg(i * 10, i * 10 + 10, 1)).collect(),
+            segments: (0..held)
+                .map(|i| Arc::new(seg(i * 10, i * 10 + 10, 1)))
+                .collect(),
             ..Manifest::default()
         })
         .await
@@ -1032,7 +1038,10 @@ mod tests {
                 _ if n > 1 => {
                     let i = (next() % n) as usize;
                     let len = (1 + next() % 40).min(n - i as u64) as usize;
-                    let old = current.segments[i..i + len].to_vec();
+                    let old: Vec<RemoteSegment> = current.segments[i..i + len]
+                        .iter()
+                        .map(|s| s.as_ref().clone())
+                        .collect();
                     let (first, last) = (&old[0], &old[len - 1]);
                     let mut new = seg(first.base_offset, last.end_offset, 1);
                     new.generation = current.generation_for(
@@ -1070,7 +1079,9 @@ mod tests {
         let old = Manifest {
             version: 4,
             leader_epoch: 2,
-            segments: (0..CHUNK as u64 + 3).map(|i| seg(i, i + 1, 2)).collect(),
+            segments: (0..CHUNK as u64 + 3)
+                .map(|i| Arc::new(seg(i, i + 1, 2)))
+                .collect(),
             ..Manifest::default()
         };
         let body = serde_json::to_vec(&old).expect("encode");
@@ -1096,14 +1107,18 @@ mod tests {
         let (o, _) = metered();
         let m = o
             .commit(1, |_| Manifest {
-                segments: (0..CHUNK as u64).map(|i| seg(i, i + 1, 1)).collect(),
+                segments: (0..CHUNK as u64)
+                    .map(|i| Arc::new(seg(i, i + 1, 1)))
+                    .collect(),
                 ..Manifest::default()
             })
             .await
             .expect("commit");
         let name = m.layout.names().next().expect("a chunk").to_owned();
         let other = Chunk {
-            segments: (0..CHUNK as u64).map(|i| seg(i + 1, i + 2, 1)).collect(),
+            segments: (0..CHUNK as u64)
+                .map(|i| Arc::new(seg(i + 1, i + 2, 1)))
+                .collect(),
         };
         o.put_json(&o.chunk_key(&name), &other, PutMode::Overwrite)
             .await

@@ -208,7 +208,7 @@ fn segment_of(manifest: &Manifest, offset: u64) -> Option<(usize, &RemoteSegment
     let i = manifest
         .segments
         .partition_point(|s| s.end_offset <= offset);
-    let seg = manifest.segments.get(i)?;
+    let seg: &RemoteSegment = manifest.segments.get(i)?;
     (offset >= manifest.log_start_offset).then_some((i, seg))
 }
 

@@ -20,7 +20,8 @@ impl Manifest {
     /// This manifest without `gone`, its log start moved past them.
     pub fn without(&self, gone: &[RemoteSegment]) -> Manifest {
         let mut next = self.clone();
-        next.segments.retain(|s| !gone.contains(s));
+        next.segments
+            .retain(|s| !gone.iter().any(|g| g == s.as_ref()));
         let past = gone
             .iter()
             .map(|s| s.end_offset)
@@ -60,7 +61,7 @@ impl Manifest {
                 break;
             }
             excess = excess.map(|e| e - s.size_bytes as i128);
-            gone.push(s.clone());
+            gone.push(s.as_ref().clone());
         }
         gone
     }
@@ -146,8 +147,7 @@ pub async fn clean_orphans(
     let cutoff = chrono::Utc::now() - grace;
     let mut deleted = 0;
     // A partition with years of segments lists hundreds of thousands of objects here.
-    let named: std::collections::HashSet<_> =
-        manifest.segments.iter().map(RemoteSegment::name).collect();
+    let named: std::collections::HashSet<_> = manifest.segments.iter().map(|s| s.name()).collect();
     let chunks = objects.chunks_dir();
     // The chunks some manifest version present names, read only if an old chunk is found.
     let mut named_chunks = None;
@@ -229,7 +229,9 @@ mod tests {
     #[test]
     fn expiry_takes_the_oldest_segments_by_time_and_by_whole_log_size() {
         let m = Manifest {
-            segments: vec![seg(0, 10, 1_000), seg(10, 20, 2_000), seg(20, 30, 9_000)],
+            segments: [seg(0, 10, 1_000), seg(10, 20, 2_000), seg(20, 30, 9_000)]
+                .map(Arc::new)
+                .to_vec(),
             ..Manifest::default()
         };
         let ms = |v| Some(Duration::from_millis(v));
@@ -344,7 +346,7 @@ mod tests {
         let chunk = super::super::manifest::CHUNK as u64;
         let first = objects
             .commit(1, |m| Manifest {
-                segments: (0..2 * chunk).map(|i| seg(i, i + 1, 0)).collect(),
+                segments: (0..2 * chunk).map(|i| Arc::new(seg(i, i + 1, 0))).collect(),
                 ..m.clone()
             })
             .await
