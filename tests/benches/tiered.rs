@@ -2,7 +2,8 @@
 //! is a real S3-compatible HTTP server (s3s-fs, as the `strata-s3` program in a process of
 //! its own, on loopback).
 //!
-//! `cargo bench -p strata-tests --bench tiered` (size: `STRATA_BENCH_MIB`, default 1024).
+//! `cargo bench -p strata-tests --bench tiered` (size: `STRATA_BENCH_MIB`, default 1024; the
+//! S3 server's directory: `STRATA_BENCH_S3_DIR`, default the temporary directory).
 //!
 //! Figures, in one run:
 //! - produce MB/s into a tiered topic, and the upload lag meanwhile: how far the committed
@@ -65,7 +66,12 @@ fn main() -> BenchResult<()> {
 
 async fn run() -> BenchResult<()> {
     let mib: u64 = common::env_or("STRATA_BENCH_MIB", 1024);
-    let s3_dir = tempfile::tempdir()?;
+    // Where the S3 server keeps its objects: `/dev/shm` keeps its writes off the broker's
+    // disk, as a remote S3 would be (on the same disk, ext4 makes the broker's fsyncs wait
+    // for the server's writes too).
+    let s3_root =
+        std::env::var_os("STRATA_BENCH_S3_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let s3_dir = tempfile::tempdir_in(&s3_root)?;
     let s3_process = S3Process::spawn(s3_dir.path(), &[BUCKET]).await?;
     let s3 = &s3_process.server;
     let endpoint = s3.endpoint();
@@ -80,10 +86,11 @@ async fn run() -> BenchResult<()> {
     .await;
     let bootstrap = broker.bootstrap();
     println!(
-        "librdkafka {}, in-process Strata on s3s-fs {} (strata-s3, its own process), {mib} MiB of \
+        "librdkafka {}, in-process Strata on s3s-fs {} (strata-s3, its own process, objects in {}), {mib} MiB of \
          {RECORD}-byte records in {PARTITIONS} partitions, {} MiB segments",
         rdkafka::util::get_rdkafka_version().1,
         s3.endpoint(),
+        s3_root.display(),
         SEGMENT >> 20
     );
     let configs = [
