@@ -187,7 +187,11 @@ struct ChunkRef {
     end_offset: u64,
 }
 
-/// A manifest version as stored: its segments after the chunks' inline.
+/// A manifest version as stored: its segments after the chunks' inline, as `tail`. Versions
+/// written before chunks hold every segment as `segments`, which is never written now: a
+/// broker from before chunks finds no `segments` in a newer version and refuses it (an
+/// error it retries) rather than taking the tail for the whole list, which would hide the
+/// older segments from its reads and drop them at its next commit.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     version: u64,
@@ -195,11 +199,14 @@ struct Stored {
     log_start_offset: u64,
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     cleaned_offset: u64,
-    /// Absent in versions written before manifests had chunks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     chunks: Vec<ChunkRef>,
-    /// The segments after the chunks'.
+    /// Every segment, in versions written before chunks.
+    #[serde(default, skip_serializing)]
     segments: Vec<Arc<RemoteSegment>>,
+    /// The segments after the chunks'.
+    #[serde(default)]
+    tail: Vec<Arc<RemoteSegment>>,
 }
 
 /// A chunk object's content.
@@ -594,10 +601,11 @@ impl PartitionObjects {
             .buffered(CHUNK_READS)
             .try_collect()
             .await?;
-        let mut segments =
-            Vec::with_capacity(loaded.iter().map(Vec::len).sum::<usize>() + stored.segments.len());
+        let inline = stored.segments.len() + stored.tail.len();
+        let mut segments = Vec::with_capacity(loaded.iter().map(Vec::len).sum::<usize>() + inline);
         loaded.into_iter().for_each(|c| segments.extend(c));
         segments.extend(stored.segments);
+        segments.extend(stored.tail);
         Ok(Manifest {
             version: stored.version,
             leader_epoch: stored.leader_epoch,
@@ -700,7 +708,8 @@ impl PartitionObjects {
                 log_start_offset: next.log_start_offset,
                 cleaned_offset: next.cleaned_offset,
                 chunks: plan.chunks,
-                segments: next.segments[plan.inline..].to_vec(),
+                segments: Vec::new(),
+                tail: next.segments[plan.inline..].to_vec(),
             };
             let put = self
                 .put_json(&self.manifest_key(next.version), &stored, PutMode::Create)
@@ -1100,6 +1109,18 @@ mod tests {
         assert_eq!((m.version, m.segments.len()), (5, CHUNK + 4));
         assert_eq!(chunk_objects(&o).await, 1);
         assert_eq!(reread(&o).await.segments, m.segments);
+        // A broker from before chunks decodes a version as a `Manifest`: it must fail on one
+        // written now, not take its inline tail for every segment.
+        let body = o
+            .store()
+            .get(&o.manifest_key(5))
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        let err = serde_json::from_slice::<Manifest>(&body).expect_err("older brokers refuse it");
+        assert!(err.to_string().contains("segments"), "{err}");
     }
 
     #[tokio::test]

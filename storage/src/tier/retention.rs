@@ -252,6 +252,19 @@ mod tests {
         assert_eq!(next.segments.len(), 2);
     }
 
+    /// How many objects an orphan sweep deletes within the grace period (an hour), then
+    /// once it has passed.
+    async fn swept(objects: &PartitionObjects, m: &Manifest) -> (usize, usize) {
+        let mut counts = [0; 2];
+        for (count, grace) in counts
+            .iter_mut()
+            .zip([Duration::from_secs(3600), Duration::ZERO])
+        {
+            *count = clean_orphans(objects, m, grace).await.expect("clean");
+        }
+        (counts[0], counts[1])
+    }
+
     #[tokio::test]
     async fn retention_commits_first_then_deletes_and_orphans_go_after_the_grace() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
@@ -317,18 +330,7 @@ mod tests {
                 .is_ok()
         );
         // Within the grace period the orphan stays (a live upload may be about to commit it).
-        assert_eq!(
-            clean_orphans(&objects, &m, Duration::from_secs(3600))
-                .await
-                .expect("clean"),
-            0
-        );
-        assert_eq!(
-            clean_orphans(&objects, &m, Duration::ZERO)
-                .await
-                .expect("clean"),
-            1
-        );
+        assert_eq!(swept(&objects, &m).await, (0, 1));
         assert!(store.head(&orphan).await.is_err());
         assert!(
             store
@@ -374,18 +376,7 @@ mod tests {
         for _ in 0..8 {
             objects.commit(1, |m| m.clone()).await.expect("commit");
         }
-        assert_eq!(
-            clean_orphans(&objects, &m, Duration::from_secs(3600))
-                .await
-                .expect("clean"),
-            0
-        );
-        assert_eq!(
-            clean_orphans(&objects, &m, Duration::ZERO)
-                .await
-                .expect("clean"),
-            1
-        );
+        assert_eq!(swept(&objects, &m).await, (0, 1));
         assert!(store.head(&chunk_key(&old[0])).await.is_err());
         for name in &names {
             assert!(store.head(&chunk_key(name)).await.is_ok(), "{name}");
