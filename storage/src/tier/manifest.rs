@@ -662,16 +662,22 @@ impl PartitionObjects {
 
     /// The newest manifest, if any was committed.
     pub async fn latest(&self) -> Result<Option<Arc<Manifest>>, TierError> {
-        let Some(version) = self.versions().await?.last().copied() else {
-            return Ok(None);
+        Ok(self.newest().await?.1)
+    }
+
+    /// The versions present and the newest manifest, from one listing.
+    async fn newest(&self) -> Result<(Vec<u64>, Option<Arc<Manifest>>), TierError> {
+        let versions = self.versions().await?;
+        let Some(version) = versions.last().copied() else {
+            return Ok((versions, None));
         };
         let known = self.known();
         if let Some(known) = known.as_ref().filter(|k| k.version == version) {
-            return Ok(Some(known.clone()));
+            return Ok((versions, Some(known.clone())));
         }
         let read = Arc::new(self.read(version, known.as_deref()).await?);
         self.remember(&read);
-        Ok(Some(read))
+        Ok((versions, Some(read)))
     }
 
     /// Commits the manifest `change` makes of the newest one, as leader of `epoch`. Fails
@@ -683,7 +689,8 @@ impl PartitionObjects {
         change: impl Fn(&Manifest) -> Manifest,
     ) -> Result<Arc<Manifest>, TierError> {
         for _ in 0..MAX_ATTEMPTS {
-            let current = self.latest().await?.unwrap_or_default();
+            let (present, current) = self.newest().await?;
+            let current = current.unwrap_or_default();
             if current.leader_epoch > epoch {
                 return Err(TierError::Fenced {
                     ours: epoch,
@@ -718,7 +725,8 @@ impl PartitionObjects {
                 Ok(()) => {
                     let next = Arc::new(next);
                     self.remember(&next);
-                    self.forget_before(next.version.saturating_sub(KEEP_VERSIONS))
+                    let keep_from = next.version.saturating_sub(KEEP_VERSIONS);
+                    self.forget(present.into_iter().filter(|v| *v < keep_from))
                         .await;
                     return Ok(next);
                 }
@@ -754,12 +762,10 @@ impl PartitionObjects {
         Ok(())
     }
 
-    /// Deletes manifest versions below `version` (best effort: a leftover is harmless).
-    async fn forget_before(&self, version: u64) {
-        let Ok(versions) = self.versions().await else {
-            return;
-        };
-        for v in versions.into_iter().filter(|v| *v < version) {
+    /// Deletes the manifest `versions` (best effort: a leftover is harmless, and one another
+    /// writer deleted first is no error). A commit passes the old ones it listed before it.
+    async fn forget(&self, versions: impl Iterator<Item = u64>) {
+        for v in versions {
             if let Err(e) = self.store.delete(&self.manifest_key(v)).await {
                 tracing::debug!(version = v, error = %e, "old manifest not deleted");
             }
