@@ -22,7 +22,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,7 @@ use kafka_protocol::messages::ApiKey;
 use crate::admission::{Admission, ConnectionSlot};
 use crate::handlers::{self, Reply};
 use crate::protocol::{FrameError, parse_frame};
+use crate::response::Sink;
 use crate::security::Session;
 use crate::state::BrokerState;
 use crate::turnstile::Turnstile;
@@ -38,22 +40,47 @@ use crate::turnstile::Turnstile;
 /// A request's bytes and their reservation in the memory budget.
 type Received = (Bytes, Option<OwnedSemaphorePermit>);
 
+/// A connection's stream, split into the half requests are read from and the half answers
+/// are written to.
+pub(crate) trait Transport: Send + 'static {
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Writer: Sink + 'static;
+
+    fn halves(self) -> (Self::Reader, Self::Writer);
+}
+
+impl Transport for TcpStream {
+    type Reader = tokio::net::tcp::OwnedReadHalf;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+
+    fn halves(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    type Reader = tokio::io::ReadHalf<Self>;
+    type Writer = tokio::io::WriteHalf<Self>;
+
+    fn halves(self) -> (Self::Reader, Self::Writer) {
+        tokio::io::split(self)
+    }
+}
+
 /// Serves `stream` (TCP, or TLS over it) until the client leaves, misbehaves, idles out,
 /// fails to authenticate, or the broker shuts down. Until the session has authenticated
 /// (SASL listeners), requests are served one at a time and only the SASL ones are admitted.
-pub(crate) async fn serve<S>(
+pub(crate) async fn serve(
     state: Arc<BrokerState>,
-    stream: S,
+    stream: impl Transport,
     session: Arc<Session>,
     slot: ConnectionSlot,
     cancel: CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let _slot = slot;
     let _open = OpenConnection::new(&state.metrics.connections);
     let peer = session.peer;
-    let (rd, mut wr) = tokio::io::split(stream);
+    let (rd, mut wr) = stream.halves();
     let max_in_flight = state.config.kafka.max_in_flight_requests;
     let (frames_tx, mut frames) = mpsc::channel::<Received>(1);
     let reader = read_frames(
@@ -91,16 +118,16 @@ pub(crate) async fn serve<S>(
             Some((answer, request_held, fetch_turn)) = in_flight.next(), if !in_flight.is_empty() => {
                 let answer: Result<Option<Reply>, FrameError> = answer;
                 match answer {
-                    Ok(Some(Reply { mut response, held })) => {
+                    Ok(Some(Reply { response, held })) => {
                         // A client that stops reading cannot pin the connection: a response
                         // not written within the idle timeout closes it.
                         // Flushed: TLS holds back what the socket did not take yet.
                         let write = async {
-                            wr.write_all_buf(&mut response).await?;
+                            response.write_to(&mut wr).await?;
                             wr.flush().await
                         };
                         let written = tokio::time::timeout(idle, write).await;
-                        drop((response, held));
+                        drop(held);
                         match written {
                             Ok(Ok(())) if session.closing() => {
                                 tracing::debug!(%peer, "closing after a refused authentication");

@@ -228,20 +228,16 @@ impl Frame {
 
     /// Encodes a Fetch answer as [`Frame::respond`] does, with each large record set
     /// written from the buffer it was read into rather than copied into the frame.
-    pub(crate) fn respond_fetch(&self, mut body: FetchResponse) -> Result<Response, FrameError> {
+    /// The answer to a Fetch whose record sets were `taken` out of `body` (each replaced by
+    /// its marker, in the order the encoding writes them).
+    pub(crate) fn respond_fetch(
+        &self,
+        mut body: FetchResponse,
+        taken: Taken,
+    ) -> Result<Response, FrameError> {
         let ms = self.throttle_ms.load(Ordering::Relaxed);
         if ms > 0 {
             body.set_throttle(i32::try_from(ms).unwrap_or(i32::MAX));
-        }
-        let mut taken = Taken::default();
-        for p in body
-            .responses
-            .iter_mut()
-            .flat_map(|t| t.partitions.iter_mut())
-        {
-            if let Some(records) = p.records.as_mut() {
-                taken.take(records);
-            }
         }
         let out = self.encode_unsized(&body)?;
         // Fetch v12 and later are flexible versions: compact byte strings.
@@ -410,7 +406,6 @@ pub(crate) fn storage_error_code(e: &StorageError) -> ResponseError {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Buf;
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::messages::fetch_response::{
         AbortedTransaction, FetchableTopicResponse, PartitionData,
@@ -419,11 +414,31 @@ mod tests {
 
     use super::*;
 
-    /// A Fetch answer written from the record sets' own buffers is byte for byte the one
-    /// encoded whole, at every version served: sets above and below the splicing size,
-    /// absent ones, aborted transactions after a spliced set, and a throttle.
+    /// A Fetch answer written from the record sets' own buffers and from segment files is
+    /// byte for byte the one encoded whole, at every version served: sets above and below
+    /// the splicing size, absent ones, sets in files, aborted transactions after a spliced
+    /// set, and a throttle.
     #[test]
     fn a_spliced_fetch_response_is_the_whole_encoding() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = strata_storage::Log::open(dir.path(), strata_storage::LogConfig::default())
+            .expect("log");
+        for i in 0..20u8 {
+            let mut batch = strata_storage::BatchBuilder::new()
+                .record(strata_storage::Record {
+                    key: None,
+                    value: Some(vec![i; 700]),
+                    headers: Vec::new(),
+                    timestamp: 1,
+                })
+                .build();
+            log.append(&mut batch, 0).expect("append");
+        }
+        let files = log
+            .read_ranges(0, 1 << 20, 20)
+            .expect("ranges")
+            .expect("cached");
+        let in_files = log.read(0, 1 << 20).expect("read");
         let records = |n: usize, seed: u8| {
             Some(Bytes::from(
                 (0..n)
@@ -450,6 +465,7 @@ mod tests {
                     partition(1, records(10, 5)),
                     partition(2, None),
                     partition(3, records(crate::response::SPLICED_RECORDS, 7)),
+                    partition(4, Some(in_files.clone())),
                 ]),
             FetchableTopicResponse::default()
                 .with_topic(TopicName(StrBytes::from_static_str("b")))
@@ -465,12 +481,21 @@ mod tests {
             );
             frame.throttle(Duration::from_millis(5));
             let whole = frame.respond(&body).expect("encode");
-            let mut spliced = frame.respond_fetch(body.clone()).expect("splice");
-            assert_eq!(
-                spliced.copy_to_bytes(spliced.remaining()),
-                whole,
-                "version {version}"
-            );
+            let mut taken = Taken::default();
+            let mut spliced = body.clone();
+            for p in spliced
+                .responses
+                .iter_mut()
+                .flat_map(|t| t.partitions.iter_mut())
+            {
+                match p.records.as_mut() {
+                    Some(r) if *r == in_files => taken.take_files(&mut p.records, files.clone()),
+                    Some(r) => taken.take(r),
+                    None => {}
+                }
+            }
+            let spliced = frame.respond_fetch(spliced, taken).expect("splice");
+            assert_eq!(spliced.to_bytes(), whole, "version {version}");
         }
     }
 }

@@ -1,12 +1,16 @@
 //! Response frames written in pieces. A Fetch answer is mostly record sets read from logs;
 //! copying them into one encoded buffer cost as much CPU as reading them. Instead the
 //! response is encoded with a short marker in place of each large record set, and the frame
-//! is written as the encoded pieces around the record sets' own buffers (one `writev`).
+//! is written as the encoded pieces around the record sets' own buffers (one `writev`), or,
+//! for record sets still in their segment files, around those files' ranges (`sendfile` on
+//! a plaintext connection: the records never enter the broker's memory).
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
+use strata_storage::FileRange;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Record sets at least this long are written from their own buffers; shorter ones are
 /// cheaper to copy than to splice.
@@ -14,19 +18,55 @@ pub(crate) const SPLICED_RECORDS: usize = 4096;
 
 const MARKER_LEN: usize = 16;
 
+/// Most bytes asked of one `sendfile` call.
+const MAX_SENDFILE: usize = 1 << 30;
+
 /// A response frame (with its size prefix), as pieces written one after another.
 #[derive(Debug, Default)]
 pub(crate) struct Response {
-    parts: VecDeque<Bytes>,
-    remaining: usize,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug)]
+enum Part {
+    Bytes(Bytes),
+    File(FileRange),
 }
 
 impl Response {
     fn push(&mut self, part: Bytes) {
         if !part.is_empty() {
-            self.remaining += part.len();
-            self.parts.push_back(part);
+            self.parts.push(Part::Bytes(part));
         }
+    }
+
+    /// Writes the frame to `out`: runs of buffers with one `writev`, file ranges as `out`
+    /// sends them.
+    pub(crate) async fn write_to<W: Sink>(self, out: &mut W) -> io::Result<()> {
+        let mut run = Buffers::default();
+        for part in self.parts {
+            match part {
+                Part::Bytes(b) => run.push(b),
+                Part::File(range) => {
+                    out.write_all_buf(&mut run).await?;
+                    out.send_file(&range).await?;
+                }
+            }
+        }
+        out.write_all_buf(&mut run).await
+    }
+
+    /// The whole frame in memory (file ranges read).
+    #[cfg(test)]
+    pub(crate) fn to_bytes(&self) -> Bytes {
+        let mut out = BytesMut::new();
+        for part in &self.parts {
+            match part {
+                Part::Bytes(b) => out.extend_from_slice(b),
+                Part::File(range) => out.extend_from_slice(&range.read().expect("range")),
+            }
+        }
+        out.freeze()
     }
 }
 
@@ -38,7 +78,70 @@ impl From<Bytes> for Response {
     }
 }
 
-impl Buf for Response {
+/// Where a response goes: a connection's writing half, which sends file ranges its own way.
+pub(crate) trait Sink: AsyncWrite + Unpin + Send {
+    /// Writes the bytes of `range`, failing if its file no longer holds them all (the frame
+    /// around them already announced their length: the connection cannot continue).
+    fn send_file(&mut self, range: &FileRange) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+/// Plaintext TCP: from the page cache to the socket with `sendfile`, on this thread (the
+/// fetch checked the range's pages were cached, so this does not wait for the disk).
+impl Sink for tokio::net::tcp::OwnedWriteHalf {
+    async fn send_file(&mut self, range: &FileRange) -> io::Result<()> {
+        let socket: &tokio::net::TcpStream = self.as_ref();
+        let (mut pos, end) = (range.pos, range.pos + range.len);
+        while pos < end {
+            let want = usize::try_from(end - pos).map_or(MAX_SENDFILE, |n| n.min(MAX_SENDFILE));
+            let sent = socket
+                .async_io(tokio::io::Interest::WRITABLE, || {
+                    let mut at = pos;
+                    rustix::fs::sendfile(socket, range.file(), Some(&mut at), want)
+                        .map_err(io::Error::from)
+                })
+                .await?;
+            if sent == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "a segment file was truncated while its records were being sent",
+                ));
+            }
+            pos += sent as u64;
+        }
+        Ok(())
+    }
+}
+
+/// TLS: the records are read into memory (off the async threads) and encrypted there.
+impl<T: AsyncWrite + Send> Sink for tokio::io::WriteHalf<T> {
+    async fn send_file(&mut self, range: &FileRange) -> io::Result<()> {
+        let range = range.clone();
+        let bytes = tokio::task::spawn_blocking(move || range.read())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::other)?;
+        self.write_all(&bytes).await
+    }
+}
+
+/// Buffers written one after another with vectored writes.
+#[derive(Debug, Default)]
+struct Buffers {
+    parts: VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Buffers {
+    fn push(&mut self, part: Bytes) {
+        // An empty piece first would make `chunk` empty while bytes remain.
+        if !part.is_empty() {
+            self.remaining += part.len();
+            self.parts.push_back(part);
+        }
+    }
+}
+
+impl Buf for Buffers {
     fn remaining(&self) -> usize {
         self.remaining
     }
@@ -79,21 +182,54 @@ impl Buf for Response {
 #[derive(Default)]
 pub(crate) struct Taken {
     salt: Option<[u8; 12]>,
-    sets: Vec<Bytes>,
+    sets: Vec<RecordSet>,
+}
+
+/// A record set taken out: in memory, or ranges of segment files.
+enum RecordSet {
+    Bytes(Bytes),
+    Files(Vec<FileRange>),
+}
+
+impl RecordSet {
+    fn len(&self) -> usize {
+        match self {
+            Self::Bytes(b) => b.len(),
+            Self::Files(f) => f.iter().map(|r| r.len as usize).sum(),
+        }
+    }
 }
 
 impl Taken {
     /// Takes `records` when it is worth splicing, leaving its marker in its place.
     pub(crate) fn take(&mut self, records: &mut Bytes) {
         if records.len() >= SPLICED_RECORDS {
-            let salt = self.salt.get_or_insert_with(|| {
-                let mut salt = [0u8; 12];
-                salt.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
-                salt
-            });
-            let marker = Bytes::copy_from_slice(&marker(salt, self.sets.len()));
-            self.sets.push(std::mem::replace(records, marker));
+            let marker = self.marker(RecordSet::Bytes(Bytes::new()));
+            if let Some(RecordSet::Bytes(set)) = self.sets.last_mut() {
+                *set = std::mem::replace(records, marker);
+            }
         }
+    }
+
+    /// Sets `records` to the marker of a record set sent from `files` (to no records when
+    /// there are none).
+    pub(crate) fn take_files(&mut self, records: &mut Option<Bytes>, files: Vec<FileRange>) {
+        *records = Some(match files.is_empty() {
+            true => Bytes::new(),
+            false => self.marker(RecordSet::Files(files)),
+        });
+    }
+
+    /// Keeps `set` and returns the marker that stands for it.
+    fn marker(&mut self, set: RecordSet) -> Bytes {
+        let salt = self.salt.get_or_insert_with(|| {
+            let mut salt = [0u8; 12];
+            salt.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..12]);
+            salt
+        });
+        let marker = Bytes::copy_from_slice(&marker(salt, self.sets.len()));
+        self.sets.push(set);
+        marker
     }
 
     /// The frame `out` (its 4-byte size prefix not yet set), whose record sets were encoded
@@ -130,7 +266,10 @@ impl Taken {
         for ((start, prefix), set) in cuts.into_iter().zip(self.sets) {
             response.push(out.slice(last..start));
             response.push(Bytes::from(prefix));
-            response.push(set);
+            match set {
+                RecordSet::Bytes(b) => response.push(b),
+                RecordSet::Files(files) => response.parts.extend(files.into_iter().map(Part::File)),
+            }
             last = start + marker_prefix.len() + MARKER_LEN;
         }
         response.push(out.slice(last..));
@@ -168,8 +307,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_response_is_written_in_its_pieces_and_advances_across_them() {
-        let mut r = Response::default();
+    fn buffers_are_written_in_their_pieces_and_advance_across_them() {
+        let mut r = Buffers::default();
         for p in [&b"abc"[..], b"", b"defg", b"h"] {
             r.push(Bytes::copy_from_slice(p));
         }

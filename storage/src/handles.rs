@@ -99,6 +99,11 @@ impl Handle {
         Ok(file)
     }
 
+    /// Whether the handle keeps its file open itself (not through the cache).
+    pub fn pinned(&self) -> bool {
+        self.pinned.is_some()
+    }
+
     /// Keeps the file open for as long as the handle lives (a segment taking appends).
     pub fn pin(&mut self) -> Result<(), StorageError> {
         if self.pinned.is_none() {

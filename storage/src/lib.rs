@@ -36,7 +36,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{compress, decompress_all};
 pub use config::{FlushPolicy, LogConfig, MAX_SEGMENT_BYTES, TimestampType};
 pub use error::StorageError;
-pub use log::{AppendInfo, LocalClean, Log, OpenSegment, PreparedRewrite, SegmentRewrite};
+pub use log::{
+    AppendInfo, FileRange, LocalClean, Log, OpenSegment, PreparedRewrite, SegmentRewrite,
+};
 pub use segment::{SegmentFile, SegmentInfo};
 pub use txn_index::{AbortedTxn, TxnIndex, collect_aborted, decode_entries};
 

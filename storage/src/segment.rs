@@ -542,6 +542,18 @@ impl Segment {
         }
     }
 
+    /// The last index entry at or before file position `pos`: a batch known to start there.
+    pub fn position_hint(&self, pos: u64) -> Hint {
+        self.offset_index
+            .floor(|e| u64::from(e.position) <= pos)
+            .map_or(Hint::START, |e| Hint {
+                pos: u64::from(e.position),
+                checked: true,
+                base_offset: self.base_offset + u64::from(e.rel_offset),
+                max_timestamp: None,
+            })
+    }
+
     /// Where to start scanning for the first batch that reached the segment's max timestamp.
     pub fn max_timestamp_hint(&self) -> Hint {
         self.offset_hint(self.base_offset + u64::from(self.max_timestamp_rel))
@@ -551,6 +563,7 @@ impl Segment {
     pub fn view(&self) -> Result<SegmentView, StorageError> {
         Ok(SegmentView {
             file: self.log.file()?,
+            pinned: self.log.pinned(),
             path: Arc::clone(&self.log_path),
             size: self.size,
         })
@@ -691,7 +704,7 @@ fn read_header(file: &File, pos: u64) -> io::Result<Option<BatchHeader>> {
 }
 
 /// Reads as much of `buf` as the file holds at `pos`; returns the number of bytes read.
-fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], pos + filled as u64) {
@@ -708,7 +721,12 @@ fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
 /// reading straight into `out`'s spare capacity (an empty `out` takes a pooled buffer, see
 /// `buffers`): a fetch reads up to megabytes a partition, and zeroing a buffer before reading
 /// into it cost as much CPU as the read itself.
-fn read_append_at(file: &File, out: &mut Vec<u8>, want: usize, pos: u64) -> io::Result<usize> {
+pub(crate) fn read_append_at(
+    file: &File,
+    out: &mut Vec<u8>,
+    want: usize,
+    pos: u64,
+) -> io::Result<usize> {
     if out.capacity() == 0 {
         *out = crate::buffers::take(want);
     }
@@ -815,10 +833,21 @@ pub(crate) struct Hint {
 }
 
 impl Hint {
-    const START: Hint = Hint::at(0);
+    pub(crate) const START: Hint = Hint::at(0);
+
+    /// An index entry's claim that the batch based at `base_offset` starts at `pos`.
+    #[cfg(test)]
+    pub(crate) const fn checked(pos: u64, base_offset: u64) -> Hint {
+        Hint {
+            pos,
+            checked: true,
+            base_offset,
+            max_timestamp: None,
+        }
+    }
 
     /// A position known to start a batch.
-    const fn at(pos: u64) -> Hint {
+    pub(crate) const fn at(pos: u64) -> Hint {
         Hint {
             pos,
             checked: false,
@@ -827,7 +856,13 @@ impl Hint {
         }
     }
 
-    fn matches(&self, h: &BatchHeader) -> bool {
+    /// The position it names.
+    pub(crate) fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Whether `h`, read at the hint's position, is the batch the index said starts there.
+    pub(crate) fn matches(&self, h: &BatchHeader) -> bool {
         !self.checked
             || (h.base_offset == self.base_offset as i64
                 && self.max_timestamp.is_none_or(|t| t == h.max_timestamp))
@@ -845,11 +880,23 @@ enum Scan {
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentView {
     file: Arc<File>,
+    /// The segment keeps the file open itself (the active one), not the cache of handles.
+    pub pinned: bool,
     path: Arc<Path>,
     pub size: u64,
 }
 
 impl SegmentView {
+    /// The open log file.
+    pub(crate) fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    /// The log file's path (for errors).
+    pub(crate) fn path(&self) -> &Arc<Path> {
+        &self.path
+    }
+
     /// Position and header of the first batch, scanning from `hint`, whose last offset is at
     /// least `offset`; `None` when the segment ends first.
     pub fn locate(

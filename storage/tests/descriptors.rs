@@ -43,6 +43,21 @@ fn a_log_of_many_segments_keeps_one_file_open_plus_the_shared_cache() {
     assert_eq!(log.offset_for_timestamp(1).expect("by time"), Some(0));
     drop(all);
     assert!(open_under(dir.path()) <= 1 + 8);
+    // Ranges to send from the files hold at most an eighth of the cache's bound of sealed
+    // files beyond it (here one); past that, reads are made into memory.
+    let first = log
+        .read_ranges(0, 1, 200)
+        .expect("ranges")
+        .expect("sent from its file");
+    assert!(
+        log.read_ranges(100, 1, 200).expect("ranges").is_none(),
+        "a second sealed file held for sending"
+    );
+    let active = log.read_ranges(199, 1, 200).expect("ranges");
+    assert!(active.is_some(), "the active segment's file is open anyway");
+    drop((first, active));
+    assert!(log.read_ranges(100, 1, 200).expect("ranges").is_some());
+    assert!(open_under(dir.path()) <= 1 + 8);
 
     // Opening it again (a restart) holds no more.
     log.close().expect("close");

@@ -164,9 +164,10 @@ async fn produce_all(
 
 /// Audit A16.3: the broker now decompresses every batch to count its records, so each codec
 /// as librdkafka writes it (snappy as one raw block, LZ4 frames) must be read correctly.
+/// Answers are sent from the segment files (`kafka.sendfile`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_batches_in_every_codec_are_accepted_and_read_back() {
-    let broker = TestBroker::start().await;
+    let broker = TestBroker::start_with(|c| c.kafka.sendfile = true).await;
     let bootstrap = broker.bootstrap();
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
         let topic = format!("codec-{codec}");
@@ -190,9 +191,10 @@ async fn librdkafka_batches_in_every_codec_are_accepted_and_read_back() {
     broker.stop().await;
 }
 
+/// With answers sent from the segment files (`kafka.sendfile`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_round_trip_of_100k_keyed_records_survives_a_restart() {
-    let mut broker = TestBroker::start().await;
+    let mut broker = TestBroker::start_with(|c| c.kafka.sendfile = true).await;
     let bootstrap = broker.bootstrap();
     create_topic(&bootstrap, "events", PARTITIONS).await;
 

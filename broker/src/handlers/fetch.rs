@@ -17,9 +17,10 @@ use kafka_protocol::messages::{
 use tokio::time::Instant;
 
 use super::Reply;
-use crate::partition::{Partition, Read};
+use crate::partition::{Partition, Read, Records};
 use crate::protocol::{Frame, FrameError};
 use crate::quota::{Kind, Quotas};
+use crate::response::Taken;
 use crate::security::acl::{self, Resource};
 use crate::state::BrokerState;
 
@@ -166,6 +167,9 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
     let wait = Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let wanted = Arc::new(wanted);
+    // Plaintext connections may send local records from the segment files (`sendfile`);
+    // TLS has to encrypt them in memory.
+    let files = state.config.kafka.sendfile && !frame.session.listener.protocol.tls();
     loop {
         // Subscribe before reading so an append between the read and the wait wakes us.
         let mut watchers: Vec<_> = wanted.iter().filter_map(Wanted::watch).collect();
@@ -178,7 +182,7 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
         // common min_bytes=1 re-reads on the first append and skips this per-read walk.
         let sizes_before = (min_bytes > 1).then(|| log_sizes(&wanted));
         let w = wanted.clone();
-        let slots = tokio::task::spawn_blocking(move || read_local(&w, max_bytes))
+        let slots = tokio::task::spawn_blocking(move || read_local(&w, max_bytes, files))
             .await
             .map_err(|e| FrameError::Malformed {
                 api: frame.api,
@@ -186,19 +190,27 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                 reason: format!("fetch task failed: {e}"),
             })?;
         let results = read_remote(state, slots, max_bytes).await;
-        let bytes: usize = results
-            .iter()
-            .map(|r| r.records.as_ref().map_or(0, Bytes::len))
-            .sum();
+        let bytes: usize = results.iter().map(Answer::bytes).sum();
         // An error, or a consumer sent to a closer replica, is answered at once.
         let errors = results
             .iter()
-            .any(|r| r.error_code != 0 || r.preferred_read_replica.0 >= 0);
+            .any(|r| r.data.error_code != 0 || r.data.preferred_read_replica.0 >= 0);
         if bytes >= min_bytes || errors || Instant::now() >= deadline || watchers.is_empty() {
             let results = with_aborted(state, &wanted, results).await;
             let mut topics = topics;
-            for (w, data) in wanted.iter().zip(results) {
-                count(state, w, &data);
+            // Record sets leave the encoding in the order it writes them: partitions in
+            // order within topics in order, as `wanted` lists them.
+            let mut taken = Taken::default();
+            for (w, Answer { mut data, records }) in wanted.iter().zip(results) {
+                count(state, w, &data, records.as_ref());
+                match records {
+                    Some(Records::Bytes(b)) => data.records = Some(b),
+                    Some(Records::Files(f)) => taken.take_files(&mut data.records, f),
+                    None => {}
+                }
+                if let Some(records) = data.records.as_mut() {
+                    taken.take(records);
+                }
                 topics[w.topic].partitions.push(data);
             }
             let kept = held
@@ -212,7 +224,8 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                 let size = bytes as f64;
                 frame.throttle(state.quotas.record(&image, Kind::Fetch, who, size, now));
             }
-            let response = frame.respond_fetch(FetchResponse::default().with_responses(topics))?;
+            let response =
+                frame.respond_fetch(FetchResponse::default().with_responses(topics), taken)?;
             return Ok(Reply {
                 response,
                 held: kept,
@@ -242,28 +255,18 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
 }
 
 /// Counts what one partition's answer carries for `/metrics`.
-fn count(state: &BrokerState, w: &Wanted, data: &PartitionData) {
+fn count(state: &BrokerState, w: &Wanted, data: &PartitionData, records: Option<&Records>) {
     state
         .metrics
         .error_code(kafka_protocol::messages::ApiKey::Fetch, data.error_code);
-    let (Ok(part), Some(records)) = (&w.target, &data.records) else {
+    let (Ok(part), Some(records)) = (&w.target, records) else {
         return;
     };
-    if records.is_empty() {
-        return;
-    }
-    // Whole batches: their headers say how many records each holds.
-    let mut count = 0u64;
-    let mut at = 0;
-    while let Some(h) = records
-        .get(at..)
-        .and_then(strata_storage::BatchHeader::parse)
-    {
-        count += u64::try_from(h.records_count).unwrap_or(0);
-        at += h.total_len();
-    }
     let bytes = records.len() as u64;
-    state.metrics.fetched(&part.topic, count, bytes, w.follower);
+    if bytes > 0 {
+        let count = records.count();
+        state.metrics.fetched(&part.topic, count, bytes, w.follower);
+    }
 }
 
 /// KIP-392: the replica a consumer in `rack` should read partition `index` of `topic` from,
@@ -319,10 +322,23 @@ enum Slot {
     Reading(PartitionData, Read),
 }
 
+/// A partition's answer, its records apart until the response is encoded.
+struct Answer {
+    data: PartitionData,
+    records: Option<Records>,
+}
+
+impl Answer {
+    fn bytes(&self) -> usize {
+        self.records.as_ref().map_or(0, Records::len)
+    }
+}
+
 /// Begins every wanted partition's read, within the response's byte budget. The first
 /// partition with data may exceed it by one batch (Kafka's rule, so a large batch cannot block
-/// a consumer); a read from object storage counts at its limit.
-fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
+/// a consumer); a read from object storage counts at its limit. With `files`, local records
+/// are answered as ranges of their segment files (see [`Partition::read`]).
+fn read_local(wanted: &[Wanted], max_bytes: usize, files: bool) -> Vec<Slot> {
     let mut budget = max_bytes;
     let mut any = false;
     wanted
@@ -362,7 +378,7 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
                 (false, true) => lso,
                 (false, false) => hw,
             };
-            match part.read(offset, limit, upto) {
+            match part.read(offset, limit, upto, files) {
                 Ok(read) => {
                     let n = read.size_bound();
                     if n > 0 {
@@ -380,36 +396,40 @@ fn read_local(wanted: &[Wanted], max_bytes: usize) -> Vec<Slot> {
 /// Adds to each read_committed consumer's answer the transactions aborted in what it reads
 /// (up to the last stable offset), so it can drop their records: from the segments' indexes,
 /// local or in object storage.
-async fn with_aborted(
-    state: &BrokerState,
-    wanted: &[Wanted],
-    results: Vec<PartitionData>,
-) -> Vec<PartitionData> {
-    let answers = wanted.iter().zip(results).map(|(w, data)| async move {
+async fn with_aborted(state: &BrokerState, wanted: &[Wanted], results: Vec<Answer>) -> Vec<Answer> {
+    let answers = wanted.iter().zip(results).map(|(w, answer)| async move {
+        let Answer { data, records } = answer;
         let part = match &w.target {
             Ok(p) if w.read_committed && !w.follower && data.error_code == 0 => p,
-            _ => return data,
+            _ => return Answer { data, records },
         };
-        if data.records.as_ref().is_none_or(Bytes::is_empty) {
-            return data.with_aborted_transactions(Some(Vec::new()));
+        if records.as_ref().is_none_or(|r| r.len() == 0) {
+            let data = data.with_aborted_transactions(Some(Vec::new()));
+            return Answer { data, records };
         }
         let (Ok(from), Ok(upto)) = (
             u64::try_from(w.offset),
             u64::try_from(data.last_stable_offset),
         ) else {
-            return data;
+            return Answer { data, records };
         };
         match part.aborted_txns(&state.tiering.reader, from, upto).await {
-            Ok(list) => data.with_aborted_transactions(Some(
-                list.into_iter()
-                    .map(|a| {
-                        AbortedTransaction::default()
-                            .with_producer_id(ProducerId(a.producer_id))
-                            .with_first_offset(a.first_offset as i64)
-                    })
-                    .collect(),
-            )),
-            Err(e) => data.with_records(None).with_error_code(e.code()),
+            Ok(list) => Answer {
+                data: data.with_aborted_transactions(Some(
+                    list.into_iter()
+                        .map(|a| {
+                            AbortedTransaction::default()
+                                .with_producer_id(ProducerId(a.producer_id))
+                                .with_first_offset(a.first_offset as i64)
+                        })
+                        .collect(),
+                )),
+                records,
+            },
+            Err(e) => Answer {
+                data: data.with_records(None).with_error_code(e.code()),
+                records: None,
+            },
         }
     });
     futures::future::join_all(answers).await
@@ -418,18 +438,24 @@ async fn with_aborted(
 /// Completes the reads of a fetch concurrently (those from object storage come from the
 /// chunk cache or the store, off the blocking threads), then applies the response budget in
 /// partition order.
-async fn read_remote(
-    state: &BrokerState,
-    slots: Vec<Slot>,
-    max_bytes: usize,
-) -> Vec<PartitionData> {
+async fn read_remote(state: &BrokerState, slots: Vec<Slot>, max_bytes: usize) -> Vec<Answer> {
     let reader = &state.tiering.reader;
     let answers = futures::future::join_all(slots.into_iter().map(|slot| async move {
         match slot {
-            Slot::Done(data) => data,
-            Slot::Reading(data, read) => match read.bytes(reader).await {
-                Ok(bytes) => data.with_records(Some(bytes)),
-                Err(e) => data.with_error_code(e.code()),
+            Slot::Done(data) => {
+                // What a slot answered without a read (no records, or an empty set).
+                let records = data.records.clone().map(Records::Bytes);
+                Answer { data, records }
+            }
+            Slot::Reading(data, read) => match read.records(reader).await {
+                Ok(records) => Answer {
+                    data,
+                    records: Some(records),
+                },
+                Err(e) => Answer {
+                    data: data.with_error_code(e.code()),
+                    records: None,
+                },
             },
         }
     }))
@@ -437,13 +463,16 @@ async fn read_remote(
     let mut total = 0usize;
     answers
         .into_iter()
-        .map(|data| {
-            let n = data.records.as_ref().map_or(0, Bytes::len);
+        .map(|answer| {
+            let n = answer.bytes();
             if n > 0 && total > 0 && total + n > max_bytes {
-                return data.with_records(Some(Bytes::new()));
+                return Answer {
+                    records: Some(Records::Bytes(Bytes::new())),
+                    ..answer
+                };
             }
             total += n;
-            data
+            answer
         })
         .collect()
 }
@@ -605,7 +634,7 @@ mod tests {
                 preferred: None,
                 read_committed,
             };
-            let slots = read_local(&[wanted], 1 << 20);
+            let slots = read_local(&[wanted], 1 << 20, true);
             let Some(Slot::Reading(data, read)) = slots.first() else {
                 panic!("a local read");
             };

@@ -28,7 +28,7 @@ use strata_storage::Log;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub(crate) use self::read::Read;
+pub(crate) use self::read::{Read, Records};
 use self::remote::RemoteView;
 use self::replicas::Replicas;
 use self::role::Role;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use strata_storage::tier::manifest::Manifest;
 use strata_storage::tier::read::RemoteReader;
-use strata_storage::{AbortedTxn, StorageError};
+use strata_storage::{AbortedTxn, FileRange, StorageError};
 
 use super::Partition;
 use crate::protocol::storage_error_code;
@@ -20,7 +20,7 @@ pub(crate) struct Read(Source);
 
 #[derive(Debug)]
 enum Source {
-    Ready(Bytes),
+    Ready(Records),
     Remote {
         part: Arc<Partition>,
         manifest: Arc<Manifest>,
@@ -29,19 +29,54 @@ enum Source {
     },
 }
 
+/// A partition's records for a response: read into memory, or ranges of its segment files
+/// for a connection that sends them from the file.
+#[derive(Debug)]
+pub(crate) enum Records {
+    Bytes(Bytes),
+    Files(Vec<FileRange>),
+}
+
+impl Records {
+    /// Their size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Bytes(b) => b.len(),
+            Self::Files(f) => f.iter().map(|r| r.len as usize).sum(),
+        }
+    }
+
+    /// How many records they hold, for `/metrics`: counted from the batch headers in memory;
+    /// for ranges, the offsets they span (the same but for a compacted log's gaps).
+    pub(crate) fn count(&self) -> u64 {
+        match self {
+            Self::Bytes(b) => {
+                let mut count = 0u64;
+                let mut at = 0;
+                while let Some(h) = b.get(at..).and_then(strata_storage::BatchHeader::parse) {
+                    count += u64::try_from(h.records_count).unwrap_or(0);
+                    at += h.total_len();
+                }
+                count
+            }
+            Self::Files(f) => f.iter().map(|r| r.offsets).sum(),
+        }
+    }
+}
+
 impl Read {
     /// At most how many bytes it returns: exact once done, its limit while remote.
     pub(crate) fn size_bound(&self) -> usize {
         match &self.0 {
-            Source::Ready(b) => b.len(),
+            Source::Ready(r) => r.len(),
             Source::Remote { limit, .. } => *limit,
         }
     }
 
-    /// Its bytes, fetching them from object storage if need be.
-    pub(crate) async fn bytes(self, reader: &RemoteReader) -> Result<Bytes, ResponseError> {
+    /// Its records, fetching them from object storage if need be.
+    pub(crate) async fn records(self, reader: &RemoteReader) -> Result<Records, ResponseError> {
         match self.0 {
-            Source::Ready(bytes) => Ok(bytes),
+            Source::Ready(records) => Ok(records),
             Source::Remote {
                 part,
                 manifest,
@@ -50,6 +85,7 @@ impl Read {
             } => reader
                 .read(&part.remote.objects, &manifest, offset, limit)
                 .await
+                .map(Records::Bytes)
                 .map_err(|e| {
                     tracing::warn!(topic = %part.topic, partition = part.index, offset,
                         error = %e, "remote read failed");
@@ -80,22 +116,31 @@ impl Partition {
     /// Begins a read of up to `limit` bytes of batches from `offset` that start below
     /// `upto` (the high watermark for consumers, the log end for followers): from the local
     /// log when it holds the offset, else from the object store when a manifest covers it.
+    /// With `files`, local batches in the page cache are answered as ranges of the segment
+    /// files, for a connection that sends them from there.
     /// Blocking (a local read touches the disk): call it off the async threads.
     pub(crate) fn read(
         self: &Arc<Self>,
         offset: u64,
         limit: usize,
         upto: u64,
+        files: bool,
     ) -> Result<Read, ResponseError> {
         let log = &self.log;
         let end = log.log_end_offset();
         if offset >= upto && offset <= end {
-            return Ok(Read(Source::Ready(Bytes::new())));
+            return Ok(Read(Source::Ready(Records::Bytes(Bytes::new()))));
         }
         // Locally first: local eviction only follows a published manifest, so an offset the
         // local log no longer has is found remotely.
         let local = if offset >= log.log_start_offset() {
-            log.read(offset, limit)
+            match files.then(|| log.read_ranges(offset, limit, upto)) {
+                Some(Ok(Some(ranges))) => Ok(Records::Files(ranges)),
+                Some(Err(e)) => Err(e),
+                None | Some(Ok(None)) => log
+                    .read(offset, limit)
+                    .map(|b| Records::Bytes(below(b, upto))),
+            }
         } else {
             Err(StorageError::OffsetOutOfRange {
                 offset,
@@ -104,7 +149,7 @@ impl Partition {
             })
         };
         match local {
-            Ok(bytes) => Ok(Read(Source::Ready(below(bytes, upto)))),
+            Ok(records) => Ok(Read(Source::Ready(records))),
             Err(StorageError::OffsetOutOfRange { .. }) if offset < end => {
                 match self.remote.manifest() {
                     // The manifest is not read yet: retriable.

@@ -20,7 +20,10 @@ use crate::error::{IoContext, StorageError};
 use crate::segment::{NO_TIMESTAMP, Recovered, Segment, SegmentInfo};
 use crate::txn_index::AbortedTxn;
 
+pub use ranges::FileRange;
+
 mod clean;
+mod ranges;
 mod replica;
 mod swap;
 
