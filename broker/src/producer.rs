@@ -839,11 +839,11 @@ mod tests {
         let log = strata_storage::Log::open(dir.path(), config).expect("log");
         let mut t = ProducerTable::default();
         let append = |t: &mut ProducerTable, id: i64, epoch: i16, seq: i32| {
-            let mut bytes = BatchBuilder::new()
+            let bytes = BatchBuilder::new()
                 .producer(id, epoch, seq)
                 .value(None, &[0; 100], 1)
                 .build();
-            let info = log.append(&mut bytes, 0).expect("append");
+            let info = log.append(&bytes, 0).expect("append");
             t.before_change(Some(&log), info.first_offset);
             let b = ProducerBatch {
                 producer_id: id,

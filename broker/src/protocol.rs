@@ -424,7 +424,7 @@ mod tests {
         let log = strata_storage::Log::open(dir.path(), strata_storage::LogConfig::default())
             .expect("log");
         for i in 0..20u8 {
-            let mut batch = strata_storage::BatchBuilder::new()
+            let batch = strata_storage::BatchBuilder::new()
                 .record(strata_storage::Record {
                     key: None,
                     value: Some(vec![i; 700]),
@@ -432,7 +432,7 @@ mod tests {
                     timestamp: 1,
                 })
                 .build();
-            log.append(&mut batch, 0).expect("append");
+            log.append(&batch, 0).expect("append");
         }
         let files = log
             .read_ranges(0, 1 << 20, 20)

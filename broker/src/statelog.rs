@@ -124,8 +124,8 @@ pub(crate) async fn write_records(
         return Ok(part.log.log_end_offset());
     }
     write(part, leader_epoch, lease, move |p| {
-        let mut bytes = batch(&records, now_ms, producer);
-        let info = p.log.append(&mut bytes, leader_epoch)?;
+        let bytes = batch(&records, now_ms, producer);
+        let info = p.log.append(&bytes, leader_epoch)?;
         let end = info.last_offset + 1;
         Ok((end, end))
     })

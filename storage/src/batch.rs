@@ -464,13 +464,25 @@ pub(crate) fn set_base_offset_and_epoch(batch: &mut [u8], base_offset: i64, lead
 /// Sets the max timestamp (and, for log-append time, the timestamp type bit) of a complete
 /// batch and recomputes its CRC, as Kafka does when the broker owns the timestamp.
 pub(crate) fn set_max_timestamp(batch: &mut [u8], max_timestamp: i64, log_append_time: bool) {
+    let (header, records) = batch.split_at_mut(HEADER_LEN);
+    set_max_timestamp_apart(header, records, max_timestamp, log_append_time);
+}
+
+/// As [`set_max_timestamp`], for a batch whose header (its first [`HEADER_LEN`] bytes) is
+/// held apart from its records.
+pub(crate) fn set_max_timestamp_apart(
+    header: &mut [u8],
+    records: &[u8],
+    max_timestamp: i64,
+    log_append_time: bool,
+) {
     if log_append_time {
-        let attributes = be_i16(batch, ATTRIBUTES) | TIMESTAMP_TYPE_LOG_APPEND;
-        batch[ATTRIBUTES..LAST_OFFSET_DELTA].copy_from_slice(&attributes.to_be_bytes());
+        let attributes = be_i16(header, ATTRIBUTES) | TIMESTAMP_TYPE_LOG_APPEND;
+        header[ATTRIBUTES..LAST_OFFSET_DELTA].copy_from_slice(&attributes.to_be_bytes());
     }
-    batch[MAX_TIMESTAMP..PRODUCER_ID].copy_from_slice(&max_timestamp.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[ATTRIBUTES..]);
-    batch[CRC..ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
+    header[MAX_TIMESTAMP..PRODUCER_ID].copy_from_slice(&max_timestamp.to_be_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&header[ATTRIBUTES..HEADER_LEN]), records);
+    header[CRC..ATTRIBUTES].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// The first record offset in `batch` for which `pred(offset, timestamp)` holds. Records of

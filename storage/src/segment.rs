@@ -418,13 +418,13 @@ impl Segment {
     /// the segment is unchanged (a partial write past `size` is cut off again).
     pub fn append(
         &mut self,
-        bytes: &[u8],
+        pieces: &[&[u8]],
         headers: &[BatchHeader],
         index_interval: u64,
     ) -> Result<(), StorageError> {
         debug_assert!(!self.sealed);
         let log = self.log.file()?;
-        if let Err(e) = log.write_all_at(bytes, self.size) {
+        if let Err(e) = write_all_vectored_at(&log, pieces, self.size) {
             // Best effort: the next append overwrites from `size` anyway, and recovery cuts
             // anything past the last valid batch.
             let _ = log.set_len(self.size);
@@ -715,6 +715,28 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<
         }
     }
     Ok(filled)
+}
+
+/// Writes `pieces` one after another at `pos` with as few `pwritev` calls as the kernel
+/// allows (it takes at most `IOV_MAX` pieces and may write less than asked).
+fn write_all_vectored_at(file: &File, pieces: &[&[u8]], mut pos: u64) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    for group in pieces.chunks(IOV_MAX) {
+        let mut slices: Vec<io::IoSlice<'_>> = group.iter().map(|p| io::IoSlice::new(p)).collect();
+        let mut left: &mut [io::IoSlice<'_>] = &mut slices;
+        while !left.is_empty() {
+            match rustix::io::pwritev(file, left, pos) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    pos += n as u64;
+                    io::IoSlice::advance_slices(&mut left, n);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Appends to `out` up to `want` bytes of `file` from `pos` (fewer where the file ends),

@@ -28,7 +28,7 @@ fn aborted_transactions_follow_their_segments() {
     let log = Log::open(dir.path(), config.clone()).expect("open");
     // 1 KiB batches: four segments of about seven batches each.
     for i in 0..24 {
-        log.append(&mut common::one(1000, i), 0).expect("append");
+        log.append(&common::one(1000, i), 0).expect("append");
     }
     let segments = log.segments();
     assert!(segments.len() >= 4, "{} segments", segments.len());

@@ -21,7 +21,7 @@ fn good() -> Vec<u8> {
     common::batch(&[(100, 1_000), (20, 1_001), (0, 1_002)])
 }
 
-fn rejected(mut input: Vec<u8>) -> BatchError {
+fn rejected(input: Vec<u8>) -> BatchError {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(
         dir.path(),
@@ -31,14 +31,14 @@ fn rejected(mut input: Vec<u8>) -> BatchError {
         },
     )
     .expect("open");
-    let mut first = good();
-    log.append(&mut first, 0).expect("a good batch");
+    let first = good();
+    log.append(&first, 0).expect("a good batch");
     let before = (
         log.log_end_offset(),
         log.read(0, 1 << 20).expect("read"),
         log.size_bytes(),
     );
-    let err = match log.append(&mut input, 0) {
+    let err = match log.append(&input, 0) {
         Err(StorageError::InvalidBatch(e)) => e,
         other => panic!("expected an invalid batch error, got {other:?}"),
     };
@@ -49,8 +49,8 @@ fn rejected(mut input: Vec<u8>) -> BatchError {
     );
     assert_eq!(before, after, "the log changed after rejecting: {err}");
     // And it still takes good batches at the next offset.
-    let mut next = good();
-    assert_eq!(log.append(&mut next, 0).expect("append").first_offset, 3);
+    let next = good();
+    assert_eq!(log.append(&next, 0).expect("append").first_offset, 3);
     err
 }
 
@@ -255,11 +255,9 @@ fn compressed_batches_in_every_codec_are_read_back_and_counted() {
     let log = Log::open(dir.path(), LogConfig::default()).expect("open");
     let mut end = 0;
     for codec in 1..=4 {
-        let mut b = common::compressed(&good(), codec);
+        let b = common::compressed(&good(), codec);
         let sent = b.clone();
-        let info = log
-            .append(&mut b, 0)
-            .expect("a well-formed compressed batch");
+        let info = log.append(&b, 0).expect("a well-formed compressed batch");
         assert_eq!((info.first_offset, info.last_offset), (end, end + 2));
         let read = log.read(end, 1 << 20).expect("read");
         // Only the base offset and leader epoch (outside the CRC) differ from what was sent.
@@ -270,8 +268,8 @@ fn compressed_batches_in_every_codec_are_read_back_and_counted() {
     let raw = snap::raw::Encoder::new()
         .compress_vec(&good()[strata_storage::HEADER_LEN..])
         .expect("snappy");
-    let mut b = common::with_records(&good(), 2, &raw);
-    log.append(&mut b, 0).expect("raw snappy");
+    let b = common::with_records(&good(), 2, &raw);
+    log.append(&b, 0).expect("raw snappy");
 }
 
 #[test]
@@ -310,10 +308,10 @@ fn compressed_records_that_do_not_decompress_or_expand_without_bound_are_refused
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path(), LogConfig::default()).expect("open");
     let bomb = common::batch(&[(300 << 20, 1)]);
-    let mut bomb = common::compressed(&bomb, 4);
+    let bomb = common::compressed(&bomb, 4);
     assert!(bomb.len() < 64 * 1024, "{} bytes", bomb.len());
     let started = std::time::Instant::now();
-    match log.append(&mut bomb, 0) {
+    match log.append(&bomb, 0) {
         Err(StorageError::InvalidBatch(BatchError::BadCompressedRecords { reason, .. })) => {
             assert!(reason.contains("more than"), "{reason}")
         }

@@ -30,10 +30,10 @@ fn segment_rolls_only_when_the_next_append_would_exceed_segment_bytes() {
     )
     .expect("open");
     for _ in 0..3 {
-        log.append(&mut one.clone(), 0).expect("append");
+        log.append(&one.clone(), 0).expect("append");
     }
     assert_eq!(log.segments().len(), 1, "three batches fit exactly");
-    log.append(&mut one.clone(), 0).expect("append");
+    log.append(&one.clone(), 0).expect("append");
     let segs = log.segments();
     assert_eq!(segs.len(), 2);
     assert_eq!((segs[0].next_offset, segs[0].size_bytes), (3, 3 * len));
@@ -51,22 +51,18 @@ fn segment_rolls_once_its_first_batch_is_segment_ms_old() {
         ..config()
     };
     let log = Log::open_with_clock(dir.path(), cfg.clone(), clock.clone()).expect("open");
-    log.append(&mut common::one(10, 1_000_000), 0)
-        .expect("append");
+    log.append(&common::one(10, 1_000_000), 0).expect("append");
     clock.advance(499);
-    log.append(&mut common::one(10, 1_000_499), 0)
-        .expect("append");
+    log.append(&common::one(10, 1_000_499), 0).expect("append");
     assert_eq!(log.segments().len(), 1);
     clock.advance(1);
-    log.append(&mut common::one(10, 1_000_500), 0)
-        .expect("append");
+    log.append(&common::one(10, 1_000_500), 0).expect("append");
     assert_eq!(log.segments().len(), 2);
     // The age survives a reopen: it is the first batch's timestamp, as in Kafka.
     drop(log);
     let log = Log::open_with_clock(dir.path(), cfg, clock.clone()).expect("reopen");
     clock.advance(500);
-    log.append(&mut common::one(10, 1_001_000), 0)
-        .expect("append");
+    log.append(&common::one(10, 1_001_000), 0).expect("append");
     assert_eq!(log.segments().len(), 3);
 }
 
@@ -81,11 +77,10 @@ fn records_stamped_long_ago_roll_by_their_own_timestamps_not_the_wall_clock() {
     };
     let log = Log::open_with_clock(dir.path(), cfg, clock.clone()).expect("open");
     for ts in [1_000_000, 1_000_100, 1_000_499] {
-        log.append(&mut common::one(10, ts), 0).expect("append");
+        log.append(&common::one(10, ts), 0).expect("append");
     }
     assert_eq!(log.segments().len(), 1, "old timestamps alone do not roll");
-    log.append(&mut common::one(10, 1_000_500), 0)
-        .expect("append");
+    log.append(&common::one(10, 1_000_500), 0).expect("append");
     assert_eq!(log.segments().len(), 2);
     // Records without a timestamp (-1) age by the wall clock since the segment was opened.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -98,12 +93,12 @@ fn records_stamped_long_ago_roll_by_their_own_timestamps_not_the_wall_clock() {
         clock.clone(),
     )
     .expect("open");
-    log.append(&mut common::one(10, -1), 0).expect("append");
+    log.append(&common::one(10, -1), 0).expect("append");
     clock.advance(499);
-    log.append(&mut common::one(10, -1), 0).expect("append");
+    log.append(&common::one(10, -1), 0).expect("append");
     assert_eq!(log.segments().len(), 1);
     clock.advance(1);
-    log.append(&mut common::one(10, -1), 0).expect("append");
+    log.append(&common::one(10, -1), 0).expect("append");
     assert_eq!(log.segments().len(), 2);
 }
 
@@ -134,7 +129,7 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after_every_timestamp() {
                 })
                 .collect();
             stamps.extend(recs.iter().map(|r| r.1));
-            log.append(&mut common::batch(&recs), 0).expect("append");
+            log.append(&common::batch(&recs), 0).expect("append");
         }
         assert!(log.segments().len() > 3);
         for target in 9_990..=ts + 2 {
@@ -164,7 +159,7 @@ fn log_append_time_stamps_the_broker_clock_and_keeps_the_crc_valid() {
     )
     .expect("open");
     let info = log
-        .append(&mut common::batch(&[(10, 5), (10, 6)]), 9)
+        .append(&common::batch(&[(10, 5), (10, 6)]), 9)
         .expect("append");
     assert_eq!(info.log_append_time, Some(77_000));
     assert_eq!(info.max_timestamp, 77_000);
@@ -184,7 +179,7 @@ fn create_time_max_timestamp_is_corrected_from_the_records() {
     b[35..43].copy_from_slice(&100i64.to_be_bytes()); // a producer that lied
     let crc = crc32c::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
-    assert_eq!(log.append(&mut b, 0).expect("append").max_timestamp, 900);
+    assert_eq!(log.append(&b, 0).expect("append").max_timestamp, 900);
     assert_eq!(log.max_timestamp().expect("max"), Some((900, 1)));
 }
 
@@ -197,7 +192,7 @@ fn flush_policies_decide_when_appends_become_durable() {
         ..config()
     };
     let log = Log::open_with_clock(dir.path(), cfg.clone(), clock.clone()).expect("open");
-    log.append(&mut common::one(10, 0), 0).expect("append");
+    log.append(&common::one(10, 0), 0).expect("append");
     assert_eq!(log.durable_offset(), 0, "left to the OS");
     log.flush().expect("flush");
     assert_eq!(log.durable_offset(), 1);
@@ -208,7 +203,7 @@ fn flush_policies_decide_when_appends_become_durable() {
     })
     .expect("config");
     clock.advance(50);
-    log.append(&mut common::one(10, 0), 0).expect("append");
+    log.append(&common::one(10, 0), 0).expect("append");
     assert_eq!(log.durable_offset(), 1, "interval not yet due");
     clock.advance(50);
     log.maybe_flush().expect("timer");
@@ -219,7 +214,7 @@ fn flush_policies_decide_when_appends_become_durable() {
         ..cfg
     })
     .expect("config");
-    log.append(&mut common::one(10, 0), 0).expect("append");
+    log.append(&common::one(10, 0), 0).expect("append");
     assert_eq!(log.durable_offset(), 3, "every append");
 }
 
@@ -234,12 +229,12 @@ fn flush_messages_bounds_the_records_not_yet_durable() {
         },
     )
     .expect("open");
-    log.append(&mut common::one(10, 0), 0).expect("append");
-    log.append(&mut common::one(10, 0), 0).expect("append");
+    log.append(&common::one(10, 0), 0).expect("append");
+    log.append(&common::one(10, 0), 0).expect("append");
     assert_eq!(log.durable_offset(), 0, "two records below flush.messages");
-    log.append(&mut common::one(10, 0), 0).expect("append");
+    log.append(&common::one(10, 0), 0).expect("append");
     assert_eq!(log.durable_offset(), 3, "the third forces an fsync");
-    log.append(&mut common::one(10, 0), 0).expect("append");
+    log.append(&common::one(10, 0), 0).expect("append");
     assert_eq!(log.durable_offset(), 3);
 }
 
@@ -256,7 +251,7 @@ fn sealed_segments_become_durable_on_a_timer_without_any_fsyncing_append() {
     )
     .expect("open");
     for _ in 0..3 {
-        log.append(&mut one.clone(), 0).expect("append");
+        log.append(&one.clone(), 0).expect("append");
     }
     assert_eq!(
         log.durable_offset(),
@@ -296,7 +291,7 @@ fn concurrent_appenders_with_group_commit_get_contiguous_offsets() {
                 (0..50)
                     .map(|i| {
                         let info = log
-                            .append(&mut common::batch(&[(200, t), (200, i)]), 0)
+                            .append(&common::batch(&[(200, t), (200, i)]), 0)
                             .expect("append");
                         // Acknowledged means durable.
                         assert!(log.durable_offset() > info.last_offset);
@@ -334,7 +329,7 @@ fn readers_racing_a_writer_always_see_whole_contiguous_batches() {
         let log = Arc::clone(&log);
         std::thread::spawn(move || {
             for i in 0..2_000 {
-                log.append(&mut common::batch(&[(i % 300, i as i64), (7, 0)]), 0)
+                log.append(&common::batch(&[(i % 300, i as i64), (7, 0)]), 0)
                     .expect("append");
             }
         })

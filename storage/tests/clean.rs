@@ -42,7 +42,7 @@ fn fill(
                 timestamp: ts,
             });
         }
-        log.append(&mut b.build(), 1).expect("append");
+        log.append(&b.build(), 1).expect("append");
     }
 }
 

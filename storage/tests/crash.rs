@@ -38,11 +38,11 @@ fn crashed() -> Crashed {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path(), config()).expect("open");
     for i in 0..25i64 {
-        let mut b = common::batch(&[
+        let b = common::batch(&[
             (200 + (i as usize * 37) % 400, 10_000 + i),
             (50, 10_000 + i),
         ]);
-        log.append(&mut b, 1).expect("append");
+        log.append(&b, 1).expect("append");
     }
     log.flush().expect("flush");
     let flushed: Vec<Vec<u8>> = common::split(&log.read(0, usize::MAX / 2).expect("read"))
@@ -54,9 +54,11 @@ fn crashed() -> Crashed {
     assert!(segments.len() >= 3, "the scenario spans sealed segments");
     let mut unflushed = Vec::new();
     for i in 0..3i64 {
-        let mut b = common::batch(&[(60 + i as usize * 20, 20_000 + i), (10, 20_000 + i)]);
-        log.append(&mut b, 1).expect("append");
-        unflushed.push(b);
+        let b = common::batch(&[(60 + i as usize * 20, 20_000 + i), (10, 20_000 + i)]);
+        let info = log.append(&b, 1).expect("append");
+        // As the log holds it: offsets and leader epoch stamped.
+        let stamped = log.read(info.first_offset, 1).expect("read");
+        unflushed.push(stamped.to_vec());
     }
     assert_eq!(
         log.segments().len(),
@@ -109,8 +111,8 @@ impl Crashed {
         common::assert_same_batches(&got, &expected, what);
         let end = (self.flushed.len() + survivors) as u64 * 2;
         assert_eq!(log.log_end_offset(), end, "{what}: log end offset");
-        let mut next = common::one(100, 30_000);
-        let info = log.append(&mut next, 2).expect("append after recovery");
+        let next = common::one(100, 30_000);
+        let info = log.append(&next, 2).expect("append after recovery");
         assert_eq!(
             info.first_offset, end,
             "{what}: appends continue at the recovered end"
@@ -335,13 +337,13 @@ fn segments_sealed_after_the_flush_recover_like_the_active_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Log::open(dir.path(), config()).expect("open");
     for i in 0..10i64 {
-        log.append(&mut common::one(500, i), 1).expect("append");
+        log.append(&common::one(500, i), 1).expect("append");
     }
     log.flush().expect("flush");
     let at_flush = log.segments().last().cloned().expect("active");
     let flushed = log.read(0, usize::MAX / 2).expect("read").to_vec();
     for i in 10..30i64 {
-        log.append(&mut common::one(500, i), 1).expect("append");
+        log.append(&common::one(500, i), 1).expect("append");
     }
     let later = log.segments().len();
     drop(log);

@@ -32,7 +32,7 @@ fn a_log_of_many_segments_keeps_one_file_open_plus_the_shared_cache() {
     };
     let log = Log::open(dir.path(), config.clone()).expect("open");
     for _ in 0..200 {
-        log.append(&mut one.clone(), 0).expect("append");
+        log.append(&one.clone(), 0).expect("append");
     }
     assert_eq!(log.segments().len(), 200);
     let held = open_under(dir.path());
@@ -67,7 +67,7 @@ fn a_log_of_many_segments_keeps_one_file_open_plus_the_shared_cache() {
     assert!(open_under(dir.path()) <= 1 + 8);
     // Truncating back into a sealed segment makes it the active one again, open for appends.
     log.truncate_to(150).expect("truncate");
-    log.append(&mut one.clone(), 0)
+    log.append(&one.clone(), 0)
         .expect("append after truncation");
     assert_eq!(log.log_end_offset(), 151);
     assert!(open_under(dir.path()) <= 1 + 8);

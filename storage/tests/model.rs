@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use strata_storage::{FlushPolicy, Log, LogConfig, ManualClock, StorageError};
+use strata_storage::{BatchHeader, FlushPolicy, Log, LogConfig, ManualClock, StorageError};
 
 const NOW: i64 = 1_000_000;
 
@@ -273,7 +273,17 @@ fn run(ops: Vec<Op>, segment_bytes: u64, interval: u64, flush: FlushPolicy) {
                     stamps.push(spec.iter().map(|&(_, ts)| ts).collect::<Vec<_>>());
                 }
                 let first = model.leo();
-                let info = log.append(&mut buf, 3).expect("append");
+                let info = log.append(&buf, 3).expect("append");
+                // What the log writes: each batch's base offset and leader epoch stamped.
+                let mut next = first as i64;
+                let mut at = 0;
+                while at < buf.len() {
+                    let h = BatchHeader::parse(&buf[at..]).expect("header");
+                    buf[at..at + 8].copy_from_slice(&next.to_be_bytes());
+                    buf[at + 12..at + 16].copy_from_slice(&3i32.to_be_bytes());
+                    next += i64::from(h.last_offset_delta) + 1;
+                    at += h.total_len();
+                }
                 let count: usize = stamps.iter().map(Vec::len).sum();
                 assert_eq!(info.first_offset, first);
                 assert_eq!(info.last_offset, first + count as u64 - 1);

@@ -58,7 +58,7 @@ fn written(dir: &std::path::Path, n: usize, keys: usize, segment_bytes: u64) -> 
         let key = format!("k{}", (i * 31) % keys).into_bytes();
         let value = (i % 5 != 4).then(|| format!("value-{i}").into_bytes());
         latest.insert(key.clone(), value.clone());
-        let mut b = BatchBuilder::new()
+        let b = BatchBuilder::new()
             .record(Record {
                 key: Some(key),
                 value,
@@ -66,7 +66,7 @@ fn written(dir: &std::path::Path, n: usize, keys: usize, segment_bytes: u64) -> 
                 timestamp: 1_000 + i as i64,
             })
             .build();
-        log.append(&mut b, 1).expect("append");
+        log.append(&b, 1).expect("append");
     }
     log.roll().expect("roll");
     log.flush().expect("flush");

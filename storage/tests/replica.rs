@@ -28,8 +28,8 @@ fn leader(dir: &std::path::Path, n: usize) -> (Log, Vec<(i64, Vec<u8>)>) {
     .expect("open");
     for i in 0..n {
         let epoch = if i < n / 2 { 1 } else { 3 };
-        let mut b = common::batch(&[(50 + i * 7, 1_000 + i as i64), (10, 1_000 + i as i64)]);
-        log.append(&mut b, epoch).expect("append");
+        let b = common::batch(&[(50 + i * 7, 1_000 + i as i64), (10, 1_000 + i as i64)]);
+        log.append(&b, epoch).expect("append");
     }
     let batches = common::split(&log.read(0, usize::MAX / 2).expect("read"));
     (log, batches)
@@ -71,9 +71,7 @@ fn a_replica_keeps_the_leaders_offsets_epochs_and_timestamps() {
         "the copy",
     );
     // Promoted, it appends as a leader from where the copy ends.
-    let info = follower
-        .append(&mut common::one(10, 5_000), 4)
-        .expect("append");
+    let info = follower.append(&common::one(10, 5_000), 4).expect("append");
     assert_eq!(info.first_offset, leader.log_end_offset());
 }
 

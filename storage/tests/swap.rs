@@ -21,7 +21,7 @@ fn config() -> LogConfig {
 fn log(dir: &Path) -> (Log, Vec<(i64, Vec<u8>)>, u64, u64) {
     let log = Log::open(dir, config()).expect("open");
     for i in 0..40 {
-        log.append(&mut common::batch(&[(100 + i * 3, 1_000 + i as i64)]), 1)
+        log.append(&common::batch(&[(100 + i * 3, 1_000 + i as i64)]), 1)
             .expect("append");
     }
     let batches = common::split(&log.read(0, usize::MAX / 2).expect("read"));
@@ -75,7 +75,7 @@ fn a_rewrite_replaces_the_range_and_the_log_carries_on() {
     holds(&log, &want, "after the swap");
     assert_eq!(log.log_end_offset(), end);
     assert!(leftovers(dir.path()).is_empty());
-    let info = log.append(&mut common::one(10, 9), 2).expect("append");
+    let info = log.append(&common::one(10, 9), 2).expect("append");
     assert_eq!(info.first_offset, end);
     drop(log);
     let log = Log::open(dir.path(), config()).expect("reopen");

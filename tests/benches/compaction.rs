@@ -90,7 +90,7 @@ fn fill(dir: &std::path::Path, mib: u64) -> BenchResult<Log> {
             });
             i += 1;
         }
-        log.append(&mut b.build(), 1)?;
+        log.append(&b.build(), 1)?;
     }
     log.roll()?;
     log.flush()?;

@@ -262,8 +262,8 @@ mod tests {
         writes: &[Write],
         now: i64,
     ) -> Result<(), StorageError> {
-        let mut bytes = statelog::batch(&records(writes)?, now, None);
-        log.append(&mut bytes, leader_epoch).map(|_| ())
+        let bytes = statelog::batch(&records(writes)?, now, None);
+        log.append(&bytes, leader_epoch).map(|_| ())
     }
 
     #[test]
@@ -343,16 +343,16 @@ mod tests {
         };
         let in_txn = |producer: i64, offset| {
             let records = records(&[commit(offset)]).expect("records");
-            let mut bytes = statelog::batch(&records, 1, Some((producer, 0)));
-            log.append(&mut bytes, 0).expect("append");
+            let bytes = statelog::batch(&records, 1, Some((producer, 0)));
+            log.append(&bytes, 0).expect("append");
         };
         let marker = |producer: i64, commit: bool| {
             let m = ControlMarker {
                 commit,
                 coordinator_epoch: 0,
             };
-            let mut bytes = BatchBuilder::control(producer, 0, m, 1);
-            log.append(&mut bytes, 0).expect("append");
+            let bytes = BatchBuilder::control(producer, 0, m, 1);
+            log.append(&bytes, 0).expect("append");
         };
         in_txn(5, 10);
         in_txn(6, 11);
@@ -410,9 +410,9 @@ mod tests {
             compression: Compression::Gzip,
         };
         RecordBatchEncoder::encode(&mut gzip, &[record], &options).expect("encode");
-        let mut gzip = gzip.to_vec();
+        let gzip = gzip.to_vec();
         assert!(gzip.len() < 8 * 1024);
-        log.append(&mut gzip, 0).expect("a valid gzip batch");
+        log.append(&gzip, 0).expect("a valid gzip batch");
         append(&log, 0, &[commit(43)], 2).expect("append");
         let loaded = load(&log).expect("load");
         assert_eq!(loaded.offsets["g"][&("t".to_string(), 0)].offset, 43);

@@ -329,10 +329,9 @@ fn append_checked(
             Some("a transactional batch needs a producer id and sequence".into()),
         ));
     }
-    let mut buf = records.to_vec();
     let (landed, last_offset) = match idempotent {
         None => {
-            let info = log.append(&mut buf, leader_epoch).map_err(storage)?;
+            let info = log.append(records, leader_epoch).map_err(storage)?;
             (landed(&info), info.last_offset)
         }
         Some(batch) => {
@@ -368,7 +367,7 @@ fn append_checked(
                             Some("the transaction ended before this batch could join it".into()),
                         ));
                     }
-                    let info = log.append(&mut buf, leader_epoch).map_err(storage)?;
+                    let info = log.append(records, leader_epoch).map_err(storage)?;
                     producers.before_change(part.tiered_log(), info.first_offset);
                     producers.record(
                         &batch,

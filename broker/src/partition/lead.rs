@@ -92,8 +92,8 @@ impl Partition {
                 got: producer_epoch,
             }));
         }
-        let mut batch = BatchBuilder::control(producer_id, producer_epoch, marker, now_ms);
-        let info = self.log.append(&mut batch, leader_epoch)?;
+        let batch = BatchBuilder::control(producer_id, producer_epoch, marker, now_ms);
+        let info = self.log.append(&batch, leader_epoch)?;
         let offset = info.first_offset;
         producers.before_change(self.tiered_log(), offset);
         if let Some(done) = producers.end_txn(producer_id, producer_epoch, offset, marker.commit)

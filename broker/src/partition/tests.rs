@@ -206,8 +206,8 @@ async fn a_recovery_that_failed_after_resetting_the_log_finishes_when_retried() 
     let before = tempfile::tempdir().expect("temp dir");
     let old = Log::open(before.path(), Default::default()).expect("log");
     for _ in 0..3 {
-        let mut batch = BatchBuilder::new().value(None, b"v", 1).build();
-        old.append(&mut batch, 0).expect("append");
+        let batch = BatchBuilder::new().value(None, b"v", 1).build();
+        old.append(&batch, 0).expect("append");
     }
     old.roll().expect("roll");
     old.flush().expect("flush");
@@ -474,10 +474,10 @@ fn the_high_watermark_is_saved_and_read_back_capped_at_the_log() {
         parts.apply(&replicated(&[1, 2]));
         let p = parts.get(id, 0).expect("hosted");
         for i in 0..3 {
-            let mut b = strata_storage::BatchBuilder::new()
+            let b = strata_storage::BatchBuilder::new()
                 .value(None, format!("v{i}").as_bytes(), 1_000)
                 .build();
-            p.log.append(&mut b, 0).expect("append");
+            p.log.append(&b, 0).expect("append");
             p.appended();
         }
         assert_eq!(
@@ -657,7 +657,7 @@ fn a_copy_that_ends_inside_a_leader_batch_takes_the_leaders_batch() {
             for r in *records {
                 b = b.value(None, r, 1);
             }
-            log.append(&mut b.build(), 0).expect("append");
+            log.append(&b.build(), 0).expect("append");
         }
         log
     };

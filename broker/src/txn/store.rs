@@ -88,8 +88,8 @@ mod tests {
             vec![record("a", Some(&a)), record("b", Some(&b))],
             vec![record("a", Some(&a2)), record("b", None)],
         ] {
-            let mut bytes = statelog::batch(&records, 5, None);
-            log.append(&mut bytes, 0).expect("append");
+            let bytes = statelog::batch(&records, 5, None);
+            log.append(&bytes, 0).expect("append");
         }
         let txns = load(&log).expect("load");
         assert_eq!(txns.len(), 1);

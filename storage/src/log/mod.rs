@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader};
+use crate::batch::{self, BatchHeader, HEADER_LEN};
 use crate::checkpoint::{self, Checkpoint};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
@@ -211,13 +211,11 @@ impl Log {
         Ok(())
     }
 
-    /// Validates `records` (one or more v2 batches) and appends them, assigning offsets by
-    /// rewriting each batch header in place. On any error the log is unchanged.
-    pub fn append(
-        &self,
-        records: &mut [u8],
-        leader_epoch: i32,
-    ) -> Result<AppendInfo, StorageError> {
+    /// Validates `records` (one or more v2 batches) and appends them, assigning offsets in
+    /// a copy of each batch's header: the file gets the stamped headers and the records as
+    /// they came, in one vectored write, so a produced batch is not copied to be stamped.
+    /// On any error the log is unchanged.
+    pub fn append(&self, records: &[u8], leader_epoch: i32) -> Result<AppendInfo, StorageError> {
         self.check_online()?;
         let (max_batch, keys_required) = {
             let inner = self.read_inner();
@@ -256,27 +254,46 @@ impl Log {
             let log_append_time =
                 (inner.config.timestamp_type == TimestampType::LogAppendTime).then_some(now);
             let mut headers = Vec::with_capacity(batches.len());
+            let mut stamped = Vec::with_capacity(batches.len());
             let mut next = first_offset as i64;
             for b in &batches {
-                let bytes = &mut records[b.pos..b.pos + b.len()];
-                batch::set_base_offset_and_epoch(bytes, next, leader_epoch);
+                let bytes = &records[b.pos..b.pos + b.len()];
+                let (header, rest) = bytes.split_at(HEADER_LEN.min(bytes.len()));
+                let mut header: [u8; HEADER_LEN] =
+                    header
+                        .try_into()
+                        .map_err(|_| batch::BatchError::Truncated {
+                            at: b.pos,
+                            available: bytes.len(),
+                        })?;
+                batch::set_base_offset_and_epoch(&mut header, next, leader_epoch);
                 let fix_max = match (log_append_time, b.records_max_timestamp) {
                     (Some(t), _) => Some(t),
                     (None, Some(m)) if m != b.header.max_timestamp => Some(m),
                     _ => None,
                 };
                 if let Some(ts) = fix_max {
-                    batch::set_max_timestamp(bytes, ts, log_append_time.is_some());
+                    batch::set_max_timestamp_apart(
+                        &mut header,
+                        rest,
+                        ts,
+                        log_append_time.is_some(),
+                    );
                 }
-                let header = BatchHeader::parse(bytes).ok_or(batch::BatchError::Truncated {
+                let parsed = BatchHeader::parse(&header).ok_or(batch::BatchError::Truncated {
                     at: b.pos,
                     available: bytes.len(),
                 })?;
-                next = header.last_offset() + 1;
-                headers.push(header);
+                next = parsed.last_offset() + 1;
+                headers.push(parsed);
+                stamped.push((header, rest));
             }
+            let pieces: Vec<&[u8]> = stamped
+                .iter()
+                .flat_map(|(h, rest)| [&h[..], *rest])
+                .collect();
             let interval = inner.config.index_interval_bytes;
-            inner.active.append(records, &headers, interval)?;
+            inner.active.append(&pieces, &headers, interval)?;
             let info = AppendInfo {
                 first_offset,
                 last_offset,
@@ -1144,10 +1161,10 @@ mod tests {
     fn data_in_a_segment_created_after_the_last_sync_is_durable_only_with_its_directory_entry() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = log(dir.path());
-        log.append(&mut batch(), 0).expect("append");
+        log.append(&batch(), 0).expect("append");
         log.sync_through(1).expect("sync");
         log.roll().expect("roll");
-        log.append(&mut batch(), 0).expect("append");
+        log.append(&batch(), 0).expect("append");
         let before = DIR_SYNCS.with(|n| n.get());
         log.sync_through(2).expect("sync");
         assert_eq!(log.durable_offset(), 2);
@@ -1156,7 +1173,7 @@ mod tests {
             1,
             "the new segment's directory entry is fsynced before offset 1 is durable"
         );
-        log.append(&mut batch(), 0).expect("append");
+        log.append(&batch(), 0).expect("append");
         let before = DIR_SYNCS.with(|n| n.get());
         log.sync_through(3).expect("sync");
         assert_eq!(
@@ -1177,7 +1194,7 @@ mod tests {
         let before = syncs();
         let new = log(&dir);
         assert_eq!(syncs() - before, 0, "a new log");
-        new.append(&mut batch(), 0).expect("append");
+        new.append(&batch(), 0).expect("append");
         let before = syncs();
         new.sync_through(1).expect("sync");
         assert_eq!(
@@ -1196,7 +1213,7 @@ mod tests {
             0,
             "nothing new: the checkpoint is not written again"
         );
-        reopened.append(&mut batch(), 0).expect("append");
+        reopened.append(&batch(), 0).expect("append");
         drop(reopened);
         let before = syncs();
         let recovered = log(&dir);
@@ -1214,12 +1231,12 @@ mod tests {
     fn an_offline_log_takes_no_appends_and_serves_no_reads() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = log(dir.path());
-        log.append(&mut batch(), 0).expect("append");
+        log.append(&batch(), 0).expect("append");
         assert!(!log.read(0, 1 << 20).expect("read").is_empty());
         // What a failed fsync records (`sync_to`): from then on nothing is written or served.
         let _ = log.failure.set("fsync failed (test)".into());
         assert!(matches!(
-            log.append(&mut batch(), 0),
+            log.append(&batch(), 0),
             Err(StorageError::Offline { .. })
         ));
         assert!(matches!(

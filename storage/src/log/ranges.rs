@@ -371,7 +371,7 @@ mod tests {
         for _ in 0..300 {
             let records = 1 + (next() % 4) as usize;
             let size = [10, 300, 3000, 9000][(next() % 4) as usize];
-            log.append(&mut batch_of(records, size), 0).expect("append");
+            log.append(&batch_of(records, size), 0).expect("append");
         }
         // Reads that reach the end run into an empty active segment.
         log.roll().expect("roll");
@@ -411,7 +411,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Log::open(dir.path(), config(1 << 20, 1)).expect("open");
         for _ in 0..10 {
-            log.append(&mut batch_of(1, 1000), 0).expect("append");
+            log.append(&batch_of(1, 1000), 0).expect("append");
         }
         let view = log.read_inner().active.view().expect("view");
         let good = log.read_inner().position_hint(0, 2500);
@@ -434,7 +434,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = Log::open(dir.path(), config(64 << 20, 4096)).expect("open");
         for _ in 0..2000 {
-            log.append(&mut batch_of(1, 4000), 0).expect("append");
+            log.append(&batch_of(1, 4000), 0).expect("append");
         }
         log.sync_through(2000).expect("sync");
         let file = File::open(dir.path().join(crate::segment::file_name(0, "log"))).expect("open");

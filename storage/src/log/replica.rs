@@ -83,7 +83,7 @@ impl Log {
             }
             let headers: Vec<_> = batches.iter().map(|b| b.header).collect();
             let interval = inner.config.index_interval_bytes;
-            inner.active.append(records, &headers, interval)?;
+            inner.active.append(&[records], &headers, interval)?;
             let info = AppendInfo {
                 first_offset: first,
                 last_offset: last,

@@ -242,7 +242,7 @@ async fn rewrite_run(
                 Verdict::Keep => b,
                 Verdict::Rewrite(bytes) => {
                     let h = batch::check_frame(&bytes, 0)?;
-                    if let Err(e) = out.append(&bytes, &[h], INDEX_INTERVAL) {
+                    if let Err(e) = out.append(&[&bytes], &[h], INDEX_INTERVAL) {
                         failed = Some(e);
                         return Ok(false);
                     }
@@ -250,7 +250,7 @@ async fn rewrite_run(
                     return Ok(true);
                 }
             };
-            if let Err(e) = out.append(kept, &[*h], INDEX_INTERVAL) {
+            if let Err(e) = out.append(&[kept], &[*h], INDEX_INTERVAL) {
                 failed = Some(e);
                 return Ok(false);
             }

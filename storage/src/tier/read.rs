@@ -775,11 +775,11 @@ mod tests {
         .expect("open");
         for i in 0..n {
             let v = vec![(i % 251) as u8; 300 + (i as usize % 7) * 40];
-            let mut b = BatchBuilder::new()
+            let b = BatchBuilder::new()
                 .value(Some(b"k"), &v, 1000 + 10 * i)
                 .value(None, &v[..10], 1000 + 10 * i + 5)
                 .build();
-            log.append(&mut b, 1).expect("append");
+            log.append(&b, 1).expect("append");
         }
         before(&log);
         log.roll().expect("roll");

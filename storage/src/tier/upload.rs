@@ -269,8 +269,8 @@ mod tests {
         .expect("open");
         let value = vec![7u8; 900];
         for i in 0..20 {
-            let mut b = BatchBuilder::new().value(None, &value, i).build();
-            log.append(&mut b, 1).expect("append");
+            let b = BatchBuilder::new().value(None, &value, i).build();
+            log.append(&b, 1).expect("append");
         }
         log.flush().expect("flush");
         let store = Arc::new(InMemory::new());
@@ -302,8 +302,8 @@ mod tests {
         // Written under a later leader epoch (still uploaded as 1): the segments record the
         // epochs of their batches, not the uploader's.
         for i in 0..6 {
-            let mut b = BatchBuilder::new().value(None, &value, 100 + i).build();
-            log.append(&mut b, 4).expect("append");
+            let b = BatchBuilder::new().value(None, &value, 100 + i).build();
+            log.append(&b, 4).expect("append");
         }
         log.roll().expect("roll");
         log.flush().expect("flush");
@@ -368,8 +368,8 @@ pub(crate) mod two_leaders {
         .expect("open");
         log.reset_to(from as u64).expect("start");
         for i in from..to {
-            let mut b = BatchBuilder::new().value(None, &[7; 500], i).build();
-            log.append(&mut b, 3).expect("append");
+            let b = BatchBuilder::new().value(None, &[7; 500], i).build();
+            log.append(&b, 3).expect("append");
         }
         log.roll().expect("roll");
         log.flush().expect("flush");
