@@ -204,10 +204,8 @@ impl Taken {
     /// Takes `records` when it is worth splicing, leaving its marker in its place.
     pub(crate) fn take(&mut self, records: &mut Bytes) {
         if records.len() >= SPLICED_RECORDS {
-            let marker = self.marker(RecordSet::Bytes(Bytes::new()));
-            if let Some(RecordSet::Bytes(set)) = self.sets.last_mut() {
-                *set = std::mem::replace(records, marker);
-            }
+            let set = std::mem::take(records);
+            *records = self.marker(RecordSet::Bytes(set));
         }
     }
 
