@@ -442,11 +442,11 @@ async fn read_remote(state: &BrokerState, slots: Vec<Slot>, max_bytes: usize) ->
     let reader = &state.tiering.reader;
     let answers = futures::future::join_all(slots.into_iter().map(|slot| async move {
         match slot {
-            Slot::Done(data) => {
-                // What a slot answered without a read (no records, or an empty set).
-                let records = data.records.clone().map(Records::Bytes);
-                Answer { data, records }
-            }
+            // Answered without a read: its records (none, or an empty set) stay in `data`.
+            Slot::Done(data) => Answer {
+                data,
+                records: None,
+            },
             Slot::Reading(data, read) => match read.records(reader).await {
                 Ok(records) => Answer {
                     data,
