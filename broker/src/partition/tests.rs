@@ -13,7 +13,11 @@ use super::role::{Change, Role, RoleChange};
 
 const ME: i32 = 1;
 
-fn partition(replicas: &[i32], leader: Option<i32>, leader_epoch: i32) -> PartitionRecord {
+pub(crate) fn partition(
+    replicas: &[i32],
+    leader: Option<i32>,
+    leader_epoch: i32,
+) -> PartitionRecord {
     PartitionRecord {
         adding: Vec::new(),
         removing: Vec::new(),
@@ -26,7 +30,7 @@ fn partition(replicas: &[i32], leader: Option<i32>, leader_epoch: i32) -> Partit
     }
 }
 
-fn image(version: u64, topics: Vec<TopicRecord>) -> MetadataImage {
+pub(crate) fn image(version: u64, topics: Vec<TopicRecord>) -> MetadataImage {
     MetadataImage {
         version,
         topics: topics.into_iter().map(|t| (t.name.clone(), t)).collect(),
@@ -34,7 +38,7 @@ fn image(version: u64, topics: Vec<TopicRecord>) -> MetadataImage {
     }
 }
 
-fn topic(name: &str, id: Uuid, partitions: Vec<PartitionRecord>) -> TopicRecord {
+pub(crate) fn topic(name: &str, id: Uuid, partitions: Vec<PartitionRecord>) -> TopicRecord {
     TopicRecord {
         name: name.into(),
         id,
@@ -45,7 +49,7 @@ fn topic(name: &str, id: Uuid, partitions: Vec<PartitionRecord>) -> TopicRecord 
     }
 }
 
-fn registry(dir: &tempfile::TempDir) -> Partitions {
+pub(crate) fn registry(dir: &tempfile::TempDir) -> Partitions {
     Partitions::new(
         ME,
         dir.path().to_owned(),

@@ -13,12 +13,16 @@
 //! prepares to commit or abort is then completed in the background: the markers are written
 //! on each partition's leader (through a [`MarkerWriter`]: in process, or WriteTxnMarkers to
 //! another broker), retried until every partition has one, and the Complete state written.
-//! A new coordinator that loads a Prepare state finishes it the same way. Transactions open
+//! A new coordinator that loads a Prepare state finishes it the same way, and so does the
+//! coordinator's tick when a completion stopped early while this broker kept the partition
+//! (its lease lapsed for a moment, or writing the Complete state failed). Transactions open
 //! past their `transaction.timeout.ms` are aborted, and ids idle in a finished state past
 //! `transactional.id.expiration.ms` are forgotten.
 
 pub(crate) mod machine;
 pub(crate) mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -584,11 +588,12 @@ impl TxnCoordinator {
         tracing::info!(partition = index, "transaction state partition unloaded");
     }
 
-    /// Aborts transactions past their timeout; forgets ids idle past the expiration.
+    /// Aborts transactions past their timeout; forgets ids idle past the expiration;
+    /// finishes prepared transactions whose completion stopped.
     async fn tick(self: &Arc<Self>) {
         let now = now_ms();
         let expiry = i64::try_from(self.config.id_expiration.as_millis()).unwrap_or(i64::MAX);
-        let (timed_out, idle): (Vec<String>, Vec<String>) = {
+        let (timed_out, idle, prepared): (Vec<String>, Vec<String>, Vec<String>) = {
             let txns = self.lock();
             let timed_out = txns
                 .iter()
@@ -600,8 +605,21 @@ impl TxnCoordinator {
                 .filter(|(_, m)| idle_past(m, now, expiry))
                 .map(|(id, _)| id.clone())
                 .collect();
-            (timed_out, idle)
+            let prepared = txns
+                .iter()
+                .filter(|(_, m)| m.markers.is_some())
+                .map(|(id, _)| id.clone())
+                .collect();
+            (timed_out, idle, prepared)
         };
+        // A completion that stopped with its transaction still prepared (the lease lapsed
+        // while the controller was away, or the Complete state could not be written) while
+        // this broker kept the partition: no role change will start it again, and the
+        // producer is told CONCURRENT_TRANSACTIONS until it finishes. Started again here;
+        // one already under way is left alone.
+        for id in prepared {
+            self.start_completion(&id);
+        }
         for id in timed_out {
             let aborted = self
                 .transition(&id, |m| match m {
