@@ -153,6 +153,13 @@ pub struct ObjectStoreSettings {
     pub max_concurrent_uploads: usize,
     /// GETs of remote data in flight at once (reads and read-ahead).
     pub max_concurrent_gets: usize,
+    /// Threads of the runtime that does the object-store work that may wait (GETs and
+    /// read-ahead, uploads, retention, their HTTP connections).
+    pub background_threads: usize,
+    /// How many nice steps below the broker's other threads that runtime's threads run (0
+    /// to 19; 0: the same priority), so produce and tail fetches go first when the CPUs
+    /// are busy with a replay from the object store.
+    pub background_nice: i32,
     /// Longest one partition's upload, retention or recovery step may take before it is
     /// abandoned and retried with backoff.
     pub operation_timeout_ms: u64,
@@ -189,6 +196,8 @@ impl Default for ObjectStoreSettings {
             upload_interval_ms: 5_000,
             max_concurrent_uploads: 4,
             max_concurrent_gets: 16,
+            background_threads: 2,
+            background_nice: 10,
             operation_timeout_ms: 300_000,
             max_backoff_ms: 60_000,
             orphan_grace_ms: 3_600_000,
@@ -913,12 +922,22 @@ impl BrokerConfig {
                 "object_store.max_concurrent_gets",
                 o.max_concurrent_gets as u64,
             ),
+            (
+                "object_store.background_threads",
+                o.background_threads as u64,
+            ),
             ("object_store.operation_timeout_ms", o.operation_timeout_ms),
             ("object_store.max_backoff_ms", o.max_backoff_ms),
         ] {
             if v == 0 {
                 return bad(key, "must be positive".into());
             }
+        }
+        if !(0..=19).contains(&o.background_nice) {
+            return bad(
+                "object_store.background_nice",
+                format!("{} is not between 0 and 19", o.background_nice),
+            );
         }
         let c = &self.cache;
         if c.chunk_bytes < 4096 || c.chunk_bytes > 256 << 20 {
@@ -1164,6 +1183,33 @@ mod tests {
             .expect_err("heartbeat above the session")
             .to_string();
         assert!(e.contains("groups.consumer_heartbeat_interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_background_runtime_settings_are_checked() {
+        let c = with(&[
+            "object_store.background_nice=0",
+            "object_store.background_threads=1",
+        ])
+        .expect("config");
+        assert_eq!(c.object_store.background_nice, 0);
+        for (bad, key) in [
+            (
+                "object_store.background_nice=20",
+                "object_store.background_nice",
+            ),
+            (
+                "object_store.background_nice=-1",
+                "object_store.background_nice",
+            ),
+            (
+                "object_store.background_threads=0",
+                "object_store.background_threads",
+            ),
+        ] {
+            let e = with(&[bad]).expect_err(bad).to_string();
+            assert!(e.contains(key), "{e}");
+        }
     }
 
     /// The documented configuration and the examples load and validate.

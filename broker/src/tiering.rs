@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::path::Path;
+use strata_storage::tier::background::{self, Background};
 use strata_storage::tier::manifest::PartitionObjects;
 use strata_storage::tier::read::RemoteReader;
 use strata_storage::tier::{TierError, retention, store, upload};
@@ -39,6 +40,9 @@ pub(crate) struct Tiering {
     prefix: Path,
     pub(crate) reader: RemoteReader,
     metrics: Arc<Metrics>,
+    /// Where the passes, GETs and the store's HTTP connections run: threads of a lower CPU
+    /// priority (`object_store.background_nice`).
+    background: Background,
 }
 
 impl std::fmt::Debug for Tiering {
@@ -58,6 +62,13 @@ impl Tiering {
         injected: Option<Arc<dyn ObjectStore>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BrokerError> {
+        let o = &config.object_store;
+        let background = Background::start(o.background_threads, o.background_nice)?;
+        tracing::info!(
+            threads = o.background_threads,
+            nice = background.nice(),
+            "object-store work runs on its own runtime"
+        );
         let (store, prefix) = match injected {
             Some(store) => (store, Path::default()),
             None => {
@@ -65,7 +76,7 @@ impl Tiering {
                 if config.object_store.create_bucket {
                     store::create_bucket(&sc).await?;
                 }
-                let (store, prefix) = store::open(&sc)?;
+                let (store, prefix) = store::open(&sc, Some(background.handle()))?;
                 if let Some(Err(e)) = store.list(Some(&prefix)).next().await {
                     let hint = if config.object_store.create_bucket {
                         ""
@@ -99,13 +110,16 @@ impl Tiering {
                 ),
             }
         }
-        let reader = RemoteReader::open(config.cache_config()).await?;
+        let reader = RemoteReader::open(config.cache_config())
+            .await?
+            .with_io(background.handle().clone());
         let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(store, metrics.store.clone()));
         Ok(Self {
             store,
             prefix,
             reader,
             metrics,
+            background,
         })
     }
 
@@ -177,11 +191,14 @@ impl Tiering {
                 .collect();
             let results: Vec<_> = futures::stream::iter(due)
                 .map(|(part, epoch, orphans_due, state)| {
-                    let this = self.clone();
+                    let (this, p) = (self.clone(), part.clone());
+                    let step =
+                        async move { this.pass(&p, epoch, orphans_due.then_some(grace)).await };
+                    let step = background::run_on(self.background.handle(), step);
                     async move {
-                        let step = this.pass(&part, epoch, orphans_due.then_some(grace));
                         let r = match tokio::time::timeout(timeout, step).await {
-                            Ok(r) => r,
+                            Ok(Ok(r)) => r,
+                            Ok(Err(e)) => Err(e.to_string()),
                             Err(_) => Err(format!("timed out after {timeout:?}")),
                         };
                         (part, orphans_due, state, r)

@@ -3,7 +3,8 @@
 //! its own, on loopback).
 //!
 //! `cargo bench -p strata-tests --bench tiered` (size: `STRATA_BENCH_MIB`, default 1024; the
-//! S3 server's directory: `STRATA_BENCH_S3_DIR`, default the temporary directory).
+//! S3 server's directory: `STRATA_BENCH_S3_DIR`, default the temporary directory; its
+//! priority: `STRATA_BENCH_S3_NICE`, below).
 //!
 //! Figures, in one run:
 //! - produce MB/s into a tiered topic, and the upload lag meanwhile: how far the committed
@@ -17,7 +18,15 @@
 //!   the broker's remote read path without librdkafka's per-record work;
 //! - a producer at a fixed 20 MB/s: its end-to-end and acknowledgement latency alone, then
 //!   while a cold replay runs, and that replay's MB/s against the raw GET figure;
+//! - the same producer while the header-only client replays (the broker's part of a replay
+//!   without a librdkafka consumer's per-record work in this process);
 //! - produce MB/s alone and while a cold replay runs (after a restart empties the cache).
+//!
+//! `STRATA_BENCH_BACKGROUND_NICE=n` sets the broker's `object_store.background_nice` (default
+//! 10; 0 to compare with its object-store work at the priority of the rest).
+//! `STRATA_BENCH_S3_NICE=n` starts the S3 server `n` nice steps down, standing for a store
+//! whose CPU is not this machine's (on two cores it otherwise takes one, and its many threads
+//! crowd the run queue the producer's threads wait in).
 //!
 //! MB/s of replay and GETs count segment bytes (what crosses the wire from S3), so the two are
 //! comparable.
@@ -75,6 +84,12 @@ async fn run() -> BenchResult<()> {
     let s3_process = S3Process::spawn(s3_dir.path(), &[BUCKET]).await?;
     let s3 = &s3_process.server;
     let endpoint = s3.endpoint();
+    let background_nice = common::env_or(
+        "STRATA_BENCH_BACKGROUND_NICE",
+        strata_broker::config::BrokerConfig::default()
+            .object_store
+            .background_nice,
+    );
     let mut broker = TestBroker::start_with(move |c| {
         S3Server::configure(&endpoint, c, BUCKET, PREFIX);
         c.object_store.upload_interval_ms = 200;
@@ -82,16 +97,21 @@ async fn run() -> BenchResult<()> {
         c.cache.chunk_bytes = CHUNK;
         // Room for the whole replay, so the second pass is served from memory.
         c.cache.memory_bytes = (mib + mib / 2) << 20;
+        // To compare: 0 runs the broker's object-store work at its other threads' priority.
+        c.object_store.background_nice = background_nice;
     })
     .await;
     let bootstrap = broker.bootstrap();
     println!(
         "librdkafka {}, in-process Strata on s3s-fs {} (strata-s3, its own process, objects in {}), {mib} MiB of \
-         {RECORD}-byte records in {PARTITIONS} partitions, {} MiB segments",
+         {RECORD}-byte records in {PARTITIONS} partitions, {} MiB segments; S3 server nice +{}, \
+         the broker's object-store work nice +{}",
         rdkafka::util::get_rdkafka_version().1,
         s3.endpoint(),
         s3_root.display(),
-        SEGMENT >> 20
+        SEGMENT >> 20,
+        common::env_or("STRATA_BENCH_S3_NICE", 0u32),
+        background_nice,
     );
     let configs = [
         ("segment.bytes", SEGMENT.to_string()),
@@ -207,6 +227,25 @@ async fn run() -> BenchResult<()> {
     print_latencies(&format!("{what}: ack"), during.ack);
     let secs = replaying.await??;
     let replayed = report("cold replay beside it", remote_bytes, secs);
+    println!(
+        "{:<40} {:>8.0} % of the raw GET figures' mean; S3 server {:.2} cores busy",
+        "",
+        replayed / ((before + after) / 2.0) * 100.0,
+        (s3_process.cpu_seconds()? - s3_cpu) / secs
+    );
+    // 5b. The same producer while the header-only client replays: the broker's whole share
+    //     of a replay without librdkafka's per-record work in this process (a consumer
+    //     elsewhere, as in a deployment).
+    broker.restart().await;
+    let (addr, u) = (broker.addr(), until.clone());
+    let s3_cpu = s3_process.cpu_seconds()?;
+    let replaying = tokio::spawn(async move { fetch_replay(addr, "bench", &u).await });
+    let during = end_to_end_with(&bootstrap, "fixed", &load).await?;
+    let what = format!("{FIXED_MB_S} MB/s producer during a header-only cold replay");
+    print_latencies(&format!("{what}: end-to-end"), during.end_to_end);
+    print_latencies(&format!("{what}: ack"), during.ack);
+    let secs = replaying.await??;
+    let replayed = report("header-only cold replay beside it", remote_bytes, secs);
     println!(
         "{:<40} {:>8.0} % of the raw GET figures' mean; S3 server {:.2} cores busy",
         "",

@@ -2,6 +2,7 @@
 //! manifest.
 //!
 //! - [`store`] opens the object store a URL names (`file://`, `s3://`, `memory://`).
+//! - [`background`] runs the object-store work on threads of a lower CPU priority.
 //! - [`read`] serves remote segments through a foyer chunk cache with read-ahead.
 //! - [`upload`] puts sealed, durable segments and commits them to the manifest.
 //! - [`fault`] wraps a store to fail, hang, slow down or ignore conditional puts (tests).
@@ -18,6 +19,7 @@
 //! `<prefix>/topics/<topic-id>/<partition>/manifest/<version>.json` and the manifests' chunks,
 //! `<prefix>/topics/<topic-id>/<partition>/manifest/chunks/<first-base>-<uuid>.json`.
 
+pub mod background;
 pub mod compact;
 pub mod fault;
 pub mod manifest;

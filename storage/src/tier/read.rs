@@ -20,6 +20,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -191,6 +192,8 @@ pub struct RemoteReader {
     /// starts there is sequential and triggers read-ahead.
     last_read: Mutex<HashMap<(Uuid, i32), (u64, u64)>>,
     metrics: CacheMetrics,
+    /// Where GETs and read-ahead run ([`super::background`]); the caller's runtime if None.
+    io: Option<Handle>,
 }
 
 impl std::fmt::Debug for RemoteReader {
@@ -251,7 +254,16 @@ impl RemoteReader {
             time_indexes: Mutex::new(HashMap::new()),
             last_read: Mutex::new(HashMap::new()),
             metrics: CacheMetrics::default(),
+            io: None,
         })
+    }
+
+    /// Runs GETs (with the collecting of their bodies) and read-ahead on `io`; a reader
+    /// waits there for its chunk but does no more of the work on its own runtime.
+    #[must_use]
+    pub fn with_io(mut self, io: Handle) -> Self {
+        self.io = Some(io);
+        self
     }
 
     /// How the cache has served reads.
@@ -461,11 +473,15 @@ impl RemoteReader {
                 let fetch = self.fetcher(objects.store().clone(), path, range);
                 let cache = self.cache.clone();
                 self.metrics.readahead.inc();
-                tokio::spawn(async move {
+                let ahead = async move {
                     if let Err(e) = cache.get_or_fetch(&key, fetch).await {
                         tracing::debug!(error = %e, "read-ahead failed; the reader will retry");
                     }
-                });
+                };
+                match &self.io {
+                    Some(io) => drop(io.spawn(ahead)),
+                    None => drop(tokio::spawn(ahead)),
+                }
                 next += 1;
                 want -= 1;
             }
@@ -511,8 +527,9 @@ impl RemoteReader {
     ) -> impl FnOnce() -> futures::future::BoxFuture<'static, Result<Bytes, TierError>> + use<>
     {
         let gets = self.gets.clone();
+        let io = self.io.clone();
         move || {
-            Box::pin(async move {
+            let get = async move {
                 let _permit = gets.acquire_owned().await.map_err(|_| TierError::Closed)?;
                 let mut attempt = 0;
                 loop {
@@ -535,6 +552,13 @@ impl RemoteReader {
                         }
                     }
                 }
+            };
+            // Spawned only once polled: foyer may make this future and drop it unpolled.
+            Box::pin(async move {
+                let Some(io) = io else {
+                    return get.await;
+                };
+                super::background::run_on(&io, get).await?
             })
         }
     }
@@ -913,9 +937,26 @@ mod tests {
         assert_eq!(m.end_offset(), log.log_end_offset());
         assert!(m.segments.len() > 5, "{} segments", m.segments.len());
         let reader = RemoteReader::open(small_chunks()).await.expect("cache");
+        same_as_local(&reader, &log, &objects, &m).await;
+        // The same with GETs and read-ahead on a niced runtime of their own.
+        let io = crate::tier::background::Background::start(1, 5).expect("runtime");
+        let reader = RemoteReader::open(small_chunks())
+            .await
+            .expect("cache")
+            .with_io(io.handle().clone());
+        same_as_local(&reader, &log, &objects, &m).await;
+        assert!(reader.metrics().hits_and_misses().1 > 0, "fetched there");
+    }
+
+    async fn same_as_local(
+        reader: &RemoteReader,
+        log: &Log,
+        objects: &PartitionObjects,
+        m: &Manifest,
+    ) {
         for from in 0..m.end_offset() {
             for max in [1, 700, 5000] {
-                let remote = reader.read(&objects, &m, from, max).await.expect("remote");
+                let remote = reader.read(objects, m, from, max).await.expect("remote");
                 let local = log.read(from, max).expect("local");
                 // The remote read stops at its segment's end; the local one may go on.
                 assert!(!remote.is_empty(), "offset {from}");
@@ -926,7 +967,7 @@ mod tests {
                 );
             }
         }
-        let past = reader.read(&objects, &m, m.end_offset(), 100).await;
+        let past = reader.read(objects, m, m.end_offset(), 100).await;
         assert!(matches!(past, Err(TierError::NotRemote { .. })));
     }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
+use object_store::client::SpawnedReqwestConnector;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -44,8 +45,13 @@ impl StoreConfig {
     }
 }
 
-/// Opens the store and returns it with the key prefix under which Strata writes.
-pub fn open(config: &StoreConfig) -> Result<(Arc<dyn ObjectStore>, Path), TierError> {
+/// Opens the store and returns it with the key prefix under which Strata writes. With `io`,
+/// an S3 store's HTTP requests and responses run on that runtime (see [`super::background`]),
+/// whichever task makes them.
+pub fn open(
+    config: &StoreConfig,
+    io: Option<&tokio::runtime::Handle>,
+) -> Result<(Arc<dyn ObjectStore>, Path), TierError> {
     let bad = |reason: String| TierError::Config {
         key: "object_store.url",
         reason,
@@ -79,6 +85,9 @@ pub fn open(config: &StoreConfig) -> Result<(Arc<dyn ObjectStore>, Path), TierEr
                 .with_allow_http(config.allow_http);
             if let Some(e) = &config.endpoint {
                 b = b.with_endpoint(e);
+            }
+            if let Some(io) = io {
+                b = b.with_http_connector(SpawnedReqwestConnector::new(io.clone()));
             }
             if let (Some(k), Some(s)) = (&config.access_key_id, &config.secret_access_key) {
                 b = b.with_access_key_id(k).with_secret_access_key(s);
@@ -226,25 +235,28 @@ mod tests {
 
     #[test]
     fn urls_pick_the_store_and_prefix() {
-        let (_, p) = open(&url("memory://a/b")).expect("memory");
+        let (_, p) = open(&url("memory://a/b"), None).expect("memory");
         assert_eq!(p.as_ref(), "a/b");
         let dir = tempfile::tempdir().expect("tempdir");
-        let (_, p) = open(&url(&format!("file://{}", dir.path().display()))).expect("file");
+        let (_, p) = open(&url(&format!("file://{}", dir.path().display())), None).expect("file");
         assert_eq!(p.as_ref(), "");
-        let (_, p) = open(&StoreConfig {
-            url: "s3://bucket/strata/data".into(),
-            endpoint: Some("http://127.0.0.1:9000".into()),
-            access_key_id: Some("k".into()),
-            secret_access_key: Some("s".into()),
-            path_style: true,
-            allow_http: true,
-            ..StoreConfig::default()
-        })
+        let (_, p) = open(
+            &StoreConfig {
+                url: "s3://bucket/strata/data".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                access_key_id: Some("k".into()),
+                secret_access_key: Some("s".into()),
+                path_style: true,
+                allow_http: true,
+                ..StoreConfig::default()
+            },
+            None,
+        )
         .expect("s3");
         assert_eq!(p.as_ref(), "strata/data");
         for bad in ["nowhere", "ftp://x", "file://relative", "s3:///x"] {
             assert!(
-                matches!(open(&url(bad)), Err(TierError::Config { .. })),
+                matches!(open(&url(bad), None), Err(TierError::Config { .. })),
                 "{bad}"
             );
         }

@@ -161,7 +161,17 @@ impl S3Process {
             std::fs::create_dir_all(root.join(b))?;
         }
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_strata-s3"))
+        let server = env!("CARGO_BIN_EXE_strata-s3");
+        // Its threads inherit the nice value `nice` starts it with.
+        let mut command = match super::env_or("STRATA_BENCH_S3_NICE", 0u32) {
+            0 => Command::new(server),
+            n => {
+                let mut c = Command::new("nice");
+                c.args(["-n", &n.to_string(), server]);
+                c
+            }
+        };
+        let mut child = command
             .args(["--listen", &addr.to_string()])
             .arg("--root")
             .arg(root)
