@@ -217,22 +217,19 @@ async fn run() -> BenchResult<()> {
     let what = format!("{FIXED_MB_S} MB/s producer alone, {} s", load.seconds);
     print_latencies(&format!("{what}: end-to-end"), alone.end_to_end);
     print_latencies(&format!("{what}: ack"), alone.ack);
+    let raw_get = (before + after) / 2.0;
+    let beside = Beside {
+        bootstrap: &bootstrap,
+        load: &load,
+        s3: &s3_process,
+        remote_bytes,
+        raw_get,
+    };
     broker.restart().await;
     let (b, u) = (bootstrap.clone(), until.clone());
     let s3_cpu = s3_process.cpu_seconds()?;
     let replaying = tokio::spawn(async move { replay(&b, "bench", &u).await });
-    let during = end_to_end_with(&bootstrap, "fixed", &load).await?;
-    let what = format!("{FIXED_MB_S} MB/s producer during a cold replay");
-    print_latencies(&format!("{what}: end-to-end"), during.end_to_end);
-    print_latencies(&format!("{what}: ack"), during.ack);
-    let secs = replaying.await??;
-    let replayed = report("cold replay beside it", remote_bytes, secs);
-    println!(
-        "{:<40} {:>8.0} % of the raw GET figures' mean; S3 server {:.2} cores busy",
-        "",
-        replayed / ((before + after) / 2.0) * 100.0,
-        (s3_process.cpu_seconds()? - s3_cpu) / secs
-    );
+    beside.measure("cold replay", replaying, s3_cpu).await?;
     // 5b. The same producer while the header-only client replays: the broker's whole share
     //     of a replay without librdkafka's per-record work in this process (a consumer
     //     elsewhere, as in a deployment).
@@ -240,18 +237,9 @@ async fn run() -> BenchResult<()> {
     let (addr, u) = (broker.addr(), until.clone());
     let s3_cpu = s3_process.cpu_seconds()?;
     let replaying = tokio::spawn(async move { fetch_replay(addr, "bench", &u).await });
-    let during = end_to_end_with(&bootstrap, "fixed", &load).await?;
-    let what = format!("{FIXED_MB_S} MB/s producer during a header-only cold replay");
-    print_latencies(&format!("{what}: end-to-end"), during.end_to_end);
-    print_latencies(&format!("{what}: ack"), during.ack);
-    let secs = replaying.await??;
-    let replayed = report("header-only cold replay beside it", remote_bytes, secs);
-    println!(
-        "{:<40} {:>8.0} % of the raw GET figures' mean; S3 server {:.2} cores busy",
-        "",
-        replayed / ((before + after) / 2.0) * 100.0,
-        (s3_process.cpu_seconds()? - s3_cpu) / secs
-    );
+    beside
+        .measure("header-only cold replay", replaying, s3_cpu)
+        .await?;
     // 6. Produce alone, then while a cold replay runs (the restart empties the cache).
     let side = SIDE_MIB * 1024 * 1024 / RECORD as u64;
     let secs = produce(&bootstrap, "side", side).await?;
@@ -266,6 +254,41 @@ async fn run() -> BenchResult<()> {
 
     broker.stop().await;
     Ok(())
+}
+
+/// Phase 5's measurement of the fixed-rate producer beside a replay.
+struct Beside<'a> {
+    bootstrap: &'a str,
+    load: &'a Load,
+    s3: &'a S3Process,
+    remote_bytes: u64,
+    /// The raw GET figures' mean, MB/s.
+    raw_get: f64,
+}
+
+impl Beside<'_> {
+    /// The producer's latencies while `replaying` (a `what`) runs, then the replay's MB/s
+    /// against the raw GET figure and the S3 server's CPU since `s3_cpu`.
+    async fn measure(
+        &self,
+        what: &str,
+        replaying: tokio::task::JoinHandle<BenchResult<f64>>,
+        s3_cpu: f64,
+    ) -> BenchResult<()> {
+        let during = end_to_end_with(self.bootstrap, "fixed", self.load).await?;
+        let label = format!("{FIXED_MB_S} MB/s producer during a {what}");
+        print_latencies(&format!("{label}: end-to-end"), during.end_to_end);
+        print_latencies(&format!("{label}: ack"), during.ack);
+        let secs = replaying.await??;
+        let replayed = report(&format!("{what} beside it"), self.remote_bytes, secs);
+        println!(
+            "{:<40} {:>8.0} % of the raw GET figures' mean; S3 server {:.2} cores busy",
+            "",
+            replayed / self.raw_get * 100.0,
+            (self.s3.cpu_seconds()? - s3_cpu) / secs
+        );
+        Ok(())
+    }
 }
 
 /// This process's CPU time over a phase, as cores kept busy (the broker, the S3 server and
