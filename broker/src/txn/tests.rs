@@ -41,6 +41,17 @@ impl MarkerWriter for Stand {
     }
 }
 
+/// Renews `lease` every 100 ms until the task is aborted (as heartbeats would).
+fn keep(lease: &Arc<Lease>) -> tokio::task::JoinHandle<()> {
+    let lease = lease.clone();
+    tokio::spawn(async move {
+        loop {
+            lease.renew(Instant::now(), 1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
 async fn until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -74,8 +85,8 @@ async fn a_completion_stopped_by_a_lapsed_lease_is_finished_once_it_is_back() {
     parts.apply(&v1);
     let metadata = Arc::new(MetadataView::default());
     metadata.publish(v1);
-    let lease = Arc::new(Lease::new(Duration::from_millis(400)));
-    lease.renew(Instant::now(), 1);
+    let lease = Arc::new(Lease::new(Duration::from_secs(1)));
+    let heartbeats = keep(&lease);
     let coordinator = Arc::new(TxnCoordinator::new(
         TxnConfig {
             state_partitions: 1,
@@ -111,7 +122,6 @@ async fn a_completion_stopped_by_a_lapsed_lease_is_finished_once_it_is_back() {
         .await
         .expect("add");
     stand.fail.store(true, Ordering::SeqCst);
-    lease.renew(Instant::now(), 1);
     let ending = coordinator.clone();
     tokio::spawn(async move {
         ending
@@ -122,7 +132,9 @@ async fn a_completion_stopped_by_a_lapsed_lease_is_finished_once_it_is_back() {
         stand.calls.load(Ordering::SeqCst) > 0
     })
     .await;
-    // The lease lapses; the completion gives up.
+    // The Prepare state is written (markers are tried only after it); now the heartbeats
+    // stop, the lease lapses and the completion gives up.
+    heartbeats.abort();
     until("the completion stopped", Duration::from_secs(10), || {
         coordinator
             .completing
@@ -141,19 +153,10 @@ async fn a_completion_stopped_by_a_lapsed_lease_is_finished_once_it_is_back() {
 
     // The lease is back, the metadata unchanged; the partitions take markers again.
     stand.fail.store(false, Ordering::SeqCst);
-    lease.renew(Instant::now(), 1);
-    let lease_keeper = {
-        let lease = lease.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                lease.renew(Instant::now(), 1);
-            }
-        })
-    };
+    let heartbeats = keep(&lease);
     until("the transaction completed", Duration::from_secs(10), || {
         state(&coordinator) == TxnState::CompleteCommit
     })
     .await;
-    lease_keeper.abort();
+    heartbeats.abort();
 }
