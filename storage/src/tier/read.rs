@@ -258,8 +258,8 @@ impl RemoteReader {
         })
     }
 
-    /// Runs GETs (with the collecting of their bodies) and read-ahead on `io`; a reader
-    /// waits there for its chunk but does no more of the work on its own runtime.
+    /// Runs GETs (with the collecting of their bodies) and read-ahead on `io`: a reader
+    /// waits for its chunk on its own runtime, and the work of getting it is done on `io`.
     #[must_use]
     pub fn with_io(mut self, io: Handle) -> Self {
         self.io = Some(io);
