@@ -948,6 +948,37 @@ mod tests {
         assert!(reader.metrics().hits_and_misses().1 > 0, "fetched there");
     }
 
+    /// A GET runs on the reader's `io` runtime, not the caller's: one that hangs there ends,
+    /// with an error, when that runtime is shut down.
+    #[tokio::test]
+    async fn gets_run_on_the_io_runtime() {
+        use crate::tier::fault::{Fault, FaultyStore};
+
+        let (_dir, _log, objects, m) = uploaded(20).await;
+        let (faulty, switch) = FaultyStore::new(objects.store().clone());
+        let objects = PartitionObjects::new(Arc::new(faulty), &Path::from("r"), Uuid::nil(), 0);
+        switch.set(Fault::Hang);
+        let io = crate::tier::background::Background::start(1, 0).expect("runtime");
+        let reader = Arc::new(
+            RemoteReader::open(small_chunks())
+                .await
+                .expect("cache")
+                .with_io(io.handle().clone()),
+        );
+        let read = {
+            let (reader, m) = (reader.clone(), m.clone());
+            tokio::spawn(async move { reader.read(&objects, &m, 0, 1000).await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!read.is_finished(), "the GET hangs");
+        drop(io);
+        let ended = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("ended with its runtime")
+            .expect("task");
+        assert!(ended.is_err(), "{ended:?}");
+    }
+
     async fn same_as_local(
         reader: &RemoteReader,
         log: &Log,
