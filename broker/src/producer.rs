@@ -779,6 +779,31 @@ pub(crate) fn write_snapshot(dir: &Path, offset: u64, bytes: &[u8]) -> std::io::
     Ok(())
 }
 
+/// Every snapshot in partition directory `dir` that reads, by offset, newest first.
+#[cfg(test)]
+pub(crate) fn saved_tables(dir: &Path) -> Vec<(u64, ProducerTable)> {
+    snapshot_files(dir)
+        .into_iter()
+        .filter_map(|(_, path)| {
+            let bytes = std::fs::read(path).ok()?;
+            let snapshot = serde_json::from_slice::<Snapshot>(&bytes).ok()?;
+            Some((snapshot.offset, ProducerTable::from_snapshot(snapshot)))
+        })
+        .collect()
+}
+
+/// Deletes every producer snapshot in partition directory `dir` (the log they describe is
+/// gone).
+pub(crate) fn remove_snapshots(dir: &Path) -> std::io::Result<()> {
+    for (_, path) in snapshot_files(dir) {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

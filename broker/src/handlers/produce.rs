@@ -367,6 +367,15 @@ fn append_checked(
                             Some("the transaction ended before this batch could join it".into()),
                         ));
                     }
+                    if batch.first_seq != 0 && producers.epoch_of(batch.producer_id).is_none() {
+                        // Once per producer and partition: after this append it is known.
+                        tracing::info!(topic = %part.topic, partition = part.index,
+                            producer_id = batch.producer_id, epoch = batch.epoch,
+                            first_seq = batch.first_seq,
+                            "an idempotent producer this partition does not know continues \
+                             mid-sequence (it expired, or its batches are older than the state \
+                             rebuilt here): a retry of its earlier batches cannot be told apart");
+                    }
                     let info = log.append(records, leader_epoch).map_err(storage)?;
                     producers.before_change(part.tiered_log(), info.first_offset);
                     producers.record(

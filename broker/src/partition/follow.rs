@@ -59,6 +59,7 @@ impl Partition {
     /// Cuts this copy back to `offset` (what the leader holds of the epochs this copy has),
     /// with the epochs and producer state that went with the removed batches. Blocking.
     pub(crate) fn truncate_copy(&self, offset: u64) -> Result<u64, BrokerError> {
+        let _held = self.hold_producer_snapshots();
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         let end = self.log.truncate_to(offset)?;
@@ -67,6 +68,9 @@ impl Partition {
             .map_err(|source| self.io("truncating leader epochs", source))?;
         *producers = rebuild_producers(&self.log, self.settings().remote)?;
         drop((producers, epochs));
+        tracing::info!(topic = %self.topic, partition = self.index, end,
+            snapshot = ?producer::newest_snapshot_offset(self.log.dir()),
+            "cut back; producer state rebuilt from the snapshot and the log above it");
         self.end.send_replace(end);
         let hw = (*self.high_watermark.borrow()).min(end);
         self.high_watermark.send_replace(hw);
@@ -74,14 +78,19 @@ impl Partition {
     }
 
     /// Restarts this copy, empty, at `offset` (the leader no longer has anything below it),
-    /// forgetting the epochs of what it held: the leader's batches bring their own.
+    /// forgetting the epochs of what it held, and its producers' state with the snapshots
+    /// of it (they describe the history below `offset`, which a later cut would otherwise
+    /// read back): the leader's batches bring their own.
     pub(crate) fn restart_copy_at(&self, offset: u64) -> Result<(), BrokerError> {
+        let _held = self.hold_producer_snapshots();
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         self.log.reset_to(offset)?;
         epochs
             .replace(Vec::new())
             .map_err(|source| self.io("forgetting leader epochs", source))?;
+        producer::remove_snapshots(self.log.dir())
+            .map_err(|source| self.io("removing producer snapshots", source))?;
         *producers = Default::default();
         drop((producers, epochs));
         self.end.send_replace(offset);

@@ -62,9 +62,11 @@ pub(crate) struct Partition {
     replicas: Mutex<Replicas>,
     /// Idempotent producers' sequences; held across check and append.
     pub(crate) producers: Mutex<ProducerTable>,
-    /// Held while a snapshot of `producers` is written to the partition directory (by the
-    /// flusher, at shutdown, by a recovery), which is done outside that lock: two writers
-    /// at once would trip over each other's temporary file.
+    /// Held from the encoding of a snapshot of `producers` until its file is written (by the
+    /// flusher, at shutdown, by a recovery; the write is done outside the `producers` lock),
+    /// and by whatever rewrites the table's history (a copy cut back or restarted, a
+    /// recovery's reset), so a snapshot taken before a cut cannot land after it, named for
+    /// offsets the cut log no longer holds (see [`SnapshotsHeld`]). Taken before `epochs`.
     producer_snapshots: Mutex<()>,
     /// Where each leader epoch started; held across an append that starts a new epoch.
     /// Taken before `producers` when both are held (a produce that starts an epoch holds it
@@ -75,6 +77,12 @@ pub(crate) struct Partition {
     pub(crate) remote: RemoteView,
     settings: RwLock<Arc<TopicSettings>>,
     role: RwLock<Role>,
+}
+
+/// Proof that a partition's producer snapshots are held (see
+/// [`Partition::hold_producer_snapshots`]).
+pub(crate) struct SnapshotsHeld<'a> {
+    _guard: std::sync::MutexGuard<'a, ()>,
 }
 
 /// File in a partition directory holding its high watermark.
@@ -326,36 +334,60 @@ impl Partition {
     /// Saves the idempotent producers' table when it is due (see
     /// [`ProducerTable::save_due`]), or now with `force` (at shutdown).
     pub(crate) fn save_producers(&self, every: Duration, force: bool) {
-        let now = Instant::now();
-        let bytes = {
-            let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
-            // Idempotent appends hold this lock, so every batch below the end is in the table.
-            let end = self.log.log_end_offset();
-            if !force && !producers.save_due(self.log.active_base_offset(), end, every, now) {
-                return;
-            }
-            // Ended transactions matter to uploads only where they span a segment end.
-            let boundaries: Vec<u64> = if self.settings().remote {
-                self.log.segments().iter().map(|s| s.base_offset).collect()
-            } else {
-                Vec::new()
-            };
-            producers.keep_ended_spanning(&boundaries);
-            (end, producers.encode(end, now))
+        let held = self.hold_producer_snapshots();
+        let Some((end, bytes)) = self.encode_producers(&held, every, force) else {
+            return;
         };
-        let (end, bytes) = bytes;
-        if let Err(e) = self.write_producer_snapshot(end, &bytes) {
+        if let Err(e) = self.write_producer_snapshot(&held, end, &bytes) {
             tracing::warn!(dir = %self.log.dir().display(), error = %e,
                 "saving the producer snapshot failed; a restart replays more of the log");
         }
     }
 
-    /// Writes the producers' snapshot `bytes` as of `offset` (see [`producer::write_snapshot`]).
-    pub(crate) fn write_producer_snapshot(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        let _one = self
-            .producer_snapshots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    /// The producers' table encoded as of the log end, and that end, if a save is due (or
+    /// `force`d); what [`Self::save_producers`] writes while still `held`.
+    fn encode_producers(
+        &self,
+        _held: &SnapshotsHeld<'_>,
+        every: Duration,
+        force: bool,
+    ) -> Option<(u64, Vec<u8>)> {
+        let now = Instant::now();
+        let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        // Idempotent appends hold this lock, so every batch below the end is in the table.
+        let end = self.log.log_end_offset();
+        if !force && !producers.save_due(self.log.active_base_offset(), end, every, now) {
+            return None;
+        }
+        // Ended transactions matter to uploads only where they span a segment end.
+        let boundaries: Vec<u64> = if self.settings().remote {
+            self.log.segments().iter().map(|s| s.base_offset).collect()
+        } else {
+            Vec::new()
+        };
+        producers.keep_ended_spanning(&boundaries);
+        Some((end, producers.encode(end, now)))
+    }
+
+    /// Holds off snapshot saves (see `producer_snapshots`): taken before `epochs` and
+    /// `producers`.
+    pub(crate) fn hold_producer_snapshots(&self) -> SnapshotsHeld<'_> {
+        SnapshotsHeld {
+            _guard: self
+                .producer_snapshots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Writes the producers' snapshot `bytes` as of `offset` (see [`producer::write_snapshot`]),
+    /// encoded while `held` was.
+    pub(crate) fn write_producer_snapshot(
+        &self,
+        _held: &SnapshotsHeld<'_>,
+        offset: u64,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
         producer::write_snapshot(self.log.dir(), offset, bytes)
     }
 

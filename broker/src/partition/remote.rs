@@ -165,11 +165,12 @@ impl Partition {
                 .await?;
             let table =
                 ProducerTable::starting_with(snapshot.as_deref(), manifest.open_txns_at_end());
+            let held = self.hold_producer_snapshots();
             let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
             *producers = table;
             let bytes = producers.encode(end, std::time::Instant::now());
             drop(producers);
-            self.write_producer_snapshot(end, &bytes)
+            self.write_producer_snapshot(&held, end, &bytes)
                 .map_err(|source| BrokerError::Io {
                     op: "saving producer state",
                     path: log.dir().to_owned(),

@@ -264,7 +264,10 @@ fn producer_snapshots_written_at_once_both_land() {
                 let part = &part;
                 s.spawn(move || {
                     (0..200u64)
-                        .map(|i| part.write_producer_snapshot(i * 2 + w, b"{}"))
+                        .map(|i| {
+                            let held = part.hold_producer_snapshots();
+                            part.write_producer_snapshot(&held, i * 2 + w, b"{}")
+                        })
                         .collect::<Result<Vec<()>, _>>()
                 })
             })
@@ -675,6 +678,84 @@ fn a_copy_that_ends_inside_a_leader_batch_takes_the_leaders_batch() {
     assert_eq!(copy.append_copied(&theirs, role).expect("copied"), 5);
     let mine = copy.log.read(2, 1 << 20).expect("read");
     assert_eq!(&mine[..], &theirs[..], "the leader's batch, byte for byte");
+}
+
+/// A producer snapshot the flusher takes just before a copy is cut back never lands after
+/// the cut, named for offsets the cut took away: read back later (by the next cut, a
+/// restart), it would answer a retry of a batch the log no longer holds as a duplicate (the
+/// acknowledged write is then lost), or miss batches copied there since (their retries would
+/// be appended again). Here the save is held between its encoding and its file while the cut
+/// is started; the cut waits for it and then removes it.
+#[test]
+fn a_snapshot_taken_before_a_cut_does_not_outlive_it() {
+    use crate::producer::{ProducerBatch, Verdict};
+    use strata_storage::BatchBuilder;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_parts, copy) = followed_copy(&dir, Uuid::new_v4());
+    let idempotent = |producer: i64, offset: i64| {
+        let batch = BatchBuilder::new()
+            .producer(producer, 0, 0)
+            .value(None, b"v", 1)
+            .build();
+        as_sent(batch, offset)
+    };
+    copy.append_copied(&idempotent(1, 0), COPYING)
+        .expect("copied");
+    std::thread::scope(|s| {
+        let held = copy.hold_producer_snapshots();
+        let (end, bytes) = copy
+            .encode_producers(&held, Duration::ZERO, true)
+            .expect("forced");
+        assert_eq!(end, 1);
+        let cut = s.spawn(|| copy.truncate_copy(0));
+        // Long enough for a cut that does not wait to be over.
+        std::thread::sleep(Duration::from_millis(200));
+        copy.write_producer_snapshot(&held, end, &bytes)
+            .expect("saved");
+        drop(held);
+        assert_eq!(cut.join().expect("cut").expect("cut"), 0);
+    });
+    // The leader's batch at 0 is producer 2's.
+    copy.append_copied(&idempotent(2, 0), COPYING)
+        .expect("copied");
+    let gone = ProducerBatch {
+        producer_id: 1,
+        epoch: 0,
+        first_seq: 0,
+        last_seq: 0,
+        transactional: false,
+    };
+    for (offset, table) in crate::producer::saved_tables(copy.log.dir()) {
+        assert_eq!(
+            table.check(&gone),
+            Ok(Verdict::Append),
+            "the snapshot at {offset} remembers a batch the cut took away"
+        );
+    }
+    let table = crate::producer::ProducerTable::load(copy.log.dir(), 1);
+    assert!(
+        table.is_none_or(|(t, _)| t.check(&gone) == Ok(Verdict::Append)),
+        "what a restart reads back remembers a batch the cut took away"
+    );
+}
+
+/// A copy restarted above what it held forgets the snapshots of its producers with that
+/// history: a later cut would read them back as this log's state.
+#[test]
+fn a_restarted_copy_keeps_no_snapshot_of_its_old_history() {
+    use strata_storage::BatchBuilder;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_parts, copy) = followed_copy(&dir, Uuid::new_v4());
+    let batch = BatchBuilder::new()
+        .producer(1, 0, 0)
+        .value(None, b"v", 1)
+        .build();
+    copy.append_copied(&as_sent(batch, 0), COPYING)
+        .expect("copied");
+    copy.save_producers(Duration::ZERO, true);
+    assert_eq!(crate::producer::saved_tables(copy.log.dir()).len(), 1);
+    copy.restart_copy_at(10).expect("restarted");
+    assert_eq!(crate::producer::saved_tables(copy.log.dir()).len(), 0);
 }
 
 /// The leader's side of a transaction's end on a partition: the first transactional batch
