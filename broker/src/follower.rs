@@ -49,6 +49,16 @@ struct Followed {
     truncated: bool,
 }
 
+impl Followed {
+    /// The role this broker copies the partition under.
+    fn copying(&self) -> Role {
+        Role::Follower {
+            leader: Some(self.leader),
+            epoch: self.epoch,
+        }
+    }
+}
+
 type Key = (Uuid, i32);
 type Shared = Arc<Mutex<HashMap<Key, Followed>>>;
 
@@ -248,10 +258,7 @@ async fn round(
                     let records = p.records.unwrap_or_default();
                     let hw = u64::try_from(p.high_watermark).unwrap_or(0);
                     let copy = part.clone();
-                    let copying = Role::Follower {
-                        leader: Some(f.leader),
-                        epoch: f.epoch,
-                    };
+                    let copying = f.copying();
                     tokio::task::spawn_blocking(move || copy.append_copied(&records, copying))
                         .await
                         .map_err(|e| e.to_string())?
@@ -266,7 +273,8 @@ async fn round(
                     let start = u64::try_from(p.log_start_offset).unwrap_or(0);
                     if part.log.log_end_offset() < start {
                         let copy = part.clone();
-                        tokio::task::spawn_blocking(move || copy.restart_copy_at(start))
+                        let copying = f.copying();
+                        tokio::task::spawn_blocking(move || copy.restart_copy_at(start, copying))
                             .await
                             .map_err(|e| e.to_string())?
                             .map_err(|e| e.to_string())?;
@@ -335,7 +343,8 @@ async fn truncate(conn: &Connection, f: &Followed) -> Result<bool, String> {
         tracing::info!(topic = %part.topic, partition = part.index, from = end, to = cut,
             "cutting the copy back to the leader's");
         let copy = part.clone();
-        tokio::task::spawn_blocking(move || copy.truncate_copy(cut))
+        let copying = f.copying();
+        tokio::task::spawn_blocking(move || copy.truncate_copy(cut, copying))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;

@@ -462,6 +462,15 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
     eprintln!("checking the transactions");
     report.transactions = transactions.finish(&mut report.anomalies).await;
     check(&log, &ends, &observed, &mut report);
+    for (value, at) in duplicates(&log) {
+        let mut held = Vec::new();
+        for (p, offset) in at {
+            held.push(batch_holding(&cluster, p, offset).await);
+        }
+        report
+            .anomalies
+            .push(format!("the batches holding {value}: {}", held.join("; ")));
+    }
     if !report.anomalies.is_empty() {
         let to = std::env::temp_dir().join(format!("strata-faults-{}", plan.seed));
         match cluster.save_logs(&to) {
@@ -899,6 +908,87 @@ async fn read_log(cluster: &ProcessCluster) -> Result<BTreeMap<(i32, i64), Strin
     Ok(log)
 }
 
+/// The values `log` holds more than once, and where.
+fn duplicates(log: &BTreeMap<(i32, i64), String>) -> Vec<(String, Vec<(i32, i64)>)> {
+    let mut copies: BTreeMap<&str, Vec<(i32, i64)>> = BTreeMap::new();
+    for ((p, offset), value) in log {
+        copies
+            .entry(value.as_str())
+            .or_default()
+            .push((*p, *offset));
+    }
+    copies
+        .into_iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(value, at)| (value.to_owned(), at))
+        .collect()
+}
+
+/// The producer fields of the batch holding `offset` of partition `p`, from whichever broker
+/// answers a Fetch for it: tells a duplicate the client made (another producer epoch or
+/// sequence) from one the broker let through (one producer id, epoch and sequence twice).
+async fn batch_holding(cluster: &ProcessCluster, p: i32, offset: i64) -> String {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{BrokerId, FetchRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(p)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    for id in cluster.ids() {
+        let addr = cluster.kafka_addr(id);
+        let req = req.clone();
+        // The test client panics on a refused connection: a broker that is down is skipped.
+        let answer = tokio::spawn(async move {
+            let mut c = crate::RawClient::connect(addr).await;
+            c.call(12, &req).await
+        });
+        let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(5), answer).await else {
+            continue;
+        };
+        let Some(part) = resp.responses.first().and_then(|t| t.partitions.first()) else {
+            continue;
+        };
+        let records = part.records.clone().unwrap_or_default();
+        if part.error_code != 0 || records.is_empty() {
+            continue;
+        }
+        let mut rest = &records[..];
+        while let Some(h) = strata_storage::BatchHeader::parse(rest) {
+            if h.base_offset <= offset && offset <= h.last_offset() {
+                return format!(
+                    "at {p}/{offset} the batch at {} (producer {} epoch {} sequence {}, {} \
+                     records, leader epoch {}; from broker {id})",
+                    h.base_offset,
+                    h.producer_id,
+                    h.producer_epoch,
+                    h.base_sequence,
+                    h.records_count,
+                    h.partition_leader_epoch
+                );
+            }
+            let Some(len) = usize::try_from(h.batch_length)
+                .ok()
+                .and_then(|l| l.checked_add(12))
+            else {
+                break;
+            };
+            rest = rest.get(len..).unwrap_or_default();
+        }
+    }
+    format!("at {p}/{offset} no broker answered with the batch")
+}
+
 /// The end-of-run checks (see the module's documentation) of the final `log`, whose
 /// partitions end at `ends`.
 fn check(
@@ -926,12 +1016,7 @@ fn check(
             )),
         }
     }
-    let mut copies: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
     for ((p, offset), value) in log {
-        copies
-            .entry(value.as_str())
-            .or_default()
-            .push((*p, *offset));
         let written = value
             .strip_prefix('w')
             .and_then(|v| v.split_once('-'))
@@ -943,16 +1028,14 @@ fn check(
             ));
         }
     }
-    for (value, at) in copies {
-        if at.len() > 1 {
-            // Where, and where the writer was told it went: which copy a retry made.
-            let acked: Vec<&(i32, i64, String)> =
-                o.acked.iter().filter(|(_, _, v)| v == value).collect();
-            report.anomalies.push(format!(
-                "duplicate: {value} is in the log {} times, at {at:?} (acknowledged at {acked:?})",
-                at.len()
-            ));
-        }
+    for (value, at) in duplicates(log) {
+        // Where, and where the writer was told it went: which copy a retry made.
+        let acked: Vec<&(i32, i64, String)> =
+            o.acked.iter().filter(|(_, _, v)| *v == value).collect();
+        report.anomalies.push(format!(
+            "duplicate: {value} is in the log {} times, at {at:?} (acknowledged at {acked:?})",
+            at.len()
+        ));
     }
     for ((p, offset), value) in &o.seen {
         match log.get(&(*p, *offset)) {

@@ -32,11 +32,16 @@ impl Partition {
         {
             tracing::warn!(topic = %self.topic, partition = self.index, base, end,
                 "the leader's batch starts inside this copy's last batch; cutting back to it");
-            self.truncate_copy(base)?;
+            self.truncate_copy(base, copying)?;
         }
         {
             // Held across the append, as the leader's append holds them (epochs first).
             let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked again under the lock a leader's append takes: once this broker leads,
+            // its log is the partition's and no stale copy joins it.
+            if self.role() != copying {
+                return Ok(self.log.log_end_offset());
+            }
             let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
             for (h, _) in &batches {
                 let base = u64::try_from(h.base_offset).unwrap_or(0);
@@ -57,10 +62,16 @@ impl Partition {
     }
 
     /// Cuts this copy back to `offset` (what the leader holds of the epochs this copy has),
-    /// with the epochs and producer state that went with the removed batches. Blocking.
-    pub(crate) fn truncate_copy(&self, offset: u64) -> Result<u64, BrokerError> {
+    /// with the epochs and producer state that went with the removed batches, if this broker
+    /// still follows as `copying` says (a cut worked out before it was elected would take
+    /// away what it has appended as leader since). Returns the log end. Blocking.
+    pub(crate) fn truncate_copy(&self, offset: u64, copying: Role) -> Result<u64, BrokerError> {
         let _held = self.hold_producer_snapshots();
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        // A leader's append holds the epochs lock, so none lands between this and the cut.
+        if self.role() != copying {
+            return Ok(self.log.log_end_offset());
+        }
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         let end = self.log.truncate_to(offset)?;
         epochs
@@ -80,10 +91,14 @@ impl Partition {
     /// Restarts this copy, empty, at `offset` (the leader no longer has anything below it),
     /// forgetting the epochs of what it held, and its producers' state with the snapshots
     /// of it (they describe the history below `offset`, which a later cut would otherwise
-    /// read back): the leader's batches bring their own.
-    pub(crate) fn restart_copy_at(&self, offset: u64) -> Result<(), BrokerError> {
+    /// read back): the leader's batches bring their own. Only while this broker follows as
+    /// `copying` says.
+    pub(crate) fn restart_copy_at(&self, offset: u64, copying: Role) -> Result<(), BrokerError> {
         let _held = self.hold_producer_snapshots();
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        if self.role() != copying {
+            return Ok(());
+        }
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
         self.log.reset_to(offset)?;
         epochs

@@ -707,7 +707,7 @@ fn a_snapshot_taken_before_a_cut_does_not_outlive_it() {
             .encode_producers(&held, Duration::ZERO, true)
             .expect("forced");
         assert_eq!(end, 1);
-        let cut = s.spawn(|| copy.truncate_copy(0));
+        let cut = s.spawn(|| copy.truncate_copy(0, COPYING));
         // Long enough for a cut that does not wait to be over.
         std::thread::sleep(Duration::from_millis(200));
         copy.write_producer_snapshot(&held, end, &bytes)
@@ -754,8 +754,34 @@ fn a_restarted_copy_keeps_no_snapshot_of_its_old_history() {
         .expect("copied");
     copy.save_producers(Duration::ZERO, true);
     assert_eq!(crate::producer::saved_tables(copy.log.dir()).len(), 1);
-    copy.restart_copy_at(10).expect("restarted");
+    copy.restart_copy_at(10, COPYING).expect("restarted");
     assert_eq!(crate::producer::saved_tables(copy.log.dir()).len(), 0);
+}
+
+/// A cut or restart the fetcher worked out while following does nothing once this broker
+/// leads: it would take away what was appended here as leader since.
+#[test]
+fn a_copy_elected_leader_is_not_cut_by_its_old_fetcher() {
+    use strata_storage::BatchBuilder;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let id = Uuid::new_v4();
+    let (parts, copy) = followed_copy(&dir, id);
+    let batch = |offset| as_sent(BatchBuilder::new().value(None, b"v", 1).build(), offset);
+    copy.append_copied(&batch(0), COPYING).expect("copied");
+    parts.apply(&image(
+        2,
+        vec![topic("t", id, vec![partition(&[2, 1], Some(ME), 1)])],
+    ));
+    let appended = copy
+        .append_as_leader(1, || copy.log.append(&batch(0), 1))
+        .expect("leads")
+        .expect("appended");
+    assert_eq!(appended.first_offset, 1);
+    assert_eq!(copy.truncate_copy(0, COPYING).expect("no cut"), 2);
+    copy.restart_copy_at(10, COPYING).expect("no restart");
+    assert_eq!(copy.append_copied(&batch(2), COPYING).expect("no copy"), 2);
+    assert_eq!(copy.log.log_end_offset(), 2);
+    assert_eq!(copy.log.log_start_offset(), 0);
 }
 
 /// The leader's side of a transaction's end on a partition: the first transactional batch
