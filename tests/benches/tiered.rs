@@ -28,6 +28,10 @@
 //! whose CPU is not this machine's (on two cores it otherwise takes one, and its many threads
 //! crowd the run queue the producer's threads wait in).
 //!
+//! `STRATA_BENCH_GETS=n` and `STRATA_BENCH_READAHEAD=n` set the broker's
+//! `object_store.max_concurrent_gets` (default 16, as the raw GET figure uses) and
+//! `cache.readahead_chunks` (default 4): how hard a replay presses the S3 server.
+//!
 //! MB/s of replay and GETs count segment bytes (what crosses the wire from S3), so the two are
 //! comparable.
 
@@ -90,11 +94,19 @@ async fn run() -> BenchResult<()> {
             .object_store
             .background_nice,
     );
+    let gets = common::env_or("STRATA_BENCH_GETS", GETS);
+    let readahead = common::env_or(
+        "STRATA_BENCH_READAHEAD",
+        strata_broker::config::BrokerConfig::default()
+            .cache
+            .readahead_chunks,
+    );
     let mut broker = TestBroker::start_with(move |c| {
         S3Server::configure(&endpoint, c, BUCKET, PREFIX);
         c.object_store.upload_interval_ms = 200;
-        c.object_store.max_concurrent_gets = GETS;
+        c.object_store.max_concurrent_gets = gets;
         c.cache.chunk_bytes = CHUNK;
+        c.cache.readahead_chunks = readahead;
         // Room for the whole replay, so the second pass is served from memory.
         c.cache.memory_bytes = (mib + mib / 2) << 20;
         // To compare: 0 runs the broker's object-store work at its other threads' priority.
@@ -105,7 +117,7 @@ async fn run() -> BenchResult<()> {
     println!(
         "librdkafka {}, in-process Strata on s3s-fs {} (strata-s3, its own process, objects in {}), {mib} MiB of \
          {RECORD}-byte records in {PARTITIONS} partitions, {} MiB segments; S3 server nice +{}, \
-         the broker's object-store work nice +{}",
+         the broker's object-store work nice +{}, {gets} GETs at once, {readahead} chunks read ahead",
         rdkafka::util::get_rdkafka_version().1,
         s3.endpoint(),
         s3_root.display(),
