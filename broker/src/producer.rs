@@ -793,15 +793,19 @@ pub(crate) fn saved_tables(dir: &Path) -> Vec<(u64, ProducerTable)> {
 }
 
 /// Deletes every producer snapshot in partition directory `dir` (the log they describe is
-/// gone).
+/// going), durably: one back after a crash would be read as the new log's state.
 pub(crate) fn remove_snapshots(dir: &Path) -> std::io::Result<()> {
-    for (_, path) in snapshot_files(dir) {
+    let files = snapshot_files(dir);
+    if files.is_empty() {
+        return Ok(());
+    }
+    for (_, path) in files {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
     }
-    Ok(())
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -100,12 +100,14 @@ impl Partition {
             return Ok(());
         }
         let mut producers = self.producers.lock().unwrap_or_else(|p| p.into_inner());
+        // Before the reset: a crash between the two then finds the old log without
+        // snapshots (more of it replayed), never the new one with the old log's.
+        producer::remove_snapshots(self.log.dir())
+            .map_err(|source| self.io("removing producer snapshots", source))?;
         self.log.reset_to(offset)?;
         epochs
             .replace(Vec::new())
             .map_err(|source| self.io("forgetting leader epochs", source))?;
-        producer::remove_snapshots(self.log.dir())
-            .map_err(|source| self.io("removing producer snapshots", source))?;
         *producers = Default::default();
         drop((producers, epochs));
         self.end.send_replace(offset);
