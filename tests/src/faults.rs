@@ -461,8 +461,7 @@ pub async fn run(binary: &Path, plan: &Plan) -> Report {
     while readers.join_next().await.is_some() {}
     eprintln!("checking the transactions");
     report.transactions = transactions.finish(&mut report.anomalies).await;
-    check(&log, &ends, &observed, &mut report);
-    for (value, at) in duplicates(&log) {
+    for (value, at) in check(&log, &ends, &observed, &mut report) {
         let mut held = Vec::new();
         for (p, offset) in at {
             held.push(batch_holding(&cluster, p, offset).await);
@@ -977,26 +976,20 @@ async fn batch_holding(cluster: &ProcessCluster, p: i32, offset: i64) -> String 
                     h.partition_leader_epoch
                 );
             }
-            let Some(len) = usize::try_from(h.batch_length)
-                .ok()
-                .and_then(|l| l.checked_add(12))
-            else {
-                break;
-            };
-            rest = rest.get(len..).unwrap_or_default();
+            rest = rest.get(h.total_len()..).unwrap_or_default();
         }
     }
     format!("at {p}/{offset} no broker answered with the batch")
 }
 
 /// The end-of-run checks (see the module's documentation) of the final `log`, whose
-/// partitions end at `ends`.
+/// partitions end at `ends`; returns the values the log holds more than once, and where.
 fn check(
     log: &BTreeMap<(i32, i64), String>,
     ends: &BTreeMap<i32, i64>,
     observed: &Shared,
     report: &mut Report,
-) {
+) -> Vec<(String, Vec<(i32, i64)>)> {
     let o = lock(observed);
     report.acknowledged = o.acked.len();
     report.indeterminate = o.failed.len();
@@ -1028,10 +1021,11 @@ fn check(
             ));
         }
     }
-    for (value, at) in duplicates(log) {
+    let duplicates = duplicates(log);
+    for (value, at) in &duplicates {
         // Where, and where the writer was told it went: which copy a retry made.
         let acked: Vec<&(i32, i64, String)> =
-            o.acked.iter().filter(|(_, _, v)| *v == value).collect();
+            o.acked.iter().filter(|(_, _, v)| v == value).collect();
         report.anomalies.push(format!(
             "duplicate: {value} is in the log {} times, at {at:?} (acknowledged at {acked:?})",
             at.len()
@@ -1053,4 +1047,5 @@ fn check(
             ));
         }
     }
+    duplicates
 }

@@ -77,10 +77,10 @@ impl Partition {
         epochs
             .truncate(end)
             .map_err(|source| self.io("truncating leader epochs", source))?;
-        *producers = rebuild_producers(&self.log, self.settings().remote)?;
+        let (table, snapshot) = rebuild_producers(&self.log, self.settings().remote)?;
+        *producers = table;
         drop((producers, epochs));
-        tracing::info!(topic = %self.topic, partition = self.index, end,
-            snapshot = ?producer::newest_snapshot_offset(self.log.dir()),
+        tracing::info!(topic = %self.topic, partition = self.index, end, snapshot,
             "cut back; producer state rebuilt from the snapshot and the log above it");
         self.end.send_replace(end);
         let hw = (*self.high_watermark.borrow()).min(end);

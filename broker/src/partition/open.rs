@@ -39,7 +39,7 @@ impl Partition {
         let log = Log::open(&dir, settings.log.clone())?;
         let end = log.log_end_offset();
         let saved = super::saved_high_watermark(&dir);
-        let producers = rebuild_producers(&log, settings.remote)?;
+        let (producers, _) = rebuild_producers(&log, settings.remote)?;
         let epochs = EpochCache::open(&dir, &log).map_err(|source| BrokerError::Io {
             op: "opening leader epochs",
             path: dir.clone(),
@@ -78,10 +78,16 @@ impl Partition {
 /// still gets its original offsets: the table saved in the partition directory, brought up to
 /// date from the batches after it. Without a usable snapshot (a first start, or a crash that
 /// cut the log below it) the last two segments are read instead; producers idle for longer
-/// are unknown, and as in Kafka an unknown producer may carry on from any sequence.
-pub(super) fn rebuild_producers(log: &Log, tiered: bool) -> Result<ProducerTable, BrokerError> {
+/// are unknown, and as in Kafka an unknown producer may carry on from any sequence. Returns
+/// the table and the offset of the snapshot it started from, if any.
+pub(super) fn rebuild_producers(
+    log: &Log,
+    tiered: bool,
+) -> Result<(ProducerTable, Option<u64>), BrokerError> {
     let end = log.log_end_offset();
-    let (mut table, from) = match ProducerTable::load(log.dir(), end) {
+    let loaded = ProducerTable::load(log.dir(), end);
+    let snapshot = loaded.as_ref().map(|(_, offset)| *offset);
+    let (mut table, from) = match loaded {
         Some((table, offset)) => (table, offset),
         None => {
             let segments = log.segments();
@@ -109,7 +115,7 @@ pub(super) fn rebuild_producers(log: &Log, tiered: bool) -> Result<ProducerTable
         offset =
             u64::try_from(last.base_offset + i64::from(last.last_offset_delta) + 1).unwrap_or(end);
     }
-    Ok(table)
+    Ok((table, snapshot))
 }
 
 /// Makes `dir` belong to topic `id`: a directory left by a deleted topic of the same name (or
