@@ -1,6 +1,8 @@
-//! Tiered storage throughput with librdkafka against an in-process broker whose object store
-//! is a real S3-compatible HTTP server (s3s-fs, as the `strata-s3` program in a process of
-//! its own, on loopback).
+//! Tiered storage throughput with librdkafka against a `strata` broker process (as a user runs
+//! it; `STRATA_BENCH_BINARY` runs another build) whose object store is a real S3-compatible
+//! HTTP server (s3s-fs, as the `strata-s3` program in a process of its own, on loopback). The
+//! clients run in the bench's process, so the three share the machine's cores as they would
+//! on one host, and each one's CPU is reported apart.
 //!
 //! `cargo bench -p strata-tests --bench tiered` (size: `STRATA_BENCH_MIB`, default 1024; the
 //! S3 server's directory: `STRATA_BENCH_S3_DIR`, default the temporary directory; its
@@ -53,8 +55,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use strata_storage::tier::manifest::{Manifest, PartitionObjects};
 use strata_storage::{BatchHeader, SegmentFile};
-use strata_tests::s3::S3Server;
-use strata_tests::{RawClient, TestBroker};
+use strata_tests::RawClient;
+use strata_tests::s3::{ACCESS_KEY, REGION, SECRET_KEY};
 use uuid::Uuid;
 
 const BUCKET: &str = "strata-bench";
@@ -70,10 +72,17 @@ const FIXED_MB_S: u64 = 20;
 
 mod common;
 
-use common::process::S3Process;
+use common::process::{BrokerProcess, S3Process};
 use common::{BenchResult, Load, end_to_end_with, print_latencies, producer, send_all};
 
+/// Set in the environment of this bench's own binary run as the replaying consumer's process:
+/// `<bootstrap> <topic> <until, comma-separated>`.
+const REPLAYER: &str = "STRATA_BENCH_REPLAYER";
+
 fn main() -> BenchResult<()> {
+    if let Ok(args) = std::env::var(REPLAYER) {
+        return replayer(&args);
+    }
     common::block_on(run())
 }
 
@@ -101,24 +110,39 @@ async fn run() -> BenchResult<()> {
             .cache
             .readahead_chunks,
     );
-    let mut broker = TestBroker::start_with(move |c| {
-        S3Server::configure(&endpoint, c, BUCKET, PREFIX);
-        c.object_store.upload_interval_ms = 200;
-        c.object_store.max_concurrent_gets = gets;
-        c.cache.chunk_bytes = CHUNK;
-        c.cache.readahead_chunks = readahead;
-        // Room for the whole replay, so the second pass is served from memory.
-        c.cache.memory_bytes = (mib + mib / 2) << 20;
+    let broker_dir = tempfile::tempdir()?;
+    let settings = [
+        format!("object_store.url=\"s3://{BUCKET}/{PREFIX}\""),
+        format!("object_store.endpoint=\"{endpoint}\""),
+        format!("object_store.region=\"{REGION}\""),
+        format!("object_store.access_key_id=\"{ACCESS_KEY}\""),
+        format!("object_store.secret_access_key=\"{SECRET_KEY}\""),
+        "object_store.path_style=true".to_owned(),
+        "object_store.allow_http=true".to_owned(),
+        "object_store.upload_interval_ms=200".to_owned(),
+        format!("object_store.max_concurrent_gets={gets}"),
         // To compare: 0 runs the broker's object-store work at its other threads' priority.
-        c.object_store.background_nice = background_nice;
-    })
-    .await;
-    let bootstrap = broker.bootstrap();
+        format!("object_store.background_nice={background_nice}"),
+        format!("cache.chunk_bytes={CHUNK}"),
+        format!("cache.readahead_chunks={readahead}"),
+        // Room for the whole replay, so the second pass is served from memory.
+        format!("cache.memory_bytes={}", (mib + mib / 2) << 20),
+        // Local copies go soon after their upload (local.retention.bytes=0), so the replays
+        // read the object store.
+        "topics.retention_check_interval_ms=500".to_owned(),
+    ];
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let mut broker = BrokerProcess::new(broker_dir.path(), &settings)?;
+    broker.spawn()?;
+    broker.connect(Duration::from_secs(60)).await?;
+    let bootstrap = broker.addr.clone();
+    let addr: std::net::SocketAddr = bootstrap.parse()?;
     println!(
-        "librdkafka {}, in-process Strata on s3s-fs {} (strata-s3, its own process, objects in {}), {mib} MiB of \
+        "librdkafka {}, Strata ({}) on s3s-fs {} (strata-s3, its own process, objects in {}), {mib} MiB of \
          {RECORD}-byte records in {PARTITIONS} partitions, {} MiB segments; S3 server nice +{}, \
          the broker's object-store work nice +{}, {gets} GETs at once, {readahead} chunks read ahead",
         rdkafka::util::get_rdkafka_version().1,
+        broker.binary.display(),
         s3.endpoint(),
         s3_root.display(),
         SEGMENT >> 20,
@@ -180,14 +204,15 @@ async fn run() -> BenchResult<()> {
 
     // 2. The server's raw GET throughput over the same objects, just before and just after
     //    the cold replay (the machine's speed drifts), and the cold replay between them.
-    let cpu = Cpu::start();
+    let cpu = Cpu::start(&broker, &s3_process)?;
     let (get_bytes, get_secs) = raw_gets(&store, id, &ends).await?;
     let before = report("raw GET from the S3 server", get_bytes, get_secs);
-    cpu.report();
-    let cpu = Cpu::start();
-    let cold_secs = replay(&bootstrap, "bench", &until).await?;
+    cpu.report(0.0)?;
+    let cpu = Cpu::start(&broker, &s3_process)?;
+    let cold_replay = replay(&bootstrap, "bench", &until).await?;
+    let cold_secs = cold_replay.secs;
     let cold = report("cold replay (object store)", remote_bytes, cold_secs);
-    cpu.report();
+    cpu.report(cold_replay.cpu)?;
     let (get_bytes, get_secs) = raw_gets(&store, id, &ends).await?;
     let after = report("raw GET again", get_bytes, get_secs);
     println!(
@@ -197,18 +222,18 @@ async fn run() -> BenchResult<()> {
     );
 
     // 3. A warm replay of everything uploaded.
-    let cpu = Cpu::start();
-    let secs = replay(&bootstrap, "bench", &until).await?;
-    report("warm replay (cache)", remote_bytes, secs);
-    cpu.report();
+    let cpu = Cpu::start(&broker, &s3_process)?;
+    let warm = replay(&bootstrap, "bench", &until).await?;
+    report("warm replay (cache)", remote_bytes, warm.secs);
+    cpu.report(warm.cpu)?;
 
     // 4. The broker's side alone: a cold replay by a client that only walks batch headers
     //    (no record decoding), after a restart has emptied the cache.
-    broker.restart().await;
-    let cpu = Cpu::start();
-    let secs = fetch_replay(broker.addr(), "bench", &until).await?;
+    restart(&mut broker).await?;
+    let cpu = Cpu::start(&broker, &s3_process)?;
+    let secs = fetch_replay(addr, "bench", &until).await?.secs;
     let bare = report("cold replay, header-only Fetch client", remote_bytes, secs);
-    cpu.report();
+    cpu.report(0.0)?;
     println!(
         "{:<40} {:>8.0} % of the raw GET figures' mean",
         "",
@@ -233,38 +258,45 @@ async fn run() -> BenchResult<()> {
     let beside = Beside {
         bootstrap: &bootstrap,
         load: &load,
-        s3: &s3_process,
         remote_bytes,
         raw_get,
     };
-    broker.restart().await;
+    restart(&mut broker).await?;
     let (b, u) = (bootstrap.clone(), until.clone());
-    let s3_cpu = s3_process.cpu_seconds()?;
+    let cpu = Cpu::start(&broker, &s3_process)?;
     let replaying = tokio::spawn(async move { replay(&b, "bench", &u).await });
-    beside.measure("cold replay", replaying, s3_cpu).await?;
+    beside.measure("cold replay", replaying, cpu).await?;
     // 5b. The same producer while the header-only client replays: the broker's whole share
     //     of a replay without librdkafka's per-record work in this process (a consumer
     //     elsewhere, as in a deployment).
-    broker.restart().await;
-    let (addr, u) = (broker.addr(), until.clone());
-    let s3_cpu = s3_process.cpu_seconds()?;
+    restart(&mut broker).await?;
+    let u = until.clone();
+    let cpu = Cpu::start(&broker, &s3_process)?;
     let replaying = tokio::spawn(async move { fetch_replay(addr, "bench", &u).await });
     beside
-        .measure("header-only cold replay", replaying, s3_cpu)
+        .measure("header-only cold replay", replaying, cpu)
         .await?;
     // 6. Produce alone, then while a cold replay runs (the restart empties the cache).
     let side = SIDE_MIB * 1024 * 1024 / RECORD as u64;
     let secs = produce(&bootstrap, "side", side).await?;
     report("produce alone", side * RECORD as u64, secs);
-    broker.restart().await;
+    restart(&mut broker).await?;
     let (b, u) = (bootstrap.clone(), until.clone());
     let replaying = tokio::spawn(async move { replay(&b, "bench", &u).await });
     let secs = produce(&bootstrap, "side", side).await?;
     report("produce during a cold replay", side * RECORD as u64, secs);
-    let secs = replaying.await??;
+    let secs = replaying.await??.secs;
     report("cold replay during produce", remote_bytes, secs);
 
-    broker.stop().await;
+    broker.stop("-TERM").await?;
+    Ok(())
+}
+
+/// Stops the broker cleanly and starts it again (its chunk cache, in memory, starts empty).
+async fn restart(broker: &mut BrokerProcess) -> BenchResult<()> {
+    broker.stop("-TERM").await?;
+    broker.spawn()?;
+    broker.connect(Duration::from_secs(60)).await?;
     Ok(())
 }
 
@@ -272,7 +304,6 @@ async fn run() -> BenchResult<()> {
 struct Beside<'a> {
     bootstrap: &'a str,
     load: &'a Load,
-    s3: &'a S3Process,
     remote_bytes: u64,
     /// The raw GET figures' mean, MB/s.
     raw_get: f64,
@@ -280,53 +311,77 @@ struct Beside<'a> {
 
 impl Beside<'_> {
     /// The producer's latencies while `replaying` (a `what`) runs, then the replay's MB/s
-    /// against the raw GET figure and the S3 server's CPU since `s3_cpu`.
+    /// against the raw GET figure and the CPU used since `cpu` started.
     async fn measure(
         &self,
         what: &str,
-        replaying: tokio::task::JoinHandle<BenchResult<f64>>,
-        s3_cpu: f64,
+        replaying: tokio::task::JoinHandle<BenchResult<Replayed>>,
+        cpu: Cpu,
     ) -> BenchResult<()> {
         let during = end_to_end_with(self.bootstrap, "fixed", self.load).await?;
         let label = format!("{FIXED_MB_S} MB/s producer during a {what}");
         print_latencies(&format!("{label}: end-to-end"), during.end_to_end);
         print_latencies(&format!("{label}: ack"), during.ack);
-        let secs = replaying.await??;
-        let replayed = report(&format!("{what} beside it"), self.remote_bytes, secs);
-        println!(
-            "{:<40} {:>8.0} % of the raw GET figures' mean; S3 server {:.2} cores busy",
-            "",
-            replayed / self.raw_get * 100.0,
-            (self.s3.cpu_seconds()? - s3_cpu) / secs
+        let replayed = replaying.await??;
+        let mbs = report(
+            &format!("{what} beside it"),
+            self.remote_bytes,
+            replayed.secs,
         );
-        Ok(())
+        println!(
+            "{:<40} {:>8.0} % of the raw GET figures' mean",
+            "",
+            mbs / self.raw_get * 100.0,
+        );
+        cpu.report(replayed.cpu)
     }
 }
 
-/// This process's CPU time over a phase, as cores kept busy (the broker, the S3 server and
-/// the clients all run in it).
+/// CPU time over a phase, as cores kept busy: the broker's, the S3 server's and the clients'
+/// (the bench's process and the replaying consumer's).
 struct Cpu {
     wall: Instant,
-    cpu: f64,
+    broker_pid: u32,
+    s3_pid: u32,
+    start: [f64; 3],
 }
 
 impl Cpu {
-    fn start() -> Self {
-        Self {
+    fn start(broker: &BrokerProcess, s3: &S3Process) -> BenchResult<Self> {
+        let broker_pid = broker.pid()?;
+        let s3_pid = s3.pid()?;
+        Ok(Self {
             wall: Instant::now(),
-            cpu: cpu_seconds(),
-        }
+            broker_pid,
+            s3_pid,
+            start: Self::now(broker_pid, s3_pid)?,
+        })
     }
 
-    fn report(&self) {
-        let busy = (cpu_seconds() - self.cpu) / self.wall.elapsed().as_secs_f64();
-        println!("{:<40} {busy:>8.2} cores busy", "");
+    fn now(broker_pid: u32, s3_pid: u32) -> BenchResult<[f64; 3]> {
+        use common::process::cpu_seconds;
+        Ok([
+            cpu_seconds(broker_pid)?,
+            cpu_seconds(s3_pid)?,
+            cpu_seconds(std::process::id())?,
+        ])
     }
-}
 
-/// User + system CPU seconds of this process so far (Linux; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    common::process::cpu_seconds(std::process::id()).unwrap_or(0.0)
+    /// Prints the cores kept busy since the start, counting `replayer` CPU-seconds (a
+    /// replaying consumer's process, ended) as the clients'.
+    fn report(&self, replayer: f64) -> BenchResult<()> {
+        let secs = self.wall.elapsed().as_secs_f64();
+        let now = Self::now(self.broker_pid, self.s3_pid)?;
+        let busy = |i: usize| (now[i] - self.start[i]) / secs;
+        println!(
+            "{:<40} cores busy: broker {:.2}, S3 server {:.2}, clients {:.2}",
+            "",
+            busy(0),
+            busy(1),
+            busy(2) + replayer / secs
+        );
+        Ok(())
+    }
 }
 
 /// Prints and returns MB/s.
@@ -343,18 +398,18 @@ async fn create_topic(bootstrap: &str, topic: &str, configs: &[(&str, String)]) 
     common::create_topic(bootstrap, topic, PARTITIONS, 1, configs).await
 }
 
-fn topic_id(broker: &TestBroker, topic: &str) -> BenchResult<Uuid> {
+fn topic_id(broker: &BrokerProcess, topic: &str) -> BenchResult<Uuid> {
     let meta = broker
-        .data_dir()
-        .join(format!("logs/{topic}-0/partition.metadata"));
+        .dir
+        .join(format!("data/logs/{topic}-0/partition.metadata"));
     Ok(std::fs::read_to_string(meta)?.trim().parse()?)
 }
 
 /// The base offset of each partition's active (newest) segment.
-fn active_bases(broker: &TestBroker, topic: &str) -> BenchResult<Vec<u64>> {
+fn active_bases(broker: &BrokerProcess, topic: &str) -> BenchResult<Vec<u64>> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
-        let dir = broker.data_dir().join(format!("logs/{topic}-{p}"));
+        let dir = broker.dir.join(format!("data/logs/{topic}-{p}"));
         let first = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter_map(|n| n.strip_suffix(".log")?.parse::<u64>().ok())
@@ -428,37 +483,84 @@ fn consumer(bootstrap: &str) -> BenchResult<BaseConsumer> {
         .create()?)
 }
 
-/// Reads every partition from offset 0 up to `until[p]`; returns the seconds taken.
-async fn replay(bootstrap: &str, topic: &str, until: &[i64]) -> BenchResult<f64> {
+/// A replay's seconds, and the CPU-seconds of its process when it ran in one of its own.
+#[derive(Debug)]
+struct Replayed {
+    secs: f64,
+    cpu: f64,
+}
+
+/// Reads every partition from offset 0 up to `until[p]` with a librdkafka consumer in a
+/// process of its own (this bench's binary again), as a consumer elsewhere would: its
+/// decoding, allocations and page faults are not the measured producer's process's.
+async fn replay(bootstrap: &str, topic: &str, until: &[i64]) -> BenchResult<Replayed> {
+    let until: Vec<String> = until.iter().map(i64::to_string).collect();
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .env(REPLAYER, format!("{bootstrap} {topic} {}", until.join(",")))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let figures: Vec<f64> = stdout
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match (out.status.success(), figures.as_slice()) {
+        (true, &[secs, cpu]) => Ok(Replayed { secs, cpu }),
+        _ => Err(format!(
+            "the replaying consumer failed ({}): {stdout} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into()),
+    }
+}
+
+/// The replaying consumer's process: replays as `args` says and prints the seconds it took
+/// and its CPU-seconds.
+fn replayer(args: &str) -> BenchResult<()> {
+    let [bootstrap, topic, until] = args.split(' ').collect::<Vec<_>>()[..] else {
+        return Err(format!("{REPLAYER}: <bootstrap> <topic> <until,...>, not {args:?}").into());
+    };
+    let until = until
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<i64>, _>>()?;
     let c = consumer(bootstrap)?;
-    let (topic, until) = (topic.to_owned(), until.to_vec());
-    tokio::task::spawn_blocking(move || {
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&topic, p, Offset::Offset(0))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..until.len() {
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(0))?;
+    }
+    c.assign(&tpl)?;
+    let mut next = vec![0i64; until.len()];
+    let start = Instant::now();
+    while next.iter().zip(&until).any(|(n, u)| n < u) {
+        if start.elapsed() > Duration::from_secs(900) {
+            return Err(format!("replay stuck at {next:?} of {until:?}").into());
         }
-        c.assign(&tpl)?;
-        let mut next = vec![0i64; until.len()];
-        let start = Instant::now();
-        while next.iter().zip(&until).any(|(n, u)| n < u) {
-            if start.elapsed() > Duration::from_secs(900) {
-                return Err(format!("replay stuck at {next:?} of {until:?}").into());
-            }
-            let Some(m) = c.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let m = m?;
-            let p = m.partition() as usize;
-            next[p] = next[p].max(m.offset() + 1);
-        }
-        Ok(start.elapsed().as_secs_f64())
-    })
-    .await?
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        let p = m.partition() as usize;
+        next[p] = next[p].max(m.offset() + 1);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{secs} {}",
+        common::process::cpu_seconds(std::process::id())?
+    );
+    Ok(())
 }
 
 /// Replays every partition from offset 0 up to `until[p]` with plain Fetch requests (v12,
-/// up to 16 MiB per partition), reading only batch headers to advance; returns the seconds.
-async fn fetch_replay(addr: std::net::SocketAddr, topic: &str, until: &[i64]) -> BenchResult<f64> {
+/// up to 16 MiB per partition), reading only batch headers to advance, in this process.
+async fn fetch_replay(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    until: &[i64],
+) -> BenchResult<Replayed> {
     let mut c = RawClient::connect(addr).await;
     let mut next = vec![0i64; until.len()];
     let start = Instant::now();
@@ -506,7 +608,10 @@ async fn fetch_replay(addr: std::net::SocketAddr, topic: &str, until: &[i64]) ->
             }
         }
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(Replayed {
+        secs: start.elapsed().as_secs_f64(),
+        cpu: 0.0,
+    })
 }
 
 /// GETs every segment object the manifests name in `CHUNK`-sized ranges, `GETS` at once.

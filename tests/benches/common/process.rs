@@ -191,8 +191,8 @@ impl S3Process {
         })
     }
 
-    /// CPU seconds the server has used.
-    pub fn cpu_seconds(&self) -> BenchResult<f64> {
-        cpu_seconds(self.child.id().ok_or("strata-s3 exited")?)
+    /// The server's process id (`nice` execs it, keeping its own).
+    pub fn pid(&self) -> BenchResult<u32> {
+        Ok(self.child.id().ok_or("strata-s3 exited")?)
     }
 }
