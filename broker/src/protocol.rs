@@ -490,6 +490,12 @@ mod tests {
             {
                 match p.records.as_mut() {
                     Some(r) if *r == in_files => taken.take_files(&mut p.records, files.clone()),
+                    // As a remote read answers: slices of the chunks it spans.
+                    Some(r) if r.len() == 70_000 => {
+                        let r = r.clone();
+                        let pieces = vec![r.slice(..1), r.slice(1..40_000), r.slice(40_000..)];
+                        taken.take_pieces(&mut p.records, pieces);
+                    }
                     Some(r) => taken.take(r),
                     None => {}
                 }

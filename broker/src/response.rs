@@ -185,16 +185,16 @@ pub(crate) struct Taken {
     sets: Vec<RecordSet>,
 }
 
-/// A record set taken out: in memory, or ranges of segment files.
+/// A record set taken out: in memory (in one piece or several), or ranges of segment files.
 enum RecordSet {
-    Bytes(Bytes),
+    Bytes(Vec<Bytes>),
     Files(Vec<FileRange>),
 }
 
 impl RecordSet {
     fn len(&self) -> usize {
         match self {
-            Self::Bytes(b) => b.len(),
+            Self::Bytes(b) => b.iter().map(Bytes::len).sum(),
             Self::Files(f) => f.iter().map(|r| r.len as usize).sum(),
         }
     }
@@ -205,8 +205,15 @@ impl Taken {
     pub(crate) fn take(&mut self, records: &mut Bytes) {
         if records.len() >= SPLICED_RECORDS {
             let set = std::mem::take(records);
-            *records = self.marker(RecordSet::Bytes(set));
+            *records = self.marker(RecordSet::Bytes(vec![set]));
         }
+    }
+
+    /// Sets `records` to the marker of a record set of `pieces`, one after another (the
+    /// slices of a remote read's chunks: spliced whatever their size, as joining them would
+    /// copy).
+    pub(crate) fn take_pieces(&mut self, records: &mut Option<Bytes>, pieces: Vec<Bytes>) {
+        *records = Some(self.marker(RecordSet::Bytes(pieces)));
     }
 
     /// Sets `records` to the marker of a record set sent from `files` (to no records when
@@ -265,7 +272,7 @@ impl Taken {
             response.push(out.slice(last..start));
             response.push(Bytes::from(prefix));
             match set {
-                RecordSet::Bytes(b) => response.push(b),
+                RecordSet::Bytes(pieces) => pieces.into_iter().for_each(|b| response.push(b)),
                 RecordSet::Files(files) => response.parts.extend(files.into_iter().map(Part::File)),
             }
             last = start + marker_prefix.len() + MARKER_LEN;

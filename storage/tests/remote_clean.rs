@@ -91,7 +91,8 @@ async fn replay(reader: &RemoteReader, objects: &PartitionObjects, m: &Manifest)
         let bytes = reader
             .read(objects, m, offset, 1 << 16)
             .await
-            .expect("read");
+            .expect("read")
+            .into_bytes();
         if bytes.is_empty() {
             break;
         }

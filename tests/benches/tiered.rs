@@ -207,12 +207,12 @@ async fn run() -> BenchResult<()> {
     let cpu = Cpu::start(&broker, &s3_process)?;
     let (get_bytes, get_secs) = raw_gets(&store, id, &ends).await?;
     let before = report("raw GET from the S3 server", get_bytes, get_secs);
-    cpu.report(0.0)?;
+    cpu.report(0.0, 0)?;
     let cpu = Cpu::start(&broker, &s3_process)?;
     let cold_replay = replay(&bootstrap, "bench", &until).await?;
     let cold_secs = cold_replay.secs;
     let cold = report("cold replay (object store)", remote_bytes, cold_secs);
-    cpu.report(cold_replay.cpu)?;
+    cpu.report(cold_replay.cpu, remote_bytes)?;
     let (get_bytes, get_secs) = raw_gets(&store, id, &ends).await?;
     let after = report("raw GET again", get_bytes, get_secs);
     println!(
@@ -225,7 +225,7 @@ async fn run() -> BenchResult<()> {
     let cpu = Cpu::start(&broker, &s3_process)?;
     let warm = replay(&bootstrap, "bench", &until).await?;
     report("warm replay (cache)", remote_bytes, warm.secs);
-    cpu.report(warm.cpu)?;
+    cpu.report(warm.cpu, remote_bytes)?;
 
     // 4. The broker's side alone: a cold replay by a client that only walks batch headers
     //    (no record decoding), after a restart has emptied the cache.
@@ -233,7 +233,7 @@ async fn run() -> BenchResult<()> {
     let cpu = Cpu::start(&broker, &s3_process)?;
     let secs = fetch_replay(addr, "bench", &until).await?.secs;
     let bare = report("cold replay, header-only Fetch client", remote_bytes, secs);
-    cpu.report(0.0)?;
+    cpu.report(0.0, remote_bytes)?;
     println!(
         "{:<40} {:>8.0} % of the raw GET figures' mean",
         "",
@@ -333,7 +333,7 @@ impl Beside<'_> {
             "",
             mbs / self.raw_get * 100.0,
         );
-        cpu.report(replayed.cpu)
+        cpu.report(replayed.cpu, 0)
     }
 }
 
@@ -368,13 +368,21 @@ impl Cpu {
     }
 
     /// Prints the cores kept busy since the start, counting `replayer` CPU-seconds (a
-    /// replaying consumer's process, ended) as the clients'.
-    fn report(&self, replayer: f64) -> BenchResult<()> {
+    /// replaying consumer's process, ended) as the clients', and, for a phase that replayed
+    /// `replayed` bytes, the broker's CPU-seconds per GB of them.
+    fn report(&self, replayer: f64, replayed: u64) -> BenchResult<()> {
         let secs = self.wall.elapsed().as_secs_f64();
         let now = Self::now(self.broker_pid, self.s3_pid)?;
         let busy = |i: usize| (now[i] - self.start[i]) / secs;
+        let per_gb = match replayed {
+            0 => String::new(),
+            n => format!(
+                "; broker {:.2} CPU-seconds per GB replayed",
+                (now[0] - self.start[0]) / (n as f64 / 1e9)
+            ),
+        };
         println!(
-            "{:<40} cores busy: broker {:.2}, S3 server {:.2}, clients {:.2}",
+            "{:<40} cores busy: broker {:.2}, S3 server {:.2}, clients {:.2}{per_gb}",
             "",
             busy(0),
             busy(1),

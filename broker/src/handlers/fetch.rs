@@ -206,6 +206,10 @@ pub(super) async fn fetch(state: &Arc<BrokerState>, frame: &Frame) -> Result<Rep
                 match records {
                     Some(Records::Bytes(b)) => data.records = Some(b),
                     Some(Records::Files(f)) => taken.take_files(&mut data.records, f),
+                    Some(Records::Remote(r)) if r.pieces.len() > 1 => {
+                        taken.take_pieces(&mut data.records, r.pieces);
+                    }
+                    Some(Records::Remote(r)) => data.records = Some(r.into_bytes()),
                     None => {}
                 }
                 if let Some(records) = data.records.as_mut() {

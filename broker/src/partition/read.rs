@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use strata_storage::tier::manifest::Manifest;
-use strata_storage::tier::read::RemoteReader;
+use strata_storage::tier::read::{RemoteBatches, RemoteReader};
 use strata_storage::{AbortedTxn, FileRange, StorageError};
 
 use super::Partition;
@@ -29,12 +29,13 @@ enum Source {
     },
 }
 
-/// A partition's records for a response: read into memory, or ranges of its segment files
-/// for a connection that sends them from the file.
+/// A partition's records for a response: read into memory, ranges of its segment files for
+/// a connection that sends them from the file, or slices of the remote read cache's chunks.
 #[derive(Debug)]
 pub(crate) enum Records {
     Bytes(Bytes),
     Files(Vec<FileRange>),
+    Remote(RemoteBatches),
 }
 
 impl Records {
@@ -43,6 +44,7 @@ impl Records {
         match self {
             Self::Bytes(b) => b.len(),
             Self::Files(f) => f.iter().map(|r| r.len as usize).sum(),
+            Self::Remote(r) => r.len(),
         }
     }
 
@@ -60,6 +62,7 @@ impl Records {
                 count
             }
             Self::Files(f) => f.iter().map(|r| r.offsets).sum(),
+            Self::Remote(r) => r.records,
         }
     }
 }
@@ -85,7 +88,7 @@ impl Read {
             } => reader
                 .read(&part.remote.objects, &manifest, offset, limit)
                 .await
-                .map(Records::Bytes)
+                .map(Records::Remote)
                 .map_err(|e| {
                     tracing::warn!(topic = %part.topic, partition = part.index, offset,
                         error = %e, "remote read failed");

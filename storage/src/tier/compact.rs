@@ -338,7 +338,10 @@ async fn each_batch(
     let from = from.max(manifest.span_start(seg));
     let mut offset = from;
     while offset < seg.end_offset {
-        let bytes = reader.read(objects, manifest, offset, READ_CHUNK).await?;
+        let bytes = reader
+            .read(objects, manifest, offset, READ_CHUNK)
+            .await?
+            .into_bytes();
         io(bytes.len() as u64);
         let mut at = 0;
         let mut next = None;

@@ -4,7 +4,8 @@
 //!
 //! A read locates its batch with the segment's remote offset index (fetched once, decoded and
 //! kept), walks batch headers from there through the cached chunks and answers whole batches,
-//! byte for byte as they were uploaded. Concurrent readers of one chunk share one GET (foyer's
+//! byte for byte as they were uploaded, as slices of the cached chunks (a read spanning
+//! several is not copied into one buffer: a replay's answers are written from the cache). Concurrent readers of one chunk share one GET (foyer's
 //! single-flight `get_or_fetch`); GETs are bounded by a semaphore shared with read-ahead.
 
 use std::collections::HashMap;
@@ -181,6 +182,39 @@ impl CacheMetrics {
     }
 }
 
+/// Whole batches read from a remote segment: slices of the cached chunks, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteBatches {
+    /// The bytes, in pieces (one per chunk they span).
+    pub pieces: Vec<Bytes>,
+    /// How many records the batches hold.
+    pub records: u64,
+}
+
+impl RemoteBatches {
+    /// Their size in bytes.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(Bytes::len).sum()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.iter().all(Bytes::is_empty)
+    }
+
+    /// The bytes in one buffer (a copy, unless they are in one piece).
+    pub fn into_bytes(mut self) -> Bytes {
+        if self.pieces.len() <= 1 {
+            return self.pieces.pop().unwrap_or_default();
+        }
+        let mut out = BytesMut::with_capacity(self.len());
+        for p in &self.pieces {
+            out.extend_from_slice(p);
+        }
+        out.freeze()
+    }
+}
+
 /// Reads remote segments through the chunk cache. One per broker, shared by all partitions.
 pub struct RemoteReader {
     cache: HybridCache<ChunkKey, Bytes>,
@@ -280,7 +314,7 @@ impl RemoteReader {
         manifest: &Manifest,
         from: u64,
         max_bytes: usize,
-    ) -> Result<Bytes, TierError> {
+    ) -> Result<RemoteBatches, TierError> {
         let Some((mut i, _)) = segment_of(manifest, from) else {
             return Err(TierError::NotRemote { offset: from });
         };
@@ -297,7 +331,7 @@ impl RemoteReader {
             // the next one's first batch.
             i += 1;
             let Some(next) = manifest.segments.get(i) else {
-                return Ok(Bytes::new());
+                return Ok(RemoteBatches::default());
             };
             // Where it overlaps this one, it holds the same batches: `from` still.
             from = next.base_offset.max(from);
@@ -313,7 +347,7 @@ impl RemoteReader {
         seg: &RemoteSegment,
         from: u64,
         max_bytes: usize,
-    ) -> Result<Option<Bytes>, TierError> {
+    ) -> Result<Option<RemoteBatches>, TierError> {
         let mut cursor = Cursor::new(self, objects, seg);
         let index = self.offset_index(objects, seg).await?;
         let rel = from
@@ -342,19 +376,21 @@ impl RemoteReader {
         }
         let start = pos;
         let mut end = pos;
+        let mut records = 0u64;
         while let Some(h) = cursor.header(end).await? {
             let len = h.total_len() as u64;
             if end > start && end + len - start > max_bytes as u64 {
                 break;
             }
             end += len;
+            records += u64::try_from(h.records_count).unwrap_or(0);
             if end - start >= max_bytes as u64 {
                 break;
             }
         }
-        let out = cursor.bytes(start..end).await?;
+        let pieces = cursor.pieces(start..end).await?;
         self.after_read(objects, manifest, i, start, end);
-        Ok(Some(out))
+        Ok(Some(RemoteBatches { pieces, records }))
     }
 
     /// The aborted transactions whose records may lie in `[from, upper)` of the remote
@@ -714,27 +750,25 @@ impl<'a> Cursor<'a> {
         Ok(bytes)
     }
 
+    /// The bytes of `range`, as a slice of each chunk it spans.
+    async fn pieces(&mut self, range: Range<u64>) -> Result<Vec<Bytes>, TierError> {
+        let size = self.reader.config.chunk_bytes;
+        let mut out = Vec::new();
+        let mut at = range.start;
+        while at < range.end {
+            let n = at / size;
+            let c = self.chunk(n).await?;
+            let to = range.end.min((n + 1) * size);
+            out.push(c.slice((at - n * size) as usize..(to - n * size) as usize));
+            at = to;
+        }
+        Ok(out)
+    }
+
     /// The bytes of `range`: a slice of one chunk, or a copy joining several.
     async fn bytes(&mut self, range: Range<u64>) -> Result<Bytes, TierError> {
-        let size = self.reader.config.chunk_bytes;
-        let first = range.start / size;
-        let last = range.end.saturating_sub(1) / size;
-        if range.is_empty() {
-            return Ok(Bytes::new());
-        }
-        if first == last {
-            let c = self.chunk(first).await?;
-            let at = (range.start - first * size) as usize;
-            return Ok(c.slice(at..at + (range.end - range.start) as usize));
-        }
-        let mut out = BytesMut::with_capacity((range.end - range.start) as usize);
-        for n in first..=last {
-            let c = self.chunk(n).await?;
-            let from = range.start.max(n * size) - n * size;
-            let to = range.end.min((n + 1) * size) - n * size;
-            out.extend_from_slice(&c[from as usize..to as usize]);
-        }
-        Ok(out.freeze())
+        let pieces = self.pieces(range).await?;
+        Ok(RemoteBatches { pieces, records: 0 }.into_bytes())
     }
 
     /// The header of the batch at `pos`; `None` at the segment's end. A header that does not
@@ -925,7 +959,11 @@ mod tests {
             assert_eq!(remote, log.aborted_txns(from, upto).expect("local"));
         }
         for from in 0..m.end_offset() {
-            let remote = reader.read(&objects, &m, from, 700).await.expect("remote");
+            let remote = reader
+                .read(&objects, &m, from, 700)
+                .await
+                .expect("remote")
+                .into_bytes();
             let local = log.read(from, remote.len()).expect("local");
             assert_eq!(&local[..], &remote[..], "offset {from}");
         }
@@ -985,9 +1023,21 @@ mod tests {
         objects: &PartitionObjects,
         m: &Manifest,
     ) {
+        let mut in_pieces = 0;
         for from in 0..m.end_offset() {
             for max in [1, 700, 5000] {
-                let remote = reader.read(objects, m, from, max).await.expect("remote");
+                let batches = reader.read(objects, m, from, max).await.expect("remote");
+                // Reads across chunk edges answer slices of the chunks, not a copy.
+                in_pieces += usize::from(batches.pieces.len() > 1);
+                let records = batches.records;
+                let remote = batches.into_bytes();
+                let mut counted = 0;
+                let mut at = 0;
+                while let Some(h) = BatchHeader::parse(&remote[at..]) {
+                    counted += h.records_count as u64;
+                    at += h.total_len();
+                }
+                assert_eq!(records, counted, "offset {from} max {max}");
                 let local = log.read(from, max).expect("local");
                 // The remote read stops at its segment's end; the local one may go on.
                 assert!(!remote.is_empty(), "offset {from}");
@@ -998,6 +1048,7 @@ mod tests {
                 );
             }
         }
+        assert!(in_pieces > 0, "no read crossed a chunk edge");
         let past = reader.read(objects, m, m.end_offset(), 100).await;
         assert!(matches!(past, Err(TierError::NotRemote { .. })));
     }
@@ -1050,7 +1101,11 @@ mod tests {
         );
         let reader = RemoteReader::open(small_chunks()).await.expect("cache");
         for from in 0..m.end_offset() {
-            let remote = reader.read(&objects, &m, from, 700).await.expect("remote");
+            let remote = reader
+                .read(&objects, &m, from, 700)
+                .await
+                .expect("remote")
+                .into_bytes();
             let local = copy.read(from, 700).expect("local");
             assert!(!remote.is_empty(), "offset {from}");
             assert_eq!(&local[..remote.len()], &remote[..], "offset {from}");
@@ -1078,9 +1133,17 @@ mod tests {
         let objects = PartitionObjects::new(Arc::new(faulty), &Path::from("r"), Uuid::nil(), 0);
         let reader = RemoteReader::open(small_chunks()).await.expect("cache");
         // Two reads, the second continuing the first: read-ahead starts.
-        let first = reader.read(&objects, &m, 0, 700).await.expect("read");
+        let first = reader
+            .read(&objects, &m, 0, 700)
+            .await
+            .expect("read")
+            .into_bytes();
         let from = next_offset(&first);
-        let second = reader.read(&objects, &m, from, 700).await.expect("read");
+        let second = reader
+            .read(&objects, &m, from, 700)
+            .await
+            .expect("read")
+            .into_bytes();
         let from = next_offset(&second);
         tokio::time::sleep(Duration::from_millis(300)).await;
         // With the store failing, the next read is served from what read-ahead fetched.
@@ -1088,7 +1151,8 @@ mod tests {
         let third = reader
             .read(&objects, &m, from, 700)
             .await
-            .expect("read-ahead");
+            .expect("read-ahead")
+            .into_bytes();
         let local = log.read(from, 700).expect("local");
         assert_eq!(&local[..third.len()], &third[..]);
         // A read elsewhere needs the store, and says so.
@@ -1100,10 +1164,18 @@ mod tests {
     async fn a_second_read_of_the_same_bytes_is_a_cache_hit() {
         let (_dir, _log, objects, m) = uploaded(120).await;
         let reader = RemoteReader::open(small_chunks()).await.expect("cache");
-        let first = reader.read(&objects, &m, 0, 700).await.expect("read");
+        let first = reader
+            .read(&objects, &m, 0, 700)
+            .await
+            .expect("read")
+            .into_bytes();
         let (hits, misses) = reader.metrics().hits_and_misses();
         assert!(misses >= 1, "a cold read misses");
-        let again = reader.read(&objects, &m, 0, 700).await.expect("read");
+        let again = reader
+            .read(&objects, &m, 0, 700)
+            .await
+            .expect("read")
+            .into_bytes();
         assert_eq!(first, again);
         let (hits_after, misses_after) = reader.metrics().hits_and_misses();
         assert_eq!(misses_after, misses, "nothing missed the second time");

@@ -417,7 +417,8 @@ pub(crate) mod two_leaders {
             let remote = reader
                 .read(objects, m, offset, 1 << 20)
                 .await
-                .expect("read");
+                .expect("read")
+                .into_bytes();
             let local = reference.read(offset, remote.len()).expect("local");
             assert_eq!(&remote[..], &local[..], "{what}: offset {offset}");
             let mut pos = 0;
