@@ -10,8 +10,10 @@
 //! - at each rate, 1 KiB records over 4 partitions (acks=all, idempotent, `linger.ms=1`):
 //!   end-to-end latency (send to a tailing consumer's receipt) and acknowledgement latency,
 //!   p50/p99/p99.9/max, and the broker's CPU over the run;
-//! - broker CPU-seconds per GB produced (as fast as librdkafka sends, linger 5 ms) and per GB
-//!   consumed (a consumer reading it all from the start).
+//! - broker CPU-seconds per GB produced (as fast as librdkafka sends, linger 5 ms, until the
+//!   last acknowledgement), then what the broker spends after it until it idles (uploading
+//!   what was produced), and per GB consumed (a consumer reading it all from the start, once
+//!   the broker is idle, so the uploads are not counted as the consumer's).
 
 #![allow(clippy::print_stdout)]
 
@@ -86,6 +88,13 @@ async fn run() -> BenchResult<()> {
         bytes as f64 / secs / 1e6,
         produce_cpu / gb
     );
+    let (settle_secs, settle_cpu) = settle(&broker).await?;
+    println!(
+        "after the last ack: {settle_secs:.1} s until the broker idles, {:.2} CPU-seconds per GB \
+         (tiering what was produced; {:.2} per GB with the produce)",
+        settle_cpu / gb,
+        (produce_cpu + settle_cpu) / gb
+    );
     let cpu = broker.cpu_seconds()?;
     let addr = broker.addr.clone();
     let (secs, _) =
@@ -99,4 +108,26 @@ async fn run() -> BenchResult<()> {
     );
     broker.stop("-TERM").await?;
     Ok(())
+}
+
+/// Waits (at most two minutes) until the broker has kept less than 5 % of a core busy for six
+/// seconds (longer than `object_store.upload_interval_ms`, 5 s, so a tiering pass still to
+/// come is waited for); returns the seconds and the CPU-seconds it used until it went idle.
+async fn settle(broker: &BrokerProcess) -> BenchResult<(f64, f64)> {
+    const WINDOW: Duration = Duration::from_millis(500);
+    const IDLE_FOR: Duration = Duration::from_secs(6);
+    let started = Instant::now();
+    let first = broker.cpu_seconds()?;
+    let (mut last, mut busy_until) = (first, (Duration::ZERO, first));
+    while started.elapsed() < Duration::from_secs(120)
+        && started.elapsed() - busy_until.0 < IDLE_FOR
+    {
+        tokio::time::sleep(WINDOW).await;
+        let now = broker.cpu_seconds()?;
+        if now - last >= 0.05 * WINDOW.as_secs_f64() {
+            busy_until = (started.elapsed(), now);
+        }
+        last = now;
+    }
+    Ok((busy_until.0.as_secs_f64(), busy_until.1 - first))
 }

@@ -5,8 +5,10 @@
 //! A read locates its batch with the segment's remote offset index (fetched once, decoded and
 //! kept), walks batch headers from there through the cached chunks and answers whole batches,
 //! byte for byte as they were uploaded, as slices of the cached chunks (a read spanning
-//! several is not copied into one buffer: a replay's answers are written from the cache). Concurrent readers of one chunk share one GET (foyer's
-//! single-flight `get_or_fetch`); GETs are bounded by a semaphore shared with read-ahead.
+//! several is not copied into one buffer: a replay's answers are written from the cache; a
+//! response holds its chunks until written, even once the cache has let them go). Concurrent
+//! readers of one chunk share one GET (foyer's single-flight `get_or_fetch`); GETs are
+//! bounded by a semaphore shared with read-ahead.
 
 use std::collections::HashMap;
 use std::hash::Hash;
