@@ -235,8 +235,13 @@ impl Store {
     /// response s3s-fs made (so an object replaced in between is not sent under the other's
     /// headers); `None` leaves s3s-fs's own body in place.
     fn same_file(&self, bucket: &str, key: &str, out: &GetObjectOutput) -> Option<std::fs::File> {
-        // s3s-fs resolves the key virtually; a key with `.` or `..` parts is left to it.
-        if key.split('/').any(|c| c == "." || c == "..") {
+        // s3s-fs resolves the key virtually under the root; a key with empty, `.` or `..`
+        // parts (an absolute one among them, which `join` would not keep under the root) is
+        // left to it.
+        if key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return None;
         }
         let file = std::fs::File::open(self.root.join(bucket).join(key)).ok()?;
@@ -380,6 +385,51 @@ mod tests {
             .expect("put again");
         let got = store.get(&path).await.expect("get").bytes().await;
         assert_eq!(got.expect("body").as_ref(), b"short");
+    }
+
+    /// The larger pieces are sent only for the file s3s-fs answered about.
+    #[tokio::test]
+    async fn only_the_file_answered_about_is_sent_in_pieces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("b/k")).expect("bucket");
+        std::fs::write(dir.path().join("b/k/o"), b"0123456789").expect("object");
+        let store = Store {
+            fs: s3s_fs::FileSystem::new(dir.path()).expect("fs"),
+            root: dir.path().canonicalize().expect("root"),
+        };
+        let modified = std::fs::metadata(dir.path().join("b/k/o"))
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let answered = |len: i64, range: Option<&str>| GetObjectOutput {
+            content_length: Some(len),
+            content_range: range.map(str::to_owned),
+            last_modified: Some(Timestamp::from(modified)),
+            ..GetObjectOutput::default()
+        };
+        assert!(store.same_file("b", "k/o", &answered(10, None)).is_some());
+        assert!(
+            store
+                .same_file("b", "k/o", &answered(4, Some("bytes 2-5/10")))
+                .is_some()
+        );
+        assert!(
+            store.same_file("b", "k/o", &answered(9, None)).is_none(),
+            "another length"
+        );
+        let older = GetObjectOutput {
+            last_modified: Some(Timestamp::from(std::time::SystemTime::UNIX_EPOCH)),
+            ..answered(10, None)
+        };
+        assert!(
+            store.same_file("b", "k/o", &older).is_none(),
+            "another time"
+        );
+        for key in ["/k/o", "k//o", "k/./o", "x/../k/o"] {
+            assert!(
+                store.same_file("b", key, &answered(10, None)).is_none(),
+                "{key}"
+            );
+        }
     }
 
     #[test]
