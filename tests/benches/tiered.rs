@@ -1,8 +1,9 @@
 //! Tiered storage throughput with librdkafka against a `strata` broker process (as a user runs
 //! it; `STRATA_BENCH_BINARY` runs another build) whose object store is a real S3-compatible
 //! HTTP server (s3s-fs, as the `strata-s3` program in a process of its own, on loopback). The
-//! clients run in the bench's process, so the three share the machine's cores as they would
-//! on one host, and each one's CPU is reported apart.
+//! clients run in the bench's process, the librdkafka replay in a child process of its own
+//! (this binary again), so they share the machine's cores as they would on one host, and each
+//! one's CPU is reported apart.
 //!
 //! `cargo bench -p strata-tests --bench tiered` (size: `STRATA_BENCH_MIB`, default 1024; the
 //! S3 server's directory: `STRATA_BENCH_S3_DIR`, default the temporary directory; its
