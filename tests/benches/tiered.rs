@@ -16,7 +16,8 @@
 //!   reader-sized ranges with the reader's concurrency, through object_store;
 //! - cold replay MB/s: a consumer reading everything from offset 0, all of it from the object
 //!   store (local retention is 0), as a fraction of the raw GET figure;
-//! - warm replay MB/s: the same again, now from the cache;
+//! - warm replay MB/s: the same again, now from the cache (the consumer's own ceiling), and
+//!   the cold replay as a fraction of it;
 //! - cold replay MB/s by a client that decodes nothing (Fetch requests, batch headers only):
 //!   the broker's remote read path without librdkafka's per-record work;
 //! - a producer at a fixed 20 MB/s: its end-to-end and acknowledgement latency alone, then
@@ -225,8 +226,15 @@ async fn run() -> BenchResult<()> {
     // 3. A warm replay of everything uploaded.
     let cpu = Cpu::start(&broker, &s3_process)?;
     let warm = replay(&bootstrap, "bench", &until).await?;
-    report("warm replay (cache)", remote_bytes, warm.secs);
+    let warm_mbs = report("warm replay (cache)", remote_bytes, warm.secs);
     cpu.report(warm.cpu, remote_bytes)?;
+    // The consumer's own ceiling on this machine: a cold replay cannot beat it, whatever the
+    // S3 server's raw GET rate.
+    println!(
+        "{:<40} {:>8.0} % of the warm replay",
+        "cold replay / warm replay",
+        cold / warm_mbs * 100.0
+    );
 
     // 4. The broker's side alone: a cold replay by a client that only walks batch headers
     //    (no record decoding), after a restart has emptied the cache.
