@@ -88,10 +88,15 @@ async fn run() -> BenchResult<()> {
         bytes as f64 / secs / 1e6,
         produce_cpu / gb
     );
-    let (settle_secs, settle_cpu) = settle(&broker).await?;
+    let (settle_secs, settle_cpu, idle) = settle(&broker).await?;
     println!(
-        "after the last ack: {settle_secs:.1} s until the broker idles, {:.2} CPU-seconds per GB \
-         (tiering what was produced; {:.2} per GB with the produce)",
+        "after the last ack: {settle_secs:.1} s until the broker idles{}, {:.2} CPU-seconds per \
+         GB (tiering what was produced; {:.2} per GB with the produce)",
+        if idle {
+            ""
+        } else {
+            " (still busy after 120 s)"
+        },
         settle_cpu / gb,
         (produce_cpu + settle_cpu) / gb
     );
@@ -112,8 +117,9 @@ async fn run() -> BenchResult<()> {
 
 /// Waits (at most two minutes) until the broker has kept less than 5 % of a core busy for six
 /// seconds (longer than `object_store.upload_interval_ms`, 5 s, so a tiering pass still to
-/// come is waited for); returns the seconds and the CPU-seconds it used until it went idle.
-async fn settle(broker: &BrokerProcess) -> BenchResult<(f64, f64)> {
+/// come is waited for); returns the seconds and the CPU-seconds it used until it went idle,
+/// and whether it did.
+async fn settle(broker: &BrokerProcess) -> BenchResult<(f64, f64, bool)> {
     const WINDOW: Duration = Duration::from_millis(500);
     const IDLE_FOR: Duration = Duration::from_secs(6);
     let started = Instant::now();
@@ -129,5 +135,6 @@ async fn settle(broker: &BrokerProcess) -> BenchResult<(f64, f64)> {
         }
         last = now;
     }
-    Ok((busy_until.0.as_secs_f64(), busy_until.1 - first))
+    let idle = started.elapsed() - busy_until.0 >= IDLE_FOR;
+    Ok((busy_until.0.as_secs_f64(), busy_until.1 - first, idle))
 }
