@@ -231,10 +231,16 @@ struct Store {
 }
 
 impl Store {
-    /// The object's file, opened, if its length and modification time are those of the
-    /// response s3s-fs made (so an object replaced in between is not sent under the other's
-    /// headers); `None` leaves s3s-fs's own body in place.
-    fn same_file(&self, bucket: &str, key: &str, out: &GetObjectOutput) -> Option<std::fs::File> {
+    /// The object's file, opened, and the first byte the response sends, if the file's length
+    /// and modification time are those of the response s3s-fs made (so an object replaced in
+    /// between is not sent under the other's headers); `None` leaves s3s-fs's own body in
+    /// place.
+    fn same_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        out: &GetObjectOutput,
+    ) -> Option<(std::fs::File, u64)> {
         // s3s-fs resolves the key virtually under the root; a key with empty, `.` or `..`
         // parts (an absolute one among them, which `join` would not keep under the root) is
         // left to it.
@@ -246,20 +252,22 @@ impl Store {
         }
         let file = std::fs::File::open(self.root.join(bucket).join(key)).ok()?;
         let meta = file.metadata().ok()?;
-        let total = match &out.content_range {
-            Some(r) => r.rsplit_once('/')?.1.parse::<u64>().ok()?,
-            None => u64::try_from(out.content_length?).ok()?,
-        };
+        let (start, total) = span(out)?;
         let modified = s3s::dto::Timestamp::from(meta.modified().ok()?);
-        (meta.len() == total && out.last_modified.as_ref() == Some(&modified)).then_some(file)
+        (meta.len() == total && out.last_modified.as_ref() == Some(&modified))
+            .then_some((file, start))
     }
 }
 
-/// The first byte a GET's `Content-Range` ("bytes a-b/n") names; 0 without one.
-fn range_start(out: &GetObjectOutput) -> Option<u64> {
+/// The first byte a GET answers and the object's whole length: from its `Content-Range`
+/// ("bytes a-b/n"), or 0 and its `Content-Length` without one.
+fn span(out: &GetObjectOutput) -> Option<(u64, u64)> {
     match &out.content_range {
-        None => Some(0),
-        Some(r) => r.strip_prefix("bytes ")?.split_once('-')?.0.parse().ok(),
+        None => Some((0, u64::try_from(out.content_length?).ok()?)),
+        Some(r) => {
+            let (range, total) = r.strip_prefix("bytes ")?.split_once('/')?;
+            Some((range.split_once('-')?.0.parse().ok()?, total.parse().ok()?))
+        }
     }
 }
 
@@ -308,9 +316,7 @@ macro_rules! delegate_to_fs {
                 let mut resp = self.fs.get_object(req).await?;
                 let out = &mut resp.output;
                 let len = out.content_length.and_then(|n| u64::try_from(n).ok());
-                if let (Some(file), Some(start), Some(len)) =
-                    (self.same_file(&bucket, &key, out), range_start(out), len)
-                {
+                if let (Some((file, start)), Some(len)) = (self.same_file(&bucket, &key, out), len) {
                     out.body = Some(StreamingBlob::wrap(pieces(file, start, len)));
                 }
                 Ok(resp)
@@ -435,11 +441,12 @@ mod tests {
     #[test]
     fn a_content_range_names_its_first_byte() {
         let out = |r: Option<&str>| GetObjectOutput {
+            content_length: Some(100),
             content_range: r.map(str::to_owned),
             ..GetObjectOutput::default()
         };
-        assert_eq!(range_start(&out(None)), Some(0));
-        assert_eq!(range_start(&out(Some("bytes 10-19/100"))), Some(10));
-        assert_eq!(range_start(&out(Some("items 10-19/100"))), None);
+        assert_eq!(span(&out(None)), Some((0, 100)));
+        assert_eq!(span(&out(Some("bytes 10-19/100"))), Some((10, 100)));
+        assert_eq!(span(&out(Some("items 10-19/100"))), None);
     }
 }
