@@ -1,7 +1,8 @@
 //! How a broker shares out what its process may hold: open files (`ulimit -n`) and memory.
 //!
 //! Descriptors go to client connections (`kafka.max_connections`), hosted partitions (one
-//! each: the active segment's log file), sealed segments' log files (a cache shared by every
+//! each: the active segment's log file; two with `topics.direct_writes`, which writes it
+//! through a descriptor of its own), sealed segments' log files (a cache shared by every
 //! log, `topics.open_sealed_segment_files`, see `strata_storage::handles`), and a reserve for
 //! everything else (listeners, the controller, the object store's connections, the read
 //! cache's files, files opened for a moment to be written). Partitions are also bounded by
@@ -68,10 +69,11 @@ impl Budget {
             (0, None) => strata_storage::handles::DEFAULT_OPEN_SEALED,
             (n, _) => n,
         };
+        let per_partition = if config.topics.direct_writes { 2 } else { 1 };
         let by_files = match files {
             Some(f) => {
                 let left = f.checked_sub(connections + sealed_files + reserve);
-                match left {
+                match left.map(|l| l / per_partition) {
                     Some(p) if p > 0 => Some(p),
                     _ => {
                         return Err(refuse(
@@ -108,7 +110,8 @@ impl Budget {
                 f,
                 format!(
                     "the open-file limit of {} less {connections} connections, {sealed_files} \
-                     sealed segment files and {reserve} for the broker itself",
+                     sealed segment files and {reserve} for the broker itself, at \
+                     {per_partition} a partition",
                     files.unwrap_or(0)
                 ),
             )),
@@ -157,6 +160,18 @@ mod tests {
         assert_eq!(b.partitions, Some(20_000 - 5_000 - 1_024 - 512));
         assert!(
             b.partitions_from.contains("open-file limit of 20000"),
+            "{}",
+            b.partitions_from
+        );
+    }
+
+    #[test]
+    fn direct_writes_take_two_descriptors_a_partition() {
+        let direct = config(|c| c.topics.direct_writes = true);
+        let b = Budget::compute(&direct, Some(20_000), Some(24 << 30)).expect("budget");
+        assert_eq!(b.partitions, Some((20_000 - 5_000 - 1_024 - 512) / 2));
+        assert!(
+            b.partitions_from.contains("at 2 a partition"),
             "{}",
             b.partitions_from
         );

@@ -173,6 +173,17 @@ impl Broker {
         };
         let budget = crate::budget::Budget::of(&config)?;
         strata_storage::handles::set_open_sealed_limit(budget.sealed_files)?;
+        if config.topics.direct_writes {
+            strata_storage::direct::probe(&config.log_dir()).map_err(|e| BrokerError::Config {
+                key: "topics.direct_writes".into(),
+                reason: format!(
+                    "the log directory {} does not take direct I/O ({e}); turn the setting off \
+                     or put the log directory on a filesystem that does",
+                    config.log_dir().display()
+                ),
+            })?;
+        }
+        strata_storage::direct::set_direct_writes(config.topics.direct_writes);
         tracing::info!(connections = budget.connections, sealed_segment_files = budget.sealed_files,
             partitions = %budget.partitions_from, "budget");
         let admission = Admission::new(&config.kafka, budget.connections);

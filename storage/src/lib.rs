@@ -19,6 +19,7 @@ mod clock;
 mod codec;
 pub mod compact;
 mod config;
+pub mod direct;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::batch::{self, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
+use crate::direct::DirectWriter;
 use crate::error::{IoContext, StorageError};
 use crate::handles::Handle;
 use crate::index::{Entry, OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
@@ -162,6 +163,9 @@ pub(crate) struct Segment {
     pub roll_timestamp: Option<i64>,
     bytes_since_index: u64,
     pub sealed: bool,
+    /// How an active segment writes when the process asked for direct I/O (see
+    /// [`crate::direct`]); `None` for buffered writes and for sealed segments.
+    direct: Option<DirectWriter>,
 }
 
 /// The outcome of recovering a segment from its bytes.
@@ -180,6 +184,7 @@ impl Segment {
     pub fn create(dir: &Path, base_offset: u64) -> Result<Self, StorageError> {
         let mut seg = Self::open_files(dir, base_offset, true)?;
         seg.next_offset = base_offset;
+        seg.attach_direct()?;
         Ok(seg)
     }
 
@@ -221,6 +226,7 @@ impl Segment {
             roll_timestamp: None,
             bytes_since_index: 0,
             sealed: false,
+            direct: None,
         })
     }
 
@@ -345,13 +351,23 @@ impl Segment {
             return Err(e).io_ctx("read", &self.log_path);
         }
         if valid_end < file_len {
+            if padding_only(&log, valid_end, file_len).io_ctx("read", &self.log_path)? {
+                // Zeros shorter than a block: a direct write's padding, or a write torn
+                // before its data reached the disk. Not worth a warning either way.
+                tracing::debug!(segment = %self.log_path.display(), at = valid_end,
+                    "cut the zeros a direct write left after the last batch");
+            } else {
+                tracing::warn!(
+                    segment = %self.log_path.display(),
+                    at = valid_end,
+                    dropped = file_len - valid_end,
+                    "cut a torn or corrupt tail during recovery"
+                );
+            }
             log.set_len(valid_end).io_ctx("truncate", &self.log_path)?;
-            tracing::warn!(
-                segment = %self.log_path.display(),
-                at = valid_end,
-                dropped = file_len - valid_end,
-                "cut a torn or corrupt tail during recovery"
-            );
+            if let Some(direct) = &mut self.direct {
+                direct.forget();
+            }
             return Ok(Recovered::Truncated {
                 at: valid_end,
                 dropped: file_len - valid_end,
@@ -424,7 +440,11 @@ impl Segment {
     ) -> Result<(), StorageError> {
         debug_assert!(!self.sealed);
         let log = self.log.file()?;
-        if let Err(e) = write_all_vectored_at(&log, pieces, self.size) {
+        let written = match &mut self.direct {
+            Some(direct) => direct.write(&log, self.size, pieces),
+            None => write_all_vectored_at(&log, pieces, self.size),
+        };
+        if let Err(e) = written {
             // Best effort: the next append overwrites from `size` anyway, and recovery cuts
             // anything past the last valid batch.
             let _ = log.set_len(self.size);
@@ -450,6 +470,8 @@ impl Segment {
     /// Makes the segment immutable: final time index entry and indexes written; fsynced too
     /// when `fsync` (otherwise the next flush syncs it, see [`SegmentFiles`]).
     pub fn seal(&mut self, fsync: bool) -> Result<(), StorageError> {
+        self.trim_padding()?;
+        self.direct = None;
         self.push_time_entry();
         // A sealed segment always has both index files, empty ones included (they are
         // uploaded with it, and an index found missing is rebuilt at the next start).
@@ -467,6 +489,27 @@ impl Segment {
     pub fn unseal(&mut self) -> Result<(), StorageError> {
         self.log.pin()?;
         self.sealed = false;
+        self.attach_direct()
+    }
+
+    /// Opens the direct-I/O descriptor an active segment writes with, when the process
+    /// asks for direct writes and the segment has none yet.
+    fn attach_direct(&mut self) -> Result<(), StorageError> {
+        if self.direct.is_none() && crate::direct::direct_writes() {
+            let writer =
+                DirectWriter::open(&self.log_path, false).io_ctx("open", &self.log_path)?;
+            self.direct = Some(writer);
+        }
+        Ok(())
+    }
+
+    /// Cuts the zeros a direct write left after the last batch (see [`crate::direct`]).
+    pub fn trim_padding(&mut self) -> Result<(), StorageError> {
+        if let Some(direct) = self.direct.as_mut().filter(|d| d.padded()) {
+            let log = self.log.file()?;
+            log.set_len(self.size).io_ctx("truncate", &self.log_path)?;
+            direct.trimmed();
+        }
         Ok(())
     }
 
@@ -494,6 +537,9 @@ impl Segment {
         };
         let log = view.file;
         log.set_len(pos).io_ctx("truncate", &self.log_path)?;
+        if let Some(direct) = &mut self.direct {
+            direct.forget();
+        }
         // Rebuild the bookkeeping from the remaining headers; truncation is rare.
         self.reset_state();
         walk_headers(&log, 0, pos, |p, h, _| {
@@ -715,6 +761,17 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<
         }
     }
     Ok(filled)
+}
+
+/// Whether the file's bytes from `from` to `to` are fewer than a block and all zero: the
+/// padding a direct write leaves after the last batch.
+fn padding_only(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    if to - from >= crate::direct::BLOCK as u64 {
+        return Ok(false);
+    }
+    let mut bytes = vec![0xFF; (to - from) as usize];
+    let n = read_full_at(file, &mut bytes, from)?;
+    Ok(bytes[..n].iter().all(|&b| b == 0))
 }
 
 /// Writes `pieces` one after another at `pos` with as few `pwritev` calls as the kernel

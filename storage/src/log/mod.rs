@@ -1009,6 +1009,11 @@ impl Inner {
             recovery_point: durable.min(self.active.next_offset),
             log_start_offset: self.log_start_offset,
         };
+        if next.recovery_point == self.active.next_offset {
+            // The next open trusts the whole active segment: it should end with its last
+            // batch, not a direct write's padding (which that open would cut, as a torn tail).
+            self.active.trim_padding()?;
+        }
         if self.checkpointed == Some(next) {
             return Ok(());
         }
