@@ -374,12 +374,12 @@ pub struct TopicDefaults {
     /// it closed is opened again when read). 0: an eighth of the open-file limit, at most
     /// 1024.
     pub open_sealed_segment_files: usize,
-    /// Append to the active segments with direct I/O (`O_DIRECT`), not through the page
-    /// cache: less and steadier CPU per GB produced, but what was produced is not in the
-    /// page cache, so every read of it (consumers, uploads) comes from the disk, which cost
-    /// several times the CPU per GB consumed here; and a second descriptor per partition
-    /// (docs/performance.md). The log directory's filesystem must take direct I/O: start-up
-    /// checks and refuses otherwise.
+    /// Append to the active segments, and read them for fetches, with direct I/O
+    /// (`O_DIRECT`), not through the page cache: less and steadier CPU per GB produced, but
+    /// every fetch of the active segment reads the disk (a tail consumer waits a little
+    /// longer, several consumers of the same records each read them there), and each
+    /// partition keeps a second descriptor (docs/performance.md). The log directory's
+    /// filesystem must take direct I/O: start-up checks and refuses otherwise.
     pub direct_writes: bool,
 }
 

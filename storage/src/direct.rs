@@ -11,17 +11,21 @@
 //! by up to a block of zeros until the segment is sealed (which cuts them) or a checkpoint
 //! trims them; opening a log cuts them too, as it cuts any torn tail (zeros are no batch).
 //!
-//! Reads keep going through the segment's ordinary descriptor: the kernel drops the cached
-//! pages a direct write overlaps, so a reader sees what was written, from the disk.
+//! What was written this way is not in the page cache, so the bulk reads of a fetch from the
+//! active segment are direct too ([`read_append_at`]): from the disk into a buffer the thread
+//! reuses, then into the fetch's buffer. A buffered read would put every page it reads in
+//! the page cache first, and filling pages of memory nothing used lately is what made
+//! buffered appends dear. Other reads (header walks, sealed segments) keep the ordinary
+//! descriptor; the kernel drops the cached pages a direct write overlaps, so they see what was
+//! written too.
 
 use std::cell::Cell;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::segment::read_full_at;
 
 /// The alignment of a direct write's position, length and buffer. 4 KiB serves disks with
 /// 512-byte and 4 KiB logical blocks alike.
@@ -31,12 +35,78 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Largest staging buffer a thread keeps between appends.
 const MAX_STAGING: usize = 16 << 20;
+/// Bytes a direct read takes from the disk at once.
+const READ_CHUNK: usize = 4 << 20;
 
 thread_local! {
     /// The aligned copy of an append, kept by the thread for its next one: a buffer of a
     /// megabyte or more freshly allocated was page-faulted in (and zeroed by the kernel) at
     /// every append, a tenth of the broker's CPU while producing.
     static STAGING: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// What a direct read brings from the disk, kept for the thread's next read. Its length
+    /// is its capacity (zeroed once, when it grows), so reads go into initialised bytes.
+    static READ_STAGING: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Appends to `out` up to `want` bytes of `file` (opened with `O_DIRECT`) from `pos`, fewer
+/// where the file ends, as `segment::read_append_at` does through the page cache.
+pub(crate) fn read_append_at(
+    file: &File,
+    out: &mut Vec<u8>,
+    want: usize,
+    pos: u64,
+) -> io::Result<usize> {
+    if out.capacity() == 0 {
+        *out = crate::buffers::take(want);
+    }
+    let mut buf = READ_STAGING.take();
+    let needed = READ_CHUNK + 2 * BLOCK;
+    if buf.len() < needed {
+        buf = vec![0; needed];
+    }
+    let at = buf.as_ptr().align_offset(BLOCK);
+    let result = (|| {
+        let start = out.len();
+        while out.len() - start < want {
+            let next = pos + (out.len() - start) as u64;
+            let base = next - next % BLOCK as u64;
+            let skip = (next - base) as usize;
+            let take = (want - (out.len() - start)).min(READ_CHUNK);
+            let span = (skip + take).next_multiple_of(BLOCK);
+            let got = read_full(file, &mut buf[at..at + span], base)?;
+            if got <= skip {
+                break;
+            }
+            let end = (skip + take).min(got);
+            out.extend_from_slice(&buf[at + skip..at + end]);
+            if end < skip + take {
+                break;
+            }
+        }
+        Ok(out.len() - start)
+    })();
+    READ_STAGING.set(buf);
+    result
+}
+
+/// Reads into `buf` (block-aligned, a whole number of blocks) from `pos` until it is full or
+/// the file ends; returns the bytes read.
+fn read_full(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pread(file, &mut buf[done..], pos + done as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                if !done.is_multiple_of(BLOCK) {
+                    break; // the end of the file, inside a block
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
 }
 
 /// Makes segments that take appends from now on write them with direct I/O (or not). Logs
@@ -68,7 +138,7 @@ pub fn probe(dir: &Path) -> io::Result<()> {
 /// partial block.
 #[derive(Debug)]
 pub(crate) struct DirectWriter {
-    file: File,
+    file: Arc<File>,
     /// The file's bytes from the last block boundary at or before `end` up to `end`.
     tail: Vec<u8>,
     /// The size of the batches `tail` ends at; `None` when not known (read again from the
@@ -82,16 +152,22 @@ impl DirectWriter {
     /// Opens `path` (created when `create`) for direct writes.
     pub fn open(path: &Path, create: bool) -> io::Result<Self> {
         let file = File::options()
+            .read(true)
             .write(true)
             .create(create)
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
             .open(path)?;
         Ok(Self {
-            file,
+            file: Arc::new(file),
             tail: Vec::new(),
             end: None,
             padded: false,
         })
+    }
+
+    /// The direct-I/O descriptor, for reads of what it wrote ([`read_append_at`]).
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
     }
 
     /// Writes `pieces` one after another at `size`, the end of the batches in the file,
@@ -102,12 +178,7 @@ impl DirectWriter {
         if self.end != Some(size) {
             self.end = None;
             self.tail.resize((size - base) as usize, 0);
-            if read_full_at(read, &mut self.tail, base)? != self.tail.len() {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the log file is shorter than its batches",
-                ));
-            }
+            read.read_exact_at(&mut self.tail, base)?;
         }
         self.end = None;
         let len: usize = pieces.iter().map(|p| p.len()).sum();
@@ -183,7 +254,6 @@ fn write_all_at(file: &File, buf: &[u8], mut pos: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileExt;
 
     /// The file holds exactly what was appended, followed by zeros to the block boundary, over
     /// appends that start and end inside blocks, span several, and fill one exactly.
@@ -234,5 +304,52 @@ mod tests {
         let mut on_disk = vec![0; expected.len()];
         read.read_exact_at(&mut on_disk, 0).expect("read back");
         assert_eq!(on_disk, expected);
+    }
+
+    /// Direct reads return what buffered ones do: from any position, for any length, across
+    /// their chunks, and cut where the batches (and the file) end.
+    #[test]
+    fn direct_reads_return_the_bytes_asked_for() {
+        let dir = tempfile::tempdir().expect("dir");
+        if let Err(e) = probe(dir.path()) {
+            eprintln!("skipped: the temporary directory takes no direct writes ({e})");
+            return;
+        }
+        let path = dir.path().join("seg.log");
+        let mut writer = DirectWriter::open(&path, true).expect("open");
+        let read = File::open(&path).expect("read");
+        let data: Vec<u8> = (0..READ_CHUNK * 2 + 12_345)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        writer.write(&read, 0, &[&data]).expect("write");
+        let size = data.len() as u64;
+        for (pos, want) in [
+            (0, 10),
+            (1, 4095),
+            (4095, 2),
+            (5000, READ_CHUNK + 7),
+            (0, data.len()),
+            (size - 3, 100),
+            (size, 10),
+            (size - 12_000, 12_000),
+        ] {
+            let mut direct = Vec::new();
+            let n = read_append_at(writer.file(), &mut direct, want, pos).expect("direct");
+            // The file holds zeros after the data, to the block boundary: a read gets them too.
+            let file_len = size.next_multiple_of(BLOCK as u64) as usize;
+            let end = (pos as usize + want).min(file_len);
+            let mut padded = data.clone();
+            padded.resize(file_len, 0);
+            let expected = padded.get(pos as usize..end).unwrap_or_default();
+            assert_eq!((n, &direct[..]), (expected.len(), expected), "{pos}+{want}");
+        }
+        // Appended after what `out` held already.
+        let mut out = b"head".to_vec();
+        assert_eq!(
+            read_append_at(writer.file(), &mut out, 6, 100).expect("read"),
+            6
+        );
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..], &data[100..106]);
     }
 }

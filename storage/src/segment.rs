@@ -609,6 +609,7 @@ impl Segment {
     pub fn view(&self) -> Result<SegmentView, StorageError> {
         Ok(SegmentView {
             file: self.log.file()?,
+            direct: self.direct.as_ref().map(|d| Arc::clone(d.file())),
             pinned: self.log.pinned(),
             path: Arc::clone(&self.log_path),
             size: self.size,
@@ -959,6 +960,9 @@ enum Scan {
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentView {
     file: Arc<File>,
+    /// The active segment's direct-I/O descriptor, when it writes with one: bulk reads go
+    /// through it (see [`crate::direct`]).
+    direct: Option<Arc<File>>,
     /// The segment keeps the file open itself (the active one), not the cache of handles.
     pub pinned: bool,
     path: Arc<Path>,
@@ -1053,6 +1057,20 @@ impl SegmentView {
     /// Appends to `out` the whole batches from `pos` that fit in `budget` bytes (at least one
     /// when `at_least_one`). Returns whether the reader may continue into the next segment
     /// (the segment's end was reached within budget).
+    /// Appends up to `want` bytes from `pos` to `out`, directly when the segment writes so.
+    fn read_append_at(
+        &self,
+        out: &mut Vec<u8>,
+        want: usize,
+        pos: u64,
+    ) -> Result<usize, StorageError> {
+        match &self.direct {
+            Some(direct) => crate::direct::read_append_at(direct, out, want, pos),
+            None => read_append_at(&self.file, out, want, pos),
+        }
+        .io_ctx("read", &self.path)
+    }
+
     pub fn read_batches(
         &self,
         pos: u64,
@@ -1067,7 +1085,7 @@ impl SegmentView {
         // Read at least a batch's length prefix, so a tiny budget still finds the first batch.
         let want = (budget.max(LOG_OVERHEAD) as u64).min(available) as usize;
         let start = out.len();
-        let filled = read_append_at(&self.file, out, want, pos).io_ctx("read", &self.path)?;
+        let filled = self.read_append_at(out, want, pos)?;
         let whole = whole_batches_len(&out[start..start + filled]);
         if whole > 0 || !at_least_one {
             out.truncate(start + whole);
@@ -1083,7 +1101,7 @@ impl SegmentView {
             return Ok(false);
         }
         out.truncate(start);
-        let read = read_append_at(&self.file, out, first, pos).io_ctx("read", &self.path)?;
+        let read = self.read_append_at(out, first, pos)?;
         if read < first {
             out.truncate(start);
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof)).io_ctx("read", &self.path);
