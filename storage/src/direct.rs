@@ -3,7 +3,7 @@
 //!
 //! A buffered append copies the records into the page cache and the fsync that follows
 //! walks those pages to write them back: on the machines Strata is measured on that was
-//! most of the CPU a produced GB costs the broker. A direct write hands the device the
+//! the largest part of the CPU a produced GB costs the broker. A direct write hands the device the
 //! records from the broker's own memory instead. It must start and end on a block boundary
 //! and come from a block-aligned buffer, while batches end anywhere: the writer keeps the
 //! bytes of the file's last, partial block and writes each append as that block's start,

@@ -1054,9 +1054,6 @@ impl SegmentView {
         Ok(buf)
     }
 
-    /// Appends to `out` the whole batches from `pos` that fit in `budget` bytes (at least one
-    /// when `at_least_one`). Returns whether the reader may continue into the next segment
-    /// (the segment's end was reached within budget).
     /// Appends up to `want` bytes from `pos` to `out`, directly when the segment writes so.
     fn read_append_at(
         &self,
@@ -1071,6 +1068,9 @@ impl SegmentView {
         .io_ctx("read", &self.path)
     }
 
+    /// Appends to `out` the whole batches from `pos` that fit in `budget` bytes (at least one
+    /// when `at_least_one`). Returns whether the reader may continue into the next segment
+    /// (the segment's end was reached within budget).
     pub fn read_batches(
         &self,
         pos: u64,
