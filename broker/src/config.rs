@@ -361,7 +361,8 @@ pub struct TopicDefaults {
     /// Partition replicas a broker may host: CreateTopics and CreatePartitions that would
     /// put more on the live brokers on average are refused (POLICY_VIOLATION), and a broker
     /// opens no more than this many. 0 derives it from the open-file limit (each hosted
-    /// partition keeps its active segment's log open; see `budget`) and memory; a value
+    /// partition keeps its active segment's log open, twice with `direct_writes`; see
+    /// `budget`) and memory; a value
     /// those cannot serve stops start-up.
     pub max_partitions_per_broker: usize,
     /// `log.retention.check.interval.ms`: how often a partition nothing happened to is
