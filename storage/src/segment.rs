@@ -351,9 +351,8 @@ impl Segment {
             return Err(e).io_ctx("read", &self.log_path);
         }
         if valid_end < file_len {
-            if padding_only(&log, valid_end, file_len).io_ctx("read", &self.log_path)? {
-                // Zeros shorter than a block: a direct write's padding, or a write torn
-                // before its data reached the disk. Not worth a warning either way.
+            let padding = padding_only(&log, valid_end, file_len).io_ctx("read", &self.log_path)?;
+            if padding {
                 tracing::debug!(segment = %self.log_path.display(), at = valid_end,
                     "cut the zeros a direct write left after the last batch");
             } else {
@@ -367,6 +366,12 @@ impl Segment {
             log.set_len(valid_end).io_ctx("truncate", &self.log_path)?;
             if let Some(direct) = &mut self.direct {
                 direct.forget();
+            }
+            if padding {
+                // Nothing was lost: the segment ends with its last batch, as the segments
+                // after it (if any) expect. A sealed segment keeps its padding when the cut
+                // made as it was sealed had not reached the disk before a crash.
+                return Ok(Recovered::Intact);
             }
             return Ok(Recovered::Truncated {
                 at: valid_end,
@@ -764,10 +769,11 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<
     Ok(filled)
 }
 
-/// Whether the file's bytes from `from` to `to` are fewer than a block and all zero: the
-/// padding a direct write leaves after the last batch.
+/// Whether the file's bytes from `from` to `to` are the padding a direct write leaves after
+/// the last batch: fewer than a block, all zero, up to a block boundary.
 fn padding_only(file: &File, from: u64, to: u64) -> io::Result<bool> {
-    if to - from >= crate::direct::BLOCK as u64 {
+    let block = crate::direct::BLOCK as u64;
+    if to - from >= block || !to.is_multiple_of(block) {
         return Ok(false);
     }
     let mut bytes = vec![0xFF; (to - from) as usize];

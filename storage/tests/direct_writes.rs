@@ -155,6 +155,42 @@ fn a_crash_keeps_every_synced_batch_and_cuts_the_padding() {
     );
 }
 
+/// A crash can leave a sealed segment with its padding (the cut made as it was sealed had not
+/// reached the disk, while later appends had): the padding goes, the segments after it stay.
+#[test]
+fn a_sealed_segment_still_padded_after_a_crash_keeps_the_segments_after_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    if !direct(dir.path()) {
+        return;
+    }
+    let log = Log::open(dir.path(), config(FlushPolicy::EveryAppend)).expect("open");
+    let expected = append_all(&log, &batches(30, 6));
+    let segments = log.segments();
+    assert!(segments.len() >= 3, "rolled: {}", segments.len());
+    drop(log); // killed
+    let sealed = segments
+        .iter()
+        .find(|s| !s.size_bytes.is_multiple_of(BLOCK))
+        .expect("a sealed segment ending inside a block");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&sealed.log_path)
+        .expect("open");
+    file.set_len(sealed.size_bytes.next_multiple_of(BLOCK))
+        .expect("pad");
+    // The checkpoint is removed too, so every segment is validated as after a crash.
+    fs::remove_file(dir.path().join("log.checkpoint")).expect("no checkpoint");
+
+    let log = Log::open(dir.path(), config(FlushPolicy::EveryAppend)).expect("reopen");
+    assert_eq!(log.segments().len(), segments.len(), "no segment dropped");
+    assert_eq!(file_len(&sealed.log_path), sealed.size_bytes, "padding cut");
+    common::assert_same_batches(
+        &log.read(0, usize::MAX / 2).expect("read"),
+        &expected,
+        "kept",
+    );
+}
+
 #[test]
 fn appends_after_a_truncation_continue_from_the_cut() {
     let dir = tempfile::tempdir().expect("dir");
