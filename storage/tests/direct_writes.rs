@@ -68,6 +68,12 @@ fn append_all(log: &Log, batches: &[Vec<u8>]) -> Vec<u8> {
     expected
 }
 
+/// Asserts that `log` holds exactly `expected`, read from its start.
+fn assert_holds(log: &Log, expected: &[u8], what: &str) {
+    let all = log.read(0, usize::MAX / 2).expect("read");
+    common::assert_same_batches(&all, expected, what);
+}
+
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).expect("stat").len()
 }
@@ -99,11 +105,7 @@ fn reads_rolls_and_a_clean_reopen_hold_every_batch() {
         active.size_bytes.next_multiple_of(BLOCK),
         "the active segment is written in whole blocks, so direct I/O wrote it"
     );
-    common::assert_same_batches(
-        &log.read(0, usize::MAX / 2).expect("read"),
-        &expected,
-        "all",
-    );
+    assert_holds(&log, &expected, "all");
     log.close().expect("close");
 
     let log = Log::open(dir.path(), config(FlushPolicy::EveryAppend)).expect("reopen");
@@ -113,17 +115,9 @@ fn reads_rolls_and_a_clean_reopen_hold_every_batch() {
         active.size_bytes,
         "a clean stop leaves no padding"
     );
-    common::assert_same_batches(
-        &log.read(0, usize::MAX / 2).expect("read"),
-        &expected,
-        "after",
-    );
+    assert_holds(&log, &expected, "after");
     expected.extend_from_slice(&append_all(&log, &batches(9, 1)));
-    common::assert_same_batches(
-        &log.read(0, usize::MAX / 2).expect("read"),
-        &expected,
-        "more",
-    );
+    assert_holds(&log, &expected, "more");
 }
 
 #[test]
@@ -142,17 +136,9 @@ fn a_crash_keeps_every_synced_batch_and_cuts_the_padding() {
     let reopened = log.segments().pop().expect("active");
     assert_eq!(reopened.size_bytes, active.size_bytes);
     assert_eq!(file_len(&reopened.log_path), reopened.size_bytes, "cut");
-    common::assert_same_batches(
-        &log.read(0, usize::MAX / 2).expect("read"),
-        &expected,
-        "kept",
-    );
+    assert_holds(&log, &expected, "kept");
     expected.extend_from_slice(&append_all(&log, &batches(5, 3)));
-    common::assert_same_batches(
-        &log.read(0, usize::MAX / 2).expect("read"),
-        &expected,
-        "more",
-    );
+    assert_holds(&log, &expected, "more");
 }
 
 /// A crash can leave a sealed segment with its padding (the cut made as it was sealed had not
@@ -184,11 +170,7 @@ fn a_sealed_segment_still_padded_after_a_crash_keeps_the_segments_after_it() {
     let log = Log::open(dir.path(), config(FlushPolicy::EveryAppend)).expect("reopen");
     assert_eq!(log.segments().len(), segments.len(), "no segment dropped");
     assert_eq!(file_len(&sealed.log_path), sealed.size_bytes, "padding cut");
-    common::assert_same_batches(
-        &log.read(0, usize::MAX / 2).expect("read"),
-        &expected,
-        "kept",
-    );
+    assert_holds(&log, &expected, "kept");
 }
 
 #[test]
@@ -213,16 +195,8 @@ fn appends_after_a_truncation_continue_from_the_cut() {
         .collect::<Vec<u8>>();
     let mut expected = kept;
     expected.extend_from_slice(&append_all(&log, &batches(4, 5)));
-    common::assert_same_batches(
-        &log.read(0, usize::MAX / 2).expect("read"),
-        &expected,
-        "cut",
-    );
+    assert_holds(&log, &expected, "cut");
     log.close().expect("close");
     let log = Log::open(dir.path(), config(FlushPolicy::Os)).expect("reopen");
-    common::assert_same_batches(
-        &log.read(0, usize::MAX / 2).expect("read"),
-        &expected,
-        "after",
-    );
+    assert_holds(&log, &expected, "after");
 }
