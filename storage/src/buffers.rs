@@ -21,6 +21,14 @@ pub(crate) fn take(want: usize) -> Vec<u8> {
     POOL.take(want)
 }
 
+/// Gives `out`, when it has no buffer yet, a pooled one with room for `want` bytes: what a
+/// read appends to.
+pub(crate) fn ensure(out: &mut Vec<u8>, want: usize) {
+    if out.capacity() == 0 {
+        *out = take(want);
+    }
+}
+
 /// The bytes read into `buf` (see [`Pool::freeze`]).
 pub(crate) fn freeze(buf: Vec<u8>) -> Bytes {
     POOL.freeze(buf)

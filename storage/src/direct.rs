@@ -43,8 +43,8 @@ thread_local! {
     /// megabyte or more freshly allocated was page-faulted in (and zeroed by the kernel) at
     /// every append, a tenth of the broker's CPU while producing.
     static STAGING: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-    /// What a direct read brings from the disk, kept for the thread's next read. Its length
-    /// is its capacity (zeroed once, when it grows), so reads go into initialised bytes.
+    /// What a direct read brings from the disk, kept for the thread's next read. It only
+    /// grows (zeroed once, when it does), so reads go into initialised bytes.
     static READ_STAGING: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
@@ -56,13 +56,14 @@ pub(crate) fn read_append_at(
     want: usize,
     pos: u64,
 ) -> io::Result<usize> {
-    if out.capacity() == 0 {
-        *out = crate::buffers::take(want);
-    }
+    crate::buffers::ensure(out, want);
+    // Sized to the read (a tail fetch is kilobytes), so a thread that only ever reads a
+    // little keeps a little: up to one chunk, the block before it (the read starts at a
+    // block boundary) and one to align the buffer in.
+    let needed = want.min(READ_CHUNK).next_multiple_of(BLOCK) + 2 * BLOCK;
     let mut buf = READ_STAGING.take();
-    let needed = READ_CHUNK + 2 * BLOCK;
     if buf.len() < needed {
-        buf = vec![0; needed];
+        buf.resize(needed, 0);
     }
     let at = buf.as_ptr().align_offset(BLOCK);
     let result = (|| {
@@ -343,6 +344,17 @@ mod tests {
             let expected = padded.get(pos as usize..end).unwrap_or_default();
             assert_eq!((n, &direct[..]), (expected.len(), expected), "{pos}+{want}");
         }
+        // A thread's first read sizes its buffer: the most it can span is from the end of a
+        // block into the next.
+        let file = Arc::clone(writer.file());
+        let first = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            read_append_at(&file, &mut out, 2, 4095).expect("read");
+            out
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(first, &data[4095..4097]);
         // Appended after what `out` held already.
         let mut out = b"head".to_vec();
         assert_eq!(

@@ -364,9 +364,6 @@ impl Segment {
                 );
             }
             log.set_len(valid_end).io_ctx("truncate", &self.log_path)?;
-            if let Some(direct) = &mut self.direct {
-                direct.forget();
-            }
             if padding {
                 // Nothing was lost: the segment ends with its last batch, as the segments
                 // after it (if any) expect. A sealed segment keeps its padding when the cut
@@ -813,9 +810,7 @@ pub(crate) fn read_append_at(
     want: usize,
     pos: u64,
 ) -> io::Result<usize> {
-    if out.capacity() == 0 {
-        *out = crate::buffers::take(want);
-    }
+    crate::buffers::ensure(out, want);
     let start = out.len();
     let end = start + want;
     out.reserve_exact(want);

@@ -13,17 +13,20 @@ use strata_storage::{FlushPolicy, Log, LogConfig};
 
 const BLOCK: u64 = 4096;
 
-/// Turns direct writes on; false (the test is skipped, saying so) where the temporary
-/// directory's filesystem takes none.
-fn direct(dir: &Path) -> bool {
+/// A new log in a temporary directory, with direct writes on; `None` (the test is skipped,
+/// saying so) where the directory's filesystem takes none.
+fn open_direct(flush: FlushPolicy) -> Option<(tempfile::TempDir, Log)> {
+    let dir = tempfile::tempdir().expect("dir");
     set_direct_writes(true);
-    match probe(dir) {
-        Ok(()) => true,
-        Err(e) => {
-            eprintln!("skipped: {} takes no direct writes ({e})", dir.display());
-            false
-        }
+    if let Err(e) = probe(dir.path()) {
+        eprintln!(
+            "skipped: {} takes no direct writes ({e})",
+            dir.path().display()
+        );
+        return None;
     }
+    let log = Log::open(dir.path(), config(flush)).expect("open");
+    Some((dir, log))
 }
 
 fn config(flush: FlushPolicy) -> LogConfig {
@@ -80,11 +83,9 @@ fn file_len(path: &Path) -> u64 {
 
 #[test]
 fn reads_rolls_and_a_clean_reopen_hold_every_batch() {
-    let dir = tempfile::tempdir().expect("dir");
-    if !direct(dir.path()) {
+    let Some((dir, log)) = open_direct(FlushPolicy::EveryAppend) else {
         return;
-    }
-    let log = Log::open(dir.path(), config(FlushPolicy::EveryAppend)).expect("open");
+    };
     let mut expected = append_all(&log, &batches(40, 0));
     let segments = log.segments();
     assert!(segments.len() >= 4, "rolled: {}", segments.len());
@@ -122,11 +123,9 @@ fn reads_rolls_and_a_clean_reopen_hold_every_batch() {
 
 #[test]
 fn a_crash_keeps_every_synced_batch_and_cuts_the_padding() {
-    let dir = tempfile::tempdir().expect("dir");
-    if !direct(dir.path()) {
+    let Some((dir, log)) = open_direct(FlushPolicy::EveryAppend) else {
         return;
-    }
-    let log = Log::open(dir.path(), config(FlushPolicy::EveryAppend)).expect("open");
+    };
     let mut expected = append_all(&log, &batches(23, 2));
     let active = log.segments().pop().expect("active");
     assert!(file_len(&active.log_path) > active.size_bytes, "padded");
@@ -145,11 +144,9 @@ fn a_crash_keeps_every_synced_batch_and_cuts_the_padding() {
 /// reached the disk, while later appends had): the padding goes, the segments after it stay.
 #[test]
 fn a_sealed_segment_still_padded_after_a_crash_keeps_the_segments_after_it() {
-    let dir = tempfile::tempdir().expect("dir");
-    if !direct(dir.path()) {
+    let Some((dir, log)) = open_direct(FlushPolicy::EveryAppend) else {
         return;
-    }
-    let log = Log::open(dir.path(), config(FlushPolicy::EveryAppend)).expect("open");
+    };
     let expected = append_all(&log, &batches(30, 6));
     let segments = log.segments();
     assert!(segments.len() >= 3, "rolled: {}", segments.len());
@@ -175,11 +172,9 @@ fn a_sealed_segment_still_padded_after_a_crash_keeps_the_segments_after_it() {
 
 #[test]
 fn appends_after_a_truncation_continue_from_the_cut() {
-    let dir = tempfile::tempdir().expect("dir");
-    if !direct(dir.path()) {
+    let Some((dir, log)) = open_direct(FlushPolicy::Os) else {
         return;
-    }
-    let log = Log::open(dir.path(), config(FlushPolicy::Os)).expect("open");
+    };
     let all = batches(12, 4);
     let expected = append_all(&log, &all);
     let segments = log.segments();
